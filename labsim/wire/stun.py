@@ -33,7 +33,7 @@ import stringprep
 import struct
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import ClassVar, Self, TypeVar
 
@@ -252,9 +252,7 @@ class Attribute:
         return self.encode_value(transaction_id)
 
     def wire_padding(self, value_length: int) -> bytes:
-        if self._wire_padding is not None and len(self._wire_padding) == _pad_length(
-            value_length
-        ):
+        if self._wire_padding is not None and len(self._wire_padding) == _pad_length(value_length):
             return self._wire_padding
         return bytes(_pad_length(value_length))
 
@@ -280,6 +278,17 @@ class UnknownAttribute(Attribute):
 
     def encode_value(self, transaction_id: bytes) -> bytes:
         return self.value
+
+
+def with_padding(attr: A, padding: bytes) -> A:
+    """A copy of ``attr`` that pads its value with ``padding`` instead of zeros.
+
+    RFC 5389 §15 lets padding hold any value (RFC 5769 pads with spaces) and the integrity and
+    fingerprint cover it as sent, so reproducing a given sender needs this.
+    """
+    copy = replace(attr)
+    object.__setattr__(copy, "_wire_padding", bytes(padding))
+    return copy
 
 
 # --- building blocks ---------------------------------------------------------------------------
@@ -967,9 +976,7 @@ def saslprep(text: str) -> str:
     """
     # RFC 4013 §2.1: non-ASCII space -> SPACE; "commonly mapped to nothing" -> removed.
     mapped = "".join(
-        " " if stringprep.in_table_c12(ch) else ch
-        for ch in text
-        if not stringprep.in_table_b1(ch)
+        " " if stringprep.in_table_c12(ch) else ch for ch in text if not stringprep.in_table_b1(ch)
     )
     # §2.2: Unicode normalization form KC.
     normalized = unicodedata.normalize("NFKC", mapped)

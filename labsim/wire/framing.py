@@ -1,0 +1,223 @@
+"""Incremental stream splitters: bytes in as TCP delivers them, whole messages out.
+
+TCP hands a receiver bytes cut and coalesced anywhere; each connection of the call carries one of
+three framings:
+
+* a TURN **control** connection (and a data connection before ConnectionBind succeeds): STUN
+  messages, self-delimiting by their header length (RFC 5389 §6), and ChannelData frames padded
+  to 4 bytes (RFC 5766 §11.5) -> :class:`StunSplitter`;
+* an ICE-TCP media connection: every STUN check and media packet behind a 2-byte length
+  (RFC 4571 §2, RFC 6544 §3) -> :class:`Rfc4571Splitter`;
+* SIP over TCP: a header block ended by an empty line, then ``Content-Length`` bytes of body
+  (RFC 3261 §18.3) -> :class:`SipSplitter`.
+
+Every splitter keeps a bounded buffer. A stream that cannot be split (garbage, a message larger
+than the limit, a header block that never ends) raises :class:`FramingError` naming the stream
+offset, and never grows memory without bound. :meth:`StreamSplitter.close` raises when the
+stream ended inside a message, so no partial message is lost silently.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from labsim.wire.errors import FramingError
+from labsim.wire.stun import CHANNEL_MAX, CHANNEL_MIN, HEADER_LENGTH, MAGIC_COOKIE_BYTES
+
+
+class StreamSplitter:
+    """Base of the splitters: a buffer, a stream offset, and the feed/close protocol."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        #: Stream offset of the first buffered byte (bytes already yielded or skipped before it).
+        self.offset = 0
+        self._failed: FramingError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held, waiting for the rest of a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add bytes; return every message they complete, in order.
+
+        After a :class:`FramingError` the stream is unusable: every later call raises it again
+        (the receiver should close the connection).
+        """
+        if self._failed is not None:
+            raise self._failed
+        self._buf += data
+        out: list[bytes] = []
+        pos = 0
+        try:
+            while True:
+                step = self._next_end(pos)
+                if step is None:
+                    break
+                end, is_message = step
+                if is_message:
+                    out.append(bytes(self._buf[pos:end]))
+                pos = end
+        except FramingError as exc:
+            self._failed = exc
+            raise
+        finally:
+            if pos:
+                del self._buf[:pos]
+                self.offset += pos
+        return out
+
+    def close(self) -> None:
+        """The peer closed the stream: raise if it stopped inside a message."""
+        if self._failed is not None:
+            raise self._failed
+        if self._buf:
+            raise FramingError(
+                f"stream ended inside a message: {len(self._buf)} bytes left over",
+                offset=self.offset,
+            )
+
+    def _next_end(self, pos: int) -> tuple[int, bool] | None:
+        """(end, is_message) of the next unit starting at ``pos``, ``end > pos``; None when
+        more bytes are needed. ``is_message`` False skips bytes that are not a message (a SIP
+        keep-alive)."""
+        raise NotImplementedError
+
+    def _error(self, message: str, pos: int) -> FramingError:
+        return FramingError(message, offset=self.offset + pos)
+
+
+class StunSplitter(StreamSplitter):
+    """STUN messages and ChannelData frames on a TURN control connection (RFC 5766 §11.5).
+
+    ``max_message`` bounds one message (the 16-bit length fields allow up to 65 555 bytes).
+    The magic cookie is checked as soon as 8 bytes are in, so garbage fails fast.
+    """
+
+    def __init__(self, max_message: int = HEADER_LENGTH + 0xFFFF) -> None:
+        super().__init__()
+        self.max_message = max_message
+
+    def _next_end(self, pos: int) -> tuple[int, bool] | None:
+        buf = self._buf
+        have = len(buf) - pos
+        if have < 1:
+            return None
+        top = buf[pos] >> 6
+        if top == 0b00:
+            if have < 8:
+                return None
+            if buf[pos + 4 : pos + 8] != MAGIC_COOKIE_BYTES:
+                raise self._error(
+                    "no STUN magic cookie: the stream is not STUN (garbage or lost framing)",
+                    pos + 4,
+                )
+            length = struct.unpack_from("!H", buf, pos + 2)[0]
+            if length % 4:
+                raise self._error(f"STUN message length {length} is not a multiple of 4", pos + 2)
+            size = HEADER_LENGTH + length
+        elif top == 0b01:
+            if have < 4:
+                return None
+            channel, length = struct.unpack_from("!HH", buf, pos)
+            if not CHANNEL_MIN <= channel <= CHANNEL_MAX:  # pragma: no cover - top bits say so
+                raise self._error(f"channel 0x{channel:04x} outside 0x4000-0x7FFF", pos)
+            size = 4 + length + (-length % 4)
+        else:
+            raise self._error(
+                f"byte 0x{buf[pos]:02x} starts neither STUN (00) nor ChannelData (01)", pos
+            )
+        if size > self.max_message:
+            raise self._error(f"message of {size} bytes exceeds the {self.max_message} limit", pos)
+        return (pos + size, True) if have >= size else None
+
+
+class Rfc4571Splitter(StreamSplitter):
+    """RFC 4571 §2 framing: a 16-bit length, then that many bytes (the length not counted).
+
+    Yields the payloads, without the length prefix. ``max_frame`` may lower the 65 535 limit.
+    """
+
+    def __init__(self, max_frame: int = 0xFFFF) -> None:
+        super().__init__()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        framed = super().feed(data)
+        return [frame[2:] for frame in framed]
+
+    def _next_end(self, pos: int) -> tuple[int, bool] | None:
+        buf = self._buf
+        if len(buf) - pos < 2:
+            return None
+        length = struct.unpack_from("!H", buf, pos)[0]
+        if length > self.max_frame:
+            raise self._error(f"frame of {length} bytes exceeds the {self.max_frame} limit", pos)
+        end = pos + 2 + length
+        return (end, True) if len(buf) >= end else None
+
+
+def frame_rfc4571(payload: bytes) -> bytes:
+    """Prefix one packet with its RFC 4571 length."""
+    if len(payload) > 0xFFFF:
+        raise FramingError(f"packet of {len(payload)} bytes does not fit RFC 4571's 16-bit length")
+    return struct.pack("!H", len(payload)) + payload
+
+
+# RFC 3261 §7.3.1 / §20.14: the header name is case-insensitive, "l" is the compact form, and
+# linear white space may surround the colon and the value (sipp pads the value with spaces).
+_CONTENT_LENGTH = re.compile(
+    rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
+
+
+class SipSplitter(StreamSplitter):
+    """SIP messages on a TCP stream (RFC 3261 §18.3): headers, empty line, Content-Length body.
+
+    CRLF keep-alives between messages (RFC 5626 §3.5.1) are skipped and counted in
+    ``keepalives``. A message without Content-Length is an error on a stream transport.
+    """
+
+    def __init__(self, max_header: int = 64 * 1024, max_body: int = 1024 * 1024) -> None:
+        super().__init__()
+        self.max_header = max_header
+        self.max_body = max_body
+        self.keepalives = 0
+
+    def _next_end(self, pos: int) -> tuple[int, bool] | None:
+        buf = self._buf
+        # RFC 5626 §3.5.1: CRLF keep-alives may come between messages; they are not messages.
+        if buf[pos : pos + 2] == b"\r\n":
+            self.keepalives += 1
+            return pos + 2, False
+        if len(buf) - pos < 2:
+            return None
+        # Only the header block is scanned again when a long body arrives in pieces: it is
+        # bounded by max_header, so feeding stays linear in the body size.
+        head_end = buf.find(b"\r\n\r\n", pos, pos + self.max_header + 4)
+        if head_end < 0:
+            if len(buf) - pos > self.max_header:
+                raise self._error(f"no end of SIP headers within {self.max_header} bytes", pos)
+            return None
+        head_end += 4
+        end = head_end + self._content_length(bytes(buf[pos:head_end]), pos)
+        return (end, True) if len(buf) >= end else None
+
+    def _content_length(self, head: bytes, pos: int) -> int:
+        values = _CONTENT_LENGTH.findall(head)
+        if not values:
+            raise self._error("SIP message on TCP without Content-Length (RFC 3261 §18.3)", pos)
+        numbers = set()
+        for raw in values:
+            text = raw.decode("latin-1")
+            if not text.isdigit() or not text.isascii():
+                raise self._error(f"Content-Length {text!r} is not a number", pos)
+            numbers.add(int(text))
+        if len(numbers) > 1:
+            raise self._error(f"conflicting Content-Length values {sorted(numbers)}", pos)
+        length = numbers.pop()
+        if length > self.max_body:
+            raise self._error(f"SIP body of {length} bytes exceeds the {self.max_body} limit", pos)
+        return length

@@ -1,0 +1,33 @@
+"""Shared test helpers: vector files and the external tools (tshark, coturn, sipp).
+
+A test that needs an external tool asks for it with :func:`require_tool`. Locally a missing tool
+skips the test; under ``CI=true`` it fails, because ``.ci/run`` installs every tool and a
+silently skipped interop test proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def load_hex(path: Path | str) -> bytes:
+    """A vector file: hex bytes separated by white space; lines starting with # are comments."""
+    text = (VECTORS / path).read_text(encoding="utf-8")
+    return bytes.fromhex(" ".join(line for line in text.splitlines() if not line.startswith("#")))
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skip (locally) or fail (under CI=true) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
