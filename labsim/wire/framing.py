@@ -94,11 +94,17 @@ class StunSplitter(StreamSplitter):
 
     ``max_message`` bounds one message (the 16-bit length fields allow up to 65 555 bytes).
     The magic cookie is checked as soon as 8 bytes are in, so garbage fails fast.
+    ``allow_channel_data`` False rejects ChannelData: a connection with only TCP allocations
+    never carries it (RFC 6062 §4.1), and so text sent to the TURN port (an HTTP request, whose
+    first byte has the top bits 01) fails at once instead of waiting for a 16 KiB "frame".
     """
 
-    def __init__(self, max_message: int = HEADER_LENGTH + 0xFFFF) -> None:
+    def __init__(
+        self, max_message: int = HEADER_LENGTH + 0xFFFF, *, allow_channel_data: bool = True
+    ) -> None:
         super().__init__()
         self.max_message = max_message
+        self.allow_channel_data = allow_channel_data
 
     def _next_end(self, pos: int) -> tuple[int, bool] | None:
         buf = self._buf
@@ -118,7 +124,7 @@ class StunSplitter(StreamSplitter):
             if length % 4:
                 raise self._error(f"STUN message length {length} is not a multiple of 4", pos + 2)
             size = HEADER_LENGTH + length
-        elif top == 0b01:
+        elif top == 0b01 and self.allow_channel_data:
             if have < 4:
                 return None
             channel, length = struct.unpack_from("!HH", buf, pos)

@@ -1,0 +1,190 @@
+"""Stream splitters: every way of cutting a stream yields the same messages; bad streams fail
+with FramingError and bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labsim.wire import FramingError, WireError
+from labsim.wire.framing import (
+    Rfc4571Splitter,
+    SipSplitter,
+    StreamSplitter,
+    StunSplitter,
+    frame_rfc4571,
+)
+from labsim.wire.stun import ChannelData, decode_control
+
+from .conftest import load_hex
+from .strategies import messages
+
+STUN_VECTORS = [
+    load_hex(f"stun/{name}")
+    for name in (
+        "turn-allocate-request.hex",
+        "turn-allocate-401.hex",
+        "turn-allocate-authenticated.hex",
+        "turn-connection-attempt.hex",
+        "turn-connection-bind.hex",
+        "rfc5769-2.1-request.hex",
+    )
+]
+
+SIP_INVITE = (
+    b"INVITE sip:cms@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/TCP 10.48.54.1:5061;branch=z9hG4bK1\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length:   12\r\n"
+    b"\r\n"
+    b"v=0\r\no=- 0 0"
+)
+SIP_ACK = b"ACK sip:cms@example.com SIP/2.0\r\nl: 0\r\n\r\n"
+SIP_200 = b"SIP/2.0 200 OK\r\ncontent-length :0\r\n\r\n"
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for point in points:
+        pieces.append(data[last:point])
+        last = point
+    pieces.append(data[last:])
+    return pieces
+
+
+def run(splitter: StreamSplitter, pieces: list[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for piece in pieces:
+        out += splitter.feed(piece)
+    splitter.close()
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            messages.map(lambda m: m.encode()),
+            st.sampled_from(STUN_VECTORS),
+            st.builds(
+                lambda c, d: ChannelData(c, d).encode(),
+                st.integers(0x4000, 0x7FFF),
+                st.binary(max_size=30),
+            ),
+        ),
+        max_size=6,
+    ),
+    st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_stun_splitter_any_cut(frames: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(frames)
+    assert run(StunSplitter(), split_at(stream, cuts)) == frames
+    for frame in frames:
+        decode_control(frame)  # each yielded frame decodes on its own
+
+
+def test_stun_splitter_byte_by_byte() -> None:
+    stream = b"".join(STUN_VECTORS)
+    assert run(StunSplitter(), [bytes([b]) for b in stream]) == STUN_VECTORS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=6), st.lists(st.integers(0, 5000), max_size=12))
+def test_rfc4571_splitter_any_cut(packets: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(frame_rfc4571(p) for p in packets)
+    assert run(Rfc4571Splitter(), split_at(stream, cuts)) == packets
+
+
+def test_rfc4571_lab_bytes() -> None:
+    framed = load_hex("stun/rfc4571-framed-request.hex") + load_hex(
+        "stun/rfc4571-framed-response.hex"
+    )
+    request, response = run(Rfc4571Splitter(), [framed[:5], framed[5:111], framed[111:]])
+    assert len(request) == 108 and request[:2] == b"\x00\x01"
+    assert response[:2] == b"\x01\x01"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([SIP_INVITE, SIP_ACK, SIP_200, b"\r\n\r\n"]), max_size=6),
+    st.lists(st.integers(0, 1000), max_size=12),
+)
+def test_sip_splitter_any_cut(parts: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(parts)
+    expected = [p for p in parts if p != b"\r\n\r\n"]
+    splitter = SipSplitter()
+    assert run(splitter, split_at(stream, cuts)) == expected
+    assert splitter.keepalives == 2 * parts.count(b"\r\n\r\n")
+
+
+def test_sip_content_length_with_lws_and_compact_form() -> None:
+    assert SipSplitter().feed(SIP_INVITE + SIP_ACK + SIP_200) == [SIP_INVITE, SIP_ACK, SIP_200]
+
+
+@pytest.mark.parametrize(
+    ("splitter", "stream", "needle"),
+    [
+        (StunSplitter(allow_channel_data=False), b"GET / HTTP/1.1\r\n\r\n", "neither"),
+        (StunSplitter(), b"\x80\x00\x00\x00", "neither"),
+        (StunSplitter(), b"\x16\x03\x01\x02\x00\x01\x00\x00", "magic cookie"),
+        (StunSplitter(), b"\x00\x01\x00\x00\xde\xad\xbe\xef", "magic cookie"),
+        (StunSplitter(), b"\x00\x01\x00\x05\x21\x12\xa4\x42", "multiple of 4"),
+        (StunSplitter(max_message=100), b"\x00\x01\x01\x00\x21\x12\xa4\x42", "limit"),
+        (Rfc4571Splitter(max_frame=10), b"\x00\x0b", "limit"),
+        (SipSplitter(), b"INVITE sip:a SIP/2.0\r\nVia: x\r\n\r\n", "without Content-Length"),
+        (SipSplitter(), b"INVITE sip:a SIP/2.0\r\nContent-Length: 1x\r\n\r\n", "not a number"),
+        (SipSplitter(), b"A\r\nContent-Length: 1\r\nl: 2\r\n\r\n", "conflicting"),
+        (SipSplitter(max_body=10), b"A\r\nContent-Length: 11\r\n\r\n", "limit"),
+        (SipSplitter(max_header=64), b"INVITE " + b"x" * 100, "no end of SIP headers"),
+    ],
+)
+def test_bad_streams_fail_with_framing_error(
+    splitter: StreamSplitter, stream: bytes, needle: str
+) -> None:
+    with pytest.raises(FramingError, match=needle) as info:
+        splitter.feed(stream)
+    assert info.value.offset is not None
+    # The stream stays failed: no later call silently resynchronises on garbage.
+    with pytest.raises(FramingError):
+        splitter.feed(b"")
+
+
+def test_error_offset_is_a_stream_offset() -> None:
+    splitter = StunSplitter()
+    good = STUN_VECTORS[0]
+    assert splitter.feed(good) == [good]
+    with pytest.raises(FramingError) as info:
+        splitter.feed(b"\x00\x01\x00\x00garbage!")
+    assert info.value.offset == len(good) + 4
+
+
+def test_close_inside_a_message_is_an_error() -> None:
+    splitter = Rfc4571Splitter()
+    splitter.feed(b"\x00\x05abc")
+    with pytest.raises(FramingError, match="3 bytes|5 bytes left"):
+        splitter.close()
+
+
+def test_garbage_never_grows_the_buffer_beyond_the_limit() -> None:
+    splitter = SipSplitter(max_header=1024)
+    with pytest.raises(FramingError):
+        for _ in range(100):
+            splitter.feed(b"y" * 100)
+    assert splitter.buffered <= 1024 + 100
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.integers(0, 300), max_size=6))
+def test_random_bytes_raise_only_framing_errors(data: bytes, cuts: list[int]) -> None:
+    for splitter in (StunSplitter(), Rfc4571Splitter(), SipSplitter()):
+        try:
+            run(splitter, split_at(data, cuts))
+        except FramingError as exc:
+            assert isinstance(exc, WireError)
+
+
+def test_frame_rfc4571_rejects_oversize() -> None:
+    with pytest.raises(FramingError):
+        frame_rfc4571(bytes(0x10000))
