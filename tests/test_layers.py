@@ -1,0 +1,53 @@
+"""DESIGN.md's layer rules, enforced: no IO and no clock below labsim/net, imports point down."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent / "labsim"
+FORBIDDEN_BELOW_NET = {"asyncio", "socket", "selectors", "time", "simpy", "trio", "threading"}
+# Which labsim packages each layer may import (DESIGN.md, layers).
+ALLOWED = {
+    "wire": {"wire"},
+    "proto": {"wire", "proto"},
+    "actors": {"wire", "proto", "actors"},
+}
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def sans_io_modules() -> list[Path]:
+    return [p for layer in ALLOWED for p in sorted((ROOT / layer).rglob("*.py"))]
+
+
+def test_the_scan_finds_modules() -> None:
+    assert len(sans_io_modules()) >= 4  # wire: errors, stun, framing, sip, sdp ...
+
+
+@pytest.mark.parametrize("path", sans_io_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_io_or_clock_and_imports_point_down(path: Path) -> None:
+    layer = path.relative_to(ROOT).parts[0]
+    for lineno, module in imports(path):
+        top = module.split(".")[0]
+        assert top not in FORBIDDEN_BELOW_NET, f"{path}:{lineno} imports {module}"
+        if top == "labsim" and module != "labsim":
+            sub = module.split(".")[1]
+            assert sub in ALLOWED[layer], f"{path}:{lineno}: {layer} may not import {module}"
+
+
+def test_the_checker_catches_a_violation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import time\nfrom asyncio import sleep\n")
+    assert [m for _, m in imports(bad)] == ["time", "asyncio"]
