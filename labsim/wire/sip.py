@@ -1,0 +1,990 @@
+"""SIP messages (RFC 3261) on top of :mod:`sipmessage`: strict parsing, typed headers, builders.
+
+``sipmessage`` is the codec: its :class:`~sipmessage.Request`, :class:`~sipmessage.Response`,
+:class:`~sipmessage.Via`, :class:`~sipmessage.Address`, :class:`~sipmessage.URI`,
+:class:`~sipmessage.CSeq` and :class:`~sipmessage.MediaType` are the values this module hands out.
+This module adds what it lacks for a lab tool that must reject bad bytes precisely:
+
+* :func:`parse_message` unfolds continuation lines (RFC 3261 §7.3.1), checks the start line,
+  every header line and the UTF-8 encoding, requires the mandatory headers (§8.1.1), a CSeq
+  method equal to the request method (§8.1.1.5), a ``branch`` on the top Via (§8.1.1.7) and a
+  Content-Length equal to the body length (§20.14), and raises :class:`SipError` with the 1-based
+  line number of the fault. No other exception type escapes it, whatever the input.
+* Typed accessors (:func:`from_tag`, :func:`top_via`, :func:`record_route`, ...) and the
+  Microsoft ``ms-diagnostics`` / ``ms-diagnostics-public`` headers (:class:`MsDiagnostics`,
+  PROTOCOL.md §5.4, MS-SIPRE).
+* Sans-IO builders (:func:`build_request`, :func:`build_response`), :func:`encode`, the one-line
+  :func:`summary` and :func:`wireshark_info`, and the proxy steps of RFC 3261 §16.6/§16.7
+  (:func:`push_via`, :func:`pop_via`, :func:`add_record_route`, :func:`pop_route_if_self`,
+  :func:`decrement_max_forwards`, :func:`stamp_received`). Ids, tags and branches are always
+  arguments: nothing here reads a clock or draws a random number.
+
+Why the formatters (:func:`format_uri`, :func:`format_address`, :func:`format_via`): sipmessage
+percent-encodes every parameter value with ``urllib.parse.quote``, which turns the SfB GRUU
+``opaque=user:epid:...`` into ``opaque=user%3Aepid%3A...`` (a different URI, RFC 3261 §19.1.4:
+``:`` is reserved) and a quoted ``+sip.instance="<urn:...>"`` into ``%22%3Curn...``. Header
+values received are therefore kept as received, and values this module writes go through
+formatters that quote only what the grammar requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final, TypeVar
+
+from sipmessage import URI, Address, CSeq, MediaType, Message, Request, Response, Via, grammar
+from sipmessage.message import COMPACT_FORMS
+
+from labsim.wire.errors import SipError
+
+__all__ = [
+    "DEFAULT_REASONS",
+    "MAGIC_COOKIE",
+    "MsDiagnostics",
+    "SipMessage",
+    "add_record_route",
+    "build_request",
+    "build_response",
+    "call_id",
+    "contact",
+    "content_length",
+    "content_type",
+    "cseq",
+    "decrement_max_forwards",
+    "encode",
+    "format_address",
+    "format_uri",
+    "format_via",
+    "from_address",
+    "from_tag",
+    "is_rfc3261_branch",
+    "max_forwards",
+    "ms_diagnostics",
+    "ms_diagnostics_public",
+    "parse_message",
+    "pop_route_if_self",
+    "pop_via",
+    "push_via",
+    "record_route",
+    "route",
+    "stamp_received",
+    "summary",
+    "to_address",
+    "to_tag",
+    "top_via",
+    "via_branch",
+    "via_received",
+    "via_rport",
+    "vias",
+    "wireshark_info",
+    "with_tag",
+]
+
+SipMessage = Request | Response
+"""A parsed or built SIP message (the sipmessage types)."""
+
+MAGIC_COOKIE: Final = "z9hG4bK"
+"""RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with this; RFC 2543 ones do not."""
+
+DEFAULT_REASONS: Final[Mapping[int, str]] = {
+    # RFC 3261 §21 reason phrases for the codes this call uses.
+    100: "Trying",
+    180: "Ringing",
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    415: "Unsupported Media Type",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    603: "Decline",
+}
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+# RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: str.isdigit() and \d accept other scripts
+_HEADER_LINE = re.compile(r"([^:]*?)[ \t]*:(.*)", re.DOTALL)  # §7.3.1: name HCOLON value
+_CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB, which is LWS
+_GENERIC_VALUE = re.compile(f"(?:{grammar.TOKEN}|{grammar.HOST}|{grammar.QUOTED_STRING})")
+# RFC 3261 §25.1 paramchar = param-unreserved / unreserved / escaped; quote() keeps alnum "_.-~".
+_URI_PARAM_SAFE = "!*'()[]/:&+$"
+
+# The headers RFC 3261 §8.1.1 makes mandatory; Max-Forwards only in requests (§8.1.1.6).
+_MANDATORY: Final = ("via", "from", "to", "call-id", "cseq")
+# Headers whose grammar has no comma list, so a second occurrence is an error (§7.3.1).
+_SINGLE: Final = frozenset(
+    {"from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type"}
+)
+_CANONICAL: Final = {
+    "via": "Via",
+    "from": "From",
+    "to": "To",
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "max-forwards": "Max-Forwards",
+    "content-length": "Content-Length",
+    "content-type": "Content-Type",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    line: int  # 1-based line number of the header's first line
+    name: str  # as received (compact forms too)
+    key: str  # lower-case full name (compact form expanded)
+    value: str  # unfolded, without the surrounding white space
+
+
+def _key(name: str) -> str:
+    return COMPACT_FORMS.get(name.lower(), name).lower()
+
+
+def _translate(what: str, line: int | None, parse: Callable[[_A], _T], value: _A) -> _T:
+    """Run one of sipmessage's parsers on ``value``; its failures become a SipError."""
+    try:
+        return parse(value)
+    except SipError:
+        raise
+    # sipmessage raises ValueError, but also KeyError/IndexError/TypeError on some inputs, and
+    # int() raises ValueError past 4300 digits; none of that may escape a codec of this package.
+    except Exception as exc:
+        raise SipError(f"{what}: {exc}", line=line) from exc
+
+
+def _decode_line(raw: bytes, line: int) -> str:
+    if b"\r" in raw or b"\n" in raw:
+        raise SipError("bare CR or LF inside a line (lines end with CRLF, RFC 3261 §7)", line=line)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SipError(f"invalid UTF-8 at column {exc.start + 1}", line=line) from None
+    return text
+
+
+def _check_start_line(text: str, line: int) -> tuple[str, str | None]:
+    """Return the start line sipmessage will read, and the request method (None: response)."""
+    if _CTL.search(text) or text[:1].isspace():
+        raise SipError(f"bad start line {text[:80]!r}", line=line)
+    # RFC 3261 §7.1: the SIP-Version string is case-insensitive, but we send upper case.
+    if text[:4].upper() == "SIP/":
+        # §7.2: Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+        parts = text.split(" ", 2)
+        if len(parts) != 3 or parts[0].upper() != "SIP/2.0":
+            raise SipError(
+                f"bad status line {text[:80]!r}: expected 'SIP/2.0 SP 3DIGIT SP Reason-Phrase'",
+                line=line,
+            )
+        code = parts[1]
+        if not (len(code) == 3 and code.isascii() and code.isdigit() and "1" <= code[0] <= "6"):
+            raise SipError(f"bad status code {code[:20]!r}: expected 100-699", line=line)
+        return f"SIP/2.0 {code} {parts[2]}", None
+    # §7.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF
+    parts = text.split(" ")
+    if len(parts) != 3 or parts[2].upper() != "SIP/2.0" or not parts[1]:
+        raise SipError(
+            f"bad request line {text[:80]!r}: expected 'METHOD SP Request-URI SP SIP/2.0'",
+            line=line,
+        )
+    method, uri = parts[0], parts[1]
+    if not _TOKEN.fullmatch(method):
+        raise SipError(f"bad request method {method[:40]!r}", line=line)
+    _translate(f"Request-URI {uri[:80]!r}", line, URI.parse, uri)
+    return f"{method} {uri} SIP/2.0", method
+
+
+def _split_fields(lines: list[str], first: int) -> list[_Field]:
+    """Unfold header lines (RFC 3261 §7.3.1) into fields; ``first`` is the first line's number."""
+    fields: list[_Field] = []
+    # (line number, name, value parts) of the header being read.
+    current: tuple[int, str, list[str]] | None = None
+
+    def flush() -> None:
+        if current is not None:
+            lineno, name, parts = current
+            fields.append(_Field(lineno, name, _key(name), " ".join(parts).strip(" \t")))
+
+    for i, text in enumerate(lines):
+        lineno = first + i
+        if _CTL.search(text):
+            raise SipError("control character in header line", line=lineno)
+        if text[:1] in (" ", "\t"):
+            # §7.3.1: a line starting with white space continues the previous header; the CRLF
+            # and the leading white space are equivalent to one SP.
+            if current is None:
+                raise SipError("continuation line with no header before it", line=lineno)
+            current[2].append(text.strip(" \t"))
+            continue
+        m = _HEADER_LINE.fullmatch(text)
+        if m is None:
+            raise SipError(f"header line without a colon: {text[:80]!r}", line=lineno)
+        name = m.group(1)
+        if not _TOKEN.fullmatch(name):
+            raise SipError(f"bad header name {name[:40]!r}", line=lineno)
+        flush()
+        current = (lineno, name, [m.group(2).strip(" \t")])
+    flush()
+    return fields
+
+
+def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None:
+    """Typed checks of the headers this package reads, each failure naming its line."""
+    seen: dict[str, _Field] = {}
+    for f in fields:
+        if f.key in _SINGLE and f.key in seen:
+            raise SipError(
+                f"{_CANONICAL[f.key]}: header appears twice (first on line {seen[f.key].line})",
+                line=f.line,
+            )
+        seen.setdefault(f.key, f)
+
+    mandatory = _MANDATORY + (("max-forwards",) if method is not None else ())
+    for key in mandatory:
+        if key not in seen:
+            kind = f"{method} request" if method is not None else "response"
+            raise SipError(
+                f"missing mandatory {_CANONICAL[key]} header in {kind} (RFC 3261 §8.1.1)"
+            )
+
+    first_via = True
+    for f in fields:
+        what = f"{f.name} header"
+        if not f.value.strip() and f.key in ("via", "route", "record-route", "contact"):
+            # §20: each of these holds at least one value; sipmessage, which strips any Unicode
+            # white space, would return [] instead.
+            raise SipError(f"{what}: empty value", line=f.line)
+        if f.key == "via":
+            parsed = _translate(what, f.line, Via.parse_many, f.value)
+            for v in parsed:
+                if v.port is not None and not 0 < v.port < 65536:
+                    raise SipError(f"Via: port {v.port} out of range", line=f.line)
+            if first_via:
+                # RFC 3261 §8.1.1.7: the top Via carries the transaction's branch. Both RFC 3261
+                # (magic cookie) and older branches are accepted; see is_rfc3261_branch().
+                first_via = False
+                if not parsed[0].parameters.get("branch"):
+                    raise SipError(
+                        "top Via has no branch parameter (RFC 3261 §8.1.1.7)", line=f.line
+                    )
+        elif f.key in ("from", "to"):
+            _translate(what, f.line, Address.parse, f.value)
+        elif f.key in ("route", "record-route"):
+            _translate(what, f.line, Address.parse_many, f.value)
+        elif f.key == "contact":
+            if f.value != "*":  # §10.2.2: "Contact: *" removes all bindings
+                _translate(what, f.line, Address.parse_many, f.value)
+        elif f.key == "call-id":
+            # §25.1: callid = word [ "@" word ]; no white space inside.
+            if not f.value or any(c.isspace() for c in f.value):
+                raise SipError(f"Call-ID: bad value {f.value[:80]!r}", line=f.line)
+        elif f.key == "cseq":
+            m = _CSEQ.fullmatch(f.value)
+            if m is None:
+                raise SipError(
+                    f"CSeq: bad value {f.value[:80]!r}: expected 'number SP method'", line=f.line
+                )
+            # §8.1.1.5: the sequence number is a 32-bit unsigned integer.
+            if int(m.group(1)) > 0xFFFFFFFF:
+                raise SipError(f"CSeq: number {m.group(1)} exceeds 2**32-1", line=f.line)
+            if method is not None and m.group(2) != method:
+                raise SipError(
+                    f"CSeq: method {m.group(2)!r} does not match request method {method!r}",
+                    line=f.line,
+                )
+        elif f.key == "max-forwards":
+            if not _DIGITS.fullmatch(f.value):
+                raise SipError(f"Max-Forwards: not a number: {f.value[:40]!r}", line=f.line)
+        elif f.key == "content-type":
+            _translate(what, f.line, MediaType.parse, f.value)
+        elif f.key == "content-length":
+            # §20.14 (and §7.3.1 for the LWS sipp puts before the number).
+            if not _DIGITS.fullmatch(f.value):
+                raise SipError(f"Content-Length: not a number: {f.value[:40]!r}", line=f.line)
+            if int(f.value) != len(body):
+                raise SipError(
+                    f"Content-Length: header says {int(f.value)} bytes "
+                    f"but the body has {len(body)} bytes",
+                    line=f.line,
+                )
+
+    if body and "content-type" not in seen:
+        raise SipError(
+            f"a body of {len(body)} bytes without Content-Type (RFC 3261 §20.15)",
+            line=seen["content-length"].line if "content-length" in seen else None,
+        )
+
+
+def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
+    """Parse one whole SIP message; raise :class:`SipError` (with ``line``) on any fault.
+
+    ``data`` is one message as a stream splitter cut it (header block, empty line, body).
+    A message without Content-Length is accepted (its body is everything after the empty line,
+    as on UDP, RFC 3261 §18.3); with one, the body must have exactly that length.
+    """
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise SipError(f"a SIP message is bytes, not {type(data).__name__}")
+    # RFC 3261 §7.5: ignore CRLFs before the start line (stream keep-alives); line numbers still
+    # count them, so they match the bytes the caller holds.
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    skipped, data = start // 2, data[start:]
+    if not data:
+        raise SipError("empty message")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise SipError(
+            "header block not ended by an empty line (CRLF CRLF)",
+            line=skipped + data.count(b"\r\n") + 1,
+        )
+    head, body = data[:end], data[end + 4 :]
+    lines = [_decode_line(raw, skipped + i + 1) for i, raw in enumerate(head.split(b"\r\n"))]
+
+    start_line, method = _check_start_line(lines[0], skipped + 1)
+    fields = _split_fields(lines[1:], skipped + 2)
+    _check_fields(fields, method, body)
+
+    # Hand sipmessage the normalized message: unfolded, one "Name: value" per line.
+    text = "\r\n".join([start_line, *(f"{f.name}: {f.value}" for f in fields)])
+    msg = _translate(
+        "sipmessage rejected the message",
+        None,
+        Message.parse,
+        text.encode("utf-8") + b"\r\n\r\n" + body,
+    )
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# Typed accessors. On a message from parse_message they never raise; on a message changed by
+# hand they raise SipError, never sipmessage's own exceptions.
+
+
+def _required(msg: SipMessage, name: str) -> str:
+    value = msg.headers.get(name)
+    if value is None:
+        raise SipError(f"no {name} header")
+    return value
+
+
+def vias(msg: SipMessage) -> list[Via]:
+    """All Via values, top first (RFC 3261 §20.42)."""
+    return _translate("Via header", None, lambda m: m.via, msg)
+
+
+def top_via(msg: SipMessage) -> Via:
+    """The topmost Via: the previous hop of a request, the next hop of a response."""
+    found = vias(msg)
+    if not found:
+        raise SipError("no Via header")
+    return found[0]
+
+
+def via_branch(via: Via) -> str | None:
+    """The ``branch`` parameter (RFC 3261 §8.1.1.7), or None."""
+    return via.parameters.get("branch")
+
+
+def is_rfc3261_branch(branch: str | None) -> bool:
+    """Whether ``branch`` carries the RFC 3261 magic cookie, so it alone names a transaction
+    (§17.2.3); otherwise the RFC 2543 matching rules would apply."""
+    return branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > 7
+
+
+def via_received(via: Via) -> str | None:
+    """The ``received`` parameter a server added (RFC 3261 §18.2.1), or None."""
+    return via.parameters.get("received")
+
+
+def via_rport(via: Via) -> int | None:
+    """The port filled in by a server in ``rport`` (RFC 3581 §4); None if absent or still empty.
+
+    ``"rport" in via.parameters`` tells whether the client asked for it.
+    """
+    value = via.parameters.get("rport")
+    return int(value) if value is not None and _DIGITS.fullmatch(value) else None
+
+
+def from_address(msg: SipMessage) -> Address:
+    """The From value (RFC 3261 §20.20)."""
+    value = _required(msg, "From")
+    return _translate("From header", None, Address.parse, value)
+
+
+def to_address(msg: SipMessage) -> Address:
+    """The To value (RFC 3261 §20.39)."""
+    value = _required(msg, "To")
+    return _translate("To header", None, Address.parse, value)
+
+
+def from_tag(msg: SipMessage) -> str | None:
+    """The From tag (RFC 3261 §19.3), or None."""
+    return from_address(msg).parameters.get("tag")
+
+
+def to_tag(msg: SipMessage) -> str | None:
+    """The To tag (RFC 3261 §19.3); None in a request outside a dialog."""
+    return to_address(msg).parameters.get("tag")
+
+
+def with_tag(address: Address, tag: str) -> Address:
+    """``address`` with its ``tag`` parameter set (for From/To, RFC 3261 §19.3)."""
+    return dataclasses.replace(address, parameters=address.parameters.replace(tag=tag))
+
+
+def call_id(msg: SipMessage) -> str:
+    """The Call-ID (RFC 3261 §20.8)."""
+    return _required(msg, "Call-ID")
+
+
+def cseq(msg: SipMessage) -> CSeq:
+    """The CSeq number and method (RFC 3261 §20.16)."""
+    value = _required(msg, "CSeq")
+    return _translate("CSeq header", None, CSeq.parse, value)
+
+
+def _address_list(msg: SipMessage, name: str) -> list[Address]:
+    found: list[Address] = []
+    for value in msg.headers.getlist(name):
+        if name == "Contact" and value.strip() == "*":
+            continue
+        found += _translate(f"{name} header", None, Address.parse_many, value)
+    return found
+
+
+def contact(msg: SipMessage) -> list[Address]:
+    """The Contact values (RFC 3261 §20.10); ``Contact: *`` gives an empty list."""
+    return _address_list(msg, "Contact")
+
+
+def record_route(msg: SipMessage) -> list[Address]:
+    """The Record-Route values, top (last proxy) first (RFC 3261 §20.30)."""
+    return _address_list(msg, "Record-Route")
+
+
+def route(msg: SipMessage) -> list[Address]:
+    """The Route values, next hop first (RFC 3261 §20.34)."""
+    return _address_list(msg, "Route")
+
+
+def content_type(msg: SipMessage) -> MediaType | None:
+    """The Content-Type (RFC 3261 §20.15), or None."""
+    return _translate("Content-Type header", None, lambda m: m.content_type, msg)
+
+
+def content_length(msg: SipMessage) -> int | None:
+    """The Content-Length header's value (RFC 3261 §20.14), or None when absent."""
+    value = msg.headers.get("Content-Length")
+    if value is None:
+        return None
+    if not _DIGITS.fullmatch(value.strip()):
+        raise SipError(f"Content-Length: not a number: {value[:40]!r}")
+    return int(value)
+
+
+def max_forwards(msg: SipMessage) -> int | None:
+    """The Max-Forwards value (RFC 3261 §20.22), or None when absent."""
+    value = msg.headers.get("Max-Forwards")
+    if value is None:
+        return None
+    if not _DIGITS.fullmatch(value.strip()):
+        raise SipError(f"Max-Forwards: not a number: {value[:40]!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# ms-diagnostics (MS-SIPRE; PROTOCOL.md §5.4)
+
+_DIAG_CODE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]*")
+_DIAG_PARAM = re.compile(
+    r";[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
+    r"(?:\"((?:[^\"\\]|\\.)*)\"|([A-Za-z0-9\-.!%*_+`'~]+))[ \t]*"
+)
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def _quote_string(value: str) -> str:
+    # RFC 3261 §25.1 quoted-string: '\' and '"' travel as quoted-pairs.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclasses.dataclass(frozen=True)
+class MsDiagnostics:
+    """An ``ms-diagnostics`` or ``ms-diagnostics-public`` value: a Lync/SfB component error.
+
+    ``21002;reason="Attendees cannot share in this conference";component="ASMCU"`` is
+    ``MsDiagnostics(21002, "Attendees cannot share in this conference", (("component",
+    "ASMCU"),))``. :meth:`parse` accepts any ``;name="value"`` and ``;name=token`` pairs in any
+    order; ``str()`` writes the form Lync sends: the code, the reason, then the other pairs in
+    their order, every value quoted.
+    """
+
+    code: int
+    """The diagnostic code, e.g. 21002."""
+    reason: str | None
+    """The ``reason`` text, unquoted; None when absent."""
+    params: tuple[tuple[str, str], ...] = ()
+    """The other parameters (``source``, ``component``, ...), unquoted, in order."""
+
+    @classmethod
+    def parse(cls, value: str) -> MsDiagnostics:
+        """Parse a header value; raise :class:`SipError` naming the fault."""
+        m = _DIAG_CODE.match(value)
+        if m is None:
+            raise SipError(f"ms-diagnostics: expected a numeric code, got {value[:40]!r}")
+        code = int(m.group(1))
+        pos = m.end()
+        reason: str | None = None
+        params: list[tuple[str, str]] = []
+        while pos < len(value):
+            p = _DIAG_PARAM.match(value, pos)
+            if p is None:
+                raise SipError(
+                    f"ms-diagnostics: expected ';name=\"value\"' at column {pos + 1}, "
+                    f"got {value[pos : pos + 40]!r}"
+                )
+            name, quoted, token = p.group(1), p.group(2), p.group(3)
+            text = _QUOTED_PAIR.sub(r"\1", quoted) if quoted is not None else token
+            if name.lower() == "reason":
+                if reason is not None:
+                    raise SipError("ms-diagnostics: reason given twice")
+                reason = text
+            else:
+                params.append((name, text))
+            pos = p.end()
+        return cls(code, reason, tuple(params))
+
+    def get(self, name: str) -> str | None:
+        """The first parameter called ``name`` (case-insensitive), or None."""
+        if name.lower() == "reason":
+            return self.reason
+        for key, value in self.params:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def __str__(self) -> str:
+        out = str(self.code)
+        if self.reason is not None:
+            out += ";reason=" + _quote_string(self.reason)
+        for name, value in self.params:
+            out += f";{name}={_quote_string(value)}"
+        return out
+
+
+def _diagnostics(msg: SipMessage, name: str) -> MsDiagnostics | None:
+    value = msg.headers.get(name)
+    return None if value is None else MsDiagnostics.parse(value)
+
+
+def ms_diagnostics(msg: SipMessage) -> MsDiagnostics | None:
+    """The first ``ms-diagnostics`` value (MS-SIPRE), or None; SipError if it is garbage.
+
+    parse_message does not check this header: a malformed extension header should not cost
+    the whole response, so the error comes only when the value is asked for.
+    """
+    return _diagnostics(msg, "ms-diagnostics")
+
+
+def ms_diagnostics_public(msg: SipMessage) -> MsDiagnostics | None:
+    """The first ``ms-diagnostics-public`` value (the variant that crosses the Edge), or None."""
+    return _diagnostics(msg, "ms-diagnostics-public")
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting (see the module docstring for why not str() of the sipmessage values)
+
+
+def _format_uri_params(params: Mapping[str, str | None]) -> str:
+    out = ""
+    for key, value in params.items():
+        out += ";" + urllib.parse.quote(key, safe=_URI_PARAM_SAFE)
+        if value is not None:
+            out += "=" + urllib.parse.quote(value, safe=_URI_PARAM_SAFE)
+    return out
+
+
+def _format_header_params(params: Mapping[str, str | None]) -> str:
+    # RFC 3261 §25.1 generic-param = token [ EQUAL gen-value ]; gen-value = token / host /
+    # quoted-string. A value that is none of those is written as a quoted-string.
+    out = ""
+    for key, value in params.items():
+        out += ";" + key
+        if value is not None:
+            out += "=" + (value if _GENERIC_VALUE.fullmatch(value) else _quote_string(value))
+    return out
+
+
+def format_uri(uri: URI) -> str:
+    """``uri`` as it goes on the wire, parameters escaped only as RFC 3261 §25.1 requires."""
+    if uri.scheme == "tel":
+        return f"tel:{uri.user or ''}{_format_uri_params(uri.parameters)}"
+    out = uri.scheme + ":"
+    if uri.user is not None:
+        out += urllib.parse.quote(uri.user, safe=grammar.C_USER_SAFE)
+        if uri.password is not None:
+            out += ":" + urllib.parse.quote(uri.password, safe=grammar.C_PASSWORD_SAFE)
+        out += "@"
+    out += uri.host
+    if uri.port is not None:
+        out += f":{uri.port}"
+    return out + _format_uri_params(uri.parameters)
+
+
+def format_address(address: Address) -> str:
+    """A name-addr (always with ``<>``, as §20.10 requires when the URI has parameters)."""
+    out = _quote_string(address.name) + " " if address.name else ""
+    return f"{out}<{format_uri(address.uri)}>{_format_header_params(address.parameters)}"
+
+
+def format_via(via: Via) -> str:
+    """A Via value (RFC 3261 §20.42)."""
+    out = f"SIP/2.0/{via.transport} {via.host}"
+    if via.port is not None:
+        out += f":{via.port}"
+    return out + _format_header_params(via.parameters)
+
+
+def _format_media_type(media_type: MediaType) -> str:
+    return media_type.mime_type + _format_header_params(media_type.parameters)
+
+
+def _address_text(value: Address | str, what: str) -> str:
+    """Validated header text for an Address given as a value or as text (kept as given)."""
+    if isinstance(value, str):
+        _translate(what, None, Address.parse, value)
+        _check_header_value(what, value)
+        return value.strip()
+    return format_address(value)
+
+
+def _check_header_value(name: str, value: str) -> None:
+    # A CR or LF in a value would end the header early: header injection, or a broken message.
+    if _CTL.search(value):
+        raise SipError(f"{name}: control character in header value {value[:80]!r}")
+
+
+def _check_header_name(name: str) -> None:
+    if not _TOKEN.fullmatch(name):
+        raise SipError(f"bad header name {name[:40]!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Builders (sans-IO: ids, tags and branches are arguments)
+
+
+def _add_tail(
+    msg: SipMessage,
+    contact_value: Address | str | None,
+    extra_headers: Iterable[tuple[str, str]],
+    content_type_value: MediaType | str | None,
+    body: bytes,
+) -> None:
+    """The headers requests and responses end with, in this order: Contact, extras, body."""
+    if contact_value is not None:
+        msg.headers.add("Contact", _address_text(contact_value, "Contact"))
+    for name, value in extra_headers:
+        _check_header_name(name)
+        _check_header_value(name, value)
+        msg.headers.add(name, value)
+    if content_type_value is not None:
+        if isinstance(content_type_value, str):
+            text = content_type_value
+            _translate("Content-Type", None, MediaType.parse, text)
+            _check_header_value("Content-Type", text)
+        else:
+            text = _format_media_type(content_type_value)
+        msg.headers.add("Content-Type", text)
+    elif body:
+        raise SipError(f"a body of {len(body)} bytes needs a Content-Type (RFC 3261 §20.15)")
+    msg.headers.add("Content-Length", str(len(body)))
+
+
+def build_request(
+    method: str,
+    uri: URI | str,
+    *,
+    via: Sequence[Via] | Via,
+    from_addr: Address | str,
+    to_addr: Address | str,
+    call_id: str,
+    cseq: int,
+    contact: Address | str | None = None,
+    route: Sequence[Address | str] = (),
+    max_forwards: int = 70,
+    content_type: MediaType | str | None = None,
+    body: bytes = b"",
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> Request:
+    """A request as RFC 3261 §8.1.1 lays it out; Content-Length is always set (0 when no body).
+
+    The top Via must carry the branch the caller chose (§8.1.1.7); the From tag is part of
+    ``from_addr`` (see :func:`with_tag`).
+    """
+    if not _TOKEN.fullmatch(method):
+        raise SipError(f"bad request method {method[:40]!r}")
+    target = uri if isinstance(uri, URI) else _translate("Request-URI", None, URI.parse, uri)
+    via_list = [via] if isinstance(via, Via) else list(via)
+    if not via_list or not via_branch(via_list[0]):
+        raise SipError("the top Via needs a branch parameter (RFC 3261 §8.1.1.7)")
+    if not call_id or any(c.isspace() for c in call_id) or _CTL.search(call_id):
+        raise SipError(f"bad Call-ID {call_id[:80]!r}")
+    # §8.1.1.5: a 32-bit number, below 2**31 in a new request.
+    if not 0 <= cseq <= 0xFFFFFFFF:
+        raise SipError(f"CSeq number {cseq} out of range")
+    if max_forwards < 0:
+        raise SipError(f"Max-Forwards {max_forwards} is negative")
+
+    msg = Request(method, target, body=bytes(body))
+    msg.headers.setlist("Via", [format_via(v) for v in via_list])
+    msg.headers.add("Max-Forwards", str(max_forwards))
+    for r in route:
+        msg.headers.add("Route", _address_text(r, "Route"))
+    msg.headers.add("From", _address_text(from_addr, "From"))
+    msg.headers.add("To", _address_text(to_addr, "To"))
+    msg.headers.add("Call-ID", call_id)
+    msg.headers.add("CSeq", f"{cseq} {method}")
+    _add_tail(msg, contact, extra_headers, content_type, bytes(body))
+    return msg
+
+
+def build_response(
+    request: Request,
+    code: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    contact: Address | str | None = None,
+    record_route: Sequence[Address | str] | None = None,
+    content_type: MediaType | str | None = None,
+    body: bytes = b"",
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """A response to ``request`` as RFC 3261 §8.2.6.2 requires.
+
+    Via (all values, same order), From, Call-ID and CSeq are copied as received; To too, with
+    ``;tag=to_tag`` added when the request's To has no tag (§8.2.6.2: MAY be left out of a 100).
+    ``record_route=None`` copies the request's Record-Route values (§12.1.1); pass ``()`` to
+    send none. ``reason`` defaults to the RFC 3261 §21 phrase for ``code``.
+    """
+    if not 100 <= code <= 699:
+        raise SipError(f"status code {code} out of range 100-699")
+    if reason is None:
+        if code not in DEFAULT_REASONS:
+            raise SipError(f"no default reason phrase for {code}; pass one")
+        reason = DEFAULT_REASONS[code]
+    _check_header_value("Reason-Phrase", reason)
+
+    to_text = _required(request, "To")
+    existing = to_address(request).parameters.get("tag")
+    if to_tag is not None:
+        if not _TOKEN.fullmatch(to_tag):
+            raise SipError(f"bad To tag {to_tag[:40]!r}")
+        if existing is None:
+            # Appended to the text as received: the To value must otherwise stay unchanged.
+            to_text = f"{to_text};tag={to_tag}"
+        elif existing != to_tag:
+            raise SipError(f"request To already has tag {existing!r}, not {to_tag!r}")
+
+    msg = Response(code, reason, body=bytes(body))
+    msg.headers.setlist("Via", list(request.headers.getlist("Via")))
+    rr = (
+        list(request.headers.getlist("Record-Route"))
+        if record_route is None
+        else [_address_text(a, "Record-Route") for a in record_route]
+    )
+    if rr:
+        msg.headers.setlist("Record-Route", rr)
+    msg.headers.add("From", _required(request, "From"))
+    msg.headers.add("To", to_text)
+    msg.headers.add("Call-ID", _required(request, "Call-ID"))
+    msg.headers.add("CSeq", _required(request, "CSeq"))
+    _add_tail(msg, contact, extra_headers, content_type, bytes(body))
+    return msg
+
+
+def encode(msg: SipMessage) -> bytes:
+    """The bytes of ``msg``: ``bytes(msg)``, except that the Request-URI goes through
+    :func:`format_uri` (see the module docstring).
+
+    Sets the message's Content-Length to the body length first (RFC 3261 §18.3: required on
+    TCP), and refuses header text that would break the framing (CR, LF, other CTLs).
+    """
+    msg.headers.remove("l")
+    msg.headers.set("Content-Length", str(len(msg.body)))
+    if isinstance(msg, Request):
+        if not _TOKEN.fullmatch(msg.method):
+            raise SipError(f"bad request method {msg.method[:40]!r}")
+        start = f"{msg.method} {format_uri(msg.uri)} SIP/2.0"
+    else:
+        if not 100 <= msg.code <= 699:
+            raise SipError(f"status code {msg.code} out of range 100-699")
+        _check_header_value("Reason-Phrase", msg.phrase)
+        start = f"SIP/2.0 {msg.code} {msg.phrase}"
+    for name in msg.headers.keys():
+        _check_header_name(name)
+        for value in msg.headers.getlist(name):
+            _check_header_value(name, value)
+    return (start + "\r\n" + str(msg.headers)).encode("utf-8") + msg.body
+
+
+def summary(msg: SipMessage) -> str:
+    """The one-line name ladders and JSON use: ``INVITE``, ``ACK``, ``100 Trying``, ``200 OK``."""
+    if isinstance(msg, Request):
+        return msg.method
+    return f"{msg.code} {msg.phrase}".rstrip()
+
+
+# Methods Wireshark's packet-sip.c knows (sip_methods[]); others print as "Unknown request".
+_WIRESHARK_METHODS: Final = frozenset(
+    {
+        "ACK", "BYE", "CANCEL", "DO", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS",
+        "PRACK", "QAUTH", "REFER", "REGISTER", "SPRACK", "SUBSCRIBE", "UPDATE", "PUBLISH",
+    }
+)  # fmt: skip
+
+
+def wireshark_info(msg: SipMessage) -> str:
+    """What Wireshark's SIP dissector puts in the Info column for ``msg``, exactly.
+
+    packet-sip.c writes ``Request: `` (``Unknown request: `` for a method it does not know) and
+    the request line without `` SIP/2.0``, or ``Status: `` and the status line without
+    ``SIP/2.0 ``; a 200 gets the CSeq method in parentheses; then `` | `` (with its trailing
+    space) closes the SIP part. Checked against tshark 4.0.17 (Debian 12), which prints
+    ``Status: 200 OK (INVITE) | `` and no longer adds ``, with session description`` for SDP.
+    Not included: what a body dissector may append after the bar (tshark adds
+    `` (text/plain)`` for a body type it has no dissector for).
+    """
+    if isinstance(msg, Request):
+        descr = "Request" if msg.method in _WIRESHARK_METHODS else "Unknown request"
+        info = f"{descr}: {msg.method} {format_uri(msg.uri)}"
+    else:
+        info = f"Status: {msg.code} {msg.phrase}"
+        if msg.code == 200:
+            info += f" ({cseq(msg).method})"
+    return info + " | "
+
+
+# --------------------------------------------------------------------------------------------
+# Proxy steps (RFC 3261 §16.6 request forwarding, §16.7 response processing)
+
+
+def _rewrite_first(
+    msg: SipMessage,
+    name: str,
+    parse: Callable[[str], list[_T]],
+    fmt: Callable[[_T], str],
+    new_first: _T | None,
+) -> _T | None:
+    """Replace (or, with ``new_first=None``, remove) the first value of a list header.
+
+    Values on other lines keep their received text; values sharing the first line are
+    re-formatted only when that line has to change.
+    """
+    lines = list(msg.headers.getlist(name))
+    if not lines:
+        return None
+    first_line = _translate(f"{name} header", None, parse, lines[0])
+    old = first_line[0]
+    rest = first_line[1:] if new_first is None else [new_first, *first_line[1:]]
+    if rest:
+        lines[0] = ", ".join(fmt(v) for v in rest)
+    else:
+        del lines[0]
+    if lines:
+        msg.headers.setlist(name, lines)
+    else:
+        msg.headers.remove(name)  # an empty list would make Headers.get() raise IndexError
+    return old
+
+
+def push_via(msg: Request, via: Via) -> None:
+    """§16.6 step 8: put this proxy's Via (with its own branch) on top."""
+    if not via_branch(via):
+        raise SipError("a proxy's Via needs a branch parameter (RFC 3261 §16.6 step 8)")
+    msg.headers.setlist("Via", [format_via(via), *msg.headers.getlist("Via")])
+
+
+def pop_via(msg: Response) -> Via:
+    """§16.7 step 3: remove the topmost Via (this proxy's) and return it.
+
+    When no Via remains afterwards, the response was meant for this element and is not
+    forwarded.
+    """
+    old = _rewrite_first(msg, "Via", Via.parse_many, format_via, None)
+    if old is None:
+        raise SipError("no Via header to remove")
+    return old
+
+
+def add_record_route(msg: Request, address: Address | str) -> None:
+    """§16.6 step 4: put this proxy's Record-Route value above any existing ones.
+
+    The URI should carry ``lr`` (loose routing, §16.6 step 4 and §19.1.1).
+    """
+    text = _address_text(address, "Record-Route")
+    msg.headers.setlist("Record-Route", [text, *msg.headers.getlist("Record-Route")])
+
+
+def pop_route_if_self(msg: Request, is_self: Callable[[URI], bool]) -> Address | None:
+    """§16.4: if the first Route value names this proxy (``is_self(uri)``), remove and return
+    it; otherwise leave the request alone and return None."""
+    routes = route(msg)
+    if not routes or not is_self(routes[0].uri):
+        return None
+    return _rewrite_first(msg, "Route", Address.parse_many, format_address, None)
+
+
+def decrement_max_forwards(msg: Request) -> bool:
+    """§16.6 step 3: decrement Max-Forwards (add it as 70 when absent) and return True.
+
+    Return False, changing nothing, when it is already 0: the caller answers 483 Too Many Hops
+    (§16.3 step 3) instead of forwarding.
+    """
+    value = max_forwards(msg)
+    if value is None:
+        msg.headers.set("Max-Forwards", "70")
+        return True
+    if value == 0:
+        return False
+    msg.headers.set("Max-Forwards", str(value - 1))
+    return True
+
+
+def stamp_received(msg: Request, host: str, port: int) -> None:
+    """What a server does with the top Via of a request that came from ``host``:``port``.
+
+    RFC 3261 §18.2.1: add ``received=host`` when the sent-by host differs from the source.
+    RFC 3581 §4: when the client sent an empty ``rport``, fill in the source port and add
+    ``received`` even if the host is the same. Responses then go back where the request came
+    from, which is what lets them through NAT and the Edge.
+    """
+    top = top_via(msg)
+    changes: dict[str, str | None] = {}
+    wants_rport = "rport" in top.parameters and top.parameters["rport"] is None
+    if top.host != host or wants_rport:
+        changes["received"] = host
+    if wants_rport:
+        changes["rport"] = str(port)
+    if changes:
+        new = dataclasses.replace(top, parameters=top.parameters.replace(**changes))
+        _rewrite_first(msg, "Via", Via.parse_many, format_via, new)
