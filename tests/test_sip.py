@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import dpkt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +13,9 @@ from sipmessage import URI, Address, MediaType, Parameters, Request, Response, V
 
 from labsim.wire import sip
 from labsim.wire.errors import SipError
+
+from .conftest import require_tool
+from .pcapwriter import TcpConversation, write_pcap
 
 VECTORS = Path(__file__).parent / "vectors" / "sip"
 INVITE_FILE = next(VECTORS.glob("invite-appsharing-cl*.sip"))
@@ -849,20 +850,7 @@ def test_ms_diagnostics_parse_raises_only_sip_error(text: str) -> None:
 # tshark as the judge of wireshark_info()
 
 
-def write_pcap(path: Path, payloads: list[bytes]) -> None:
-    """One TCP segment per payload, 10.0.0.1:5060 -> 10.0.0.2 (a port per message)."""
-    with path.open("wb") as f:
-        writer = dpkt.pcap.Writer(f)
-        for i, payload in enumerate(payloads):
-            tcp = dpkt.tcp.TCP(sport=5060, dport=5061 + i, seq=1000, ack=1,
-                               flags=dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK, data=payload)  # fmt: skip
-            ip = dpkt.ip.IP(src=bytes([10, 0, 0, 1]), dst=bytes([10, 0, 0, 2]), p=6, data=tcp)
-            eth = dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x02" * 6, type=0x0800, data=ip)
-            writer.writepkt(bytes(eth), ts=i)
-
-
 @pytest.mark.tshark
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs Wireshark's tshark")
 def test_wireshark_info_matches_tshark(tmp_path: Path) -> None:
     invite = parse_request(INVITE)
     messages: list[sip.SipMessage] = [
@@ -877,10 +865,41 @@ def test_wireshark_info_matches_tshark(tmp_path: Path) -> None:
             to_addr="<sip:a@b.c>", call_id="c", cseq=1,
         ),
     ]  # fmt: skip
+    tshark = require_tool("tshark")
     pcap = tmp_path / "sip.pcap"
-    write_pcap(pcap, [sip.encode(m) for m in messages])
+    # One conversation per message, so each is its own TCP stream on port 5060.
+    write_pcap(
+        pcap,
+        [
+            TcpConversation(("10.0.0.1", 40000 + i), ("10.0.0.2", 5060)).send(True, sip.encode(m))
+            for i, m in enumerate(messages)
+        ],
+    )
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "_ws.col.Info"],
+        [tshark, "-r", str(pcap), "-Y", "tcp.len > 0", "-T", "fields", "-e", "_ws.col.Info"],
         capture_output=True, check=True, timeout=60,
     )  # fmt: skip
     assert out.stdout.decode().split("\n")[:-1] == [sip.wireshark_info(m) for m in messages]
+
+
+def test_content_length_414_with_lws_as_sipp_sends_it() -> None:
+    """The issue's case: `Content-Length:   414` (sipp pads with spaces) on a CMS 200 OK whose
+    SDP carries the TURN relay candidate; the SIP splitter, the parser and the SDP model agree."""
+    from labsim.wire.framing import SipSplitter
+    from labsim.wire.sdp import SessionDescription
+
+    data = (VECTORS / "200-ok-cl414.sip").read_bytes()
+    assert b"\r\nContent-Length:   414\r\n" in data
+    assert SipSplitter().feed(data[:100]) == []
+    msg = sip.parse_message(data)
+    assert isinstance(msg, Response) and msg.code == 200
+    assert sip.content_length(msg) == len(msg.body) == 414
+    sdp = SessionDescription.parse(msg.body)
+    assert bytes(sdp) == msg.body
+    (candidate,) = sdp.media[0].candidates
+    assert (candidate.type, candidate.tcptype, candidate.address, candidate.port) == (
+        "relay",
+        "passive",
+        "10.48.54.229",
+        24000,
+    )
