@@ -194,6 +194,12 @@ def _pad_length(n: int) -> int:
     return (4 - n % 4) % 4
 
 
+def _int32(value: int) -> int:
+    """Wireshark prints LIFETIME and BANDWIDTH with %d: as signed 32-bit numbers."""
+    signed: int = struct.unpack("!i", struct.pack("!I", value))[0]
+    return signed
+
+
 def _c_string(raw: bytes) -> str:
     """What Wireshark shows for a string attribute: UTF-8, cut at the first NUL."""
     return raw.split(b"\x00", 1)[0].decode("utf-8", errors="replace")
@@ -656,8 +662,7 @@ class Lifetime(_U32):
     TYPE, NAME = 0x000D, "LIFETIME"
 
     def info(self) -> str:
-        # Wireshark prints it with %d, i.e. as a signed 32-bit number.
-        return f" lifetime: {struct.unpack('!i', struct.pack('!I', self.value))[0]}"
+        return f" lifetime: {_int32(self.value)}"
 
 
 class XorPeerAddress(_XorAddress):
@@ -789,7 +794,7 @@ class Bandwidth(_U32):
     TYPE, NAME = 0x0010, "BANDWIDTH"
 
     def info(self) -> str:
-        return f" bandwidth: {struct.unpack('!i', struct.pack('!I', self.value))[0]}"
+        return f" bandwidth: {_int32(self.value)}"
 
 
 class DestinationAddress(_Address):
