@@ -17,10 +17,12 @@ from labsim.wire.stun import (
     MessageIntegrity,
     Method,
     Nonce,
+    PasswordAlgorithm,
     Priority,
     Realm,
     RequestedTransport,
     Software,
+    UnknownAttribute,
     Username,
     XorMappedAddress,
     XorPeerAddress,
@@ -361,3 +363,33 @@ def test_error_helper_uses_rfc_reason_phrases() -> None:
         "Allocate Error Response error-code: 442 (Unsupported Transport Protocol)"
         " Unsupported Transport Protocol"
     )
+
+
+@pytest.mark.parametrize(
+    ("address", "shown"),
+    [
+        ("::ffff:10.48.54.229", "::ffff:10.48.54.229"),
+        ("::a30:36e5", "::10.48.54.229"),
+        ("::1", "::1"),
+        ("::", "::"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("10.48.54.229", "10.48.54.229"),
+    ],
+)
+def test_summary_prints_addresses_as_wireshark_does(address: str, shown: str) -> None:
+    msg = Message(Method.CONNECT, Class.REQUEST, TID1, [XorPeerAddress(address, 24000)])
+    assert msg.summary() == f"Connect Request XOR-PEER-ADDRESS: {shown}:24000"
+    assert decode(msg.encode()).get(XorPeerAddress) == XorPeerAddress(address, 24000)
+
+
+def test_password_algorithm_layout() -> None:
+    attr = PasswordAlgorithm(2, b"abcde")
+    value = attr.encode_value(TID1)
+    assert value == b"\x00\x02\x00\x05abcde\x00\x00\x00"
+    assert PasswordAlgorithm.decode_value(value, TID1) == attr
+    with pytest.raises(StunError):
+        decode(
+            Message(
+                Method.BINDING, Class.REQUEST, TID1, [UnknownAttribute(0x001D, b"\x00\x01\x00\x09")]
+            ).encode()
+        )

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from labsim.wire.framing import frame_rfc4571
 from labsim.wire.stun import (
@@ -55,6 +57,7 @@ from labsim.wire.stun import (
 
 from .conftest import require_tool
 from .pcapwriter import TcpConversation, write_pcap
+from .strategies import printable_messages
 
 pytestmark = pytest.mark.tshark
 
@@ -462,3 +465,29 @@ def test_framed_checks_decode_as_stun_on_the_relay_leg(decoded: list[dict[str, s
     rows = decoded[start : start + len(ICE_CHECKS)]
     assert [r["_ws.col.Info"] for r in rows] == [m.summary() for m in ICE_CHECKS]
     assert rows[0]["_ws.col.Info"] == "Binding Request user: Xa3f:cM5k"
+
+
+# No shrinking: each example runs tshark once; a failure reports the first batch as is.
+@settings(
+    max_examples=6,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+@given(st.lists(printable_messages, min_size=40, max_size=40))
+def test_tshark_agrees_on_generated_messages(batch: list[Message]) -> None:
+    """Hypothesis-built messages of every method and class, with every typed attribute: tshark's
+    Info equals our summary for each, and none is malformed."""
+    import tempfile
+
+    conversations = [
+        conversation(n).send(True, message.encode()) for n, message in enumerate(batch)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "generated.pcap"
+        write_pcap(path, conversations)
+        rows = run_tshark(path)
+    assert len(rows) == len(batch)
+    for row, message in zip(rows, batch, strict=True):
+        assert row["_ws.col.Info"] == message.summary(), message
+        assert row["_ws.malformed"] == "", message

@@ -380,6 +380,25 @@ class _Text(Attribute):
         return cls(text)
 
 
+def _display_ip(address: str) -> str:
+    """An address as Wireshark prints it (glibc inet_ntop): like Python's compressed form, but
+    IPv4-compatible (::a.b.c.d) and IPv4-mapped (::ffff:a.b.c.d) IPv6 addresses end in a
+    dotted quad."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    packed = ip.packed
+    tail = str(ipaddress.IPv4Address(packed[12:]))
+    if packed[:12] == bytes(12) and packed[12:14] != b"\x00\x00":
+        return f"::{tail}"
+    if packed[:12] == bytes(10) + b"\xff\xff":
+        return f"::ffff:{tail}"
+    return str(ip)
+
+
 def _pack_address(address: str, port: int, name: str) -> tuple[int, bytes]:
     try:
         ip = ipaddress.ip_address(address)
@@ -405,10 +424,20 @@ def _unpack_address(value: bytes, name: str) -> tuple[int, int, bytes]:
 
 @dataclass(frozen=True)
 class _Address(Attribute):
-    """A plain transport address (MAPPED-ADDRESS and friends, RFC 5389 §15.1)."""
+    """A plain transport address (MAPPED-ADDRESS and friends, RFC 5389 §15.1).
+
+    ``address`` is kept in Python's canonical text form, so equal addresses compare equal
+    whatever spelling built them.
+    """
 
     address: str = "0.0.0.0"
     port: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "address", str(ipaddress.ip_address(self.address)))
+        except ValueError:
+            pass  # reported by encode_value, which is where a bad address matters
 
     def encode_value(self, transaction_id: bytes) -> bytes:
         family, packed = _pack_address(self.address, self.port, self.NAME)
@@ -420,16 +449,12 @@ class _Address(Attribute):
         return cls(str(ipaddress.ip_address(packed)), port)
 
     def info(self) -> str:
-        return f" {self.NAME}: {self.address}:{self.port}"
+        return f" {self.NAME}: {_display_ip(self.address)}:{self.port}"
 
 
-@dataclass(frozen=True)
-class _XorAddress(Attribute):
+class _XorAddress(_Address):
     """An XOR'ed transport address (RFC 5389 §15.2): port ^ 0x2112, IPv4 ^ cookie,
     IPv6 ^ (cookie || transaction ID)."""
-
-    address: str = "0.0.0.0"
-    port: int = 0
 
     @staticmethod
     def _mask(family: int, transaction_id: bytes) -> bytes:
@@ -448,9 +473,6 @@ class _XorAddress(Attribute):
         packed = bytes(a ^ b for a, b in zip(xaddr, mask, strict=True))
         port = xport ^ (MAGIC_COOKIE >> 16)
         return cls(str(ipaddress.ip_address(packed)), port)
-
-    def info(self) -> str:
-        return f" {self.NAME}: {self.address}:{self.port}"
 
 
 # --- RFC 5389 ----------------------------------------------------------------------------------
@@ -624,8 +646,28 @@ class MessageIntegritySha256(_Bytes):
     TYPE, NAME, LENGTHS = 0x001C, "MESSAGE-INTEGRITY-SHA256", (16, 20, 24, 28, 32)
 
 
-class PasswordAlgorithm(_Bytes):
-    TYPE, NAME = 0x001D, "PASSWORD-ALGORITHM"
+@dataclass(frozen=True)
+class PasswordAlgorithm(Attribute):
+    """RFC 8489 §14.5: a 16-bit algorithm (1 MD5, 2 SHA-256), a 16-bit parameter length, the
+    parameters, padded to 4 bytes inside the value."""
+
+    TYPE: ClassVar[int] = 0x001D
+    NAME: ClassVar[str] = "PASSWORD-ALGORITHM"
+    algorithm: int = 1
+    parameters: bytes = b""
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        params = self.parameters + bytes(_pad_length(len(self.parameters)))
+        return struct.pack("!HH", self.algorithm, len(self.parameters)) + params
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
+        if len(value) < 4:
+            raise _BadValue(f"PASSWORD-ALGORITHM needs at least 4 bytes, got {len(value)}")
+        algorithm, length = struct.unpack("!HH", value[:4])
+        if len(value) != 4 + length + _pad_length(length):
+            raise _BadValue(f"PASSWORD-ALGORITHM parameter length {length} does not fit")
+        return cls(algorithm, bytes(value[4 : 4 + length]))
 
 
 class Userhash(_Bytes):
