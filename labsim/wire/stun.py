@@ -178,7 +178,10 @@ def split_type(msg_type: int) -> tuple[int, Class]:
     """The inverse of :func:`message_type`: (method, class), as Wireshark decodes it."""
     cls = ((msg_type & 0x0010) >> 4) | ((msg_type & 0x0100) >> 7)
     method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
-    return method, Class(cls)
+    return method, _CLASSES[cls]
+
+
+_CLASSES = tuple(Class)
 
 
 def random_transaction_id() -> bytes:
@@ -217,15 +220,17 @@ class Attribute:
     """Base of every attribute. Subclasses set ``TYPE`` and ``NAME`` (Wireshark's name).
 
     ``_wire_value`` and ``_wire_padding`` hold the bytes as received, so that a decoded
-    attribute re-encodes identically; they are not init fields, so :func:`dataclasses.replace`
-    yields a canonically encoded copy.
+    attribute re-encodes identically; :func:`dataclasses.replace` yields a canonically encoded
+    copy.
     """
 
     TYPE: ClassVar[int] = -1
     NAME: ClassVar[str] = ""
 
-    _wire_value: bytes | None = field(default=None, init=False, compare=False, repr=False)
-    _wire_padding: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    # Class-level defaults, set per instance only by decode() / with_padding(): not dataclass
+    # fields, so they stay out of __init__, ==, repr and dataclasses.replace().
+    _wire_value: ClassVar[bytes | None] = None
+    _wire_padding: ClassVar[bytes | None] = None
 
     @property
     def type(self) -> int:
@@ -262,9 +267,6 @@ class Attribute:
             return self._wire_padding
         return bytes(_pad_length(value_length))
 
-    def _remember(self, value: bytes, padding: bytes) -> None:
-        object.__setattr__(self, "_wire_value", value)
-        object.__setattr__(self, "_wire_padding", padding)
 
 
 @dataclass(frozen=True)
@@ -1056,12 +1058,18 @@ def short_term_key(password: str) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
+_TL = struct.Struct("!HH")
+_HEAD = struct.Struct("!HHI")
+_ZEROS = [b"", b"\x00", b"\x00\x00", b"\x00\x00\x00"]
+
+
 def _header(msg_type: int, length: int, transaction_id: bytes) -> bytes:
     return struct.pack("!HHI", msg_type, length, MAGIC_COOKIE) + transaction_id
 
 
 def _hmac_sha1(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha1).digest()
+    # hmac.digest is the one-shot C path; hmac.new builds a Python object per message.
+    return hmac.digest(key, data, "sha1")
 
 
 def _crc(data: bytes) -> int:
@@ -1089,7 +1097,8 @@ class Message:
                 f"transaction ID must be {TRANSACTION_ID_LENGTH} bytes, "
                 f"got {len(self.transaction_id)}"
             )
-        self.cls = Class(self.cls)
+        if type(self.cls) is not Class:
+            self.cls = Class(self.cls)
 
     # -- convenience constructors --------------------------------------------------------------
 
@@ -1165,28 +1174,35 @@ class Message:
         msg_type = self.type
         tid = self.transaction_id
         body = bytearray()
+        pack_tl = _TL.pack
         recompute_fingerprint = False
         for attr in self.attributes:
-            if isinstance(attr, MessageIntegrity) and (key is not None or attr.hmac is None):
+            kind = type(attr)
+            if kind is MessageIntegrity and (key is not None or attr.hmac is None):  # type: ignore[attr-defined]
                 if key is None:
                     raise StunError("MESSAGE-INTEGRITY needs a key to be computed")
                 # §15.4: the length covers the attributes up to and including MI.
                 digest = _hmac_sha1(key, _header(msg_type, len(body) + 24, tid) + body)
-                body += struct.pack("!HH", attr.TYPE, 20) + digest
+                body += pack_tl(0x0008, 20) + digest
                 recompute_fingerprint = True
                 continue
-            if isinstance(attr, Fingerprint) and (attr.crc is None or recompute_fingerprint):
+            if kind is Fingerprint and (attr.crc is None or recompute_fingerprint):  # type: ignore[attr-defined]
                 # §15.5: the length covers the attributes up to and including FINGERPRINT.
                 crc = _crc(_header(msg_type, len(body) + 8, tid) + body)
-                body += struct.pack("!HHI", attr.TYPE, 4, crc)
+                body += struct.pack("!HHI", 0x8028, 4, crc)
                 continue
-            value = attr.wire_value(tid)
-            if len(value) > 0xFFFF:
-                raise StunError(f"{attr.name} value of {len(value)} bytes does not fit")
-            body += struct.pack("!HH", attr.type, len(value)) + value
-            body += attr.wire_padding(len(value))
-        if len(body) > 0xFFFF:
-            raise StunError(f"message body of {len(body)} bytes does not fit in 16 bits")
+            value = attr._wire_value
+            if value is None:
+                value = attr.encode_value(tid)
+                if len(value) > 0xFFFF:
+                    raise StunError(f"{attr.name} value of {len(value)} bytes does not fit")
+            size = len(value)
+            body += pack_tl(attr.attr_type if kind is UnknownAttribute else attr.TYPE, size)  # type: ignore[attr-defined]
+            body += value
+            if size & 3:
+                padding = attr._wire_padding
+                pad = 4 - (size & 3)
+                body += padding if padding is not None and len(padding) == pad else _ZEROS[pad]
         return _header(msg_type, len(body), tid) + bytes(body)
 
     def __bytes__(self) -> bytes:
@@ -1237,7 +1253,7 @@ def decode(data: bytes | bytearray | memoryview, *, base_offset: int = 0) -> Mes
 
     if len(buf) < HEADER_LENGTH:
         raise fail(f"STUN header needs {HEADER_LENGTH} bytes, got {len(buf)}", 0)
-    msg_type, length, cookie = struct.unpack("!HHI", buf[:8])
+    msg_type, length, cookie = _HEAD.unpack_from(buf)
     if msg_type & 0xC000:
         raise fail(
             f"first two bits are {msg_type >> 14:02b}, not 00: not a STUN message (RFC 5389 §6)",
@@ -1258,19 +1274,22 @@ def decode(data: bytes | bytearray | memoryview, *, base_offset: int = 0) -> Mes
     attributes: list[Attribute] = []
     offsets: list[int] = []
     offset = HEADER_LENGTH
-    while offset < len(buf):
-        if len(buf) - offset < 4:
+    size = len(buf)
+    unpack_tl = _TL.unpack_from
+    registry = ATTRIBUTE_TYPES
+    while offset < size:
+        if size - offset < 4:
             raise fail("attribute header cut short", offset)
-        attr_type, attr_len = struct.unpack("!HH", buf[offset : offset + 4])
+        attr_type, attr_len = unpack_tl(buf, offset)
         end = offset + 4 + attr_len
-        padded_end = end + _pad_length(attr_len)
-        if padded_end > len(buf):
+        padded_end = (end + 3) & ~3
+        if padded_end > size:
             raise fail(
                 f"attribute 0x{attr_type:04x} length {attr_len} runs past the message end",
                 offset + 2,
             )
-        value, padding = buf[offset + 4 : end], buf[end:padded_end]
-        kind = ATTRIBUTE_TYPES.get(attr_type)
+        value = buf[offset + 4 : end]
+        kind = registry.get(attr_type)
         attr: Attribute
         if kind is None:
             attr = UnknownAttribute(attr_type, value)
@@ -1279,7 +1298,10 @@ def decode(data: bytes | bytearray | memoryview, *, base_offset: int = 0) -> Mes
                 attr = kind.decode_value(value, tid)
             except (_BadValue, StunError) as exc:
                 raise fail(str(exc), offset + 4) from None
-        attr._remember(value, padding)
+        # Remember the bytes as sent; zero padding is what encoding writes anyway.
+        object.__setattr__(attr, "_wire_value", value)
+        if padded_end != end and buf[end:padded_end].strip(b"\x00"):
+            object.__setattr__(attr, "_wire_padding", buf[end:padded_end])
         attributes.append(attr)
         offsets.append(offset)
         offset = padded_end
