@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check labsim tests
-.venv/bin/ruff format --check labsim tests
+.venv/bin/ruff check labsim tests bench
+.venv/bin/ruff format --check labsim tests bench
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

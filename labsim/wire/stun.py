@@ -268,7 +268,6 @@ class Attribute:
         return bytes(_pad_length(value_length))
 
 
-
 @dataclass(frozen=True)
 class UnknownAttribute(Attribute):
     """An attribute this codec has no type for, kept as raw bytes in wire order."""
