@@ -188,3 +188,16 @@ def test_random_bytes_raise_only_framing_errors(data: bytes, cuts: list[int]) ->
 def test_frame_rfc4571_rejects_oversize() -> None:
     with pytest.raises(FramingError):
         frame_rfc4571(bytes(0x10000))
+
+
+def test_protocol_switch_after_a_known_message() -> None:
+    """An RFC 6062 data connection: one STUN response, then raw bytes in the same segment."""
+    response = STUN_VECTORS[0]
+    raw = b"\x00\x6c\x00\x01 raw relay bytes, not STUN"
+    splitter = StunSplitter()
+    assert splitter.feed(response + raw, max_messages=1) == [response]
+    assert splitter.take_buffered() == raw
+    assert splitter.buffered == 0 and splitter.offset == len(response) + len(raw)
+    # Without the limit the same bytes are (rightly) garbage for a STUN splitter.
+    with pytest.raises(FramingError):
+        StunSplitter().feed(response + raw)

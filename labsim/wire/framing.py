@@ -40,8 +40,15 @@ class StreamSplitter:
         """Bytes held, waiting for the rest of a message."""
         return len(self._buf)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+    def feed(
+        self, data: bytes | bytearray | memoryview, *, max_messages: int | None = None
+    ) -> list[bytes]:
         """Add bytes; return every message they complete, in order.
+
+        ``max_messages`` stops after that many messages and leaves the rest buffered, unparsed:
+        for a connection that changes protocol after a known message (an RFC 6062 data
+        connection turns into a raw pipe after the ConnectionBind response), the rest is then
+        taken with :meth:`take_buffered`.
 
         After a :class:`FramingError` the stream is unusable: every later call raises it again
         (the receiver should close the connection).
@@ -52,7 +59,7 @@ class StreamSplitter:
         out: list[bytes] = []
         pos = 0
         try:
-            while True:
+            while max_messages is None or len(out) < max_messages:
                 step = self._next_end(pos)
                 if step is None:
                     break
@@ -68,6 +75,13 @@ class StreamSplitter:
                 del self._buf[:pos]
                 self.offset += pos
         return out
+
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes held and stop splitting: the stream has left this framing."""
+        rest = bytes(self._buf)
+        self.offset += len(rest)
+        self._buf.clear()
+        return rest
 
     def close(self) -> None:
         """The peer closed the stream: raise if it stopped inside a message."""
@@ -150,8 +164,10 @@ class Rfc4571Splitter(StreamSplitter):
         super().__init__()
         self.max_frame = max_frame
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        framed = super().feed(data)
+    def feed(
+        self, data: bytes | bytearray | memoryview, *, max_messages: int | None = None
+    ) -> list[bytes]:
+        framed = super().feed(data, max_messages=max_messages)
         return [frame[2:] for frame in framed]
 
     def _next_end(self, pos: int) -> tuple[int, bool] | None:

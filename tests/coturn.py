@@ -1,0 +1,104 @@
+"""Start Debian's coturn on a free loopback port for one test, bounded in time (PROTOCOL.md §11).
+
+The server gets its own scratch folder (user database, log, pid file), listens on 127.0.0.1 only,
+relays on a small port range, and is terminated (then killed) when the test ends; its log is
+capped by the short life of the server and checked for size.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .conftest import require_tool
+
+USER, PASSWORD, REALM = "turn", "secret", "TANDBERG"
+MAX_LOG_BYTES = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Coturn:
+    host: str
+    port: int
+    relay_ports: range
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _free_range(size: int) -> range:
+    """A run of ``size`` ports none of which is bound now (relay ports for the server)."""
+    for _ in range(50):
+        start = free_port()
+        if start + size > 65535:
+            continue
+        ports = range(start, start + size)
+        try:
+            held = []
+            for port in ports:
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return ports
+    raise RuntimeError("no free run of relay ports on 127.0.0.1")
+
+
+@contextmanager
+def coturn(workdir: Path, *extra: str, start_timeout: float = 10.0) -> Iterator[Coturn]:
+    turnserver = require_tool("turnserver")
+    port = free_port()
+    relays = _free_range(20)
+    log = workdir / "turnserver.log"
+    cmd = [
+        turnserver, "-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",
+        "--listening-port", str(port), "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}",
+        "-r", REALM, "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
+        "--min-port", str(relays.start), "--max-port", str(relays.stop - 1), "--fingerprint",
+        "--userdb", str(workdir / "turndb.sqlite"), "--log-file", str(log), "--simple-log",
+        "--no-stdout-log", "--pidfile", str(workdir / "turnserver.pid"), *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"turnserver exited with {proc.returncode}; see {log}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"turnserver not listening after {start_timeout} s"
+                    ) from None
+                time.sleep(0.05)
+        yield Coturn("127.0.0.1", port, relays, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        if log.exists() and log.stat().st_size > MAX_LOG_BYTES:
+            raise RuntimeError(f"turnserver log grew to {log.stat().st_size} bytes")
