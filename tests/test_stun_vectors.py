@@ -29,6 +29,7 @@ from labsim.wire.stun import (
     XorRelayedAddress,
     decode,
     decode_control,
+    is_stun,
     long_term_key,
     message_type,
     saslprep,
@@ -393,3 +394,11 @@ def test_password_algorithm_layout() -> None:
                 Method.BINDING, Class.REQUEST, TID1, [UnknownAttribute(0x001D, b"\x00\x01\x00\x09")]
             ).encode()
         )
+
+
+def test_is_stun_demultiplexes_rfc4571_payloads() -> None:
+    framed = load_hex("stun/rfc4571-framed-request.hex")
+    assert is_stun(framed[2:])
+    assert not is_stun(framed)  # the cookie is off by two: still framed
+    assert not is_stun(b"\x80\x7f" + bytes(30))  # RTP (RFC 7983 demultiplexing)
+    assert not is_stun(ChannelData(0x4000, b"x" * 20).encode())

@@ -32,7 +32,7 @@ import secrets
 import stringprep
 import struct
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import ClassVar, Self, TypeVar
@@ -1375,13 +1375,3 @@ def decode_control(data: bytes | bytearray | memoryview) -> Message | ChannelDat
     if len(data) and data[0] & 0xC0 == 0x40:
         return ChannelData.decode(data)
     return decode(data)
-
-
-def iter_attribute_types() -> Iterator[type[Attribute]]:
-    """Every typed attribute class, in wire-type order."""
-    return iter(ATTRIBUTE_TYPES[t] for t in sorted(ATTRIBUTE_TYPES))
-
-
-def summarize(data: bytes | bytearray | memoryview) -> str:
-    """Summary line for raw bytes that may be STUN or ChannelData; errors raise StunError."""
-    return decode_control(data).summary()
