@@ -1,0 +1,2 @@
+"""Runtimes that carry the actors' effects out: ``live`` (asyncio sockets on loopback) and
+``virtual`` (simpy, virtual time)."""

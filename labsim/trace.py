@@ -1,0 +1,252 @@
+"""The one record of a run: every connection and every message, decoded and timed.
+
+Both runtimes write into a :class:`Trace` as they carry effects out; the ladder, the pcapng, the
+JSON output, the diagnosis and the tests all read it, and nothing else (DESIGN.md: "the trace is
+the truth").
+
+Messages are cut out of each direction of each connection by the framing the sender declared on
+its :class:`~labsim.proto.events.Send` (``stun``, ``rfc4571``, ``sip`` or ``raw``), with the
+stream splitters of :mod:`labsim.wire.framing`, so a message split over several sends is
+recorded once, whole, at the time its last byte was sent. ``raw`` bytes (what a TURN server
+relays) are recorded as TCP data, and additionally decoded when they are RFC 4571-framed STUN —
+the ICE checks crossing the relay, as Wireshark does on the peer leg (PROTOCOL.md §7.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from labsim.wire import WireError, sip, stun
+from labsim.wire.address import Address
+from labsim.wire.framing import Rfc4571Splitter, SipSplitter, StreamSplitter, StunSplitter
+
+
+@dataclass
+class ConnectionRecord:
+    """One TCP connection of the run."""
+
+    id: int
+    client: str
+    """Actor that opened it."""
+    client_addr: Address
+    server: str
+    """Actor that accepted it."""
+    server_addr: Address
+    opened: float
+    closed: float | None = None
+    reset: bool = False
+    """Ended by a reset (RST) rather than FIN."""
+    closed_by: str | None = None
+    """Actor that closed it, or ``"network"``."""
+
+
+@dataclass
+class MessageRecord:
+    """One message on a connection, as the receiver's decoder sees it."""
+
+    t: float
+    connection: int
+    src: str
+    dst: str
+    src_addr: Address
+    dst_addr: Address
+    protocol: str
+    """``"STUN"``, ``"SIP"`` or ``"TCP"`` (opaque data)."""
+    summary: str
+    """Wireshark-style one-liner: ``Allocate Request TCP lifetime: 600``, ``INVITE``, …"""
+    data: bytes
+    framing: str
+    """The sender's declared framing: ``stun``, ``rfc4571``, ``sip`` or ``raw``."""
+    error: str | None = None
+    """Why the bytes did not decode, if they did not."""
+    relayed: bool = False
+    """Decoded out of bytes a relay forwarded (``raw`` framing)."""
+
+    def decoded(self) -> stun.Message | stun.ChannelData | sip.SipMessage | None:
+        """The decoded message, or None for opaque data and decode errors."""
+        if self.error is not None or self.protocol == "TCP":
+            return None
+        if self.protocol == "SIP":
+            return sip.parse_message(self.data)
+        return stun.decode_control(self.data)
+
+
+@dataclass
+class RefusedRecord:
+    """A connection attempt that never opened (refused, timed out, blocked)."""
+
+    t: float
+    client: str
+    client_host: str
+    server_addr: Address
+    reason: str
+
+
+@dataclass
+class LogRecord:
+    t: float
+    actor: str
+    text: str
+    level: str = "info"
+
+
+@dataclass
+class ClosedRecord:
+    """The moment a connection ended (its :class:`ConnectionRecord` holds how)."""
+
+    t: float
+    connection: ConnectionRecord
+
+
+TimelineRecord = ConnectionRecord | ClosedRecord | MessageRecord | RefusedRecord | LogRecord
+
+
+@dataclass
+class _Direction:
+    framing: str = ""
+    splitter: StreamSplitter | None = None
+    sent: int = 0
+
+
+@dataclass
+class Trace:
+    """Everything that happened in one run, in order."""
+
+    connections: dict[int, ConnectionRecord] = field(default_factory=dict)
+    messages: list[MessageRecord] = field(default_factory=list)
+    refused: list[RefusedRecord] = field(default_factory=list)
+    logs: list[LogRecord] = field(default_factory=list)
+    #: Every record in the order it happened, for renderers that interleave them.
+    timeline: list[TimelineRecord] = field(default_factory=list)
+    _directions: dict[tuple[int, bool], _Direction] = field(default_factory=dict, repr=False)
+
+    # -- written by the runtimes ---------------------------------------------------------------
+
+    def opened(
+        self,
+        t: float,
+        conn: int,
+        client: str,
+        client_addr: Address,
+        server: str,
+        server_addr: Address,
+    ) -> ConnectionRecord:
+        record = ConnectionRecord(conn, client, client_addr, server, server_addr, t)
+        self.connections[conn] = record
+        self.timeline.append(record)
+        return record
+
+    def closed(self, t: float, conn: int, by: str, reset: bool = False) -> None:
+        record = self.connections[conn]
+        if record.closed is not None:
+            return
+        record.closed, record.closed_by, record.reset = t, by, reset
+        self.timeline.append(ClosedRecord(t, record))
+
+    def refuse(self, t: float, client: str, client_host: str, server: Address, reason: str) -> None:
+        record = RefusedRecord(t, client, client_host, server, reason)
+        self.refused.append(record)
+        self.timeline.append(record)
+
+    def log(self, t: float, actor: str, text: str, level: str = "info") -> None:
+        record = LogRecord(t, actor, text, level)
+        self.logs.append(record)
+        self.timeline.append(record)
+
+    def sent(
+        self, t: float, conn: int, from_client: bool, data: bytes, framing: str = "raw"
+    ) -> list[MessageRecord]:
+        """Record bytes sent on a connection; returns the messages they completed."""
+        record = self.connections[conn]
+        if from_client:
+            src, dst, src_addr, dst_addr = (
+                record.client, record.server, record.client_addr, record.server_addr
+            )  # fmt: skip
+        else:
+            src, dst, src_addr, dst_addr = (
+                record.server, record.client, record.server_addr, record.client_addr
+            )  # fmt: skip
+        direction = self._directions.setdefault((conn, from_client), _Direction())
+        if direction.framing != framing:
+            direction.framing = framing
+            direction.splitter = _splitter(framing)
+        direction.sent += len(data)
+
+        out: list[MessageRecord] = []
+
+        def add(protocol: str, summary: str, raw: bytes, error: str | None = None,
+                relayed: bool = False) -> None:  # fmt: skip
+            message = MessageRecord(
+                t, conn, src, dst, src_addr, dst_addr, protocol, summary, raw, framing, error,
+                relayed,
+            )  # fmt: skip
+            out.append(message)
+
+        if framing == "raw":
+            add("TCP", f"TCP data, {len(data)} bytes", data)
+            if direction.splitter is not None:
+                try:
+                    frames = direction.splitter.feed(data)
+                except WireError:
+                    direction.splitter = None  # not RFC 4571: stays opaque from here on
+                    frames = []
+                for frame in frames:
+                    if stun.is_stun(frame):
+                        add(*_decode_stun(frame), relayed=True)
+        elif direction.splitter is None:
+            add("TCP", f"TCP data, {len(data)} bytes", data, error="framing lost earlier")
+        else:
+            try:
+                frames = direction.splitter.feed(data)
+            except WireError as exc:
+                direction.splitter = None
+                add("TCP", f"TCP data, {len(data)} bytes", data, error=str(exc))
+                frames = []
+            for frame in frames:
+                if framing == "sip":
+                    add(*_decode_sip(frame))
+                elif framing == "rfc4571" and not stun.is_stun(frame):
+                    add("TCP", f"framed data, {len(frame)} bytes", frame)
+                else:
+                    add(*_decode_stun(frame))
+        self.messages.extend(out)
+        self.timeline.extend(out)
+        return out
+
+    # -- read by renderers and tests -----------------------------------------------------------
+
+    def sequence(self, *, relayed: bool = True) -> list[tuple[str, str, str]]:
+        """(summary, src, dst) of every decoded message, in order: what "the same flow" means
+        when two runs are compared. Opaque TCP data is left out."""
+        return [
+            (m.summary, m.src, m.dst)
+            for m in self.messages
+            if m.protocol != "TCP" and (relayed or not m.relayed)
+        ]
+
+    def find(self, summary_prefix: str) -> list[MessageRecord]:
+        return [m for m in self.messages if m.summary.startswith(summary_prefix)]
+
+
+def _splitter(framing: str) -> StreamSplitter | None:
+    if framing == "stun":
+        return StunSplitter()
+    if framing in ("rfc4571", "raw"):
+        return Rfc4571Splitter()
+    if framing == "sip":
+        return SipSplitter()
+    raise ValueError(f"unknown framing {framing!r}")
+
+
+def _decode_stun(frame: bytes) -> tuple[str, str, bytes, str | None]:
+    try:
+        return "STUN", stun.decode_control(frame).summary(), frame, None
+    except WireError as exc:
+        return "STUN", "Malformed STUN", frame, str(exc)
+
+
+def _decode_sip(frame: bytes) -> tuple[str, str, bytes, str | None]:
+    try:
+        return "SIP", sip.summary(sip.parse_message(frame)), frame, None
+    except WireError as exc:
+        return "SIP", "Malformed SIP", frame, str(exc)
