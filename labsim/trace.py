@@ -230,7 +230,9 @@ class Trace:
 
 def _splitter(framing: str) -> StreamSplitter | None:
     if framing == "stun":
-        return StunSplitter()
+        # TCP allocations (RFC 6062 §4.1) never carry ChannelData, and refusing it makes text
+        # sent to a TURN port show up as garbage at once.
+        return StunSplitter(allow_channel_data=False)
     if framing in ("rfc4571", "raw"):
         return Rfc4571Splitter()
     if framing == "sip":

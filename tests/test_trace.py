@@ -1,0 +1,78 @@
+"""The trace cuts and decodes each direction of each connection by the sender's framing."""
+
+from __future__ import annotations
+
+from labsim.trace import ClosedRecord, ConnectionRecord, MessageRecord, Trace
+from labsim.wire.address import Address
+from labsim.wire.framing import frame_rfc4571
+
+from .conftest import load_hex
+
+CMS = Address("10.48.54.230", 44340)
+EXPE = Address("10.48.54.229", 3478)
+ALLOCATE = load_hex("stun/turn-allocate-request.hex")
+ERROR_401 = load_hex("stun/turn-allocate-401.hex")
+CHECK = load_hex("stun/rfc5769-2.1-request.hex")
+
+
+def new_trace() -> Trace:
+    trace = Trace()
+    trace.opened(0.0, 1, "cms", CMS, "expressway_e", EXPE)
+    return trace
+
+
+def test_messages_split_over_sends_are_recorded_once_whole() -> None:
+    trace = new_trace()
+    assert trace.sent(0.1, 1, True, ALLOCATE[:7], "stun") == []
+    (record,) = trace.sent(0.2, 1, True, ALLOCATE[7:] + ERROR_401[:3], "stun")
+    assert record.t == 0.2 and record.data == ALLOCATE
+    assert (record.src, record.dst, record.src_addr, record.dst_addr) == (
+        "cms", "expressway_e", CMS, EXPE
+    )  # fmt: skip
+    assert record.summary == "Allocate Request TCP lifetime: 600"
+    (reply,) = trace.sent(0.3, 1, False, ERROR_401, "stun")
+    assert reply.src == "expressway_e" and reply.summary.startswith("Allocate Error Response")
+    assert trace.sequence() == [
+        ("Allocate Request TCP lifetime: 600", "cms", "expressway_e"),
+        (reply.summary, "expressway_e", "cms"),
+    ]
+
+
+def test_framing_switch_and_relayed_checks() -> None:
+    trace = new_trace()
+    trace.sent(0.1, 1, True, ALLOCATE, "stun")
+    # After the switch to raw (a relay pipe), framed ICE checks are still recognised.
+    records = trace.sent(0.2, 1, True, frame_rfc4571(CHECK) + frame_rfc4571(b"\x80rtp"), "raw")
+    assert [r.protocol for r in records] == ["TCP", "STUN"]
+    assert records[1].relayed and records[1].summary == "Binding Request user: evtj:h6vY"
+    assert ("Binding Request user: evtj:h6vY", "cms", "expressway_e") not in trace.sequence(
+        relayed=False
+    )
+
+
+def test_garbage_is_recorded_not_raised() -> None:
+    trace = new_trace()
+    (record,) = trace.sent(0.1, 1, True, b"GET / HTTP/1.1\r\n\r\n", "stun")
+    assert record.protocol == "TCP" and record.error
+    (later,) = trace.sent(0.2, 1, True, ALLOCATE, "stun")
+    assert later.error == "framing lost earlier"
+
+
+def test_rfc4571_framed_check_and_sip() -> None:
+    trace = new_trace()
+    (check,) = trace.sent(0.1, 1, True, frame_rfc4571(CHECK), "rfc4571")
+    assert check.summary == "Binding Request user: evtj:h6vY" and not check.relayed
+    invite = (load_hex.__globals__["VECTORS"] / "sip" / "200-ok-cl414.sip").read_bytes()
+    (sip,) = trace.sent(0.2, 1, False, invite, "sip")
+    assert (sip.protocol, sip.summary) == ("SIP", "200 OK")
+    assert isinstance(sip, MessageRecord) and sip.decoded() is not None
+
+
+def test_close_is_recorded_once_in_the_timeline() -> None:
+    trace = new_trace()
+    trace.closed(1.0, 1, "cms", reset=True)
+    trace.closed(2.0, 1, "expressway_e")
+    record = trace.connections[1]
+    assert (record.closed, record.closed_by, record.reset) == (1.0, "cms", True)
+    kinds = [type(r) for r in trace.timeline]
+    assert kinds == [ConnectionRecord, ClosedRecord]
