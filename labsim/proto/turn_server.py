@@ -1,0 +1,1346 @@
+"""Expressway-E's TURN server as a sans-IO machine: RFC 5766 allocations with RFC 6062 TCP relays.
+
+What it does, in the order of the lab call (PROTOCOL.md §3.3, §10):
+
+1. Listens on the TURN port (3478). Every TCP connection to it starts *undetermined*: its first
+   STUN message says what it is. A ConnectionBind makes it an RFC 6062 **data connection**
+   (RFC 6062 §4.4); anything else makes it a **control connection** (Allocate, Refresh,
+   CreatePermission, Connect; RFC 6062 §4.1).
+2. Authenticates requests with long-term credentials (RFC 5389 §10.2): 401 with REALM and NONCE,
+   438 for a stale nonce, 401 for a wrong user or password, 441 for a request on an allocation by
+   another user (RFC 5766 §4).
+3. Allocate with REQUESTED-TRANSPORT TCP: picks the lowest free relay port of the range, asks the
+   runtime to ``Listen`` on it, and answers Allocate Success once the listener is up (so a port
+   the runtime cannot bind is never advertised).
+4. A peer connecting to the relayed port gets a ConnectionAttempt indication sent to the client
+   (RFC 6062 §5.3); the client's ConnectionBind on a new connection to 3478 turns the pair into a
+   raw pipe (RFC 6062 §5.4). Peer bytes that arrive before the bind are buffered and delivered
+   after the ConnectionBind success, none lost.
+5. Connect (RFC 6062 §5.2) opens a connection to a peer and hands it to the client the same way.
+
+Message layouts (attribute sets and order) are a setting: the ``"expressway"`` preset reproduces
+the lab rows of PROTOCOL.md §10 byte for byte in size; ``"coturn"`` follows what coturn 4.6.1 was
+seen to send (PROTOCOL.md §11).
+
+Like every machine below ``labsim/net`` it does no IO and reads no clock: time comes in as
+``now`` and randomness (nonces, CONNECTION-IDs, indication transaction IDs) from a
+:class:`random.Random` seeded from the settings, so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from labsim.proto.events import (
+    Accepted,
+    Address,
+    Close,
+    Closed,
+    Connect,
+    Connected,
+    ConnectFailed,
+    ConnId,
+    Effect,
+    Event,
+    Listen,
+    ListenFailed,
+    Listening,
+    Log,
+    Received,
+    Send,
+    Started,
+    StartTimer,
+    StopTimer,
+    TimerFired,
+    TimerId,
+    Unlisten,
+)
+from labsim.wire.errors import FramingError, StunError
+from labsim.wire.framing import StunSplitter
+from labsim.wire.stun import (
+    HEADER_LENGTH,
+    TRANSPORT_NAMES,
+    TRANSPORT_TCP,
+    TRANSPORT_UDP,
+    Attribute,
+    Class,
+    ConnectionId,
+    DontFragment,
+    EvenPort,
+    Fingerprint,
+    Lifetime,
+    Message,
+    MessageIntegrity,
+    Method,
+    Nonce,
+    Realm,
+    RequestedAddressFamily,
+    RequestedTransport,
+    ReservationToken,
+    Software,
+    UnknownAttributes,
+    Username,
+    XorMappedAddress,
+    XorPeerAddress,
+    XorRelayedAddress,
+    decode,
+    long_term_key,
+    split_type,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Layouts: which attributes each message carries, in which order
+# ---------------------------------------------------------------------------------------------
+
+#: Attribute names a layout may list (Wireshark's names, as in PROTOCOL.md §10).
+LAYOUT_ATTRIBUTES = frozenset(
+    {
+        "NONCE",
+        "REALM",
+        "LIFETIME",
+        "XOR-MAPPED-ADDRESS",
+        "XOR-RELAYED-ADDRESS",
+        "XOR-PEER-ADDRESS",
+        "CONNECTION-ID",
+        "UNKNOWN-ATTRIBUTES",
+        "SOFTWARE",
+        "MESSAGE-INTEGRITY",
+        "FINGERPRINT",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The attributes of every message the server sends, in wire order, by name.
+
+    Error responses always start with ERROR-CODE (RFC 5389 §15.6 puts no rule on the order, but
+    every server seen does so); the tuples list what follows it. A name whose value does not
+    apply to a message is skipped: MESSAGE-INTEGRITY when there is no key, LIFETIME in a
+    challenge to a request that is neither Allocate nor Refresh, UNKNOWN-ATTRIBUTES outside 420,
+    SOFTWARE when the ``software`` setting is empty.
+    """
+
+    challenge: tuple[str, ...]
+    """401 (after ERROR-CODE)."""
+    stale_nonce: tuple[str, ...]
+    """438 (after ERROR-CODE)."""
+    error: tuple[str, ...]
+    """Every other error response (after ERROR-CODE)."""
+    allocate: tuple[str, ...]
+    refresh: tuple[str, ...]
+    create_permission: tuple[str, ...]
+    connect: tuple[str, ...]
+    connection_bind: tuple[str, ...]
+    connection_attempt: tuple[str, ...]
+    binding: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            unknown = set(value) - LAYOUT_ATTRIBUTES
+            if unknown:
+                raise ValueError(f"layout {name}: unknown attributes {sorted(unknown)}")
+
+
+_SW_MI_FP = ("SOFTWARE", "MESSAGE-INTEGRITY", "FINGERPRINT")
+
+#: Layout presets. "expressway" is inferred from the lab capture's sizes and Info phrases
+#: (PROTOCOL.md §10: 401 = 176 bytes, Allocate Success 112, Refresh Success 88,
+#: ConnectionAttempt 100, ConnectionBind Success 88); "coturn" is what coturn 4.6.1 sent
+#: (PROTOCOL.md §11). Rows neither source shows use the RFC attributes plus SOFTWARE, MI, FP.
+LAYOUTS: dict[str, Layout] = {
+    "expressway": Layout(
+        # The lab's 401 carries LIFETIME and even a MESSAGE-INTEGRITY (the sizes need it),
+        # although RFC 5389 §10.2.2 says a 401 SHOULD NOT.
+        challenge=("NONCE", "REALM", "LIFETIME", *_SW_MI_FP),
+        # RFC 5389 §10.2.2: 438 carries NONCE and REALM and SHOULD NOT carry MI.
+        stale_nonce=("NONCE", "REALM", "SOFTWARE", "FINGERPRINT"),
+        error=("UNKNOWN-ATTRIBUTES", *_SW_MI_FP),
+        allocate=("LIFETIME", "XOR-MAPPED-ADDRESS", "XOR-RELAYED-ADDRESS", *_SW_MI_FP),
+        refresh=("LIFETIME", *_SW_MI_FP),
+        create_permission=_SW_MI_FP,
+        connect=("CONNECTION-ID", *_SW_MI_FP),
+        connection_bind=("CONNECTION-ID", *_SW_MI_FP),
+        connection_attempt=("XOR-PEER-ADDRESS", "CONNECTION-ID", *_SW_MI_FP),
+        binding=("XOR-MAPPED-ADDRESS", "SOFTWARE", "FINGERPRINT"),
+    ),
+    "coturn": Layout(
+        challenge=("NONCE", "REALM", "SOFTWARE", "FINGERPRINT"),
+        stale_nonce=("NONCE", "REALM", "SOFTWARE", "FINGERPRINT"),
+        error=("UNKNOWN-ATTRIBUTES", *_SW_MI_FP),
+        allocate=("XOR-RELAYED-ADDRESS", "XOR-MAPPED-ADDRESS", "LIFETIME", *_SW_MI_FP),
+        refresh=("LIFETIME", *_SW_MI_FP),
+        create_permission=_SW_MI_FP,
+        # coturn's Connect success: CONNECTION-ID and MI only, no SOFTWARE, no FINGERPRINT.
+        connect=("CONNECTION-ID", "MESSAGE-INTEGRITY"),
+        connection_bind=_SW_MI_FP,
+        # coturn's ConnectionAttempt has no MESSAGE-INTEGRITY.
+        connection_attempt=("CONNECTION-ID", "XOR-PEER-ADDRESS", "SOFTWARE", "FINGERPRINT"),
+        binding=("XOR-MAPPED-ADDRESS", "SOFTWARE", "FINGERPRINT"),
+    ),
+}
+
+_PERMISSION_POLICIES = ("lab", "rfc")
+_BIND_FAILURES = ("reset", "answer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnServerSettings:
+    """Everything that makes this server the lab's Expressway-E or something else.
+
+    Behaviour faults (wrong password, no TCP relays, a strict permission policy) are ordinary
+    settings here, never ``if fault:`` branches (DESIGN.md).
+    """
+
+    port: int = 3478
+    """TURN port for control and data connections (PROTOCOL.md §6.1)."""
+    realm: str = "TANDBERG"
+    """REALM of the long-term credentials (seen in Expressway captures, PROTOCOL.md §6.1)."""
+    users: Mapping[str, str] = field(default_factory=lambda: {"turn": "secret"}, hash=False)
+    """Username -> password (Expressway's local authentication database)."""
+    software: str = "TANDBERG/4120 (X8.9 PC1)"
+    """SOFTWARE value (24 characters in the lab); empty to send no SOFTWARE."""
+    layout: str | Layout = "expressway"
+    """A preset name of :data:`LAYOUTS` ("expressway", "coturn") or a :class:`Layout`."""
+    relay_port_min: int = 24000
+    relay_port_max: int = 29999
+    """Relay port range, inclusive (Expressway-E: 24000-29999); the lowest free port is used."""
+    default_lifetime: int = 600
+    max_lifetime: int = 3600
+    """Allocation lifetimes in seconds (RFC 5766 §6.2: min(requested, max), at least default)."""
+    permission_lifetime: float = 300.0
+    """Seconds a CreatePermission lasts (RFC 5766 §8: 300, fixed)."""
+    nonce_lifetime: float = 3600.0
+    """Seconds before a NONCE turns stale and gets 438 (RFC 5389 §10.2: server policy)."""
+    nonce_length: int = 52
+    """NONCE characters (52 in the lab; RFC 5389 §15.8 allows fewer than 128)."""
+    user_quota: int = 100
+    """Allocations one username may hold at once; one more gets 486 (RFC 5766 §6.2)."""
+    tcp_relay: bool = True
+    """False: a TCP Allocate gets 442, as on Expressway before X8.9 (PROTOCOL.md §6.1)."""
+    permission_policy: Literal["lab", "rfc"] = "lab"
+    """"lab": a peer may connect to a relayed port without a permission (the lab capture shows
+    no CreatePermission); "rfc": without one it is accepted and reset at once, with no
+    ConnectionAttempt (RFC 6062 §5.3, coturn)."""
+    connect_installs_permission: bool = False
+    """Whether Connect installs a permission for its peer. RFC 6062 §5.2 says nothing of
+    permissions and coturn's Connect installs none (PROTOCOL.md §11), hence False."""
+    forbidden_peers: tuple[str, ...] = ()
+    """Peer IPs refused by local policy: CreatePermission and Connect get 403 (RFC 5766 §9.2)."""
+    bind_timeout: float = 30.0
+    """Seconds a peer connection waits for its ConnectionBind (RFC 6062 §5.3: 30)."""
+    connect_timeout: float = 30.0
+    """Seconds a Connect waits for the peer (RFC 6062 §5.2: at least 30)."""
+    early_data_limit: int = 256 * 1024
+    """Peer bytes buffered before the ConnectionBind; past that the peer is reset."""
+    bind_failure: Literal["reset", "answer"] = "reset"
+    """A ConnectionBind that fails: "reset" the connection without an answer (coturn,
+    PROTOCOL.md §11) or "answer" it with the STUN error (RFC 6062 §5.4: 400, or 401/438)."""
+    integrity_error_code: int = 401
+    """Code for a wrong MESSAGE-INTEGRITY: 401 (RFC 5389 §10.2.2) or Expressway's legacy 431
+    (PROTOCOL.md §1.6)."""
+    listen_attempts: int = 8
+    """Relay ports tried for one Allocate when the runtime cannot listen, before 508."""
+    seed: int = 6062
+    """Seed of the random numbers (nonces, CONNECTION-IDs, transaction IDs)."""
+    prefix: str = "turn"
+    """Prefix of the timer and connection names this machine makes, so that an actor composed
+    of several machines can route events (see :meth:`TurnServer.wants`)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.relay_port_min <= self.relay_port_max <= 0xFFFF:
+            raise ValueError(f"bad relay range {self.relay_port_min}-{self.relay_port_max}")
+        if self.relay_port_min <= self.port <= self.relay_port_max:
+            raise ValueError(f"TURN port {self.port} lies inside the relay range")
+        if not 1 <= self.nonce_length <= 127:
+            raise ValueError("nonce_length must be 1-127 characters (RFC 5389 §15.8)")
+        if isinstance(self.layout, str) and self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; presets: {sorted(LAYOUTS)}")
+        if self.permission_policy not in _PERMISSION_POLICIES:
+            raise ValueError(f"permission_policy must be one of {_PERMISSION_POLICIES}")
+        if self.bind_failure not in _BIND_FAILURES:
+            raise ValueError(f"bind_failure must be one of {_BIND_FAILURES}")
+        if self.default_lifetime <= 0 or self.max_lifetime < self.default_lifetime:
+            raise ValueError("need 0 < default_lifetime <= max_lifetime")
+        if self.integrity_error_code not in (401, 431):
+            raise ValueError("integrity_error_code must be 401 or 431")
+
+    @property
+    def resolved_layout(self) -> Layout:
+        return LAYOUTS[self.layout] if isinstance(self.layout, str) else self.layout
+
+
+@dataclass(frozen=True)
+class AllocationInfo:
+    """A read-only view of one allocation (what Expressway's "TURN relay usage" page lists)."""
+
+    relay: Address
+    client: Address
+    username: str
+    transport: str
+    expires: float
+    permissions: tuple[str, ...]
+    connections: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal state
+# ---------------------------------------------------------------------------------------------
+
+
+class _Role(Enum):
+    UNDETERMINED = "undetermined"  # no message yet: control or data connection?
+    CONTROL = "control"
+    DATA = "data"
+
+
+class _PeerState(Enum):
+    CONNECTING = "connecting"  # Connect issued, waiting for Connected
+    PENDING = "pending"  # waiting for ConnectionBind (buffering peer bytes)
+    BOUND = "bound"  # raw pipe with a client data connection
+
+
+@dataclass
+class _Credentials:
+    username: str
+    key: bytes
+
+
+@dataclass
+class _Allocation:
+    ident: int
+    control: ConnId
+    client: Address
+    relay: Address
+    transport: int
+    username: str
+    key: bytes
+    transaction_id: bytes
+    request: Message
+    lifetime: int
+    expires: float = 0.0
+    active: bool = False  # a TCP relay is active once the runtime listens on its port
+    success: bytes | None = None  # the Allocate success, resent for a retransmission
+    tried_ports: set[int] = field(default_factory=set)
+    permissions: dict[str, float] = field(default_factory=dict)  # peer IP -> expiry
+    peers: dict[int, _Peer] = field(default_factory=dict)  # CONNECTION-ID -> peer
+
+    @property
+    def timer(self) -> str:
+        return f"expire:{self.ident}"
+
+
+@dataclass
+class _Peer:
+    conn: ConnId
+    cid: int
+    allocation: _Allocation
+    remote: Address
+    state: _PeerState
+    buffer: bytearray = field(default_factory=bytearray)
+    data_conn: ConnId | None = None
+    connect_request: Message | None = None  # the Connect this peer answers (active path)
+    connect_key: bytes | None = None
+    closed_early: bool = False  # the peer sent FIN before the bind; deliver, then close
+
+
+@dataclass
+class _Client:
+    """A connection to the TURN port."""
+
+    conn: ConnId
+    remote: Address
+    splitter: StunSplitter
+    role: _Role = _Role.UNDETERMINED
+    allocation: _Allocation | None = None
+    peer: _Peer | None = None  # for a data connection
+
+
+@dataclass
+class _Reject:
+    """An authentication failure: the error code and why (for the log)."""
+
+    code: int
+    why: str
+
+
+def _role(client: _Client) -> _Role:
+    """The role now (a call, so that type narrowing does not outlive a state change)."""
+    return client.role
+
+
+_Handler = Callable[[_Client, Message, _Credentials, float], list[Effect]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+
+
+class TurnServer:
+    """Expressway-E's TURN server (RFC 5766 + RFC 6062) as an :class:`~labsim.proto.events.Actor`.
+
+    ``name`` and ``host`` are the actor's; it listens on ``host:settings.port`` and relays on
+    ``host:<relay port>``.
+    """
+
+    def __init__(self, name: str, host: str, settings: TurnServerSettings | None = None) -> None:
+        self.name = name
+        self.host = host
+        self.settings = settings or TurnServerSettings()
+        self._layout = self.settings.resolved_layout
+        self._rng = random.Random(self.settings.seed)
+        self._address = Address(host, self.settings.port)
+        self._family = ipaddress.ip_address(host).version
+        self._clients: dict[ConnId, _Client] = {}
+        self._peers: dict[ConnId, _Peer] = {}
+        self._cids: dict[int, _Peer] = {}
+        self._ports: dict[int, _Allocation] = {}
+        self._allocations: dict[int, _Allocation] = {}
+        self._nonces: dict[str, float] = {}  # nonce -> time issued
+        self._timers: dict[TimerId, tuple[str, int]] = {}
+        self._next_ident = 1
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        """The TURN port's address."""
+        return self._address
+
+    def allocations(self) -> list[AllocationInfo]:
+        """The allocations now held, lowest relay port first."""
+        return [
+            AllocationInfo(
+                relay=a.relay,
+                client=a.client,
+                username=a.username,
+                transport=TRANSPORT_NAMES.get(a.transport, str(a.transport)),
+                expires=a.expires,
+                permissions=tuple(sorted(a.permissions)),
+                connections=len(a.peers),
+            )
+            for _, a in sorted(self._ports.items())
+        ]
+
+    def wants(self, event: Event) -> bool:
+        """Whether ``event`` is this machine's, for an actor that composes several machines
+        (Expressway-E = SIP proxy + TURN server): route ``Started`` to all, the rest here when
+        this returns True."""
+        match event:
+            case Started():
+                return True
+            case Listening(address=address) | ListenFailed(address=address):
+                return address == self._address or (
+                    address.host == self.host and address.port in self._ports
+                )
+            case Accepted(local=local):
+                return local == self._address or (
+                    local.host == self.host and local.port in self._ports
+                )
+            case Connected(conn=conn) | ConnectFailed(conn=conn):
+                return conn in self._peers or conn.startswith(f"{self.settings.prefix}:")
+            case Received(conn=conn) | Closed(conn=conn):
+                return conn in self._clients or conn in self._peers
+            case TimerFired(timer=timer):
+                return timer in self._timers
+        return False  # pragma: no cover - the match is exhaustive
+
+    # -- the Actor interface -------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        """Take one event at ``now`` (seconds); return the effects in order."""
+        match event:
+            case Started():
+                return [
+                    Listen(self._address),
+                    Log(f"TURN server on {self._address}, realm {self.settings.realm}"),
+                ]
+            case Listening(address=address):
+                return self._on_listening(address, now)
+            case ListenFailed(address=address, reason=reason):
+                return self._on_listen_failed(address, reason, now)
+            case Accepted(conn=conn, local=local, remote=remote):
+                return self._on_accepted(conn, local, remote, now)
+            case Connected(conn=conn):
+                return self._on_connected(conn)
+            case ConnectFailed(conn=conn, reason=reason):
+                return self._on_connect_failed(conn, reason)
+            case Received(conn=conn, data=data):
+                if conn in self._clients:
+                    return self._on_client_bytes(self._clients[conn], data, now)
+                if conn in self._peers:
+                    return self._on_peer_bytes(self._peers[conn], data)
+                return []
+            case Closed(conn=conn, reset=reset):
+                return self._on_closed(conn, reset)
+            case TimerFired(timer=timer):
+                return self._on_timer(timer)
+        return []  # pragma: no cover - the match is exhaustive
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    def _on_listening(self, address: Address, now: float) -> list[Effect]:
+        if address == self._address:
+            return [Log(f"listening for TURN on {address} (TCP)")]
+        alloc = self._ports.get(address.port)
+        if alloc is None or alloc.active or address.host != self.host:
+            return []
+        return self._activate(alloc, now)
+
+    def _on_listen_failed(self, address: Address, reason: str, now: float) -> list[Effect]:
+        if address == self._address:
+            return [Log(f"cannot listen on the TURN port {address}: {reason}", "error")]
+        alloc = self._ports.get(address.port)
+        if alloc is None or alloc.active or address.host != self.host:
+            return []
+        # The runtime could not bind this relay port (in use on the host): try the next free one,
+        # and answer 508 only when no port can be had (RFC 5766 §6.2).
+        del self._ports[address.port]
+        alloc.tried_ports.add(address.port)
+        out: list[Effect] = [Log(f"cannot listen on relay {address}: {reason}", "warning")]
+        port = self._free_port(even=False, exclude=alloc.tried_ports)
+        if port is None or len(alloc.tried_ports) >= self.settings.listen_attempts:
+            self._forget_allocation(alloc)
+            why = f"no relay port could be opened after {len(alloc.tried_ports)} tries"
+            return out + self._reject(alloc.control, alloc.request, 508, why, alloc.key)
+        alloc.relay = Address(self.host, port)
+        self._ports[port] = alloc
+        return [*out, Listen(alloc.relay)]
+
+    # -- accepted connections ------------------------------------------------------------------
+
+    def _on_accepted(
+        self, conn: ConnId, local: Address, remote: Address, now: float
+    ) -> list[Effect]:
+        if local.port == self.settings.port:
+            # RFC 6062 §4.4/§5.4: control and data connections both arrive on the TURN port;
+            # the first message tells which. ChannelData is refused: TCP allocations never use
+            # it (RFC 6062 §3, PROTOCOL.md §3.2) and UDP ones are bookkeeping only here, and a
+            # non-STUN first byte (an HTTP request) then fails at once.
+            splitter = StunSplitter(allow_channel_data=False)
+            self._clients[conn] = _Client(conn, remote, splitter)
+            return []
+        alloc = self._ports.get(local.port)
+        if alloc is None or not alloc.active or alloc.transport != TRANSPORT_TCP:
+            return [
+                Log(f"connection from {remote} to {local}: no TCP relay there, reset", "warning"),
+                Close(conn, reset=True),
+            ]
+        return self._on_peer_accepted(alloc, conn, remote, now)
+
+    def _on_peer_accepted(
+        self, alloc: _Allocation, conn: ConnId, remote: Address, now: float
+    ) -> list[Effect]:
+        out: list[Effect] = []
+        permitted = self._has_permission(alloc, remote.host, now)
+        if not permitted:
+            if self.settings.permission_policy == "rfc":
+                # RFC 6062 §5.3: accept, then close at once; the client hears nothing. coturn
+                # resets the connection (PROTOCOL.md §11).
+                return [
+                    Log(
+                        f"no permission for {remote.host}: peer connection from {remote} reset "
+                        "(rfc policy, RFC 6062 §5.3)",
+                        "warning",
+                    ),
+                    Close(conn, reset=True),
+                ]
+            out.append(
+                Log(
+                    f"no permission for {remote.host}, peer connection accepted anyway "
+                    "(lab policy: the lab's Expressway-E did so)"
+                )
+            )
+        cid = self._new_cid()
+        peer = _Peer(conn, cid, alloc, remote, _PeerState.PENDING)
+        self._add_peer(peer)
+        # RFC 6062 §5.3: ConnectionAttempt with XOR-PEER-ADDRESS and CONNECTION-ID on the
+        # control connection; MESSAGE-INTEGRITY (where the layout has it) with the allocation's
+        # key, the only key the client can check.
+        indication = Message.indication(
+            Method.CONNECTION_ATTEMPT, transaction_id=self._rng.randbytes(12)
+        )
+        data = self._build(
+            indication,
+            self._layout.connection_attempt,
+            {
+                "XOR-PEER-ADDRESS": XorPeerAddress(remote.host, remote.port),
+                "CONNECTION-ID": ConnectionId(cid),
+            },
+            alloc.key,
+        )
+        out += [
+            Log(
+                f"peer {remote} connected to relay {alloc.relay}: ConnectionAttempt with "
+                f"CONNECTION-ID 0x{cid:08x}, waiting {self.settings.bind_timeout:g} s for "
+                "ConnectionBind (RFC 6062 §5.3)"
+            ),
+            Send(alloc.control, data, protocol="stun"),
+            self._start_bind_timer(peer),
+        ]
+        return out
+
+    # -- bytes from clients (TURN port) ----------------------------------------------------------
+
+    def _on_client_bytes(self, client: _Client, data: bytes, now: float) -> list[Effect]:
+        if client.role is _Role.DATA:
+            return self._pipe(client.conn, data)
+        out: list[Effect] = []
+        try:
+            if client.role is _Role.UNDETERMINED:
+                out += self._on_undetermined_bytes(client, data, now)
+                if client.conn not in self._clients or _role(client) is not _Role.CONTROL:
+                    return out
+                data = b""  # it just became a control connection: split what is buffered
+            for raw in client.splitter.feed(data):
+                if client.conn not in self._clients:
+                    break
+                out += self._on_control_message(client, raw, now)
+        except FramingError as exc:
+            # Garbage on this connection: only this one is reset; other connections keep their
+            # own splitters and state.
+            out += [
+                Log(f"garbage on {client.conn} from {client.remote}: {exc}; reset", "warning"),
+                Close(client.conn, reset=True),
+            ]
+            out += self._drop_client(client, reset=True)
+        return out
+
+    def _on_undetermined_bytes(self, client: _Client, data: bytes, now: float) -> list[Effect]:
+        # Split one message at a time: after a ConnectionBind the rest of the segment is no
+        # longer STUN but raw bytes for the peer (RFC 6062 §5.4).
+        out: list[Effect] = []
+        chunk = data
+        while _role(client) is _Role.UNDETERMINED and client.conn in self._clients:
+            first = client.splitter.feed(chunk, max_messages=1)
+            chunk = b""
+            if not first:
+                return out
+            out += self._on_first_message(client, first[0], now)
+        if client.conn in self._clients and _role(client) is _Role.DATA:
+            rest = client.splitter.take_buffered()
+            if rest:
+                out += self._pipe(client.conn, rest)
+        return out
+
+    def _on_first_message(self, client: _Client, raw: bytes, now: float) -> list[Effect]:
+        method, cls = split_type(int.from_bytes(raw[:2], "big"))
+        if method == Method.CONNECTION_BIND and cls is Class.REQUEST:
+            return self._on_connection_bind(client, raw, now)
+        client.role = _Role.CONTROL
+        return self._on_control_message(client, raw, now)
+
+    def _on_control_message(self, client: _Client, raw: bytes, now: float) -> list[Effect]:
+        try:
+            msg = decode(raw)
+        except StunError as exc:
+            return self._on_malformed(client.conn, raw, exc)
+        if msg.cls is Class.INDICATION:
+            if msg.method == Method.BINDING:
+                return []  # a keepalive (RFC 5245 §10, PROTOCOL.md §10 row 3209): no answer
+            return [Log(f"{msg.summary()} on {client.conn} ignored (no UDP relaying)")]
+        if msg.cls is not Class.REQUEST:
+            return [Log(f"unexpected {msg.summary()} on {client.conn} ignored", "warning")]
+        if Fingerprint in msg and not msg.verify_fingerprint():
+            # RFC 5389 §7.3: a bad FINGERPRINT means this is not a STUN message for us.
+            return [Log(f"{msg.summary()} with a bad FINGERPRINT discarded", "warning")]
+        if msg.method == Method.BINDING:
+            return self._on_binding(client, msg)
+        if msg.method == Method.CONNECTION_BIND:
+            return self._reject(
+                client.conn,
+                msg,
+                400,
+                "ConnectionBind must be the first message on a new connection (RFC 6062 §4.4)",
+            )
+        handlers: dict[int, _Handler] = {
+            Method.ALLOCATE: self._on_allocate,
+            Method.REFRESH: self._on_refresh,
+            Method.CREATE_PERMISSION: self._on_create_permission,
+            Method.CONNECT: self._on_connect,
+        }
+        handler = handlers.get(msg.method)
+        if handler is None:
+            return self._reject(client.conn, msg, 400, f"{msg.method_name} is not supported here")
+        auth = self._authenticate(msg, now)
+        if isinstance(auth, _Reject):
+            return self._reject_auth(client.conn, msg, auth, now)
+        unknown = msg.unknown_comprehension_required()
+        if unknown:
+            # RFC 5389 §7.3.1: after authentication, unknown comprehension-required attributes.
+            names = ", ".join(f"0x{t:04x}" for t in unknown)
+            return self._reject(
+                client.conn,
+                msg,
+                420,
+                f"unknown comprehension-required attributes {names} (RFC 5389 §7.3.1)",
+                auth.key,
+                extra={"UNKNOWN-ATTRIBUTES": UnknownAttributes(tuple(unknown))},
+            )
+        return handler(client, msg, auth, now)
+
+    def _on_malformed(self, conn: ConnId, raw: bytes, exc: StunError) -> list[Effect]:
+        method, cls = split_type(int.from_bytes(raw[:2], "big"))
+        out: list[Effect] = [Log(f"malformed STUN message on {conn}: {exc}", "warning")]
+        if cls is Class.REQUEST and len(raw) >= HEADER_LENGTH:
+            # RFC 5389 §7.3: a malformed request gets 400; the header is intact (the splitter
+            # checked it), so the method and transaction ID can be echoed.
+            request = Message(method, Class.REQUEST, raw[8:HEADER_LENGTH])
+            out += self._reject(conn, request, 400, "malformed request")
+        return out
+
+    def _on_binding(self, client: _Client, msg: Message) -> list[Effect]:
+        # A TURN server is a STUN server too: plain Binding requests get their mapped address
+        # without authentication (CMS 2.9.2 and earlier sent them, PROTOCOL.md §6.2).
+        unknown = msg.unknown_comprehension_required()
+        if unknown:
+            return self._reject(
+                client.conn,
+                msg,
+                420,
+                "unknown comprehension-required attributes (RFC 5389 §7.3.1)",
+                extra={"UNKNOWN-ATTRIBUTES": UnknownAttributes(tuple(unknown))},
+            )
+        values = {"XOR-MAPPED-ADDRESS": XorMappedAddress(client.remote.host, client.remote.port)}
+        data = self._build(msg.success(), self._layout.binding, values, None)
+        return [Send(client.conn, data, protocol="stun")]
+
+    # -- authentication (RFC 5389 §10.2.2) ------------------------------------------------------
+
+    def _authenticate(self, msg: Message, now: float) -> _Credentials | _Reject:
+        if MessageIntegrity not in msg:
+            return _Reject(401, "no MESSAGE-INTEGRITY: challenge with realm and nonce")
+        username, realm, nonce = msg.get(Username), msg.get(Realm), msg.get(Nonce)
+        if username is None or realm is None or nonce is None:
+            return _Reject(400, "MESSAGE-INTEGRITY without USERNAME, REALM and NONCE")
+        # RFC 5389 §10.2.2 checks the nonce before the username and the integrity.
+        if not self._nonce_valid(nonce.value, now):
+            return _Reject(438, "stale or unknown nonce")
+        if realm.value != self.settings.realm:
+            return _Reject(401, f"realm {realm.value!r} is not {self.settings.realm!r}")
+        password = self.settings.users.get(username.value)
+        if password is None:
+            return _Reject(401, f"unknown user {username.value!r}")
+        key = long_term_key(username.value, self.settings.realm, password)
+        if not msg.verify_integrity(key):
+            return _Reject(
+                self.settings.integrity_error_code,
+                f"MESSAGE-INTEGRITY of user {username.value!r} does not match (wrong password)",
+            )
+        return _Credentials(username.value, key)
+
+    def _nonce_valid(self, nonce: str, now: float) -> bool:
+        issued = self._nonces.get(nonce)
+        return issued is not None and now - issued <= self.settings.nonce_lifetime
+
+    def _new_nonce(self, now: float) -> str:
+        lifetime = self.settings.nonce_lifetime
+        # Forget nonces that are stale anyway, so the table stays bounded.
+        for old in [n for n, t in self._nonces.items() if now - t > lifetime]:
+            del self._nonces[old]
+        alphabet = "0123456789abcdef"
+        while True:
+            nonce = "".join(self._rng.choice(alphabet) for _ in range(self.settings.nonce_length))
+            if nonce not in self._nonces:
+                self._nonces[nonce] = now
+                return nonce
+
+    def _reject_auth(self, conn: ConnId, msg: Message, reject: _Reject, now: float) -> list[Effect]:
+        if reject.code == 400:
+            return self._reject(conn, msg, 400, reject.why)
+        # 401 reuses a still valid nonce the client sent (coturn does); 438 needs a fresh one.
+        sent = msg.get(Nonce)
+        if reject.code != 438 and sent is not None and self._nonce_valid(sent.value, now):
+            nonce = sent.value
+        else:
+            nonce = self._new_nonce(now)
+        values: dict[str, Attribute] = {"NONCE": Nonce(nonce), "REALM": Realm(self.settings.realm)}
+        layout = self._layout.stale_nonce if reject.code == 438 else self._layout.challenge
+        if msg.method in (Method.ALLOCATE, Method.REFRESH):
+            values["LIFETIME"] = Lifetime(self._lifetime(msg))
+        data = self._build(msg.error(reject.code), layout, values, self._challenge_key(msg))
+        return [
+            Log(f"{msg.method_name} on {conn}: {reject.code}, {reject.why} (RFC 5389 §10.2.2)"),
+            Send(conn, data, protocol="stun"),
+        ]
+
+    def _challenge_key(self, msg: Message) -> bytes | None:
+        """The key of the MESSAGE-INTEGRITY a challenge carries when the layout has one.
+
+        The lab's 401 carries an MI (its size says so) whose key cannot be known; this server
+        uses the long-term key of the request's USERNAME when that user exists, else of the first
+        configured user. A client cannot verify it before it has authenticated anyway.
+        """
+        username = msg.get(Username)
+        users = self.settings.users
+        if username is not None and username.value in users:
+            return long_term_key(username.value, self.settings.realm, users[username.value])
+        for user, password in users.items():
+            return long_term_key(user, self.settings.realm, password)
+        return None
+
+    # -- Allocate (RFC 5766 §6.2, RFC 6062 §5.1) -------------------------------------------------
+
+    def _on_allocate(
+        self, client: _Client, msg: Message, auth: _Credentials, now: float
+    ) -> list[Effect]:
+        conn = client.conn
+        existing = client.allocation
+        if existing is not None:
+            if existing.username != auth.username:
+                return self._wrong_user(conn, msg, existing, auth)
+            if existing.transaction_id == msg.transaction_id:
+                # RFC 5766 §6.2: a retransmission gets the same answer (none yet while the relay
+                # listener is being opened).
+                if existing.success is None:
+                    return []
+                return [Send(conn, existing.success, protocol="stun")]
+            return self._reject(
+                conn,
+                msg,
+                437,
+                f"this connection already has the allocation {existing.relay} (RFC 5766 §6.2)",
+                auth.key,
+            )
+        requested = msg.get(RequestedTransport)
+        if requested is None:
+            return self._reject(conn, msg, 400, "no REQUESTED-TRANSPORT (RFC 5766 §6.2)", auth.key)
+        transport = requested.protocol
+        if transport not in (TRANSPORT_UDP, TRANSPORT_TCP):
+            why = f"REQUESTED-TRANSPORT {transport} is neither UDP nor TCP (RFC 6062 §5.1)"
+            return self._reject(conn, msg, 442, why, auth.key)
+        if transport == TRANSPORT_TCP and not self.settings.tcp_relay:
+            why = "TCP relays are off (like Expressway-E before X8.9)"
+            return self._reject(conn, msg, 442, why, auth.key)
+        udp_only = [a.name for a in (msg.get(EvenPort), msg.get(ReservationToken)) if a]
+        if DontFragment in msg:
+            udp_only.append("DONT-FRAGMENT")
+        if transport == TRANSPORT_TCP and udp_only:
+            why = f"a TCP Allocate may not carry {', '.join(udp_only)} (RFC 6062 §5.1)"
+            return self._reject(conn, msg, 400, why, auth.key)
+        family = msg.get(RequestedAddressFamily)
+        if family is not None and family.family != (1 if self._family == 4 else 2):
+            why = f"address family {family.family} not offered (RFC 6156 §4.2)"
+            return self._reject(conn, msg, 440, why, auth.key)
+        if ReservationToken in msg:
+            # RFC 5766 §6.2: this server keeps no reserved ports, so every token is unknown.
+            return self._reject(conn, msg, 508, "unknown RESERVATION-TOKEN", auth.key)
+        held = sum(1 for a in self._allocations.values() if a.username == auth.username)
+        if held >= self.settings.user_quota:
+            why = f"user {auth.username!r} holds {held} allocations, the quota (RFC 5766 §6.2)"
+            return self._reject(conn, msg, 486, why, auth.key)
+        port = self._free_port(even=EvenPort in msg, exclude=set())
+        if port is None:
+            why = (
+                f"no free relay port in {self.settings.relay_port_min}-"
+                f"{self.settings.relay_port_max} (RFC 5766 §6.2)"
+            )
+            return self._reject(conn, msg, 508, why, auth.key)
+        alloc = _Allocation(
+            ident=self._next_ident,
+            control=conn,
+            client=client.remote,
+            relay=Address(self.host, port),
+            transport=transport,
+            username=auth.username,
+            key=auth.key,
+            transaction_id=msg.transaction_id,
+            request=msg,
+            lifetime=self._lifetime(msg),
+        )
+        self._next_ident += 1
+        self._allocations[alloc.ident] = alloc
+        self._ports[port] = alloc
+        client.allocation = alloc
+        if transport == TRANSPORT_TCP:
+            # The relayed transport address is a listening TCP socket (RFC 6062 §5.1); answer
+            # once the runtime says it listens (Listening), so no dead port is advertised.
+            return [Listen(alloc.relay)]
+        return [
+            Log(
+                f"UDP relay {alloc.relay} for {client.remote}: bookkeeping only "
+                "(the runtimes carry TCP only; no UDP socket is opened)"
+            ),
+            *self._activate(alloc, now),
+        ]
+
+    def _activate(self, alloc: _Allocation, now: float) -> list[Effect]:
+        alloc.active = True
+        alloc.expires = now + alloc.lifetime
+        values: dict[str, Attribute] = {
+            "LIFETIME": Lifetime(alloc.lifetime),
+            "XOR-MAPPED-ADDRESS": XorMappedAddress(alloc.client.host, alloc.client.port),
+            "XOR-RELAYED-ADDRESS": XorRelayedAddress(alloc.relay.host, alloc.relay.port),
+        }
+        alloc.success = self._build(
+            alloc.request.success(), self._layout.allocate, values, alloc.key
+        )
+        self._timers[self._timer(alloc.timer)] = ("expire", alloc.ident)
+        transport = TRANSPORT_NAMES.get(alloc.transport, "?")
+        return [
+            Log(
+                f"{transport} allocation for {alloc.username!r} at {alloc.client}: relay "
+                f"{alloc.relay}, lifetime {alloc.lifetime} s"
+            ),
+            Send(alloc.control, alloc.success, protocol="stun"),
+            StartTimer(self._timer(alloc.timer), float(alloc.lifetime)),
+        ]
+
+    def _lifetime(self, msg: Message) -> int:
+        """RFC 5766 §6.2/§7.2: min(requested, maximum), but never below the default; 0 stays 0
+        (a Refresh deleting the allocation)."""
+        requested = msg.get(Lifetime)
+        if requested is None:
+            return self.settings.default_lifetime
+        if requested.value == 0 and msg.method == Method.REFRESH:
+            return 0
+        return max(self.settings.default_lifetime, min(requested.value, self.settings.max_lifetime))
+
+    def _free_port(self, *, even: bool, exclude: set[int]) -> int | None:
+        # The lowest free port, so runs are repeatable and the first relay is 24000.
+        for port in range(self.settings.relay_port_min, self.settings.relay_port_max + 1):
+            if port in self._ports or port in exclude or (even and port % 2):
+                continue
+            return port
+        return None
+
+    # -- Refresh (RFC 5766 §7.2) -----------------------------------------------------------------
+
+    def _on_refresh(
+        self, client: _Client, msg: Message, auth: _Credentials, now: float
+    ) -> list[Effect]:
+        alloc = client.allocation
+        if alloc is None:
+            return self._reject(client.conn, msg, 437, "Refresh without an allocation", auth.key)
+        if alloc.username != auth.username:
+            return self._wrong_user(client.conn, msg, alloc, auth)
+        lifetime = self._lifetime(msg)
+        data = self._build(
+            msg.success(), self._layout.refresh, {"LIFETIME": Lifetime(lifetime)}, auth.key
+        )
+        out: list[Effect] = [Send(client.conn, data, protocol="stun")]
+        if lifetime == 0:
+            out += self._delete_allocation(alloc, "Refresh with LIFETIME 0 (RFC 5766 §7.2)")
+            return out
+        alloc.lifetime = lifetime
+        alloc.expires = now + lifetime
+        if alloc.active:
+            out.append(StartTimer(self._timer(alloc.timer), float(lifetime)))
+        out.append(Log(f"allocation {alloc.relay} refreshed for {lifetime} s"))
+        return out
+
+    # -- CreatePermission (RFC 5766 §9.2) ------------------------------------------------------
+
+    def _on_create_permission(
+        self, client: _Client, msg: Message, auth: _Credentials, now: float
+    ) -> list[Effect]:
+        alloc = client.allocation
+        conn = client.conn
+        if alloc is None:
+            return self._reject(conn, msg, 437, "CreatePermission without an allocation", auth.key)
+        if alloc.username != auth.username:
+            return self._wrong_user(conn, msg, alloc, auth)
+        peers = msg.get_all(XorPeerAddress)
+        if not peers:
+            return self._reject(
+                conn, msg, 400, "CreatePermission without XOR-PEER-ADDRESS", auth.key
+            )
+        for peer in peers:
+            if ipaddress.ip_address(peer.address).version != self._family:
+                why = f"peer {peer.address} is not of the relay's address family (RFC 6156 §6.2)"
+                return self._reject(conn, msg, 443, why, auth.key)
+            if peer.address in self.settings.forbidden_peers:
+                why = f"peer {peer.address} is forbidden by local policy (RFC 5766 §9.2)"
+                return self._reject(conn, msg, 403, why, auth.key)
+        for ip, expiry in list(alloc.permissions.items()):
+            if expiry <= now:
+                del alloc.permissions[ip]
+        lifetime = self.settings.permission_lifetime
+        for peer in peers:
+            # RFC 5766 §8: a permission covers the IP only, the port is ignored.
+            alloc.permissions[peer.address] = now + lifetime
+        data = self._build(msg.success(), self._layout.create_permission, {}, auth.key)
+        ips = ", ".join(sorted({p.address for p in peers}))
+        return [
+            Log(f"permission for {ips} on {alloc.relay} for {lifetime:g} s"),
+            Send(conn, data, protocol="stun"),
+        ]
+
+    def _has_permission(self, alloc: _Allocation, ip: str, now: float) -> bool:
+        expiry = alloc.permissions.get(ip)
+        return expiry is not None and expiry > now
+
+    # -- Connect (RFC 6062 §5.2) -----------------------------------------------------------------
+
+    def _on_connect(
+        self, client: _Client, msg: Message, auth: _Credentials, now: float
+    ) -> list[Effect]:
+        alloc = client.allocation
+        conn = client.conn
+        if alloc is None:
+            return self._reject(conn, msg, 437, "Connect without an allocation", auth.key)
+        if alloc.username != auth.username:
+            return self._wrong_user(conn, msg, alloc, auth)
+        if alloc.transport != TRANSPORT_TCP:
+            return self._reject(conn, msg, 400, "Connect on a UDP allocation", auth.key)
+        target = msg.get(XorPeerAddress)
+        if target is None or ipaddress.ip_address(target.address).version != self._family:
+            why = "Connect without a usable XOR-PEER-ADDRESS (RFC 6062 §5.2)"
+            return self._reject(conn, msg, 400, why, auth.key)
+        remote = Address(target.address, target.port)
+        if target.address in self.settings.forbidden_peers:
+            why = f"peer {remote} is forbidden by local policy (RFC 6062 §5.2)"
+            return self._reject(conn, msg, 403, why, auth.key)
+        if any(p.remote == remote for p in alloc.peers.values()):
+            why = f"a connection to {remote} already exists or is in progress (RFC 6062 §5.2)"
+            return self._reject(conn, msg, 446, why, auth.key)
+        cid = self._new_cid()
+        peer = _Peer(
+            f"{self.settings.prefix}:peer:{cid:08x}",
+            cid,
+            alloc,
+            remote,
+            _PeerState.CONNECTING,
+            connect_request=msg,
+            connect_key=auth.key,
+        )
+        self._add_peer(peer)
+        out: list[Effect] = []
+        if self.settings.connect_installs_permission:
+            alloc.permissions[remote.host] = now + self.settings.permission_lifetime
+            out.append(Log(f"Connect installs a permission for {remote.host} (setting)"))
+        # RFC 6062 §5.2 wants the connection to start from the relayed address; the runtime
+        # contract has no source port, so it leaves from an ephemeral port of this host.
+        return [
+            *out,
+            Log(f"Connect to {remote} from relay {alloc.relay} (RFC 6062 §5.2)"),
+            Connect(peer.conn, remote, timeout=self.settings.connect_timeout),
+        ]
+
+    def _on_connected(self, conn: ConnId) -> list[Effect]:
+        peer = self._peers.get(conn)
+        if peer is None or peer.state is not _PeerState.CONNECTING:
+            # The allocation went away while connecting: nobody wants this connection.
+            return [Close(conn)] if conn.startswith(f"{self.settings.prefix}:") else []
+        peer.state = _PeerState.PENDING
+        request = peer.connect_request
+        assert request is not None
+        peer.connect_request = None
+        values: dict[str, Attribute] = {"CONNECTION-ID": ConnectionId(peer.cid)}
+        data = self._build(request.success(), self._layout.connect, values, peer.connect_key)
+        return [
+            Log(
+                f"connected to {peer.remote}: Connect success with CONNECTION-ID "
+                f"0x{peer.cid:08x}, waiting {self.settings.bind_timeout:g} s for ConnectionBind"
+            ),
+            Send(peer.allocation.control, data, protocol="stun"),
+            self._start_bind_timer(peer),
+        ]
+
+    def _on_connect_failed(self, conn: ConnId, reason: str) -> list[Effect]:
+        peer = self._peers.get(conn)
+        if peer is None or peer.state is not _PeerState.CONNECTING:
+            return []
+        self._remove_peer(peer)
+        request = peer.connect_request
+        assert request is not None
+        why = f"connection to {peer.remote} failed ({reason}) (RFC 6062 §5.2)"
+        return self._reject(peer.allocation.control, request, 447, why, peer.connect_key)
+
+    # -- ConnectionBind (RFC 6062 §5.4) --------------------------------------------------------
+
+    def _on_connection_bind(self, client: _Client, raw: bytes, now: float) -> list[Effect]:
+        conn = client.conn
+        try:
+            msg = decode(raw)
+        except StunError as exc:
+            return self._bind_failed(client, None, 400, f"malformed ConnectionBind: {exc}", None)
+        if Fingerprint in msg and not msg.verify_fingerprint():
+            return self._bind_failed(client, msg, 400, "bad FINGERPRINT", None)
+        auth = self._authenticate(msg, now)
+        if isinstance(auth, _Reject):
+            if self.settings.bind_failure == "answer" and auth.code != 400:
+                # The RFC 5389 §10.2.2 answer (401 challenge or 438 with a nonce).
+                return self._reject_auth(conn, msg, auth, now)
+            return self._bind_failed(client, msg, auth.code, auth.why, None)
+        unknown = msg.unknown_comprehension_required()
+        if unknown:
+            extra = {"UNKNOWN-ATTRIBUTES": UnknownAttributes(tuple(unknown))}
+            why = "unknown comprehension-required attributes (RFC 5389 §7.3.1)"
+            return self._bind_failed(client, msg, 420, why, auth.key, extra)
+        cid_attr = msg.get(ConnectionId)
+        if cid_attr is None:
+            return self._bind_failed(client, msg, 400, "no CONNECTION-ID", auth.key)
+        peer = self._cids.get(cid_attr.value)
+        if peer is None or peer.state is not _PeerState.PENDING:
+            why = f"CONNECTION-ID 0x{cid_attr.value:08x} names no pending peer connection"
+            return self._bind_failed(client, msg, 400, why, auth.key)
+        if peer.allocation.username != auth.username:
+            why = f"user {auth.username!r} is not the allocation's {peer.allocation.username!r}"
+            return self._bind_failed(client, msg, 441, why, auth.key)
+        # Success: from the next byte on, this connection and the peer's are a raw pipe.
+        client.role = _Role.DATA
+        client.peer = peer
+        peer.state = _PeerState.BOUND
+        peer.data_conn = conn
+        self._timers.pop(self._timer(f"bind:{peer.cid}"), None)
+        values: dict[str, Attribute] = {"CONNECTION-ID": ConnectionId(peer.cid)}
+        data = self._build(msg.success(), self._layout.connection_bind, values, auth.key)
+        out: list[Effect] = [
+            StopTimer(self._timer(f"bind:{peer.cid}")),
+            Log(
+                f"ConnectionBind 0x{peer.cid:08x}: {conn} piped to peer {peer.remote} "
+                "(RFC 6062 §5.4)"
+            ),
+            Send(conn, data, protocol="stun"),
+        ]
+        if peer.buffer:
+            # RFC 6062 §5.4: data the peer sent before the bind goes out right after it.
+            out.append(Log(f"delivering {len(peer.buffer)} peer bytes buffered before the bind"))
+            out.append(Send(conn, bytes(peer.buffer), protocol="raw"))
+            peer.buffer.clear()
+        if peer.closed_early:
+            out.append(Log(f"peer {peer.remote} had closed before the bind: closing {conn}"))
+            out.append(Close(conn))
+            client.splitter.take_buffered()
+            self._remove_peer(peer)
+            del self._clients[conn]
+        return out
+
+    def _bind_failed(
+        self,
+        client: _Client,
+        msg: Message | None,
+        code: int,
+        why: str,
+        key: bytes | None,
+        extra: Mapping[str, Attribute] | None = None,
+    ) -> list[Effect]:
+        if self.settings.bind_failure == "answer" and msg is not None:
+            # RFC 6062 §5.4 answers 400 (the client must then close the connection).
+            return self._reject(client.conn, msg, code, f"ConnectionBind: {why}", key, extra=extra)
+        # coturn resets the connection without a STUN answer (PROTOCOL.md §11).
+        out: list[Effect] = [
+            Log(f"ConnectionBind on {client.conn} refused ({code}: {why}): reset", "warning"),
+            Close(client.conn, reset=True),
+        ]
+        del self._clients[client.conn]
+        return out
+
+    # -- the pipe ------------------------------------------------------------------------------
+
+    def _pipe(self, conn: ConnId, data: bytes) -> list[Effect]:
+        client = self._clients.get(conn)
+        if client is None or client.peer is None:
+            return []
+        return [Send(client.peer.conn, data, protocol="raw")]
+
+    def _on_peer_bytes(self, peer: _Peer, data: bytes) -> list[Effect]:
+        if peer.state is _PeerState.BOUND and peer.data_conn is not None:
+            return [Send(peer.data_conn, data, protocol="raw")]
+        if len(peer.buffer) + len(data) > self.settings.early_data_limit:
+            # RFC 6062 §5.3 buffers (shrinking the TCP window); a simulator cannot push back on
+            # the sender, so past the bound the peer is reset instead of growing memory.
+            self._remove_peer(peer)
+            return [
+                Log(
+                    f"peer {peer.remote} sent over {self.settings.early_data_limit} bytes before "
+                    f"ConnectionBind 0x{peer.cid:08x}: reset",
+                    "warning",
+                ),
+                StopTimer(self._timer(f"bind:{peer.cid}")),
+                Close(peer.conn, reset=True),
+            ]
+        peer.buffer += data
+        return []
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def _on_closed(self, conn: ConnId, reset: bool) -> list[Effect]:
+        client = self._clients.get(conn)
+        if client is not None:
+            return self._drop_client(client, reset=reset)
+        peer = self._peers.get(conn)
+        if peer is None:
+            return []
+        how = "reset" if reset else "closed"
+        if peer.state is _PeerState.BOUND and peer.data_conn is not None:
+            # RFC 6062 §5.5 (closing either side of a pair closes the other).
+            data_conn = peer.data_conn
+            self._remove_peer(peer)
+            self._clients.pop(data_conn, None)
+            return [
+                Log(f"peer {peer.remote} {how}: closing data connection {data_conn}"),
+                Close(data_conn, reset=reset),
+            ]
+        if peer.state is _PeerState.PENDING and peer.buffer and not reset:
+            # Keep its bytes: a ConnectionBind within the timer still gets them, then a FIN.
+            peer.closed_early = True
+            return [Log(f"peer {peer.remote} closed before ConnectionBind; its bytes are kept")]
+        self._remove_peer(peer)
+        return [
+            Log(f"peer {peer.remote} {how} before ConnectionBind 0x{peer.cid:08x}"),
+            StopTimer(self._timer(f"bind:{peer.cid}")),
+        ]
+
+    def _drop_client(self, client: _Client, *, reset: bool) -> list[Effect]:
+        """Forget a TURN-port connection that is gone, and what hangs on it."""
+        self._clients.pop(client.conn, None)
+        if client.role is _Role.DATA and client.peer is not None:
+            peer = client.peer
+            self._remove_peer(peer)
+            how = "reset" if reset else "closed"
+            return [
+                Log(f"data connection {client.conn} {how}: closing peer {peer.remote}"),
+                Close(peer.conn, reset=reset),
+            ]
+        if client.allocation is not None:
+            # Closing the control connection deletes the allocation: it lives on that
+            # connection's 5-tuple (RFC 5766 §2.2), which can no longer refresh it
+            # (PROTOCOL.md §3.2; the RFC's exact wording is UNSURE there).
+            return self._delete_allocation(client.allocation, "control connection closed")
+        return []
+
+    def _delete_allocation(self, alloc: _Allocation, why: str) -> list[Effect]:
+        """RFC 5766 §5 / RFC 6062 §5.5: deleting an allocation closes its relay listener and
+        every peer and data connection it has."""
+        out: list[Effect] = [Log(f"allocation {alloc.relay} of {alloc.username!r} deleted: {why}")]
+        timer = self._timer(alloc.timer)
+        if self._timers.pop(timer, None) is not None:
+            out.append(StopTimer(timer))
+        if alloc.transport == TRANSPORT_TCP:
+            out.append(Unlisten(alloc.relay))
+        for peer in list(alloc.peers.values()):
+            self._remove_peer(peer)
+            if peer.state is _PeerState.CONNECTING:
+                continue  # closed when (if) Connected arrives
+            if peer.state is _PeerState.PENDING:
+                out.append(StopTimer(self._timer(f"bind:{peer.cid}")))
+            if not peer.closed_early:  # a peer that closed already gets no Close
+                out.append(Close(peer.conn))
+            if peer.data_conn is not None:
+                self._clients.pop(peer.data_conn, None)
+                out.append(Close(peer.data_conn))
+        self._forget_allocation(alloc)
+        return out
+
+    def _forget_allocation(self, alloc: _Allocation) -> None:
+        self._allocations.pop(alloc.ident, None)
+        if self._ports.get(alloc.relay.port) is alloc:
+            del self._ports[alloc.relay.port]
+        owner = self._clients.get(alloc.control)
+        if owner is not None and owner.allocation is alloc:
+            owner.allocation = None
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _timer(self, name: str) -> TimerId:
+        return f"{self.settings.prefix}:{name}"
+
+    def _start_bind_timer(self, peer: _Peer) -> StartTimer:
+        timer = self._timer(f"bind:{peer.cid}")
+        self._timers[timer] = ("bind", peer.cid)
+        return StartTimer(timer, self.settings.bind_timeout)
+
+    def _on_timer(self, timer: TimerId) -> list[Effect]:
+        what = self._timers.pop(timer, None)
+        if what is None:
+            return []
+        kind, ident = what
+        if kind == "expire":
+            alloc = self._allocations.get(ident)
+            if alloc is None:
+                return []
+            why = f"expired after {alloc.lifetime} s without Refresh (RFC 5766 §5)"
+            return self._delete_allocation(alloc, why)
+        peer = self._cids.get(ident)
+        if peer is None or peer.state is not _PeerState.PENDING:
+            return []
+        self._remove_peer(peer)
+        out: list[Effect] = [
+            Log(
+                f"no ConnectionBind for 0x{peer.cid:08x} within {self.settings.bind_timeout:g} s:"
+                f" peer connection {peer.remote} closed (RFC 6062 §5.3)",
+                "warning",
+            )
+        ]
+        if not peer.closed_early:
+            out.append(Close(peer.conn))
+        return out
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _new_cid(self) -> int:
+        while True:
+            cid = self._rng.getrandbits(32)
+            if cid and cid not in self._cids:
+                return cid
+
+    def _add_peer(self, peer: _Peer) -> None:
+        self._peers[peer.conn] = peer
+        self._cids[peer.cid] = peer
+        peer.allocation.peers[peer.cid] = peer
+
+    def _remove_peer(self, peer: _Peer) -> None:
+        self._peers.pop(peer.conn, None)
+        self._cids.pop(peer.cid, None)
+        peer.allocation.peers.pop(peer.cid, None)
+        self._timers.pop(self._timer(f"bind:{peer.cid}"), None)
+
+    def _wrong_user(
+        self, conn: ConnId, msg: Message, alloc: _Allocation, auth: _Credentials
+    ) -> list[Effect]:
+        why = (
+            f"user {auth.username!r} is not {alloc.username!r}, who created the allocation "
+            "(RFC 5766 §4)"
+        )
+        return self._reject(conn, msg, 441, why, auth.key)
+
+    def _reject(
+        self,
+        conn: ConnId,
+        msg: Message,
+        code: int,
+        why: str,
+        key: bytes | None = None,
+        *,
+        extra: Mapping[str, Attribute] | None = None,
+    ) -> list[Effect]:
+        """An error response (MESSAGE-INTEGRITY with ``key`` when the request authenticated)."""
+        data = self._build(msg.error(code), self._layout.error, extra or {}, key)
+        return [
+            Log(f"{msg.method_name} on {conn} rejected with {code}: {why}", "warning"),
+            Send(conn, data, protocol="stun"),
+        ]
+
+    def _build(
+        self,
+        base: Message,
+        layout: tuple[str, ...],
+        values: Mapping[str, Attribute],
+        key: bytes | None,
+    ) -> bytes:
+        """Encode ``base`` with the layout's attributes appended in order."""
+        for name in layout:
+            if name == "MESSAGE-INTEGRITY":
+                if key is not None:
+                    base.attributes.append(MessageIntegrity())
+            elif name == "FINGERPRINT":
+                base.attributes.append(Fingerprint())
+            elif name == "SOFTWARE":
+                if self.settings.software:
+                    base.attributes.append(Software(self.settings.software))
+            elif name in values:
+                base.attributes.append(values[name])
+        return base.encode(key)
