@@ -480,8 +480,12 @@ def test_tshark_agrees_on_generated_messages(batch: list[Message]) -> None:
     Info equals our summary for each, and none is malformed."""
     import tempfile
 
+    # One address pair per message: Wireshark keeps state across conversations (a CHANNEL-NUMBER
+    # with a peer address can make it read later frames between the same hosts as ChannelData),
+    # and unrelated generated messages must not influence each other.
     conversations = [
-        conversation(n).send(True, message.encode()) for n, message in enumerate(batch)
+        TcpConversation((f"10.99.{n}.1", 40000), (f"10.98.{n}.1", 3478)).send(True, m.encode())
+        for n, m in enumerate(batch)
     ]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "generated.pcap"

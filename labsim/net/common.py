@@ -1,0 +1,499 @@
+"""What both runtimes share: the actor table, connections, timers, and carrying effects out.
+
+A runtime (:mod:`labsim.net.live`, :mod:`labsim.net.virtual`) subclasses :class:`Runtime` and
+supplies the clock and the IO hooks (``_io_*``); everything that is the same in both — naming
+connections, checking effects, writing the :class:`~labsim.trace.Trace`, timers, containing an
+actor's exception, the stop condition — lives here, once.
+
+Rules this module keeps (the contract of :mod:`labsim.proto.events`):
+
+* An actor is never re-entered: events that an effect answers at once (:class:`Listening`,
+  :class:`ListenFailed`, an immediate :class:`ConnectFailed`) are posted with ``_soon`` and
+  delivered after the effect list is done.
+* Every connection has one run-global int id (``Link.gid``, the id in the trace); each actor
+  knows its end by its own :data:`ConnId` (``End.conn``): the name it gave in :class:`Connect`,
+  or ``"in:<n>"`` (numbered per actor) for accepted ones.
+* The trace records a close once, by whoever closed first: the actor that sent :class:`Close`,
+  ``"external"`` for a peer outside the run, ``"network"`` for the network itself. Connections
+  still open when the run ends are released without a trace record: the trace says they were
+  open when the run stopped (``ConnectionRecord.closed is None``).
+* An actor that raises is dead for the rest of the run: the exception goes into the trace as an
+  ``error`` log (with where it was raised), its connections are reset (RST, ``by`` = the actor),
+  its pending connects cancelled, its listeners closed and its timers stopped; it gets no more
+  events. A real process that crashes loses its sockets the same way.
+* The trace records each :class:`Send` when it is carried out; the bytes of all the Sends one
+  effect list makes on one connection are then written together, after the list (before a
+  Close of that connection in it), as TCP_CORK would.
+* Effects on connections the actor does not have are ignored: a ``warning`` in the trace when
+  the name was never a connection of that actor (an actor bug), silently when the connection
+  has just closed (a normal race: the peer closed while the actor was still sending).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from labsim.proto.events import (
+    Accepted,
+    Actor,
+    Address,
+    Close,
+    Closed,
+    Connect,
+    Connected,
+    ConnectFailed,
+    ConnId,
+    Event,
+    Listen,
+    ListenFailed,
+    Listening,
+    Log,
+    Received,
+    Send,
+    Started,
+    StartTimer,
+    StopTimer,
+    TimerFired,
+    TimerId,
+    Unlisten,
+)
+from labsim.trace import Trace
+
+logger = logging.getLogger("labsim.net")
+
+#: ``stop(trace)``: end the run as soon as this is true (checked after every event).
+StopWhen = Callable[[Trace], bool]
+
+#: Who a connection's far end belongs to when it is not an actor of the run (live only).
+EXTERNAL = "external"
+#: ``closed_by`` when neither end closed it (a reset by the network, a lost listener).
+NETWORK = "network"
+#: Client ports (and ``Listen`` on port 0) come from a per-host counter over this range, in
+#: both runtimes, so one scenario shows the same ports on both clocks.
+EPHEMERAL_FIRST = 40000
+EPHEMERAL_LAST = 65535
+
+
+class ActorState:
+    """One actor and everything the runtime holds for it."""
+
+    __slots__ = (
+        "actor",
+        "name",
+        "host",
+        "alive",
+        "ends",
+        "gone",
+        "connecting",
+        "listeners",
+        "timers",
+        "accepted",
+    )
+
+    def __init__(self, actor: Actor) -> None:
+        self.actor = actor
+        self.name: str = actor.name
+        self.host: str = actor.host
+        self.alive = True
+        #: Open connections by the actor's name for them.
+        self.ends: dict[ConnId, End] = {}
+        #: Names of connections that closed: later effects on them are quietly ignored.
+        self.gone: set[ConnId] = set()
+        #: Connects in progress: name -> the runtime's handle for the attempt.
+        self.connecting: dict[ConnId, Any] = {}
+        #: Listening addresses -> the runtime's handle.
+        self.listeners: dict[Address, Any] = {}
+        #: Running timers -> a token unique to this start (a restart makes a new one).
+        self.timers: dict[TimerId, Any] = {}
+        #: Accepted connections so far, for the ``in:<n>`` names.
+        self.accepted = 0
+
+
+class Link:
+    """One TCP connection of the run: the trace's id and its two ends (None: outside the run)."""
+
+    __slots__ = ("gid", "client", "server")
+
+    def __init__(self, gid: int) -> None:
+        self.gid = gid
+        self.client: End | None = None
+        self.server: End | None = None
+
+
+class End:
+    """One actor's end of a connection."""
+
+    __slots__ = ("link", "st", "conn", "is_client", "local", "remote", "open", "io", "outbuf")
+
+    def __init__(
+        self,
+        link: Link,
+        st: ActorState,
+        conn: ConnId,
+        is_client: bool,
+        local: Address,
+        remote: Address,
+        io: Any,
+    ) -> None:
+        self.link = link
+        self.st = st
+        self.conn = conn
+        self.is_client = is_client
+        #: Lab addresses, as the actor sees them.
+        self.local = local
+        self.remote = remote
+        #: False once the actor closed it or was told it closed.
+        self.open = True
+        #: The runtime's handle: a transport (live), the one-way latency to the peer (virtual).
+        self.io = io
+        #: Sends of the effect list being carried out, written as one when it is done.
+        self.outbuf: list[bytes] | None = None
+
+    @property
+    def peer(self) -> End | None:
+        """The other end, when it belongs to an actor of the run."""
+        return self.link.server if self.is_client else self.link.client
+
+
+class Runtime:
+    """Carries actors' effects out and delivers their events; the IO is the subclass's.
+
+    Subclasses implement :meth:`now`, :meth:`_soon` and the ``_io_*`` hooks, call
+    :meth:`_start_all` to begin, and report what the network did through :meth:`_open_link`,
+    :meth:`_server_end` / :meth:`_client_end`, :meth:`_deliver_accepted` /
+    :meth:`_deliver_connected`, :meth:`_connect_failed`, :meth:`_received`,
+    :meth:`_peer_closed` and :meth:`_timer_fired`.
+    """
+
+    def __init__(self, actors: Sequence[Actor], trace: Trace) -> None:
+        self.trace = trace
+        self.actors: dict[str, ActorState] = {}
+        for actor in actors:
+            if actor.name in self.actors:
+                raise ValueError(f"two actors are named {actor.name!r}: names must be unique")
+            if actor.name in (EXTERNAL, NETWORK):
+                raise ValueError(f"{actor.name!r} is reserved for the runtime; rename the actor")
+            self.actors[actor.name] = ActorState(actor)
+        #: (actor name, exception) for every actor exception, in order (also in the trace).
+        self.errors: list[tuple[str, BaseException]] = []
+        self._next_gid = 1
+        self._stop_when: StopWhen | None = None
+        self._corked: list[End] = []
+        self._stopping = False
+        self._started = False
+        self._apply_table: dict[type, Callable[[ActorState, Any, float], None]] = {
+            Send: self._do_send,
+            Close: self._do_close,
+            StartTimer: self._do_start_timer,
+            StopTimer: self._do_stop_timer,
+            Log: self._do_log,
+            Connect: self._do_connect,
+            Listen: self._do_listen,
+            Unlisten: self._do_unlisten,
+        }
+
+    # -- supplied by the runtime ---------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since the run started."""
+        raise NotImplementedError
+
+    def _soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` after the current callback, at the same time."""
+        raise NotImplementedError
+
+    def _on_stop(self) -> None:
+        """The run must end now (``until`` reached or ``stop`` true)."""
+        raise NotImplementedError
+
+    def _io_listen(self, st: ActorState, address: Address) -> tuple[Address, Any] | str:
+        """Start listening: (bound address, handle), or why not."""
+        raise NotImplementedError
+
+    def _io_unlisten(self, handle: Any) -> None:
+        raise NotImplementedError
+
+    def _io_connect(self, st: ActorState, effect: Connect) -> Any:
+        """Start a connect; returns the handle stored in ``st.connecting``. Must end in
+        :meth:`_deliver_connected` or :meth:`_connect_failed` unless cancelled."""
+        raise NotImplementedError
+
+    def _io_cancel_connect(self, st: ActorState, handle: Any) -> None:
+        raise NotImplementedError
+
+    def _io_send(self, end: End, data: bytes) -> None:
+        """Write bytes (the sends of one effect list on ``end``, joined)."""
+        raise NotImplementedError
+
+    def _io_close(self, end: End, reset: bool) -> None:
+        """The actor closed its end (already marked closed and traced): FIN or RST the peer."""
+        raise NotImplementedError
+
+    def _io_start_timer(self, st: ActorState, timer: TimerId, delay: float) -> Any:
+        """Arm a timer that calls :meth:`_timer_fired` with the returned token."""
+        raise NotImplementedError
+
+    def _io_stop_timer(self, token: Any) -> None:
+        raise NotImplementedError
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def _begin(self, stop: StopWhen | None) -> None:
+        if self._started:
+            raise RuntimeError("a runtime runs once: build a new one (with a new trace) to rerun")
+        self._started = True
+        self._stop_when = stop
+
+    def _start_all(self) -> None:
+        """Deliver :class:`Started` to every actor, in the order they were given."""
+        started = Started()
+        for st in self.actors.values():
+            if self._stopping:
+                return
+            self.deliver(st, started)
+
+    def _request_stop(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self._on_stop()
+
+    def _release_all(self) -> None:
+        """End of run: stop timers, listeners and connects of every actor (not traced)."""
+        self._stopping = True
+        for st in self.actors.values():
+            for end in st.ends.values():
+                end.open = False  # left open in the trace: the run ended, not the connection
+            st.ends.clear()
+            for token in st.timers.values():
+                self._io_stop_timer(token)
+            st.timers.clear()
+            for handle in st.listeners.values():
+                self._io_unlisten(handle)
+            st.listeners.clear()
+            for handle in st.connecting.values():
+                self._io_cancel_connect(st, handle)
+            st.connecting.clear()
+
+    # -- events to actors ----------------------------------------------------------------------
+
+    def deliver(self, st: ActorState, event: Event) -> None:
+        """Hand one event to an actor and carry out its effects, in order."""
+        if self._stopping or not st.alive:
+            return
+        now = self.now()
+        try:
+            for effect in st.actor.handle(event, now):
+                apply = self._apply_table.get(type(effect))
+                if apply is None:
+                    self._warn(st, now, f"unknown effect {effect!r} ignored")
+                else:
+                    apply(st, effect, now)
+        except Exception as exc:  # noqa: BLE001 - an actor's bug must not end the run silently
+            self._crash(st, event, exc, now)
+        if self._corked:
+            self._flush()
+        stop = self._stop_when
+        if stop is not None and not self._stopping and stop(self.trace):
+            self._request_stop()
+
+    def _post(self, st: ActorState, event: Event) -> None:
+        self._soon(self.deliver, st, event)
+
+    def _crash(self, st: ActorState, event: Event, exc: Exception, now: float) -> None:
+        self.errors.append((st.name, exc))
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = ""
+        if frames:
+            where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}"
+        self.trace.log(
+            now,
+            st.name,
+            f"{st.name} raised {type(exc).__name__}: {exc} while handling "
+            f"{type(event).__name__}{where}; its connections are reset and it gets no more events",
+            "error",
+        )
+        st.alive = False
+        for end in list(st.ends.values()):
+            self._close_end(st, end, True, now)
+        for handle in st.connecting.values():
+            self._io_cancel_connect(st, handle)
+        st.connecting.clear()
+        for handle in st.listeners.values():
+            self._io_unlisten(handle)
+        st.listeners.clear()
+        for token in st.timers.values():
+            self._io_stop_timer(token)
+        st.timers.clear()
+
+    def _warn(self, st: ActorState, now: float, text: str) -> None:
+        self.trace.log(now, st.name, text, "warning")
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def _do_send(self, st: ActorState, effect: Send, now: float) -> None:
+        end = st.ends.get(effect.conn)
+        if end is None:
+            self._unknown_conn(st, effect, now)
+            return
+        data = effect.data
+        if data:
+            self.trace.sent(now, end.link.gid, end.is_client, data, effect.protocol)
+            buf = end.outbuf
+            if buf is None:
+                end.outbuf = [data]
+                self._corked.append(end)
+            else:
+                buf.append(data)
+
+    def _flush(self) -> None:
+        """Write what each connection was sent by one effect list, as one write: the bytes one
+        event makes an actor send leave together (like TCP_CORK), so they usually arrive as one
+        Received in both runtimes, and a live run makes one syscall instead of several."""
+        corked, self._corked = self._corked, []
+        for end in corked:
+            self._flush_end(end)
+
+    def _flush_end(self, end: End) -> None:
+        buf = end.outbuf
+        if buf is not None:
+            end.outbuf = None
+            self._io_send(end, buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def _do_close(self, st: ActorState, effect: Close, now: float) -> None:
+        end = st.ends.get(effect.conn)
+        if end is not None:
+            self._close_end(st, end, effect.reset, now)
+            return
+        if effect.conn in st.connecting:  # the actor gives up on its connect
+            self._io_cancel_connect(st, st.connecting.pop(effect.conn))
+            st.gone.add(effect.conn)
+        else:
+            self._unknown_conn(st, effect, now)
+
+    def _close_end(self, st: ActorState, end: End, reset: bool, now: float) -> None:
+        self._flush_end(end)  # what was sent before the Close goes first
+        del st.ends[end.conn]
+        st.gone.add(end.conn)
+        end.open = False
+        self.trace.closed(now, end.link.gid, st.name, reset)
+        self._io_close(end, reset)
+
+    def _unknown_conn(self, st: ActorState, effect: Send | Close, now: float) -> None:
+        kind = type(effect).__name__
+        if effect.conn in st.gone:
+            logger.debug("%s: %s on closed connection %r ignored", st.name, kind, effect.conn)
+        else:
+            self._warn(st, now, f"{kind} on unknown connection {effect.conn!r} ignored")
+
+    def _do_connect(self, st: ActorState, effect: Connect, now: float) -> None:
+        conn = effect.conn
+        if conn.startswith("in:"):
+            self._warn(st, now, f"Connect named {conn!r} ignored: 'in:' names are the runtime's")
+        elif conn in st.ends or conn in st.connecting:
+            self._warn(st, now, f"Connect {conn!r} ignored: that connection is already in use")
+        else:
+            st.gone.discard(conn)
+            st.connecting[conn] = self._io_connect(st, effect)
+
+    def _do_listen(self, st: ActorState, effect: Listen, now: float) -> None:
+        address = effect.address
+        if address.host != st.host:
+            reason = f"{address.host} is not {st.name}'s address ({st.host})"
+            self._post(st, ListenFailed(address, reason))
+        elif address in st.listeners:
+            self._post(st, ListenFailed(address, "already listening there"))
+        else:
+            result = self._io_listen(st, address)
+            if isinstance(result, str):
+                self._post(st, ListenFailed(address, result))
+            else:
+                bound, handle = result
+                st.listeners[bound] = handle
+                self._post(st, Listening(bound))
+
+    def _do_unlisten(self, st: ActorState, effect: Unlisten, now: float) -> None:
+        handle = st.listeners.pop(effect.address, None)
+        if handle is None:
+            self._warn(st, now, f"Unlisten of {effect.address}, where it does not listen, ignored")
+        else:
+            self._io_unlisten(handle)
+
+    def _do_start_timer(self, st: ActorState, effect: StartTimer, now: float) -> None:
+        old = st.timers.pop(effect.timer, None)
+        if old is not None:
+            self._io_stop_timer(old)
+        st.timers[effect.timer] = self._io_start_timer(st, effect.timer, max(0.0, effect.delay))
+
+    def _do_stop_timer(self, st: ActorState, effect: StopTimer, now: float) -> None:
+        token = st.timers.pop(effect.timer, None)
+        if token is not None:
+            self._io_stop_timer(token)
+
+    def _do_log(self, st: ActorState, effect: Log, now: float) -> None:
+        self.trace.log(now, st.name, effect.text, effect.level)
+
+    # -- what the network reports --------------------------------------------------------------
+
+    def _open_link(
+        self, client: str, client_addr: Address, server: str, server_addr: Address
+    ) -> Link:
+        """A connection is established: give it its trace id and record it."""
+        link = Link(self._next_gid)
+        self._next_gid += 1
+        self.trace.opened(self.now(), link.gid, client, client_addr, server, server_addr)
+        return link
+
+    def _server_end(
+        self, link: Link, st: ActorState, local: Address, remote: Address, io: Any
+    ) -> End:
+        """The accepting actor's end, named ``in:<n>`` and registered (not yet announced)."""
+        st.accepted += 1
+        end = End(link, st, f"in:{st.accepted}", False, local, remote, io)
+        link.server = end
+        st.ends[end.conn] = end
+        return end
+
+    def _client_end(
+        self, link: Link, st: ActorState, conn: ConnId, local: Address, remote: Address, io: Any
+    ) -> End:
+        """The connecting actor's end (registered by :meth:`_deliver_connected`)."""
+        end = End(link, st, conn, True, local, remote, io)
+        link.client = end
+        return end
+
+    def _deliver_accepted(self, end: End) -> None:
+        self.deliver(end.st, Accepted(end.conn, end.local, end.remote))
+
+    def _deliver_connected(self, end: End) -> None:
+        st = end.st
+        st.connecting.pop(end.conn, None)
+        st.ends[end.conn] = end
+        self.deliver(st, Connected(end.conn, end.local, end.remote))
+
+    def _connect_failed(self, st: ActorState, conn: ConnId, remote: Address, reason: str) -> None:
+        st.connecting.pop(conn, None)
+        self.trace.refuse(self.now(), st.name, st.host, remote, reason)
+        self.deliver(st, ConnectFailed(conn, remote, reason))
+
+    def _received(self, end: End, data: bytes) -> None:
+        if end.open:
+            self.deliver(end.st, Received(end.conn, data))
+
+    def _peer_closed(self, end: End, reset: bool, by: str) -> None:
+        """The far side closed (FIN after all data, or RST) or the network dropped it."""
+        if not end.open:
+            return
+        end.open = False
+        st = end.st
+        del st.ends[end.conn]
+        st.gone.add(end.conn)
+        self.trace.closed(self.now(), end.link.gid, by, reset)
+        self.deliver(st, Closed(end.conn, reset))
+
+    def _timer_fired(self, st: ActorState, timer: TimerId, token: Any) -> None:
+        if st.timers.get(timer) is token:
+            del st.timers[timer]
+            self.deliver(st, TimerFired(timer))

@@ -1,0 +1,605 @@
+"""The live runtime: the actors on real TCP sockets, on loopback only, driven by asyncio.
+
+**One address per actor** (DESIGN.md). Each actor's lab host maps onto its own loopback
+address, IPv4 ``a.b.c.d`` -> ``127.b.c.d`` (10.48.54.229 -> 127.48.54.229, 192.168.1.252 ->
+127.168.1.252; a 127.x.y.z host is itself; the only IPv6 host is ``::1``). Linux routes all of
+127.0.0.0/8 to ``lo``, so no setup is needed. An actor listens on exactly its loopback address
+and the port it asked for (no remapping; ``SO_REUSEADDR``), and every outgoing connection binds
+the actor's loopback address first, so peers see who is calling, and the next port of a
+per-host counter from 40000 up, as the virtual runtime does: the same scenario shows the same
+ports on both clocks (unless something else holds them). The actors only ever see lab
+addresses: a loopback address of an actor maps back to its lab host; ``external`` maps lab
+addresses of things outside the run (coturn standing in for the TURN server) to real loopback
+endpoints, and connections from loopback sources that are no actor of the run are attributed
+to ``"external"``.
+
+**No socket ever targets a non-loopback address**: every bind and connect goes through
+:func:`require_loopback`; construction rejects actors that cannot be mapped and ``external``
+endpoints off loopback; a Connect that cannot be mapped fails with ``ConnectFailed``.
+
+TCP as the kernel does it: ``Close()`` is ``transport.close()`` (the buffered data, then FIN);
+``Close(reset=True)`` sets ``SO_LINGER`` 0 and aborts (RST, buffered data dropped). EOF from the
+peer gives ``Closed(reset=False)``; a reset (``ConnectionResetError``) or any other socket error
+gives ``Closed(reset=True)``. Reads are up to 64 KiB into one buffer the runtime shares between
+all connections (the loop is single-threaded and each read is copied out at once), delivered
+in arrival order. There is no flow control towards the actors: what an actor sends is buffered
+by the transport until the kernel takes it.
+
+At the end of a run every listener, connection, connect task and timer the run made is closed
+and awaited, so the process holds no more file descriptors or tasks than before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import struct
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, cast
+
+from labsim.net.common import (
+    EPHEMERAL_FIRST,
+    EPHEMERAL_LAST,
+    EXTERNAL,
+    NETWORK,
+    ActorState,
+    End,
+    Link,
+    Runtime,
+    StopWhen,
+)
+from labsim.proto.events import Actor, Address, Connect, ConnId, TimerId
+from labsim.trace import Trace
+
+#: Bytes taken from a socket per read.
+READ_SIZE = 64 * 1024
+#: Ports tried before giving the choice to the kernel (bind) or giving up (connect).
+_BIND_ATTEMPTS = 64
+#: ``SO_LINGER`` on, timeout 0: close() sends RST and drops unsent data.
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+_RealAddr = tuple[str, int]
+_PairKey = tuple[_RealAddr, _RealAddr]
+"""(client's real address, server's real address): the same key on both ends of a connection."""
+
+
+class NonLoopbackError(ValueError):
+    """A socket would have used an address outside loopback."""
+
+
+def loopback(host: str) -> str:
+    """The loopback address standing in for lab host ``host`` (IPv4 a.b.c.d -> 127.b.c.d)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"{host!r} is not an IP address") from exc
+    if ip.version == 4:
+        if ip.is_loopback:
+            return str(ip)
+        _, b, c, d = ip.packed
+        return f"127.{b}.{c}.{d}"
+    if ip.is_loopback:
+        return str(ip)
+    raise ValueError(f"no loopback address for IPv6 lab host {host}: only IPv4 hosts and ::1 map")
+
+
+def require_loopback(host: str) -> str:
+    """``host`` if it is a loopback address; raises :class:`NonLoopbackError` otherwise."""
+    try:
+        ok = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise NonLoopbackError(f"{host} is not a loopback address: the live runtime stays on lo")
+    return host
+
+
+class _Listener:
+    __slots__ = ("st", "address", "sock", "key", "retry")
+
+    def __init__(self, st: ActorState, address: Address, sock: socket.socket, key: _RealAddr):
+        self.st = st
+        self.address = address
+        self.sock = sock
+        self.key = key
+        self.retry: asyncio.TimerHandle | None = None
+
+
+class _Outgoing:
+    """A connect in flight."""
+
+    __slots__ = ("st", "conn", "remote", "key", "task")
+
+    def __init__(self, st: ActorState, conn: ConnId, remote: Address) -> None:
+        self.st = st
+        self.conn = conn
+        self.remote = remote
+        self.key: _PairKey | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class _Timer:
+    __slots__ = ("handle",)
+
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+
+
+class _Stream(asyncio.BufferedProtocol):
+    """One socket of the run, either end; forwards what happens to the runtime."""
+
+    __slots__ = ("net", "origin", "transport", "end")
+
+    def __init__(self, net: LiveNetwork, origin: _Listener | _Outgoing) -> None:
+        self.net = net
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.end: End | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        try:
+            self.net._made(self, self.transport)
+        except Exception as exc:  # noqa: BLE001 - reported by arun, not lost in the loop's log
+            self.net._internal(exc)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.net._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        end = self.end
+        if end is not None and end.open:
+            net = self.net
+            try:
+                net._received(end, net._rbuf[:nbytes].tobytes())
+            except Exception as exc:  # noqa: BLE001
+                net._internal(exc)
+
+    def eof_received(self) -> bool:
+        end = self.end
+        if end is not None and end.open:
+            try:
+                self.net._peer_closed(end, False, self.net._far_name(end))
+            except Exception as exc:  # noqa: BLE001
+                self.net._internal(exc)
+        return False  # the transport closes our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        net = self.net
+        try:
+            net._lost(self, exc)
+        except Exception as error:  # noqa: BLE001
+            net._internal(error)
+
+
+class LiveNetwork(Runtime):
+    """Run actors on real loopback sockets (see the module docstring)."""
+
+    def __init__(
+        self,
+        actors: Sequence[Actor],
+        trace: Trace,
+        *,
+        external: Mapping[Address, tuple[str, int]] | None = None,
+        backlog: int = 512,
+    ) -> None:
+        super().__init__(actors, trace)
+        self._loopback_of: dict[str, str] = {}
+        owners: dict[str, ActorState] = {}
+        for st in self.actors.values():
+            try:
+                lo = loopback(st.host)
+            except ValueError as exc:
+                raise ValueError(f"actor {st.name!r}: {exc}") from None
+            other = owners.setdefault(lo, st)
+            if other.host != st.host:
+                raise ValueError(
+                    f"actors {other.name!r} ({other.host}) and {st.name!r} ({st.host}) would "
+                    f"share the loopback address {lo}: give them lab addresses whose last three "
+                    "bytes differ"
+                )
+            self._loopback_of[st.host] = lo
+        self._lab_of = {lo: st.host for lo, st in owners.items()}
+        #: Lab address -> real loopback endpoint, for things outside the run.
+        self.external: dict[Address, _RealAddr] = {}
+        lab_hosts: dict[str, set[str]] = {}
+        for lab, (host, port) in (external or {}).items():
+            require_loopback(host)
+            self.external[lab] = (str(ipaddress.ip_address(host)), int(port))
+            lab_hosts.setdefault(self.external[lab][0], set()).add(lab.host)
+        # Sources on an external endpoint's host read as its lab host, when that is unambiguous.
+        self._external_lab_host = {
+            real: next(iter(labs))
+            for real, labs in lab_hosts.items()
+            if len(labs) == 1 and real not in self._lab_of
+        }
+        self._backlog = backlog
+        self._rbuf = memoryview(bytearray(READ_SIZE))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = lambda: 0.0
+        self._t0 = 0.0
+        self._done: asyncio.Future[None] | None = None
+        self._transports: set[asyncio.Transport] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listening: dict[_RealAddr, _Listener] = {}
+        self._outgoing: dict[_PairKey, _Outgoing] = {}
+        # Connections between two actors whose first end is known and the second not yet:
+        # key -> (link, True when the client end came first and the server's is awaited).
+        self._halfway: dict[_PairKey, tuple[Link, bool]] = {}
+        self._internal_error: BaseException | None = None
+        self._next_port: dict[str, int] = {}
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, until: float, stop: StopWhen | None = None) -> Trace:
+        """Run for ``until`` wall seconds or until ``stop(trace)``; return the trace."""
+
+        async def main() -> None:
+            # The task's result stays None: asyncio.run (3.11) formats the main task's repr
+            # when it restores the SIGINT handler, and a Trace result would be repr'd whole.
+            await self.arun(until, stop)
+
+        asyncio.run(main())
+        return self.trace
+
+    async def arun(self, until: float, stop: StopWhen | None = None) -> Trace:
+        """:meth:`run` inside a running event loop (pytest-asyncio tests, other asyncio code)."""
+        self._begin(stop)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._clock = loop.time
+        self._t0 = loop.time()
+        self._done = loop.create_future()
+        deadline = loop.call_later(until, self._request_stop)
+        try:
+            self._start_all()
+            if not self._stopping:
+                await self._done
+        finally:
+            deadline.cancel()
+            await self._shutdown()
+        if self._internal_error is not None:
+            raise RuntimeError("the live runtime failed") from self._internal_error
+        return self.trace
+
+    def loopback_of(self, host: str) -> str:
+        """The loopback address of an actor's lab host."""
+        return self._loopback_of[host]
+
+    def now(self) -> float:
+        return self._clock() - self._t0
+
+    def _on_stop(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _soon(self, fn: Callable[..., object], *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon(fn, *args)
+
+    def _internal(self, exc: BaseException) -> None:
+        """A bug of this runtime inside a loop callback: stop, and let arun raise it."""
+        if self._internal_error is None:
+            self._internal_error = exc
+        self._request_stop()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _shutdown(self) -> None:
+        self._release_all()  # timers, listeners, connect tasks
+        for task in list(self._tasks):
+            task.cancel()
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in list(self._transports):
+            transport.abort()
+        # abort() closes the socket in the loop's next round (connection_lost).
+        for _ in range(1000):
+            if not self._transports:
+                break
+            await asyncio.sleep(0)
+        self._halfway.clear()
+        self._outgoing.clear()
+
+    # -- mapping -------------------------------------------------------------------------------
+
+    def _lab_host(self, real_host: str) -> str:
+        return self._lab_of.get(real_host) or self._external_lab_host.get(real_host) or real_host
+
+    def _far_name(self, end: End) -> str:
+        """``by`` for a close this end learns from its socket: the far side is outside the run,
+        or (when an actor's close was not recorded first) the network."""
+        record = self.trace.connections[end.link.gid]
+        far = record.server if end.is_client else record.client
+        return EXTERNAL if far == EXTERNAL else NETWORK
+
+    @staticmethod
+    def _abort(transport: asyncio.Transport, reset: bool) -> None:
+        if reset:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                except OSError:
+                    pass
+        transport.abort()
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    def _io_listen(self, st: ActorState, address: Address) -> tuple[Address, Any] | str:
+        assert self._loop is not None
+        lo = require_loopback(self._loopback_of[st.host])
+        sock = socket.socket(socket.AF_INET6 if ":" in lo else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind((lo, address.port))
+            sock.listen(self._backlog)
+        except OSError as exc:
+            sock.close()
+            return f"cannot listen on {lo}:{address.port}: {exc.strerror or exc}"
+        port: int = sock.getsockname()[1]
+        listener = _Listener(st, Address(address.host, port), sock, (lo, port))
+        self._listening[listener.key] = listener
+        self._loop.add_reader(sock.fileno(), self._accept_ready, listener)
+        return listener.address, listener
+
+    def _io_unlisten(self, handle: Any) -> None:
+        assert self._loop is not None
+        listener: _Listener = handle
+        if self._listening.get(listener.key) is listener:
+            del self._listening[listener.key]
+        # Connections still in its accept queue are reset by the kernel: never accepted.
+        for key in [k for k, (_, client_first) in self._halfway.items() if client_first]:
+            if key[1] == listener.key:
+                del self._halfway[key]
+        if listener.retry is not None:
+            listener.retry.cancel()
+        if listener.sock.fileno() >= 0:
+            self._loop.remove_reader(listener.sock.fileno())
+            listener.sock.close()
+
+    def _accept_ready(self, listener: _Listener) -> None:
+        for _ in range(self._backlog):
+            try:
+                sock, _peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # out of file descriptors, most likely: pause a little
+                self.trace.log(self.now(), listener.st.name, f"accept failed: {exc}", "warning")
+                assert self._loop is not None
+                self._loop.remove_reader(listener.sock.fileno())
+                listener.retry = self._loop.call_later(0.1, self._accept_again, listener)
+                return
+            sock.setblocking(False)
+            self._spawn(self._adopt(sock, listener))
+
+    def _accept_again(self, listener: _Listener) -> None:
+        listener.retry = None
+        if self._loop is not None and self._listening.get(listener.key) is listener:
+            self._loop.add_reader(listener.sock.fileno(), self._accept_ready, listener)
+
+    async def _adopt(self, sock: socket.socket, listener: _Listener) -> None:
+        assert self._loop is not None
+        stream = _Stream(self, listener)
+        try:
+            await self._loop.connect_accepted_socket(lambda: stream, sock=sock)
+        except BaseException as exc:
+            if stream.transport is None:
+                sock.close()
+            if not isinstance(exc, Exception):
+                raise
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def _io_connect(self, st: ActorState, effect: Connect) -> Any:
+        out = _Outgoing(st, effect.conn, effect.remote)
+        target = self.external.get(effect.remote)
+        if target is None:
+            try:
+                target = (loopback(effect.remote.host), effect.remote.port)
+            except ValueError as exc:
+                self._soon(self._fail, out, f"unreachable: {exc}")
+                return out
+        out.task = self._spawn(self._connect(out, target, effect.timeout))
+        return out
+
+    def _io_cancel_connect(self, st: ActorState, handle: Any) -> None:
+        out: _Outgoing = handle
+        if out.task is not None:
+            out.task.cancel()
+
+    def _attempt_live(self, out: _Outgoing) -> bool:
+        return out.st.alive and out.st.connecting.get(out.conn) is out
+
+    def _fail(self, out: _Outgoing, reason: str) -> None:
+        if self._attempt_live(out):
+            self._connect_failed(out.st, out.conn, out.remote, reason)
+
+    def _client_socket(self, family: int, source: str) -> socket.socket:
+        """A socket bound to the actor's loopback address and the next port of the per-host
+        counter (40000 up, as the virtual runtime numbers them, so both runtimes show the same
+        ports); the kernel picks when none of the next ones binds."""
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            # A port of an earlier run may still be in TIME_WAIT: it can be bound again.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            port = self._next_port.get(source, EPHEMERAL_FIRST)
+            for _ in range(_BIND_ATTEMPTS):
+                candidate, port = port, EPHEMERAL_FIRST if port >= EPHEMERAL_LAST else port + 1
+                try:
+                    sock.bind((source, candidate))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    continue
+                self._next_port[source] = port
+                return sock
+            sock.bind((source, 0))
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _connect(self, out: _Outgoing, target: _RealAddr, timeout: float) -> None:
+        assert self._loop is not None
+        sock: socket.socket | None = None
+        try:
+            source = require_loopback(self._loopback_of[out.st.host])
+            require_loopback(target[0])
+            family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+            if (":" in source) != (family == socket.AF_INET6):
+                raise NonLoopbackError(f"{source} cannot reach {target[0]}: another IP version")
+            async with asyncio.timeout(timeout):
+                for attempt in range(_BIND_ATTEMPTS):
+                    sock = self._client_socket(family, source)  # peers see the actor's address
+                    out.key = (sock.getsockname()[:2], target)
+                    self._outgoing[out.key] = out
+                    try:
+                        await self._loop.sock_connect(sock, target)
+                        break
+                    except OSError as exc:
+                        if exc.errno != errno.EADDRNOTAVAIL or attempt == _BIND_ATTEMPTS - 1:
+                            raise
+                    # The same four-tuple is still in TIME_WAIT from an earlier run: next port.
+                    del self._outgoing[out.key]
+                    sock.close()
+                    sock = None
+            assert sock is not None
+            connected, sock = sock, None  # the transport owns it from here
+            await self._loop.create_connection(lambda: _Stream(self, out), sock=connected)
+            return
+        except TimeoutError:
+            reason = "timeout"
+        except ConnectionRefusedError:
+            reason = "refused"
+        except NonLoopbackError as exc:
+            reason = f"refused by labsim: {exc}"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+        finally:
+            if sock is not None:
+                sock.close()
+            if out.key is not None and self._outgoing.get(out.key) is out:
+                del self._outgoing[out.key]
+                # Failed or cancelled before our end existed: an accepted end waits in vain.
+                self._forget_halfway(out.key, client_first=False)
+        self._fail(out, reason)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _made(self, stream: _Stream, transport: asyncio.Transport) -> None:
+        """A socket of the run is up: an accepted one or a connected one."""
+        self._transports.add(transport)
+        origin = stream.origin
+        if isinstance(origin, _Outgoing):
+            key = origin.key
+            if key is None or self._stopping or not self._attempt_live(origin):
+                self._abort(transport, reset=True)  # the actor gave up (or died) meanwhile
+                if key is not None:
+                    self._forget_halfway(key, client_first=False)
+                return
+            self._client_made(stream, transport, origin, key)
+            return
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        key = ((peer[0], peer[1]), (local[0], local[1]))
+        listener = origin
+        if (
+            self._stopping
+            or not listener.st.alive
+            or self._listening.get(listener.key) is not listener
+        ):
+            self._abort(transport, reset=True)
+            self._forget_halfway(key, client_first=True)
+            return
+        self._server_made(stream, transport, listener, key)
+
+    def _forget_halfway(self, key: _PairKey, *, client_first: bool) -> None:
+        """The end awaited under ``key`` will not come: drop the entry waiting for it."""
+        waiting = self._halfway.get(key)
+        if waiting is not None and waiting[1] is client_first:
+            del self._halfway[key]
+
+    def _client_made(
+        self, stream: _Stream, transport: asyncio.Transport, out: _Outgoing, key: _PairKey
+    ) -> None:
+        st = out.st
+        self._outgoing.pop(key, None)
+        client_addr = Address(st.host, key[0][1])
+        waiting = self._halfway.pop(key, None)
+        if waiting is not None and not waiting[1]:
+            link = waiting[0]  # the server end came first
+        else:
+            listener = self._listening.get(key[1])
+            if listener is not None:
+                link = self._open_link(st.name, client_addr, listener.st.name, listener.address)
+                self._halfway[key] = (link, True)
+            else:
+                link = self._open_link(st.name, client_addr, EXTERNAL, out.remote)
+        end = self._client_end(link, st, out.conn, client_addr, out.remote, transport)
+        stream.end = end
+        self._deliver_connected(end)
+
+    def _server_made(
+        self, stream: _Stream, transport: asyncio.Transport, listener: _Listener, key: _PairKey
+    ) -> None:
+        st = listener.st
+        waiting = self._halfway.pop(key, None)
+        if waiting is not None and waiting[1]:
+            link = waiting[0]  # the client end came first
+            client_addr = self.trace.connections[link.gid].client_addr
+        else:
+            out = self._outgoing.get(key)
+            if out is not None:  # an actor of the run, whose connect has not returned yet
+                client_addr = Address(out.st.host, key[0][1])
+                link = self._open_link(out.st.name, client_addr, st.name, listener.address)
+                self._halfway[key] = (link, False)
+            else:
+                client_addr = Address(self._lab_host(key[0][0]), key[0][1])
+                link = self._open_link(EXTERNAL, client_addr, st.name, listener.address)
+        end = self._server_end(link, st, listener.address, client_addr, transport)
+        stream.end = end
+        self._deliver_accepted(end)
+
+    def _lost(self, stream: _Stream, exc: Exception | None) -> None:
+        transport = stream.transport
+        if transport is not None:
+            self._transports.discard(transport)
+        end = stream.end
+        if end is not None and end.open:
+            self._peer_closed(end, exc is not None, self._far_name(end))
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _io_send(self, end: End, data: bytes) -> None:
+        end.io.write(data)
+
+    def _io_close(self, end: End, reset: bool) -> None:
+        if reset:
+            self._abort(end.io, reset=True)
+        else:
+            end.io.close()  # FIN once the buffered data is out
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _io_start_timer(self, st: ActorState, timer: TimerId, delay: float) -> Any:
+        assert self._loop is not None
+        token = _Timer()
+        token.handle = self._loop.call_later(delay, self._timer_fired, st, timer, token)
+        return token
+
+    def _io_stop_timer(self, token: Any) -> None:
+        handle = cast(_Timer, token).handle
+        if handle is not None:
+            handle.cancel()

@@ -1,0 +1,250 @@
+"""The virtual runtime: the actors on a simulated network, in simpy's virtual time.
+
+Nothing waits on a wall clock: simpy jumps from one scheduled event to the next, so a 600 s
+allocation lifetime passes in microseconds, and a run is a pure function of its inputs (same
+actors, same settings -> the identical trace).
+
+The network model, kept small and explicit:
+
+* **Latency.** Each direction between two actors has a one-way latency (``latency``, or
+  ``link_latency[(a, b)]``, which also serves ``(b, a)`` unless that has its own entry). A
+  segment (a :class:`~labsim.proto.events.Send`, a FIN, a RST, a SYN-ACK) arrives that long after
+  it left; equal latency keeps each direction in order (simpy breaks ties first-in first-out).
+  What one event made an actor send on a connection leaves as one segment (see
+  :meth:`~labsim.net.common.Runtime._flush`) and arrives as one
+  :class:`~labsim.proto.events.Received`; there is no bandwidth limit.
+* **Connect** takes one round trip: the SYN reaches the server after one latency, which accepts
+  at once (:class:`Accepted`; the trace records the connection then), and the SYN-ACK reaches the
+  client one latency later (:class:`Connected`). No listener at the address, or a ``refused``
+  pair: the RST comes back instead, ``ConnectFailed("refused")`` after one round trip. A
+  ``blocked`` pair (actor names, client first) drops the SYN: ``ConnectFailed("timeout")`` when
+  the Connect's timeout runs out. The client's port is taken at Connect from a per-host counter
+  from 40000 up (the live runtime binds the same numbers).
+* **Close.** ``Close(reset=False)`` sends a FIN behind the data already sent, so the peer gets
+  every byte and then ``Closed(reset=False)``. ``Close(reset=True)`` sends a RST, which here also
+  travels behind what was already sent (it was on the wire; there is no send buffer to discard)
+  and gives the peer ``Closed(reset=True)``. Bytes that reach an end after it closed are dropped,
+  as a closed socket's kernel would (its RST would arrive after the FIN the peer already got).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import simpy
+
+from labsim.net.common import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, Runtime, StopWhen
+from labsim.proto.events import Actor, Address, Connect, ConnId, TimerId
+from labsim.trace import Trace
+
+
+class _Pending:
+    """A connect in flight."""
+
+    __slots__ = ("st", "conn", "remote", "local")
+
+    def __init__(self, st: ActorState, conn: ConnId, remote: Address, local: Address) -> None:
+        self.st = st
+        self.conn = conn
+        self.remote = remote
+        #: The client's address: its port is taken at Connect, as a kernel does.
+        self.local = local
+
+
+class _Listener:
+    __slots__ = ("st", "address")
+
+    def __init__(self, st: ActorState, address: Address) -> None:
+        self.st = st
+        self.address = address
+
+
+class VirtualNetwork(Runtime):
+    """Run actors on a simulated network in virtual time (see the module docstring)."""
+
+    def __init__(
+        self,
+        actors: Sequence[Actor],
+        trace: Trace,
+        *,
+        latency: float = 0.0005,
+        link_latency: Mapping[tuple[str, str], float] | None = None,
+        blocked: set[tuple[str, str]] | None = None,
+        refused: set[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(actors, trace)
+        if latency < 0 or any(v < 0 for v in (link_latency or {}).values()):
+            raise ValueError("latencies must not be negative")
+        self.env = simpy.Environment()
+        self.latency = latency
+        self.link_latency = dict(link_latency or {})
+        #: (client actor, server actor) pairs whose SYNs are dropped (connect times out).
+        self.blocked = set(blocked or ())
+        #: (client actor, server actor) pairs answered with a RST (connect refused).
+        self.refused = set(refused or ())
+        self._listeners: dict[Address, _Listener] = {}
+        self._ports_in_use: set[tuple[str, int]] = set()
+        self._next_port: dict[str, int] = {}
+        self._owner_of_host: dict[str, str] = {}
+        for st in self.actors.values():
+            self._owner_of_host.setdefault(st.host, st.name)
+        self._done: simpy.Event | None = None
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, until: float, stop: StopWhen | None = None) -> Trace:
+        """Run until virtual time ``until`` or until ``stop(trace)`` is true; return the trace."""
+        self._begin(stop)
+        env = self.env
+        self._done = env.event()
+        self._after(until, self._request_stop)
+        self._start_all()
+        if not self._stopping:
+            env.run(until=self._done)
+        self._release_all()
+        return self.trace
+
+    def now(self) -> float:
+        return float(self.env.now)
+
+    def _on_stop(self) -> None:
+        if self._done is not None and not self._done.triggered:
+            self._done.succeed()
+
+    def _after(self, delay: float, fn: Callable[..., object], *args: Any) -> None:
+        def call(_event: simpy.Event) -> None:
+            fn(*args)
+
+        self.env.timeout(delay).callbacks.append(call)
+
+    def _soon(self, fn: Callable[..., object], *args: Any) -> None:
+        self._after(0.0, fn, *args)
+
+    def _latency(self, src: str | None, dst: str | None) -> float:
+        if src is not None and dst is not None:
+            value = self.link_latency.get((src, dst))
+            if value is None:
+                value = self.link_latency.get((dst, src))
+            if value is not None:
+                return value
+        return self.latency
+
+    def _ephemeral(self, host: str) -> int:
+        port = self._next_port.get(host, EPHEMERAL_FIRST)
+        for _ in range(EPHEMERAL_LAST - EPHEMERAL_FIRST + 1):
+            taken = (host, port) in self._ports_in_use or Address(host, port) in self._listeners
+            candidate, port = port, EPHEMERAL_FIRST if port >= EPHEMERAL_LAST else port + 1
+            if not taken:
+                self._next_port[host] = port
+                return candidate
+        raise RuntimeError(f"no free ephemeral port left on {host}")
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    def _io_listen(self, st: ActorState, address: Address) -> tuple[Address, Any] | str:
+        if address.port == 0:
+            address = Address(address.host, self._ephemeral(address.host))
+        elif address in self._listeners or (address.host, address.port) in self._ports_in_use:
+            return "address already in use"
+        listener = _Listener(st, address)
+        self._listeners[address] = listener
+        return address, listener
+
+    def _io_unlisten(self, handle: Any) -> None:
+        listener: _Listener = handle
+        if self._listeners.get(listener.address) is listener:
+            del self._listeners[listener.address]
+
+    # -- connecting: SYN, SYN-ACK / RST ---------------------------------------------------------
+
+    def _io_connect(self, st: ActorState, effect: Connect) -> Any:
+        port = self._ephemeral(st.host)
+        self._ports_in_use.add((st.host, port))
+        pending = _Pending(st, effect.conn, effect.remote, Address(st.host, port))
+        listener = self._listeners.get(effect.remote)
+        target = listener.st.name if listener else self._owner_of_host.get(effect.remote.host)
+        if target is not None and (st.name, target) in self.blocked:
+            self._after(effect.timeout, self._fail, pending, "timeout")  # the SYN is black-holed
+        elif self._latency(st.name, target) + self._latency(target, st.name) > effect.timeout:
+            self._after(effect.timeout, self._fail, pending, "timeout")
+        else:
+            self._after(self._latency(st.name, target), self._syn_arrives, pending)
+        return pending
+
+    def _io_cancel_connect(self, st: ActorState, handle: Any) -> None:
+        pass  # the SYN-ACK / RST finds the attempt gone from st.connecting
+
+    def _attempt_live(self, pending: _Pending) -> bool:
+        return pending.st.alive and pending.st.connecting.get(pending.conn) is pending
+
+    def _free_port(self, address: Address) -> None:
+        self._ports_in_use.discard((address.host, address.port))
+
+    def _fail(self, pending: _Pending, reason: str) -> None:
+        self._free_port(pending.local)
+        if self._attempt_live(pending):
+            self._connect_failed(pending.st, pending.conn, pending.remote, reason)
+
+    def _syn_arrives(self, pending: _Pending) -> None:
+        if not self._attempt_live(pending):
+            self._free_port(pending.local)
+            return  # given up before the SYN got there: treated as never sent
+        client = pending.st
+        listener = self._listeners.get(pending.remote)
+        server = listener.st.name if listener else None
+        back = self._latency(server, client.name)
+        if listener is None or (client.name, listener.st.name) in self.refused:
+            self._after(back, self._fail, pending, "refused")
+            return
+        client_addr = pending.local
+        link = self._open_link(client.name, client_addr, listener.st.name, listener.address)
+        forth = self._latency(client.name, listener.st.name)
+        client_end = self._client_end(
+            link, client, pending.conn, client_addr, pending.remote, forth
+        )
+        server_end = self._server_end(link, listener.st, listener.address, client_addr, back)
+        # The SYN-ACK leaves before anything the server sends on Accepted, so it arrives first.
+        self._after(back, self._syn_ack_arrives, pending, client_end)
+        self._deliver_accepted(server_end)
+
+    def _syn_ack_arrives(self, pending: _Pending, end: End) -> None:
+        if self._attempt_live(pending):
+            self._deliver_connected(end)
+            return
+        # The client gave up (Close while connecting) or died: it answers the SYN-ACK with RST.
+        end.open = False
+        self._free_port(end.local)
+        self.trace.closed(self.now(), end.link.gid, end.st.name, True)
+        if end.link.server is not None:
+            self._after(end.io, self._arrive_close, end.link.server, True, end.st.name)
+
+    # -- data and closing ----------------------------------------------------------------------
+
+    def _io_send(self, end: End, data: bytes) -> None:
+        peer = end.peer
+        if peer is not None:
+            self._after(end.io, self._received, peer, data)
+
+    def _io_close(self, end: End, reset: bool) -> None:
+        if end.is_client:
+            self._free_port(end.local)
+        peer = end.peer
+        if peer is not None:
+            self._after(end.io, self._arrive_close, peer, reset, end.st.name)
+
+    def _arrive_close(self, end: End, reset: bool, by: str) -> None:
+        """A FIN or RST reaches ``end``."""
+        if end.open and end.is_client:
+            self._free_port(end.local)
+        self._peer_closed(end, reset, by)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _io_start_timer(self, st: ActorState, timer: TimerId, delay: float) -> Any:
+        token = object()
+        self._after(delay, self._timer_fired, st, timer, token)
+        return token
+
+    def _io_stop_timer(self, token: Any) -> None:
+        pass  # the scheduled event finds another token (or none) in st.timers and does nothing
