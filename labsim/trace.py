@@ -61,6 +61,12 @@ class MessageRecord:
     """Why the bytes did not decode, if they did not."""
     relayed: bool = False
     """Decoded out of bytes a relay forwarded (``raw`` framing)."""
+    size: int = -1
+    """Bytes on the wire; ``data`` may hold only the first :data:`RAW_KEEP` of opaque data."""
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.data)
 
     def decoded(self) -> stun.Message | stun.ChannelData | sip.SipMessage | None:
         """The decoded message, or None for opaque data and decode errors."""
@@ -69,6 +75,11 @@ class MessageRecord:
         if self.protocol == "SIP":
             return sip.parse_message(self.data)
         return stun.decode_control(self.data)
+
+
+#: Opaque relayed data is kept only this far: a relay moving gigabytes must not grow the trace
+#: by gigabytes. The size is always kept, so a capture still gets sequence numbers right.
+RAW_KEEP = 256
 
 
 @dataclass
@@ -175,24 +186,29 @@ class Trace:
         out: list[MessageRecord] = []
 
         def add(protocol: str, summary: str, raw: bytes, error: str | None = None,
-                relayed: bool = False) -> None:  # fmt: skip
+                relayed: bool = False, size: int = -1) -> None:  # fmt: skip
             message = MessageRecord(
                 t, conn, src, dst, src_addr, dst_addr, protocol, summary, raw, framing, error,
-                relayed,
+                relayed, size,
             )  # fmt: skip
             out.append(message)
 
         if framing == "raw":
-            add("TCP", f"TCP data, {len(data)} bytes", data)
+            add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], size=len(data))
             if direction.splitter is not None:
+                # Sniff for RFC 4571-framed STUN (the ICE checks crossing a relay) until the
+                # first frame that is not STUN: after the checks come media, or the bytes were
+                # never framed at all; either way sniffing further only costs.
                 try:
                     frames = direction.splitter.feed(data)
                 except WireError:
-                    direction.splitter = None  # not RFC 4571: stays opaque from here on
                     frames = []
+                    direction.splitter = None
                 for frame in frames:
-                    if stun.is_stun(frame):
-                        add(*_decode_stun(frame), relayed=True)
+                    if not stun.is_stun(frame):
+                        direction.splitter = None
+                        break
+                    add(*_decode_stun(frame), relayed=True)
         elif direction.splitter is None:
             add("TCP", f"TCP data, {len(data)} bytes", data, error="framing lost earlier")
         else:

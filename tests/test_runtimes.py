@@ -299,8 +299,8 @@ def test_echo_one_megabyte_in_order(kind: str) -> None:
     assert (record.client, record.server, record.closed_by, record.reset) == (
         "client", "server", "client", False
     )  # fmt: skip
-    assert sum(len(m.data) for m in trace.messages if m.src == "client") == len(data)
-    assert sum(len(m.data) for m in trace.messages if m.src == "server") == len(data)
+    assert sum(m.size for m in trace.messages if m.src == "client") == len(data)
+    assert sum(m.size for m in trace.messages if m.src == "server") == len(data)
     no_errors(trace)
     print(f"{kind}: 1 MiB echoed in {elapsed * 1000:.0f} ms ({2 / elapsed:.0f} MB/s both ways)")
 

@@ -76,3 +76,12 @@ def test_close_is_recorded_once_in_the_timeline() -> None:
     assert (record.closed, record.closed_by, record.reset) == (1.0, "cms", True)
     kinds = [type(r) for r in trace.timeline]
     assert kinds == [ConnectionRecord, ClosedRecord]
+
+
+def test_relayed_bulk_data_is_kept_short_and_sniffing_stops() -> None:
+    trace = new_trace()
+    big = bytes(64 * 1024)  # zeros: 32768 empty RFC 4571 frames if sniffing went on
+    (record,) = trace.sent(0.1, 1, True, big, "raw")
+    assert record.size == len(big) and len(record.data) == 256
+    (again,) = trace.sent(0.2, 1, True, frame_rfc4571(CHECK), "raw")
+    assert again.protocol == "TCP"  # no longer sniffed
