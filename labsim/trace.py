@@ -210,21 +210,33 @@ class Trace:
                         break
                     add(*_decode_stun(frame), relayed=True)
         elif direction.splitter is None:
-            add("TCP", f"TCP data, {len(data)} bytes", data, error="framing lost earlier")
+            add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], "framing lost earlier",
+                size=len(data))  # fmt: skip
         else:
+            splitter = direction.splitter
+            parts: list[bytes] = []
+            rest: bytes | None = None
+            error = ""
             try:
-                frames = direction.splitter.feed(data)
+                # One message at a time, so the messages before a fault are not lost with it
+                # (an RFC 6062 data connection carries a response and then relayed bytes, often
+                # in one segment).
+                chunk: bytes = data
+                while got := splitter.feed(chunk, max_messages=1):
+                    parts += got
+                    chunk = b""
             except WireError as exc:
+                rest, error = splitter.take_buffered(), str(exc)
                 direction.splitter = None
-                add("TCP", f"TCP data, {len(data)} bytes", data, error=str(exc))
-                frames = []
-            for frame in frames:
+            for frame in parts:
                 if framing == "sip":
                     add(*_decode_sip(frame))
                 elif framing == "rfc4571" and not stun.is_stun(frame):
                     add("TCP", f"framed data, {len(frame)} bytes", frame)
                 else:
                     add(*_decode_stun(frame))
+            if rest is not None:
+                add("TCP", f"TCP data, {len(rest)} bytes", rest[:RAW_KEEP], error, size=len(rest))
         self.messages.extend(out)
         self.timeline.extend(out)
         return out

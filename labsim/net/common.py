@@ -115,12 +115,15 @@ class ActorState:
 class Link:
     """One TCP connection of the run: the trace's id and its two ends (None: outside the run)."""
 
-    __slots__ = ("gid", "client", "server")
+    __slots__ = ("gid", "client", "server", "framing")
 
     def __init__(self, gid: int) -> None:
         self.gid = gid
         self.client: End | None = None
         self.server: End | None = None
+        #: The framing the run's own end last sent with: bytes from a peer outside the run
+        #: (coturn, sipp) are traced with the same framing, so its answers decode too.
+        self.framing = "raw"
 
 
 class End:
@@ -340,6 +343,7 @@ class Runtime:
             return
         data = effect.data
         if data:
+            end.link.framing = effect.protocol
             self.trace.sent(now, end.link.gid, end.is_client, data, effect.protocol)
             buf = end.outbuf
             if buf is None:
@@ -480,6 +484,10 @@ class Runtime:
 
     def _received(self, end: End, data: bytes) -> None:
         if end.open:
+            if end.peer is None:
+                # The sender is outside the run: nobody else will put its bytes in the trace.
+                link = end.link
+                self.trace.sent(self.now(), link.gid, not end.is_client, data, link.framing)
             self.deliver(end.st, Received(end.conn, data))
 
     def _peer_closed(self, end: End, reset: bool, by: str) -> None:
