@@ -493,5 +493,5 @@ def test_tshark_agrees_on_generated_messages(batch: list[Message]) -> None:
         rows = run_tshark(path)
     assert len(rows) == len(batch)
     for row, message in zip(rows, batch, strict=True):
-        assert row["_ws.col.Info"] == message.summary(), message
-        assert row["_ws.malformed"] == "", message
+        assert row["_ws.col.Info"] == message.summary(), message.encode().hex()
+        assert row["_ws.malformed"] == "", message.encode().hex()
