@@ -40,33 +40,75 @@ class ConnectionRecord:
     """Actor that closed it, or ``"network"``."""
 
 
-@dataclass
 class MessageRecord:
-    """One message on a connection, as the receiver's decoder sees it."""
+    """One message on a connection, as the receiver's decoder sees it.
 
-    t: float
-    connection: int
-    src: str
-    dst: str
-    src_addr: Address
-    dst_addr: Address
-    protocol: str
-    """``"STUN"``, ``"SIP"`` or ``"TCP"`` (opaque data)."""
-    summary: str
-    """Wireshark-style one-liner: ``Allocate Request TCP lifetime: 600``, ``INVITE``, …"""
-    data: bytes
-    framing: str
-    """The sender's declared framing: ``stun``, ``rfc4571``, ``sip`` or ``raw``."""
-    error: str | None = None
-    """Why the bytes did not decode, if they did not."""
-    relayed: bool = False
-    """Decoded out of bytes a relay forwarded (``raw`` framing)."""
-    size: int = -1
-    """Bytes on the wire; ``data`` may hold only the first :data:`RAW_KEEP` of opaque data."""
+    ``summary`` and ``error`` are worked out on first use: decoding every message while a run
+    is going costs the runtime time it should spend moving bytes.
+    """
 
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            self.size = len(self.data)
+    __slots__ = (
+        "t", "connection", "src", "dst", "src_addr", "dst_addr", "protocol", "data", "framing",
+        "relayed", "size", "_summary", "_error",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        t: float,
+        connection: int,
+        src: str,
+        dst: str,
+        src_addr: Address,
+        dst_addr: Address,
+        protocol: str,
+        data: bytes,
+        framing: str,
+        *,
+        summary: str | None = None,
+        error: str | None = None,
+        relayed: bool = False,
+        size: int = -1,
+    ) -> None:
+        self.t = t
+        self.connection = connection
+        self.src, self.dst = src, dst
+        self.src_addr, self.dst_addr = src_addr, dst_addr
+        #: ``"STUN"``, ``"SIP"`` or ``"TCP"`` (opaque data).
+        self.protocol = protocol
+        #: The bytes; opaque data keeps only its first :data:`RAW_KEEP`.
+        self.data = data
+        #: The sender's declared framing: ``stun``, ``rfc4571``, ``sip`` or ``raw``.
+        self.framing = framing
+        #: Decoded out of bytes a relay forwarded (``raw`` framing).
+        self.relayed = relayed
+        #: Bytes on the wire.
+        self.size = len(data) if size < 0 else size
+        self._summary = summary
+        self._error = error
+
+    @property
+    def summary(self) -> str:
+        """Wireshark-style one-liner: ``Allocate Request TCP lifetime: 600``, ``INVITE``, …"""
+        if self._summary is None:
+            self._decode()
+        assert self._summary is not None
+        return self._summary
+
+    @property
+    def error(self) -> str | None:
+        """Why the bytes did not decode, if they did not."""
+        if self._summary is None:
+            self._decode()
+        return self._error
+
+    def _decode(self) -> None:
+        try:
+            if self.protocol == "SIP":
+                self._summary = sip.summary(sip.parse_message(self.data))
+            else:
+                self._summary = stun.decode_control(self.data).summary()
+        except WireError as exc:
+            self._summary, self._error = f"Malformed {self.protocol}", str(exc)
 
     def decoded(self) -> stun.Message | stun.ChannelData | sip.SipMessage | None:
         """The decoded message, or None for opaque data and decode errors."""
@@ -75,6 +117,9 @@ class MessageRecord:
         if self.protocol == "SIP":
             return sip.parse_message(self.data)
         return stun.decode_control(self.data)
+
+    def __repr__(self) -> str:
+        return f"MessageRecord({self.t:.6f}, {self.src}->{self.dst}, {self.summary!r})"
 
 
 #: Opaque relayed data is kept only this far: a relay moving gigabytes must not grow the trace
@@ -185,13 +230,12 @@ class Trace:
 
         out: list[MessageRecord] = []
 
-        def add(protocol: str, summary: str, raw: bytes, error: str | None = None,
+        def add(protocol: str, summary: str | None, raw: bytes, error: str | None = None,
                 relayed: bool = False, size: int = -1) -> None:  # fmt: skip
-            message = MessageRecord(
-                t, conn, src, dst, src_addr, dst_addr, protocol, summary, raw, framing, error,
-                relayed, size,
-            )  # fmt: skip
-            out.append(message)
+            out.append(MessageRecord(
+                t, conn, src, dst, src_addr, dst_addr, protocol, raw, framing, summary=summary,
+                error=error, relayed=relayed, size=size,
+            ))  # fmt: skip
 
         if framing == "raw":
             add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], size=len(data))
@@ -208,7 +252,7 @@ class Trace:
                     if not stun.is_stun(frame):
                         direction.splitter = None
                         break
-                    add(*_decode_stun(frame), relayed=True)
+                    add("STUN", None, frame, relayed=True)
         elif direction.splitter is None:
             add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], "framing lost earlier",
                 size=len(data))  # fmt: skip
@@ -230,11 +274,11 @@ class Trace:
                 direction.splitter = None
             for frame in parts:
                 if framing == "sip":
-                    add(*_decode_sip(frame))
+                    add("SIP", None, frame)
                 elif framing == "rfc4571" and not stun.is_stun(frame):
                     add("TCP", f"framed data, {len(frame)} bytes", frame)
                 else:
-                    add(*_decode_stun(frame))
+                    add("STUN", None, frame)
             if rest is not None:
                 add("TCP", f"TCP data, {len(rest)} bytes", rest[:RAW_KEEP], error, size=len(rest))
         self.messages.extend(out)
@@ -266,17 +310,3 @@ def _splitter(framing: str) -> StreamSplitter | None:
     if framing == "sip":
         return SipSplitter()
     raise ValueError(f"unknown framing {framing!r}")
-
-
-def _decode_stun(frame: bytes) -> tuple[str, str, bytes, str | None]:
-    try:
-        return "STUN", stun.decode_control(frame).summary(), frame, None
-    except WireError as exc:
-        return "STUN", "Malformed STUN", frame, str(exc)
-
-
-def _decode_sip(frame: bytes) -> tuple[str, str, bytes, str | None]:
-    try:
-        return "SIP", sip.summary(sip.parse_message(frame)), frame, None
-    except WireError as exc:
-        return "SIP", "Malformed SIP", frame, str(exc)

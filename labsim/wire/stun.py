@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import binascii
 import builtins
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -1041,12 +1042,17 @@ def saslprep(text: str) -> str:
     return normalized
 
 
+@functools.lru_cache(maxsize=1024)
 def long_term_key(username: str, realm: str, password: str) -> bytes:
-    """RFC 5389 §15.4: key = MD5(username ":" realm ":" SASLprep(password))."""
+    """RFC 5389 §15.4: key = MD5(username ":" realm ":" SASLprep(password)).
+
+    Cached: a TURN server derives the same key for every request of a user.
+    """
     material = f"{username}:{realm}:{saslprep(password)}".encode()
     return hashlib.md5(material, usedforsecurity=False).digest()
 
 
+@functools.lru_cache(maxsize=1024)
 def short_term_key(password: str) -> bytes:
     """RFC 5389 §15.4: key = SASLprep(password); for ICE the remote peer's ice-pwd."""
     return saslprep(password).encode("utf-8")
