@@ -256,6 +256,16 @@ class Trace:
         elif direction.splitter is None:
             add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], "framing lost earlier",
                 size=len(data))  # fmt: skip
+        elif (
+            framing == "stun"
+            and direction.splitter.buffered == 0
+            and len(data) >= 20
+            and data[0] < 0x40
+            and len(data) == 20 + int.from_bytes(data[2:4], "big")
+        ):
+            # The common case: one whole STUN message per send. The splitter would only copy it.
+            direction.splitter.offset += len(data)
+            add("STUN", None, data)
         else:
             splitter = direction.splitter
             parts: list[bytes] = []

@@ -382,6 +382,16 @@ class _Text(Attribute):
         return cls(text)
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(address: str) -> str:
+    """Python's canonical text of an address (cached: a server sees the same few addresses);
+    a bad address is kept as given and reported by encode_value, where it matters."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
 def _display_ip(address: str) -> str:
     """An address as Wireshark prints it (glibc inet_ntop): like Python's compressed form, but
     IPv4-compatible (::a.b.c.d) and IPv4-mapped (::ffff:a.b.c.d) IPv6 addresses end in a
@@ -436,10 +446,7 @@ class _Address(Attribute):
     port: int = 0
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "address", str(ipaddress.ip_address(self.address)))
-        except ValueError:
-            pass  # reported by encode_value, which is where a bad address matters
+        object.__setattr__(self, "address", _canonical_ip(self.address))
 
     def encode_value(self, transaction_id: bytes) -> bytes:
         family, packed = _pack_address(self.address, self.port, self.NAME)
