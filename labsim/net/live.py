@@ -110,12 +110,13 @@ class _Listener:
 class _Outgoing:
     """A connect in flight."""
 
-    __slots__ = ("st", "conn", "remote", "key", "task")
+    __slots__ = ("st", "conn", "remote", "key", "task", "local_port")
 
     def __init__(self, st: ActorState, conn: ConnId, remote: Address) -> None:
         self.st = st
         self.conn = conn
         self.remote = remote
+        self.local_port = 0
         self.key: _PairKey | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -403,6 +404,7 @@ class LiveNetwork(Runtime):
 
     def _io_connect(self, st: ActorState, effect: Connect) -> Any:
         out = _Outgoing(st, effect.conn, effect.remote)
+        out.local_port = effect.local_port
         target = self.external.get(effect.remote)
         if target is None:
             try:
@@ -425,15 +427,22 @@ class LiveNetwork(Runtime):
         if self._attempt_live(out):
             self._connect_failed(out.st, out.conn, out.remote, reason)
 
-    def _client_socket(self, family: int, source: str) -> socket.socket:
-        """A socket bound to the actor's loopback address and the next port of the per-host
-        counter (40000 up, as the virtual runtime numbers them, so both runtimes show the same
-        ports); the kernel picks when none of the next ones binds."""
+    def _client_socket(self, family: int, source: str, wanted: int = 0) -> socket.socket:
+        """A socket bound to the actor's loopback address and ``wanted`` port, or else the next
+        port of the per-host counter (40000 up, as the virtual runtime numbers them, so both
+        runtimes show the same ports); the kernel picks when none of the next ones binds."""
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             # A port of an earlier run may still be in TIME_WAIT: it can be bound again.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if wanted:
+                try:
+                    sock.bind((source, wanted))
+                    return sock
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
             port = self._next_port.get(source, EPHEMERAL_FIRST)
             for _ in range(_BIND_ATTEMPTS):
                 candidate, port = port, EPHEMERAL_FIRST if port >= EPHEMERAL_LAST else port + 1
@@ -462,7 +471,8 @@ class LiveNetwork(Runtime):
                 raise NonLoopbackError(f"{source} cannot reach {target[0]}: another IP version")
             async with asyncio.timeout(timeout):
                 for attempt in range(_BIND_ATTEMPTS):
-                    sock = self._client_socket(family, source)  # peers see the actor's address
+                    # Peers see the actor's address (and the asked-for port on the first try).
+                    sock = self._client_socket(family, source, 0 if attempt else out.local_port)
                     out.key = (sock.getsockname()[:2], target)
                     self._outgoing[out.key] = out
                     try:

@@ -159,7 +159,9 @@ class VirtualNetwork(Runtime):
     # -- connecting: SYN, SYN-ACK / RST ---------------------------------------------------------
 
     def _io_connect(self, st: ActorState, effect: Connect) -> Any:
-        port = self._ephemeral(st.host)
+        port = effect.local_port
+        if not port or (st.host, port) in self._ports_in_use:
+            port = self._ephemeral(st.host)
         self._ports_in_use.add((st.host, port))
         pending = _Pending(st, effect.conn, effect.remote, Address(st.host, port))
         listener = self._listeners.get(effect.remote)

@@ -168,6 +168,9 @@ class Connect:
     """Lab address to connect to."""
     timeout: float = 5.0
     """Seconds before :class:`ConnectFailed` with reason ``"timeout"``."""
+    local_port: int = 0
+    """Source port to bind (0: the runtime picks the next ephemeral one). The Skype Edge uses it
+    to open its relay connection from the lab's 192.168.1.252:53577."""
 
 
 @dataclass(frozen=True)

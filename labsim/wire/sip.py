@@ -924,11 +924,12 @@ def push_via(msg: Request, via: Via) -> None:
     msg.headers.setlist("Via", [format_via(via), *msg.headers.getlist("Via")])
 
 
-def pop_via(msg: Response) -> Via:
+def pop_via(msg: SipMessage) -> Via:
     """§16.7 step 3: remove the topmost Via (this proxy's) and return it.
 
     When no Via remains afterwards, the response was meant for this element and is not
-    forwarded.
+    forwarded. On a request it undoes :func:`push_via` (a proxy answering a request it could
+    not forward answers it as it received it).
     """
     old = _rewrite_first(msg, "Via", Via.parse_many, format_via, None)
     if old is None:

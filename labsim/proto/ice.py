@@ -1,0 +1,218 @@
+"""ICE-TCP connectivity checks on one RFC 4571-framed stream (RFC 6544 §3 and §7.1, RFC 5245
+§7, MS-ICE2).
+
+A :class:`CheckStream` is one end of a candidate pair whose TCP connection is already up
+(for CMS: the RFC 6062 data connection after ConnectionBind; for the Skype client: its media
+connection through the Edge). It sends one Binding Request, answers the peer's, and reports
+when the pair is valid in both directions, which is what Cisco's note 212580 requires before
+the reINVITE: "Bidirectional Binding Requests and Binding Success Responses are required for
+this candidate pair to be considered valid".
+
+Credentials are short-term (RFC 5245 §7.1.2.3): a request carries USERNAME
+``<remote ufrag>:<local ufrag>`` and MESSAGE-INTEGRITY keyed with the remote ``ice-pwd``; the
+answer is keyed with the answerer's own ``ice-pwd``. A request whose USERNAME or integrity is
+wrong gets ``401`` (RFC 5389 §10.1.2), one without is answered ``400``.
+
+The attribute order of the request is a setting (``layout``): the lab shows only that CMS's
+check is 88 bytes long and starts with USE-CANDIDATE (PROTOCOL.md §10, UNSURE 2). The defaults
+in :mod:`labsim.scenario` reproduce both lab sizes: CMS's 108-byte framed request
+(``00 6c 00 01 00 58 …``) and the Skype side's 90-byte frame.
+
+Not modelled: role conflicts (487, RFC 5245 §7.2.1.1; the roles are settings and never clash
+in the call) and check retransmission (none over TCP, RFC 6544 §7.1).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from labsim.proto.events import Address
+from labsim.wire import WireError, stun
+from labsim.wire.framing import Rfc4571Splitter, frame_rfc4571
+
+#: Names a check layout may use; ICE-CONTROLLING and ICE-CONTROLLED both mean "the role
+#: attribute", written as the agent's actual role.
+LAYOUT_NAMES = frozenset(
+    {
+        "USE-CANDIDATE", "PRIORITY", "ICE-CONTROLLING", "ICE-CONTROLLED", "USERNAME",
+        "MS-IMPLEMENTATION-VERSION", "MS-CANDIDATE-IDENTIFIER", "SOFTWARE",
+        "MESSAGE-INTEGRITY", "FINGERPRINT",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IceCredentials:
+    ufrag: str
+    pwd: str
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    local: IceCredentials
+    controlling: bool
+    priority: int
+    """PRIORITY of the check (RFC 5245 §7.1.2.1: the prflx priority of the local candidate)."""
+    layout: tuple[str, ...]
+    foundation: bytes = b"\x00\x00\x00\x03"
+    """MS-CANDIDATE-IDENTIFIER value (MS-ICE2 §2.2.2.3)."""
+    software: str = ""
+    ms_version: int = 2
+    """MS-IMPLEMENTATION-VERSION value (2 = MS-ICE2)."""
+
+
+@dataclass(frozen=True)
+class CheckAnswered:
+    """Our Binding Request got a Binding Success Response that verifies."""
+
+
+@dataclass(frozen=True)
+class CheckReceived:
+    """The peer's Binding Request verified and was answered."""
+
+    nominated: bool
+    """It carried USE-CANDIDATE."""
+
+
+@dataclass(frozen=True)
+class CheckFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class MediaFrame:
+    """A frame that is not STUN (RTP/RTCP of the shared screen)."""
+
+    data: bytes
+
+
+IceNotice = CheckAnswered | CheckReceived | CheckFailed | MediaFrame
+
+
+@dataclass
+class CheckStream:
+    """Checks over one framed stream; feed it the bytes that arrive, send what it returns."""
+
+    settings: CheckSettings
+    remote: IceCredentials
+    peer: Address
+    """The peer's address as this end sees it: written in XOR-MAPPED-ADDRESS of answers."""
+    rng: random.Random
+    tie_breaker: int = 0
+    answered: bool = False
+    received: bool = False
+    nominated: bool = False
+    _pending: set[bytes] = field(default_factory=set)
+    _splitter: Rfc4571Splitter = field(default_factory=Rfc4571Splitter)
+
+    def __post_init__(self) -> None:
+        if not self.tie_breaker:
+            self.tie_breaker = self.rng.getrandbits(64)
+
+    @property
+    def valid(self) -> bool:
+        """Checked in both directions (Cisco 212580; RFC 5245 §7.1.3.2.2 for each side)."""
+        return self.answered and self.received
+
+    def request(self) -> bytes:
+        """A framed Binding Request in the configured layout."""
+        tid = self.rng.randbytes(stun.TRANSACTION_ID_LENGTH)
+        self._pending.add(tid)
+        message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, tid, self._attributes())
+        return frame_rfc4571(message.encode(stun.short_term_key(self.remote.pwd)))
+
+    def _attributes(self) -> list[stun.Attribute]:
+        s = self.settings
+        attrs: list[stun.Attribute] = []
+        for name in s.layout:
+            if name == "USE-CANDIDATE":
+                if s.controlling:  # RFC 5245 §7.1.2.1: only the controlling agent nominates
+                    attrs.append(stun.UseCandidate())
+            elif name == "PRIORITY":
+                attrs.append(stun.Priority(s.priority))
+            elif name in ("ICE-CONTROLLING", "ICE-CONTROLLED"):
+                role = stun.IceControlling if s.controlling else stun.IceControlled
+                attrs.append(role(self.tie_breaker))
+            elif name == "USERNAME":
+                attrs.append(stun.Username(f"{self.remote.ufrag}:{s.local.ufrag}"))
+            elif name == "MS-IMPLEMENTATION-VERSION":
+                attrs.append(stun.MsImplementationVersion(s.ms_version))
+            elif name == "MS-CANDIDATE-IDENTIFIER":
+                attrs.append(stun.MsCandidateIdentifier(s.foundation))
+            elif name == "SOFTWARE":
+                attrs.append(stun.Software(s.software))
+            elif name == "MESSAGE-INTEGRITY":
+                attrs.append(stun.MessageIntegrity())
+            elif name == "FINGERPRINT":
+                attrs.append(stun.Fingerprint())
+            else:
+                raise ValueError(f"unknown check attribute {name!r}")
+        return attrs
+
+    def feed(self, data: bytes) -> tuple[list[bytes], list[IceNotice]]:
+        """Take bytes from the stream; return framed answers to send and what happened."""
+        out: list[bytes] = []
+        notices: list[IceNotice] = []
+        try:
+            frames = self._splitter.feed(data)
+        except WireError as exc:
+            return out, [CheckFailed(f"framing lost: {exc}")]
+        for frame in frames:
+            if not stun.is_stun(frame):
+                notices.append(MediaFrame(frame))
+                continue
+            try:
+                message = stun.decode(frame)
+            except WireError as exc:
+                notices.append(CheckFailed(f"malformed STUN: {exc}"))
+                continue
+            self._message(message, out, notices)
+        return out, notices
+
+    def _message(self, message: stun.Message, out: list[bytes], notices: list[IceNotice]) -> None:
+        if message.method != stun.Method.BINDING:
+            notices.append(CheckFailed(f"unexpected {message.summary()}"))
+            return
+        if message.cls is stun.Class.INDICATION:
+            return  # a keepalive (RFC 5245 §10): nothing to answer
+        if message.cls is stun.Class.REQUEST:
+            self._answer(message, out, notices)
+            return
+        if message.transaction_id not in self._pending:
+            notices.append(CheckFailed(f"{message.summary()} for no check of ours"))
+            return
+        self._pending.discard(message.transaction_id)
+        if message.cls is stun.Class.ERROR:
+            code = message.get(stun.ErrorCode)
+            notices.append(CheckFailed(f"check refused: {code.code if code else '?'}"))
+        elif not message.verify_integrity(stun.short_term_key(self.remote.pwd)):
+            notices.append(CheckFailed("answer fails MESSAGE-INTEGRITY (wrong ice-pwd?)"))
+        else:
+            self.answered = True
+            notices.append(CheckAnswered())
+
+    def _answer(self, request: stun.Message, out: list[bytes], notices: list[IceNotice]) -> None:
+        key = stun.short_term_key(self.settings.local.pwd)
+        username = request.get(stun.Username)
+        if username is None or stun.MessageIntegrity not in request:
+            out.append(frame_rfc4571(request.error(400).encode()))
+            notices.append(CheckFailed("peer's check carries no credentials"))
+            return
+        if not username.value.startswith(f"{self.settings.local.ufrag}:") or not (
+            request.verify_integrity(key)
+        ):
+            out.append(frame_rfc4571(request.error(401).encode()))
+            notices.append(
+                CheckFailed(f"peer's check fails authentication (user {username.value})")
+            )
+            return
+        response = request.success(
+            [stun.XorMappedAddress(self.peer.host, self.peer.port), stun.MessageIntegrity(),
+             stun.Fingerprint()]
+        )  # fmt: skip
+        out.append(frame_rfc4571(response.encode(key)))
+        nominated = stun.UseCandidate in request
+        self.nominated = self.nominated or nominated
+        self.received = True
+        notices.append(CheckReceived(nominated))

@@ -1,0 +1,100 @@
+"""A SIP dialog (RFC 3261 §12) as the two user agents of the call keep it: the Skype client
+(UAC of the INVITE) and CMS (its UAS). Both later send in-dialog requests (the reINVITE, its
+ACK, the BYE), which follow the route set the proxies recorded.
+
+Route set (§12.1): the UAS takes the Record-Route values of the INVITE in order, the UAC those
+of the 2xx in reverse order. A request inside the dialog (§12.2.1.1) goes to the remote target
+(the peer's Contact) with the route set as Route headers; since every proxy here uses loose
+routing (``;lr``), the Request-URI stays the remote target and the request is sent to the first
+Route value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sipmessage import URI, Request, Response, Via
+from sipmessage import Address as NameAddr
+
+from labsim.proto.events import Address
+from labsim.proto.sip_proxy import uri_target
+from labsim.wire import sip
+
+
+@dataclass
+class Dialog:
+    call_id: str
+    local: str
+    """Our From (or To) value, with our tag."""
+    remote: str
+    """The peer's value, with its tag."""
+    remote_target: URI
+    route_set: list[str] = field(default_factory=list)
+    local_cseq: int = 1
+    via_host: str = ""
+    via_port: int = 5060
+    contact: str = ""
+
+    @classmethod
+    def as_uac(cls, invite: Request, response: Response, contact: str) -> Dialog:
+        """§12.1.2: the dialog the caller gets from a 2xx to its INVITE."""
+        via = sip.top_via(invite)
+        return cls(
+            call_id=sip.call_id(invite),
+            local=sip.format_address(sip.from_address(invite)),
+            remote=sip.format_address(sip.to_address(response)),
+            remote_target=sip.contact(response)[0].uri,
+            route_set=[sip.format_address(a) for a in reversed(sip.record_route(response))],
+            local_cseq=sip.cseq(invite).sequence,
+            via_host=via.host,
+            via_port=via.port or 5060,
+            contact=contact,
+        )
+
+    @classmethod
+    def as_uas(cls, invite: Request, local: str, host: str, port: int, contact: str) -> Dialog:
+        """§12.1.1: the dialog the callee gets when it answers 2xx (``local`` carries its tag)."""
+        return cls(
+            call_id=sip.call_id(invite),
+            local=local,
+            remote=sip.format_address(sip.from_address(invite)),
+            remote_target=sip.contact(invite)[0].uri,
+            route_set=[sip.format_address(a) for a in sip.record_route(invite)],
+            local_cseq=0,
+            via_host=host,
+            via_port=port,
+            contact=contact,
+        )
+
+    def next_hop(self) -> Address:
+        """Where an in-dialog request goes first: the first Route value, else the target."""
+        if self.route_set:
+            return uri_target(NameAddr.parse(self.route_set[0]).uri)
+        return uri_target(self.remote_target)
+
+    def request(
+        self,
+        method: str,
+        branch: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        cseq: int | None = None,
+    ) -> Request:
+        """§12.2.1.1: a request inside the dialog. ACK passes the INVITE's ``cseq``."""
+        if cseq is None:
+            self.local_cseq += 1
+            cseq = self.local_cseq
+        return sip.build_request(
+            method,
+            self.remote_target,
+            via=Via.parse(f"SIP/2.0/TCP {self.via_host}:{self.via_port};branch={branch};rport"),
+            from_addr=self.local,
+            to_addr=self.remote,
+            call_id=self.call_id,
+            cseq=cseq,
+            contact=self.contact if method in ("INVITE", "UPDATE") else None,
+            route=self.route_set,
+            content_type=content_type,
+            body=body,
+        )

@@ -1,0 +1,190 @@
+"""A transaction-stateful SIP proxy over TCP (RFC 3261 §16), as the Skype Edge, Expressway-E
+and Expressway-C are on the signalling path of the call.
+
+What it does for a request (§16.3-§16.6): checks Max-Forwards (483 at 0), stamps the top Via
+with ``received``/``rport`` (§18.2.1, RFC 3581), answers an INVITE with ``100 Trying`` at once
+(§16.2: hop by hop, never forwarded), removes its own Route value (§16.4, loose routing), adds
+Record-Route to a dialog-creating INVITE (§16.6 step 4), pushes its own Via with a fresh branch
+(§16.6 step 8) and sends the request to the next hop: the first remaining Route, else the route
+table entry for the Request-URI's host (the domain the call is for), else the Request-URI itself.
+
+For a response (§16.7): removes its Via, finds the transaction by branch, drops ``100``
+(hop by hop) and forwards the rest on the connection the request came in on (§18.2.2). A
+non-2xx final answer to an INVITE is acknowledged hop by hop (§17.1.1.3: the proxy's client
+transaction sends the ACK) and the ACK the caller sends for it is absorbed (§16.3: it matches
+the server transaction); the ACK for a 2xx is a new request that follows the route set.
+When the next hop cannot be reached the proxy answers the request itself (``503``, or ``408``
+on a timeout), as §16.7 step 6 does for a client transaction that got no response.
+
+Headers it does not need to touch (``ms-diagnostics-public``, SDP bodies) pass unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipmessage import URI, Request, Response, Via
+
+from labsim.proto.events import Address, ConnId, Effect, Log
+from labsim.proto.sip_transport import ConnectionLost, Incoming, Notice, SendFailed, SipTransport
+from labsim.wire import WireError, sip
+
+SIP_PORT = 5060
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    host: str
+    """The proxy's lab address, as it writes it in Via and Record-Route."""
+    port: int = SIP_PORT
+    """The SIP port it writes in Via and Record-Route."""
+    routes: tuple[tuple[str, Address], ...] = ()
+    """Request-URI host (a domain such as ``cms.lab``) → next hop."""
+    other_ports: tuple[int, ...] = ()
+    """More ports of this proxy that a Route value may name (Expressway-E's traversal port)."""
+    record_route: bool = True
+
+
+@dataclass
+class _Transaction:
+    upstream: ConnId
+    request: Request
+    """The request as forwarded (for a hop-by-hop ACK)."""
+    upstream_branch: str
+    next_hop: Address
+
+
+def uri_target(uri: URI) -> Address:
+    """The address a SIP URI points at (RFC 3263 reduced to the lab: no DNS, port 5060)."""
+    return Address(uri.host, uri.port or SIP_PORT)
+
+
+class SipProxy:
+    """One proxy: feed it the transport's notices; it returns effects."""
+
+    def __init__(self, name: str, settings: ProxySettings, transport: SipTransport) -> None:
+        self.name = name
+        self.settings = settings
+        self.transport = transport
+        self._transactions: dict[str, _Transaction] = {}
+        self._absorb_ack: set[str] = set()
+        self._branches = 0
+        #: Called with every response this proxy forwards upstream: the Skype Edge reads the
+        #: answer's SDP there to know where its media relay must connect.
+        self.on_response: Callable[[Response], None] | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _branch(self) -> str:
+        self._branches += 1
+        return f"{sip.MAGIC_COOKIE}{self.name.replace('_', '')}{self._branches:x}"
+
+    def _is_self(self, uri: URI) -> bool:
+        ports = (self.settings.port, *self.settings.other_ports)
+        return uri.host == self.settings.host and (uri.port or SIP_PORT) in ports
+
+    def _next_hop(self, request: Request) -> Address:
+        routes = sip.route(request)
+        if routes:
+            return uri_target(routes[0].uri)
+        for domain, hop in self.settings.routes:
+            if request.uri.host == domain:
+                return hop
+        return uri_target(request.uri)
+
+    def record_route_value(self) -> str:
+        return f"<sip:{self.settings.host}:{self.settings.port};transport=tcp;lr>"
+
+    # -- notices -------------------------------------------------------------------------------
+
+    def on_notice(self, notice: Notice, now: float) -> list[Effect]:
+        if isinstance(notice, Incoming):
+            try:
+                if isinstance(notice.message, Request):
+                    return self._request(notice.conn, notice.message, notice.source)
+                return self._response(notice.message)
+            except WireError as exc:
+                return [Log(f"dropped a SIP message: {exc}", "warn")]
+        if isinstance(notice, SendFailed):
+            return self._unreachable(notice)
+        if isinstance(notice, ConnectionLost):
+            return []
+        return []  # pragma: no cover
+
+    def _request(self, conn: ConnId, request: Request, source: Address) -> list[Effect]:
+        branch = sip.via_branch(sip.top_via(request)) or ""
+        if request.method == "ACK" and branch in self._absorb_ack:
+            # §16.3 / §17.2.1: the ACK for a non-2xx answer ends the INVITE server transaction.
+            self._absorb_ack.discard(branch)
+            return []
+        effects: list[Effect] = []
+        if not sip.decrement_max_forwards(request):
+            return self.transport.send_on(conn, sip.build_response(request, 483))
+        sip.stamp_received(request, source.host, source.port)
+        if request.method == "INVITE":
+            effects += self.transport.send_on(conn, sip.build_response(request, 100))
+        sip.pop_route_if_self(request, self._is_self)
+        initial = request.method == "INVITE" and sip.to_tag(request) is None
+        if initial and self.settings.record_route:
+            sip.add_record_route(request, self.record_route_value())
+        hop = self._next_hop(request)
+        ours = self._branch()
+        sip.push_via(
+            request,
+            Via.parse(f"SIP/2.0/TCP {self.settings.host}:{self.settings.port};branch={ours}"),
+        )
+        if request.method != "ACK":
+            self._transactions[ours] = _Transaction(conn, request, branch, hop)
+        effects += self.transport.send(request, hop)
+        return effects
+
+    def _response(self, response: Response) -> list[Effect]:
+        via = sip.pop_via(response)
+        branch = sip.via_branch(via) or ""
+        txn = self._transactions.get(branch)
+        if txn is None or via.host != self.settings.host:
+            return [Log(f"{sip.summary(response)} matches no transaction here; dropped", "warn")]
+        if response.code < 200:
+            # §16.7 step 5 would forward 101-199 too; 100 is hop by hop (§16.2).
+            return [] if response.code == 100 else self.transport.send_on(txn.upstream, response)
+        del self._transactions[branch]
+        effects: list[Effect] = []
+        if txn.request.method == "INVITE" and response.code >= 300:
+            effects += self.transport.send(self._hop_ack(txn, response), txn.next_hop)
+            self._absorb_ack.add(txn.upstream_branch)
+        if self.on_response is not None:
+            self.on_response(response)
+        effects += self.transport.send_on(txn.upstream, response)
+        return effects
+
+    def _hop_ack(self, txn: _Transaction, response: Response) -> Request:
+        """§17.1.1.3: the ACK for a non-2xx final response, built from the request."""
+        request = txn.request
+        routes = list(request.headers.getlist("Route"))
+        return sip.build_request(
+            "ACK",
+            request.uri,
+            via=[sip.top_via(request)],
+            from_addr=sip.from_address(request),
+            to_addr=sip.to_address(response),
+            call_id=sip.call_id(request),
+            cseq=sip.cseq(request).sequence,
+            route=routes,
+        )
+
+    def _unreachable(self, notice: SendFailed) -> list[Effect]:
+        effects: list[Effect] = [Log(f"next hop {notice.to} unreachable ({notice.reason})", "warn")]
+        for message in notice.messages:
+            if not isinstance(message, Request) or message.method == "ACK":
+                continue
+            branch = sip.via_branch(sip.top_via(message)) or ""
+            txn = self._transactions.pop(branch, None)
+            if txn is None:
+                continue
+            code = 408 if notice.reason == "timeout" else 503
+            # Answer as the upstream side saw the request: without this proxy's own Via.
+            upstream = txn.request
+            sip.pop_via(upstream)
+            effects += self.transport.send_on(txn.upstream, sip.build_response(upstream, code))
+        return effects

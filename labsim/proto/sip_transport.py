@@ -1,0 +1,213 @@
+"""SIP over TCP for one actor (RFC 3261 §18): listeners, connections, framing, connection reuse.
+
+Every hop of the call runs SIP over TCP, and the elements decide *where* a message goes; this
+machine decides *how*: which connection carries it. It keeps, per connection, the peer's
+address and a :class:`~labsim.wire.framing.SipSplitter`, and hands up whole parsed messages.
+
+Connection reuse: a message for a host goes over any open connection to that host, whichever
+side opened it, before a new one is opened. RFC 3261 §18.2.2 sends responses back on the
+connection the request came in on; reusing connections for requests too (as RFC 5923 does for
+TLS) is what Cisco's traversal zone relies on: Expressway-C opens the connection to
+Expressway-E (port 7001), and Expressway-E, which may not open connections into the internal
+network, sends its requests for Expressway-C down that connection.
+
+A message that does not parse is logged and the connection closed (RFC 3261 §18.3: with TCP
+there is no way to find the next message after a framing error); nothing escapes as an
+exception, so a bad peer never stops the actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from labsim.proto.events import (
+    Accepted,
+    Address,
+    Close,
+    Closed,
+    Connect,
+    Connected,
+    ConnectFailed,
+    ConnId,
+    Effect,
+    Event,
+    Listen,
+    ListenFailed,
+    Listening,
+    Log,
+    Received,
+    Send,
+    Started,
+    TimerFired,
+)
+from labsim.wire import WireError, sip
+from labsim.wire.framing import SipSplitter
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A whole SIP message arrived."""
+
+    conn: ConnId
+    message: sip.SipMessage
+    source: Address
+    """The peer's address (host and the connection's port)."""
+
+
+@dataclass(frozen=True)
+class SendFailed:
+    """Messages queued for ``to`` could not be sent: the connection could not be opened."""
+
+    to: Address
+    messages: tuple[sip.SipMessage, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """A SIP connection closed (by the peer, a reset or a framing error)."""
+
+    conn: ConnId
+    remote: Address
+    reset: bool
+
+
+Notice = Incoming | SendFailed | ConnectionLost
+
+
+@dataclass
+class _Conn:
+    remote: Address
+    open: bool
+    splitter: SipSplitter = field(default_factory=SipSplitter)
+    queue: list[sip.SipMessage] = field(default_factory=list)
+
+
+class SipTransport:
+    """The SIP connections of one actor.
+
+    ``handle`` takes the events :meth:`wants` claims and returns effects plus notices
+    (:class:`Incoming`, :class:`SendFailed`, :class:`ConnectionLost`).
+    """
+
+    def __init__(
+        self, host: str, ports: tuple[int, ...], *, prefix: str = "sip", timeout: float = 5.0
+    ) -> None:
+        self.host = host
+        self.ports = ports
+        self.prefix = prefix
+        self.timeout = timeout
+        self._conns: dict[ConnId, _Conn] = {}
+        self._count = 0
+
+    # -- routing events ------------------------------------------------------------------------
+
+    def wants(self, event: Event) -> bool:
+        match event:
+            case Listening(address=a) | ListenFailed(address=a):
+                return a.host == self.host and a.port in self.ports
+            case Accepted(local=local):
+                return local.host == self.host and local.port in self.ports
+            case Connected(conn=conn) | ConnectFailed(conn=conn):
+                return conn.startswith(f"{self.prefix}:")
+            case Received(conn=conn) | Closed(conn=conn):
+                return conn in self._conns
+            case Started() | TimerFired():
+                return False
+        return False  # pragma: no cover - the match is exhaustive
+
+    def start(self) -> list[Effect]:
+        return [Listen(Address(self.host, port)) for port in self.ports]
+
+    def handle(self, event: Event, now: float) -> tuple[list[Effect], list[Notice]]:
+        effects: list[Effect] = []
+        notices: list[Notice] = []
+        match event:
+            case Listening(address=address):
+                effects.append(Log(f"SIP on TCP {address}"))
+            case ListenFailed(address=address, reason=reason):
+                effects.append(Log(f"cannot listen for SIP on {address}: {reason}", "error"))
+            case Accepted(conn=conn, remote=remote):
+                self._conns[conn] = _Conn(remote, open=True)
+            case Connected(conn=conn, remote=remote):
+                state = self._conns.get(conn)
+                if state is not None:
+                    state.open = True
+                    for message in state.queue:
+                        effects.append(Send(conn, sip.encode(message), "sip"))
+                    state.queue.clear()
+            case ConnectFailed(conn=conn, remote=remote, reason=reason):
+                state = self._conns.pop(conn, None)
+                if state is not None:
+                    notices.append(SendFailed(remote, tuple(state.queue), reason))
+            case Received(conn=conn, data=data):
+                effects += self._received(conn, data, notices)
+            case Closed(conn=conn, reset=reset):
+                state = self._conns.pop(conn, None)
+                if state is not None:
+                    notices.append(ConnectionLost(conn, state.remote, reset))
+            case _:
+                pass
+        return effects, notices
+
+    def _received(self, conn: ConnId, data: bytes, notices: list[Notice]) -> list[Effect]:
+        state = self._conns[conn]
+        try:
+            frames = state.splitter.feed(data)
+        except WireError as exc:
+            del self._conns[conn]
+            notices.append(ConnectionLost(conn, state.remote, True))
+            return [Log(f"SIP framing error from {state.remote}: {exc}", "error"),
+                    Close(conn, reset=True)]  # fmt: skip
+        effects: list[Effect] = []
+        for frame in frames:
+            try:
+                message = sip.parse_message(frame)
+            except WireError as exc:
+                # A whole message (Content-Length held) that does not parse: drop it alone.
+                effects.append(Log(f"bad SIP message from {state.remote}: {exc}", "error"))
+                continue
+            notices.append(Incoming(conn, message, state.remote))
+        return effects
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def connection_to(self, to: Address) -> ConnId | None:
+        """An open or opening connection to ``to``: the exact address first, then any to its
+        host (the reuse described in the module docstring)."""
+        same_host: ConnId | None = None
+        for conn, state in self._conns.items():
+            if state.remote == to:
+                return conn
+            if same_host is None and state.remote.host == to.host:
+                same_host = conn
+        return same_host
+
+    def send(self, message: sip.SipMessage, to: Address) -> list[Effect]:
+        """Send ``message`` to ``to``, opening a connection when none exists."""
+        conn = self.connection_to(to)
+        if conn is None:
+            self._count += 1
+            conn = f"{self.prefix}:{self._count}"
+            self._conns[conn] = _Conn(to, open=False, queue=[message])
+            return [Connect(conn, to, self.timeout)]
+        return self.send_on(conn, message)
+
+    def send_on(self, conn: ConnId, message: sip.SipMessage) -> list[Effect]:
+        """Send on a given connection (a response goes back the way its request came)."""
+        state = self._conns.get(conn)
+        if state is None:
+            return [Log(f"cannot send {sip.summary(message)}: connection {conn} is gone", "warn")]
+        if not state.open:
+            state.queue.append(message)
+            return []
+        return [Send(conn, sip.encode(message), "sip")]
+
+    def remote_of(self, conn: ConnId) -> Address | None:
+        state = self._conns.get(conn)
+        return None if state is None else state.remote
+
+    def close_all(self) -> list[Effect]:
+        effects: list[Effect] = [Close(conn) for conn in self._conns]
+        self._conns.clear()
+        return effects
