@@ -185,8 +185,13 @@ class LiveNetwork(Runtime):
         *,
         external: Mapping[Address, tuple[str, int]] | None = None,
         backlog: int = 512,
+        blocked: set[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(actors, trace)
+        #: (client actor, server actor) pairs whose connects are black-holed, as a firewall
+        #: that drops the SYN does: ``ConnectFailed("timeout")`` after the connect timeout.
+        self.blocked = set(blocked or ())
+        self._owner_of_host = {st.host: st.name for st in reversed(list(self.actors.values()))}
         self._loopback_of: dict[str, str] = {}
         owners: dict[str, ActorState] = {}
         for st in self.actors.values():
@@ -405,6 +410,11 @@ class LiveNetwork(Runtime):
     def _io_connect(self, st: ActorState, effect: Connect) -> Any:
         out = _Outgoing(st, effect.conn, effect.remote)
         out.local_port = effect.local_port
+        target_actor = self._owner_of_host.get(effect.remote.host)
+        if target_actor is not None and (st.name, target_actor) in self.blocked:
+            # Nothing goes on the wire: the loopback would answer at once, a firewall would not.
+            out.task = self._spawn(self._black_hole(out, effect.timeout))
+            return out
         target = self.external.get(effect.remote)
         if target is None:
             try:
@@ -414,6 +424,10 @@ class LiveNetwork(Runtime):
                 return out
         out.task = self._spawn(self._connect(out, target, effect.timeout))
         return out
+
+    async def _black_hole(self, out: _Outgoing, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        self._fail(out, "timeout")
 
     def _io_cancel_connect(self, st: ActorState, handle: Any) -> None:
         out: _Outgoing = handle

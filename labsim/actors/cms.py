@@ -1,0 +1,336 @@
+"""Cisco Meeting Server: the SIP UAS of the sharing call and Expressway-E's TURN client.
+
+On the INVITE (PROTOCOL.md §6.2, Cisco 212580): ``100 Trying``, then a TCP relay from
+Expressway-E (:mod:`labsim.proto.turn_client`: Allocate, 401, Allocate, Refresh, keepalive),
+then ``200 OK`` whose SDP carries the relay candidate (``typ relay`` at the relayed address).
+When the Skype side connects to the relay, the TURN client binds a data connection
+(ConnectionAttempt → ConnectionBind) and hands the pipe over; CMS runs the ICE-TCP checks on
+it, RFC 4571-framed, its request carrying USE-CANDIDATE when it is the controlling agent (as
+in the lab's frame 2597). Once the pair is valid both ways it sends the reINVITE when it is the
+side that does (the default: the controlling side, RFC 5245 §9.1.3), or answers the Skype
+client's. On BYE it answers and gives the allocation back (Refresh LIFETIME 0).
+
+Order on the data connection: the lab shows CMS's framed Binding Request (110 bytes) right
+after the Skype side's request reached it, so CMS sends its own check before its answer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from sipmessage import Request, Response
+
+from labsim.proto import appsharing
+from labsim.proto.events import (
+    Address,
+    Close,
+    Closed,
+    Connected,
+    ConnectFailed,
+    ConnId,
+    Effect,
+    Event,
+    Log,
+    Received,
+    Send,
+    Started,
+    StartTimer,
+    TimerFired,
+)
+from labsim.proto.ice import (
+    CheckAnswered,
+    CheckFailed,
+    CheckReceived,
+    CheckSettings,
+    CheckStream,
+    IceCredentials,
+)
+from labsim.proto.sip_dialog import Dialog
+from labsim.proto.sip_transport import Incoming, SendFailed, SipTransport
+from labsim.proto.turn_client import (
+    Allocated,
+    AllocationFailed,
+    Expired,
+    PeerBindFailed,
+    PeerConnected,
+    Released,
+    TurnClient,
+    TurnClientSettings,
+)
+from labsim.wire import WireError, sip
+from labsim.wire.sdp import Candidate
+
+
+@dataclass(frozen=True)
+class CmsSettings:
+    host: str = "10.48.54.230"
+    sip_port: int = 5060
+    user: str = "sip:meeting@cms.lab"
+    media_port: int = 33710
+    """Port of CMS's host candidates (offered, never reachable from the Skype side)."""
+    ice: IceCredentials = IceCredentials("cM5k", "Hh3uY7pQ1wE5rT9iO2aS6dF0")
+    check_layout: tuple[str, ...] = (
+        "USE-CANDIDATE", "PRIORITY", "ICE-CONTROLLING", "USERNAME",
+        "MS-IMPLEMENTATION-VERSION", "MS-CANDIDATE-IDENTIFIER", "MESSAGE-INTEGRITY",
+        "FINGERPRINT",
+    )  # fmt: skip
+    controlling: bool = True
+    sends_reinvite: bool = True
+    sends_bye: bool = False
+    hold: float = 6.0
+    turn: TurnClientSettings = field(default_factory=TurnClientSettings)
+    linger: float = 0.05
+    seed: int = 2017
+
+
+class Cms:
+    def __init__(self, settings: CmsSettings, name: str = "cms") -> None:
+        self.name = name
+        self.host = settings.host
+        self.settings = settings
+        self.rng = random.Random(settings.seed)
+        self.transport = SipTransport(settings.host, (settings.sip_port,))
+        self.turn = TurnClient(settings.turn, random.Random(settings.seed + 1))
+        self.tag = f"{self.rng.getrandbits(32):08x}"
+        self.contact = f"<sip:meeting@{settings.host}:{settings.sip_port};transport=tcp>"
+        self.invite: Request | None = None
+        self.invite_conn: ConnId | None = None
+        self.offer: appsharing.RemoteShare | None = None
+        self.dialog: Dialog | None = None
+        self.pipe: ConnId | None = None
+        self.checks: CheckStream | None = None
+        self.relayed: Address | None = None
+        self.shared = False
+        self.finished = False
+        self._branches = 0
+        self._answered = False
+        self._bye_sent = False
+        self._reinvite_sent = False
+
+    def _branch(self) -> str:
+        self._branches += 1
+        return f"{sip.MAGIC_COOKIE}cms{self._branches:x}{self.rng.getrandbits(24):06x}"
+
+    def _done(self, why: str) -> list[Effect]:
+        return [Log(why), StartTimer("finish", self.settings.linger)]
+
+    # -- events --------------------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        if isinstance(event, Started):
+            effects += self.transport.start()
+        elif self.transport.wants(event):
+            effects, notices = self.transport.handle(event, now)
+            for notice in notices:
+                if isinstance(notice, Incoming):
+                    try:
+                        effects += self._sip(notice.conn, notice.message, now)
+                    except WireError as exc:
+                        effects.append(Log(f"cannot use {sip.summary(notice.message)}: {exc}"))
+                elif isinstance(notice, SendFailed):
+                    effects.append(Log(f"cannot reach {notice.to}: {notice.reason}", "warn"))
+        elif isinstance(event, TimerFired) and self.turn.owns_timer(event.timer):
+            effects += self.turn.handle(event, now)
+        elif isinstance(event, TimerFired) and event.timer == "finish":
+            self.finished = True
+        elif isinstance(event, TimerFired) and event.timer == "hold":
+            effects += self._bye()
+        elif isinstance(event, (Received, Closed)) and event.conn == self.pipe:
+            effects += self._pipe(event, now)
+        elif isinstance(event, (Connected, ConnectFailed, Received, Closed)) and (
+            self.turn.owns_conn(event.conn)
+        ):
+            effects += self.turn.handle(event, now)
+        effects += self._turn_news(now)
+        return effects
+
+    # -- SIP -----------------------------------------------------------------------------------
+
+    def _sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
+        if isinstance(message, Response):
+            return self._response(message, now)
+        request = message
+        if request.method == "INVITE" and sip.to_tag(request) is None:
+            return self._new_call(conn, request, now)
+        if request.method == "INVITE":  # the Skype client's reINVITE
+            body = self._body(version=3, remote=self._peer_candidate())
+            ok = sip.build_response(request, 200, record_route=(), contact=self.contact,
+                                    content_type=appsharing.CONTENT_TYPE, body=body)  # fmt: skip
+            return self.transport.send_on(conn, ok)
+        if request.method == "ACK":
+            if self._answered and not self.shared and self._reinvite_seen(request):
+                self.shared = True
+                return self._established()
+            return []
+        if request.method == "BYE":
+            ok = sip.build_response(request, 200)
+            return [*self.transport.send_on(conn, ok), *self._hang_up(now)]
+        return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
+
+    def _reinvite_seen(self, ack: Request) -> bool:
+        return sip.cseq(ack).sequence > 1
+
+    def _new_call(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
+        if self.invite is not None:
+            return self.transport.send_on(conn, sip.build_response(invite, 486))
+        effects = self.transport.send_on(conn, sip.build_response(invite, 100))
+        try:
+            self.offer = appsharing.parse(invite.body)
+        except WireError as exc:
+            bad = sip.build_response(invite, 488, to_tag=self.tag)
+            return [*effects, Log(f"offer not usable: {exc}", "warn"),
+                    *self.transport.send_on(conn, bad)]  # fmt: skip
+        self.invite, self.invite_conn = invite, conn
+        return [*effects, Log("applicationsharing offer: asking Expressway-E for a TCP relay"),
+                *self.turn.start(now)]  # fmt: skip
+
+    def _body(self, *, version: int, remote: Address | None = None) -> bytes:
+        s = self.settings
+        host = Address(s.host, s.media_port)
+        candidates: list[Candidate] = []
+        active = host
+        if self.relayed is not None:
+            active = self.relayed
+        if version == 2 or self.relayed is None:
+            candidates += [appsharing.candidate(1, "TCP-PASS", "host", host),
+                           appsharing.candidate(2, "TCP-ACT", "host", host)]  # fmt: skip
+        if self.relayed is not None:
+            mapped = self._mapped or host
+            candidates.append(appsharing.candidate(3, "TCP-PASS", "relay", self.relayed, mapped))
+        side = appsharing.ShareSide(
+            s.host, active, s.ice.ufrag, s.ice.pwd, tuple(candidates), "viewer", "recvonly",
+            self.rng.randbytes(30), session_name="-", session_id=7842, version=version,
+        )  # fmt: skip
+        connection = "new" if version == 2 else "existing"
+        return appsharing.build(side, connection=connection, remote=remote)
+
+    def _answer(self) -> list[Effect]:
+        assert self.invite is not None and self.invite_conn is not None
+        body = self._body(version=2)
+        ok = sip.build_response(
+            self.invite, 200, to_tag=self.tag, contact=self.contact,
+            content_type=appsharing.CONTENT_TYPE, body=body,
+        )  # fmt: skip
+        self._answered = True
+        local = sip.format_address(sip.to_address(ok))
+        self.dialog = Dialog.as_uas(self.invite, local, self.settings.host, self.settings.sip_port,
+                                    self.contact)  # fmt: skip
+        return self.transport.send_on(self.invite_conn, ok)
+
+    def _response(self, response: Response, now: float) -> list[Effect]:
+        if response.code < 200 or self.dialog is None:
+            return []
+        method = sip.cseq(response).method
+        if method == "INVITE":
+            ack = self.dialog.request("ACK", self._branch(), cseq=sip.cseq(response).sequence)
+            effects = self.transport.send(ack, self.dialog.next_hop())
+            if response.code == 200 and not self.shared:
+                self.shared = True
+                effects += self._established()
+            return effects
+        if method == "BYE":
+            return self._hang_up(now)
+        return []
+
+    def _established(self) -> list[Effect]:
+        effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
+        if self.settings.sends_bye:
+            effects.append(StartTimer("hold", self.settings.hold))
+        return effects
+
+    def _bye(self) -> list[Effect]:
+        if self.dialog is None or self._bye_sent:
+            return []
+        self._bye_sent = True
+        return self.transport.send(self.dialog.request("BYE", self._branch()),
+                                   self.dialog.next_hop())  # fmt: skip
+
+    def _hang_up(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        if self.pipe is not None:
+            effects.append(Close(self.pipe))
+            self.pipe = None
+        return [*effects, *self.turn.release(now)]
+
+    # -- TURN ----------------------------------------------------------------------------------
+
+    _mapped: Address | None = None
+
+    def _turn_news(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for note in self.turn.poll():
+            if isinstance(note, Allocated):
+                self.relayed, self._mapped = note.relayed, note.mapped
+                effects += [Log(f"relay candidate {note.relayed}"), *self._answer()]
+            elif isinstance(note, AllocationFailed):
+                # CMS still answers, with its host candidates only: the call is up, sharing
+                # has no media path (what "ICE failure 4" in CMS's log leads to).
+                effects += [Log(f"no TURN relay: {note.reason}", "warn"), *self._answer()]
+            elif isinstance(note, PeerConnected):
+                effects += self._pipe_up(note)
+            elif isinstance(note, PeerBindFailed):
+                effects.append(Log(f"peer connection not bound: {note.reason}", "warn"))
+            elif isinstance(note, Released):
+                effects += self._done("allocation released")
+            elif isinstance(note, Expired):
+                effects.append(Log(f"allocation gone: {note.reason}", "warn"))
+        return effects
+
+    def _peer_candidate(self) -> Address | None:
+        if self.checks is not None:
+            return self.checks.peer
+        return None
+
+    # -- ICE over the data connection ----------------------------------------------------------
+
+    def _pipe_up(self, note: PeerConnected) -> list[Effect]:
+        assert self.offer is not None
+        s = self.settings
+        self.pipe = note.conn
+        peer = note.peer or Address("0.0.0.0", 0)
+        self.checks = CheckStream(
+            CheckSettings(s.ice, s.controlling, appsharing.PRIORITIES[("relay", "TCP-PASS")],
+                          s.check_layout),
+            IceCredentials(self.offer.ufrag, self.offer.pwd),
+            peer,
+            self.rng,
+        )  # fmt: skip
+        effects: list[Effect] = [Log(f"media pipe to {peer} up: ICE checks")]
+        effects.append(Send(note.conn, self.checks.request(), "rfc4571"))
+        if note.early_data:
+            effects += self._checks(note.early_data)
+        return effects
+
+    def _pipe(self, event: Received | Closed, now: float) -> list[Effect]:
+        if isinstance(event, Closed):
+            self.pipe = None
+            return [Log("media pipe closed")]
+        return self._checks(event.data)
+
+    def _checks(self, data: bytes) -> list[Effect]:
+        assert self.checks is not None and self.pipe is not None
+        was_valid = self.checks.valid
+        out, notices = self.checks.feed(data)
+        effects: list[Effect] = [Send(self.pipe, frame, "rfc4571") for frame in out]
+        for notice in notices:
+            if isinstance(notice, CheckFailed):
+                effects.append(Log(f"ICE: {notice.reason}", "warn"))
+            elif isinstance(notice, CheckAnswered):
+                effects.append(Log("ICE: our check answered"))
+            elif isinstance(notice, CheckReceived):
+                effects.append(Log("ICE: the Skype side's check answered"))
+        if self.checks.valid and not was_valid:
+            effects.append(Log("ICE: candidate pair valid in both directions"))
+            if self.settings.sends_reinvite and self.dialog is not None:
+                effects += self._reinvite()
+        return effects
+
+    def _reinvite(self) -> list[Effect]:
+        assert self.dialog is not None
+        self._reinvite_sent = True
+        body = self._body(version=3, remote=self._peer_candidate())
+        invite = self.dialog.request("INVITE", self._branch(), body=body,
+                                     content_type=appsharing.CONTENT_TYPE)  # fmt: skip
+        return self.transport.send(invite, self.dialog.next_hop())

@@ -1,0 +1,306 @@
+"""The Skype for Business client that shares its screen.
+
+It sends a new INVITE (its own Call-ID, apart from the audio/video call, as Cisco 212580 notes)
+with ``m=applicationsharing`` and MS-ICE2 TCP candidates: its host candidates and the relay
+candidates its Edge gives it. From the 200 OK it takes CMS's relay candidate; having no IP
+path to Expressway-E, it reaches that candidate through its Edge's media relay (or directly
+when ``direct_path`` is set, the lab's missing path present). On that connection it runs the
+ICE-TCP checks, RFC 4571-framed, and answers CMS's. Then the reINVITE: it sends it when it is
+the side that does (a setting), or answers CMS's. After ``hold`` seconds it hangs up with BYE.
+
+Every outbound SIP request goes to the Edge, its outbound proxy; requests inside the dialog
+carry the route set the proxies recorded (:mod:`labsim.proto.sip_dialog`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from sipmessage import Request, Response, Via
+
+from labsim.proto import appsharing
+from labsim.proto.events import (
+    Address,
+    Close,
+    Closed,
+    Connect,
+    Connected,
+    ConnectFailed,
+    Effect,
+    Event,
+    Log,
+    Received,
+    Send,
+    Started,
+    StartTimer,
+    TimerFired,
+)
+from labsim.proto.ice import (
+    CheckAnswered,
+    CheckFailed,
+    CheckReceived,
+    CheckSettings,
+    CheckStream,
+    IceCredentials,
+)
+from labsim.proto.sip_dialog import Dialog
+from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
+from labsim.wire import WireError, sip
+from labsim.wire.sdp import Candidate
+
+MEDIA = "media"
+
+
+@dataclass(frozen=True)
+class SkypeClientSettings:
+    host: str = "192.168.1.100"
+    sip_port: int = 5060
+    user: str = "sip:alice@skype.lab"
+    target: str = "sip:meeting@cms.lab"
+    edge: Address = Address("192.168.1.252", 5060)
+    """Outbound proxy: every request goes there first."""
+    edge_media: Address = Address("192.168.1.252", 3478)
+    edge_relay: Address = Address("192.168.1.252", 53577)
+    """The relay candidate the Edge gives the client (what CMS will see connecting)."""
+    media_port: int = 50040
+    ice: IceCredentials = IceCredentials("Xa3f", "Tq9sLmN2vB7xYc4ZkP1rW8dE")
+    check_layout: tuple[str, ...] = (
+        "USERNAME", "PRIORITY", "ICE-CONTROLLED", "MESSAGE-INTEGRITY", "FINGERPRINT",
+    )  # fmt: skip
+    controlling: bool = False
+    sends_reinvite: bool = False
+    direct_path: bool = False
+    start_delay: float = 0.0
+    hold: float = 6.0
+    sends_bye: bool = True
+    linger: float = 0.05
+    """Seconds between the last act and ``finished`` (lets closes reach the trace)."""
+    seed: int = 5061
+
+
+class SkypeClient:
+    def __init__(self, settings: SkypeClientSettings, name: str = "skype_client") -> None:
+        self.name = name
+        self.host = settings.host
+        self.settings = settings
+        self.rng = random.Random(settings.seed)
+        self.transport = SipTransport(settings.host, (settings.sip_port,))
+        self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.host}"
+        self.tag = f"{self.rng.getrandbits(32):08x}"
+        self.contact = f"<sip:alice@{settings.host}:{settings.sip_port};transport=tcp>"
+        self.invite: Request | None = None
+        self.dialog: Dialog | None = None
+        self.remote: appsharing.RemoteShare | None = None
+        self.checks: CheckStream | None = None
+        self._relay = Address("0.0.0.0", 0)
+        self.reinvite_sent = False
+        self.shared = False
+        self.finished = False
+        self._branches = 0
+        self._bye_sent = False
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _branch(self) -> str:
+        self._branches += 1
+        return f"{sip.MAGIC_COOKIE}sc{self._branches:x}{self.rng.getrandbits(24):06x}"
+
+    def _side(self, version: int) -> appsharing.ShareSide:
+        s = self.settings
+        host = Address(s.host, s.media_port)
+        relay = s.edge_relay
+        candidates: tuple[Candidate, ...] = (
+            appsharing.candidate(1, "TCP-PASS", "host", host),
+            appsharing.candidate(2, "TCP-ACT", "host", host),
+            appsharing.candidate(3, "TCP-PASS", "relay", relay, host),
+            appsharing.candidate(4, "TCP-ACT", "relay", relay, host),
+        )
+        if version > 1:  # the reINVITE lists the selected candidate only (RFC 5245 §9.1.2.2)
+            candidates = candidates[3:]
+        return appsharing.ShareSide(
+            s.host, relay, s.ice.ufrag, s.ice.pwd, candidates, "sharer", "sendonly",
+            self.rng.randbytes(30), version=version,
+        )  # fmt: skip
+
+    def _done(self, why: str) -> list[Effect]:
+        return [Log(why), StartTimer("finish", self.settings.linger)]
+
+    # -- events --------------------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, Started):
+            return [*self.transport.start(), StartTimer("call", self.settings.start_delay)]
+        if self.transport.wants(event):
+            effects, notices = self.transport.handle(event, now)
+            for notice in notices:
+                if isinstance(notice, Incoming):
+                    try:
+                        effects += self._sip(notice.conn, notice.message)
+                    except WireError as exc:
+                        effects.append(Log(f"cannot use {sip.summary(notice.message)}: {exc}"))
+                elif isinstance(notice, SendFailed):
+                    effects += self._done(f"cannot reach {notice.to}: {notice.reason}")
+                elif isinstance(notice, ConnectionLost) and self.dialog is None:
+                    effects.append(Log(f"SIP connection to {notice.remote} lost"))
+            return effects
+        match event:
+            case TimerFired(timer="call"):
+                return self._call()
+            case TimerFired(timer="hold"):
+                return self._bye()
+            case TimerFired(timer="finish"):
+                self.finished = True
+                return []
+            case Connected(conn=conn) if conn == MEDIA:
+                return self._media_up(event.remote)
+            case ConnectFailed(conn=conn, reason=reason) if conn == MEDIA:
+                return self._done(f"media connection failed: {reason}")
+            case Received(conn=conn, data=data) if conn == MEDIA:
+                return self._media(data)
+            case Closed(conn=conn) if conn == MEDIA:
+                self.checks = None
+                return [Log("media connection closed")]
+        return []
+
+    def _call(self) -> list[Effect]:
+        s = self.settings
+        body = appsharing.build(self._side(1))
+        self.invite = sip.build_request(
+            "INVITE",
+            s.target,
+            via=Via.parse(f"SIP/2.0/TCP {s.host}:{s.sip_port};branch={self._branch()};rport"),
+            from_addr=f"<{s.user}>;tag={self.tag}",
+            to_addr=f"<{s.target}>",
+            call_id=self.call_id,
+            cseq=1,
+            contact=self.contact,
+            content_type=appsharing.CONTENT_TYPE,
+            body=body,
+        )
+        return [Log("sharing: new INVITE with m=applicationsharing"),
+                *self.transport.send(self.invite, s.edge)]  # fmt: skip
+
+    # -- SIP -----------------------------------------------------------------------------------
+
+    def _sip(self, conn: str, message: sip.SipMessage) -> list[Effect]:
+        if isinstance(message, Response):
+            return self._response(message)
+        return self._request(conn, message)
+
+    def _response(self, response: Response) -> list[Effect]:
+        method = sip.cseq(response).method
+        if response.code < 200:
+            return []
+        if method == "INVITE" and not self.reinvite_sent:
+            return self._invite_answered(response)
+        if method == "INVITE":
+            assert self.dialog is not None
+            ack = self.dialog.request("ACK", self._branch(), cseq=sip.cseq(response).sequence)
+            self.shared = response.code == 200
+            effects = self.transport.send(ack, self.dialog.next_hop())
+            return effects + self._shared() if self.shared else effects
+        if method == "BYE":
+            return [Close(MEDIA), *self._done("call ended")]
+        return []
+
+    def _invite_answered(self, response: Response) -> list[Effect]:
+        assert self.invite is not None
+        s = self.settings
+        if response.code >= 300:
+            # §17.1.1.3: the ACK for a non-2xx goes hop by hop, with the INVITE's branch.
+            ack = sip.build_request(
+                "ACK", self.invite.uri, via=sip.top_via(self.invite),
+                from_addr=sip.from_address(self.invite), to_addr=sip.to_address(response),
+                call_id=self.call_id, cseq=1,
+            )  # fmt: skip
+            diag = sip.ms_diagnostics_public(response) or sip.ms_diagnostics(response)
+            why = f"sharing refused: {sip.summary(response)}" + (f" ({diag})" if diag else "")
+            return [*self.transport.send(ack, s.edge), *self._done(why)]
+        self.dialog = Dialog.as_uac(self.invite, response, self.contact)
+        ack = self.dialog.request("ACK", self._branch(), cseq=1)
+        effects = self.transport.send(ack, self.dialog.next_hop())
+        try:
+            self.remote = appsharing.parse(response.body)
+        except WireError as exc:
+            return [*effects, Log(f"answer without usable SDP: {exc}", "warn")]
+        relay = self.remote.relay()
+        if relay is None:
+            return [*effects, Log("CMS offers no relay candidate: no media path", "warn")]
+        target = Address(relay.address, relay.port) if s.direct_path else s.edge_media
+        self._relay = Address(relay.address, relay.port)
+        return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
+                Connect(MEDIA, target)]  # fmt: skip
+
+    def _request(self, conn: str, request: Request) -> list[Effect]:
+        if request.method == "ACK":
+            if self.reinvite_sent or self.shared:
+                return []
+            self.shared = True
+            return self._shared()
+        if request.method == "BYE":
+            return [*self.transport.send_on(conn, sip.build_response(request, 200)),
+                    Close(MEDIA), *self._done("call ended by CMS")]  # fmt: skip
+        if request.method == "INVITE" and self.dialog is not None:
+            body = appsharing.build(self._side(2), connection="existing", remote=self._relay)
+            ok = sip.build_response(
+                request, 200, record_route=(), contact=self.contact,
+                content_type=appsharing.CONTENT_TYPE, body=body,
+            )  # fmt: skip
+            return self.transport.send_on(conn, ok)
+        return self.transport.send_on(conn, sip.build_response(request, 481))
+
+    def _shared(self) -> list[Effect]:
+        effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
+        if self.settings.sends_bye:
+            effects.append(StartTimer("hold", self.settings.hold))
+        return effects
+
+    def _bye(self) -> list[Effect]:
+        if self.dialog is None or self._bye_sent:
+            return []
+        self._bye_sent = True
+        bye = self.dialog.request("BYE", self._branch())
+        return self.transport.send(bye, self.dialog.next_hop())
+
+    # -- media ---------------------------------------------------------------------------------
+
+    def _media_up(self, remote: Address) -> list[Effect]:
+        assert self.remote is not None
+        s = self.settings
+        self.checks = CheckStream(
+            CheckSettings(s.ice, s.controlling, appsharing.PRIORITIES[("relay", "TCP-ACT")],
+                          s.check_layout),
+            IceCredentials(self.remote.ufrag, self.remote.pwd),
+            self._relay,
+            self.rng,
+        )  # fmt: skip
+        return [Send(MEDIA, self.checks.request(), "rfc4571")]
+
+    def _media(self, data: bytes) -> list[Effect]:
+        if self.checks is None:
+            return []
+        was_valid = self.checks.valid
+        out, notices = self.checks.feed(data)
+        effects: list[Effect] = [Send(MEDIA, frame, "rfc4571") for frame in out]
+        for notice in notices:
+            if isinstance(notice, CheckFailed):
+                effects.append(Log(f"ICE: {notice.reason}", "warn"))
+            elif isinstance(notice, CheckAnswered):
+                effects.append(Log("ICE: our check answered"))
+            elif isinstance(notice, CheckReceived):
+                effects.append(Log("ICE: CMS's check answered"))
+        if self.checks.valid and not was_valid:
+            effects.append(Log("ICE: candidate pair valid in both directions"))
+            if self.settings.sends_reinvite:
+                effects += self._reinvite()
+        return effects
+
+    def _reinvite(self) -> list[Effect]:
+        assert self.dialog is not None
+        self.reinvite_sent = True
+        body = appsharing.build(self._side(2), connection="existing", remote=self._relay)
+        invite = self.dialog.request(
+            "INVITE", self._branch(), body=body, content_type=appsharing.CONTENT_TYPE
+        )
+        return self.transport.send(invite, self.dialog.next_hop())

@@ -1,0 +1,140 @@
+"""The Skype for Business Edge: SIP proxy between the client and Expressway-E, and the
+client's media relay.
+
+The client has no IP path to Expressway-E (the lab's premise, Cisco 212580), so its media
+reaches CMS's relay candidate through the Edge: the client opens a TCP connection to the
+Edge's media port, and the Edge opens one from its own address (the lab's
+192.168.1.252:53577) to the relay candidate on Expressway-E, then pipes bytes both ways.
+
+Simplification, on purpose: a real A/V Edge is told the destination through MS-TURN (its
+Allocate and Set Active Destination, PROTOCOL.md §5.2), a protocol that never reaches the
+Expressway leg. Here the Edge learns it by reading the answer SDP it forwards (the first relay
+candidate of the m=applicationsharing section); the bytes on every leg the lab captured stay
+the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sipmessage import Response
+
+from labsim.actors.common import ProxyElement
+from labsim.proto import appsharing
+from labsim.proto.events import (
+    Accepted,
+    Address,
+    Close,
+    Closed,
+    Connect,
+    Connected,
+    ConnectFailed,
+    ConnId,
+    Effect,
+    Event,
+    Listen,
+    Log,
+    Received,
+    Send,
+)
+from labsim.proto.sip_proxy import ProxySettings
+from labsim.wire import WireError, sip
+
+
+@dataclass(frozen=True)
+class SkypeEdgeSettings:
+    host: str = "192.168.1.252"
+    sip_port: int = 5060
+    media_port: int = 3478
+    relay_port: int = 53577
+    expressway_e: Address = Address("10.48.54.229", 5060)
+    client: Address = Address("192.168.1.100", 5060)
+    cms_domain: str = "cms.lab"
+    skype_domain: str = "skype.lab"
+    connect_timeout: float = 5.0
+
+
+@dataclass
+class _Pipe:
+    inner: ConnId
+    outer: ConnId
+    target: Address
+    up: bool = False
+    pending: list[bytes] = field(default_factory=list)
+
+
+class SkypeEdge(ProxyElement):
+    def __init__(self, settings: SkypeEdgeSettings, name: str = "skype_edge") -> None:
+        routes = (
+            (settings.cms_domain, settings.expressway_e),
+            (settings.skype_domain, settings.client),
+        )
+        super().__init__(
+            name, settings.host, ProxySettings(settings.host, settings.sip_port, routes),
+            (settings.sip_port,),
+        )  # fmt: skip
+        self.settings = settings
+        self.media_address = Address(settings.host, settings.media_port)
+        self.relay_target: Address | None = None
+        self._pipes: dict[ConnId, _Pipe] = {}
+        self._count = 0
+        self.proxy.on_response = self._snoop
+
+    def _snoop(self, response: Response) -> None:
+        if response.code != 200 or sip.cseq(response).method != "INVITE" or not response.body:
+            return
+        try:
+            relay = appsharing.parse(response.body).relay()
+        except WireError:
+            return
+        if relay is not None:
+            self.relay_target = Address(relay.address, relay.port)
+
+    def start(self, now: float) -> list[Effect]:
+        return [*super().start(now), Listen(self.media_address)]
+
+    def other(self, event: Event, now: float) -> list[Effect] | None:
+        match event:
+            case Accepted(conn=conn, local=local) if local == self.media_address:
+                return self._client_media(conn)
+            case Connected(conn=conn) if conn in self._pipes:
+                pipe = self._pipes[conn]
+                pipe.up = True
+                effects: list[Effect] = (
+                    [Send(conn, b"".join(pipe.pending), "raw")] if pipe.pending else []
+                )
+                pipe.pending.clear()
+                return effects
+            case ConnectFailed(conn=conn, reason=reason) if conn in self._pipes:
+                pipe = self._pipes.pop(conn)
+                self._pipes.pop(pipe.inner, None)
+                return [Log(f"relay to {pipe.target} failed: {reason}", "warn"),
+                        Close(pipe.inner, reset=True)]  # fmt: skip
+            case Received(conn=conn, data=data) if conn in self._pipes:
+                pipe = self._pipes[conn]
+                if conn == pipe.outer:
+                    return [Send(pipe.inner, data, "raw")]
+                if not pipe.up:
+                    pipe.pending.append(data)
+                    return []
+                return [Send(pipe.outer, data, "raw")]
+            case Closed(conn=conn, reset=reset) if conn in self._pipes:
+                pipe = self._pipes.pop(conn)
+                other = pipe.inner if conn == pipe.outer else pipe.outer
+                self._pipes.pop(other, None)
+                return [Close(other, reset=reset)]
+        return None
+
+    def _client_media(self, conn: ConnId) -> list[Effect]:
+        target = self.relay_target
+        if target is None:
+            return [Log("client media arrived before any answer named a relay", "warn"),
+                    Close(conn, reset=True)]  # fmt: skip
+        self._count += 1
+        outer = f"relay:{self._count}"
+        pipe = _Pipe(conn, outer, target)
+        self._pipes[conn] = self._pipes[outer] = pipe
+        return [
+            Log(f"relaying the client's media to {target}"),
+            Connect(outer, target, self.settings.connect_timeout, self.settings.relay_port),
+        ]
