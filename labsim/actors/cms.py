@@ -79,6 +79,8 @@ class CmsSettings:
     sends_reinvite: bool = True
     sends_bye: bool = False
     hold: float = 6.0
+    reinvite_connection: str = "existing"
+    """``a=connection`` in the post-ICE reINVITE and its answer (UNSURE, PROTOCOL.md §5.3)."""
     turn: TurnClientSettings = field(default_factory=TurnClientSettings)
     linger: float = 0.05
     seed: int = 2017
@@ -203,7 +205,7 @@ class Cms:
             s.host, active, s.ice.ufrag, s.ice.pwd, tuple(candidates), "viewer", "recvonly",
             self.rng.randbytes(30), session_name="-", session_id=7842, version=version,
         )  # fmt: skip
-        connection = "new" if version == 2 else "existing"
+        connection = "new" if version == 2 else self.settings.reinvite_connection
         return appsharing.build(side, connection=connection, remote=remote)
 
     def _answer(self) -> list[Effect]:

@@ -74,6 +74,8 @@ class SkypeClientSettings:
     start_delay: float = 0.0
     hold: float = 6.0
     sends_bye: bool = True
+    reinvite_connection: str = "existing"
+    """``a=connection`` in the post-ICE reINVITE and its answer (UNSURE, PROTOCOL.md §5.3)."""
     linger: float = 0.05
     """Seconds between the last act and ``finished`` (lets closes reach the trace)."""
     seed: int = 5061
@@ -242,7 +244,9 @@ class SkypeClient:
             return [*self.transport.send_on(conn, sip.build_response(request, 200)),
                     Close(MEDIA), *self._done("call ended by CMS")]  # fmt: skip
         if request.method == "INVITE" and self.dialog is not None:
-            body = appsharing.build(self._side(2), connection="existing", remote=self._relay)
+            body = appsharing.build(
+                self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
+            )
             ok = sip.build_response(
                 request, 200, record_route=(), contact=self.contact,
                 content_type=appsharing.CONTENT_TYPE, body=body,
@@ -299,7 +303,9 @@ class SkypeClient:
     def _reinvite(self) -> list[Effect]:
         assert self.dialog is not None
         self.reinvite_sent = True
-        body = appsharing.build(self._side(2), connection="existing", remote=self._relay)
+        body = appsharing.build(
+            self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
+        )
         invite = self.dialog.request(
             "INVITE", self._branch(), body=body, content_type=appsharing.CONTENT_TYPE
         )

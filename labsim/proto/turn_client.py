@@ -98,6 +98,9 @@ class TurnClientSettings:
     """Peer IPs to permit as soon as the allocation exists (more via ``create_permission``)."""
     permission_refresh: float = 240.0
     """Seconds between CreatePermission refreshes; permissions last 300 s (RFC 5766 §8)."""
+    refresh: bool = True
+    """Refresh the allocation before it expires (RFC 5766 §7). False models a client that
+    never does: the allocation expires after its lifetime and the server closes the relay."""
     send_connection_bind: bool = True
     """Answer a ConnectionAttempt with a data connection and ConnectionBind (RFC 6062 §4.4).
     False models a CMS that never binds: the server drops the peer after 30 s."""
@@ -919,7 +922,10 @@ class TurnClient:
         self.expires_at = now + lifetime
         margin = self.settings.refresh_margin
         delay = lifetime - margin if lifetime > 2 * margin else lifetime / 2
-        return [StartTimer(self._refresh_timer, delay), StartTimer(self._expiry_timer, lifetime)]
+        expiry = StartTimer(self._expiry_timer, lifetime)
+        if not self.settings.refresh:
+            return [expiry]
+        return [StartTimer(self._refresh_timer, delay), expiry]
 
     def _send_permission(self, hosts: tuple[str, ...], now: float) -> list[Effect]:
         txn = _Transaction(_Kind.PERMISSION, self.control_conn, True, peer_hosts=hosts)

@@ -1,0 +1,124 @@
+"""What became of the sharing call, read from the trace alone (DESIGN.md: the trace is the
+truth; the outcome knows nothing of the scenario or of injected faults).
+
+The steps of the call, in order, and the outcome when a run stops at one:
+
+1. the Skype client's INVITE gets no final answer → ``no-answer``;
+2. it gets a final answer of 300 or more → ``call-rejected`` (with the status and any
+   ``ms-diagnostics-public`` / ``ms-diagnostics`` text);
+3. it is answered 2xx, but CMS never got a TURN relay (no Allocate Success Response reached
+   it) → ``turn-failed``;
+4. CMS had a relay, but no reINVITE was answered 200 and acknowledged → ``ice-failed`` (the
+   candidate pair never became valid both ways, so nobody re-offered the media route);
+5. a reINVITE of the call's dialog was answered 200 and its ACK reached the answerer →
+   ``sharing-established``.
+
+``call-failed`` covers a 2xx that does not fit (e.g. a reINVITE answered with an error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipmessage import Request, Response
+
+from labsim.trace import MessageRecord, Trace
+from labsim.wire import WireError, sip
+
+OUTCOMES = (
+    "sharing-established", "call-rejected", "ice-failed", "turn-failed", "no-answer",
+    "call-failed",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    """One of :data:`OUTCOMES`."""
+    reason: str
+    """One sentence of evidence."""
+
+
+def _sip(trace: Trace) -> list[tuple[MessageRecord, Request | Response]]:
+    out: list[tuple[MessageRecord, Request | Response]] = []
+    for record in trace.messages:
+        if record.protocol != "SIP" or record.error is not None:
+            continue
+        try:
+            out.append((record, sip.parse_message(record.data)))
+        except WireError:
+            continue
+    return out
+
+
+def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") -> Outcome:
+    messages = _sip(trace)
+    invite = next(
+        (m for r, m in messages
+         if r.src == caller and isinstance(m, Request) and m.method == "INVITE"),
+        None,
+    )  # fmt: skip
+    if invite is None:
+        return Outcome("no-answer", f"{caller} sent no INVITE")
+    call = sip.call_id(invite)
+    first = (sip.from_tag(invite), sip.cseq(invite).sequence)
+
+    def of_call(m: Request | Response) -> bool:
+        try:
+            return sip.call_id(m) == call
+        except WireError:
+            return False
+
+    final = next(
+        (m for r, m in messages
+         if r.dst == caller and isinstance(m, Response) and of_call(m) and m.code >= 200
+         and sip.cseq(m).method == "INVITE"
+         and (sip.from_tag(m), sip.cseq(m).sequence) == first),
+        None,
+    )  # fmt: skip
+    if final is None:
+        return Outcome("no-answer", f"the INVITE got no final answer back to {caller}")
+    if final.code >= 300:
+        diag = sip.ms_diagnostics_public(final) or sip.ms_diagnostics(final)
+        text = f"the INVITE was answered {sip.summary(final)}"
+        return Outcome("call-rejected", text + (f" ({diag})" if diag else ""))
+
+    # The reINVITE: an INVITE inside the call's dialog (it has a To tag), either direction.
+    # CSeq numbers count per direction, so a request is matched by its From tag and CSeq.
+    def key(m: Request | Response) -> tuple[str | None, int]:
+        return sip.from_tag(m), sip.cseq(m).sequence
+
+    reinvites = [
+        (r, m) for r, m in messages
+        if isinstance(m, Request) and m.method == "INVITE" and of_call(m)
+        and sip.to_tag(m) is not None and r.dst in (caller, callee)
+    ]  # fmt: skip
+    for record, reinvite in reinvites:
+        answerer = record.dst
+        answered = any(
+            isinstance(m, Response) and of_call(m) and m.code == 200
+            and sip.cseq(m).method == "INVITE" and key(m) == key(reinvite)
+            for _, m in messages
+        )  # fmt: skip
+        acked = any(
+            r.dst == answerer and isinstance(m, Request) and m.method == "ACK" and of_call(m)
+            and key(m) == key(reinvite)
+            for r, m in messages
+        )  # fmt: skip
+        if answered and acked:
+            sender = callee if answerer == caller else caller
+            return Outcome(
+                "sharing-established",
+                f"{sender}'s reINVITE was answered 200 OK and acknowledged at {answerer}",
+            )
+    if not any(r.dst == callee for r in trace.find("Allocate Success Response")):
+        errors = [r for r in trace.find("Allocate Error Response") if r.dst == callee]
+        why = f"; last answer: {errors[-1].summary}" if errors else ""
+        return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
+    if reinvites:
+        return Outcome("call-failed", "a reINVITE was sent but not completed")
+    return Outcome(
+        "ice-failed",
+        "the call was answered and a relay allocated, but no reINVITE followed: the candidate "
+        "pair never became valid in both directions",
+    )
