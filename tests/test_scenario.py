@@ -1,0 +1,569 @@
+"""Scenarios: the bundled lab file, extends, and every mistake reported as file:line."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labsim.scenario import (
+    ACTOR_NAMES,
+    LAB_REACHABILITY,
+    Actors,
+    Call,
+    Scenario,
+    ScenarioError,
+    TurnClientConfig,
+    first_sentence,
+    json_schema,
+    library_dir,
+    list_scenarios,
+    load,
+    loads,
+    main,
+    schema_text,
+)
+
+SHARING_CALL = library_dir() / "sharing-call.yaml"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def error_of(path: Path) -> ScenarioError:
+    with pytest.raises(ScenarioError) as info:
+        load(path)
+    return info.value
+
+
+# --- the bundled lab -------------------------------------------------------------------------
+
+
+def test_the_lab_file_restates_the_defaults() -> None:
+    lab = load(SHARING_CALL)
+    defaults = Scenario()
+    assert lab.name == "sharing-call"
+    assert lab.extends is None
+    assert (lab.clock, lab.deadline, lab.latency) == ("live", 20.0, 0.0005)
+    assert lab.actors == Actors() == defaults.actors
+    assert lab.call == Call() == defaults.call
+    assert lab.reachability == list(LAB_REACHABILITY) == defaults.reachability
+    assert lab.faults == [] and lab.links == []
+    assert lab.actors.expressway_e.address == "10.48.54.229"
+    assert lab.actors.expressway_e.turn.realm == "TANDBERG"
+    assert lab.actors.skype_edge.relay_port == 53577
+    assert lab.actors.cms.turn == TurnClientConfig()
+    assert lab.actors.cms.turn.lifetime == 600
+
+
+def test_the_lab_file_expects_the_lab_capture() -> None:
+    expect = load(SHARING_CALL).expect
+    assert expect.outcome == "sharing-established"
+    seen = [(m.summary, m.src, m.dst, m.present) for m in expect.messages]
+    assert seen == [
+        ("Allocate Request", "cms", "expressway_e", True),
+        ("ConnectionAttempt Indication", "expressway_e", "cms", True),
+        ("ConnectionBind Success Response", "expressway_e", "cms", True),
+        ("Binding Indication", "cms", "expressway_e", True),
+        ("CreatePermission Request", None, None, False),
+    ]
+
+
+def test_the_lab_file_names_its_schema() -> None:
+    first = SHARING_CALL.read_text(encoding="utf-8").splitlines()[0]
+    assert first == "# yaml-language-server: $schema=schema.json"
+
+
+def test_list_scenarios_finds_the_lab_with_its_first_sentence() -> None:
+    found = {path.name: scenario for path, scenario in list_scenarios()}
+    assert "schema.json" not in found
+    lab = found["sharing-call.yaml"]
+    assert first_sentence(lab.description) == (
+        "The lab of Cisco TAC document 212580: a Skype for Business client shares its screen "
+        "into a Cisco Meeting Server meeting through the Skype Edge, Expressway-E and "
+        "Expressway-C."
+    )
+
+
+def test_list_scenarios_of_another_folder(tmp_path: Path) -> None:
+    write(tmp_path, "b.yaml", "description: Second.\n")
+    write(tmp_path, "a.yaml", "description: First one. More.\n")
+    (tmp_path / "notes.txt").write_text("not a scenario")
+    listed = [(p.name, s.name, first_sentence(s.description)) for p, s in list_scenarios(tmp_path)]
+    assert listed == [("a.yaml", "a", "First one."), ("b.yaml", "b", "Second.")]
+
+
+@pytest.mark.parametrize(
+    ("text", "sentence"),
+    [
+        ("One. Two.", "One."),
+        ("Folded\n  over lines. Next.", "Folded over lines."),
+        ("Uses e.g. a relay on X8.9 at 10.48.54.229. Then more.", None),
+        ("No full stop", "No full stop"),
+        ("Why? Because.", "Why?"),
+        ("", ""),
+    ],
+)
+def test_first_sentence(text: str, sentence: str | None) -> None:
+    expected = "Uses e.g. a relay on X8.9 at 10.48.54.229." if sentence is None else sentence
+    assert first_sentence(text) == expected
+
+
+# --- extends ---------------------------------------------------------------------------------
+
+
+def test_a_child_overrides_one_nested_value(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "parent.yaml",
+        """
+        name: parent
+        description: The parent. It sets a deadline.
+        deadline: 9
+        actors:
+          cms:
+            turn: {username: turn, password: secret, lifetime: 300}
+        faults:
+          - drop: {from: cms}
+        expect:
+          outcome: sharing-established
+          messages: [{summary: Allocate Request}]
+        """,
+    )
+    child = write(
+        tmp_path,
+        "wrong-password.yaml",
+        """
+        extends: parent.yaml
+        actors:
+          cms:
+            turn:
+              password: wrong
+        """,
+    )
+    scenario = load(child)
+    assert scenario.actors.cms.turn.password == "wrong"
+    # Everything else comes from the parent, siblings of the overridden key included ...
+    assert scenario.actors.cms.turn.username == "turn"
+    assert scenario.actors.cms.turn.lifetime == 300
+    assert scenario.deadline == 9
+    assert scenario.faults == [{"drop": {"from": "cms"}}]
+    assert [m.summary for m in scenario.expect.messages] == ["Allocate Request"]
+    # ... except its identity.
+    assert scenario.name == "wrong-password"
+    assert scenario.description == ""
+    assert scenario.extends == "parent.yaml"
+
+
+def test_lists_and_expect_are_replaced_whole(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "parent.yaml",
+        """
+        faults: [{drop: {from: cms}}, {drop: {from: skype_edge}}]
+        expect:
+          outcome: sharing-established
+          messages: [{summary: ConnectionBind Success Response}]
+        """,
+    )
+    child = write(
+        tmp_path,
+        "child.yaml",
+        """
+        extends: parent.yaml
+        faults: [{block: {from: cms, to: expressway_e}}]
+        expect: {outcome: turn-failed}
+        """,
+    )
+    scenario = load(child)
+    assert scenario.faults == [{"block": {"from": "cms", "to": "expressway_e"}}]
+    assert scenario.expect.outcome == "turn-failed"
+    assert scenario.expect.messages == []
+
+
+def test_extends_chains_and_reaches_the_bundled_lab_by_name(tmp_path: Path) -> None:
+    # Not in tmp_path: found in the bundled library.
+    write(tmp_path, "middle.yaml", "extends: sharing-call.yaml\nclock: virtual\n")
+    leaf = write(tmp_path, "leaf.yaml", "extends: middle.yaml\ncall: {hold: 1.5}\n")
+    scenario = load(leaf)
+    assert (scenario.clock, scenario.call.hold, scenario.name) == ("virtual", 1.5, "leaf")
+    assert scenario.actors.skype_edge.address == "192.168.1.252"
+    assert scenario.expect == load(SHARING_CALL).expect
+
+
+def test_loads_resolves_extends_against_base(tmp_path: Path) -> None:
+    write(tmp_path, "p.yaml", "deadline: 3\n")
+    scenario = loads("extends: p.yaml\n", base=tmp_path)
+    assert scenario.deadline == 3
+    assert scenario.name == "scenario"
+    named = loads("extends: p.yaml\n", source=str(tmp_path / "from-text.yaml"))
+    assert named.name == "from-text" and named.deadline == 3
+
+
+# --- errors: file:line -----------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_has_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "syntax.yaml", "name: x\ncall:\n  hold: [1, 2\nclock: live\n")
+    error = error_of(path)
+    assert (error.path, error.line) == (str(path), 4)
+    assert str(error).startswith(f"{path}:4: YAML: ")
+
+
+def test_unknown_key_is_reported_at_the_key_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "typo.yaml",
+        """
+        actors:
+          cms:
+            turn:
+              lifetime: 600
+              lifetme: 60
+        """,
+    )
+    error = error_of(path)
+    assert error.line == 5
+    assert str(error) == (
+        f"{path}:5: unknown key 'lifetme' in actors.cms.turn; did you mean 'lifetime'?"
+    )
+
+
+def test_unknown_key_with_a_block_value_is_reported_at_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "block.yaml", "actors:\n  cmss:\n    address: 10.0.0.1\n")
+    assert str(error_of(path)) == (f"{path}:2: unknown key 'cmss' in actors; did you mean 'cms'?")
+
+
+def test_unknown_top_level_key_lists_what_is_known(tmp_path: Path) -> None:
+    path = write(tmp_path, "top.yaml", "name: x\n\nzzz: 1\n")
+    error = error_of(path)
+    assert error.line == 3
+    assert "unknown key 'zzz' in the scenario; known keys: name, description, extends" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line", "message"),
+    [
+        ("clock: lve\n", 1, "clock: Input should be 'live' or 'virtual' (got 'lve')"),
+        ("name: x\ndeadline: 0\n", 2, "deadline: Input should be greater than 0 (got 0)"),
+        # Quoted numbers are strings: YAML typed them, nothing is coerced.
+        ("deadline: '20'\n", 1, "deadline: Input should be a valid number (got '20')"),
+        (
+            "actors:\n  cms:\n    address: 10.48.54.300\n",
+            3,
+            "actors.cms.address: not an IPv4 address in dotted form",
+        ),
+        (
+            "actors:\n  skype_edge:\n    sip_port: 70000\n",
+            3,
+            "actors.skype_edge.sip_port: Input should be less than or equal to 65535",
+        ),
+        (
+            "actors:\n  expressway_e:\n    turn:\n      relay_ports:\n"
+            "        - 3000\n        - 2000\n",
+            6,
+            "actors.expressway_e.turn.relay_ports[1]: the range ends (2000) below its start",
+        ),
+        ("latency: -1\n", 1, "latency: Input should be greater than or equal to 0"),
+        (
+            "links:\n  - between: [cms, expressway_e]\n    latency: 0.1\n"
+            "  - between: [expressway_e, cms]\n    latency: 0.2\n",
+            4,
+            "links[1].between: links[0] already sets the latency between these actors",
+        ),
+        ("links:\n  - between: [cms, nobody]\n    latency: 1\n", 2, "links[0].between[1]: Input"),
+        ("links:\n  - between: [cms, skype_edge]\n", 2, "links[0]: missing latency"),
+        (
+            "reachability:\n  - [cms, expressway_e]\n  - [skype_client, expressway]\n",
+            3,
+            "reachability[1][1]: Input should be 'skype_client'",
+        ),
+        (
+            "expect:\n  messages:\n    - summary: INVITE\n      from: cms\n      to: somebody\n",
+            5,
+            "expect.messages[0].to: Input should be",
+        ),
+        (
+            "expect:\n  messages:\n    - summary: INVITE\n      present: false\n      count: 2\n",
+            5,
+            "expect.messages[0].count: present: false contradicts count: 2",
+        ),
+        ("expect:\n  outcome: fine\n", 2, "expect.outcome: Input should be 'sharing-established'"),
+        (
+            "call:\n  check_layout_skype:\n    - USERNAME\n    - PRIORTY\n",
+            4,
+            "call.check_layout_skype[1]: 'PRIORTY' is not a STUN attribute labsim knows; "
+            "did you mean PRIORITY?",
+        ),
+        (
+            "call:\n  check_layout_cms: [USERNAME, USERNAME]\n",
+            2,
+            "call.check_layout_cms[1]: USERNAME is listed twice",
+        ),
+        (
+            "actors:\n  cms:\n    address: 10.48.54.229\n",
+            3,
+            "actors.cms.address: 10.48.54.229 is already expressway_e's address",
+        ),
+        (
+            "actors:\n  expressway_e:\n    traversal_port: 3478\n",
+            3,  # at the port written, not at turn.port, a default
+            "actors.expressway_e.traversal_port: traversal_port and turn.port are both port 3478",
+        ),
+        (
+            "actors:\n  expressway_e:\n    turn:\n      relay_ports: [5100, 6000]\n"
+            "    sip_port: 5060\n    traversal_port: 5500\n",
+            4,
+            "actors.expressway_e.turn.relay_ports: the relay range 5100-6000 holds "
+            "traversal_port 5500",
+        ),
+        ("actors:\n  cms:\n    ice_pwd: short\n", 3, "actors.cms.ice_pwd: String should match"),
+        (
+            "actors:\n  cms:\n    sharing_allowed: 1\n",
+            3,
+            "actors.cms.sharing_allowed: Input should be a valid boolean (got 1)",
+        ),
+        ("faults: {drop: x}\n", 1, "faults: Input should be a valid list"),
+    ],
+)
+def test_wrong_values_are_reported_at_their_line(
+    tmp_path: Path, yaml_text: str, line: int, message: str
+) -> None:
+    path = write(tmp_path, "bad.yaml", yaml_text)
+    error = error_of(path)
+    assert (error.path, error.line) == (str(path), line), str(error)
+    assert str(error).startswith(f"{path}:{line}: {message}"), str(error)
+
+
+def test_several_mistakes_are_all_reported_in_line_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "many.yaml", "deadline: -1\nclock: x\ncall: {hold: no}\n")
+    error = error_of(path)
+    assert [line.split(": ")[0] for line in str(error).splitlines()] == [
+        f"{path}:1",
+        f"{path}:2",
+        f"{path}:3",
+    ]
+    assert [other.line for other in error.others] == [2, 3]
+
+
+def test_duplicate_keys_are_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "dup.yaml", "call:\n  hold: 1\n  bye_from: cms\n  hold: 2\n")
+    assert str(error_of(path)) == f"{path}:4: duplicate key 'hold' (first at line 2)"
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "merge.yaml",
+        """
+        x-defaults: &turn {username: turn, password: secret}
+        """,
+    )
+    # Unknown top-level keys stay errors, even as anchors' homes ...
+    assert error_of(path).line == 1
+    merged = write(
+        tmp_path,
+        "merged.yaml",
+        """
+        actors:
+          cms:
+            turn: &t {username: turn, password: secret}
+          skype_client: {user: "sip:bob@skype.lab"}
+        faults:
+          - {<<: *t, password: other}
+        """,
+    )
+    # ... while a << merge and a key overriding it are fine.
+    assert load(merged).faults == [{"username": "turn", "password": "other"}]
+
+
+def test_a_key_that_yaml_reads_as_a_boolean(tmp_path: Path) -> None:
+    path = write(tmp_path, "on.yaml", "faults:\n  - on: cms\n")
+    assert str(error_of(path)) == f"{path}:2: key True is not a string (quote it)"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("", 1, "the file is empty"),
+        ("# only a comment\n", 1, "the file is empty"),
+        ("- a\n- b\n", 1, "a scenario is a mapping of keys (name, actors, call, ...), not a list"),
+        (
+            "# a comment\n\njust text\n",
+            3,
+            "a scenario is a mapping of keys (name, actors, call, ...), not",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_mapping(tmp_path: Path, text: str, line: int, message: str) -> None:
+    path = write(tmp_path, "odd.yaml", text)
+    assert str(error_of(path)).startswith(f"{path}:{line}: {message}")
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    assert str(error_of(path)).startswith(f"{path}:1: cannot read {path}: ")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: x\ndescription: caf\xe9\n")
+    assert str(error_of(path)).startswith(f"{path}:2: not UTF-8 text")
+
+
+def test_a_missing_extends_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "child.yaml", "name: child\nextends: nowhere.yaml\n")
+    error = error_of(path)
+    assert (error.path, error.line) == (str(path), 2)
+    assert "extends: no scenario file nowhere.yaml" in error.message
+
+
+def test_extends_must_be_a_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "child.yaml", "extends: [a.yaml]\n")
+    assert str(error_of(path)) == f"{path}:1: extends: expected the path of a scenario file"
+
+
+def test_an_extends_cycle(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", "extends: b.yaml\n")
+    b = write(tmp_path, "b.yaml", "name: b\n\nextends: a.yaml\n")
+    error = error_of(a)
+    # The loop closes in b.yaml, at its extends line.
+    assert (error.path, error.line) == (str(b), 3)
+    assert error.message == "extends: cycle a.yaml -> b.yaml -> a.yaml"
+    self_loop = write(tmp_path, "self.yaml", "extends: self.yaml\n")
+    assert str(error_of(self_loop)) == f"{self_loop}:1: extends: cycle self.yaml -> self.yaml"
+
+
+def test_an_error_in_the_parent_is_reported_in_the_parent(tmp_path: Path) -> None:
+    parent = write(
+        tmp_path,
+        "parent.yaml",
+        """
+        name: parent
+        actors:
+          cms:
+            turn:
+              lifetime: soon
+              keepalive_frist: 5
+        """,
+    )
+    child = write(tmp_path, "child.yaml", "extends: parent.yaml\ncall: {hold: x}\n")
+    error = error_of(child)
+    # The child's own mistake first, then the parent's, each in its own file.
+    assert [str(e).split(": ")[0] for e in (error, *error.others)] == [
+        f"{child}:2",
+        f"{parent}:5",
+        f"{parent}:6",
+    ]
+    assert "actors.cms.turn.lifetime: Input should be a valid integer" in str(error.others[0])
+    assert "did you mean 'keepalive_first'?" in str(error.others[1])
+
+
+def test_an_overridden_bad_value_in_the_parent_is_no_error(tmp_path: Path) -> None:
+    write(tmp_path, "parent.yaml", "actors:\n  cms:\n    address: 300.1.1.1\n")
+    child = write(
+        tmp_path, "child.yaml", "extends: parent.yaml\nactors: {cms: {address: 10.0.0.9}}\n"
+    )
+    assert load(child).actors.cms.address == "10.0.0.9"
+
+
+def test_a_yaml_error_in_the_parent(tmp_path: Path) -> None:
+    parent = write(tmp_path, "parent.yaml", "call:\n  hold: 1\n bye_from: cms\n")
+    child = write(tmp_path, "child.yaml", "extends: parent.yaml\n")
+    error = error_of(child)
+    assert (error.path, error.line) == (str(parent), 3)
+    assert error.message.startswith("YAML: ")
+
+
+def test_loads_names_its_source() -> None:
+    with pytest.raises(ScenarioError) as info:
+        loads("clock: never\n", source="inline.yaml")
+    assert str(info.value).startswith("inline.yaml:1: clock:")
+    with pytest.raises(ScenarioError) as info:
+        loads("a: [\n")
+    assert str(info.value).startswith("<string>:2: YAML: ")
+
+
+def test_scenario_error_is_a_value_error() -> None:
+    error = ScenarioError("f.yaml", 7, "bad")
+    assert isinstance(error, ValueError)
+    assert (str(error), error.path, error.line, error.message) == (
+        "f.yaml:7: bad",
+        "f.yaml",
+        7,
+        "bad",
+    )
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+def test_network_helpers() -> None:
+    scenario = loads(
+        "latency: 0.001\nlinks: [{between: [skype_edge, expressway_e], latency: 0.04}]\n"
+    )
+    assert scenario.link_latency("expressway_e", "skype_edge") == 0.04
+    assert scenario.link_latency("cms", "expressway_c") == 0.001
+    assert scenario.can_connect("cms", "expressway_e")
+    assert not scenario.can_connect("expressway_e", "cms")
+    assert not scenario.can_connect("skype_client", "expressway_e")
+    direct = loads("actors: {skype_client: {direct_path: true}}\n")
+    assert direct.can_connect("skype_client", "expressway_e")
+
+
+def test_actor_names_are_the_five() -> None:
+    assert ACTOR_NAMES == ("skype_client", "skype_edge", "expressway_e", "expressway_c", "cms")
+    assert set(Actors.model_fields) == set(ACTOR_NAMES)
+
+
+def test_every_field_has_a_description() -> None:
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            if "properties" in node:
+                for key, prop in node["properties"].items():
+                    assert prop.get("description"), f"{where}.{key} has no description"
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+
+    walk(json_schema(), "schema")
+
+
+# --- the JSON Schema -------------------------------------------------------------------------
+
+
+def test_the_schema_file_is_up_to_date() -> None:
+    committed = (library_dir() / "schema.json").read_text(encoding="utf-8")
+    assert committed == json.dumps(json_schema(), indent=2) + "\n", (
+        "scenarios/schema.json is stale; regenerate it with "
+        "`.venv/bin/python -m labsim.scenario --schema > scenarios/schema.json`"
+    )
+
+
+def test_the_schema_uses_yaml_keys_and_forbids_unknown_ones() -> None:
+    schema = json_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["title"] == "labsim scenario"
+    assert schema["additionalProperties"] is False
+    assert "default" not in schema["properties"]["name"]
+    message = schema["$defs"]["MessageExpect"]["properties"]
+    assert {"from", "to"} <= set(message)
+    layout = schema["$defs"]["Call"]["properties"]["check_layout_cms"]["items"]
+    assert "MS-IMPLEMENTATION-VERSION" in layout["enum"]
+
+
+def test_main_prints_the_schema_and_checks_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--schema"]) == 0
+    assert capsys.readouterr().out == schema_text()
+    bad = write(tmp_path, "bad.yaml", "clock: x\n")
+    assert main([str(SHARING_CALL), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "sharing-call.yaml: ok (sharing-call)" in err
+    assert f"{bad}:1: clock:" in err
+    assert main([]) == 2
