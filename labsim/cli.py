@@ -3,7 +3,10 @@
 ``labsim decode`` reads STUN/TURN bytes as a capture shows them (hex, with or without the
 RFC 4571 length prefix the lab's ICE checks carry) and explains them: the Wireshark Info line,
 every attribute in wire order, and, given credentials, whether MESSAGE-INTEGRITY holds.
-``labsim run``, ``list`` and ``test`` arrive with the call itself (DESIGN.md, contracts).
+``labsim run SCENARIO`` runs the call (live sockets or virtual time), prints the ladder and the
+outcome, and writes the capture and the JSON when asked; ``labsim list`` shows the bundled
+scenarios. Exit codes follow DESIGN.md's contract: 0 when the scenario's expectations hold, 1
+when they do not, 2 for a bad command line or scenario file.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import re
 import struct
 import sys
+from pathlib import Path
 
 import click
+from rich.console import Console
 
 from labsim import __version__
 from labsim.wire import WireError
@@ -92,6 +97,105 @@ def _explain(msg: Message, username: str | None, realm: str | None, password: st
             key, kind = short_term_key(password), "short-term"
         verdict = "good" if msg.verify_integrity(key) else "absent or bad"
         click.echo(f"  message-integrity ({kind} key): {verdict}")
+
+
+def _scenario_path(text: str) -> Path:
+    """A file name, or the name of a bundled scenario (``sharing-call``)."""
+    from labsim.scenario import library_dir
+
+    path = Path(text)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    bundled = library_dir() / f"{text}.yaml"
+    return bundled if bundled.exists() else path
+
+
+@main.command()
+@click.argument("scenario", default="sharing-call")
+@click.option(
+    "--clock", type=click.Choice(["live", "virtual"]), help="Override the scenario's clock."
+)
+@click.option("--pcap", "pcap_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the run as a pcapng capture (lab addresses).")  # fmt: skip
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the run as JSON (scenario, outcome, messages …).")  # fmt: skip
+@click.option("--no-data", is_flag=True, help="Leave opaque relayed TCP data out of the ladder.")
+@click.option("--no-logs", is_flag=True, help="Leave the actors' notes out of the ladder.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the outcome only, no ladder.")
+@click.option("--width", type=int, help="Ladder width (default: the terminal's).")
+def run(
+    scenario: str,
+    clock: str | None,
+    pcap_file: Path | None,
+    json_file: Path | None,
+    no_data: bool,
+    no_logs: bool,
+    quiet: bool,
+    width: int | None,
+) -> None:
+    """Run a scenario (a YAML file or a bundled name; default: sharing-call) and show the call.
+
+    Prints the ladder (a column per actor, an arrow per message, TCP connects, closes and
+    resets), then the outcome and whether the scenario's expectations hold.
+    """
+    from labsim.report.json_out import write_json
+    from labsim.report.ladder import render_ladder_rich
+    from labsim.report.pcap import write_pcapng
+    from labsim.run import ACTORS, run_scenario
+    from labsim.scenario import ScenarioError, load
+
+    try:
+        sc = load(_scenario_path(scenario))
+    except ScenarioError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    console = Console(highlight=False, soft_wrap=True)
+    result = run_scenario(sc, clock)  # type: ignore[arg-type]
+    if not quiet:
+        console.print(
+            render_ladder_rich(
+                result.trace, list(ACTORS), width=width or console.width,
+                show_data=not no_data, logs=not no_logs,
+            ),
+            end="",
+        )  # fmt: skip
+        console.print()
+    wall = f"{result.wall * 1000:.0f} ms" if result.wall < 10 else f"{result.wall:.1f} s"
+    console.print(
+        f"[bold]{sc.name}[/bold] ({result.clock} clock, {wall} wall): "
+        f"outcome [bold]{result.outcome.name}[/bold] - {result.outcome.reason}"
+    )
+    if pcap_file is not None:
+        write_pcapng(result.trace, pcap_file)
+        console.print(f"capture: {pcap_file}")
+    if json_file is not None:
+        write_json(
+            result.trace, json_file, scenario=sc.name, outcome=result.outcome.name,
+            extra={"clock": result.clock, "expected": sc.expect.outcome,
+                   "failures": result.failures, "reason": result.outcome.reason},
+        )  # fmt: skip
+        console.print(f"json: {json_file}")
+    if result.failures:
+        for failure in result.failures:
+            console.print(f"[red]expectation not met:[/red] {failure}")
+        sys.exit(1)
+    console.print("[green]expectations met[/green]")
+
+
+@main.command(name="list")
+def list_command() -> None:
+    """The bundled scenarios, one line each."""
+    from labsim.scenario import ScenarioError, first_sentence, library_dir, list_scenarios
+
+    try:
+        found = list_scenarios()
+    except ScenarioError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    for path, sc in found:
+        click.echo(f"{path.stem:<28} {first_sentence(sc.description)}")
+    if not found:
+        click.echo(f"no scenarios in {library_dir()}")
 
 
 if __name__ == "__main__":  # pragma: no cover
