@@ -76,6 +76,9 @@ class SkypeClientSettings:
     sends_bye: bool = True
     reinvite_connection: str = "existing"
     """``a=connection`` in the post-ICE reINVITE and its answer (UNSURE, PROTOCOL.md §5.3)."""
+    ice_timeout: float = 10.0
+    """Seconds from the answer to a valid pair (or the reINVITE) before the client gives the
+    sharing session up with BYE, as a client whose connectivity checks fail does."""
     linger: float = 0.05
     """Seconds between the last act and ``finished`` (lets closes reach the trace)."""
     seed: int = 5061
@@ -96,6 +99,8 @@ class SkypeClient:
         self.remote: appsharing.RemoteShare | None = None
         self.checks: CheckStream | None = None
         self._relay = Address("0.0.0.0", 0)
+        self._media_open = False
+        """The media connection is open or opening."""
         self.reinvite_sent = False
         self.shared = False
         self.finished = False
@@ -157,11 +162,18 @@ class SkypeClient:
             case Connected(conn=conn) if conn == MEDIA:
                 return self._media_up(event.remote)
             case ConnectFailed(conn=conn, reason=reason) if conn == MEDIA:
-                return self._done(f"media connection failed: {reason}")
+                self._media_open = False
+                return self._give_up(f"media connection failed: {reason}")
+            case TimerFired(timer="ice"):
+                if self.shared:
+                    return []
+                return self._give_up(
+                    f"no valid candidate pair within {self.settings.ice_timeout} s"
+                )
             case Received(conn=conn, data=data) if conn == MEDIA:
                 return self._media(data)
             case Closed(conn=conn) if conn == MEDIA:
-                self.checks = None
+                self.checks, self._media_open = None, False
                 return [Log("media connection closed")]
         return []
 
@@ -203,7 +215,7 @@ class SkypeClient:
             effects = self.transport.send(ack, self.dialog.next_hop())
             return effects + self._shared() if self.shared else effects
         if method == "BYE":
-            return [Close(MEDIA), *self._done("call ended")]
+            return [*self._close_media(), *self._done("call ended")]
         return []
 
     def _invite_answered(self, response: Response) -> list[Effect]:
@@ -225,14 +237,14 @@ class SkypeClient:
         try:
             self.remote = appsharing.parse(response.body)
         except WireError as exc:
-            return [*effects, Log(f"answer without usable SDP: {exc}", "warn")]
+            return [*effects, *self._give_up(f"answer without usable SDP: {exc}")]
         relay = self.remote.relay()
         if relay is None:
-            return [*effects, Log("CMS offers no relay candidate: no media path", "warn")]
+            return [*effects, *self._give_up("CMS offers no relay candidate: no media path")]
         target = Address(relay.address, relay.port) if s.direct_path else s.edge_media
         self._relay = Address(relay.address, relay.port)
         return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
-                Connect(MEDIA, target)]  # fmt: skip
+                *self._open_media(target), StartTimer("ice", s.ice_timeout)]  # fmt: skip
 
     def _request(self, conn: str, request: Request) -> list[Effect]:
         if request.method == "ACK":
@@ -242,7 +254,7 @@ class SkypeClient:
             return self._shared()
         if request.method == "BYE":
             return [*self.transport.send_on(conn, sip.build_response(request, 200)),
-                    Close(MEDIA), *self._done("call ended by CMS")]  # fmt: skip
+                    *self._close_media(), *self._done("call ended by CMS")]  # fmt: skip
         if request.method == "INVITE" and self.dialog is not None:
             body = appsharing.build(
                 self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
@@ -259,6 +271,23 @@ class SkypeClient:
         if self.settings.sends_bye:
             effects.append(StartTimer("hold", self.settings.hold))
         return effects
+
+    def _open_media(self, target: Address) -> list[Effect]:
+        self._media_open = True
+        return [Connect(MEDIA, target)]
+
+    def _close_media(self) -> list[Effect]:
+        if not self._media_open:
+            return []
+        self._media_open = False
+        return [Close(MEDIA)]
+
+    def _give_up(self, why: str) -> list[Effect]:
+        """The sharing session cannot get media: hang up (BYE) rather than hold a dead call."""
+        effects: list[Effect] = [Log(why, "warn"), *self._close_media()]
+        if self.dialog is not None and not self._bye_sent:
+            return effects + self._bye()
+        return effects + self._done("gave up")
 
     def _bye(self) -> list[Effect]:
         if self.dialog is None or self._bye_sent:

@@ -183,6 +183,8 @@ class SipProxy:
             if txn is None:
                 continue
             code = 408 if notice.reason == "timeout" else 503
+            if message.method == "INVITE":
+                self._absorb_ack.add(txn.upstream_branch)  # the caller's ACK for our answer
             # Answer as the upstream side saw the request: without this proxy's own Via.
             upstream = txn.request
             sip.pop_via(upstream)
