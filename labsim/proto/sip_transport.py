@@ -193,6 +193,15 @@ class SipTransport:
             return [Connect(conn, to, self.timeout)]
         return self.send_on(conn, message)
 
+    def open(self, to: Address) -> list[Effect]:
+        """Open a connection to ``to`` ahead of any message (a traversal zone's link)."""
+        if self.connection_to(to) is not None:
+            return []
+        self._count += 1
+        conn = f"{self.prefix}:{self._count}"
+        self._conns[conn] = _Conn(to, open=False)
+        return [Connect(conn, to, self.timeout)]
+
     def send_on(self, conn: ConnId, message: sip.SipMessage) -> list[Effect]:
         """Send on a given connection (a response goes back the way its request came)."""
         state = self._conns.get(conn)
