@@ -49,8 +49,6 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from labsim.wire.stun import ATTRIBUTE_TYPES
-
 __all__ = [
     "ACTOR_NAMES",
     "Actors",
@@ -158,7 +156,13 @@ IceUfrag = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{4,256}$")]
 IcePwd = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{22,256}$")]
 
 #: Names an ICE check layout may list: the typed STUN attributes labsim.wire.stun can build.
-CHECK_ATTRIBUTES: tuple[str, ...] = tuple(sorted({cls.NAME for cls in ATTRIBUTE_TYPES.values()}))
+#: What an ICE check layout may list: the attributes labsim.proto.ice knows how to fill in
+#: (kept equal to its LAYOUT_NAMES by tests/test_call.py; this module may not import proto).
+CHECK_ATTRIBUTES: tuple[str, ...] = (
+    "FINGERPRINT", "ICE-CONTROLLED", "ICE-CONTROLLING", "MESSAGE-INTEGRITY",
+    "MS-CANDIDATE-IDENTIFIER", "MS-IMPLEMENTATION-VERSION", "PRIORITY", "SOFTWARE",
+    "USE-CANDIDATE", "USERNAME",
+)  # fmt: skip
 
 
 class _Model(BaseModel):
@@ -475,9 +479,9 @@ class Call(_Model):
     ice_controlling: Literal["cms", "skype_client"] = Field(
         default="cms",
         description="The controlling ICE agent, which nominates the pair (USE-CANDIDATE). In "
-        "the lab, CMS's check carries USE-CANDIDATE. The check layouts are sent as listed: "
-        "swap their ICE-CONTROLLING/ICE-CONTROLLED too when you change this (leaving both "
-        "controlling is a role conflict, RFC 8445 §7.3.1.1).",
+        "the lab, CMS's check carries USE-CANDIDATE. In the check layouts, ICE-CONTROLLING and "
+        "ICE-CONTROLLED both mark where the role attribute goes, written as the side's actual "
+        "role, and USE-CANDIDATE is written only by the controlling side.",
     )
     reinvite_from: Literal["controlling", "cms", "skype_client", "none"] = Field(
         default="controlling",
@@ -514,13 +518,15 @@ class Call(_Model):
     )
     check_layout_skype: list[str] = Field(
         default_factory=lambda: [
+            "USE-CANDIDATE",
             "USERNAME",
             "PRIORITY",
             "ICE-CONTROLLED",
             "MESSAGE-INTEGRITY",
             "FINGERPRINT",
         ],
-        description="Attributes of the Skype side's ICE Binding Request, in wire order.",
+        description="Attributes of the Skype side's ICE Binding Request, in wire order (88 "
+        "bytes as controlled agent, the lab's 90-byte frame 2596).",
         json_schema_extra={"items": {"type": "string", "enum": list(CHECK_ATTRIBUTES)}},
     )
 

@@ -66,7 +66,8 @@ class SkypeClientSettings:
     media_port: int = 50040
     ice: IceCredentials = IceCredentials("Xa3f", "Tq9sLmN2vB7xYc4ZkP1rW8dE")
     check_layout: tuple[str, ...] = (
-        "USERNAME", "PRIORITY", "ICE-CONTROLLED", "MESSAGE-INTEGRITY", "FINGERPRINT",
+        "USE-CANDIDATE", "USERNAME", "PRIORITY", "ICE-CONTROLLED", "MESSAGE-INTEGRITY",
+        "FINGERPRINT",
     )  # fmt: skip
     controlling: bool = False
     sends_reinvite: bool = False

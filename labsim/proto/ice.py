@@ -55,8 +55,10 @@ class CheckSettings:
     priority: int
     """PRIORITY of the check (RFC 5245 §7.1.2.1: the prflx priority of the local candidate)."""
     layout: tuple[str, ...]
-    foundation: bytes = b"\x00\x00\x00\x03"
-    """MS-CANDIDATE-IDENTIFIER value (MS-ICE2 §2.2.2.3)."""
+    foundation: bytes = b"3\x00\x00\x00"
+    """MS-CANDIDATE-IDENTIFIER value (MS-ICE2 §2.2.2.3): the local candidate's foundation as
+    text, NUL-padded to 4 bytes (Wireshark reads it as a string; leading NULs would show as
+    "trailing stray characters")."""
     software: str = ""
     ms_version: int = 2
     """MS-IMPLEMENTATION-VERSION value (2 = MS-ICE2)."""

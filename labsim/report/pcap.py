@@ -1,0 +1,448 @@
+"""A pcapng capture of a run, rebuilt from its trace alone.
+
+DESIGN.md asks for a capture that reads like the lab's: lab addresses, and real TCP semantics so
+``tshark -r FILE -Y "tcp and stun"`` shows the call as the lab capture does. The trace holds
+connections and messages, not segments, so the segments are rebuilt here:
+
+* every connection opens with SYN, SYN-ACK, ACK at ``ConnectionRecord.opened`` (RFC 793 §3.4,
+  the three-way handshake) and ends with FIN, FIN, ACK — or a single RST when the trace says it
+  was reset — at ``closed``, sent by the side that closed it (the client when the network did).
+  A connection the run never closed just stops;
+* every message of a direction is one PSH|ACK segment at its trace time, acknowledged by the
+  receiver a moment later (:data:`ACK_DELAY`, never later than the connection's next event).
+  Sequence and acknowledgement numbers are absolute and exact (RFC 793 §3.3), starting from
+  initial sequence numbers that look random but derive from the connection id, so a run gives
+  the same file every time. A message larger than one frame (:data:`SNAPLEN`) is cut over
+  several segments;
+* Ethernet, IPv4 and TCP headers carry no options: 54 bytes of headers per frame (74 over IPv6),
+  as in the lab capture, where a 44-byte STUN message is a 98-byte frame. IP lengths and the IP
+  and TCP checksums are computed (dpkt fills them in when the frame is built). MAC addresses
+  derive from the IP addresses;
+* a refused connect becomes a SYN answered by RST|ACK; one that timed out or was blocked, a
+  lone SYN.
+
+What the payload bytes are, per message record (see :func:`wire_payload`):
+
+* a record the trace decoded out of relayed bytes (``relayed=True``) is a second view of bytes
+  an earlier raw record already holds, so it adds no segment (its summary goes into that
+  segment's comment);
+* an RFC 4571 frame gets back the 2-byte length prefix the trace strips;
+* **opaque data the trace truncated** (it keeps only the first :data:`labsim.trace.RAW_KEEP`
+  bytes of relayed data, and its size) **is written as the kept head followed by zero bytes up
+  to the real size**, so sequence numbers stay right; the segment's comment says so.
+
+Bytes the trace never recorded as a message cannot appear: a message still incomplete when the
+run ended, and CRLF keep-alives between SIP messages (the SIP splitter skips them). Data sent
+after a reset, or by a side after its own FIN, is left out: TCP would not carry it.
+
+Each frame is timestamped ``start`` + its trace time (microseconds, the pcapng default
+resolution), frames of all connections merged into one time order; the default ``start`` is the
+lab capture's date, 2017-08-17 08:03:00 UTC. Every frame that carries a message has a pcapng
+packet comment (``opt_comment``, pcapng §3.5) naming the message as the trace decoded it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import dpkt
+
+from labsim.trace import (
+    ClosedRecord,
+    ConnectionRecord,
+    MessageRecord,
+    RefusedRecord,
+    Trace,
+)
+from labsim.wire.address import Address
+from labsim.wire.framing import frame_rfc4571
+
+#: 2017-08-17 08:03:00 UTC, the date of the lab capture (seconds since the epoch).
+LAB_CAPTURE_START = 1_502_956_980.0
+#: Ethernet (14) + IPv4 (20) + TCP (20) without options: what the lab capture shows.
+HEADER_BYTES = 54
+HEADER_BYTES_V6 = 74
+#: Frames are never cut: the interface's snapshot length holds the largest one we write.
+SNAPLEN = 65535
+#: The receive window every segment advertises. Larger than any segment we write, so Wireshark
+#: never sees a segment fill the window (each one is acknowledged before the next).
+WINDOW = 65535
+#: How long after a segment its receiver's ACK is stamped (seconds).
+ACK_DELAY = 0.0001
+
+_SYN, _ACK, _PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH
+_FIN, _RST = dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST
+_SEQ_MOD = 1 << 32
+_NEVER = float("inf")
+
+
+def wire_payload(message: MessageRecord) -> bytes | None:
+    """The TCP payload bytes a message record stands for, or None for a relayed copy.
+
+    RFC 4571 frames get their length prefix back; opaque data the trace truncated is padded
+    with zero bytes to its recorded size."""
+    if message.relayed:
+        return None
+    if message.framing == "rfc4571" and (message.protocol != "TCP" or message.error is None):
+        # A whole frame the splitter cut out (STUN or other framed data). A record with an
+        # error is what followed a framing fault: raw bytes, no prefix stripped.
+        return frame_rfc4571(message.data)
+    data = message.data
+    if len(data) < message.size:
+        data = data + bytes(message.size - len(data))
+    return data
+
+
+def write_pcapng(
+    trace: Trace, path: Path | str | BinaryIO, *, start: float = LAB_CAPTURE_START
+) -> None:
+    """Write the trace as a pcapng capture to ``path`` (a file name or a writable binary file)."""
+    frames = _Builder(trace, start).build()
+    if isinstance(path, (str, Path)):
+        with Path(path).open("wb") as fh:
+            _write(fh, frames)
+    else:
+        _write(path, frames)
+
+
+# -- frames --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Frame:
+    us: int
+    """Timestamp, microseconds since the epoch."""
+    order: tuple[int, int]
+    """(timeline index of the record that made it, position among that record's frames): keeps
+    frames of equal time in the order the trace has them."""
+    data: bytes
+    comments: list[str] = field(default_factory=list)
+
+
+def _mac(host: str) -> bytes:
+    """A locally administered unicast MAC (first octet 0x02) carrying the IP address."""
+    packed = ipaddress.ip_address(host).packed
+    return b"\x02\x00" + packed[-4:] if len(packed) == 4 else b"\x02" + packed[-5:]
+
+
+def _isn(*key: object) -> int:
+    """A random-looking, repeatable initial sequence number (RFC 793 §3.3 wants it unguessable
+    on a real host; a capture of a simulation wants it stable from run to run)."""
+    digest = hashlib.sha256(":".join(map(str, ("labsim-isn", *key))).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class _Hosts:
+    """Per-host IP identification counters (the IPv4 ID field, RFC 791)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+
+    def next_id(self, host: str) -> int:
+        value = self._ids.get(host)
+        if value is None:
+            value = _isn("ip-id", host) & 0xFFFF
+        self._ids[host] = (value + 1) & 0xFFFF
+        return value
+
+
+def _packet(
+    hosts: _Hosts, src: Address, dst: Address, seq: int, ack: int, flags: int, payload: bytes
+) -> bytes:
+    tcp = dpkt.tcp.TCP(
+        sport=src.port, dport=dst.port, seq=seq, ack=ack, flags=flags, win=WINDOW, data=payload
+    )
+    tcp.off = 5  # no options: a 20-byte TCP header, as in the lab capture
+    src_ip, dst_ip = ipaddress.ip_address(src.host), ipaddress.ip_address(dst.host)
+    ip: Any
+    if src_ip.version == 4:
+        ip = dpkt.ip.IP(
+            src=src_ip.packed, dst=dst_ip.packed, p=dpkt.ip.IP_PROTO_TCP, ttl=64,
+            id=hosts.next_id(src.host), data=tcp,
+        )  # fmt: skip
+        ip.df = 1  # Linux sets DF on TCP (path MTU discovery)
+        ip.len = 20 + 20 + len(payload)
+        eth_type = dpkt.ethernet.ETH_TYPE_IP
+    else:
+        ip = dpkt.ip6.IP6(
+            src=src_ip.packed, dst=dst_ip.packed, nxt=dpkt.ip.IP_PROTO_TCP, hlim=64, data=tcp
+        )
+        ip.plen = 20 + len(payload)
+        eth_type = dpkt.ethernet.ETH_TYPE_IP6
+    eth = dpkt.ethernet.Ethernet(src=_mac(src.host), dst=_mac(dst.host), type=eth_type, data=ip)
+    # bytes() computes the IP header checksum and the TCP checksum over the pseudo-header.
+    return bytes(eth)
+
+
+def _max_segment(address: Address) -> int:
+    header = HEADER_BYTES if ipaddress.ip_address(address.host).version == 4 else HEADER_BYTES_V6
+    return SNAPLEN - header
+
+
+@dataclass
+class _End:
+    address: Address
+    seq: int
+    """Next sequence number this side sends."""
+    fin: bool = False
+
+
+class _Tcp:
+    """One connection's sequence space, turning trace records into segments."""
+
+    def __init__(self, builder: _Builder, record: ConnectionRecord) -> None:
+        self.builder = builder
+        self.record = record
+        self.ends = {
+            True: _End(record.client_addr, _isn(record.id, "client")),
+            False: _End(record.server_addr, _isn(record.id, "server")),
+        }
+        self.last_t = record.opened
+        self.reset = False
+        self.closer: bool | None = None
+        """The side that sent the first FIN (True: the client)."""
+
+    def emit(self, t: float, from_client: bool, flags: int, payload: bytes = b"") -> _Frame:
+        me, peer = self.ends[from_client], self.ends[not from_client]
+        ack = peer.seq if flags & _ACK else 0
+        data = _packet(self.builder.hosts, me.address, peer.address, me.seq, ack, flags, payload)
+        # SYN and FIN each take one sequence number (RFC 793 §3.3).
+        me.seq = (me.seq + len(payload) + (1 if flags & (_SYN | _FIN) else 0)) % _SEQ_MOD
+        self.last_t = max(self.last_t, t)
+        return self.builder.add(self.last_t, data)
+
+    def open(self) -> None:
+        t = self.record.opened
+        self.emit(t, True, _SYN)
+        self.emit(t, False, _SYN | _ACK)
+        self.emit(t, True, _ACK)
+
+    def data(
+        self, message: MessageRecord, payload: bytes, next_t: float, last: bool
+    ) -> _Frame | None:
+        """Segments for one message; ``last``: no later message in its direction."""
+        from_client = _from_client(message, self.record)
+        if self.reset or self.ends[from_client].fin:
+            return None  # nothing leaves a side after its FIN or after a reset
+        t = max(message.t, self.last_t)
+        step = _max_segment(self.ends[from_client].address)
+        first: _Frame | None = None
+        for offset in range(0, len(payload), step):
+            final = offset + step >= len(payload)
+            frame = self.emit(t, from_client, _PSH | _ACK, payload[offset : offset + step])
+            first = first or frame
+            self.emit(min(t + ACK_DELAY, next_t) if final else t, not from_client, _ACK)
+        if self.closer is not None and from_client != self.closer and last:
+            # The peer finished sending after the other side's FIN: now it closes its half.
+            self._second_fin(self.last_t, next_t)
+        return first
+
+    def close(self, t: float, reset: bool, peer_sends_more: bool, next_t: float) -> None:
+        from_client = _closed_by_client(self.record)
+        t = max(t, self.last_t)
+        if reset:
+            self.emit(t, from_client, _RST | _ACK)
+            self.reset = True
+            return
+        self.closer = from_client
+        self.emit(t, from_client, _FIN | _ACK)
+        self.ends[from_client].fin = True
+        if peer_sends_more:
+            # A half-close (RFC 793 §3.5): the peer acknowledges the FIN and goes on sending.
+            self.emit(min(t + ACK_DELAY, next_t), not from_client, _ACK)
+        else:
+            self._second_fin(t, next_t)
+
+    def _second_fin(self, t: float, next_t: float) -> None:
+        other = not self.closer
+        self.emit(min(t + ACK_DELAY, next_t), other, _FIN | _ACK)
+        self.ends[other].fin = True
+        self.emit(min(t + 2 * ACK_DELAY, next_t), not other, _ACK)
+
+
+def _from_client(message: MessageRecord, record: ConnectionRecord) -> bool:
+    # By address, not name: an actor may connect to itself.
+    return message.src_addr == record.client_addr
+
+
+def _closed_by_client(record: ConnectionRecord) -> bool:
+    """Which side's segments close it: the server's only when the server closed it; when the
+    network did (``closed_by`` names neither actor), the client's, as good as any."""
+    return not (record.closed_by == record.server and record.closed_by != record.client)
+
+
+class _Builder:
+    def __init__(self, trace: Trace, start: float) -> None:
+        self.trace = trace
+        self.start_us = round(start * 1_000_000)
+        self.hosts = _Hosts()
+        self.frames: list[_Frame] = []
+        self._index = 0
+        self._sub = 0
+
+    def add(self, t: float, data: bytes) -> _Frame:
+        frame = _Frame(self.start_us + round(t * 1_000_000), (self._index, self._sub), data)
+        self._sub += 1
+        self.frames.append(frame)
+        return frame
+
+    def build(self) -> list[_Frame]:
+        timeline = self.trace.timeline
+        next_t = self._next_times()
+        last_data = self._last_data()
+        conns: dict[int, _Tcp] = {}
+        last_raw: dict[tuple[int, bool], _Frame] = {}
+        refused_ports = _RefusedPorts(self.trace)
+        for index, record in enumerate(timeline):
+            self._index, self._sub = index, 0
+            if isinstance(record, ConnectionRecord):
+                conns[record.id] = tcp = _Tcp(self, record)
+                tcp.open()
+            elif isinstance(record, MessageRecord):
+                tcp_or_none = conns.get(record.connection)
+                if tcp_or_none is None:
+                    continue
+                key = (record.connection, _from_client(record, tcp_or_none.record))
+                payload = wire_payload(record)
+                if payload is None:
+                    # A decoded view of bytes the preceding raw segment already carries.
+                    if key in last_raw:
+                        last_raw[key].comments.append(f"relayed: {record.summary}")
+                    continue
+                frame = tcp_or_none.data(record, payload, next_t[index], last_data[key] == index)
+                if frame is None:
+                    continue
+                frame.comments.append(_comment(record))
+                if record.framing == "raw":
+                    last_raw[key] = frame
+            elif isinstance(record, ClosedRecord):
+                conn = record.connection
+                tcp_or_none = conns.get(conn.id)
+                if tcp_or_none is None or conn.closed_by is None:
+                    continue
+                peer_is_client = not _closed_by_client(conn)
+                more = last_data.get((conn.id, peer_is_client), -1) > index
+                tcp_or_none.close(record.t, conn.reset, more, next_t[index])
+            elif isinstance(record, RefusedRecord):
+                self._refused(record, refused_ports.take(record.client_host), index)
+        self.frames.sort(key=lambda f: (f.us, f.order))
+        return self.frames
+
+    def _refused(self, record: RefusedRecord, port: int, index: int) -> None:
+        client = Address(record.client_host, port)
+        isn = _isn("refused", index)
+        self.add(record.t, _packet(self.hosts, client, record.server_addr, isn, 0, _SYN, b""))
+        if record.reason.startswith("refused"):
+            # No listener: the server's TCP answers the SYN with RST|ACK (RFC 793 §3.4, "Reset
+            # Generation", group 1). A timeout or a block leaves the SYN unanswered.
+            packet = _packet(
+                self.hosts, record.server_addr, client, 0, (isn + 1) % _SEQ_MOD, _RST | _ACK, b""
+            )
+            self.add(record.t + ACK_DELAY, packet)
+
+    def _next_times(self) -> list[float]:
+        """For each timeline record of a connection, the time of that connection's next record:
+        the latest a receiver's ACK may be stamped without overtaking it."""
+        out = [_NEVER] * len(self.trace.timeline)
+        upcoming: dict[int, float] = {}
+        for index in range(len(self.trace.timeline) - 1, -1, -1):
+            record = self.trace.timeline[index]
+            conn = _conn_of(record)
+            if conn is None:
+                continue
+            out[index] = upcoming.get(conn, _NEVER)
+            upcoming[conn] = _time_of(record)
+        return out
+
+    def _last_data(self) -> dict[tuple[int, bool], int]:
+        """Timeline index of the last segment-carrying message per (connection, from client)."""
+        out: dict[tuple[int, bool], int] = {}
+        for index, record in enumerate(self.trace.timeline):
+            if isinstance(record, MessageRecord) and not record.relayed:
+                conn = self.trace.connections.get(record.connection)
+                if conn is not None:
+                    out[(record.connection, _from_client(record, conn))] = index
+        return out
+
+
+def _conn_of(record: object) -> int | None:
+    if isinstance(record, ConnectionRecord):
+        return record.id
+    if isinstance(record, MessageRecord):
+        return None if record.relayed else record.connection
+    if isinstance(record, ClosedRecord):
+        return record.connection.id
+    return None
+
+
+def _time_of(record: object) -> float:
+    if isinstance(record, ConnectionRecord):
+        return record.opened
+    assert isinstance(record, (MessageRecord, ClosedRecord))
+    return record.t
+
+
+def _comment(message: MessageRecord) -> str:
+    text = f"{message.src} → {message.dst}: {message.summary}"
+    if message.protocol == "TCP" and len(message.data) < message.size:
+        text += (
+            f" (the trace kept the first {len(message.data)} of {message.size} bytes;"
+            " the rest is written as zeros)"
+        )
+    return text
+
+
+class _RefusedPorts:
+    """Source ports for connects that never opened: the trace does not record them, so each
+    gets one no connection of its host uses."""
+
+    FIRST = 60000
+
+    def __init__(self, trace: Trace) -> None:
+        self.used = {(c.client_addr.host, c.client_addr.port) for c in trace.connections.values()}
+        self.next: dict[str, int] = {}
+
+    def take(self, host: str) -> int:
+        port = self.next.get(host, self.FIRST)
+        while (host, port) in self.used:
+            port = port + 1 if port < 65535 else 1024
+        self.used.add((host, port))
+        self.next[host] = port + 1 if port < 65535 else 1024
+        return port
+
+
+# -- pcapng blocks -------------------------------------------------------------------------------
+
+
+def _write(fh: BinaryIO, frames: list[_Frame]) -> None:
+    # dpkt wants blocks in the machine's byte order (pcapng §4.1: readers handle either).
+    le = sys.byteorder == "little"
+    pcapng = dpkt.pcapng
+    option = pcapng.PcapngOptionLE if le else pcapng.PcapngOption
+    shb_class = pcapng.SectionHeaderBlockLE if le else pcapng.SectionHeaderBlock
+    idb_class = pcapng.InterfaceDescriptionBlockLE if le else pcapng.InterfaceDescriptionBlock
+    epb_class = pcapng.EnhancedPacketBlockLE if le else pcapng.EnhancedPacketBlock
+    end = option(code=pcapng.PCAPNG_OPT_ENDOFOPT)
+    shb = shb_class(opts=[option(code=pcapng.PCAPNG_OPT_SHB_USERAPPL, data=b"labsim"), end])
+    idb = idb_class(
+        snaplen=SNAPLEN,
+        linktype=dpkt.pcapng.DLT_EN10MB,
+        opts=[option(code=pcapng.PCAPNG_OPT_IF_NAME, data=b"labsim"), end],
+    )
+    # The writer puts out the section header and the interface description.
+    pcapng.Writer(fh, snaplen=SNAPLEN, linktype=pcapng.DLT_EN10MB, shb=shb, idb=idb)
+    for frame in frames:
+        opts = []
+        if frame.comments:
+            text = "\n".join(frame.comments)
+            opts = [option(code=pcapng.PCAPNG_OPT_COMMENT, text=text), end]
+        epb = epb_class(pkt_data=frame.data, opts=opts)
+        # Our own integer microseconds: Writer.writepkt goes through float seconds and stamps a
+        # zero timestamp with the current time.
+        epb.ts_high, epb.ts_low = frame.us >> 32, frame.us & 0xFFFFFFFF
+        fh.write(bytes(epb))
