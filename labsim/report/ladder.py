@@ -9,7 +9,8 @@ plain text (no escape codes: it goes into files, diffs and test asserts);
 What each row shows:
 
 * a message: ``│── Allocate Request TCP lifetime: 600 ──▶│``; its summary sits on the arrow when
-  it fits, else beside it (on the side with more room), cut with ``…`` at the width;
+  it fits, else beside it (right if it fits there, else on the side with more room), else
+  wherever most of it shows, cut with ``…``: no line is longer than the width;
 * a message the trace decoded out of relayed bytes (the ICE checks crossing a TURN relay):
   ``(relayed)`` before the summary;
 * opaque TCP data (a relay pipe): ``TCP data, N bytes``; consecutive data on the same

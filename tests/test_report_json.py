@@ -1,0 +1,149 @@
+"""labsim.report.json_out: the JSON other tools read (DESIGN.md, "Contracts other tools rely
+on")."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from labsim.report.json_out import trace_to_json, write_json
+from labsim.trace import RAW_KEEP, Trace
+from labsim.wire.address import Address
+from labsim.wire.framing import frame_rfc4571
+
+from .test_report_pcap import ALLOCATE, CHECK, ERROR_401, run_lab
+
+CMS = Address("10.48.54.230", 44342)
+EXPE = Address("10.48.54.229", 3478)
+
+
+def small_trace() -> Trace:
+    trace = Trace()
+    trace.opened(0.25, 1, "cms", CMS, "expressway_e", EXPE)
+    trace.sent(0.5, 1, True, ALLOCATE, "stun")
+    trace.sent(0.75, 1, False, ERROR_401, "stun")
+    trace.sent(1.0, 1, False, frame_rfc4571(CHECK) + bytes(400), "raw")
+    trace.log(1.1, "cms", "giving up", "warning")
+    trace.refuse(1.2, "cms", CMS.host, Address(EXPE.host, 24000), "refused")
+    trace.closed(1.5, 1, "expressway_e", reset=True)
+    return trace
+
+
+def test_shape_and_values() -> None:
+    data = trace_to_json(small_trace(), scenario="sharing-call", outcome="sharing-failed")
+    assert list(data) == [
+        "scenario", "outcome", "diagnosis", "connections", "messages", "refused", "logs"
+    ]  # fmt: skip
+    assert (data["scenario"], data["outcome"], data["diagnosis"]) == (
+        "sharing-call", "sharing-failed", None
+    )  # fmt: skip
+    assert data["connections"] == [{
+        "id": 1, "client": "cms", "server": "expressway_e",
+        "client_addr": "10.48.54.230:44342", "server_addr": "10.48.54.229:3478",
+        "opened": 0.25, "closed": 1.5, "reset": True, "closed_by": "expressway_e",
+    }]  # fmt: skip
+    first, second, raw, relayed = data["messages"]
+    assert first == {
+        "t": 0.5, "src": "cms", "dst": "expressway_e", "protocol": "STUN",
+        "summary": "Allocate Request TCP lifetime: 600", "connection": 1,
+        "src_addr": "10.48.54.230:44342", "dst_addr": "10.48.54.229:3478", "framing": "stun",
+        "size": 44, "relayed": False, "error": None, "hex": ALLOCATE.hex(),
+    }  # fmt: skip
+    assert second["src"] == "expressway_e" and second["summary"].startswith("Allocate Error")
+    # Opaque data: the head the trace kept, and the real size.
+    assert raw["protocol"] == "TCP" and raw["size"] == 110 + 400
+    assert raw["hex"] == (frame_rfc4571(CHECK) + bytes(400))[:RAW_KEEP].hex()
+    assert relayed["relayed"] is True and relayed["summary"].startswith("Binding Request")
+    assert relayed["hex"] == CHECK.hex()
+    assert data["refused"] == [{
+        "t": 1.2, "client": "cms", "client_host": "10.48.54.230",
+        "server_addr": "10.48.54.229:24000", "reason": "refused",
+    }]  # fmt: skip
+    assert data["logs"] == [{"t": 1.1, "actor": "cms", "level": "warning", "text": "giving up"}]
+
+
+def test_errors_are_reported() -> None:
+    trace = Trace()
+    trace.opened(0.0, 1, "cms", CMS, "expressway_e", EXPE)
+    trace.sent(0.1, 1, True, b"GET / HTTP/1.1\r\n\r\n", "stun")
+    (message,) = trace_to_json(trace, scenario="s", outcome="o")["messages"]
+    assert message["protocol"] == "TCP" and message["error"]
+
+
+@dataclass
+class Diagnosis:
+    code: str
+    peer: Address
+    evidence: list[int]
+
+
+class PydanticLike:
+    def model_dump(self) -> dict[str, object]:
+        return {"code": "one-way-binding", "raw": b"\x01\x02"}
+
+
+@pytest.mark.parametrize(
+    ("diagnosis", "expected"),
+    [
+        ("one-way-binding", "one-way-binding"),
+        (Diagnosis("no-relay", Address("10.48.54.229", 24000), [3, 4]),
+         {"code": "no-relay", "peer": "10.48.54.229:24000", "evidence": [3, 4]}),
+        (PydanticLike(), {"code": "one-way-binding", "raw": "0102"}),
+        (object, str(object)),
+    ],
+)  # fmt: skip
+def test_diagnosis_of_any_kind_becomes_json(diagnosis: object, expected: object) -> None:
+    data = trace_to_json(Trace(), scenario="s", outcome="o", diagnosis=diagnosis)
+    assert data["diagnosis"] == expected
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_extra_keys_are_added_but_never_replace_the_trace() -> None:
+    data = trace_to_json(Trace(), scenario="s", outcome="o", extra={"clock": "virtual"})
+    assert data["clock"] == "virtual"
+    with pytest.raises(ValueError, match="messages"):
+        trace_to_json(Trace(), scenario="s", outcome="o", extra={"messages": []})
+
+
+def test_real_flow_round_trips_through_json(tmp_path: Path) -> None:
+    trace, _ = run_lab()
+    path = tmp_path / "run.json"
+    write_json(trace, path, scenario="sharing-call", outcome="sharing-established",
+               diagnosis=None, extra={"clock": "virtual"})  # fmt: skip
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data == trace_to_json(
+        trace, scenario="sharing-call", outcome="sharing-established", extra={"clock": "virtual"}
+    )
+    messages = data["messages"]
+    decoded = [(m["summary"], m["src"], m["dst"]) for m in messages if m["protocol"] != "TCP"]
+    assert decoded == trace.sequence()
+    assert {m["protocol"] for m in messages} == {"STUN", "TCP"}
+    assert all(m["connection"] in {c["id"] for c in data["connections"]} for m in messages)
+    times = [m["t"] for m in messages]
+    assert times == sorted(times) and times[0] > 0
+    binds = [m for m in messages if m["summary"].startswith("ConnectionBind Request")]
+    assert len(binds) == 1 and bytes.fromhex(binds[0]["hex"])[:2] == b"\x00\x0b"
+    assert sum(m["relayed"] for m in messages) >= 4
+    buffer = io.StringIO()  # a text file object works too
+    write_json(trace, buffer, scenario="sharing-call", outcome="sharing-established",
+               extra={"clock": "virtual"}, indent=None)  # fmt: skip
+    assert json.loads(buffer.getvalue()) == data
+
+
+def test_renderers_read_only_the_trace() -> None:
+    """DESIGN.md: the report layer imports ``trace`` (and the ``wire`` codecs it is made of),
+    never the runtimes, protocol machines or actors."""
+    from .test_layers import ROOT, imports
+
+    modules = sorted((ROOT / "report").glob("*.py"))
+    names = {"__init__.py", "pcap.py", "ladder.py", "json_out.py"}
+    assert names <= {p.name for p in modules}
+    for path in modules:
+        for lineno, module in imports(path):
+            parts = module.split(".")
+            if parts[0] == "labsim" and len(parts) > 1:
+                assert parts[1] in {"trace", "wire", "report"}, f"{path}:{lineno}: {module}"
