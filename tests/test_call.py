@@ -99,9 +99,7 @@ def test_the_checks_cross_the_relay_as_in_the_lab(virtual_run: RunResult) -> Non
     # Binding Success Responses in both directions on the data connection.
     relayed = [m for m in trace.messages if m.connection == data_conn and m.relayed]
     assert any(m.summary.startswith("Binding Success Response") for m in relayed)
-    assert any(
-        m.src == "cms" and m.summary.startswith("Binding Success Response") for m in on_data
-    )
+    assert any(m.src == "cms" and m.summary.startswith("Binding Success Response") for m in on_data)
     # The Skype side's check reaches CMS as the lab's 90-byte segment (frame 2596).
     first_in = next(m for m in trace.messages if m.connection == data_conn
                     and m.src == "expressway_e" and m.protocol == "TCP")  # fmt: skip
