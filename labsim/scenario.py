@@ -404,11 +404,6 @@ class Cms(_Model):
     turn: TurnClientConfig = Field(
         default_factory=TurnClientConfig, description="CMS's TURN client."
     )
-    sharing_allowed: Flag = Field(
-        default=True,
-        description="false: the meeting policy refuses the share with 403 and "
-        'ms-diagnostics-public 21002 ("Attendees cannot share in this conference").',
-    )
 
 
 class Actors(_Model):

@@ -324,9 +324,9 @@ def test_unknown_top_level_key_lists_what_is_known(tmp_path: Path) -> None:
         ),
         ("actors:\n  cms:\n    ice_pwd: short\n", 3, "actors.cms.ice_pwd: String should match"),
         (
-            "actors:\n  cms:\n    sharing_allowed: 1\n",
+            "actors:\n  skype_client:\n    direct_path: 1\n",
             3,
-            "actors.cms.sharing_allowed: Input should be a valid boolean (got 1)",
+            "actors.skype_client.direct_path: Input should be a valid boolean (got 1)",
         ),
         ("faults: {drop: x}\n", 1, "faults: Input should be a valid list"),
     ],
