@@ -525,6 +525,13 @@ class LiveNetwork(Runtime):
     def _made(self, stream: _Stream, transport: asyncio.Transport) -> None:
         """A socket of the run is up: an accepted one or a connected one."""
         self._transports.add(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Every write of an actor is a message it means to send now. asyncio sets
+            # TCP_NODELAY only on sockets created with proto=IPPROTO_TCP, which ours (and
+            # accepted ones) are not; without it Nagle holds a second small message until the
+            # first is ACKed, and the peer's delayed ACK (40 ms on Linux) stalls the call.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         origin = stream.origin
         if isinstance(origin, _Outgoing):
             key = origin.key
