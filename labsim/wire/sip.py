@@ -30,6 +30,7 @@ formatters that quote only what the grammar requires.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -157,10 +158,12 @@ def _key(name: str) -> str:
     return COMPACT_FORMS.get(name.lower(), name).lower()
 
 
-def _translate(what: str, line: int | None, parse: Callable[[_A], _T], value: _A) -> _T:
+def _translate(
+    what: str, line: int | None, parse: Callable[..., _T], value: _A, *more: object
+) -> _T:
     """Run one of sipmessage's parsers on ``value``; its failures become a SipError."""
     try:
-        return parse(value)
+        return parse(value, *more)
     except SipError:
         raise
     # sipmessage raises ValueError, but also KeyError/IndexError/TypeError on some inputs, and
@@ -206,7 +209,7 @@ def _check_start_line(text: str, line: int) -> tuple[str, str | None]:
     method, uri = parts[0], parts[1]
     if not _TOKEN.fullmatch(method):
         raise SipError(f"bad request method {method[:40]!r}", line=line)
-    _translate(f"Request-URI {uri[:80]!r}", line, URI.parse, uri)
+    _translate(f"Request-URI {uri[:80]!r}", line, _uri_ok, uri)
     return f"{method} {uri} SIP/2.0", method
 
 
@@ -244,6 +247,36 @@ def _split_fields(lines: list[str], first: int) -> list[_Field]:
     return fields
 
 
+# The typed checks of header values, cached by value: a message crosses four hops, and on each
+# the receiver, the trace and the outcome read it, so the same From, To, Contact, Route and
+# lower Via values come back dozens of times per call. sipmessage's parsers take ~20 us each.
+@functools.lru_cache(maxsize=4096)
+def _vias(value: str) -> tuple[tuple[int | None, bool], ...]:
+    """(port, has branch) of each Via value; ValueError etc. as sipmessage raises them."""
+    return tuple((v.port, bool(v.parameters.get("branch"))) for v in Via.parse_many(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_ok(value: str, many: bool) -> bool:
+    if many:
+        Address.parse_many(value)
+    else:
+        Address.parse(value)
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _media_type_ok(value: str) -> bool:
+    MediaType.parse(value)
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _uri_ok(value: str) -> bool:
+    URI.parse(value)
+    return True
+
+
 def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None:
     """Typed checks of the headers this package reads, each failure naming its line."""
     seen: dict[str, _Field] = {}
@@ -271,25 +304,25 @@ def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None
             # white space, would return [] instead.
             raise SipError(f"{what}: empty value", line=f.line)
         if f.key == "via":
-            parsed = _translate(what, f.line, Via.parse_many, f.value)
-            for v in parsed:
-                if v.port is not None and not 0 < v.port < 65536:
-                    raise SipError(f"Via: port {v.port} out of range", line=f.line)
+            parsed = _translate(what, f.line, _vias, f.value)
+            for port, _branch in parsed:
+                if port is not None and not 0 < port < 65536:
+                    raise SipError(f"Via: port {port} out of range", line=f.line)
             if first_via:
                 # RFC 3261 §8.1.1.7: the top Via carries the transaction's branch. Both RFC 3261
                 # (magic cookie) and older branches are accepted; see is_rfc3261_branch().
                 first_via = False
-                if not parsed[0].parameters.get("branch"):
+                if not parsed[0][1]:
                     raise SipError(
                         "top Via has no branch parameter (RFC 3261 §8.1.1.7)", line=f.line
                     )
         elif f.key in ("from", "to"):
-            _translate(what, f.line, Address.parse, f.value)
+            _translate(what, f.line, _address_ok, f.value, False)
         elif f.key in ("route", "record-route"):
-            _translate(what, f.line, Address.parse_many, f.value)
+            _translate(what, f.line, _address_ok, f.value, True)
         elif f.key == "contact":
             if f.value != "*":  # §10.2.2: "Contact: *" removes all bindings
-                _translate(what, f.line, Address.parse_many, f.value)
+                _translate(what, f.line, _address_ok, f.value, True)
         elif f.key == "call-id":
             # §25.1: callid = word [ "@" word ]; no white space inside.
             if not f.value or any(c.isspace() for c in f.value):
@@ -312,7 +345,7 @@ def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None
             if not _DIGITS.fullmatch(f.value):
                 raise SipError(f"Max-Forwards: not a number: {f.value[:40]!r}", line=f.line)
         elif f.key == "content-type":
-            _translate(what, f.line, MediaType.parse, f.value)
+            _translate(what, f.line, _media_type_ok, f.value)
         elif f.key == "content-length":
             # §20.14 (and §7.3.1 for the LWS sipp puts before the number).
             if not _DIGITS.fullmatch(f.value):
@@ -337,11 +370,20 @@ def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
     ``data`` is one message as a stream splitter cut it (header block, empty line, body).
     A message without Content-Length is accepted (its body is everything after the empty line,
     as on UDP, RFC 3261 §18.3); with one, the body must have exactly that length.
+
+    Each call returns a new message object (callers change them: a proxy pushes its Via); the
+    checks of bytes seen before are not repeated.
     """
     if isinstance(data, bytearray | memoryview):
         data = bytes(data)
     if not isinstance(data, bytes):
         raise SipError(f"a SIP message is bytes, not {type(data).__name__}")
+    return _translate("sipmessage rejected the message", None, Message.parse, _checked(data))
+
+
+@functools.lru_cache(maxsize=512)
+def _checked(data: bytes) -> bytes:
+    """The message normalized for sipmessage (unfolded, one header per line), once checked."""
     # RFC 3261 §7.5: ignore CRLFs before the start line (stream keep-alives); line numbers still
     # count them, so they match the bytes the caller holds.
     start = 0
@@ -365,13 +407,7 @@ def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
 
     # Hand sipmessage the normalized message: unfolded, one "Name: value" per line.
     text = "\r\n".join([start_line, *(f"{f.name}: {f.value}" for f in fields)])
-    msg = _translate(
-        "sipmessage rejected the message",
-        None,
-        Message.parse,
-        text.encode("utf-8") + b"\r\n\r\n" + body,
-    )
-    return msg
+    return text.encode("utf-8") + b"\r\n\r\n" + body
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +524,10 @@ def route(msg: SipMessage) -> list[Address]:
 
 def content_type(msg: SipMessage) -> MediaType | None:
     """The Content-Type (RFC 3261 §20.15), or None."""
-    return _translate("Content-Type header", None, lambda m: m.content_type, msg)
+    value: MediaType | None = _translate(
+        "Content-Type header", None, lambda m: m.content_type, msg
+    )
+    return value
 
 
 def content_length(msg: SipMessage) -> int | None:
