@@ -23,9 +23,7 @@ from labsim.wire import SdpError
 from labsim.wire.sdp import (
     Candidate,
     Connection,
-    Crypto,
     Media,
-    MediaDescription,
     Origin,
     RemoteCandidate,
     RemoteCandidates,
@@ -80,35 +78,40 @@ def build(
     connection: str = "new",
     remote: Address | None = None,
 ) -> bytes:
-    """The body: the offer/answer (``remote`` None) or a post-ICE reINVITE offer."""
-    media = MediaDescription.build(
-        Media("applicationsharing", side.active.port, "TCP/RTP/SAVP", ("127",)),
-        connection=Connection(side.active.host),
-    )
-    media.add_attribute("ice-ufrag", side.ufrag)
-    media.add_attribute("ice-pwd", side.pwd)
-    for cand in side.candidates:
-        media.add_attribute("candidate", cand)
-    if remote is not None:
-        media.add_attribute(
-            "remote-candidates", RemoteCandidates((RemoteCandidate(1, remote.host, remote.port),))
-        )
+    """The body: the offer/answer (``remote`` None) or a post-ICE reINVITE offer.
+
+    Written as text and checked once with :meth:`SessionDescription.parse` (the line-by-line
+    builders re-check the whole section on every line, which costs milliseconds per body).
+    """
     key = base64.b64encode(side.key_salt).decode("ascii")
-    media.add_attribute("crypto", Crypto.parse(f"1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^31"))
-    media.add_attribute("connection", connection)
-    media.add_attribute("rtpmap", "127 x-data/90000")
-    media.add_attribute("x-applicationsharing-session-id", "1")
-    media.add_attribute("x-applicationsharing-role", side.role)
-    media.add_attribute("x-applicationsharing-media-type", "rdp")
-    media.add_attribute("x-applicationsharing-contentflow", side.contentflow)
-    session = SessionDescription.build(
-        Origin("-", side.session_id, side.version, side.host),
-        session_name=side.session_name,
-        connection=Connection(side.active.host),
-        bandwidth="CT:99980",
-        media=[media],
-    )
-    return session.encode()
+    lines = [
+        "v=0",
+        f"o={Origin('-', side.session_id, side.version, side.host)}",
+        f"s={side.session_name}",
+        f"c={Connection(side.active.host)}",
+        "b=CT:99980",
+        "t=0 0",
+        f"m={Media('applicationsharing', side.active.port, 'TCP/RTP/SAVP', ('127',))}",
+        f"c={Connection(side.active.host)}",
+        f"a=ice-ufrag:{side.ufrag}",
+        f"a=ice-pwd:{side.pwd}",
+        *(f"a=candidate:{cand}" for cand in side.candidates),
+    ]
+    if remote is not None:
+        remote_value = RemoteCandidates((RemoteCandidate(1, remote.host, remote.port),))
+        lines.append(f"a=remote-candidates:{remote_value}")
+    lines += [
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^31",
+        f"a=connection:{connection}",
+        "a=rtpmap:127 x-data/90000",
+        "a=x-applicationsharing-session-id:1",
+        f"a=x-applicationsharing-role:{side.role}",
+        "a=x-applicationsharing-media-type:rdp",
+        f"a=x-applicationsharing-contentflow:{side.contentflow}",
+    ]
+    body = ("\r\n".join(lines) + "\r\n").encode("utf-8")
+    SessionDescription.parse(body)  # a body this module writes is one it accepts
+    return body
 
 
 @dataclass(frozen=True)
