@@ -250,18 +250,39 @@ def _split_fields(lines: list[str], first: int) -> list[_Field]:
 # The typed checks of header values, cached by value: a message crosses four hops, and on each
 # the receiver, the trace and the outcome read it, so the same From, To, Contact, Route and
 # lower Via values come back dozens of times per call. sipmessage's parsers take ~20 us each.
+# sipmessage's values are frozen dataclasses, so one parsed value can serve every message
+# that carries the same text (proxies and user agents read the same headers on every hop).
+@functools.lru_cache(maxsize=4096)
+def _parse_vias(value: str) -> tuple[Via, ...]:
+    return tuple(Via.parse_many(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_addresses(value: str) -> tuple[Address, ...]:
+    return tuple(Address.parse_many(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_address(value: str) -> Address:
+    return Address.parse(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cseq(value: str) -> CSeq:
+    return CSeq.parse(value)
+
+
 @functools.lru_cache(maxsize=4096)
 def _vias(value: str) -> tuple[tuple[int | None, bool], ...]:
     """(port, has branch) of each Via value; ValueError etc. as sipmessage raises them."""
-    return tuple((v.port, bool(v.parameters.get("branch"))) for v in Via.parse_many(value))
+    return tuple((v.port, bool(v.parameters.get("branch"))) for v in _parse_vias(value))
 
 
-@functools.lru_cache(maxsize=4096)
 def _address_ok(value: str, many: bool) -> bool:
     if many:
-        Address.parse_many(value)
+        _parse_addresses(value)
     else:
-        Address.parse(value)
+        _parse_address(value)
     return True
 
 
@@ -424,7 +445,10 @@ def _required(msg: SipMessage, name: str) -> str:
 
 def vias(msg: SipMessage) -> list[Via]:
     """All Via values, top first (RFC 3261 §20.42)."""
-    return _translate("Via header", None, lambda m: m.via, msg)
+    found: list[Via] = []
+    for value in msg.headers.getlist("Via"):
+        found += _translate("Via header", None, _parse_vias, value)
+    return found
 
 
 def top_via(msg: SipMessage) -> Via:
@@ -463,13 +487,13 @@ def via_rport(via: Via) -> int | None:
 def from_address(msg: SipMessage) -> Address:
     """The From value (RFC 3261 §20.20)."""
     value = _required(msg, "From")
-    return _translate("From header", None, Address.parse, value)
+    return _translate("From header", None, _parse_address, value)
 
 
 def to_address(msg: SipMessage) -> Address:
     """The To value (RFC 3261 §20.39)."""
     value = _required(msg, "To")
-    return _translate("To header", None, Address.parse, value)
+    return _translate("To header", None, _parse_address, value)
 
 
 def from_tag(msg: SipMessage) -> str | None:
@@ -495,7 +519,7 @@ def call_id(msg: SipMessage) -> str:
 def cseq(msg: SipMessage) -> CSeq:
     """The CSeq number and method (RFC 3261 §20.16)."""
     value = _required(msg, "CSeq")
-    return _translate("CSeq header", None, CSeq.parse, value)
+    return _translate("CSeq header", None, _parse_cseq, value)
 
 
 def _address_list(msg: SipMessage, name: str) -> list[Address]:
@@ -503,7 +527,7 @@ def _address_list(msg: SipMessage, name: str) -> list[Address]:
     for value in msg.headers.getlist(name):
         if name == "Contact" and value.strip() == "*":
             continue
-        found += _translate(f"{name} header", None, Address.parse_many, value)
+        found += _translate(f"{name} header", None, _parse_addresses, value)
     return found
 
 
@@ -930,7 +954,7 @@ def wireshark_info(msg: SipMessage) -> str:
 def _rewrite_first(
     msg: SipMessage,
     name: str,
-    parse: Callable[[str], list[_T]],
+    parse: Callable[[str], Sequence[_T]],
     fmt: Callable[[_T], str],
     new_first: _T | None,
 ) -> _T | None:
@@ -970,7 +994,7 @@ def pop_via(msg: SipMessage) -> Via:
     forwarded. On a request it undoes :func:`push_via` (a proxy answering a request it could
     not forward answers it as it received it).
     """
-    old = _rewrite_first(msg, "Via", Via.parse_many, format_via, None)
+    old = _rewrite_first(msg, "Via", _parse_vias, format_via, None)
     if old is None:
         raise SipError("no Via header to remove")
     return old
@@ -991,7 +1015,7 @@ def pop_route_if_self(msg: Request, is_self: Callable[[URI], bool]) -> Address |
     routes = route(msg)
     if not routes or not is_self(routes[0].uri):
         return None
-    return _rewrite_first(msg, "Route", Address.parse_many, format_address, None)
+    return _rewrite_first(msg, "Route", _parse_addresses, format_address, None)
 
 
 def decrement_max_forwards(msg: Request) -> bool:
@@ -1027,4 +1051,4 @@ def stamp_received(msg: Request, host: str, port: int) -> None:
         changes["rport"] = str(port)
     if changes:
         new = dataclasses.replace(top, parameters=top.parameters.replace(**changes))
-        _rewrite_first(msg, "Via", Via.parse_many, format_via, new)
+        _rewrite_first(msg, "Via", _parse_vias, format_via, new)
