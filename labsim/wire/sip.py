@@ -548,9 +548,7 @@ def route(msg: SipMessage) -> list[Address]:
 
 def content_type(msg: SipMessage) -> MediaType | None:
     """The Content-Type (RFC 3261 §20.15), or None."""
-    value: MediaType | None = _translate(
-        "Content-Type header", None, lambda m: m.content_type, msg
-    )
+    value: MediaType | None = _translate("Content-Type header", None, lambda m: m.content_type, msg)
     return value
 
 
