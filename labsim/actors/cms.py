@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from sipmessage import Request, Response
 
+from labsim.actors.common import UserAgent, check_step
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -39,15 +40,11 @@ from labsim.proto.events import (
     TimerFired,
 )
 from labsim.proto.ice import (
-    CheckAnswered,
-    CheckFailed,
-    CheckReceived,
     CheckSettings,
     CheckStream,
     IceCredentials,
 )
 from labsim.proto.sip_dialog import Dialog
-from labsim.proto.sip_transport import Incoming, SendFailed, SipTransport
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
@@ -86,13 +83,14 @@ class CmsSettings:
     seed: int = 2017
 
 
-class Cms:
+class Cms(UserAgent):
+    branch_tag = "cms"
+
     def __init__(self, settings: CmsSettings, name: str = "cms") -> None:
+        super().__init__(settings.host, settings.sip_port, random.Random(settings.seed))
         self.name = name
-        self.host = settings.host
         self.settings = settings
-        self.rng = random.Random(settings.seed)
-        self.transport = SipTransport(settings.host, (settings.sip_port,))
+        self.linger = settings.linger
         self.turn = TurnClient(settings.turn, random.Random(settings.seed + 1))
         self.tag = f"{self.rng.getrandbits(32):08x}"
         self.contact = f"<sip:meeting@{settings.host}:{settings.sip_port};transport=tcp>"
@@ -104,18 +102,9 @@ class Cms:
         self.checks: CheckStream | None = None
         self.relayed: Address | None = None
         self.shared = False
-        self.finished = False
-        self._branches = 0
         self._answered = False
         self._bye_sent = False
         self._reinvite_sent = False
-
-    def _branch(self) -> str:
-        self._branches += 1
-        return f"{sip.MAGIC_COOKIE}cms{self._branches:x}{self.rng.getrandbits(24):06x}"
-
-    def _done(self, why: str) -> list[Effect]:
-        return [Log(why), StartTimer("finish", self.settings.linger)]
 
     # -- events --------------------------------------------------------------------------------
 
@@ -124,15 +113,7 @@ class Cms:
         if isinstance(event, Started):
             effects += self.transport.start()
         elif self.transport.wants(event):
-            effects, notices = self.transport.handle(event, now)
-            for notice in notices:
-                if isinstance(notice, Incoming):
-                    try:
-                        effects += self._sip(notice.conn, notice.message, now)
-                    except WireError as exc:
-                        effects.append(Log(f"cannot use {sip.summary(notice.message)}: {exc}"))
-                elif isinstance(notice, SendFailed):
-                    effects.append(Log(f"cannot reach {notice.to}: {notice.reason}", "warn"))
+            effects = self.sip_event(event, now)
         elif isinstance(event, TimerFired) and self.turn.owns_timer(event.timer):
             effects += self.turn.handle(event, now)
         elif isinstance(event, TimerFired) and event.timer == "finish":
@@ -150,7 +131,7 @@ class Cms:
 
     # -- SIP -----------------------------------------------------------------------------------
 
-    def _sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
+    def on_sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
         if isinstance(message, Response):
             return self._response(message, now)
         request = message
@@ -226,7 +207,7 @@ class Cms:
             return []
         method = sip.cseq(response).method
         if method == "INVITE":
-            ack = self.dialog.request("ACK", self._branch(), cseq=sip.cseq(response).sequence)
+            ack = self.dialog.request("ACK", self.branch(), cseq=sip.cseq(response).sequence)
             effects = self.transport.send(ack, self.dialog.next_hop())
             if response.code == 200 and not self.shared:
                 self.shared = True
@@ -246,7 +227,7 @@ class Cms:
         if self.dialog is None or self._bye_sent:
             return []
         self._bye_sent = True
-        return self.transport.send(self.dialog.request("BYE", self._branch()),
+        return self.transport.send(self.dialog.request("BYE", self.branch()),
                                    self.dialog.next_hop())  # fmt: skip
 
     def _hang_up(self, now: float) -> list[Effect]:
@@ -275,7 +256,7 @@ class Cms:
             elif isinstance(note, PeerBindFailed):
                 effects.append(Log(f"peer connection not bound: {note.reason}", "warn"))
             elif isinstance(note, Released):
-                effects += self._done("allocation released")
+                effects += self.done("allocation released")
             elif isinstance(note, Expired):
                 effects.append(Log(f"allocation gone: {note.reason}", "warn"))
         return effects
@@ -313,26 +294,15 @@ class Cms:
 
     def _checks(self, data: bytes) -> list[Effect]:
         assert self.checks is not None and self.pipe is not None
-        was_valid = self.checks.valid
-        out, notices = self.checks.feed(data)
-        effects: list[Effect] = [Send(self.pipe, frame, "rfc4571") for frame in out]
-        for notice in notices:
-            if isinstance(notice, CheckFailed):
-                effects.append(Log(f"ICE: {notice.reason}", "warn"))
-            elif isinstance(notice, CheckAnswered):
-                effects.append(Log("ICE: our check answered"))
-            elif isinstance(notice, CheckReceived):
-                effects.append(Log("ICE: the Skype side's check answered"))
-        if self.checks.valid and not was_valid:
-            effects.append(Log("ICE: candidate pair valid in both directions"))
-            if self.settings.sends_reinvite and self.dialog is not None:
-                effects += self._reinvite()
+        effects, valid = check_step(self.checks, self.pipe, data, "the Skype side")
+        if valid and self.settings.sends_reinvite and self.dialog is not None:
+            effects += self._reinvite()
         return effects
 
     def _reinvite(self) -> list[Effect]:
         assert self.dialog is not None
         self._reinvite_sent = True
         body = self._body(version=3, remote=self._peer_candidate())
-        invite = self.dialog.request("INVITE", self._branch(), body=body,
+        invite = self.dialog.request("INVITE", self.branch(), body=body,
                                      content_type=appsharing.CONTENT_TYPE)  # fmt: skip
         return self.transport.send(invite, self.dialog.next_hop())

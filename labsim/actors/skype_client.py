@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sipmessage import Request, Response, Via
 
+from labsim.actors.common import UserAgent, check_step
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -37,15 +38,12 @@ from labsim.proto.events import (
     TimerFired,
 )
 from labsim.proto.ice import (
-    CheckAnswered,
-    CheckFailed,
-    CheckReceived,
     CheckSettings,
     CheckStream,
     IceCredentials,
 )
 from labsim.proto.sip_dialog import Dialog
-from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
+from labsim.proto.sip_transport import ConnectionLost, SendFailed
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
 
@@ -85,13 +83,14 @@ class SkypeClientSettings:
     seed: int = 5061
 
 
-class SkypeClient:
+class SkypeClient(UserAgent):
+    branch_tag = "sc"
+
     def __init__(self, settings: SkypeClientSettings, name: str = "skype_client") -> None:
+        super().__init__(settings.host, settings.sip_port, random.Random(settings.seed))
         self.name = name
-        self.host = settings.host
         self.settings = settings
-        self.rng = random.Random(settings.seed)
-        self.transport = SipTransport(settings.host, (settings.sip_port,))
+        self.linger = settings.linger
         self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.host}"
         self.tag = f"{self.rng.getrandbits(32):08x}"
         self.contact = f"<sip:alice@{settings.host}:{settings.sip_port};transport=tcp>"
@@ -104,15 +103,9 @@ class SkypeClient:
         """The media connection is open or opening."""
         self.reinvite_sent = False
         self.shared = False
-        self.finished = False
-        self._branches = 0
         self._bye_sent = False
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _branch(self) -> str:
-        self._branches += 1
-        return f"{sip.MAGIC_COOKIE}sc{self._branches:x}{self.rng.getrandbits(24):06x}"
 
     def _side(self, version: int) -> appsharing.ShareSide:
         s = self.settings
@@ -131,27 +124,13 @@ class SkypeClient:
             self.rng.randbytes(30), version=version,
         )  # fmt: skip
 
-    def _done(self, why: str) -> list[Effect]:
-        return [Log(why), StartTimer("finish", self.settings.linger)]
-
     # -- events --------------------------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, Started):
             return [*self.transport.start(), StartTimer("call", self.settings.start_delay)]
         if self.transport.wants(event):
-            effects, notices = self.transport.handle(event, now)
-            for notice in notices:
-                if isinstance(notice, Incoming):
-                    try:
-                        effects += self._sip(notice.conn, notice.message)
-                    except WireError as exc:
-                        effects.append(Log(f"cannot use {sip.summary(notice.message)}: {exc}"))
-                elif isinstance(notice, SendFailed):
-                    effects += self._done(f"cannot reach {notice.to}: {notice.reason}")
-                elif isinstance(notice, ConnectionLost) and self.dialog is None:
-                    effects.append(Log(f"SIP connection to {notice.remote} lost"))
-            return effects
+            return self.sip_event(event, now)
         match event:
             case TimerFired(timer="call"):
                 return self._call()
@@ -184,7 +163,7 @@ class SkypeClient:
         self.invite = sip.build_request(
             "INVITE",
             s.target,
-            via=Via.parse(f"SIP/2.0/TCP {s.host}:{s.sip_port};branch={self._branch()};rport"),
+            via=Via.parse(f"SIP/2.0/TCP {s.host}:{s.sip_port};branch={self.branch()};rport"),
             from_addr=f"<{s.user}>;tag={self.tag}",
             to_addr=f"<{s.target}>",
             call_id=self.call_id,
@@ -198,7 +177,13 @@ class SkypeClient:
 
     # -- SIP -----------------------------------------------------------------------------------
 
-    def _sip(self, conn: str, message: sip.SipMessage) -> list[Effect]:
+    def on_send_failed(self, notice: SendFailed) -> list[Effect]:
+        return self.done(f"cannot reach {notice.to}: {notice.reason}")
+
+    def on_connection_lost(self, notice: ConnectionLost) -> list[Effect]:
+        return [] if self.dialog else [Log(f"SIP connection to {notice.remote} lost")]
+
+    def on_sip(self, conn: str, message: sip.SipMessage, now: float) -> list[Effect]:
         if isinstance(message, Response):
             return self._response(message)
         return self._request(conn, message)
@@ -211,12 +196,12 @@ class SkypeClient:
             return self._invite_answered(response)
         if method == "INVITE":
             assert self.dialog is not None
-            ack = self.dialog.request("ACK", self._branch(), cseq=sip.cseq(response).sequence)
+            ack = self.dialog.request("ACK", self.branch(), cseq=sip.cseq(response).sequence)
             self.shared = response.code == 200
             effects = self.transport.send(ack, self.dialog.next_hop())
             return effects + self._shared() if self.shared else effects
         if method == "BYE":
-            return [*self._close_media(), *self._done("call ended")]
+            return [*self._close_media(), *self.done("call ended")]
         return []
 
     def _invite_answered(self, response: Response) -> list[Effect]:
@@ -231,9 +216,9 @@ class SkypeClient:
             )  # fmt: skip
             diag = sip.ms_diagnostics_public(response) or sip.ms_diagnostics(response)
             why = f"sharing refused: {sip.summary(response)}" + (f" ({diag})" if diag else "")
-            return [*self.transport.send(ack, s.edge), *self._done(why)]
+            return [*self.transport.send(ack, s.edge), *self.done(why)]
         self.dialog = Dialog.as_uac(self.invite, response, self.contact)
-        ack = self.dialog.request("ACK", self._branch(), cseq=1)
+        ack = self.dialog.request("ACK", self.branch(), cseq=1)
         effects = self.transport.send(ack, self.dialog.next_hop())
         try:
             self.remote = appsharing.parse(response.body)
@@ -255,7 +240,7 @@ class SkypeClient:
             return self._shared()
         if request.method == "BYE":
             return [*self.transport.send_on(conn, sip.build_response(request, 200)),
-                    *self._close_media(), *self._done("call ended by CMS")]  # fmt: skip
+                    *self._close_media(), *self.done("call ended by CMS")]  # fmt: skip
         if request.method == "INVITE" and self.dialog is not None:
             body = appsharing.build(
                 self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
@@ -288,13 +273,13 @@ class SkypeClient:
         effects: list[Effect] = [Log(why, "warn"), *self._close_media()]
         if self.dialog is not None and not self._bye_sent:
             return effects + self._bye()
-        return effects + self._done("gave up")
+        return effects + self.done("gave up")
 
     def _bye(self) -> list[Effect]:
         if self.dialog is None or self._bye_sent:
             return []
         self._bye_sent = True
-        bye = self.dialog.request("BYE", self._branch())
+        bye = self.dialog.request("BYE", self.branch())
         return self.transport.send(bye, self.dialog.next_hop())
 
     # -- media ---------------------------------------------------------------------------------
@@ -314,20 +299,9 @@ class SkypeClient:
     def _media(self, data: bytes) -> list[Effect]:
         if self.checks is None:
             return []
-        was_valid = self.checks.valid
-        out, notices = self.checks.feed(data)
-        effects: list[Effect] = [Send(MEDIA, frame, "rfc4571") for frame in out]
-        for notice in notices:
-            if isinstance(notice, CheckFailed):
-                effects.append(Log(f"ICE: {notice.reason}", "warn"))
-            elif isinstance(notice, CheckAnswered):
-                effects.append(Log("ICE: our check answered"))
-            elif isinstance(notice, CheckReceived):
-                effects.append(Log("ICE: CMS's check answered"))
-        if self.checks.valid and not was_valid:
-            effects.append(Log("ICE: candidate pair valid in both directions"))
-            if self.settings.sends_reinvite:
-                effects += self._reinvite()
+        effects, valid = check_step(self.checks, MEDIA, data, "CMS")
+        if valid and self.settings.sends_reinvite:
+            effects += self._reinvite()
         return effects
 
     def _reinvite(self) -> list[Effect]:
@@ -337,6 +311,6 @@ class SkypeClient:
             self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
         )
         invite = self.dialog.request(
-            "INVITE", self._branch(), body=body, content_type=appsharing.CONTENT_TYPE
+            "INVITE", self.branch(), body=body, content_type=appsharing.CONTENT_TYPE
         )
         return self.transport.send(invite, self.dialog.next_hop())
