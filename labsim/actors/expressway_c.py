@@ -40,4 +40,6 @@ class ExpresswayC(ProxyElement):
             *super().start(now),
             Log(f"traversal zone: connecting to Expressway-E {self.settings.traversal}"),
             *self.transport.open(self.settings.traversal),
+            # The zone toward CMS carries the meeting's audio/video call already.
+            *self.transport.open(self.settings.cms),
         ]

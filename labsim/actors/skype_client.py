@@ -128,7 +128,13 @@ class SkypeClient(UserAgent):
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, Started):
-            return [*self.transport.start(), StartTimer("call", self.settings.start_delay)]
+            # The client's connection to its Edge exists before it shares: it is registered and
+            # already in the meeting's audio/video call (the new INVITE has its own Call-ID).
+            return [
+                *self.transport.start(),
+                *self.transport.open(self.settings.edge),
+                StartTimer("call", self.settings.start_delay),
+            ]
         if self.transport.wants(event):
             return self.sip_event(event, now)
         match event:

@@ -91,7 +91,13 @@ class SkypeEdge(ProxyElement):
             self.relay_target = Address(relay.address, relay.port)
 
     def start(self, now: float) -> list[Effect]:
-        return [*super().start(now), Listen(self.media_address)]
+        # The federation connection to Expressway-E is up before the sharing INVITE: the
+        # audio/video call of the same meeting already runs over it (Cisco 212580).
+        return [
+            *super().start(now),
+            Listen(self.media_address),
+            *self.transport.open(self.settings.expressway_e),
+        ]
 
     def other(self, event: Event, now: float) -> list[Effect] | None:
         match event:
