@@ -129,7 +129,10 @@ class Link:
 class End:
     """One actor's end of a connection."""
 
-    __slots__ = ("link", "st", "conn", "is_client", "local", "remote", "open", "io", "outbuf")
+    __slots__ = (
+        "link", "st", "conn", "is_client", "local", "remote", "open", "io", "outbuf",
+        "feeders", "write_paused", "read_pauses",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -154,6 +157,14 @@ class End:
         self.io = io
         #: Sends of the effect list being carried out, written as one when it is done.
         self.outbuf: list[bytes] | None = None
+        #: Backpressure (live runtime): the ends of the same actor whose received bytes made it
+        #: send on this one (a relay's other side). While this end's write buffer is over the
+        #: high-water mark they are not read, so a slow reader cannot make a relay buffer
+        #: without bound; the kernel's window then slows the fast sender down, as TCP does.
+        self.feeders: set[End] | None = None
+        self.write_paused = False
+        #: How many paused ends this one currently feeds (reading resumes at 0).
+        self.read_pauses = 0
 
     @property
     def peer(self) -> End | None:
@@ -186,6 +197,8 @@ class Runtime:
         self._stop_when: StopWhen | None = None
         self._corked: list[End] = []
         self._stopping = False
+        #: The end whose bytes the actor is handling (for backpressure bookkeeping).
+        self._source: End | None = None
         self._started = False
         self._apply_table: dict[type, Callable[[ActorState, Any, float], None]] = {
             Send: self._do_send,
@@ -342,6 +355,9 @@ class Runtime:
             self._unknown_conn(st, effect, now)
             return
         data = effect.data
+        source = self._source
+        if source is not None and source is not end and source.st is st:
+            self._note_feeder(source, end)
         if data:
             end.link.framing = effect.protocol
             self.trace.sent(now, end.link.gid, end.is_client, data, effect.protocol)
@@ -351,6 +367,36 @@ class Runtime:
                 self._corked.append(end)
             else:
                 buf.append(data)
+
+    def _note_feeder(self, source: End, end: End) -> None:
+        feeders = end.feeders
+        if feeders is None:
+            feeders = end.feeders = set()
+        if source not in feeders:
+            feeders.add(source)
+            if end.write_paused:
+                self._pause_feeder(source)
+
+    def _write_pressure(self, end: End, paused: bool) -> None:
+        """The write buffer of ``end`` went over (or back under) its high-water mark."""
+        if end.write_paused == paused:
+            return
+        end.write_paused = paused
+        for feeder in end.feeders or ():
+            if paused:
+                self._pause_feeder(feeder)
+            else:
+                feeder.read_pauses -= 1
+                if feeder.read_pauses == 0 and feeder.open:
+                    self._io_reading(feeder, True)
+
+    def _pause_feeder(self, feeder: End) -> None:
+        feeder.read_pauses += 1
+        if feeder.read_pauses == 1 and feeder.open:
+            self._io_reading(feeder, False)
+
+    def _io_reading(self, end: End, on: bool) -> None:
+        """Resume (``on``) or pause reading ``end``; runtimes without buffers do nothing."""
 
     def _flush(self) -> None:
         """Write what each connection was sent by one effect list, as one write: the bytes one
@@ -488,7 +534,11 @@ class Runtime:
                 # The sender is outside the run: nobody else will put its bytes in the trace.
                 link = end.link
                 self.trace.sent(self.now(), link.gid, not end.is_client, data, link.framing)
-            self.deliver(end.st, Received(end.conn, data))
+            self._source = end
+            try:
+                self.deliver(end.st, Received(end.conn, data))
+            finally:
+                self._source = None
 
     def _peer_closed(self, end: End, reset: bool, by: str) -> None:
         """The far side closed (FIN after all data, or RST) or the network dropped it."""

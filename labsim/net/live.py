@@ -158,6 +158,14 @@ class _Stream(asyncio.BufferedProtocol):
             except Exception as exc:  # noqa: BLE001
                 net._internal(exc)
 
+    def pause_writing(self) -> None:
+        if self.end is not None:
+            self.net._write_pressure(self.end, True)
+
+    def resume_writing(self) -> None:
+        if self.end is not None:
+            self.net._write_pressure(self.end, False)
+
     def eof_received(self) -> bool:
         end = self.end
         if end is not None and end.open:
@@ -236,6 +244,8 @@ class LiveNetwork(Runtime):
         self._halfway: dict[_PairKey, tuple[Link, bool]] = {}
         self._internal_error: BaseException | None = None
         self._next_port: dict[str, int] = {}
+        #: How many times a relay's reading was paused because its other side could not keep up.
+        self.read_pauses = 0
 
     # -- running -------------------------------------------------------------------------------
 
@@ -615,6 +625,16 @@ class LiveNetwork(Runtime):
 
     def _io_send(self, end: End, data: bytes) -> None:
         end.io.write(data)
+
+    def _io_reading(self, end: End, on: bool) -> None:
+        transport: asyncio.Transport = end.io
+        if transport.is_closing():
+            return
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+            self.read_pauses += 1
 
     def _io_close(self, end: End, reset: bool) -> None:
         if reset:

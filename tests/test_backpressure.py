@@ -1,0 +1,111 @@
+"""A relay never buffers without bound: when the reader of a relayed TCP pipe stops reading, the
+live runtime stops reading the other side, and the fast sender is held back by TCP itself.
+
+Our TURN server on live sockets, a passive RFC 6062 pipe (Allocate, peer connects,
+ConnectionAttempt, ConnectionBind), then the peer writes as fast as it can while the client's
+data connection never reads. Without backpressure the server would read everything and queue it
+in the data connection's write buffer (hundreds of MB in a few seconds); with it the peer's
+writes stop once the kernel buffers on both legs are full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+from labsim.net.live import LiveNetwork
+from labsim.proto.turn_server import TurnServer, TurnServerSettings
+from labsim.trace import Trace
+from labsim.wire import stun
+from labsim.wire.framing import StunSplitter
+
+PORT = 34795
+USER, PASSWORD, REALM = "turn", "secret", "TANDBERG"
+KEY = stun.long_term_key(USER, REALM, PASSWORD)
+LIMIT = 256 * 1024 * 1024  # what the peer tries to push
+BOUND = 64 * 1024 * 1024  # what may get through to buffers when nobody reads
+
+
+def _exchange(sock: socket.socket, message: stun.Message, key: bytes | None) -> stun.Message:
+    sock.sendall(message.encode(key))
+    splitter = StunSplitter()
+    while True:
+        data = sock.recv(4096)
+        assert data, "server closed the connection"
+        frames = splitter.feed(data, max_messages=1)
+        if frames:
+            return stun.decode(frames[0])
+
+
+def _authed(method: int, attrs: list[stun.Attribute], nonce: str) -> stun.Message:
+    return stun.Message.request(
+        method,
+        [*attrs, stun.Username(USER), stun.Realm(REALM), stun.Nonce(nonce),
+         stun.MessageIntegrity()],
+    )  # fmt: skip
+
+
+def _flood(result: dict[str, object]) -> None:
+    try:
+        host = "127.48.54.229"
+        control = socket.create_connection((host, PORT), timeout=5)
+        challenge = _exchange(
+            control, stun.Message.request(stun.Method.ALLOCATE, [stun.RequestedTransport(6)]), None
+        )
+        nonce = challenge.get(stun.Nonce)
+        assert nonce is not None
+        ok = _exchange(
+            control, _authed(stun.Method.ALLOCATE, [stun.RequestedTransport(6)], nonce.value), KEY
+        )
+        relayed = ok.get(stun.XorRelayedAddress)
+        assert relayed is not None, ok.summary()
+        peer = socket.create_connection((host, relayed.port), timeout=5)
+        attempt = StunSplitter().feed(control.recv(4096))
+        connection_id = stun.decode(attempt[0]).get(stun.ConnectionId)
+        assert connection_id is not None
+        data = socket.create_connection((host, PORT), timeout=5)
+        bound = _exchange(data, _authed(stun.Method.CONNECTION_BIND, [connection_id], nonce.value),
+                          KEY)  # fmt: skip
+        assert bound.cls is stun.Class.SUCCESS, bound.summary()
+        # The data connection is never read from here on.
+        peer.setblocking(False)
+        chunk = b"\x00" * 65536
+        sent, idle_since = 0, None
+        deadline = time.monotonic() + 8
+        while sent < LIMIT and time.monotonic() < deadline:
+            try:
+                sent += peer.send(chunk)
+                idle_since = None
+            except BlockingIOError:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 1.0:
+                    break  # held back for a second: the pipe is full
+                time.sleep(0.005)
+        result["sent"] = sent
+        for sock in (peer, data, control):
+            sock.close()
+    except BaseException as exc:  # reported by the test
+        result["error"] = exc
+
+
+async def test_a_reader_that_stops_holds_the_writer_back() -> None:
+    settings = TurnServerSettings(port=PORT, relay_port_min=34796, relay_port_max=34799)
+    net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings)], Trace())
+    result: dict[str, object] = {}
+    flood = threading.Thread(target=_flood, args=(result,), daemon=True)
+    started = threading.Event()
+    run = asyncio.create_task(
+        net.arun(15, stop=lambda _t: started.is_set() and not flood.is_alive())
+    )
+    await asyncio.sleep(0.2)
+    flood.start()
+    started.set()
+    await asyncio.wait_for(run, timeout=20)
+    flood.join(timeout=5)
+    assert "error" not in result, result.get("error")
+    sent = result["sent"]
+    assert isinstance(sent, int)
+    assert net.read_pauses >= 1
+    assert 0 < sent < BOUND, f"{sent / 2**20:.0f} MiB went into buffers"
