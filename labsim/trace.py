@@ -126,6 +126,10 @@ class MessageRecord:
 #: by gigabytes. The size is always kept, so a capture still gets sequence numbers right.
 RAW_KEEP = 256
 
+#: Consecutive opaque writes on one direction of one connection, once nothing in them is framed
+#: STUN any more and nothing else happened in between, are kept as one record up to this size.
+RAW_MERGE = 16 * 1024 * 1024
+
 
 @dataclass
 class RefusedRecord:
@@ -162,6 +166,7 @@ class _Direction:
     framing: str = ""
     splitter: StreamSplitter | None = None
     sent: int = 0
+    last_raw: MessageRecord | None = None
 
 
 @dataclass
@@ -238,7 +243,23 @@ class Trace:
             ))  # fmt: skip
 
         if framing == "raw":
+            last = self.messages[-1] if self.messages else None
+            if (
+                direction.splitter is None
+                and last is not None
+                and last is direction.last_raw
+                and last.size < RAW_MERGE
+            ):
+                # Bulk relayed data, sniffing over, nothing else recorded since the previous
+                # write: grow that record instead of adding one per write (a relay moving
+                # gigabytes in 64 KiB writes would otherwise keep one record per write).
+                last.size += len(data)
+                last._summary = f"TCP data, {last.size} bytes"
+                if len(last.data) < RAW_KEEP:
+                    last.data += data[: RAW_KEEP - len(last.data)]
+                return []
             add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], size=len(data))
+            direction.last_raw = out[-1]
             if direction.splitter is not None:
                 # Sniff for RFC 4571-framed STUN (the ICE checks crossing a relay) until the
                 # first frame that is not STUN: after the checks come media, or the bytes were

@@ -44,7 +44,7 @@ GOLDEN = """\
   0.001000               │                            • 401: challenge             │
   0.001500 Allocate Error Response error-code: 401 (… │───────────────────────────▶│
   0.010000               │╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌▷│ TCP connect 192.168.1.252:53577 → 10.48.54.…
-  0.011000               │◀─ TCP data ×2, 320 bytes ──│                            │
+  0.011000               │◀── TCP data, 320 bytes ────│                            │
   0.013000               │───────────────────────────▶│ Binding Request user: evtj:h6vY
   0.014000               │                            │─── TCP data, 110 bytes ───▶│
   0.014000  (relayed) Binding Request user: evtj:h6vY │───────────────────────────▶│
@@ -119,7 +119,7 @@ def test_actors_in_the_given_order_then_the_others_as_they_appear() -> None:
 def test_options_leave_out_relayed_data_and_logs() -> None:
     full = render_ladder(small_trace(), ACTORS)
     assert "(relayed) Binding Request user: evtj:h6vY" in full
-    assert "TCP data ×2, 320 bytes" in full and "TCP data, 110 bytes" in full
+    assert "TCP data, 320 bytes" in full and "TCP data, 110 bytes" in full
     assert "401: challenge" in full
     assert "(relayed)" not in render_ladder(small_trace(), ACTORS, relayed=False)
     assert "TCP data" not in render_ladder(small_trace(), ACTORS, show_data=False)
@@ -164,7 +164,7 @@ def test_network_reset_and_errors_are_marked() -> None:
 def test_ascii_mode_is_ascii() -> None:
     text = render_ladder(small_trace(), ACTORS, width=90, ascii=True)
     assert text.isascii()
-    assert "-->|" in text and "|<--" in text and "TCP data x2, 320 bytes" in text
+    assert "-->|" in text and "|<--" in text and "TCP data, 320 bytes" in text
 
 
 def test_rich_variant_has_the_same_text_and_colours() -> None:

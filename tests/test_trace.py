@@ -83,5 +83,13 @@ def test_relayed_bulk_data_is_kept_short_and_sniffing_stops() -> None:
     big = bytes(64 * 1024)  # zeros: 32768 empty RFC 4571 frames if sniffing went on
     (record,) = trace.sent(0.1, 1, True, big, "raw")
     assert record.size == len(big) and len(record.data) == 256
-    (again,) = trace.sent(0.2, 1, True, frame_rfc4571(CHECK), "raw")
-    assert again.protocol == "TCP"  # no longer sniffed
+    # No longer sniffed, and the next bulk write on that direction grows the same record.
+    assert trace.sent(0.2, 1, True, frame_rfc4571(CHECK), "raw") == []
+    assert record.size == len(big) + len(CHECK) + 2
+    assert record.summary == f"TCP data, {record.size} bytes"
+    assert [m for m in trace.messages if m.protocol == "STUN"] == []
+    # Anything recorded in between starts a new record (the ladder and the capture keep order).
+    (other,) = trace.sent(0.3, 1, False, b"reply", "raw")
+    (later,) = trace.sent(0.4, 1, True, big, "raw")
+    assert later is not record and later.size == len(big)
+    assert trace.sent(0.5, 1, True, big, "raw") == [] and later.size == 2 * len(big)
