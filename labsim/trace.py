@@ -180,6 +180,7 @@ class Trace:
     #: Every record in the order it happened, for renderers that interleave them.
     timeline: list[TimelineRecord] = field(default_factory=list)
     _directions: dict[tuple[int, bool], _Direction] = field(default_factory=dict, repr=False)
+    _last_on_conn: dict[int, MessageRecord] = field(default_factory=dict, repr=False)
 
     # -- written by the runtimes ---------------------------------------------------------------
 
@@ -243,16 +244,16 @@ class Trace:
             ))  # fmt: skip
 
         if framing == "raw":
-            last = self.messages[-1] if self.messages else None
+            last = direction.last_raw
             if (
                 direction.splitter is None
                 and last is not None
-                and last is direction.last_raw
+                and self._last_on_conn.get(conn) is last
                 and last.size < RAW_MERGE
             ):
-                # Bulk relayed data, sniffing over, nothing else recorded since the previous
-                # write: grow that record instead of adding one per write (a relay moving
-                # gigabytes in 64 KiB writes would otherwise keep one record per write).
+                # Bulk relayed data, sniffing over, nothing else recorded on this connection
+                # since the previous write: grow that record instead of adding one per write (a
+                # relay moving gigabytes in 64 KiB writes would otherwise keep one per write).
                 last.size += len(data)
                 last._summary = f"TCP data, {last.size} bytes"
                 if len(last.data) < RAW_KEEP:
@@ -312,6 +313,8 @@ class Trace:
                     add("STUN", None, frame)
             if rest is not None:
                 add("TCP", f"TCP data, {len(rest)} bytes", rest[:RAW_KEEP], error, size=len(rest))
+        if out:
+            self._last_on_conn[conn] = out[-1]
         self.messages.extend(out)
         self.timeline.extend(out)
         return out

@@ -93,3 +93,7 @@ def test_relayed_bulk_data_is_kept_short_and_sniffing_stops() -> None:
     (later,) = trace.sent(0.4, 1, True, big, "raw")
     assert later is not record and later.size == len(big)
     assert trace.sent(0.5, 1, True, big, "raw") == [] and later.size == 2 * len(big)
+    # Records on another connection (the relay's other leg) do not interrupt the merge.
+    trace.opened(0.6, 2, "expressway_e", EXPE, "cms", CMS)
+    assert len(trace.sent(0.6, 2, True, big, "raw")) == 1
+    assert trace.sent(0.7, 1, True, big, "raw") == [] and later.size == 3 * len(big)
