@@ -171,21 +171,26 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     trace = Trace()
     blocked = blocked_pairs(sc)
     start = time.perf_counter()
+    net: VirtualNetwork | LiveNetwork
     if clock == "virtual":
         links: dict[tuple[str, str], float] = {}
         for link in sc.links:
             x, y = link.between
             links[(x, y)] = links[(y, x)] = link.latency
-        VirtualNetwork(
+        net = VirtualNetwork(
             cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked
-        ).run(sc.deadline, stop=lambda _t: cast.finished())
-    else:
-        LiveNetwork(cast.all(), trace, blocked=blocked).run(
-            sc.deadline, stop=lambda _t: cast.finished()
         )
+    else:
+        net = LiveNetwork(cast.all(), trace, blocked=blocked)
+    net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
     result = RunResult(sc, clock, trace, outcome(trace), wall)
     result.failures = check(sc, result.trace, result.outcome)
+    # An actor that raised is a bug in labsim, whatever the outcome: never a passing run.
+    result.failures += [
+        f"{name} raised {type(exc).__name__}: {exc} (see its error note in the ladder)"
+        for name, exc in net.errors
+    ]
     return result
 
 

@@ -212,3 +212,28 @@ def test_scenario_check_attributes_are_the_ones_the_ice_machine_fills_in() -> No
     from labsim.scenario import CHECK_ATTRIBUTES
 
     assert set(CHECK_ATTRIBUTES) == LAYOUT_NAMES
+
+
+def test_an_actor_that_raises_fails_the_run_whatever_the_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labsim.actors.skype_edge import SkypeEdge
+
+    def broken(self: SkypeEdge, conn: str) -> list[object]:
+        raise RuntimeError("edge bug")
+
+    monkeypatch.setattr(SkypeEdge, "_client_media", broken)
+    result = run_scenario(load(LAB), "virtual")
+    assert any("skype_edge raised RuntimeError: edge bug" in f for f in result.failures)
+    assert any(log.level == "error" and "edge bug" in log.text for log in result.trace.logs)
+
+
+def test_a_valid_pair_without_a_reinvite_is_not_called_an_ice_failure() -> None:
+    sc = loads(
+        f"extends: {LAB}\ncall: {{reinvite_from: none, hold: 1}}\n"
+        "expect: {outcome: call-failed}\n",
+        source="no-reinvite.yaml",
+    )
+    result = run_scenario(sc, "virtual")
+    assert result.outcome.name == "call-failed"
+    assert "succeeded in both directions" in result.outcome.reason

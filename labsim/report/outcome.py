@@ -13,7 +13,8 @@ The steps of the call, in order, and the outcome when a run stops at one:
 5. a reINVITE of the call's dialog was answered 200 and its ACK reached the answerer →
    ``sharing-established``.
 
-``call-failed`` covers a 2xx that does not fit (e.g. a reINVITE answered with an error).
+``call-failed`` covers a 2xx that does not fit: a reINVITE answered with an error, or checks
+that succeeded both ways with no reINVITE after them.
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
     if reinvites:
         return Outcome("call-failed", "a reINVITE was sent but not completed")
+    answered_by = {
+        m.src for m in trace.messages
+        if not m.relayed and m.summary.startswith("Binding Success Response")
+    }  # fmt: skip
+    if {caller, callee} <= answered_by:
+        return Outcome(
+            "call-failed",
+            "the ICE checks succeeded in both directions, but no reINVITE followed",
+        )
     return Outcome(
         "ice-failed",
         "the call was answered and a relay allocated, but no reINVITE followed: the candidate "
