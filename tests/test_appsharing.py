@@ -1,0 +1,63 @@
+"""The application-sharing bodies the call's actors write: each parses with the strict SDP
+parser, round-trips byte for byte, and reads back what was put in (MS-SDPEXT §3.1.5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from labsim.proto import appsharing
+from labsim.proto.events import Address
+from labsim.wire import SdpError
+from labsim.wire.sdp import RemoteCandidate, SessionDescription
+
+HOST = Address("192.168.1.100", 50040)
+EDGE = Address("192.168.1.252", 53577)
+RELAY = Address("10.48.54.229", 24000)
+
+
+def side(candidates: tuple[appsharing.Candidate, ...], version: int) -> appsharing.ShareSide:
+    return appsharing.ShareSide(
+        "192.168.1.100", EDGE, "Xa3f", "Tq9sLmN2vB7xYc4ZkP1rW8dE", candidates, "sharer",
+        "sendonly", bytes(range(30)), version=version,
+    )  # fmt: skip
+
+
+OFFER = side(
+    (
+        appsharing.candidate(1, "TCP-PASS", "host", HOST),
+        appsharing.candidate(2, "TCP-ACT", "host", HOST),
+        appsharing.candidate(3, "TCP-PASS", "relay", EDGE, HOST),
+        appsharing.candidate(4, "TCP-ACT", "relay", EDGE, HOST),
+    ),
+    1,
+)
+REOFFER = side((appsharing.candidate(4, "TCP-ACT", "relay", EDGE, HOST),), 2)
+
+
+@pytest.mark.parametrize(
+    ("share", "connection", "remote"),
+    [(OFFER, "new", None), (REOFFER, "existing", RELAY), (REOFFER, "new", RELAY)],
+)
+def test_bodies_parse_strictly_and_read_back(
+    share: appsharing.ShareSide, connection: str, remote: Address | None
+) -> None:
+    body = appsharing.build(share, connection=connection, remote=remote)
+    parsed = SessionDescription.parse(body)
+    assert bytes(parsed) == body
+    (media,) = parsed.media
+    assert str(media.media) == f"applicationsharing {EDGE.port} TCP/RTP/SAVP 127"
+    assert media.attribute("connection") == connection
+    info = media.applicationsharing
+    assert info is not None and info.role == "sharer" and info.media_type == "rdp"
+    back = appsharing.parse(body)
+    assert back.candidates == share.candidates
+    assert back.active == EDGE
+    assert back.remote_candidates == (
+        () if remote is None else (RemoteCandidate(1, remote.host, remote.port),)
+    )
+    assert [c.type for c in back.candidates if c.type == "relay"] and back.relay() is not None
+
+
+def test_a_body_without_applicationsharing_is_refused() -> None:
+    with pytest.raises(SdpError):
+        appsharing.parse(b"v=0\r\no=- 0 0 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\n")
