@@ -172,16 +172,17 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     blocked = blocked_pairs(sc)
     start = time.perf_counter()
     net: VirtualNetwork | LiveNetwork
+    links: dict[tuple[str, str], float] = {}
+    for link in sc.links:
+        x, y = link.between
+        links[(x, y)] = links[(y, x)] = link.latency
     if clock == "virtual":
-        links: dict[tuple[str, str], float] = {}
-        for link in sc.links:
-            x, y = link.between
-            links[(x, y)] = links[(y, x)] = link.latency
         net = VirtualNetwork(
             cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked
         )
     else:
-        net = LiveNetwork(cast.all(), trace, blocked=blocked)
+        # Loopback has its own (tiny) latency; only the scenario's per-link ones are added.
+        net = LiveNetwork(cast.all(), trace, blocked=blocked, link_latency=links)
     net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
     result = RunResult(sc, clock, trace, outcome(trace), wall)

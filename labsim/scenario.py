@@ -444,7 +444,10 @@ class Link(_Model):
     between: tuple[ActorName, ActorName] = Field(
         description="The two actors, e.g. [cms, expressway_e]."
     )
-    latency: Seconds = Field(description="One-way latency in seconds (virtual clock).")
+    latency: Seconds = Field(
+        description="One-way latency in seconds, both clocks (on live sockets it is added to "
+        "loopback's own)."
+    )
 
     @field_validator("between")
     @classmethod
@@ -625,11 +628,12 @@ class Scenario(_Model):
     )
     latency: Seconds = Field(
         default=0.0005,
-        description="Default one-way latency of every link in seconds (virtual clock; the "
-        "live clock adds none).",
+        description="Default one-way latency of every link in seconds (virtual clock; on live "
+        "sockets only the per-pair `links` latencies are added).",
     )
     links: list[Link] = Field(
-        default_factory=list, description="Latencies that differ from `latency`, per pair."
+        default_factory=list,
+        description="Latencies that differ from `latency`, per pair (applied in both clocks).",
     )
     actors: Actors = Field(default_factory=Actors, description="The five actors.")
     reachability: list[tuple[ActorName, ActorName]] = Field(

@@ -237,3 +237,24 @@ def test_a_valid_pair_without_a_reinvite_is_not_called_an_ice_failure() -> None:
     result = run_scenario(sc, "virtual")
     assert result.outcome.name == "call-failed"
     assert "succeeded in both directions" in result.outcome.reason
+
+
+@pytest.mark.parametrize("clock", ["virtual", "live"])
+def test_a_slow_link_slows_the_call_in_both_clocks(clock: str) -> None:
+    """200 ms each way between the Skype Edge and Expressway-E: the call still succeeds, and
+    every message across that link takes the time, in virtual seconds or on real sockets."""
+    sc = loads(
+        f"extends: {LAB}\nlinks: [{{between: [skype_edge, expressway_e], latency: 0.2}}]\n"
+        "call: {hold: 0}\nactors: {cms: {turn: {keepalive_first: null}}}\n"
+        "expect: {outcome: sharing-established}\n",
+        source="slow-link.yaml",
+    )
+    result = run_scenario(sc, clock)  # type: ignore[arg-type]
+    assert result.outcome.name == "sharing-established", result.outcome
+    trace = result.trace
+    invite_out = next(m for m in trace.messages if m.src == "skype_edge" and m.dst ==
+                      "expressway_e" and m.summary == "INVITE")  # fmt: skip
+    invite_on = next(m for m in trace.messages if m.src == "expressway_e" and m.dst ==
+                     "expressway_c" and m.summary == "INVITE")  # fmt: skip
+    assert invite_on.t - invite_out.t >= 0.2
+    assert invite_on.t - invite_out.t < 0.4

@@ -194,8 +194,14 @@ class LiveNetwork(Runtime):
         external: Mapping[Address, tuple[str, int]] | None = None,
         backlog: int = 512,
         blocked: set[tuple[str, str]] | None = None,
+        link_latency: Mapping[tuple[str, str], float] | None = None,
     ) -> None:
         super().__init__(actors, trace)
+        if any(v < 0 for v in (link_latency or {}).values()):
+            raise ValueError("latencies must not be negative")
+        #: One-way latency added between two actors (either order), on top of loopback's own:
+        #: bytes and closes reach the receiver that much later, in order.
+        self.link_latency = dict(link_latency or {})
         #: (client actor, server actor) pairs whose connects are black-holed, as a firewall
         #: that drops the SYN does: ``ConnectFailed("timeout")`` after the connect timeout.
         self.blocked = set(blocked or ())
@@ -625,6 +631,28 @@ class LiveNetwork(Runtime):
 
     def _io_send(self, end: End, data: bytes) -> None:
         end.io.write(data)
+
+    def _delay(self, end: End) -> float:
+        peer = end.peer
+        if peer is None or not self.link_latency:
+            return 0.0
+        a, b = peer.st.name, end.st.name
+        return self.link_latency.get((a, b), self.link_latency.get((b, a), 0.0))
+
+    def _received(self, end: End, data: bytes) -> None:
+        delay = self._delay(end)
+        if delay and self._loop is not None:
+            self._loop.call_later(delay, super()._received, end, data)
+        else:
+            super()._received(end, data)
+
+    def _peer_closed(self, end: End, reset: bool, by: str) -> None:
+        delay = self._delay(end)
+        if delay and self._loop is not None:
+            # Behind the data still travelling on this link, as a FIN or RST would be.
+            self._loop.call_later(delay, super()._peer_closed, end, reset, by)
+        else:
+            super()._peer_closed(end, reset, by)
 
     def _io_reading(self, end: End, on: bool) -> None:
         transport: asyncio.Transport = end.io
