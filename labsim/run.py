@@ -106,6 +106,7 @@ def build(sc: Scenario) -> Cast:
             controlling=controlling == "skype_client",
             sends_reinvite=reinviter == "skype_client",
             direct_path=client.direct_path,
+            ice_timeout=client.ice_timeout,
             hold=call.hold,
             sends_bye=call.bye_from == "skype_client",
             reinvite_connection=call.reinvite_connection,
@@ -144,8 +145,7 @@ def build(sc: Scenario) -> Cast:
 
 def blocked_pairs(sc: Scenario) -> set[tuple[str, str]]:
     """Every (client, server) pair the scenario's reachability does not allow."""
-    allowed = {tuple(pair) for pair in sc.reachability}
-    return {(a, b) for a in ACTORS for b in ACTORS if a != b and (a, b) not in allowed}
+    return {(a, b) for a in ACTORS for b in ACTORS if a != b and not sc.can_connect(a, b)}
 
 
 @dataclass

@@ -323,6 +323,12 @@ class SkypeClient(_Model):
         "to the relay itself instead of through the Skype Edge; implies skype_client -> "
         "expressway_e in reachability.",
     )
+    ice_timeout: PositiveSeconds = Field(
+        default=10.0,
+        description="Seconds from the 200 OK to a valid candidate pair before the client gives "
+        "the sharing session up with BYE (set it above 30 to see Expressway-E's ConnectionBind "
+        "timer close the peer connection first).",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> SkypeClient:

@@ -258,3 +258,41 @@ def test_a_slow_link_slows_the_call_in_both_clocks(clock: str) -> None:
                      "expressway_c" and m.summary == "INVITE")  # fmt: skip
     assert invite_on.t - invite_out.t >= 0.2
     assert invite_on.t - invite_out.t < 0.4
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome", "evidence"),
+    [
+        ("actors: {cms: {turn: {password: wrong}}}", "turn-failed", "401"),
+        ("actors: {expressway_e: {turn: {tcp_relay: false}}}", "turn-failed", "442"),
+        ("actors: {expressway_e: {turn: {permission_policy: rfc}}}", "ice-failed", "no reINVITE"),
+        (
+            "actors: {expressway_e: {turn: {permission_policy: rfc}}, "
+            "cms: {turn: {create_permission: true}}}",
+            "sharing-established",
+            "acknowledged",
+        ),
+        ("actors: {skype_client: {direct_path: true}}", "sharing-established", "acknowledged"),
+    ],
+)
+def test_behaviour_settings_change_the_outcome(change: str, outcome: str, evidence: str) -> None:
+    sc = loads(f"extends: {LAB}\n{change}\nexpect: {{outcome: {outcome}}}\n", source="v.yaml")
+    result = run_scenario(sc, "virtual")
+    assert result.outcome.name == outcome and evidence in result.outcome.reason
+    assert result.failures == []
+
+
+def test_without_connection_bind_expressway_closes_the_peer_after_30_s() -> None:
+    sc = loads(
+        f"extends: {LAB}\nactors: {{cms: {{turn: {{send_connection_bind: false}}}}, "
+        "skype_client: {ice_timeout: 45}}\ndeadline: 60\nexpect: {outcome: ice-failed}\n",
+        source="no-bind.yaml",
+    )
+    result = run_scenario(sc, "virtual")
+    assert result.outcome.name == "ice-failed"
+    attempt = result.trace.find("ConnectionAttempt Indication")[0]
+    relay_leg = next(c for c in result.trace.connections.values() if c.server_addr.port == 24000)
+    assert relay_leg.closed is not None
+    assert relay_leg.closed - attempt.t == pytest.approx(30.0, abs=0.01)
+    assert not result.trace.find("ConnectionBind")
+    assert result.wall < 2.0
