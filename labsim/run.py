@@ -91,7 +91,13 @@ def build(sc: Scenario) -> Cast:
         keepalive_first=cms.turn.keepalive_first,
         keepalive_interval=cms.turn.keepalive_interval,
         create_permission=cms.turn.create_permission,
-        permission_peers=(edge.address,) if cms.turn.create_permission else (),
+        # The host that will connect to the relay: the Edge, or the client when it has its
+        # own path to Expressway-E.
+        permission_peers=(
+            (client.address if client.direct_path else edge.address,)
+            if cms.turn.create_permission
+            else ()
+        ),
         send_connection_bind=cms.turn.send_connection_bind,
     )
     return Cast(

@@ -55,7 +55,9 @@ def test_bodies_parse_strictly_and_read_back(
     assert back.remote_candidates == (
         () if remote is None else (RemoteCandidate(1, remote.host, remote.port),)
     )
-    assert [c.type for c in back.candidates if c.type == "relay"] and back.relay() is not None
+    # relay() is the passive TCP relay of component 1: the one a peer can connect to.
+    passive = [c for c in share.candidates if c.type == "relay" and c.tcptype == "passive"]
+    assert back.relay() == (passive[0] if passive else None)
 
 
 def test_a_body_without_applicationsharing_is_refused() -> None:

@@ -44,7 +44,7 @@ from labsim.proto.ice import (
     CheckStream,
     IceCredentials,
 )
-from labsim.proto.sip_dialog import Dialog
+from labsim.proto.sip_dialog import Dialog, ack_for_failure, diagnostics
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
@@ -105,6 +105,12 @@ class Cms(UserAgent):
         self._answered = False
         self._bye_sent = False
         self._reinvite_sent = False
+        self._reinvite_done = False
+        self._reoffer: Request | None = None
+        self._reoffer_cseq = 0
+        self._reoffer_ack: Request | None = None
+        self._answered_cseq = -1
+        """CSeq of the Skype client's reINVITE that CMS answered 200 (its ACK: sharing)."""
 
     # -- events --------------------------------------------------------------------------------
 
@@ -137,28 +143,54 @@ class Cms(UserAgent):
         request = message
         if request.method == "INVITE" and sip.to_tag(request) is None:
             return self._new_call(conn, request, now)
+        if request.method == "ACK":
+            if (
+                self._in_dialog(request)
+                and sip.cseq(request).sequence == self._answered_cseq
+                and not self.shared
+            ):
+                self.shared = True
+                return self._established()
+            return []  # the ACK of our 200 to the first INVITE, or a stray: nothing to do
+        if not self._in_dialog(request):
+            return self.transport.send_on(conn, sip.build_response(request, 481))
         if request.method == "INVITE":  # the Skype client's reINVITE
+            if self._reinvite_sent and not self._reinvite_done:
+                # §14.2: both sides re-offered at once.
+                return self.transport.send_on(
+                    conn, sip.build_response(request, 491, "Request Pending")
+                )
             body = self._body(version=3, remote=self._peer_candidate())
             ok = sip.build_response(request, 200, record_route=(), contact=self.contact,
                                     content_type=appsharing.CONTENT_TYPE, body=body)  # fmt: skip
+            self._answered_cseq = sip.cseq(request).sequence
             return self.transport.send_on(conn, ok)
-        if request.method == "ACK":
-            if self._answered and not self.shared and self._reinvite_seen(request):
-                self.shared = True
-                return self._established()
-            return []
         if request.method == "BYE":
             ok = sip.build_response(request, 200)
             return [*self.transport.send_on(conn, ok), *self._hang_up(now)]
         return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
 
-    def _reinvite_seen(self, ack: Request) -> bool:
-        return sip.cseq(ack).sequence > 1
+    def _in_dialog(self, request: Request) -> bool:
+        """§12.2.2: the request belongs to the call's dialog (Call-ID and both tags)."""
+        dialog = self.dialog
+        return (
+            dialog is not None
+            and sip.call_id(request) == dialog.call_id
+            and sip.to_tag(request) == self.tag
+            and sip.format_address(sip.from_address(request)) == dialog.remote
+        )
 
     def _new_call(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
         if self.invite is not None:
-            return self.transport.send_on(conn, sip.build_response(invite, 486))
+            if sip.call_id(invite) == sip.call_id(self.invite):
+                return []  # the same INVITE again: it is being answered
+            busy = sip.build_response(invite, 486, to_tag=self.tag)
+            return self.transport.send_on(conn, busy)
         effects = self.transport.send_on(conn, sip.build_response(invite, 100))
+        if not sip.contact(invite):
+            # §8.1.1.8: an INVITE must carry Contact; without it no dialog can exist.
+            bad = sip.build_response(invite, 400, "Missing Contact", to_tag=self.tag)
+            return [*effects, *self.transport.send_on(conn, bad)]
         try:
             self.offer = appsharing.parse(invite.body)
         except WireError as exc:
@@ -203,16 +235,24 @@ class Cms(UserAgent):
         return self.transport.send_on(self.invite_conn, ok)
 
     def _response(self, response: Response, now: float) -> list[Effect]:
-        if response.code < 200 or self.dialog is None:
+        dialog = self.dialog
+        if response.code < 200 or dialog is None or sip.call_id(response) != dialog.call_id:
             return []
-        method = sip.cseq(response).method
-        if method == "INVITE":
-            ack = self.dialog.request("ACK", self.branch(), cseq=sip.cseq(response).sequence)
-            effects = self.transport.send(ack, self.dialog.next_hop())
-            if response.code == 200 and not self.shared:
-                self.shared = True
-                effects += self._established()
-            return effects
+        method, seq = sip.cseq(response).method, sip.cseq(response).sequence
+        if method == "INVITE" and self._reoffer is not None and seq == self._reoffer_cseq:
+            if self._reinvite_done:  # a repeated final answer: acknowledge a 2xx again
+                if response.code < 300 and self._reoffer_ack is not None:
+                    return self.transport.send(self._reoffer_ack, dialog.next_hop())
+                return []
+            self._reinvite_done = True
+            if response.code >= 300:
+                ack = ack_for_failure(self._reoffer, response)
+                why = f"reINVITE refused: {sip.summary(response)}{diagnostics(response)}"
+                return [*self.transport.send(ack, dialog.next_hop()), Log(why, "warn")]
+            self._reoffer_ack = dialog.request("ACK", self.branch(), cseq=seq)
+            self.shared = True
+            return [*self.transport.send(self._reoffer_ack, dialog.next_hop()),
+                    *self._established()]  # fmt: skip
         if method == "BYE":
             return self._hang_up(now)
         return []
@@ -235,7 +275,11 @@ class Cms(UserAgent):
         if self.pipe is not None:
             effects.append(Close(self.pipe))
             self.pipe = None
-        return [*effects, *self.turn.release(now)]
+        released = self.turn.release(now)
+        if not released and not self.finished:
+            # Nothing to give back (the allocation failed, expired or was never asked for).
+            return [*effects, *self.done("call ended, no allocation to release")]
+        return [*effects, *released]
 
     # -- TURN ----------------------------------------------------------------------------------
 
@@ -269,7 +313,11 @@ class Cms(UserAgent):
     # -- ICE over the data connection ----------------------------------------------------------
 
     def _pipe_up(self, note: PeerConnected) -> list[Effect]:
-        assert self.offer is not None
+        if self.pipe is not None or self.offer is None:
+            # One media path per sharing session: a second peer on the relay (any host may
+            # connect under the lab policy) gets its data connection closed.
+            return [Log(f"second peer {note.peer} on the relay: its data connection closed",
+                        "warn"), Close(note.conn)]  # fmt: skip
         s = self.settings
         self.pipe = note.conn
         peer = note.peer or Address("0.0.0.0", 0)
@@ -300,9 +348,12 @@ class Cms(UserAgent):
         return effects
 
     def _reinvite(self) -> list[Effect]:
-        assert self.dialog is not None
+        assert self.dialog is not None  # checked by the caller
+        if self._reoffer is not None or self.shared:
+            return []
         self._reinvite_sent = True
         body = self._body(version=3, remote=self._peer_candidate())
-        invite = self.dialog.request("INVITE", self.branch(), body=body,
-                                     content_type=appsharing.CONTENT_TYPE)  # fmt: skip
-        return self.transport.send(invite, self.dialog.next_hop())
+        self._reoffer = self.dialog.request("INVITE", self.branch(), body=body,
+                                            content_type=appsharing.CONTENT_TYPE)  # fmt: skip
+        self._reoffer_cseq = sip.cseq(self._reoffer).sequence
+        return self.transport.send(self._reoffer, self.dialog.next_hop())

@@ -35,6 +35,7 @@ from labsim.proto.events import (
     Send,
     Started,
     StartTimer,
+    StopTimer,
     TimerFired,
 )
 from labsim.proto.ice import (
@@ -42,7 +43,7 @@ from labsim.proto.ice import (
     CheckStream,
     IceCredentials,
 )
-from labsim.proto.sip_dialog import Dialog
+from labsim.proto.sip_dialog import Dialog, ack_for_failure, diagnostics
 from labsim.proto.sip_transport import ConnectionLost, SendFailed
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
@@ -99,6 +100,14 @@ class SkypeClient(UserAgent):
         self.remote: appsharing.RemoteShare | None = None
         self.checks: CheckStream | None = None
         self._relay = Address("0.0.0.0", 0)
+        self._ack: tuple[Request, Address] | None = None
+        """The ACK of the first INVITE and where it went (sent again for a repeated 2xx)."""
+        self._reoffer: Request | None = None
+        self._reinvite_cseq = 0
+        self._reinvite_done = False
+        self._reinvite_ack: Request | None = None
+        self._answered_cseq = -1
+        """CSeq of CMS's reINVITE this client answered 200 (its ACK establishes sharing)."""
         self._media_open = False
         """The media connection is open or opening."""
         self.reinvite_sent = False
@@ -142,6 +151,8 @@ class SkypeClient(UserAgent):
                 return self._call()
             case TimerFired(timer="hold"):
                 return self._bye()
+            case TimerFired(timer="timer-b"):
+                return self.done("no final answer to the INVITE within 32 s (RFC 3261 Timer B)")
             case TimerFired(timer="finish"):
                 self.finished = True
                 return []
@@ -178,8 +189,9 @@ class SkypeClient(UserAgent):
             content_type=appsharing.CONTENT_TYPE,
             body=body,
         )
+        # RFC 3261 §17.1.1.2 Timer B (64*T1): an INVITE nobody answers ends the attempt.
         return [Log("sharing: new INVITE with m=applicationsharing"),
-                *self.transport.send(self.invite, s.edge)]  # fmt: skip
+                *self.transport.send(self.invite, s.edge), StartTimer("timer-b", 32.0)]  # fmt: skip
 
     # -- SIP -----------------------------------------------------------------------------------
 
@@ -195,36 +207,41 @@ class SkypeClient(UserAgent):
         return self._request(conn, message)
 
     def _response(self, response: Response) -> list[Effect]:
-        method = sip.cseq(response).method
+        # Only answers to what this client sent count: its Call-ID and its From tag (RFC 3261
+        # §8.1.3.3, §17.1.3). Anything else is a stray and is dropped.
+        if sip.call_id(response) != self.call_id or sip.from_tag(response) != self.tag:
+            return [Log(f"stray {sip.summary(response)} dropped", "warn")]
+        method, seq = sip.cseq(response).method, sip.cseq(response).sequence
         if response.code < 200:
             return []
-        if method == "INVITE" and not self.reinvite_sent:
-            return self._invite_answered(response)
-        if method == "INVITE":
-            assert self.dialog is not None
-            ack = self.dialog.request("ACK", self.branch(), cseq=sip.cseq(response).sequence)
-            self.shared = response.code == 200
-            effects = self.transport.send(ack, self.dialog.next_hop())
-            return effects + self._shared() if self.shared else effects
+        if method == "INVITE" and self.invite is not None and seq == 1:
+            if self._ack is not None:
+                # A repeated final answer (§13.3.1.4: the UAS resends a 2xx until the ACK):
+                # acknowledge it again, nothing more.
+                return self.transport.send(self._ack[0], self._ack[1])
+            return [StopTimer("timer-b"), *self._invite_answered(response)]
+        if method == "INVITE" and self._reoffer is not None and seq == self._reinvite_cseq:
+            return self._reinvite_answered(response)
         if method == "BYE":
             return [*self._close_media(), *self.done("call ended")]
         return []
 
     def _invite_answered(self, response: Response) -> list[Effect]:
-        assert self.invite is not None
+        assert self.invite is not None  # checked by the caller
         s = self.settings
         if response.code >= 300:
             # §17.1.1.3: the ACK for a non-2xx goes hop by hop, with the INVITE's branch.
-            ack = sip.build_request(
-                "ACK", self.invite.uri, via=sip.top_via(self.invite),
-                from_addr=sip.from_address(self.invite), to_addr=sip.to_address(response),
-                call_id=self.call_id, cseq=1,
-            )  # fmt: skip
-            diag = sip.ms_diagnostics_public(response) or sip.ms_diagnostics(response)
-            why = f"sharing refused: {sip.summary(response)}" + (f" ({diag})" if diag else "")
+            ack = ack_for_failure(self.invite, response)
+            self._ack = (ack, s.edge)
+            why = f"sharing refused: {sip.summary(response)}{diagnostics(response)}"
             return [*self.transport.send(ack, s.edge), *self.done(why)]
-        self.dialog = Dialog.as_uac(self.invite, response, self.contact)
+        try:
+            self.dialog = Dialog.as_uac(self.invite, response, self.contact)
+        except WireError as exc:
+            # No remote target: nothing can be sent in this dialog, not even the ACK.
+            return self.done(f"unusable 2xx: {exc}")
         ack = self.dialog.request("ACK", self.branch(), cseq=1)
+        self._ack = (ack, self.dialog.next_hop())
         effects = self.transport.send(ack, self.dialog.next_hop())
         try:
             self.remote = appsharing.parse(response.body)
@@ -238,16 +255,52 @@ class SkypeClient(UserAgent):
         return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
                 *self._open_media(target), StartTimer("ice", s.ice_timeout)]  # fmt: skip
 
+    def _reinvite_answered(self, response: Response) -> list[Effect]:
+        assert self.dialog is not None and self._reoffer is not None  # set together
+        if self._reinvite_done:
+            if response.code < 300 and self._reinvite_ack is not None:
+                return self.transport.send(self._reinvite_ack, self.dialog.next_hop())
+            return []
+        self._reinvite_done = True
+        if response.code >= 300:
+            ack = ack_for_failure(self._reoffer, response)
+            why = f"reINVITE refused: {sip.summary(response)}{diagnostics(response)}"
+            return [*self.transport.send(ack, self.dialog.next_hop()), *self._give_up(why)]
+        self._reinvite_ack = self.dialog.request("ACK", self.branch(), cseq=self._reinvite_cseq)
+        self.shared = True
+        return [*self.transport.send(self._reinvite_ack, self.dialog.next_hop()), *self._shared()]
+
+    def _in_dialog(self, request: Request) -> bool:
+        """§12.2.2: the request belongs to this client's dialog (Call-ID and both tags)."""
+        return (
+            self.dialog is not None
+            and sip.call_id(request) == self.call_id
+            and sip.to_tag(request) == self.tag
+            and sip.format_address(sip.from_address(request)) == self.dialog.remote
+        )
+
     def _request(self, conn: str, request: Request) -> list[Effect]:
         if request.method == "ACK":
-            if self.reinvite_sent or self.shared:
-                return []
-            self.shared = True
-            return self._shared()
+            if (
+                self._in_dialog(request)
+                and self._answered_cseq == sip.cseq(request).sequence
+                and not self.shared
+            ):
+                self.shared = True
+                return self._shared()
+            return []
+        if not self._in_dialog(request):
+            return self.transport.send_on(conn, sip.build_response(request, 481))
         if request.method == "BYE":
             return [*self.transport.send_on(conn, sip.build_response(request, 200)),
-                    *self._close_media(), *self.done("call ended by CMS")]  # fmt: skip
-        if request.method == "INVITE" and self.dialog is not None:
+                    StopTimer("ice"), *self._close_media(),
+                    *self.done("call ended by CMS")]  # fmt: skip
+        if request.method == "INVITE":
+            if self._reoffer is not None and not self._reinvite_done:
+                # §14.2: both sides re-offered at once.
+                return self.transport.send_on(
+                    conn, sip.build_response(request, 491, "Request Pending")
+                )
             body = appsharing.build(
                 self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
             )
@@ -255,8 +308,9 @@ class SkypeClient(UserAgent):
                 request, 200, record_route=(), contact=self.contact,
                 content_type=appsharing.CONTENT_TYPE, body=body,
             )  # fmt: skip
+            self._answered_cseq = sip.cseq(request).sequence
             return self.transport.send_on(conn, ok)
-        return self.transport.send_on(conn, sip.build_response(request, 481))
+        return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
 
     def _shared(self) -> list[Effect]:
         effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
@@ -311,12 +365,15 @@ class SkypeClient(UserAgent):
         return effects
 
     def _reinvite(self) -> list[Effect]:
-        assert self.dialog is not None
+        assert self.dialog is not None  # the checks run only after the 200 OK
+        if self._reoffer is not None or self.shared:
+            return []
         self.reinvite_sent = True
         body = appsharing.build(
             self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
         )
-        invite = self.dialog.request(
+        self._reoffer = self.dialog.request(
             "INVITE", self.branch(), body=body, content_type=appsharing.CONTENT_TYPE
         )
-        return self.transport.send(invite, self.dialog.next_hop())
+        self._reinvite_cseq = sip.cseq(self._reoffer).sequence
+        return self.transport.send(self._reoffer, self.dialog.next_hop())

@@ -80,8 +80,16 @@ class SkypeEdge(ProxyElement):
         self._count = 0
         self.proxy.on_response = self._snoop
 
-    def _snoop(self, response: Response) -> None:
-        if response.code != 200 or sip.cseq(response).method != "INVITE" or not response.body:
+    def _snoop(self, response: Response, toward: Address | None) -> None:
+        # Only the answer CMS gives the client's INVITE, on its way to the client: the client's
+        # own answer to a reINVITE names the Edge's relay candidate, not CMS's.
+        if (
+            response.code != 200
+            or sip.cseq(response).method != "INVITE"
+            or not response.body
+            or toward is None
+            or toward.host != self.settings.client.host
+        ):
             return
         try:
             relay = appsharing.parse(response.body).relay()

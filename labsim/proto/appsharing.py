@@ -126,8 +126,13 @@ class RemoteShare:
     remote_candidates: tuple[RemoteCandidate, ...]
 
     def relay(self) -> Candidate | None:
-        """The first relay candidate (for the Skype side: CMS's TURN relay on Expressway-E)."""
-        return next((c for c in self.candidates if c.type == "relay"), None)
+        """The passive TCP relay candidate of component 1 (for the Skype side: CMS's TURN relay
+        on Expressway-E), the one a peer can connect to (RFC 6544 §4.5)."""
+        return next(
+            (c for c in self.candidates
+             if c.type == "relay" and c.component == 1 and c.tcptype == "passive"),
+            None,
+        )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)

@@ -18,7 +18,15 @@ from sipmessage import Address as NameAddr
 
 from labsim.proto.events import Address
 from labsim.proto.sip_proxy import uri_target
-from labsim.wire import sip
+from labsim.wire import SipError, sip
+
+
+def _target(msg: Request | Response) -> URI:
+    """The remote target: the first Contact (RFC 3261 §12.1.1/§12.1.2), which a dialog needs."""
+    contacts = sip.contact(msg)
+    if not contacts:
+        raise SipError("no Contact: a dialog needs the remote target (RFC 3261 §8.1.1.8, §12.1)")
+    return contacts[0].uri
 
 
 @dataclass
@@ -43,7 +51,7 @@ class Dialog:
             call_id=sip.call_id(invite),
             local=sip.format_address(sip.from_address(invite)),
             remote=sip.format_address(sip.to_address(response)),
-            remote_target=sip.contact(response)[0].uri,
+            remote_target=_target(response),
             route_set=[sip.format_address(a) for a in reversed(sip.record_route(response))],
             local_cseq=sip.cseq(invite).sequence,
             via_host=via.host,
@@ -58,7 +66,7 @@ class Dialog:
             call_id=sip.call_id(invite),
             local=local,
             remote=sip.format_address(sip.from_address(invite)),
-            remote_target=sip.contact(invite)[0].uri,
+            remote_target=_target(invite),
             route_set=[sip.format_address(a) for a in sip.record_route(invite)],
             local_cseq=0,
             via_host=host,
@@ -98,3 +106,32 @@ class Dialog:
             content_type=content_type,
             body=body,
         )
+
+
+def ack_for_failure(request: Request, response: Response) -> Request:
+    """RFC 3261 §17.1.1.3: the ACK for a non-2xx final answer to an INVITE: same Request-URI,
+    top Via (so the same branch), Call-ID, From, CSeq number and Route as the INVITE, To from
+    the response. It goes hop by hop, where the INVITE went."""
+    return sip.build_request(
+        "ACK",
+        request.uri,
+        via=sip.top_via(request),
+        from_addr=sip.from_address(request),
+        to_addr=sip.to_address(response),
+        call_id=sip.call_id(request),
+        cseq=sip.cseq(request).sequence,
+        route=list(request.headers.getlist("Route")),
+    )
+
+
+def diagnostics(response: Response) -> str:
+    """The ms-diagnostics(-public) text of a response for a log line, as received when it does
+    not parse (a peer's malformed header must not hide the answer it came with)."""
+    try:
+        found = sip.ms_diagnostics_public(response) or sip.ms_diagnostics(response)
+    except SipError:
+        raw = response.headers.get("ms-diagnostics-public") or response.headers.get(
+            "ms-diagnostics"
+        )
+        return f" (unparsable ms-diagnostics: {raw[:120]!r})" if raw else ""
+    return f" ({found})" if found else ""

@@ -53,6 +53,8 @@ class _Transaction:
     """The request as forwarded (for a hop-by-hop ACK)."""
     upstream_branch: str
     next_hop: Address
+    downstream: ConnId | None = None
+    """The connection the request went out on (its loss ends the transaction with 503)."""
 
 
 def uri_target(uri: URI) -> Address:
@@ -70,9 +72,11 @@ class SipProxy:
         self._transactions: dict[str, _Transaction] = {}
         self._absorb_ack: set[str] = set()
         self._branches = 0
-        #: Called with every response this proxy forwards upstream: the Skype Edge reads the
-        #: answer's SDP there to know where its media relay must connect.
-        self.on_response: Callable[[Response], None] | None = None
+        #: Called with every response this proxy forwards upstream and the address it goes
+        #: back to: the Skype Edge reads the answer's SDP there to know where its media relay
+        #: must connect.
+        self.on_response: Callable[[Response, Address | None], None] | None = None
+        self._tags = 0
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -109,7 +113,7 @@ class SipProxy:
         if isinstance(notice, SendFailed):
             return self._unreachable(notice)
         if isinstance(notice, ConnectionLost):
-            return []
+            return self._connection_lost(notice)
         return []  # pragma: no cover
 
     def _request(self, conn: ConnId, request: Request, source: Address) -> list[Effect]:
@@ -119,8 +123,17 @@ class SipProxy:
             self._absorb_ack.discard(branch)
             return []
         effects: list[Effect] = []
+        if request.method != "ACK" and not sip.route(request) and self._is_self(request.uri):
+            # §16.4/§16.5: addressed to this element itself (an OPTIONS ping, say), not to be
+            # forwarded: answer it here.
+            code, reason = (
+                (200, None) if request.method == "OPTIONS" else (405, "Method Not Allowed")
+            )
+            return self.transport.send_on(conn, self._answer(request, code, reason))
         if not sip.decrement_max_forwards(request):
-            return self.transport.send_on(conn, sip.build_response(request, 483))
+            if request.method == "ACK":
+                return []  # an ACK is never answered
+            return self.transport.send_on(conn, self._answer(request, 483))
         sip.stamp_received(request, source.host, source.port)
         if request.method == "INVITE":
             effects += self.transport.send_on(conn, sip.build_response(request, 100))
@@ -134,9 +147,35 @@ class SipProxy:
             request,
             Via.parse(f"SIP/2.0/TCP {self.settings.host}:{self.settings.port};branch={ours}"),
         )
-        if request.method != "ACK":
-            self._transactions[ours] = _Transaction(conn, request, branch, hop)
         effects += self.transport.send(request, hop)
+        if request.method != "ACK":
+            txn = _Transaction(conn, request, branch, hop, self.transport.connection_to(hop))
+            self._transactions[ours] = txn
+        return effects
+
+    def _answer(self, request: Request, code: int, reason: str | None = None) -> Response:
+        """A response this proxy makes itself; as a UAS would, it tags To (§8.2.6.2)."""
+        self._tags += 1
+        tag = None if sip.to_tag(request) else f"{self.name.replace('_', '')}{self._tags:x}"
+        return sip.build_response(request, code, reason, to_tag=tag)
+
+    def _connection_lost(self, notice: ConnectionLost) -> list[Effect]:
+        """The transactions that went out on (or came in on) a connection that is gone."""
+        effects: list[Effect] = []
+        for branch, txn in list(self._transactions.items()):
+            if txn.upstream == notice.conn:
+                del self._transactions[branch]  # nobody is left to answer
+            elif txn.downstream == notice.conn:
+                del self._transactions[branch]
+                # §16.7 step 6 / §18.4: the request can get no answer any more.
+                upstream = txn.request
+                sip.pop_via(upstream)
+                if upstream.method == "INVITE":
+                    self._absorb_ack.add(txn.upstream_branch)
+                effects += [
+                    Log(f"connection to {notice.remote} lost: 503 for {upstream.method}", "warn"),
+                    *self.transport.send_on(txn.upstream, self._answer(upstream, 503)),
+                ]
         return effects
 
     def _response(self, response: Response) -> list[Effect]:
@@ -154,7 +193,7 @@ class SipProxy:
             effects += self.transport.send(self._hop_ack(txn, response), txn.next_hop)
             self._absorb_ack.add(txn.upstream_branch)
         if self.on_response is not None:
-            self.on_response(response)
+            self.on_response(response, self.transport.remote_of(txn.upstream))
         effects += self.transport.send_on(txn.upstream, response)
         return effects
 
@@ -188,5 +227,5 @@ class SipProxy:
             # Answer as the upstream side saw the request: without this proxy's own Via.
             upstream = txn.request
             sip.pop_via(upstream)
-            effects += self.transport.send_on(txn.upstream, sip.build_response(upstream, code))
+            effects += self.transport.send_on(txn.upstream, self._answer(upstream, code))
         return effects

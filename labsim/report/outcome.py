@@ -80,9 +80,14 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
     if final is None:
         return Outcome("no-answer", f"the INVITE got no final answer back to {caller}")
     if final.code >= 300:
-        diag = sip.ms_diagnostics_public(final) or sip.ms_diagnostics(final)
         text = f"the INVITE was answered {sip.summary(final)}"
-        return Outcome("call-rejected", text + (f" ({diag})" if diag else ""))
+        try:
+            diag = sip.ms_diagnostics_public(final) or sip.ms_diagnostics(final)
+            extra = f" ({diag})" if diag else ""
+        except WireError:
+            raw = final.headers.get("ms-diagnostics-public") or final.headers.get("ms-diagnostics")
+            extra = f" (unparsable ms-diagnostics: {(raw or '')[:120]!r})"
+        return Outcome("call-rejected", text + extra)
 
     # The reINVITE: an INVITE inside the call's dialog (it has a To tag), either direction.
     # CSeq numbers count per direction, so a request is matched by its From tag and CSeq.

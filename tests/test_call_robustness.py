@@ -1,0 +1,177 @@
+"""The call's actors facing peers that misbehave: each case below once crashed an actor, hung a
+call or misled the outcome (found in review); now each gets the answer RFC 3261 asks for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sipmessage import Request, Via
+
+from labsim.actors.cms import Cms, CmsSettings
+from labsim.actors.expressway_c import ExpresswayC, ExpresswayCSettings
+from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
+from labsim.proto.events import (
+    Accepted,
+    Address,
+    Close,
+    Closed,
+    Connected,
+    Effect,
+    Received,
+    Send,
+    Started,
+    StartTimer,
+    TimerFired,
+)
+from labsim.proto.turn_client import PeerConnected
+from labsim.report.outcome import outcome
+from labsim.run import run_scenario
+from labsim.scenario import load, loads
+from labsim.trace import Trace
+from labsim.wire import sip
+
+LAB = Path(__file__).parent.parent / "scenarios" / "sharing-call.yaml"
+
+
+def sent_sip(effects: list[Effect]) -> list[sip.SipMessage]:
+    return [
+        sip.parse_message(e.data) for e in effects if isinstance(e, Send) and e.protocol == "sip"
+    ]
+
+
+def invite(*, contact: bool = True, tag: str = "abc") -> Request:
+    return sip.build_request(
+        "INVITE", "sip:meeting@cms.lab",
+        via=Via.parse("SIP/2.0/TCP 10.48.54.228:5060;branch=z9hG4bKtest1"),
+        from_addr=f"<sip:alice@skype.lab>;tag={tag}", to_addr="<sip:meeting@cms.lab>",
+        call_id="call-1", cseq=1,
+        contact="<sip:alice@192.168.1.100:5060;transport=tcp>" if contact else None,
+    )  # fmt: skip
+
+
+def test_an_invite_without_contact_gets_400_not_a_crash() -> None:
+    cms = Cms(CmsSettings())
+    cms.handle(Started(), 0)
+    cms.handle(Accepted("in:1", Address("10.48.54.230", 5060), Address("10.48.54.228", 40000)), 0)
+    answers = sent_sip(cms.handle(Received("in:1", sip.encode(invite(contact=False))), 0))
+    assert [sip.summary(m) for m in answers] == ["100 Trying", "400 Missing Contact"]
+    assert sip.to_tag(answers[1])
+
+
+def test_a_response_before_the_invite_is_dropped_as_a_stray() -> None:
+    client = SkypeClient(SkypeClientSettings(start_delay=5))
+    client.handle(Started(), 0)
+    client.handle(
+        Connected("sip:1", Address("192.168.1.100", 40000), Address("192.168.1.252", 5060)), 0
+    )
+    stray = sip.build_response(invite(), 200, to_tag="x", contact="<sip:cms@10.48.54.230>")
+    effects = client.handle(Received("sip:1", sip.encode(stray)), 0)
+    assert not sent_sip(effects) and client.dialog is None
+
+
+def test_a_refusal_with_a_malformed_diagnostics_header_is_still_acknowledged() -> None:
+    client = SkypeClient(SkypeClientSettings())
+    client.handle(Started(), 0)
+    client.handle(
+        Connected("sip:1", Address("192.168.1.100", 40000), Address("192.168.1.252", 5060)), 0
+    )
+    client.handle(TimerFired("call"), 0)
+    assert client.invite is not None
+    refusal = sip.build_response(
+        client.invite,
+        403,
+        to_tag="asmcu",
+        extra_headers=[("ms-diagnostics-public", "21002;reason=")],
+    )
+    effects = client.handle(Received("sip:1", sip.encode(refusal)), 0.1)
+    (ack,) = sent_sip(effects)
+    assert isinstance(ack, Request) and ack.method == "ACK"
+    assert sip.via_branch(sip.top_via(ack)) == sip.via_branch(sip.top_via(client.invite))
+    assert any(isinstance(e, StartTimer) and e.timer == "finish" for e in effects)
+    # The outcome reads the same bytes from a trace without raising.
+    trace = Trace()
+    trace.opened(0, 1, "skype_client", Address("192.168.1.100", 40000), "skype_edge",
+                 Address("192.168.1.252", 5060))  # fmt: skip
+    trace.sent(0, 1, True, sip.encode(client.invite), "sip")
+    trace.sent(0.1, 1, False, sip.encode(refusal), "sip")
+    result = outcome(trace)
+    assert result.name == "call-rejected" and "403" in result.reason
+
+
+def test_a_lost_downstream_connection_ends_the_transaction_with_503() -> None:
+    expc = ExpresswayC(ExpresswayCSettings())
+    effects = expc.handle(Started(), 0)
+    # The traversal and CMS connections open at start; CMS's comes up.
+    expc.handle(
+        Connected("sip:2", Address("10.48.54.228", 40001), Address("10.48.54.230", 5060)), 0
+    )
+    expc.handle(Accepted("in:1", Address("10.48.54.228", 5060), Address("10.48.54.229", 40000)), 0)
+    forwarded = sent_sip(expc.handle(Received("in:1", sip.encode(invite())), 0))
+    assert [sip.summary(m) for m in forwarded] == ["100 Trying", "INVITE"]
+    answers = sent_sip(expc.handle(Closed("sip:2", reset=True), 0.1))
+    assert [sip.summary(m) for m in answers] == ["503 Service Unavailable"]
+    assert sip.to_tag(answers[0]) and len(sip.vias(answers[0])) == 1
+    assert effects  # the start effects exist (listen, connects)
+
+
+def test_an_options_ping_to_a_proxy_is_answered_there() -> None:
+    expc = ExpresswayC(ExpresswayCSettings())
+    expc.handle(Started(), 0)
+    expc.handle(Accepted("in:1", Address("10.48.54.228", 5060), Address("10.48.54.229", 40000)), 0)
+    ping = sip.build_request(
+        "OPTIONS", "sip:10.48.54.228:5060",
+        via=Via.parse("SIP/2.0/TCP 10.48.54.229:5060;branch=z9hG4bKping"),
+        from_addr="<sip:expe@cms.lab>;tag=p", to_addr="<sip:10.48.54.228>", call_id="ping-1",
+        cseq=1,
+    )  # fmt: skip
+    effects = expc.handle(Received("in:1", sip.encode(ping)), 0)
+    assert [sip.summary(m) for m in sent_sip(effects)] == ["200 OK"]
+    assert not any(e.__class__.__name__ == "Connect" for e in effects)
+
+
+def test_a_second_peer_on_the_relay_gets_no_second_reinvite() -> None:
+    from labsim.proto import appsharing
+
+    result = run_scenario(load(LAB), "virtual")
+    offer = next(m for m in result.trace.messages if m.summary == "INVITE" and m.dst == "cms")
+    cms = Cms(CmsSettings())
+    cms.offer = appsharing.parse(sip.parse_message(offer.data).body)
+    first = cms._pipe_up(PeerConnected("turn:data:1", Address("192.168.1.252", 53577), b"", 1))
+    assert any(isinstance(e, Send) and e.conn == "turn:data:1" for e in first)  # its check
+    second = cms._pipe_up(PeerConnected("turn:data:9", Address("192.0.2.9", 1), b"", 9))
+    assert [e for e in second if isinstance(e, Close)] == [Close("turn:data:9")]
+    assert not any(isinstance(e, Send) for e in second)
+    assert cms.pipe == "turn:data:1"
+
+
+def test_the_edge_keeps_cms_relay_not_its_own_after_the_reinvite() -> None:
+    from labsim.run import build
+
+    sc = load(LAB)
+    cast = build(sc)
+    from labsim.net.virtual import VirtualNetwork
+
+    VirtualNetwork(cast.all(), Trace()).run(20, stop=lambda _t: cast.finished())
+    assert cast.skype_edge.relay_target == Address("10.48.54.229", 24000)
+
+
+def test_wrong_turn_credentials_end_the_live_run_soon() -> None:
+    sc = loads(
+        f"extends: {LAB}\nactors: {{cms: {{turn: {{password: wrong}}}}}}\n"
+        "expect: {outcome: turn-failed}\n",
+        source="wrong-password.yaml",
+    )
+    result = run_scenario(sc, "live")
+    assert result.outcome.name == "turn-failed" and result.failures == []
+    assert result.wall < 3.0  # both ends finish; the run does not wait for its deadline
+
+
+def test_direct_path_with_strict_permissions_names_the_client() -> None:
+    sc = loads(
+        f"extends: {LAB}\nactors: {{skype_client: {{direct_path: true}}, "
+        "expressway_e: {turn: {permission_policy: rfc}}, cms: {turn: {create_permission: true}}}\n",
+        source="direct-strict.yaml",
+    )
+    result = run_scenario(sc, "virtual")
+    assert result.outcome.name == "sharing-established", result.outcome
+    assert result.trace.find("CreatePermission Request XOR-PEER-ADDRESS: 192.168.1.100")
