@@ -63,3 +63,22 @@ def test_bodies_parse_strictly_and_read_back(
 def test_a_body_without_applicationsharing_is_refused() -> None:
     with pytest.raises(SdpError):
         appsharing.parse(b"v=0\r\no=- 0 0 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\n")
+
+
+def test_a_check_with_a_bad_fingerprint_is_dropped_unanswered() -> None:
+    import random
+
+    from labsim.proto.ice import CheckFailed, CheckSettings, CheckStream, IceCredentials
+
+    cms = IceCredentials("cM5k", "Hh3uY7pQ1wE5rT9iO2aS6dF0")
+    skype = IceCredentials("Xa3f", "Tq9sLmN2vB7xYc4ZkP1rW8dE")
+    layout = ("USERNAME", "PRIORITY", "ICE-CONTROLLED", "MESSAGE-INTEGRITY", "FINGERPRINT")
+    sender = CheckStream(CheckSettings(skype, False, 1, layout), cms, EDGE, random.Random(1))
+    receiver = CheckStream(CheckSettings(cms, True, 1, layout), skype, EDGE, random.Random(2))
+    framed = bytearray(sender.request())
+    framed[-1] ^= 0xFF  # the CRC's last byte
+    out, notices = receiver.feed(bytes(framed))
+    assert out == [] and not receiver.received
+    assert isinstance(notices[0], CheckFailed) and "FINGERPRINT" in notices[0].reason
+    good, _ = receiver.feed(sender.request())
+    assert len(good) == 1 and receiver.received  # the intact check is answered

@@ -169,6 +169,11 @@ class CheckStream:
             except WireError as exc:
                 notices.append(CheckFailed(f"malformed STUN: {exc}"))
                 continue
+            if stun.Fingerprint in message and not message.verify_fingerprint():
+                # RFC 5245 §7.2 / RFC 5389 §7.3: a bad FINGERPRINT means it is not a check for
+                # us; it is dropped unanswered.
+                notices.append(CheckFailed(f"{message.summary()} with a bad FINGERPRINT dropped"))
+                continue
             self._message(message, out, notices)
         return out, notices
 
