@@ -44,7 +44,7 @@ from labsim.proto.ice import (
     CheckStream,
     IceCredentials,
 )
-from labsim.proto.sip_dialog import Dialog, ack_for_failure, diagnostics
+from labsim.proto.sip_dialog import Dialog
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
@@ -92,25 +92,15 @@ class Cms(UserAgent):
         self.settings = settings
         self.linger = settings.linger
         self.turn = TurnClient(settings.turn, random.Random(settings.seed + 1))
-        self.tag = f"{self.rng.getrandbits(32):08x}"
         self.contact = f"<sip:meeting@{settings.host}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
         self.invite_conn: ConnId | None = None
         self.offer: appsharing.RemoteShare | None = None
-        self.dialog: Dialog | None = None
         self.pipe: ConnId | None = None
         self.checks: CheckStream | None = None
         self.relayed: Address | None = None
-        self.shared = False
         self._answered = False
         self._bye_sent = False
-        self._reinvite_sent = False
-        self._reinvite_done = False
-        self._reoffer: Request | None = None
-        self._reoffer_cseq = 0
-        self._reoffer_ack: Request | None = None
-        self._answered_cseq = -1
-        """CSeq of the Skype client's reINVITE that CMS answered 200 (its ACK: sharing)."""
 
     # -- events --------------------------------------------------------------------------------
 
@@ -144,41 +134,18 @@ class Cms(UserAgent):
         if request.method == "INVITE" and sip.to_tag(request) is None:
             return self._new_call(conn, request, now)
         if request.method == "ACK":
-            if (
-                self._in_dialog(request)
-                and sip.cseq(request).sequence == self._answered_cseq
-                and not self.shared
-            ):
-                self.shared = True
-                return self._established()
-            return []  # the ACK of our 200 to the first INVITE, or a stray: nothing to do
-        if not self._in_dialog(request):
+            # Our 200 to the Skype client's reINVITE, acknowledged: sharing is on. (The ACK of
+            # the 200 to the first INVITE, or a stray, changes nothing.)
+            return self._established() if self.ack_establishes(request) else []
+        if not self.in_dialog(request):
             return self.transport.send_on(conn, sip.build_response(request, 481))
         if request.method == "INVITE":  # the Skype client's reINVITE
-            if self._reinvite_sent and not self._reinvite_done:
-                # §14.2: both sides re-offered at once.
-                return self.transport.send_on(
-                    conn, sip.build_response(request, 491, "Request Pending")
-                )
             body = self._body(version=3, remote=self._peer_candidate())
-            ok = sip.build_response(request, 200, record_route=(), contact=self.contact,
-                                    content_type=appsharing.CONTENT_TYPE, body=body)  # fmt: skip
-            self._answered_cseq = sip.cseq(request).sequence
-            return self.transport.send_on(conn, ok)
+            return self.answer_reoffer(conn, request, body, self.contact)
         if request.method == "BYE":
             ok = sip.build_response(request, 200)
             return [*self.transport.send_on(conn, ok), *self._hang_up(now)]
         return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
-
-    def _in_dialog(self, request: Request) -> bool:
-        """§12.2.2: the request belongs to the call's dialog (Call-ID and both tags)."""
-        dialog = self.dialog
-        return (
-            dialog is not None
-            and sip.call_id(request) == dialog.call_id
-            and sip.to_tag(request) == self.tag
-            and sip.format_address(sip.from_address(request)) == dialog.remote
-        )
 
     def _new_call(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
         if self.invite is not None:
@@ -238,21 +205,13 @@ class Cms(UserAgent):
         dialog = self.dialog
         if response.code < 200 or dialog is None or sip.call_id(response) != dialog.call_id:
             return []
-        method, seq = sip.cseq(response).method, sip.cseq(response).sequence
-        if method == "INVITE" and self._reoffer is not None and seq == self._reoffer_cseq:
-            if self._reinvite_done:  # a repeated final answer: acknowledge a 2xx again
-                if response.code < 300 and self._reoffer_ack is not None:
-                    return self.transport.send(self._reoffer_ack, dialog.next_hop())
-                return []
-            self._reinvite_done = True
-            if response.code >= 300:
-                ack = ack_for_failure(self._reoffer, response)
-                why = f"reINVITE refused: {sip.summary(response)}{diagnostics(response)}"
-                return [*self.transport.send(ack, dialog.next_hop()), Log(why, "warn")]
-            self._reoffer_ack = dialog.request("ACK", self.branch(), cseq=seq)
-            self.shared = True
-            return [*self.transport.send(self._reoffer_ack, dialog.next_hop()),
-                    *self._established()]  # fmt: skip
+        method = sip.cseq(response).method
+        if self.is_reoffer_answer(response):
+            was_shared = self.shared
+            effects, refused = self.reoffer_answered(response)
+            if refused is not None:
+                return [*effects, Log(refused, "warn")]
+            return effects + self._established() if self.shared and not was_shared else effects
         if method == "BYE":
             return self._hang_up(now)
         return []
@@ -348,12 +307,4 @@ class Cms(UserAgent):
         return effects
 
     def _reinvite(self) -> list[Effect]:
-        assert self.dialog is not None  # checked by the caller
-        if self._reoffer is not None or self.shared:
-            return []
-        self._reinvite_sent = True
-        body = self._body(version=3, remote=self._peer_candidate())
-        self._reoffer = self.dialog.request("INVITE", self.branch(), body=body,
-                                            content_type=appsharing.CONTENT_TYPE)  # fmt: skip
-        self._reoffer_cseq = sip.cseq(self._reoffer).sequence
-        return self.transport.send(self._reoffer, self.dialog.next_hop())
+        return self.send_reoffer(self._body(version=3, remote=self._peer_candidate()))

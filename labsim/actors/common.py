@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import random
 
+from sipmessage import Request, Response
+
+from labsim.proto import appsharing
 from labsim.proto.events import ConnId, Effect, Event, Log, Send, Started, StartTimer
 from labsim.proto.ice import CheckAnswered, CheckFailed, CheckReceived, CheckStream
+from labsim.proto.sip_dialog import Dialog, ack_for_failure, diagnostics
 from labsim.proto.sip_proxy import ProxySettings, SipProxy
 from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
 from labsim.wire import WireError, sip
@@ -61,6 +65,16 @@ class UserAgent:
         self.transport = SipTransport(host, (sip_port,))
         self.finished = False
         self._branches = 0
+        #: This end's tag in the call's dialog (From for the caller, To for the callee).
+        self.tag = f"{rng.getrandbits(32):08x}"
+        self.dialog: Dialog | None = None
+        #: The post-ICE reINVITE is answered 200 and acknowledged: sharing is on.
+        self.shared = False
+        self._reoffer: Request | None = None
+        self._reoffer_done = False
+        self._reoffer_ack: Request | None = None
+        #: CSeq of the peer's reINVITE this end answered 200 (its ACK establishes sharing).
+        self._answered_cseq = -1
 
     def branch(self) -> str:
         """A new RFC 3261 §8.1.1.7 branch: magic cookie, a counter, random bits."""
@@ -73,6 +87,80 @@ class UserAgent:
 
     def on_sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
         raise NotImplementedError
+
+    # -- the dialog and its reINVITE (RFC 3261 §12, §14; RFC 5245 §9.1.2.2) ---------------------
+
+    @property
+    def reinvite_sent(self) -> bool:
+        return self._reoffer is not None
+
+    def in_dialog(self, request: Request) -> bool:
+        """§12.2.2: the request belongs to the call's dialog (Call-ID and both tags)."""
+        dialog = self.dialog
+        return (
+            dialog is not None
+            and sip.call_id(request) == dialog.call_id
+            and sip.to_tag(request) == self.tag
+            and sip.format_address(sip.from_address(request)) == dialog.remote
+        )
+
+    def send_reoffer(self, body: bytes) -> list[Effect]:
+        """Send the post-ICE reINVITE, once, unless sharing is already on."""
+        dialog = self.dialog
+        if dialog is None or self._reoffer is not None or self.shared:
+            return []
+        self._reoffer = dialog.request(
+            "INVITE", self.branch(), body=body, content_type=appsharing.CONTENT_TYPE
+        )
+        return self.transport.send(self._reoffer, dialog.next_hop())
+
+    def is_reoffer_answer(self, response: Response) -> bool:
+        reoffer = self._reoffer
+        return (
+            reoffer is not None
+            and sip.cseq(response).method == "INVITE"
+            and sip.cseq(response).sequence == sip.cseq(reoffer).sequence
+        )
+
+    def reoffer_answered(self, response: Response) -> tuple[list[Effect], str | None]:
+        """A final answer to our reINVITE: the ACK to send, and None when sharing is now on
+        (or the answer was a repeat), else why it was refused."""
+        dialog, reoffer = self.dialog, self._reoffer
+        assert dialog is not None and reoffer is not None  # is_reoffer_answer() held
+        if self._reoffer_done:  # a repeated final answer (§13.3.1.4): ACK a 2xx again
+            if response.code < 300 and self._reoffer_ack is not None:
+                return self.transport.send(self._reoffer_ack, dialog.next_hop()), None
+            return [], None
+        self._reoffer_done = True
+        if response.code >= 300:
+            ack = ack_for_failure(reoffer, response)
+            why = f"reINVITE refused: {sip.summary(response)}{diagnostics(response)}"
+            return self.transport.send(ack, dialog.next_hop()), why
+        self._reoffer_ack = dialog.request("ACK", self.branch(), cseq=sip.cseq(reoffer).sequence)
+        self.shared = True
+        return self.transport.send(self._reoffer_ack, dialog.next_hop()), None
+
+    def answer_reoffer(
+        self, conn: ConnId, request: Request, body: bytes, contact: str
+    ) -> list[Effect]:
+        """The peer's reINVITE in our dialog: 491 during our own (§14.2), else 200 with ``body``."""
+        if self._reoffer is not None and not self._reoffer_done:
+            return self.transport.send_on(conn, sip.build_response(request, 491, "Request Pending"))
+        ok = sip.build_response(
+            request, 200, record_route=(), contact=contact,
+            content_type=appsharing.CONTENT_TYPE, body=body,
+        )  # fmt: skip
+        self._answered_cseq = sip.cseq(request).sequence
+        return self.transport.send_on(conn, ok)
+
+    def ack_establishes(self, request: Request) -> bool:
+        """An ACK for our 200 to the peer's reINVITE: sharing is on (True the first time)."""
+        if self.shared or not self.in_dialog(request):
+            return False
+        if sip.cseq(request).sequence != self._answered_cseq:
+            return False
+        self.shared = True
+        return True
 
     def on_send_failed(self, notice: SendFailed) -> list[Effect]:
         return [Log(f"cannot reach {notice.to}: {notice.reason}", "warn")]

@@ -93,25 +93,15 @@ class SkypeClient(UserAgent):
         self.settings = settings
         self.linger = settings.linger
         self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.host}"
-        self.tag = f"{self.rng.getrandbits(32):08x}"
         self.contact = f"<sip:alice@{settings.host}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
-        self.dialog: Dialog | None = None
         self.remote: appsharing.RemoteShare | None = None
         self.checks: CheckStream | None = None
         self._relay = Address("0.0.0.0", 0)
         self._ack: tuple[Request, Address] | None = None
         """The ACK of the first INVITE and where it went (sent again for a repeated 2xx)."""
-        self._reoffer: Request | None = None
-        self._reinvite_cseq = 0
-        self._reinvite_done = False
-        self._reinvite_ack: Request | None = None
-        self._answered_cseq = -1
-        """CSeq of CMS's reINVITE this client answered 200 (its ACK establishes sharing)."""
         self._media_open = False
         """The media connection is open or opening."""
-        self.reinvite_sent = False
-        self.shared = False
         self._bye_sent = False
 
     # -- helpers -------------------------------------------------------------------------------
@@ -220,8 +210,12 @@ class SkypeClient(UserAgent):
                 # acknowledge it again, nothing more.
                 return self.transport.send(self._ack[0], self._ack[1])
             return [StopTimer("timer-b"), *self._invite_answered(response)]
-        if method == "INVITE" and self._reoffer is not None and seq == self._reinvite_cseq:
-            return self._reinvite_answered(response)
+        if self.is_reoffer_answer(response):
+            was_shared = self.shared
+            effects, refused = self.reoffer_answered(response)
+            if refused is not None:
+                return [*effects, *self._give_up(refused)]
+            return effects + self._shared() if self.shared and not was_shared else effects
         if method == "BYE":
             return [*self._close_media(), *self.done("call ended")]
         return []
@@ -255,61 +249,20 @@ class SkypeClient(UserAgent):
         return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
                 *self._open_media(target), StartTimer("ice", s.ice_timeout)]  # fmt: skip
 
-    def _reinvite_answered(self, response: Response) -> list[Effect]:
-        assert self.dialog is not None and self._reoffer is not None  # set together
-        if self._reinvite_done:
-            if response.code < 300 and self._reinvite_ack is not None:
-                return self.transport.send(self._reinvite_ack, self.dialog.next_hop())
-            return []
-        self._reinvite_done = True
-        if response.code >= 300:
-            ack = ack_for_failure(self._reoffer, response)
-            why = f"reINVITE refused: {sip.summary(response)}{diagnostics(response)}"
-            return [*self.transport.send(ack, self.dialog.next_hop()), *self._give_up(why)]
-        self._reinvite_ack = self.dialog.request("ACK", self.branch(), cseq=self._reinvite_cseq)
-        self.shared = True
-        return [*self.transport.send(self._reinvite_ack, self.dialog.next_hop()), *self._shared()]
-
-    def _in_dialog(self, request: Request) -> bool:
-        """§12.2.2: the request belongs to this client's dialog (Call-ID and both tags)."""
-        return (
-            self.dialog is not None
-            and sip.call_id(request) == self.call_id
-            and sip.to_tag(request) == self.tag
-            and sip.format_address(sip.from_address(request)) == self.dialog.remote
-        )
-
     def _request(self, conn: str, request: Request) -> list[Effect]:
         if request.method == "ACK":
-            if (
-                self._in_dialog(request)
-                and self._answered_cseq == sip.cseq(request).sequence
-                and not self.shared
-            ):
-                self.shared = True
-                return self._shared()
-            return []
-        if not self._in_dialog(request):
+            return self._shared() if self.ack_establishes(request) else []
+        if not self.in_dialog(request):
             return self.transport.send_on(conn, sip.build_response(request, 481))
         if request.method == "BYE":
             return [*self.transport.send_on(conn, sip.build_response(request, 200)),
                     StopTimer("ice"), *self._close_media(),
                     *self.done("call ended by CMS")]  # fmt: skip
         if request.method == "INVITE":
-            if self._reoffer is not None and not self._reinvite_done:
-                # §14.2: both sides re-offered at once.
-                return self.transport.send_on(
-                    conn, sip.build_response(request, 491, "Request Pending")
-                )
             body = appsharing.build(
                 self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
             )
-            ok = sip.build_response(
-                request, 200, record_route=(), contact=self.contact,
-                content_type=appsharing.CONTENT_TYPE, body=body,
-            )  # fmt: skip
-            self._answered_cseq = sip.cseq(request).sequence
-            return self.transport.send_on(conn, ok)
+            return self.answer_reoffer(conn, request, body, self.contact)
         return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
 
     def _shared(self) -> list[Effect]:
@@ -365,15 +318,7 @@ class SkypeClient(UserAgent):
         return effects
 
     def _reinvite(self) -> list[Effect]:
-        assert self.dialog is not None  # the checks run only after the 200 OK
-        if self._reoffer is not None or self.shared:
-            return []
-        self.reinvite_sent = True
         body = appsharing.build(
             self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
         )
-        self._reoffer = self.dialog.request(
-            "INVITE", self.branch(), body=body, content_type=appsharing.CONTENT_TYPE
-        )
-        self._reinvite_cseq = sip.cseq(self._reoffer).sequence
-        return self.transport.send(self._reoffer, self.dialog.next_hop())
+        return self.send_reoffer(body)
