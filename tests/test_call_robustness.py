@@ -39,6 +39,18 @@ def sent_sip(effects: list[Effect]) -> list[sip.SipMessage]:
     ]
 
 
+def offer_body() -> bytes:
+    from labsim.proto import appsharing
+
+    edge = Address("192.168.1.252", 53577)
+    cand = appsharing.candidate(4, "TCP-ACT", "relay", edge)
+    side = appsharing.ShareSide(
+        "192.168.1.100", edge, "Xa3f", "Tq9sLmN2vB7xYc4ZkP1rW8dE", (cand,), "sharer",
+        "sendonly", bytes(30),
+    )  # fmt: skip
+    return appsharing.build(side)
+
+
 def invite(*, contact: bool = True, tag: str = "abc") -> Request:
     return sip.build_request(
         "INVITE", "sip:meeting@cms.lab",
@@ -46,6 +58,7 @@ def invite(*, contact: bool = True, tag: str = "abc") -> Request:
         from_addr=f"<sip:alice@skype.lab>;tag={tag}", to_addr="<sip:meeting@cms.lab>",
         call_id="call-1", cseq=1,
         contact="<sip:alice@192.168.1.100:5060;transport=tcp>" if contact else None,
+        content_type="application/sdp", body=offer_body(),
     )  # fmt: skip
 
 
@@ -175,3 +188,46 @@ def test_direct_path_with_strict_permissions_names_the_client() -> None:
     result = run_scenario(sc, "virtual")
     assert result.outcome.name == "sharing-established", result.outcome
     assert result.trace.find("CreatePermission Request XOR-PEER-ADDRESS: 192.168.1.100")
+
+
+def test_cancel_before_the_answer_gets_487_through_the_proxies() -> None:
+    """A sipp-like caller behind Expressway-C cancels while CMS is still allocating: the
+    proxy answers the CANCEL and cancels downstream with the INVITE's branch; CMS answers 487,
+    which comes back (and is ACKed hop by hop); a repeated INVITE is absorbed by the proxy."""
+    expc = ExpresswayC(ExpresswayCSettings())
+    expc.handle(Started(), 0)
+    expc.handle(
+        Connected("sip:2", Address("10.48.54.228", 40001), Address("10.48.54.230", 5060)), 0
+    )
+    expc.handle(Accepted("in:1", Address("10.48.54.228", 5060), Address("10.48.54.229", 40000)), 0)
+    offer = invite()
+    out = [e for e in expc.handle(Received("in:1", sip.encode(offer)), 0) if isinstance(e, Send)]
+    forwarded = sip.parse_message(next(e.data for e in out if e.conn == "sip:2"))
+    again = expc.handle(Received("in:1", sip.encode(invite())), 0)
+    assert not [e for e in again if isinstance(e, Send)]  # the repeat is absorbed
+    cancel = sip.build_request(
+        "CANCEL", "sip:meeting@cms.lab", via=sip.top_via(offer),
+        from_addr=sip.from_address(offer), to_addr=sip.to_address(offer), call_id="call-1",
+        cseq=1,
+    )  # fmt: skip
+    effects = [e for e in expc.handle(Received("in:1", sip.encode(cancel)), 0.1)
+               if isinstance(e, Send)]  # fmt: skip
+    upstream = [sip.summary(sip.parse_message(e.data)) for e in effects if e.conn == "in:1"]
+    down = [sip.parse_message(e.data) for e in effects if e.conn == "sip:2"]
+    assert upstream == ["200 OK"]
+    assert [sip.summary(m) for m in down] == ["CANCEL"]
+    assert sip.via_branch(sip.top_via(down[0])) == sip.via_branch(sip.top_via(forwarded))
+
+    cms = Cms(CmsSettings())
+    cms.handle(Started(), 0)
+    cms.handle(Accepted("in:1", Address("10.48.54.230", 5060), Address("10.48.54.228", 40001)), 0)
+    cms.handle(Received("in:1", sip.encode(forwarded)), 0)
+    answers = sent_sip(cms.handle(Received("in:1", sip.encode(down[0])), 0.1))
+    assert sorted(sip.summary(m) for m in answers) == ["200 OK", "487 Request Terminated"]
+    terminated = next(m for m in answers if sip.summary(m).startswith("487"))
+    back = [e for e in expc.handle(Received("sip:2", sip.encode(terminated)), 0.2)
+            if isinstance(e, Send)]  # fmt: skip
+    assert [sip.summary(sip.parse_message(e.data)) for e in back if e.conn == "in:1"] == [
+        "487 Request Terminated"
+    ]
+    assert [sip.summary(sip.parse_message(e.data)) for e in back if e.conn == "sip:2"] == ["ACK"]

@@ -133,6 +133,8 @@ class Cms(UserAgent):
         request = message
         if request.method == "INVITE" and sip.to_tag(request) is None:
             return self._new_call(conn, request, now)
+        if request.method == "CANCEL":
+            return self._cancel(conn, request, now)
         if request.method == "ACK":
             # Our 200 to the Skype client's reINVITE, acknowledged: sharing is on. (The ACK of
             # the 200 to the first INVITE, or a stray, changes nothing.)
@@ -146,6 +148,20 @@ class Cms(UserAgent):
             ok = sip.build_response(request, 200)
             return [*self.transport.send_on(conn, ok), *self._hang_up(now)]
         return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
+
+    def _cancel(self, conn: ConnId, cancel: Request, now: float) -> list[Effect]:
+        """RFC 3261 §9.2: 200 to the CANCEL; if the INVITE is still unanswered, 487 to it, and
+        the relay asked for it is given back."""
+        invite = self.invite
+        if invite is None or sip.call_id(cancel) != sip.call_id(invite):
+            return self.transport.send_on(conn, sip.build_response(cancel, 481, to_tag=self.tag))
+        effects = self.transport.send_on(conn, sip.build_response(cancel, 200, to_tag=self.tag))
+        if self._answered or self.invite_conn is None:
+            return effects  # too late: the final answer is out (§9.2), the call goes on
+        self._answered = True
+        terminated = sip.build_response(invite, 487, to_tag=self.tag)
+        return [*effects, *self.transport.send_on(self.invite_conn, terminated),
+                *self._hang_up(now)]  # fmt: skip
 
     def _new_call(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
         if self.invite is not None:
@@ -189,7 +205,8 @@ class Cms(UserAgent):
         return appsharing.build(side, connection=connection, remote=remote)
 
     def _answer(self) -> list[Effect]:
-        assert self.invite is not None and self.invite_conn is not None
+        if self._answered or self.invite is None or self.invite_conn is None:
+            return []  # cancelled meanwhile (§9.2): no 200 after the 487
         body = self._body(version=2)
         ok = sip.build_response(
             self.invite, 200, to_tag=self.tag, contact=self.contact,

@@ -71,6 +71,8 @@ class SipProxy:
         self.transport = transport
         self._transactions: dict[str, _Transaction] = {}
         self._absorb_ack: set[str] = set()
+        #: (upstream branch, method) -> our branch, to recognise a request seen before.
+        self._upstream: dict[tuple[str, str], str] = {}
         self._branches = 0
         #: Called with every response this proxy forwards upstream and the address it goes
         #: back to: the Skype Edge reads the answer's SDP there to know where its media relay
@@ -123,6 +125,12 @@ class SipProxy:
             self._absorb_ack.discard(branch)
             return []
         effects: list[Effect] = []
+        if request.method == "CANCEL":
+            return self._cancel(conn, request, branch)
+        if request.method != "ACK" and (branch, request.method) in self._upstream:
+            # §17.2.3: the same request again (same branch): it belongs to the transaction
+            # already forwarded, and is not forwarded a second time.
+            return [Log(f"repeated {request.method} (branch {branch}) absorbed")]
         if request.method != "ACK" and not sip.route(request) and self._is_self(request.uri):
             # §16.4/§16.5: addressed to this element itself (an OPTIONS ping, say), not to be
             # forwarded: answer it here.
@@ -151,7 +159,35 @@ class SipProxy:
         if request.method != "ACK":
             txn = _Transaction(conn, request, branch, hop, self.transport.connection_to(hop))
             self._transactions[ours] = txn
+            self._upstream[(branch, request.method)] = ours
         return effects
+
+    def _cancel(self, conn: ConnId, cancel: Request, branch: str) -> list[Effect]:
+        """§16.10: answer the CANCEL here (200, hop by hop) and cancel the INVITE's pending
+        client transaction downstream with a CANCEL of the same branch (§9.1)."""
+        ours = self._upstream.get((branch, "INVITE"))
+        txn = self._transactions.get(ours) if ours is not None else None
+        if txn is None:
+            return self.transport.send_on(conn, self._answer(cancel, 481))
+        effects = self.transport.send_on(conn, sip.build_response(cancel, 200))
+        forwarded = txn.request
+        downstream = sip.build_request(
+            "CANCEL",
+            forwarded.uri,
+            via=[sip.top_via(forwarded)],
+            from_addr=sip.from_address(forwarded),
+            to_addr=sip.to_address(forwarded),
+            call_id=sip.call_id(forwarded),
+            cseq=sip.cseq(forwarded).sequence,
+            route=list(forwarded.headers.getlist("Route")),
+        )
+        return [*effects, *self.transport.send(downstream, txn.next_hop)]
+
+    def _end(self, branch: str) -> _Transaction | None:
+        txn = self._transactions.pop(branch, None)
+        if txn is not None:
+            self._upstream.pop((txn.upstream_branch, txn.request.method), None)
+        return txn
 
     def _answer(self, request: Request, code: int, reason: str | None = None) -> Response:
         """A response this proxy makes itself; as a UAS would, it tags To (§8.2.6.2)."""
@@ -164,9 +200,9 @@ class SipProxy:
         effects: list[Effect] = []
         for branch, txn in list(self._transactions.items()):
             if txn.upstream == notice.conn:
-                del self._transactions[branch]  # nobody is left to answer
+                self._end(branch)  # nobody is left to answer
             elif txn.downstream == notice.conn:
-                del self._transactions[branch]
+                self._end(branch)
                 # §16.7 step 6 / §18.4: the request can get no answer any more.
                 upstream = txn.request
                 sip.pop_via(upstream)
@@ -181,13 +217,15 @@ class SipProxy:
     def _response(self, response: Response) -> list[Effect]:
         via = sip.pop_via(response)
         branch = sip.via_branch(via) or ""
+        if sip.cseq(response).method == "CANCEL":
+            return []  # the answer to our own CANCEL (§16.10): hop by hop, ends here
         txn = self._transactions.get(branch)
         if txn is None or via.host != self.settings.host:
             return [Log(f"{sip.summary(response)} matches no transaction here; dropped", "warn")]
         if response.code < 200:
             # §16.7 step 5 would forward 101-199 too; 100 is hop by hop (§16.2).
             return [] if response.code == 100 else self.transport.send_on(txn.upstream, response)
-        del self._transactions[branch]
+        self._end(branch)
         effects: list[Effect] = []
         if txn.request.method == "INVITE" and response.code >= 300:
             effects += self.transport.send(self._hop_ack(txn, response), txn.next_hop)
@@ -218,7 +256,7 @@ class SipProxy:
             if not isinstance(message, Request) or message.method == "ACK":
                 continue
             branch = sip.via_branch(sip.top_via(message)) or ""
-            txn = self._transactions.pop(branch, None)
+            txn = self._end(branch)
             if txn is None:
                 continue
             code = 408 if notice.reason == "timeout" else 503
