@@ -617,3 +617,15 @@ def test_two_clients_do_not_claim_each_others_connections() -> None:
     assert a.handle(Closed("turn2:ctl"), 1.0) == [] and a.state is before
     b.handle(Received("turn2:ctl", connection_attempt()), 1.0)
     assert b.owns_conn("turn2:data:1") and not a.owns_conn("turn2:data:1")
+
+
+def test_release_after_a_failed_allocation_still_reports_released() -> None:
+    client = new_client(password="not-the-password")
+    client.start(0.0)
+    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
+    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    client.handle(Received(CTL, challenge(second)), 0.1)
+    assert client.state is TurnState.FAILED and len(client.poll()) == 1
+    effects = client.release(1.0)
+    assert sends(effects) == [] and client.poll() == [Released()]
+    assert client.state is TurnState.RELEASED and client.release(2.0) == []

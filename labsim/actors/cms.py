@@ -251,11 +251,9 @@ class Cms(UserAgent):
         if self.pipe is not None:
             effects.append(Close(self.pipe))
             self.pipe = None
-        released = self.turn.release(now)
-        if not released and not self.finished:
-            # Nothing to give back (the allocation failed, expired or was never asked for).
-            return [*effects, *self.done("call ended, no allocation to release")]
-        return [*effects, *released]
+        if self.invite is None:  # no call, so no allocation was ever asked for
+            return [*effects, *self.done("call ended")]
+        return [*effects, *self.turn.release(now)]  # Released ends this side (_turn_news)
 
     # -- TURN ----------------------------------------------------------------------------------
 

@@ -454,8 +454,14 @@ class TurnClient:
         """Give the allocation back at hang-up: Refresh with LIFETIME 0 (RFC 5766 §7.1), then
         close the control connection when it is answered."""
         state = self._state
-        if state in _TERMINAL or state is TurnState.RELEASING:
+        if state is TurnState.RELEASED or state is TurnState.RELEASING:
             return []
+        if state in _TERMINAL:
+            # Failed or expired: there is nothing to give back, and the owner, which is
+            # hanging up, still hears that the allocation is over.
+            self._state = TurnState.RELEASED
+            self.notifications.append(Released())
+            return [Log(f"TURN: nothing to release (allocation {state.name.lower()})")]
         effects = self._stop_everything()
         if state is TurnState.ALLOCATED:
             self._state = TurnState.RELEASING
