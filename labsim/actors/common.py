@@ -11,10 +11,16 @@ from sipmessage import Request, Response
 from labsim.proto import appsharing
 from labsim.proto.events import ConnId, Effect, Event, Log, Send, Started, StartTimer
 from labsim.proto.ice import CheckAnswered, CheckFailed, CheckReceived, CheckStream
-from labsim.proto.sip_dialog import Dialog, ack_for_failure, diagnostics
+from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_proxy import ProxySettings, SipProxy
 from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
 from labsim.wire import WireError, sip
+
+
+def diag_suffix(response: Response) -> str:
+    """`` (ms-diagnostics text)`` for a log line, or ""."""
+    text = sip.diagnostics_text(response)
+    return f" ({text})" if text else ""
 
 
 class ProxyElement:
@@ -133,8 +139,8 @@ class UserAgent:
             return [], None
         self._reoffer_done = True
         if response.code >= 300:
-            ack = ack_for_failure(reoffer, response)
-            why = f"reINVITE refused: {sip.summary(response)}{diagnostics(response)}"
+            ack = sip.build_failure_ack(reoffer, response)
+            why = f"reINVITE refused: {sip.summary(response)}{diag_suffix(response)}"
             return self.transport.send(ack, dialog.next_hop()), why
         self._reoffer_ack = dialog.request("ACK", self.branch(), cseq=sip.cseq(reoffer).sequence)
         self.shared = True

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sipmessage import Request, Response, Via
 
-from labsim.actors.common import UserAgent, check_step
+from labsim.actors.common import UserAgent, check_step, diag_suffix
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -43,7 +43,7 @@ from labsim.proto.ice import (
     CheckStream,
     IceCredentials,
 )
-from labsim.proto.sip_dialog import Dialog, ack_for_failure, diagnostics
+from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_transport import ConnectionLost, SendFailed
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
@@ -225,9 +225,9 @@ class SkypeClient(UserAgent):
         s = self.settings
         if response.code >= 300:
             # §17.1.1.3: the ACK for a non-2xx goes hop by hop, with the INVITE's branch.
-            ack = ack_for_failure(self.invite, response)
+            ack = sip.build_failure_ack(self.invite, response)
             self._ack = (ack, s.edge)
-            why = f"sharing refused: {sip.summary(response)}{diagnostics(response)}"
+            why = f"sharing refused: {sip.summary(response)}{diag_suffix(response)}"
             return [*self.transport.send(ack, s.edge), *self.done(why)]
         try:
             self.dialog = Dialog.as_uac(self.invite, response, self.contact)

@@ -106,32 +106,3 @@ class Dialog:
             content_type=content_type,
             body=body,
         )
-
-
-def ack_for_failure(request: Request, response: Response) -> Request:
-    """RFC 3261 §17.1.1.3: the ACK for a non-2xx final answer to an INVITE: same Request-URI,
-    top Via (so the same branch), Call-ID, From, CSeq number and Route as the INVITE, To from
-    the response. It goes hop by hop, where the INVITE went."""
-    return sip.build_request(
-        "ACK",
-        request.uri,
-        via=sip.top_via(request),
-        from_addr=sip.from_address(request),
-        to_addr=sip.to_address(response),
-        call_id=sip.call_id(request),
-        cseq=sip.cseq(request).sequence,
-        route=list(request.headers.getlist("Route")),
-    )
-
-
-def diagnostics(response: Response) -> str:
-    """The ms-diagnostics(-public) text of a response for a log line, as received when it does
-    not parse (a peer's malformed header must not hide the answer it came with)."""
-    try:
-        found = sip.ms_diagnostics_public(response) or sip.ms_diagnostics(response)
-    except SipError:
-        raw = response.headers.get("ms-diagnostics-public") or response.headers.get(
-            "ms-diagnostics"
-        )
-        return f" (unparsable ms-diagnostics: {raw[:120]!r})" if raw else ""
-    return f" ({found})" if found else ""

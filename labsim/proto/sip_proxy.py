@@ -204,15 +204,22 @@ class SipProxy:
             elif txn.downstream == notice.conn:
                 self._end(branch)
                 # §16.7 step 6 / §18.4: the request can get no answer any more.
-                upstream = txn.request
-                sip.pop_via(upstream)
-                if upstream.method == "INVITE":
-                    self._absorb_ack.add(txn.upstream_branch)
                 effects += [
-                    Log(f"connection to {notice.remote} lost: 503 for {upstream.method}", "warn"),
-                    *self.transport.send_on(txn.upstream, self._answer(upstream, 503)),
-                ]
+                    Log(f"connection to {notice.remote} lost: 503 for {txn.request.method}",
+                        "warn"),
+                    *self._answer_upstream(txn, 503),
+                ]  # fmt: skip
         return effects
+
+    def _answer_upstream(self, txn: _Transaction, code: int) -> list[Effect]:
+        """Answer a forwarded request ourselves (its downstream side is gone), as the upstream
+        side sent it: without this proxy's Via; the caller's ACK of an INVITE's answer ends
+        here (§16.7 step 6)."""
+        upstream = txn.request
+        sip.pop_via(upstream)
+        if upstream.method == "INVITE":
+            self._absorb_ack.add(txn.upstream_branch)
+        return self.transport.send_on(txn.upstream, self._answer(upstream, code))
 
     def _response(self, response: Response) -> list[Effect]:
         via = sip.pop_via(response)
@@ -228,27 +235,14 @@ class SipProxy:
         self._end(branch)
         effects: list[Effect] = []
         if txn.request.method == "INVITE" and response.code >= 300:
-            effects += self.transport.send(self._hop_ack(txn, response), txn.next_hop)
+            effects += self.transport.send(
+                sip.build_failure_ack(txn.request, response), txn.next_hop
+            )
             self._absorb_ack.add(txn.upstream_branch)
         if self.on_response is not None:
             self.on_response(response, self.transport.remote_of(txn.upstream))
         effects += self.transport.send_on(txn.upstream, response)
         return effects
-
-    def _hop_ack(self, txn: _Transaction, response: Response) -> Request:
-        """§17.1.1.3: the ACK for a non-2xx final response, built from the request."""
-        request = txn.request
-        routes = list(request.headers.getlist("Route"))
-        return sip.build_request(
-            "ACK",
-            request.uri,
-            via=[sip.top_via(request)],
-            from_addr=sip.from_address(request),
-            to_addr=sip.to_address(response),
-            call_id=sip.call_id(request),
-            cseq=sip.cseq(request).sequence,
-            route=routes,
-        )
 
     def _unreachable(self, notice: SendFailed) -> list[Effect]:
         effects: list[Effect] = [Log(f"next hop {notice.to} unreachable ({notice.reason})", "warn")]
@@ -259,11 +253,5 @@ class SipProxy:
             txn = self._end(branch)
             if txn is None:
                 continue
-            code = 408 if notice.reason == "timeout" else 503
-            if message.method == "INVITE":
-                self._absorb_ack.add(txn.upstream_branch)  # the caller's ACK for our answer
-            # Answer as the upstream side saw the request: without this proxy's own Via.
-            upstream = txn.request
-            sip.pop_via(upstream)
-            effects += self.transport.send_on(txn.upstream, self._answer(upstream, code))
+            effects += self._answer_upstream(txn, 408 if notice.reason == "timeout" else 503)
         return effects

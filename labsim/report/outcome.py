@@ -81,12 +81,8 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         return Outcome("no-answer", f"the INVITE got no final answer back to {caller}")
     if final.code >= 300:
         text = f"the INVITE was answered {sip.summary(final)}"
-        try:
-            diag = sip.ms_diagnostics_public(final) or sip.ms_diagnostics(final)
-            extra = f" ({diag})" if diag else ""
-        except WireError:
-            raw = final.headers.get("ms-diagnostics-public") or final.headers.get("ms-diagnostics")
-            extra = f" (unparsable ms-diagnostics: {(raw or '')[:120]!r})"
+        diag = sip.diagnostics_text(final)
+        extra = f" ({diag})" if diag else ""
         return Outcome("call-rejected", text + extra)
 
     # The reINVITE: an INVITE inside the call's dialog (it has a To tag), either direction.

@@ -48,6 +48,7 @@ __all__ = [
     "SipMessage",
     "add_record_route",
     "build_request",
+    "build_failure_ack",
     "build_response",
     "call_id",
     "contact",
@@ -55,6 +56,7 @@ __all__ = [
     "content_type",
     "cseq",
     "decrement_max_forwards",
+    "diagnostics_text",
     "encode",
     "format_address",
     "format_uri",
@@ -272,12 +274,6 @@ def _parse_cseq(value: str) -> CSeq:
     return CSeq.parse(value)
 
 
-@functools.lru_cache(maxsize=4096)
-def _vias(value: str) -> tuple[tuple[int | None, bool], ...]:
-    """(port, has branch) of each Via value; ValueError etc. as sipmessage raises them."""
-    return tuple((v.port, bool(v.parameters.get("branch"))) for v in _parse_vias(value))
-
-
 def _address_ok(value: str, many: bool) -> bool:
     if many:
         _parse_addresses(value)
@@ -325,15 +321,15 @@ def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None
             # white space, would return [] instead.
             raise SipError(f"{what}: empty value", line=f.line)
         if f.key == "via":
-            parsed = _translate(what, f.line, _vias, f.value)
-            for port, _branch in parsed:
-                if port is not None and not 0 < port < 65536:
-                    raise SipError(f"Via: port {port} out of range", line=f.line)
+            parsed = _translate(what, f.line, _parse_vias, f.value)
+            for v in parsed:
+                if v.port is not None and not 0 < v.port < 65536:
+                    raise SipError(f"Via: port {v.port} out of range", line=f.line)
             if first_via:
                 # RFC 3261 §8.1.1.7: the top Via carries the transaction's branch. Both RFC 3261
                 # (magic cookie) and older branches are accepted; see is_rfc3261_branch().
                 first_via = False
-                if not parsed[0][1]:
+                if not parsed[0].parameters.get("branch"):
                     raise SipError(
                         "top Via has no branch parameter (RFC 3261 §8.1.1.7)", line=f.line
                     )
@@ -671,6 +667,18 @@ def ms_diagnostics_public(msg: SipMessage) -> MsDiagnostics | None:
     return _diagnostics(msg, "ms-diagnostics-public")
 
 
+def diagnostics_text(msg: SipMessage) -> str:
+    """``ms-diagnostics-public`` (else ``ms-diagnostics``) for a log line or a verdict: the
+    parsed value, or the raw text when it does not parse (a peer's malformed header must not
+    hide the answer it came with); "" when there is none."""
+    try:
+        found = ms_diagnostics_public(msg) or ms_diagnostics(msg)
+    except SipError:
+        raw = msg.headers.get("ms-diagnostics-public") or msg.headers.get("ms-diagnostics")
+        return f"unparsable ms-diagnostics {(raw or '')[:120]!r}"
+    return str(found) if found else ""
+
+
 # --------------------------------------------------------------------------------------------
 # Formatting (see the module docstring for why not str() of the sipmessage values)
 
@@ -881,6 +889,22 @@ def build_response(
     msg.headers.add("CSeq", _required(request, "CSeq"))
     _add_tail(msg, contact, extra_headers, content_type, bytes(body))
     return msg
+
+
+def build_failure_ack(invite: Request, response: Response) -> Request:
+    """RFC 3261 §17.1.1.3: the ACK for a non-2xx final answer to ``invite``: its Request-URI,
+    top Via (so its branch), Call-ID, From, CSeq number and Route, and the To of the answer.
+    It goes hop by hop, where the INVITE went (user agents and proxies alike)."""
+    return build_request(
+        "ACK",
+        invite.uri,
+        via=top_via(invite),
+        from_addr=from_address(invite),
+        to_addr=to_address(response),
+        call_id=call_id(invite),
+        cseq=cseq(invite).sequence,
+        route=list(invite.headers.getlist("Route")),
+    )
 
 
 def encode(msg: SipMessage) -> bytes:
