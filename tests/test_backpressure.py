@@ -19,57 +19,38 @@ from labsim.net.live import LiveNetwork
 from labsim.proto.turn_server import TurnServer, TurnServerSettings
 from labsim.trace import Trace
 from labsim.wire import stun
-from labsim.wire.framing import StunSplitter
+
+from .coturn import PASSWORD, REALM, USER
+from .stun_client import Control, authed
 
 PORT = 34795
-USER, PASSWORD, REALM = "turn", "secret", "TANDBERG"
 KEY = stun.long_term_key(USER, REALM, PASSWORD)
 LIMIT = 256 * 1024 * 1024  # what the peer tries to push
 BOUND = 64 * 1024 * 1024  # what may get through to buffers when nobody reads
 
 
-def _exchange(sock: socket.socket, message: stun.Message, key: bytes | None) -> stun.Message:
-    sock.sendall(message.encode(key))
-    splitter = StunSplitter()
-    while True:
-        data = sock.recv(4096)
-        assert data, "server closed the connection"
-        frames = splitter.feed(data, max_messages=1)
-        if frames:
-            return stun.decode(frames[0])
-
-
-def _authed(method: int, attrs: list[stun.Attribute], nonce: str) -> stun.Message:
-    return stun.Message.request(
-        method,
-        [*attrs, stun.Username(USER), stun.Realm(REALM), stun.Nonce(nonce),
-         stun.MessageIntegrity()],
-    )  # fmt: skip
-
-
 def _flood(result: dict[str, object]) -> None:
     try:
         host = "127.48.54.229"
-        control = socket.create_connection((host, PORT), timeout=5)
-        challenge = _exchange(
-            control, stun.Message.request(stun.Method.ALLOCATE, [stun.RequestedTransport(6)]), None
+        control = Control((host, PORT))
+        challenge = control.transact(
+            stun.Message.request(stun.Method.ALLOCATE, [stun.RequestedTransport(6)])
         )
         nonce = challenge.get(stun.Nonce)
         assert nonce is not None
-        ok = _exchange(
-            control, _authed(stun.Method.ALLOCATE, [stun.RequestedTransport(6)], nonce.value), KEY
+        ok = control.transact(
+            authed(stun.Method.ALLOCATE, [stun.RequestedTransport(6)], nonce.value), KEY
         )
         relayed = ok.get(stun.XorRelayedAddress)
         assert relayed is not None, ok.summary()
         peer = socket.create_connection((host, relayed.port), timeout=5)
-        attempt = StunSplitter().feed(control.recv(4096))
-        connection_id = stun.decode(attempt[0]).get(stun.ConnectionId)
+        connection_id = control.receive().get(stun.ConnectionId)  # the ConnectionAttempt
         assert connection_id is not None
-        data = socket.create_connection((host, PORT), timeout=5)
-        bound = _exchange(data, _authed(stun.Method.CONNECTION_BIND, [connection_id], nonce.value),
-                          KEY)  # fmt: skip
+        data = Control((host, PORT), max_messages=1)  # then raw bytes, never read
+        bound = data.transact(
+            authed(stun.Method.CONNECTION_BIND, [connection_id], nonce.value), KEY
+        )
         assert bound.cls is stun.Class.SUCCESS, bound.summary()
-        # The data connection is never read from here on.
         peer.setblocking(False)
         chunk = b"\x00" * 65536
         sent, idle_since = 0, None
@@ -84,8 +65,9 @@ def _flood(result: dict[str, object]) -> None:
                     break  # held back for a second: the pipe is full
                 time.sleep(0.005)
         result["sent"] = sent
-        for sock in (peer, data, control):
-            sock.close()
+        peer.close()
+        data.close()
+        control.close()
     except BaseException as exc:  # reported by the test
         result["error"] = exc
 
