@@ -16,6 +16,7 @@ from labsim.actors.expressway_c import ExpresswayC, ExpresswayCSettings
 from labsim.actors.expressway_e import ExpresswayE, ExpresswayESettings
 from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
 from labsim.actors.skype_edge import SkypeEdge, SkypeEdgeSettings
+from labsim.net.faults import Block, Cut, Delay, Drop, FaultPlan, MessageMatch, Rule
 from labsim.net.live import LiveNetwork
 from labsim.net.virtual import VirtualNetwork
 from labsim.proto.events import Address
@@ -23,7 +24,7 @@ from labsim.proto.ice import IceCredentials
 from labsim.proto.turn_client import TurnClientSettings
 from labsim.proto.turn_server import TurnServerSettings
 from labsim.report.outcome import Outcome, outcome
-from labsim.scenario import Scenario
+from labsim.scenario import MessageRule, Scenario
 from labsim.trace import Trace
 
 #: The ladder's columns, left to right, in the order the INVITE travels.
@@ -149,6 +150,31 @@ def build(sc: Scenario) -> Cast:
     )  # fmt: skip
 
 
+def fault_plan(sc: Scenario) -> FaultPlan:
+    """The scenario's ``faults:`` as the rules both runtimes apply."""
+    rules: list[Rule] = []
+
+    def match(spec: MessageRule) -> MessageMatch:
+        protocol, message = spec.matched()
+        return MessageMatch(
+            src=spec.src, dst=spec.dst, protocol=protocol, message=message,
+            connection=spec.connection, nth=spec.occurrences(), probability=spec.probability,
+        )  # fmt: skip
+
+    for fault in sc.faults:
+        if fault.drop is not None:
+            rules.append(Drop(match(fault.drop)))
+        elif fault.delay is not None:
+            rules.append(Delay(match(fault.delay), fault.delay.by))
+        elif fault.block is not None:
+            b = fault.block
+            rules.append(Block(b.src, b.dst, b.port_range(), b.how))
+        elif fault.cut is not None:
+            c = fault.cut
+            rules.append(Cut(c.src, c.dst, c.connection, c.after, c.after_bytes))
+    return FaultPlan(rules, sc.seed)
+
+
 def blocked_pairs(sc: Scenario) -> set[tuple[str, str]]:
     """Every (client, server) pair the scenario's reachability does not allow."""
     return {(a, b) for a in ACTORS for b in ACTORS if a != b and not sc.can_connect(a, b)}
@@ -184,11 +210,14 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
         links[(x, y)] = links[(y, x)] = link.latency
     if clock == "virtual":
         net = VirtualNetwork(
-            cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked
-        )
+            cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked,
+            faults=fault_plan(sc),
+        )  # fmt: skip
     else:
         # Loopback has its own (tiny) latency; only the scenario's per-link ones are added.
-        net = LiveNetwork(cast.all(), trace, blocked=blocked, link_latency=links)
+        net = LiveNetwork(
+            cast.all(), trace, blocked=blocked, link_latency=links, faults=fault_plan(sc)
+        )
     net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
     result = RunResult(sc, clock, trace, outcome(trace), wall)

@@ -553,6 +553,163 @@ Outcome = Literal[
     "sharing-established", "call-rejected", "ice-failed", "turn-failed", "no-answer", "call-failed"
 ]
 
+#: The verdicts of labsim.report.diagnose (kept equal to its DIAGNOSES by tests; this module
+#: may not import the report layer).
+Diagnosis = Literal[
+    "healthy", "stale-nonce-recovered", "slow-network", "presenter-not-allowed",
+    "turn-auth-failed", "tcp-relay-unsupported", "relay-unreachable", "permission-missing",
+    "connection-bind-missing", "one-way-binding", "allocation-expired", "media-path-lost",
+    "no-sip-path", "call-rejected", "unknown",
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault rules
+# ---------------------------------------------------------------------------------------------
+
+ProtocolName = Literal["SIP", "STUN", "TCP"]
+
+
+class _HopSpec(_Model):
+    src: ActorName | None = Field(
+        default=None, alias="from", description="The sending actor of the hop; null: any."
+    )
+    dst: ActorName | None = Field(
+        default=None, alias="to", description="The receiving actor of the hop; null: any."
+    )
+    connection: Annotated[int, Strict(), Field(ge=1)] | None = Field(
+        default=None,
+        description="Only the n-th TCP connection (1-based) opened between the two actors, "
+        "e.g. 2 for CMS's TURN data connection (1 is its control connection).",
+    )
+
+    @model_validator(mode="after")
+    def _two_actors(self) -> _HopSpec:
+        if self.src is not None and self.src == self.dst:
+            raise _At(("to",), f"a hop joins two different actors, not {self.src} to itself")
+        return self
+
+
+class MessageRule(_HopSpec):
+    """Which messages a drop or delay takes: every condition given must hold."""
+
+    protocol: ProtocolName | None = Field(default=None, description="SIP, STUN or TCP.")
+    message: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Start of the message's summary as the ladder prints it, e.g. "
+        '"Binding Success Response", "INVITE", "200 OK".',
+    )
+    sip: str | None = Field(
+        default=None, min_length=1, description="Shorthand for protocol: SIP, message: ..."
+    )
+    stun: str | None = Field(
+        default=None, min_length=1, description="Shorthand for protocol: STUN, message: ..."
+    )
+    nth: (
+        Annotated[int, Strict(), Field(ge=1)] | list[Annotated[int, Strict(), Field(ge=1)]] | (None)
+    ) = Field(
+        default=None,
+        description="Only the n-th matching message (1-based), or those listed; null: all.",
+    )
+    probability: Annotated[float, Strict(), Field(gt=0, le=1)] = Field(
+        default=1.0, description="Hit each matching message with this probability (seeded)."
+    )
+
+    @model_validator(mode="after")
+    def _one_message(self) -> MessageRule:
+        given = [k for k in ("message", "sip", "stun") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise _At((given[1],), f"give one of message, sip, stun (here: {', '.join(given)})")
+        if given and given[0] != "message" and self.protocol is not None:
+            raise _At(("protocol",), f"{given[0]}: already says the protocol")
+        return self
+
+    def matched(self) -> tuple[str | None, str | None]:
+        """(protocol, summary prefix)."""
+        if self.sip is not None:
+            return "SIP", self.sip
+        if self.stun is not None:
+            return "STUN", self.stun
+        return self.protocol, self.message
+
+    def occurrences(self) -> tuple[int, ...]:
+        if self.nth is None:
+            return ()
+        return (self.nth,) if isinstance(self.nth, int) else tuple(self.nth)
+
+
+class DelayRule(MessageRule):
+    """Hold matching messages back; what follows on their connection waits behind them."""
+
+    by: PositiveSeconds = Field(description="Seconds each matching message is held.")
+
+
+class BlockRule(_Model):
+    """Connects that fail: a firewall between two actors, or in front of a port range."""
+
+    src: ActorName | None = Field(
+        default=None, alias="from", description="The connecting actor; null: any."
+    )
+    dst: ActorName | None = Field(
+        default=None, alias="to", description="The actor connected to; null: any."
+    )
+    ports: Port | tuple[Port, Port] | None = Field(
+        default=None,
+        description="Only connects to this port, or to a port in [first, last], e.g. "
+        "Expressway-E's relay range [24000, 29999].",
+    )
+    how: Literal["refuse", "blackhole"] = Field(
+        default="blackhole",
+        description="refuse: a RST comes back at once; blackhole: the SYN is dropped and the "
+        "connect times out.",
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _range(cls, value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        if isinstance(value, tuple) and value[0] > value[1]:
+            raise _At((1,), f"the range ends ({value[1]}) before it starts ({value[0]})")
+        return value
+
+    def port_range(self) -> tuple[int, int] | None:
+        if self.ports is None:
+            return None
+        return (self.ports, self.ports) if isinstance(self.ports, int) else self.ports
+
+
+class CutRule(_HopSpec):
+    """The network resets a connection (both ends get a RST) at a time or after some bytes."""
+
+    after: Seconds | None = Field(default=None, description="Seconds after the connection opened.")
+    after_bytes: Count | None = Field(
+        default=None,
+        description="Once this many bytes went from `from` to `to` (both ways if either is null).",
+    )
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> CutRule:
+        if (self.after is None) == (self.after_bytes is None):
+            raise _At((), "give exactly one of after (seconds) and after_bytes")
+        return self
+
+
+class FaultRule(_Model):
+    """One network fault: exactly one of drop, delay, block, cut."""
+
+    drop: MessageRule | None = Field(default=None, description="Messages that never arrive.")
+    delay: DelayRule | None = Field(default=None, description="Messages that arrive late.")
+    block: BlockRule | None = Field(default=None, description="Connects that fail.")
+    cut: CutRule | None = Field(default=None, description="A connection the network resets.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FaultRule:
+        given = [k for k in ("drop", "delay", "block", "cut") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = ", ".join(given) if given else "none"
+            raise _At((), f"a fault is exactly one of drop, delay, block, cut (here: {what})")
+        return self
+
 
 class MessageExpect(_Model):
     """A message the run must (or must not) show."""
@@ -587,7 +744,7 @@ class Expect(_Model):
     messages: list[MessageExpect] = Field(
         default_factory=list, description="Messages that must, or must not, appear."
     )
-    diagnosis: str | None = Field(
+    diagnosis: Diagnosis | None = Field(
         default=None, description="The diagnosis the report must give (its identifier); null: any."
     )
 
@@ -649,8 +806,14 @@ class Scenario(_Model):
         "Expressway-E, and Expressway-E cannot open connections into the internal network.",
     )
     call: Call = Field(default_factory=Call, description="How the call goes.")
-    faults: list[dict[str, Any]] = Field(
-        default_factory=list, description="Fault rules (drop, delay, block matching messages)."
+    faults: list[FaultRule] = Field(
+        default_factory=list,
+        description="Network faults, applied in both clocks: drop or delay matching messages, "
+        "block connects, cut connections. Rules are tried in order; the first that matches a "
+        "message decides.",
+    )
+    seed: Count = Field(
+        default=0, description="Seed of the fault rules' probability draws (runs repeat)."
     )
     expect: Expect = Field(default_factory=Expect, description="What the run must show.")
 

@@ -158,7 +158,27 @@ class ClosedRecord:
     connection: ConnectionRecord
 
 
-TimelineRecord = ConnectionRecord | ClosedRecord | MessageRecord | RefusedRecord | LogRecord
+@dataclass
+class FaultRecord:
+    """What an injected network fault did (a scenario's ``faults:``), for the reader: the
+    ladder shows it. The diagnosis never reads these; it must find the fault from the
+    messages alone, as an engineer with a real capture would."""
+
+    t: float
+    action: str
+    """``dropped``, ``delayed``, ``blocked`` or ``cut``."""
+    rule: str
+    """The rule, in words, with its number in the scenario."""
+    src: str
+    dst: str
+    connection: int | None = None
+    summary: str = ""
+    """The message dropped or delayed (empty for connects and cuts)."""
+
+
+TimelineRecord = (
+    ConnectionRecord | ClosedRecord | MessageRecord | RefusedRecord | LogRecord | FaultRecord
+)
 
 
 @dataclass
@@ -177,6 +197,7 @@ class Trace:
     messages: list[MessageRecord] = field(default_factory=list)
     refused: list[RefusedRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
     #: Every record in the order it happened, for renderers that interleave them.
     timeline: list[TimelineRecord] = field(default_factory=list)
     _directions: dict[tuple[int, bool], _Direction] = field(default_factory=dict, repr=False)
@@ -210,6 +231,10 @@ class Trace:
         self.refused.append(record)
         self.timeline.append(record)
 
+    def fault(self, record: FaultRecord) -> None:
+        self.faults.append(record)
+        self.timeline.append(record)
+
     def log(self, t: float, actor: str, text: str, level: str = "info") -> None:
         record = LogRecord(t, actor, text, level)
         self.logs.append(record)
@@ -231,7 +256,7 @@ class Trace:
         direction = self._directions.setdefault((conn, from_client), _Direction())
         if direction.framing != framing:
             direction.framing = framing
-            direction.splitter = _splitter(framing)
+            direction.splitter = splitter_for(framing)
         direction.sent += len(data)
 
         out: list[MessageRecord] = []
@@ -334,7 +359,9 @@ class Trace:
         return [m for m in self.messages if m.summary.startswith(summary_prefix)]
 
 
-def _splitter(framing: str) -> StreamSplitter | None:
+def splitter_for(framing: str) -> StreamSplitter:
+    """The stream splitter that cuts a connection's bytes sent with ``framing`` into messages
+    (fault rules cut sends the same way, so they see the messages the trace shows)."""
     if framing == "stun":
         # TCP allocations (RFC 6062 §4.1) never carry ChannelData, and refusing it makes text
         # sent to a TURN port show up as garbage at once.

@@ -152,7 +152,9 @@ def test_a_child_overrides_one_nested_value(tmp_path: Path) -> None:
     assert scenario.actors.cms.turn.username == "turn"
     assert scenario.actors.cms.turn.lifetime == 300
     assert scenario.deadline == 9
-    assert scenario.faults == [{"drop": {"from": "cms"}}]
+    assert [f.model_dump(exclude_defaults=True, by_alias=True) for f in scenario.faults] == [
+        {"drop": {"from": "cms"}}
+    ]
     assert [m.summary for m in scenario.expect.messages] == ["Allocate Request"]
     # ... except its identity.
     assert scenario.name == "wrong-password"
@@ -181,7 +183,9 @@ def test_lists_and_expect_are_replaced_whole(tmp_path: Path) -> None:
         """,
     )
     scenario = load(child)
-    assert scenario.faults == [{"block": {"from": "cms", "to": "expressway_e"}}]
+    assert [f.model_dump(exclude_defaults=True, by_alias=True) for f in scenario.faults] == [
+        {"block": {"from": "cms", "to": "expressway_e"}}
+    ]
     assert scenario.expect.outcome == "turn-failed"
     assert scenario.expect.messages == []
 
@@ -375,11 +379,16 @@ def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
             turn: &t {username: turn, password: secret}
           skype_client: {user: "sip:bob@skype.lab"}
         faults:
-          - {<<: *t, password: other}
+          - drop: &hop {from: cms, to: expressway_e, stun: Binding Request}
+          - delay: {<<: *hop, stun: Binding Success Response, by: 0.5}
         """,
     )
     # ... while a << merge and a key overriding it are fine.
-    assert load(merged).faults == [{"username": "turn", "password": "other"}]
+    delay = load(merged).faults[1].delay
+    assert delay is not None
+    assert (delay.src, delay.dst, delay.stun, delay.by) == (
+        "cms", "expressway_e", "Binding Success Response", 0.5
+    )
 
 
 def test_a_key_that_yaml_reads_as_a_boolean(tmp_path: Path) -> None:

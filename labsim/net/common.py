@@ -36,6 +36,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from labsim.net.faults import Cut, Delay, Drop, FaultPlan, Hit
 from labsim.proto.events import (
     Accepted,
     Actor,
@@ -60,7 +61,9 @@ from labsim.proto.events import (
     TimerId,
     Unlisten,
 )
-from labsim.trace import Trace
+from labsim.trace import FaultRecord, Trace, splitter_for
+from labsim.wire import WireError, sip, stun
+from labsim.wire.framing import StreamSplitter
 
 logger = logging.getLogger("labsim.net")
 
@@ -115,15 +118,22 @@ class ActorState:
 class Link:
     """One TCP connection of the run: the trace's id and its two ends (None: outside the run)."""
 
-    __slots__ = ("gid", "client", "server", "framing")
+    __slots__ = ("gid", "client", "server", "framing", "names", "number", "budgets")
 
-    def __init__(self, gid: int) -> None:
+    def __init__(self, gid: int, client: str = "", server: str = "") -> None:
         self.gid = gid
         self.client: End | None = None
         self.server: End | None = None
         #: The framing the run's own end last sent with: bytes from a peer outside the run
         #: (coturn, sipp) are traced with the same framing, so its answers decode too.
         self.framing = "raw"
+        #: (client actor, server actor), as the trace names them.
+        self.names = (client, server)
+        #: Which connection between these two actors this is (1-based), for fault rules.
+        self.number = 0
+        #: Cut-after-bytes rules on this connection: [rule, sender or None for both ways,
+        #: bytes still allowed].
+        self.budgets: list[list[Any]] | None = None
 
 
 class End:
@@ -131,7 +141,7 @@ class End:
 
     __slots__ = (
         "link", "st", "conn", "is_client", "local", "remote", "open", "io", "outbuf",
-        "feeders", "write_paused", "read_pauses",
+        "feeders", "write_paused", "read_pauses", "watched", "fault_split", "held",
     )  # fmt: skip
 
     def __init__(
@@ -165,6 +175,19 @@ class End:
         self.write_paused = False
         #: How many paused ends this one currently feeds (reading resumes at 0).
         self.read_pauses = 0
+        #: Fault rules (see :mod:`labsim.net.faults`): whether a drop or delay rule can match
+        #: what this end sends (None: not worked out yet), the splitter that cuts its sends
+        #: into messages for them, and what a delay holds back: [release time, bytes or None
+        #: for the actor's Close, framing or the Close's reset flag], in order.
+        self.watched: bool | None = None
+        self.fault_split: tuple[str, StreamSplitter | None] | None = None
+        self.held: list[list[Any]] | None = None
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """(this end's actor, the far end's), as the trace names them."""
+        client, server = self.link.names
+        return (client, server) if self.is_client else (server, client)
 
     @property
     def peer(self) -> End | None:
@@ -182,8 +205,12 @@ class Runtime:
     :meth:`_peer_closed` and :meth:`_timer_fired`.
     """
 
-    def __init__(self, actors: Sequence[Actor], trace: Trace) -> None:
+    def __init__(
+        self, actors: Sequence[Actor], trace: Trace, faults: FaultPlan | None = None
+    ) -> None:
         self.trace = trace
+        #: The scenario's network fault rules (None or empty: a healthy network).
+        self.faults = faults if faults else None
         self.actors: dict[str, ActorState] = {}
         for actor in actors:
             if actor.name in self.actors:
@@ -220,6 +247,18 @@ class Runtime:
     def _soon(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` after the current callback, at the same time."""
         raise NotImplementedError
+
+    def _later(self, delay: float, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` ``delay`` seconds from now (callbacks due at the same time run
+        in the order they were scheduled)."""
+        raise NotImplementedError
+
+    def _io_alive(self, end: End) -> bool:
+        """Whether bytes written on ``end`` can still go out (its socket is not lost)."""
+        return True
+
+    def _io_abort(self, end: End) -> None:
+        """The network cut the connection: drop ``end``'s socket without a word to the peer."""
 
     def _on_stop(self) -> None:
         """The run must end now (``until`` reached or ``stop`` true)."""
@@ -360,13 +399,158 @@ class Runtime:
             self._note_feeder(source, end)
         if data:
             end.link.framing = effect.protocol
-            self.trace.sent(now, end.link.gid, end.is_client, data, effect.protocol)
-            buf = end.outbuf
-            if buf is None:
-                end.outbuf = [data]
-                self._corked.append(end)
+            if self.faults is not None:
+                self._send_with_faults(end, data, effect.protocol, now)
             else:
-                buf.append(data)
+                self._pass(end, data, effect.protocol, now)
+
+    def _pass(self, end: End, data: bytes, framing: str, now: float) -> None:
+        """Trace ``data`` and queue it for the write at the end of the effect list."""
+        budgets = end.link.budgets
+        if budgets:
+            data = self._spend(end, data, budgets)
+            if not data:
+                return
+        self.trace.sent(now, end.link.gid, end.is_client, data, framing)
+        buf = end.outbuf
+        if buf is None:
+            end.outbuf = [data]
+            self._corked.append(end)
+        else:
+            buf.append(data)
+
+    # -- fault rules (decided by labsim.net.faults, carried out here for both runtimes) --------
+
+    def _send_with_faults(self, end: End, data: bytes, framing: str, now: float) -> None:
+        plan = self.faults
+        assert plan is not None
+        if end.watched is None:
+            end.watched = plan.watches(*end.names)
+        if not end.watched and not end.held:
+            self._pass(end, data, framing, now)
+            return
+        src, dst = end.names
+        for unit, protocol in self._units(end, data, framing):
+            hit = None
+            summary = ""
+            if end.watched:
+                summary = _summary(protocol, unit)
+                hit = plan.message(src, dst, end.link.number, protocol, summary)
+            if hit is not None and isinstance(hit.rule, Drop):
+                self._note_fault(now, "dropped", hit, src, dst, end.link.gid, summary)
+                continue
+            held = end.held
+            if hit is not None and isinstance(hit.rule, Delay):
+                release = now + hit.rule.seconds
+                if held:
+                    release = max(release, held[-1][0])
+                self._note_fault(now, "delayed", hit, src, dst, end.link.gid, summary)
+                if held is None:
+                    held = end.held = []
+                held.append([release, unit, framing])
+                self._later(release - now, self._release, end)
+            elif held:
+                held.append([held[-1][0], unit, framing])  # TCP order: behind the held bytes
+            else:
+                self._pass(end, unit, framing, now)
+
+    def _units(self, end: End, data: bytes, framing: str) -> list[tuple[bytes, str]]:
+        """``data`` cut into the messages the trace will show, each with its protocol.
+
+        A relay's opaque bytes (``raw``) are one unit, or the RFC 4571-framed STUN messages
+        they hold when they hold nothing else (the ICE checks crossing a relay). The framed
+        protocols keep an incomplete message back until its last byte is sent, so a rule
+        always sees whole messages; bytes that stop parsing pass on as opaque data.
+        """
+        split = end.fault_split
+        if split is None or split[0] != framing:
+            split = end.fault_split = (framing, splitter_for(framing))
+        splitter = split[1]
+        if splitter is None:
+            return [(data, "TCP")]
+        if framing == "raw":
+            try:
+                frames = splitter.feed(data)
+            except WireError:
+                frames = []
+            if frames and not splitter.buffered and all(map(stun.is_stun, frames)):
+                return [(f, "STUN") for f in frames]
+            end.fault_split = (framing, None)  # not framed STUN (any more): stop looking
+            return [(data, "TCP")]
+        units: list[tuple[bytes, str]] = []
+        try:
+            chunk: bytes = data
+            while got := splitter.feed(chunk, max_messages=1):
+                chunk = b""
+                for frame in got:
+                    protocol = "SIP" if framing == "sip" else "STUN"
+                    if framing == "rfc4571" and not stun.is_stun(frame):
+                        protocol = "TCP"
+                    units.append((frame, protocol))
+        except WireError:
+            end.fault_split = (framing, None)
+            rest = splitter.take_buffered()
+            if rest:
+                units.append((rest, "TCP"))
+        return units
+
+    def _release(self, end: End) -> None:
+        """A delay is over: send what it held (and what queued behind it), in order."""
+        held = end.held
+        now = self.now()
+        while held and held[0][0] <= now:
+            _, data, extra = held.pop(0)
+            if data is None:  # the actor's Close, held behind its data
+                self.trace.closed(now, end.link.gid, end.st.name, bool(extra))
+                self._io_close(end, bool(extra))
+            elif self._io_alive(end) and (end.open or held):
+                self.trace.sent(now, end.link.gid, end.is_client, data, extra)
+                self._io_send(end, data)
+
+    def _spend(self, end: End, data: bytes, budgets: list[list[Any]]) -> bytes:
+        """Count bytes against cut-after-bytes rules; the rest of a cut write never leaves."""
+        sender = end.st.name
+        for budget in budgets:
+            hit, who, left = budget
+            if who is not None and who != sender or left < 0:
+                continue
+            if len(data) < left:
+                budget[2] = left - len(data)
+                continue
+            data = data[:left]
+            budget[2] = -1
+            self._soon(self._cut, end.link, hit)
+        return data
+
+    def _cut(self, link: Link, hit: Hit) -> None:
+        """The network cuts a connection: both ends get a reset, nothing more goes through."""
+        ends = [e for e in (link.client, link.server) if e is not None and e.open]
+        if not ends or self._stopping:
+            return
+        now = self.now()
+        self._note_fault(now, "cut", hit, *link.names, link.gid)
+        self.trace.closed(now, link.gid, NETWORK, True)
+        for end in ends:
+            end.outbuf = end.held = None  # not yet on the wire: lost with the connection
+            self._io_abort(end)
+            Runtime._peer_closed(self, end, True, NETWORK)
+
+    def _blocked(self, st: ActorState, target: str | None, remote: Address) -> str | None:
+        """How a fault rule blocks this connect (``refuse`` / ``blackhole``), if one does."""
+        if self.faults is None:
+            return None
+        hit = self.faults.block(st.name, target, remote.port)
+        if hit is None:
+            return None
+        self._note_fault(self.now(), "blocked", hit, st.name, target or str(remote), None)
+        assert not isinstance(hit.rule, Drop | Delay | Cut)
+        return hit.rule.how
+
+    def _note_fault(
+        self, now: float, action: str, hit: Hit, src: str, dst: str, conn: int | None,
+        summary: str = "",
+    ) -> None:  # fmt: skip
+        self.trace.fault(FaultRecord(now, action, hit.words(), src, dst, conn, summary))
 
     def _note_feeder(self, source: End, end: End) -> None:
         feeders = end.feeders
@@ -428,6 +612,9 @@ class Runtime:
         del st.ends[end.conn]
         st.gone.add(end.conn)
         end.open = False
+        if end.held:  # a delay rule holds data back: the FIN or RST goes out behind it
+            end.held.append([end.held[-1][0], None, reset])
+            return
         self.trace.closed(now, end.link.gid, st.name, reset)
         self._io_close(end, reset)
 
@@ -491,9 +678,19 @@ class Runtime:
         self, client: str, client_addr: Address, server: str, server_addr: Address
     ) -> Link:
         """A connection is established: give it its trace id and record it."""
-        link = Link(self._next_gid)
+        link = Link(self._next_gid, client, server)
         self._next_gid += 1
         self.trace.opened(self.now(), link.gid, client, client_addr, server, server_addr)
+        if self.faults is not None:
+            link.number = self.faults.opened(client, server)
+            for hit in self.faults.cuts(client, server, link.number):
+                rule = hit.rule
+                assert isinstance(rule, Cut)
+                if rule.after is not None:
+                    self._later(rule.after, self._cut, link, hit)
+                elif rule.after_bytes is not None:
+                    sender = rule.src if rule.dst is not None else None
+                    link.budgets = (link.budgets or []) + [[hit, sender, rule.after_bytes]]
         return link
 
     def _server_end(
@@ -555,3 +752,15 @@ class Runtime:
         if st.timers.get(timer) is token:
             del st.timers[timer]
             self.deliver(st, TimerFired(timer))
+
+
+def _summary(protocol: str, data: bytes) -> str:
+    """The summary the trace will print for one message (what fault rules match on)."""
+    try:
+        if protocol == "SIP":
+            return sip.summary(sip.parse_message(data))
+        if protocol == "STUN":
+            return stun.decode_control(data).summary()
+    except WireError:
+        return f"Malformed {protocol}"
+    return f"TCP data, {len(data)} bytes"

@@ -50,6 +50,7 @@ from labsim.net.common import (
     Runtime,
     StopWhen,
 )
+from labsim.net.faults import FaultPlan
 from labsim.proto.events import Actor, Address, Connect, ConnId, TimerId
 from labsim.trace import Trace
 
@@ -195,8 +196,9 @@ class LiveNetwork(Runtime):
         backlog: int = 512,
         blocked: set[tuple[str, str]] | None = None,
         link_latency: Mapping[tuple[str, str], float] | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
-        super().__init__(actors, trace)
+        super().__init__(actors, trace, faults)
         if any(v < 0 for v in (link_latency or {}).values()):
             raise ValueError("latencies must not be negative")
         #: One-way latency added between two actors (either order), on top of loopback's own:
@@ -427,7 +429,11 @@ class LiveNetwork(Runtime):
         out = _Outgoing(st, effect.conn, effect.remote)
         out.local_port = effect.local_port
         target_actor = self._owner_of_host.get(effect.remote.host)
-        if target_actor is not None and (st.name, target_actor) in self.blocked:
+        how = self._blocked(st, target_actor, effect.remote)
+        if how == "refuse":
+            self._soon(self._fail, out, "refused")
+            return out
+        if how is not None or (st.name, target_actor) in self.blocked:
             # Nothing goes on the wire: the loopback would answer at once, a firewall would not.
             out.task = self._spawn(self._black_hole(out, effect.timeout))
             return out
@@ -631,6 +637,16 @@ class LiveNetwork(Runtime):
 
     def _io_send(self, end: End, data: bytes) -> None:
         end.io.write(data)
+
+    def _io_alive(self, end: End) -> bool:
+        return not end.io.is_closing()
+
+    def _io_abort(self, end: End) -> None:
+        self._abort(end.io, reset=True)
+
+    def _later(self, delay: float, fn: Callable[..., object], *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_later(delay, fn, *args)
 
     def _delay(self, end: End) -> float:
         peer = end.peer

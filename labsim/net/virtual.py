@@ -35,6 +35,7 @@ from typing import Any
 import simpy
 
 from labsim.net.common import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, Runtime, StopWhen
+from labsim.net.faults import FaultPlan
 from labsim.proto.events import Actor, Address, Connect, ConnId, TimerId
 from labsim.trace import Trace
 
@@ -72,8 +73,9 @@ class VirtualNetwork(Runtime):
         link_latency: Mapping[tuple[str, str], float] | None = None,
         blocked: set[tuple[str, str]] | None = None,
         refused: set[tuple[str, str]] | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
-        super().__init__(actors, trace)
+        super().__init__(actors, trace, faults)
         if latency < 0 or any(v < 0 for v in (link_latency or {}).values()):
             raise ValueError("latencies must not be negative")
         self.env = simpy.Environment()
@@ -121,6 +123,9 @@ class VirtualNetwork(Runtime):
     def _soon(self, fn: Callable[..., object], *args: Any) -> None:
         self._after(0.0, fn, *args)
 
+    def _later(self, delay: float, fn: Callable[..., object], *args: Any) -> None:
+        self._after(delay, fn, *args)
+
     def _latency(self, src: str | None, dst: str | None) -> float:
         if src is not None and dst is not None:
             value = self.link_latency.get((src, dst))
@@ -166,7 +171,11 @@ class VirtualNetwork(Runtime):
         pending = _Pending(st, effect.conn, effect.remote, Address(st.host, port))
         listener = self._listeners.get(effect.remote)
         target = listener.st.name if listener else self._owner_of_host.get(effect.remote.host)
-        if target is not None and (st.name, target) in self.blocked:
+        how = self._blocked(st, target, effect.remote)
+        if how == "refuse":  # a firewall's RST comes back after a round trip
+            back = self._latency(st.name, target) + self._latency(target, st.name)
+            self._after(min(back, effect.timeout), self._fail, pending, "refused")
+        elif how is not None or (target is not None and (st.name, target) in self.blocked):
             self._after(effect.timeout, self._fail, pending, "timeout")  # the SYN is black-holed
         elif self._latency(st.name, target) + self._latency(target, st.name) > effect.timeout:
             self._after(effect.timeout, self._fail, pending, "timeout")

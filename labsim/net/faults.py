@@ -1,0 +1,211 @@
+"""Network fault rules: which messages to drop or delay, which connects to block, which
+connections to cut. Both runtimes apply the same :class:`FaultPlan` (DESIGN.md: faults live in
+the network layer and in actor settings, never as branches in protocol code).
+
+This module only decides; :mod:`labsim.net.common` carries the decisions out, in both
+runtimes, and writes a :class:`~labsim.trace.FaultRecord` for each one (the ladder shows them;
+the diagnosis never reads them, it must find the fault from what the messages show).
+
+Matching is on one hop: ``src`` and ``dst`` are the two actors of the TCP connection a message
+travels on (a check from CMS to the Skype client crosses three hops: CMS → Expressway-E,
+Expressway-E → Skype Edge, Skype Edge → Skype client). A message is what the trace shows as one
+message on that hop (a SIP message, a STUN message, an RFC 4571 frame, or a relay's write of
+opaque TCP data). Rules are tried in order; the first that matches a message decides.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+#: How a blocked connect fails: a RST at once (``refuse``, a firewall that rejects), or
+#: nothing at all until the connect times out (``blackhole``, a firewall that drops the SYN).
+BlockHow = Literal["refuse", "blackhole"]
+
+
+@dataclass(frozen=True)
+class MessageMatch:
+    """Which messages a :class:`Drop` or :class:`Delay` applies to (None: any)."""
+
+    src: str | None = None
+    dst: str | None = None
+    protocol: str | None = None
+    """``SIP``, ``STUN`` or ``TCP`` (opaque data)."""
+    message: str | None = None
+    """The start of the message's summary, as the ladder prints it: ``Binding Success
+    Response``, ``INVITE``, ``200 OK``, ``ConnectionBind Request``."""
+    connection: int | None = None
+    """Only on the n-th connection (1-based) opened between ``src`` and ``dst``."""
+    nth: tuple[int, ...] = ()
+    """Only the n-th (1-based) of the messages the rest of the match selects."""
+    probability: float = 1.0
+    """Each matching message is hit with this probability (seeded: runs repeat)."""
+
+    def hop(self, src: str, dst: str) -> bool:
+        return (self.src is None or self.src == src) and (self.dst is None or self.dst == dst)
+
+    def words(self) -> str:
+        parts = [f"{self.src or 'any'} → {self.dst or 'any'}"]
+        if self.protocol:
+            parts.append(self.protocol)
+        if self.message:
+            parts.append(repr(self.message))
+        if self.connection is not None:
+            parts.append(f"connection #{self.connection}")
+        if self.nth:
+            parts.append("occurrence " + ",".join(map(str, self.nth)))
+        if self.probability < 1.0:
+            parts.append(f"p={self.probability:g}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Drop:
+    match: MessageMatch
+
+    def words(self) -> str:
+        return f"drop {self.match.words()}"
+
+
+@dataclass(frozen=True)
+class Delay:
+    match: MessageMatch
+    seconds: float
+    """Held this long; what follows on the same connection waits behind it (TCP order)."""
+
+    def words(self) -> str:
+        return f"delay {self.match.words()} by {self.seconds:g} s"
+
+
+@dataclass(frozen=True)
+class Block:
+    src: str | None = None
+    """The connecting actor (None: any)."""
+    dst: str | None = None
+    """The actor connected to (None: any)."""
+    ports: tuple[int, int] | None = None
+    """Only connects to a port in this range (inclusive)."""
+    how: BlockHow = "blackhole"
+
+    def words(self) -> str:
+        where = f" ports {self.ports[0]}-{self.ports[1]}" if self.ports else ""
+        return f"block ({self.how}) {self.src or 'any'} → {self.dst or 'any'}{where}"
+
+
+@dataclass(frozen=True)
+class Cut:
+    src: str | None = None
+    dst: str | None = None
+    connection: int | None = None
+    """The n-th connection (1-based) between ``src`` and ``dst`` (None: every one)."""
+    after: float | None = None
+    """Seconds after the connection opened."""
+    after_bytes: int | None = None
+    """Once this many bytes went from ``src`` to ``dst`` (both ways when either is None)."""
+
+    def words(self) -> str:
+        when = (
+            f"{self.after:g} s after it opened"
+            if self.after is not None
+            else f"after {self.after_bytes} bytes"
+        )
+        which = f" #{self.connection}" if self.connection is not None else ""
+        return f"cut connection{which} {self.src or 'any'} ↔ {self.dst or 'any'} {when}"
+
+
+Rule = Drop | Delay | Block | Cut
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A rule that decided: its 1-based number in the scenario and the rule."""
+
+    number: int
+    rule: Rule
+
+    def words(self) -> str:
+        return f"fault {self.number}: {self.rule.words()}"
+
+
+class FaultPlan:
+    """The rules of one run and their state (occurrence counters, the seeded random draws)."""
+
+    def __init__(self, rules: list[Rule] | tuple[Rule, ...], seed: int = 0) -> None:
+        self.rules = tuple(rules)
+        self._seen = [0] * len(self.rules)
+        # One generator per rule, so adding a rule does not change another rule's draws.
+        self._random = [random.Random(f"{seed}:{i}") for i in range(len(self.rules))]
+        self._pairs: dict[frozenset[str], int] = {}
+        self._message_rules = [
+            (i, r) for i, r in enumerate(self.rules) if isinstance(r, Drop | Delay)
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def opened(self, client: str, server: str) -> int:
+        """A connection between two actors opened: its number between them (1-based)."""
+        key = frozenset((client, server))
+        n = self._pairs.get(key, 0) + 1
+        self._pairs[key] = n
+        return n
+
+    def block(self, client: str, server: str | None, port: int) -> Hit | None:
+        """The rule that blocks a connect from ``client`` to ``server``'s ``port``, if any."""
+        for i, rule in enumerate(self.rules):
+            if not isinstance(rule, Block):
+                continue
+            if rule.src is not None and rule.src != client:
+                continue
+            if rule.dst is not None and rule.dst != server:
+                continue
+            if rule.ports is not None and not rule.ports[0] <= port <= rule.ports[1]:
+                continue
+            return Hit(i + 1, rule)
+        return None
+
+    def cuts(self, client: str, server: str, number: int) -> list[Hit]:
+        """The cut rules for the ``number``-th connection between ``client`` and ``server``."""
+        out: list[Hit] = []
+        for i, rule in enumerate(self.rules):
+            if not isinstance(rule, Cut):
+                continue
+            ends = {rule.src, rule.dst} - {None}
+            if not ends <= {client, server}:
+                continue
+            if rule.connection is not None and rule.connection != number:
+                continue
+            out.append(Hit(i + 1, rule))
+        return out
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def watches(self, src: str, dst: str) -> bool:
+        """Whether any drop or delay rule can match a message on this hop (the fast path)."""
+        return any(r.match.hop(src, dst) for _, r in self._message_rules)
+
+    def message(
+        self, src: str, dst: str, connection: int, protocol: str, summary: str
+    ) -> Hit | None:
+        """The drop or delay rule that takes this message, if any (counts occurrences)."""
+        for i, rule in self._message_rules:
+            assert isinstance(rule, Drop | Delay)
+            m = rule.match
+            if not m.hop(src, dst):
+                continue
+            if m.protocol is not None and m.protocol != protocol:
+                continue
+            if m.message is not None and not summary.startswith(m.message):
+                continue
+            if m.connection is not None and m.connection != connection:
+                continue
+            self._seen[i] += 1
+            if m.nth and self._seen[i] not in m.nth:
+                continue
+            if m.probability < 1.0 and self._random[i].random() >= m.probability:
+                continue
+            return Hit(i + 1, rule)
+        return None
