@@ -387,7 +387,10 @@ def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
     delay = load(merged).faults[1].delay
     assert delay is not None
     assert (delay.src, delay.dst, delay.stun, delay.by) == (
-        "cms", "expressway_e", "Binding Success Response", 0.5
+        "cms",
+        "expressway_e",
+        "Binding Success Response",
+        0.5,
     )
 
 
