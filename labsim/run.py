@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from labsim.actors.cms import Cms, CmsSettings
+from labsim.actors.common import Refusal
 from labsim.actors.expressway_c import ExpresswayC, ExpresswayCSettings
 from labsim.actors.expressway_e import ExpresswayE, ExpresswayESettings
 from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
@@ -114,6 +115,7 @@ def build(sc: Scenario) -> Cast:
             sends_reinvite=reinviter == "skype_client",
             direct_path=client.direct_path,
             ice_timeout=client.ice_timeout,
+            refuse_reinvite=Refusal() if client.cms_role == "attendee" else None,
             hold=call.hold,
             sends_bye=call.bye_from == "skype_client",
             reinvite_connection=call.reinvite_connection,

@@ -329,6 +329,13 @@ class SkypeClient(_Model):
         "the sharing session up with BYE (set it above 30 to see Expressway-E's ConnectionBind "
         "timer close the peer connection first).",
     )
+    cms_role: Literal["presenter", "attendee"] = Field(
+        default="presenter",
+        description="CMS's role in the Skype meeting. attendee: the meeting's policy lets only "
+        "presenters share, so CMS's sharing reINVITE is refused with 403 and "
+        'ms-diagnostics-public: 21002;reason="Attendees cannot share in this conference";'
+        'component="ASMCU" (the fix on a real meeting: Make Presenter).',
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> SkypeClient:

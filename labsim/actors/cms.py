@@ -227,7 +227,9 @@ class Cms(UserAgent):
             was_shared = self.shared
             effects, refused = self.reoffer_answered(response)
             if refused is not None:
-                return [*effects, Log(refused, "warn")]
+                # The content session cannot be used: CMS logs the refusal (with its
+                # ms-diagnostics-public, where engineers look for 21002) and hangs it up.
+                return [*effects, Log(refused, "warn"), *self._bye()]
             return effects + self._established() if self.shared and not was_shared else effects
         if method == "BYE":
             return self._hang_up(now)

@@ -5,6 +5,7 @@ both ends run (:func:`check_step`)."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from sipmessage import Request, Response
 
@@ -15,6 +16,22 @@ from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_proxy import ProxySettings, SipProxy
 from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
 from labsim.wire import WireError, sip
+
+#: MS-SIPRE ms-diagnostics-public of a Skype meeting whose policy lets only presenters share,
+#: as CMS logs it (PROTOCOL.md §5.4; Cisco document 212580, "User cannot share").
+ATTENDEES_CANNOT_SHARE = sip.MsDiagnostics(
+    21002, "Attendees cannot share in this conference", (("component", "ASMCU"),)
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How an end refuses the peer's sharing reINVITE: a final error response with an
+    ``ms-diagnostics-public`` header (the public variant crosses the Edge, MS-SIPRE)."""
+
+    code: int = 403
+    reason: str = "Forbidden"
+    diagnostics: sip.MsDiagnostics | None = ATTENDEES_CANNOT_SHARE
 
 
 def diag_suffix(response: Response) -> str:
@@ -147,11 +164,26 @@ class UserAgent:
         return self.transport.send(self._reoffer_ack, dialog.next_hop()), None
 
     def answer_reoffer(
-        self, conn: ConnId, request: Request, body: bytes, contact: str
+        self,
+        conn: ConnId,
+        request: Request,
+        body: bytes,
+        contact: str,
+        refusal: Refusal | None = None,
     ) -> list[Effect]:
-        """The peer's reINVITE in our dialog: 491 during our own (§14.2), else 200 with ``body``."""
+        """The peer's reINVITE in our dialog: 491 during our own (§14.2), ``refusal`` when the
+        policy says no (§14.2: the session stays as it was), else 200 with ``body``."""
         if self._reoffer is not None and not self._reoffer_done:
             return self.transport.send_on(conn, sip.build_response(request, 491, "Request Pending"))
+        if refusal is not None:
+            extra = []
+            if refusal.diagnostics is not None:
+                extra.append(("ms-diagnostics-public", str(refusal.diagnostics)))
+            no = sip.build_response(request, refusal.code, refusal.reason, extra_headers=extra)
+            return [
+                Log(f"refusing the reINVITE: {refusal.code} {refusal.reason}{diag_suffix(no)}"),
+                *self.transport.send_on(conn, no),
+            ]
         ok = sip.build_response(
             request, 200, record_route=(), contact=contact,
             content_type=appsharing.CONTENT_TYPE, body=body,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sipmessage import Request, Response, Via
 
-from labsim.actors.common import UserAgent, check_step, diag_suffix
+from labsim.actors.common import Refusal, UserAgent, check_step, diag_suffix
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -76,6 +76,9 @@ class SkypeClientSettings:
     sends_bye: bool = True
     reinvite_connection: str = "existing"
     """``a=connection`` in the post-ICE reINVITE and its answer (UNSURE, PROTOCOL.md §5.3)."""
+    refuse_reinvite: Refusal | None = None
+    """The meeting's policy refuses CMS's sharing reINVITE (an attendee may not share:
+    ``403`` with ms-diagnostics-public 21002, PROTOCOL.md §5.4); None: answered 200."""
     ice_timeout: float = 10.0
     """Seconds from the answer to a valid pair (or the reINVITE) before the client gives the
     sharing session up with BYE, as a client whose connectivity checks fail does."""
@@ -262,7 +265,9 @@ class SkypeClient(UserAgent):
             body = appsharing.build(
                 self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
             )
-            return self.answer_reoffer(conn, request, body, self.contact)
+            return self.answer_reoffer(
+                conn, request, body, self.contact, self.settings.refuse_reinvite
+            )
         return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
 
     def _shared(self) -> list[Effect]:

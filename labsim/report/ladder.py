@@ -33,6 +33,7 @@ from rich.text import Text
 from labsim.trace import (
     ClosedRecord,
     ConnectionRecord,
+    FaultRecord,
     LogRecord,
     MessageRecord,
     RefusedRecord,
@@ -75,6 +76,7 @@ STYLES = {
     "refused": "bold red",
     "log": "dim italic",
     "warning": "yellow",
+    "fault": "bold magenta",
     "time": "dim",
     "header": "bold",
 }
@@ -274,6 +276,8 @@ class _Ladder:
                 f"TCP connect {record.client_host} {arrow} {record.server_addr}: {record.reason}",
                 record.client, target, STYLES["refused"], "dashed", "cross",
             )  # fmt: skip
+        if isinstance(record, FaultRecord):
+            return self._fault(record)
         if isinstance(record, LogRecord):
             if not self.logs:
                 return None
@@ -281,6 +285,19 @@ class _Ladder:
             level = "" if record.level == "info" else f"{record.level}: "
             return _Item(record.t, "log", f"{level}{record.text}", record.actor, None, style)
         return None
+
+    def _fault(self, record: FaultRecord) -> _Item:
+        """An injected fault: a dropped message is an arrow that never arrives (a cross
+        where its receiver would be); the others are notes in the sender's column."""
+        style = STYLES["fault"]
+        if record.action == "dropped":
+            return _Item(
+                record.t, "fault", f"{record.summary}: DROPPED ({record.rule})",
+                record.src, record.dst, style, "dashed", "cross",
+            )  # fmt: skip
+        what = f" {record.summary}" if record.summary else ""
+        return _Item(record.t, "fault", f"{record.action}{what} ({record.rule})", record.src,
+                     None, style)  # fmt: skip
 
     def _message(self, record: MessageRecord) -> _Item | None:
         if record.relayed and not self.relayed:

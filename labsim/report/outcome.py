@@ -5,7 +5,8 @@ The steps of the call, in order, and the outcome when a run stops at one:
 
 1. the Skype client's INVITE gets no final answer → ``no-answer``;
 2. it gets a final answer of 300 or more → ``call-rejected`` (with the status and any
-   ``ms-diagnostics-public`` / ``ms-diagnostics`` text);
+   ``ms-diagnostics-public`` / ``ms-diagnostics`` text); so does a sharing reINVITE refused
+   with an error (the Skype meeting's 21002 "Attendees cannot share");
 3. it is answered 2xx, but CMS never got a TURN relay (no Allocate Success Response reached
    it) → ``turn-failed``;
 4. CMS had a relay, but no reINVITE was answered 200 and acknowledged → ``ice-failed`` (the
@@ -117,6 +118,21 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         errors = [r for r in trace.find("Allocate Error Response") if r.dst == callee]
         why = f"; last answer: {errors[-1].summary}" if errors else ""
         return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
+    for record, reinvite in reinvites:
+        refusal = next(
+            (m for r, m in messages
+             if r.dst == (callee if record.dst == caller else caller) and isinstance(m, Response)
+             and of_call(m) and m.code >= 300 and sip.cseq(m).method == "INVITE"
+             and key(m) == key(reinvite)),
+            None,
+        )  # fmt: skip
+        if refusal is not None:
+            diag = sip.diagnostics_text(refusal)
+            extra = f" ({diag})" if diag else ""
+            return Outcome(
+                "call-rejected",
+                f"the sharing reINVITE was answered {sip.summary(refusal)}{extra}",
+            )
     if reinvites:
         return Outcome("call-failed", "a reINVITE was sent but not completed")
     answered_by = {
