@@ -100,6 +100,7 @@ class SkypeClient(UserAgent):
         self.invite: Request | None = None
         self.remote: appsharing.RemoteShare | None = None
         self.checks: CheckStream | None = None
+        self._held_reinvite: tuple[str, Request] | None = None
         self._relay = Address("0.0.0.0", 0)
         self._ack: tuple[Request, Address] | None = None
         """The ACK of the first INVITE and where it went (sent again for a repeated 2xx)."""
@@ -262,13 +263,21 @@ class SkypeClient(UserAgent):
                     StopTimer("ice"), *self._close_media(),
                     *self.done("call ended by CMS")]  # fmt: skip
         if request.method == "INVITE":
-            body = appsharing.build(
-                self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
-            )
-            return self.answer_reoffer(
-                conn, request, body, self.contact, self.settings.refuse_reinvite
-            )
+            if self.checks is None or not self.checks.valid:
+                # RFC 5245 §9.2.2.3 / MS-ICE2: the controlled agent takes the pair the
+                # controlling one nominated only once its own checks of it succeeded; until
+                # then the reINVITE waits (a one-way binding leaves it unanswered, and the
+                # ICE timer ends the session).
+                self._held_reinvite = (conn, request)
+                return [Log("reINVITE held: our own check has not succeeded yet")]
+            return self._answer_reinvite(conn, request)
         return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
+
+    def _answer_reinvite(self, conn: str, request: Request) -> list[Effect]:
+        body = appsharing.build(
+            self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
+        )
+        return self.answer_reoffer(conn, request, body, self.contact, self.settings.refuse_reinvite)
 
     def _shared(self) -> list[Effect]:
         effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
@@ -320,6 +329,10 @@ class SkypeClient(UserAgent):
         effects, valid = check_step(self.checks, MEDIA, data, "CMS")
         if valid and self.settings.sends_reinvite:
             effects += self._reinvite()
+        if valid and self._held_reinvite is not None:
+            conn, request = self._held_reinvite
+            self._held_reinvite = None
+            effects += self._answer_reinvite(conn, request)
         return effects
 
     def _reinvite(self) -> list[Effect]:

@@ -63,7 +63,7 @@ from labsim.proto.events import (
 )
 from labsim.trace import FaultRecord, Trace, splitter_for
 from labsim.wire import WireError, sip, stun
-from labsim.wire.framing import StreamSplitter
+from labsim.wire.framing import StreamSplitter, frame_rfc4571
 
 logger = logging.getLogger("labsim.net")
 
@@ -430,17 +430,25 @@ class Runtime:
             self._pass(end, data, framing, now)
             return
         src, dst = end.names
-        for unit, protocol in self._units(end, data, framing):
+        # Units that pass untouched leave as one write, as they would have without the rules
+        # (a relay's write of two framed checks stays one TCP segment and one trace record).
+        passing: list[bytes] = []
+        for unit, protocol, message in self._units(end, data, framing):
             hit = None
             summary = ""
             if end.watched:
-                summary = _summary(protocol, unit)
+                summary = _summary(protocol, message)
                 hit = plan.message(src, dst, end.link.number, protocol, summary)
+            held = end.held
+            if hit is None and not held:
+                passing.append(unit)
+                continue
+            if passing:
+                self._pass(end, b"".join(passing), framing, now)
+                passing = []
             if hit is not None and isinstance(hit.rule, Drop):
                 self._note_fault(now, "dropped", hit, src, dst, end.link.gid, summary)
-                continue
-            held = end.held
-            if hit is not None and isinstance(hit.rule, Delay):
+            elif hit is not None and isinstance(hit.rule, Delay):
                 release = now + hit.rule.seconds
                 if held:
                     release = max(release, held[-1][0])
@@ -451,11 +459,12 @@ class Runtime:
                 self._later(release - now, self._release, end)
             elif held:
                 held.append([held[-1][0], unit, framing])  # TCP order: behind the held bytes
-            else:
-                self._pass(end, unit, framing, now)
+        if passing:
+            self._pass(end, b"".join(passing), framing, now)
 
-    def _units(self, end: End, data: bytes, framing: str) -> list[tuple[bytes, str]]:
-        """``data`` cut into the messages the trace will show, each with its protocol.
+    def _units(self, end: End, data: bytes, framing: str) -> list[tuple[bytes, str, bytes]]:
+        """``data`` cut into the messages the trace will show: (their bytes on the wire, their
+        protocol, the message without its RFC 4571 length).
 
         A relay's opaque bytes (``raw``) are one unit, or the RFC 4571-framed STUN messages
         they hold when they hold nothing else (the ICE checks crossing a relay). The framed
@@ -467,31 +476,32 @@ class Runtime:
             split = end.fault_split = (framing, splitter_for(framing))
         splitter = split[1]
         if splitter is None:
-            return [(data, "TCP")]
+            return [(data, "TCP", data)]
         if framing == "raw":
             try:
                 frames = splitter.feed(data)
             except WireError:
                 frames = []
             if frames and not splitter.buffered and all(map(stun.is_stun, frames)):
-                return [(f, "STUN") for f in frames]
+                return [(frame_rfc4571(f), "STUN", f) for f in frames]
             end.fault_split = (framing, None)  # not framed STUN (any more): stop looking
-            return [(data, "TCP")]
-        units: list[tuple[bytes, str]] = []
+            return [(data, "TCP", data)]
+        units: list[tuple[bytes, str, bytes]] = []
         try:
             chunk: bytes = data
             while got := splitter.feed(chunk, max_messages=1):
                 chunk = b""
                 for frame in got:
-                    protocol = "SIP" if framing == "sip" else "STUN"
-                    if framing == "rfc4571" and not stun.is_stun(frame):
-                        protocol = "TCP"
-                    units.append((frame, protocol))
+                    if framing == "rfc4571":
+                        protocol = "STUN" if stun.is_stun(frame) else "TCP"
+                        units.append((frame_rfc4571(frame), protocol, frame))
+                    else:
+                        units.append((frame, "SIP" if framing == "sip" else "STUN", frame))
         except WireError:
             end.fault_split = (framing, None)
             rest = splitter.take_buffered()
             if rest:
-                units.append((rest, "TCP"))
+                units.append((rest, "TCP", rest))
         return units
 
     def _release(self, end: End) -> None:

@@ -133,12 +133,12 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
                 "call-rejected",
                 f"the sharing reINVITE was answered {sip.summary(refusal)}{extra}",
             )
-    if reinvites:
-        return Outcome("call-failed", "a reINVITE was sent but not completed")
     answered_by = {
         m.src for m in trace.messages
         if not m.relayed and m.summary.startswith("Binding Success Response")
     }  # fmt: skip
+    if reinvites and {caller, callee} <= answered_by:
+        return Outcome("call-failed", "a reINVITE was sent but not completed")
     if {caller, callee} <= answered_by:
         return Outcome(
             "call-failed",
