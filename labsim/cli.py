@@ -11,6 +11,7 @@ when they do not, 2 for a bad command line or scenario file.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 import sys
@@ -165,14 +166,17 @@ def run(
         f"[bold]{sc.name}[/bold] ({result.clock} clock, {wall} wall): "
         f"outcome [bold]{result.outcome.name}[/bold] - {result.outcome.reason}"
     )
+    console.print(result.diagnosis.text(), markup=False)
     if pcap_file is not None:
         write_pcapng(result.trace, pcap_file)
         console.print(f"capture: {pcap_file}")
     if json_file is not None:
         write_json(
             result.trace, json_file, scenario=sc.name, outcome=result.outcome.name,
+            diagnosis=result.diagnosis.as_dict(),
             extra={"clock": result.clock, "expected": sc.expect.outcome,
-                   "failures": result.failures, "reason": result.outcome.reason},
+                   "failures": result.failures, "reason": result.outcome.reason,
+                   "faults": [dataclasses.asdict(f) for f in result.trace.faults]},
         )  # fmt: skip
         console.print(f"json: {json_file}")
     if result.failures:
@@ -180,6 +184,55 @@ def run(
             console.print(f"[red]expectation not met:[/red] {failure}")
         sys.exit(1)
     console.print("[green]expectations met[/green]")
+
+
+@main.command(name="test")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--clock", type=click.Choice(["live", "virtual"]), help="Run every scenario on this clock."
+)
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JUnit XML report (one test case per scenario).")  # fmt: skip
+def test_command(paths: tuple[Path, ...], clock: str | None, junit_file: Path | None) -> None:
+    """Run scenarios (files or folders; default: every bundled one) and check each against its
+    expect: block. Prints a table; exits 0 only when every expectation holds."""
+    from rich.table import Table
+
+    from labsim.report.junit import write_junit
+    from labsim.run import RunResult, run_scenario
+    from labsim.scenario import ScenarioError, library_dir, load
+
+    files: list[Path] = []
+    for path in paths or (library_dir(),):
+        files += sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    try:
+        scenarios = [load(f) for f in files]
+    except ScenarioError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    console = Console(highlight=False, soft_wrap=True)
+    console.width = max(console.width, 150)  # a CI log is no terminal: keep rows on one line
+    table = Table("scenario", "expected", "outcome", "diagnosis", "time", "result")
+    results: list[RunResult] = []
+    for sc in scenarios:
+        result = run_scenario(sc, clock)  # type: ignore[arg-type]
+        results.append(result)
+        expected = sc.expect.outcome + (f" / {sc.expect.diagnosis}" if sc.expect.diagnosis else "")
+        table.add_row(
+            sc.name, expected, result.outcome.name, result.diagnosis.verdict,
+            f"{result.wall:.2f} s ({result.clock})",
+            "[green]pass[/green]" if result.passed else "[red]FAIL[/red]",
+        )  # fmt: skip
+    console.print(table)
+    for result in results:
+        for failure in result.failures:
+            console.print(f"[red]{result.scenario.name}:[/red] {failure}")
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+    if junit_file is not None:
+        write_junit(results, junit_file)
+        console.print(f"junit: {junit_file}")
+    sys.exit(1 if failed else 0)
 
 
 @main.command(name="list")

@@ -24,6 +24,7 @@ from labsim.proto.events import Address
 from labsim.proto.ice import IceCredentials
 from labsim.proto.turn_client import TurnClientSettings
 from labsim.proto.turn_server import TurnServerSettings
+from labsim.report.diagnose import Diagnosis, diagnose
 from labsim.report.outcome import Outcome, outcome
 from labsim.scenario import MessageRule, Scenario
 from labsim.trace import Trace
@@ -188,6 +189,7 @@ class RunResult:
     clock: Clock
     trace: Trace
     outcome: Outcome
+    diagnosis: Diagnosis
     wall: float
     """Wall-clock seconds the run took."""
     failures: list[str] = field(default_factory=list)
@@ -222,8 +224,8 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
         )
     net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
-    result = RunResult(sc, clock, trace, outcome(trace), wall)
-    result.failures = check(sc, result.trace, result.outcome)
+    result = RunResult(sc, clock, trace, outcome(trace), diagnose(trace), wall)
+    result.failures = check(sc, result.trace, result.outcome, result.diagnosis)
     # An actor that raised is a bug in labsim, whatever the outcome: never a passing run.
     result.failures += [
         f"{name} raised {type(exc).__name__}: {exc} (see its error note in the ladder)"
@@ -232,11 +234,16 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     return result
 
 
-def check(sc: Scenario, trace: Trace, result: Outcome) -> list[str]:
+def check(
+    sc: Scenario, trace: Trace, result: Outcome, diagnosis: Diagnosis | None = None
+) -> list[str]:
     """What in ``expect:`` does not hold, in words."""
     failures: list[str] = []
     if result.name != sc.expect.outcome:
         failures.append(f"outcome {result.name!r}, expected {sc.expect.outcome!r}")
+    verdict = sc.expect.diagnosis
+    if verdict is not None and diagnosis is not None and diagnosis.verdict != verdict:
+        failures.append(f"diagnosis {diagnosis.verdict!r}, expected {verdict!r}")
     for want in sc.expect.messages:
         found = [
             m for m in trace.messages

@@ -603,7 +603,9 @@ def _call_up(view: _View) -> Diagnosis:
             "latency on the links shown; ICE and TURN each add round trips over them",
             ("the network path between the actors with the slowest round trip",),
         )  # fmt: skip
-    if stale:
+    method = stale[0].summary.split(" ", 1)[0] if stale else ""
+    recovered = stale and view.stun(f"{method} Success Response", src=turn, dst=cms)
+    if stale and any(r.t > stale[0].t for r in recovered or ()):
         return Diagnosis(
             "stale-nonce-recovered", "call up",
             "The sharing works; on the way CMS's nonce went stale and it retried.",
