@@ -436,25 +436,28 @@ def _direction(view: _View, sender: str, answerer: str) -> tuple[bool, list[str]
     requests = view.stun("Binding Request", src=sender)
     if not requests:
         return False, [f"{sender} sent no connectivity check"]
+    lost = _lost(view, requests, answerer, f"{sender} sent {len(requests)} check(s)")
+    if lost:
+        return False, lost
     delivered = [r for r in requests if view.reached(r, answerer)]
-    if not delivered:
-        last = view.last_hop(requests[0])
-        return False, [
-            f"{sender} sent {len(requests)} check(s) (Binding Request); none reached "
-            f"{answerer}: last seen on {_hop(last)}"
-        ]
     answers = view.stun("Binding Success Response", src=answerer)
     answers = [a for a in answers if a.t >= delivered[0].t]
     if not answers:
         return False, [f"{answerer} got {sender}'s check but sent no Binding Success Response"]
-    back = [a for a in answers if view.reached(a, sender)]
-    if not back:
-        last = view.last_hop(answers[0])
-        return False, [
-            f"{answerer} answered {sender}'s check (Binding Success Response), but the "
-            f"answer never reached {sender}: last seen on {_hop(last)}"
-        ]
+    lost = _lost(view, answers, sender, f"{answerer} answered {sender}'s check")
+    if lost:
+        return False, lost
     return True, [f"{sender}'s checks were answered by {answerer} and the answers got back"]
+
+
+def _lost(view: _View, records: list[MessageRecord], to: str, what: str) -> list[str]:
+    """Evidence that none of ``records`` reached ``to`` (and the hop where they were last
+    seen), or nothing when one did."""
+    if any(view.reached(r, to) for r in records):
+        return []
+    last = view.last_hop(records[0])
+    return [f"{what} ({records[0].summary.split(' ', 3)[0]} …), but none reached {to}: last "
+            f"seen on {_hop(last)}"]  # fmt: skip
 
 
 def _ice(view: _View) -> Diagnosis | None:

@@ -133,10 +133,10 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
                 "call-rejected",
                 f"the sharing reINVITE was answered {sip.summary(refusal)}{extra}",
             )
+    # Whose checks got their answer back: a Binding Success Response delivered to that end.
     answered_by = {
-        m.src for m in trace.messages
-        if not m.relayed and m.summary.startswith("Binding Success Response")
-    }  # fmt: skip
+        m.dst for m in trace.messages if m.summary.startswith("Binding Success Response")
+    }
     if reinvites and {caller, callee} <= answered_by:
         return Outcome("call-failed", "a reINVITE was sent but not completed")
     if {caller, callee} <= answered_by:
