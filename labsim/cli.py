@@ -198,7 +198,7 @@ def test_command(paths: tuple[Path, ...], clock: str | None, junit_file: Path | 
     expect: block. Prints a table; exits 0 only when every expectation holds."""
     from rich.table import Table
 
-    from labsim.report.junit import write_junit
+    from labsim.report.junit import Case, write_junit
     from labsim.run import RunResult, run_scenario
     from labsim.scenario import ScenarioError, library_dir, load
 
@@ -230,7 +230,14 @@ def test_command(paths: tuple[Path, ...], clock: str | None, junit_file: Path | 
     failed = sum(not r.passed for r in results)
     console.print(f"{len(results) - failed} passed, {failed} failed")
     if junit_file is not None:
-        write_junit(results, junit_file)
+        write_junit(
+            [
+                Case(r.scenario.name, r.clock, r.wall, tuple(r.failures),
+                     f"outcome: {r.outcome.name} - {r.outcome.reason}\n{r.diagnosis.text()}\n")
+                for r in results
+            ],
+            junit_file,
+        )  # fmt: skip
         console.print(f"junit: {junit_file}")
     sys.exit(1 if failed else 0)
 
