@@ -162,8 +162,11 @@ TRANSPORT_TCP = 6
 TRANSPORT_NAMES = {TRANSPORT_UDP: "UDP", TRANSPORT_TCP: "TCP"}
 
 
+@functools.cache
 def message_type(method: int, cls: int) -> int:
-    """Interleave a 12-bit method and the 2 class bits into the 14-bit type (RFC 5389 §6)."""
+    """Interleave a 12-bit method and the 2 class bits into the 14-bit type (RFC 5389 §6).
+
+    Cached (at most 4096 methods x 4 classes; a run sees a dozen): every encode needs it."""
     if not 0 <= method <= 0xFFF:
         raise StunError(f"method 0x{method:x} does not fit in 12 bits")
     return (
@@ -175,8 +178,11 @@ def message_type(method: int, cls: int) -> int:
     )
 
 
+@functools.cache
 def split_type(msg_type: int) -> tuple[int, Class]:
-    """The inverse of :func:`message_type`: (method, class), as Wireshark decodes it."""
+    """The inverse of :func:`message_type`: (method, class), as Wireshark decodes it.
+
+    Cached (14-bit input; a run sees a dozen): every decode needs it."""
     cls = ((msg_type & 0x0010) >> 4) | ((msg_type & 0x0100) >> 7)
     method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
     return method, _CLASSES[cls]
@@ -1095,7 +1101,7 @@ _ZEROS = [b"", b"\x00", b"\x00\x00", b"\x00\x00\x00"]
 
 
 def _header(msg_type: int, length: int, transaction_id: bytes) -> bytes:
-    return struct.pack("!HHI", msg_type, length, MAGIC_COOKIE) + transaction_id
+    return _HEAD.pack(msg_type, length, MAGIC_COOKIE) + transaction_id
 
 
 def _hmac_sha1(key: bytes, data: bytes) -> bytes:
@@ -1167,18 +1173,25 @@ class Message:
     def method_name(self) -> str:
         return METHOD_NAMES.get(self.method, "Unknown")
 
+    # The lookups below compare exact types (a subclass is another attribute type on the wire)
+    # with plain loops: a server asks a message for several attributes per request, and a
+    # generator or an isinstance() per attribute was a visible share of handling one.
+
     def get(self, kind: builtins.type[A]) -> A | None:
         """The first attribute of this class, or None."""
         for attr in self.attributes:
-            if isinstance(attr, kind) and builtins.type(attr) is kind:
+            if builtins.type(attr) is kind:
                 return attr
         return None
 
     def get_all(self, kind: builtins.type[A]) -> list[A]:
-        return [a for a in self.attributes if isinstance(a, kind) and builtins.type(a) is kind]
+        return [a for a in self.attributes if builtins.type(a) is kind]
 
     def __contains__(self, kind: object) -> bool:
-        return any(builtins.type(a) is kind for a in self.attributes)
+        for attr in self.attributes:
+            if builtins.type(attr) is kind:
+                return True
+        return False
 
     def unknown_comprehension_required(self) -> list[int]:
         """Types a server must list in a 420 answer (RFC 5389 §7.3.1)."""
@@ -1202,7 +1215,7 @@ class Message:
         it is recomputed; without, stored values are written as they are. A FINGERPRINT or
         MESSAGE-INTEGRITY whose value is None is always computed.
         """
-        msg_type = self.type
+        msg_type = message_type(self.method, self.cls)
         tid = self.transaction_id
         body = bytearray()
         pack_tl = _TL.pack
@@ -1220,7 +1233,7 @@ class Message:
             if kind is Fingerprint and (attr.crc is None or recompute_fingerprint):  # type: ignore[attr-defined]
                 # §15.5: the length covers the attributes up to and including FINGERPRINT.
                 crc = _crc(_header(msg_type, len(body) + 8, tid) + body)
-                body += struct.pack("!HHI", 0x8028, 4, crc)
+                body += _HEAD.pack(0x8028, 4, crc)
                 continue
             value = attr._wire_value
             if value is None:
@@ -1234,7 +1247,7 @@ class Message:
                 padding = attr._wire_padding
                 pad = 4 - (size & 3)
                 body += padding if padding is not None and len(padding) == pad else _ZEROS[pad]
-        return _header(msg_type, len(body), tid) + bytes(body)
+        return _header(msg_type, len(body), tid) + body  # bytes + bytearray is bytes
 
     def __bytes__(self) -> bytes:
         return self.encode()
