@@ -1104,9 +1104,34 @@ def _header(msg_type: int, length: int, transaction_id: bytes) -> bytes:
     return _HEAD.pack(msg_type, length, MAGIC_COOKIE) + transaction_id
 
 
+#: HMAC's block size for SHA-1 (RFC 2104 §2: B = 64).
+_SHA1_BLOCK = 64
+_IPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x36 for b in range(256)))
+_OPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x5C for b in range(256)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _hmac_sha1_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-1 states that have absorbed ``key XOR ipad`` and ``key XOR opad`` (RFC 2104 §2).
+
+    Cached per key: a TURN server or client uses one long-term key per user for every message,
+    and starting each HMAC from these states skips hashing the two padded key blocks again
+    (about a quarter of the cost of one one-shot ``hmac.digest``). Callers only ``copy()`` them.
+    """
+    if len(key) > _SHA1_BLOCK:  # RFC 2104 §2: a longer key is hashed first
+        key = hashlib.sha1(key).digest()
+    block = key.ljust(_SHA1_BLOCK, b"\x00")
+    return hashlib.sha1(block.translate(_IPAD)), hashlib.sha1(block.translate(_OPAD))
+
+
 def _hmac_sha1(key: bytes, data: bytes) -> bytes:
-    # hmac.digest is the one-shot C path; hmac.new builds a Python object per message.
-    return hmac.digest(key, data, "sha1")
+    """HMAC-SHA1 (RFC 2104): H(K ^ opad, H(K ^ ipad, data)), from the cached key states."""
+    inner_start, outer_start = _hmac_sha1_pads(key)
+    inner = inner_start.copy()
+    inner.update(data)
+    outer = outer_start.copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def _crc(data: bytes) -> int:
