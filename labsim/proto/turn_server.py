@@ -474,28 +474,30 @@ class TurnServer:
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         """Take one event at ``now`` (seconds); return the effects in order."""
+        # Cases are tried in order: Received first, as almost every event is bytes (a relay
+        # moves each read through here), then the events of every allocation.
         match event:
-            case Started():
-                return [
-                    Listen(self._address),
-                    Log(f"TURN server on {self._address}, realm {self.settings.realm}"),
-                ]
-            case Listening(address=address):
-                return self._on_listening(address, now)
-            case ListenFailed(address=address, reason=reason):
-                return self._on_listen_failed(address, reason, now)
-            case Accepted(conn=conn, local=local, remote=remote):
-                return self._on_accepted(conn, local, remote, now)
-            case Connected(conn=conn):
-                return self._on_connected(conn)
-            case ConnectFailed(conn=conn, reason=reason):
-                return self._on_connect_failed(conn, reason)
             case Received(conn=conn, data=data):
                 if conn in self._clients:
                     return self._on_client_bytes(self._clients[conn], data, now)
                 if conn in self._peers:
                     return self._on_peer_bytes(self._peers[conn], data)
                 return []
+            case Accepted(conn=conn, local=local, remote=remote):
+                return self._on_accepted(conn, local, remote, now)
+            case Listening(address=address):
+                return self._on_listening(address, now)
+            case Started():
+                return [
+                    Listen(self._address),
+                    Log(f"TURN server on {self._address}, realm {self.settings.realm}"),
+                ]
+            case ListenFailed(address=address, reason=reason):
+                return self._on_listen_failed(address, reason, now)
+            case Connected(conn=conn):
+                return self._on_connected(conn)
+            case ConnectFailed(conn=conn, reason=reason):
+                return self._on_connect_failed(conn, reason)
             case Closed(conn=conn, reset=reset):
                 return self._on_closed(conn, reset)
             case TimerFired(timer=timer):
