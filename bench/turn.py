@@ -16,6 +16,11 @@ Prints both figures for both servers, the ratios (labsim / coturn) against the i
 (throughput >= 1.0x, allocations >= 0.5x), and each server's peak RSS (VmHWM). A miss is
 reported as BELOW; the exit status is 0 either way (a benchmark, not a test).
 
+Beside the allocation rate it prints each server's CPU time (user + system, all threads, from
+/proc) per allocation over the same loop: the rate of a one-at-a-time loop also counts the
+client and the scheduler, and moves with the machine's load, while the CPU per allocation is
+the server's own cost and moves much less on a shared machine.
+
     .venv/bin/python bench/turn.py [--seconds 3] [--alloc-seconds 3] [--repeat 1]
 """
 
@@ -78,6 +83,15 @@ class Server:
     port: int
     pid: int
     """The server process itself (for coturn: turnserver, not the `timeout` above it)."""
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server process, all its threads (None off Linux)."""
+        try:
+            # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the name.
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def peak_rss_mib(self) -> float | None:
         """VmHWM of the server process (None once it is gone or off Linux)."""
@@ -302,8 +316,9 @@ def release(control: Conn, nonce: str) -> None:
     )
 
 
-def allocation_rate(port: int, seconds: float) -> float:
-    """Allocations per second, one after another, each on its own control connection."""
+def allocation_rate(port: int, seconds: float) -> tuple[float, int]:
+    """Allocations per second, one after another, each on its own control connection; and how
+    many were made."""
     done = 0
     start = time.perf_counter()
     deadline = start + seconds
@@ -314,7 +329,7 @@ def allocation_rate(port: int, seconds: float) -> float:
         finally:
             control.close(reset=True)
         done += 1
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), done
 
 
 @dataclass
@@ -439,6 +454,7 @@ class Result:
     down: float  # peer -> client, MB/s
     up: float  # client -> peer, MB/s
     allocs: float  # allocations per second
+    alloc_cpu: float | None  # server CPU microseconds per allocation
     writes: int
     rss: float | None
 
@@ -455,8 +471,13 @@ def measure(server: Server, seconds: float, alloc_seconds: float) -> Result:
         up, w2 = pump(pipe.data.sock, pipe.peer, seconds)
     finally:
         pipe.close()
-    allocs = allocation_rate(server.port, alloc_seconds)
-    return Result(down, up, allocs, w1 + w2, server.peak_rss_mib())
+    cpu_before = server.cpu_seconds()
+    allocs, done = allocation_rate(server.port, alloc_seconds)
+    cpu_after = server.cpu_seconds()
+    alloc_cpu = None
+    if cpu_before is not None and cpu_after is not None and done:
+        alloc_cpu = (cpu_after - cpu_before) / done * 1e6
+    return Result(down, up, allocs, alloc_cpu, w1 + w2, server.peak_rss_mib())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,6 +502,8 @@ def report(ours_r: Result, theirs: Result) -> None:
     row("  peer -> client", ours_r.down, theirs.down, None)
     row("  client -> peer", ours_r.up, theirs.up, None)
     row("allocations/s", ours_r.allocs, theirs.allocs, 0.5)
+    if ours_r.alloc_cpu is not None and theirs.alloc_cpu is not None:
+        row("  server CPU us/alloc", ours_r.alloc_cpu, theirs.alloc_cpu, None)
     if ours_r.rss is not None and theirs.rss is not None:
         row("peak RSS MiB", ours_r.rss, theirs.rss, None)
 
@@ -488,10 +511,12 @@ def report(ours_r: Result, theirs: Result) -> None:
 def best(results: list[Result]) -> Result:
     """Per figure, the best of the repeats (shared CPUs make single runs noisy)."""
     rss = [r.rss for r in results if r.rss is not None]
+    cpu = [r.alloc_cpu for r in results if r.alloc_cpu is not None]
     return Result(
         max(r.down for r in results),
         max(r.up for r in results),
         max(r.allocs for r in results),
+        min(cpu) if cpu else None,
         sum(r.writes for r in results),
         max(rss) if rss else None,
     )
@@ -529,9 +554,10 @@ def main() -> None:
             for server in servers:
                 r = measure(server, args.seconds, args.alloc_seconds)
                 results[server.name].append(r)
+                cpu = f" ({r.alloc_cpu:.0f} us CPU each)" if r.alloc_cpu is not None else ""
                 print(
                     f"  {server.name}: {r.down:.1f} / {r.up:.1f} MB/s (peer->client / "
-                    f"client->peer), {r.allocs:.0f} allocations/s, {r.writes} writes"
+                    f"client->peer), {r.allocs:.0f} allocations/s{cpu}, {r.writes} writes"
                 )
         log = Path(tmp) / "turnserver.log"
         if log.exists():

@@ -160,6 +160,22 @@ def test_error_offset_is_a_stream_offset() -> None:
     assert info.value.offset == len(good) + 4
 
 
+def test_whole_messages_in_one_read_keep_every_check() -> None:
+    # One whole STUN message per read skips the buffer (StunSplitter.feed); it must still
+    # honour the size limit, max_messages and a failed stream, and count the stream offset.
+    big = STUN_VECTORS[2]
+    with pytest.raises(FramingError, match="limit"):
+        StunSplitter(max_message=len(big) - 4).feed(big)
+    splitter = StunSplitter()
+    assert splitter.feed(big, max_messages=0) == [] and splitter.buffered == len(big)
+    assert splitter.feed(b"") == [big] and splitter.offset == len(big)
+    assert splitter.feed(bytearray(big)) == [big] and splitter.offset == 2 * len(big)
+    with pytest.raises(FramingError):
+        splitter.feed(b"\x00\x01\x00\x00garbage!")
+    with pytest.raises(FramingError):
+        splitter.feed(big)
+
+
 def test_close_inside_a_message_is_an_error() -> None:
     splitter = Rfc4571Splitter()
     splitter.feed(b"\x00\x05abc")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from labsim.wire import StunError, WireError
+from labsim.wire import StunError, WireError, stun
 from labsim.wire.stun import (
     Fingerprint,
     Message,
@@ -39,6 +41,17 @@ def test_signed_messages_verify(message: Message) -> None:
     decoded = decode(message.encode(KEY))
     assert decoded.verify_integrity(KEY)
     assert decoded.verify_fingerprint()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=100), min_size=1, max_size=4), st.binary(max_size=200))
+@example([b"", bytes(64), bytes(65), KEY, KEY], b"")
+def test_hmac_from_cached_key_states_is_rfc2104(keys: list[bytes], data: bytes) -> None:
+    # The per-key cache of padded-key SHA-1 states (stun._hmac_sha1_pads) must give the
+    # stdlib's HMAC for every key length (<, =, > the 64-byte block), for a key seen before
+    # and for several keys in turn; the cached states must not be consumed by a use.
+    for key in keys + keys:
+        assert stun._hmac_sha1(key, data) == hmac.digest(key, data, "sha1")
 
 
 @settings(max_examples=1000, deadline=None)

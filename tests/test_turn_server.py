@@ -413,6 +413,36 @@ def test_wrong_password_gets_401_with_the_same_nonce() -> None:
     assert lab.server.allocations() == []
 
 
+def test_keys_follow_password_changes_and_users() -> None:
+    # Long-term keys (RFC 5389 §15.4) and the HMAC states derived from them are cached per
+    # user, realm and password: a changed password or another user must never meet a stale key.
+    users = {"turn": "secret", "other": "pass2"}
+    lab = Lab(users=users)
+    lab.allocate()
+    users["turn"] = "changed"
+    refresh = Message.request(Method.REFRESH, [Lifetime(600)])
+    reply = only_stun(lab.request("in:ctl", refresh), "in:ctl")
+    assert error_code(reply) == 401
+    reply = only_stun(lab.request("in:ctl", refresh, password="changed"), "in:ctl")
+    assert reply.cls is Class.SUCCESS and reply.verify_integrity(
+        long_term_key("turn", "TANDBERG", "changed")
+    )
+    assert not reply.verify_integrity(KEY)
+    # Another user on its own control connection: its own key signs its answers.
+    lab.accept("in:ctl2", Address("10.48.54.230", 44350))
+    lab.challenge("in:ctl2")
+    reply = only_stun(
+        lab.request("in:ctl2", allocate_request(), user="other", password="pass2"), "in:ctl2"
+    )
+    assert reply.cls is Class.SUCCESS
+    assert reply.verify_integrity(long_term_key("other", "TANDBERG", "pass2"))
+    # And the 401 challenge of the lab layout carries an MI keyed by the request's user.
+    bare = Message.request(Method.REFRESH, [Username("other"), Fingerprint()])
+    challenge = only_stun(lab.send("in:ctl2", bare.encode()), "in:ctl2")
+    assert error_code(challenge) == 401
+    assert challenge.verify_integrity(long_term_key("other", "TANDBERG", "pass2"))
+
+
 def test_unknown_user_and_wrong_realm_get_401() -> None:
     lab = Lab()
     lab.accept("in:ctl")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -188,6 +188,10 @@ LAYOUTS: dict[str, Layout] = {
 _PERMISSION_POLICIES = ("lab", "rfc")
 _BIND_FAILURES = ("reset", "answer")
 
+#: The placeholders :meth:`Message.encode` fills in (RFC 5389 §15.4, §15.5); frozen, so shared.
+_INTEGRITY = MessageIntegrity()
+_FINGERPRINT = Fingerprint()
+
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -335,9 +339,8 @@ class _Allocation:
     permissions: dict[str, float] = field(default_factory=dict)  # peer IP -> expiry
     peers: dict[int, _Peer] = field(default_factory=dict)  # CONNECTION-ID -> peer
 
-    @property
-    def timer(self) -> str:
-        return f"expire:{self.ident}"
+    timer: TimerId = ""
+    """Its expiry timer's full name (prefix included), set when it is created."""
 
 
 @dataclass
@@ -410,6 +413,17 @@ class TurnServer:
         self._nonces: dict[str, float] = {}  # nonce -> time issued
         self._timers: dict[TimerId, tuple[str, int]] = {}
         self._next_ident = 1
+        self._handlers: dict[int, _Handler] = {
+            Method.ALLOCATE: self._on_allocate,
+            Method.REFRESH: self._on_refresh,
+            Method.CREATE_PERMISSION: self._on_create_permission,
+            Method.CONNECT: self._on_connect,
+        }
+        # Attributes every response of this server carries with the same value. Attributes are
+        # frozen, so one instance serves every message (building them anew was a visible share
+        # of answering a request).
+        self._realm = Realm(self.settings.realm)
+        self._software = Software(self.settings.software) if self.settings.software else None
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -460,28 +474,30 @@ class TurnServer:
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         """Take one event at ``now`` (seconds); return the effects in order."""
+        # Cases are tried in order: Received first, as almost every event is bytes (a relay
+        # moves each read through here), then the events of every allocation.
         match event:
-            case Started():
-                return [
-                    Listen(self._address),
-                    Log(f"TURN server on {self._address}, realm {self.settings.realm}"),
-                ]
-            case Listening(address=address):
-                return self._on_listening(address, now)
-            case ListenFailed(address=address, reason=reason):
-                return self._on_listen_failed(address, reason, now)
-            case Accepted(conn=conn, local=local, remote=remote):
-                return self._on_accepted(conn, local, remote, now)
-            case Connected(conn=conn):
-                return self._on_connected(conn)
-            case ConnectFailed(conn=conn, reason=reason):
-                return self._on_connect_failed(conn, reason)
             case Received(conn=conn, data=data):
                 if conn in self._clients:
                     return self._on_client_bytes(self._clients[conn], data, now)
                 if conn in self._peers:
                     return self._on_peer_bytes(self._peers[conn], data)
                 return []
+            case Accepted(conn=conn, local=local, remote=remote):
+                return self._on_accepted(conn, local, remote, now)
+            case Listening(address=address):
+                return self._on_listening(address, now)
+            case Started():
+                return [
+                    Listen(self._address),
+                    Log(f"TURN server on {self._address}, realm {self.settings.realm}"),
+                ]
+            case ListenFailed(address=address, reason=reason):
+                return self._on_listen_failed(address, reason, now)
+            case Connected(conn=conn):
+                return self._on_connected(conn)
+            case ConnectFailed(conn=conn, reason=reason):
+                return self._on_connect_failed(conn, reason)
             case Closed(conn=conn, reset=reset):
                 return self._on_closed(conn, reset)
             case TimerFired(timer=timer):
@@ -652,8 +668,9 @@ class TurnServer:
             return [Log(f"{msg.summary()} on {client.conn} ignored (no UDP relaying)")]
         if msg.cls is not Class.REQUEST:
             return [Log(f"unexpected {msg.summary()} on {client.conn} ignored", "warning")]
-        if Fingerprint in msg and not msg.verify_fingerprint():
-            # RFC 5389 §7.3: a bad FINGERPRINT means this is not a STUN message for us.
+        # RFC 5389 §7.3: a bad FINGERPRINT means this is not a STUN message for us. (The check
+        # comes first: it passes for almost every request, and the scan only matters if not.)
+        if not msg.verify_fingerprint() and Fingerprint in msg:
             return [Log(f"{msg.summary()} with a bad FINGERPRINT discarded", "warning")]
         if msg.method == Method.BINDING:
             return self._on_binding(client, msg)
@@ -664,13 +681,7 @@ class TurnServer:
                 400,
                 "ConnectionBind must be the first message on a new connection (RFC 6062 §4.4)",
             )
-        handlers: dict[int, _Handler] = {
-            Method.ALLOCATE: self._on_allocate,
-            Method.REFRESH: self._on_refresh,
-            Method.CREATE_PERMISSION: self._on_create_permission,
-            Method.CONNECT: self._on_connect,
-        }
-        handler = handlers.get(msg.method)
+        handler = self._handlers.get(msg.method)
         if handler is None:
             return self._reject(client.conn, msg, 400, f"{msg.method_name} is not supported here")
         auth = self._authenticate(msg, now)
@@ -772,7 +783,7 @@ class TurnServer:
             nonce = sent.value
         else:
             nonce = self._new_nonce(now)
-        values: dict[str, Attribute] = {"NONCE": Nonce(nonce), "REALM": Realm(self.settings.realm)}
+        values: dict[str, Attribute] = {"NONCE": Nonce(nonce), "REALM": self._realm}
         layout = self._layout.stale_nonce if reject.code == 438 else self._layout.challenge
         if msg.method in (Method.ALLOCATE, Method.REFRESH):
             values["LIFETIME"] = Lifetime(self._lifetime(msg))
@@ -830,9 +841,9 @@ class TurnServer:
         if transport == TRANSPORT_TCP and not self.settings.tcp_relay:
             why = "TCP relays are off (like Expressway-E before X8.9)"
             return self._reject(conn, msg, 442, why, auth.key)
-        udp_only = [a.name for a in (msg.get(EvenPort), msg.get(ReservationToken)) if a]
-        if DontFragment in msg:
-            udp_only.append("DONT-FRAGMENT")
+        # The attribute types present, once: several checks below ask about them.
+        present = {type(a) for a in msg.attributes}
+        udp_only = [t.NAME for t in (EvenPort, ReservationToken, DontFragment) if t in present]
         if transport == TRANSPORT_TCP and udp_only:
             why = f"a TCP Allocate may not carry {', '.join(udp_only)} (RFC 6062 §5.1)"
             return self._reject(conn, msg, 400, why, auth.key)
@@ -840,14 +851,14 @@ class TurnServer:
         if family is not None and family.family != (1 if self._family == 4 else 2):
             why = f"address family {family.family} not offered (RFC 6156 §4.2)"
             return self._reject(conn, msg, 440, why, auth.key)
-        if ReservationToken in msg:
+        if ReservationToken in present:
             # RFC 5766 §6.2: this server keeps no reserved ports, so every token is unknown.
             return self._reject(conn, msg, 508, "unknown RESERVATION-TOKEN", auth.key)
         held = sum(1 for a in self._allocations.values() if a.username == auth.username)
         if held >= self.settings.user_quota:
             why = f"user {auth.username!r} holds {held} allocations, the quota (RFC 5766 §6.2)"
             return self._reject(conn, msg, 486, why, auth.key)
-        port = self._free_port(even=EvenPort in msg, exclude=set())
+        port = self._free_port(even=EvenPort in present)
         if port is None:
             why = (
                 f"no free relay port in {self.settings.relay_port_min}-"
@@ -865,6 +876,7 @@ class TurnServer:
             transaction_id=msg.transaction_id,
             request=msg,
             lifetime=self._lifetime(msg),
+            timer=self._timer(f"expire:{self._next_ident}"),
         )
         self._next_ident += 1
         self._allocations[alloc.ident] = alloc
@@ -893,7 +905,7 @@ class TurnServer:
         alloc.success = self._build(
             alloc.request.success(), self._layout.allocate, values, alloc.key
         )
-        self._timers[self._timer(alloc.timer)] = ("expire", alloc.ident)
+        self._timers[alloc.timer] = ("expire", alloc.ident)
         transport = TRANSPORT_NAMES.get(alloc.transport, "?")
         return [
             Log(
@@ -901,7 +913,7 @@ class TurnServer:
                 f"{alloc.relay}, lifetime {alloc.lifetime} s"
             ),
             Send(alloc.control, alloc.success, protocol="stun"),
-            StartTimer(self._timer(alloc.timer), float(alloc.lifetime)),
+            StartTimer(alloc.timer, float(alloc.lifetime)),
         ]
 
     def _lifetime(self, msg: Message) -> int:
@@ -914,7 +926,7 @@ class TurnServer:
             return 0
         return max(self.settings.default_lifetime, min(requested.value, self.settings.max_lifetime))
 
-    def _free_port(self, *, even: bool, exclude: set[int]) -> int | None:
+    def _free_port(self, *, even: bool, exclude: Collection[int] = ()) -> int | None:
         # The lowest free port, so runs are repeatable and the first relay is 24000.
         for port in range(self.settings.relay_port_min, self.settings.relay_port_max + 1):
             if port in self._ports or port in exclude or (even and port % 2):
@@ -943,7 +955,7 @@ class TurnServer:
         alloc.lifetime = lifetime
         alloc.expires = now + lifetime
         if alloc.active:
-            out.append(StartTimer(self._timer(alloc.timer), float(lifetime)))
+            out.append(StartTimer(alloc.timer, float(lifetime)))
         out.append(Log(f"allocation {alloc.relay} refreshed for {lifetime} s"))
         return out
 
@@ -1073,7 +1085,7 @@ class TurnServer:
             msg = decode(raw)
         except StunError as exc:
             return self._bind_failed(client, None, 400, f"malformed ConnectionBind: {exc}", None)
-        if Fingerprint in msg and not msg.verify_fingerprint():
+        if not msg.verify_fingerprint() and Fingerprint in msg:
             return self._bind_failed(client, msg, 400, "bad FINGERPRINT", None)
         auth = self._authenticate(msg, now)
         if isinstance(auth, _Reject):
@@ -1223,7 +1235,7 @@ class TurnServer:
         """RFC 5766 §5 / RFC 6062 §5.5: deleting an allocation closes its relay listener and
         every peer and data connection it has."""
         out: list[Effect] = [Log(f"allocation {alloc.relay} of {alloc.username!r} deleted: {why}")]
-        timer = self._timer(alloc.timer)
+        timer = alloc.timer
         if self._timers.pop(timer, None) is not None:
             out.append(StopTimer(timer))
         if alloc.transport == TRANSPORT_TCP:
@@ -1339,15 +1351,16 @@ class TurnServer:
         key: bytes | None,
     ) -> bytes:
         """Encode ``base`` with the layout's attributes appended in order."""
+        attributes = base.attributes
         for name in layout:
             if name == "MESSAGE-INTEGRITY":
                 if key is not None:
-                    base.attributes.append(MessageIntegrity())
+                    attributes.append(_INTEGRITY)
             elif name == "FINGERPRINT":
-                base.attributes.append(Fingerprint())
+                attributes.append(_FINGERPRINT)
             elif name == "SOFTWARE":
-                if self.settings.software:
-                    base.attributes.append(Software(self.settings.software))
+                if self._software is not None:
+                    attributes.append(self._software)
             elif name in values:
-                base.attributes.append(values[name])
+                attributes.append(values[name])
         return base.encode(key)

@@ -120,6 +120,28 @@ class StunSplitter(StreamSplitter):
         self.max_message = max_message
         self.allow_channel_data = allow_channel_data
 
+    def feed(
+        self, data: bytes | bytearray | memoryview, *, max_messages: int | None = None
+    ) -> list[bytes]:
+        # The usual read on a TURN connection is one whole STUN message with nothing buffered
+        # before it: hand it over without copying it through the buffer. The checks are those of
+        # _next_end (top bits 00, cookie, length a multiple of 4, the limit); anything else
+        # (a part, several, ChannelData, garbage) takes the general path.
+        size = len(data)
+        if (
+            not self._buf
+            and self._failed is None
+            and max_messages != 0
+            and HEADER_LENGTH <= size <= self.max_message
+            and size % 4 == 0
+            and data[0] < 0x40
+            and data[4:8] == MAGIC_COOKIE_BYTES
+            and size == HEADER_LENGTH + int.from_bytes(data[2:4], "big")
+        ):
+            self.offset += size
+            return [bytes(data)]
+        return super().feed(data, max_messages=max_messages)
+
     def _next_end(self, pos: int) -> tuple[int, bool] | None:
         buf = self._buf
         have = len(buf) - pos
