@@ -36,14 +36,15 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, TypeVar
 
-from sipmessage import URI, Address, CSeq, MediaType, Message, Request, Response, Via, grammar
-from sipmessage.message import COMPACT_FORMS
+from sipmessage import URI, Address, CSeq, MediaType, Request, Response, Via, grammar
+from sipmessage.message import COMPACT_FORMS, Headers
 
 from labsim.wire.errors import SipError
 
 __all__ = [
     "DEFAULT_REASONS",
     "MAGIC_COOKIE",
+    "HeaderStore",
     "MsDiagnostics",
     "SipMessage",
     "add_record_route",
@@ -145,6 +146,88 @@ _CANONICAL: Final = {
 
 
 # --------------------------------------------------------------------------------------------
+# The header store
+
+
+class HeaderStore(Headers):
+    """sipmessage's :class:`~sipmessage.message.Headers` with a dict index (hand-written).
+
+    Same behaviour as sipmessage's: names are case-insensitive, a name keeps the spelling of
+    its first occurrence, ``add`` appends to that name's values, ``set``/``setlist`` replace
+    them in place (the header keeps its position), ``getlist`` returns the stored list itself,
+    ``get`` of a header set to ``[]`` raises IndexError, ``str()`` prints one ``Name: value``
+    line per value in insertion order and the empty line. Why not sipmessage's: it keeps a list
+    of (name, values) and lowers every name on every lookup, O(n) per call and O(n²) per
+    parsed message; a proxy hop reads and writes a dozen headers, so that was a quarter of the
+    call's CPU. A dict keyed by the lower-case name keeps insertion order (Python 3.7+), which
+    is all the list gave.
+
+    Every message this module parses or builds carries one; messages built with sipmessage's
+    own constructors keep theirs, and every function here accepts both.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
+        # sipmessage's __init__ only creates the list this class replaces; not called.
+        self._index: dict[str, tuple[str, list[str]]] = {}
+        for name, value in entries:
+            self.add(name, value)
+
+    def copy(self) -> HeaderStore:
+        """An independent copy: changing one never changes the other."""
+        new = HeaderStore.__new__(HeaderStore)
+        new._index = {key: (name, list(values)) for key, (name, values) in self._index.items()}
+        return new
+
+    def add(self, key: str, value: str) -> None:
+        ikey = key.lower()
+        entry = self._index.get(ikey)
+        if entry is None:
+            self._index[ikey] = (key, [value])
+        else:
+            entry[1].append(value)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        entry = self._index.get(key.lower())
+        return default if entry is None else entry[1][0]
+
+    def getlist(self, key: str) -> list[str]:
+        entry = self._index.get(key.lower())
+        return [] if entry is None else entry[1]
+
+    def keys(self) -> list[str]:
+        return [name for name, _values in self._index.values()]
+
+    def items(self) -> list[tuple[str, list[str]]]:
+        """(name, values) of every header, in order; the value lists are the stored ones."""
+        return list(self._index.values())
+
+    def remove(self, key: str) -> None:
+        self._index.pop(key.lower(), None)
+
+    def set(self, key: str, value: str) -> None:
+        self.setlist(key, [value])
+
+    def setlist(self, key: str, values: list[str]) -> None:
+        ikey = key.lower()
+        entry = self._index.get(ikey)
+        # Assigning to an existing dict key keeps its position: the header stays where it was.
+        self._index[ikey] = (key if entry is None else entry[0], values)
+
+    def __getitem__(self, key: str) -> str:
+        entry = self._index.get(key.lower())
+        if entry is None:
+            raise KeyError(key)
+        return entry[1][0]
+
+    def __str__(self) -> str:
+        out = [f"{name}: {value}\r\n" for name, values in self._index.values() for value in values]
+        return "".join(out) + "\r\n"
+
+    def __repr__(self) -> str:
+        return f"HeaderStore({[(n, v) for n, values in self._index.values() for v in values]!r})"
+
+
+# --------------------------------------------------------------------------------------------
 # Parsing
 
 
@@ -211,7 +294,7 @@ def _check_start_line(text: str, line: int) -> tuple[str, str | None]:
     method, uri = parts[0], parts[1]
     if not _TOKEN.fullmatch(method):
         raise SipError(f"bad request method {method[:40]!r}", line=line)
-    _translate(f"Request-URI {uri[:80]!r}", line, _uri_ok, uri)
+    _translate(f"Request-URI {uri[:80]!r}", line, _parse_uri, uri)
     return f"{method} {uri} SIP/2.0", method
 
 
@@ -289,9 +372,8 @@ def _media_type_ok(value: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _uri_ok(value: str) -> bool:
-    URI.parse(value)
-    return True
+def _parse_uri(value: str) -> URI:
+    return URI.parse(value)
 
 
 def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None:
@@ -388,19 +470,44 @@ def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
     A message without Content-Length is accepted (its body is everything after the empty line,
     as on UDP, RFC 3261 §18.3); with one, the body must have exactly that length.
 
-    Each call returns a new message object (callers change them: a proxy pushes its Via); the
-    checks of bytes seen before are not repeated.
+    Each call returns a new message object with its own :class:`HeaderStore` (callers change
+    them: a proxy pushes its Via); the checks and the parse of bytes seen before are not
+    repeated.
     """
     if isinstance(data, bytearray | memoryview):
         data = bytes(data)
     if not isinstance(data, bytes):
         raise SipError(f"a SIP message is bytes, not {type(data).__name__}")
-    return _translate("sipmessage rejected the message", None, Message.parse, _checked(data))
+    return _parsed(data).message()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A checked and parsed message, shared by every parse of the same bytes. Its header
+    store is never handed out: :meth:`message` gives each caller a copy."""
+
+    method: str | None  # None: a response
+    uri: URI | None
+    code: int
+    phrase: str
+    headers: HeaderStore
+    body: bytes
+
+    def message(self) -> Request | Response:
+        msg: Request | Response
+        if self.method is not None:
+            assert self.uri is not None
+            msg = Request(self.method, self.uri, self.body)
+        else:
+            msg = Response(self.code, self.phrase, self.body)
+        msg.headers = self.headers.copy()
+        return msg
+
+
+# A message crosses four hops and is parsed by each receiver, the trace and the outcome: the
+# same bytes come back several times, and every object cached here is immutable or copied out.
 @functools.lru_cache(maxsize=512)
-def _checked(data: bytes) -> bytes:
-    """The message normalized for sipmessage (unfolded, one header per line), once checked."""
+def _parsed(data: bytes) -> _Parsed:
     # RFC 3261 §7.5: ignore CRLFs before the start line (stream keep-alives); line numbers still
     # count them, so they match the bytes the caller holds.
     start = 0
@@ -422,9 +529,22 @@ def _checked(data: bytes) -> bytes:
     fields = _split_fields(lines[1:], skipped + 2)
     _check_fields(fields, method, body)
 
-    # Hand sipmessage the normalized message: unfolded, one "Name: value" per line.
-    text = "\r\n".join([start_line, *(f"{f.name}: {f.value}" for f in fields)])
-    return text.encode("utf-8") + b"\r\n\r\n" + body
+    # What sipmessage's Message.parse makes of the normalized message (start line, one
+    # "Name: value" line per unfolded field), done here instead of printing that text and
+    # having sipmessage read it back: its header list costs O(n) per header added.
+    # The normalized start line always splits in three; as in Message.parse, a third part
+    # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
+    bits = start_line.split(" ", 2)
+    headers = HeaderStore(
+        # Message.parse: compact forms become full names (RFC 3261 §7.3.3); values lose
+        # surrounding white space (str.strip(), Unicode white space included).
+        (COMPACT_FORMS.get(f.name.lower(), f.name), f.value.strip())
+        for f in fields
+    )
+    if bits[2] == "SIP/2.0":
+        uri = _translate("sipmessage rejected the message", None, _parse_uri, bits[1])
+        return _Parsed(bits[0], uri, 0, "", headers, body)
+    return _Parsed(None, None, int(bits[1]), bits[2], headers, body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -824,6 +944,7 @@ def build_request(
         raise SipError(f"Max-Forwards {max_forwards} is negative")
 
     msg = Request(method, target, body=bytes(body))
+    msg.headers = HeaderStore()
     msg.headers.setlist("Via", [format_via(v) for v in via_list])
     msg.headers.add("Max-Forwards", str(max_forwards))
     for r in route:
@@ -875,6 +996,7 @@ def build_response(
             raise SipError(f"request To already has tag {existing!r}, not {to_tag!r}")
 
     msg = Response(code, reason, body=bytes(body))
+    msg.headers = HeaderStore()
     msg.headers.setlist("Via", list(request.headers.getlist("Via")))
     rr = (
         list(request.headers.getlist("Record-Route"))
