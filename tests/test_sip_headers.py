@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sipmessage import Message, Request, Via
+from sipmessage import URI, Address, Message, Request, Via
 from sipmessage.message import Headers
 
 from labsim.wire import sip
@@ -201,3 +201,16 @@ def test_encode_accepts_tabs_and_non_ascii_in_values() -> None:
     msg = sip.parse_message(INVITE)
     msg.headers.add("Subject", "\tpartagé\u2028ok")
     assert b"Subject: \tpartag\xc3\xa9\xe2\x80\xa8ok\r\n" in sip.encode(msg)
+
+
+def test_formatters_remembered_by_identity_stay_right() -> None:
+    # format_uri/format_address remember results per object (URI and Address cannot be
+    # hashed); distinct objects, equal or not, and more of them than the table holds, must
+    # each still get their own text.
+    uris = [URI.parse(f"sip:u{i}@h{i % 7}.example;transport=tcp") for i in range(1200)]
+    for _ in range(2):
+        for i, uri in enumerate(uris):
+            assert sip.format_uri(uri) == f"sip:u{i}@h{i % 7}.example;transport=tcp"
+    a, b = Address.parse("<sip:a@x>;tag=1"), Address.parse("<sip:a@x>;tag=2")
+    assert (sip.format_address(a), sip.format_address(b)) == ("<sip:a@x>;tag=1", "<sip:a@x>;tag=2")
+    assert sip.format_address(sip.with_tag(a, "3")) == "<sip:a@x>;tag=3"

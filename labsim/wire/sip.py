@@ -34,7 +34,7 @@ import functools
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 from sipmessage import URI, Address, CSeq, MediaType, Request, Response, Via, grammar
 from sipmessage.message import COMPACT_FORMS, Headers
@@ -115,6 +115,7 @@ DEFAULT_REASONS: Final[Mapping[int, str]] = {
 }
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 _A = TypeVar("_A")
 
 # RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
@@ -123,6 +124,7 @@ _DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: str.isdigit() and \d accept 
 _HEADER_LINE = re.compile(r"([^:]*?)[ \t]*:(.*)", re.DOTALL)  # §7.3.1: name HCOLON value
 _CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB, which is LWS
+_CTL_BYTES = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # the same, as UTF-8 bytes
 _GENERIC_VALUE = re.compile(f"(?:{grammar.TOKEN}|{grammar.HOST}|{grammar.QUOTED_STRING})")
 # RFC 3261 §25.1 paramchar = param-unreserved / unreserved / escaped; quote() keeps alnum "_.-~".
 _URI_PARAM_SAFE = "!*'()[]/:&+$"
@@ -823,8 +825,32 @@ def _format_header_params(params: Mapping[str, str | None]) -> str:
     return out
 
 
-def format_uri(uri: URI) -> str:
-    """``uri`` as it goes on the wire, parameters escaped only as RFC 3261 §25.1 requires."""
+class _ByIdentity(Generic[_K, _T]):
+    """A pure function of frozen but unhashable values, remembered by identity.
+
+    sipmessage's URI and Address are frozen dataclasses, but their ``parameters`` is a
+    ``Mapping``, which has no hash, so ``functools.lru_cache`` cannot key on them. The parsers
+    above are cached, so the same object comes back for the same text on every hop; each entry
+    keeps its value alive, so an ``id`` in the table is never one of a newer object.
+    """
+
+    def __init__(self, fn: Callable[[_K], _T], size: int = 512) -> None:
+        self._fn = fn
+        self._size = size
+        self._table: dict[int, tuple[_K, _T]] = {}
+
+    def __call__(self, value: _K) -> _T:
+        entry = self._table.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1]
+        result = self._fn(value)
+        if len(self._table) >= self._size:
+            self._table.clear()
+        self._table[id(value)] = (value, result)
+        return result
+
+
+def _format_uri(uri: URI) -> str:
     if uri.scheme == "tel":
         return f"tel:{uri.user or ''}{_format_uri_params(uri.parameters)}"
     out = uri.scheme + ":"
@@ -839,10 +865,23 @@ def format_uri(uri: URI) -> str:
     return out + _format_uri_params(uri.parameters)
 
 
-def format_address(address: Address) -> str:
-    """A name-addr (always with ``<>``, as §20.10 requires when the URI has parameters)."""
+def _format_address(address: Address) -> str:
     out = _quote_string(address.name) + " " if address.name else ""
     return f"{out}<{format_uri(address.uri)}>{_format_header_params(address.parameters)}"
+
+
+_uri_text = _ByIdentity(_format_uri)
+_address_text_of = _ByIdentity(_format_address)
+
+
+def format_uri(uri: URI) -> str:
+    """``uri`` as it goes on the wire, parameters escaped only as RFC 3261 §25.1 requires."""
+    return _uri_text(uri)
+
+
+def format_address(address: Address) -> str:
+    """A name-addr (always with ``<>``, as §20.10 requires when the URI has parameters)."""
+    return _address_text_of(address)
 
 
 def format_via(via: Via) -> str:
@@ -1036,8 +1075,9 @@ def encode(msg: SipMessage) -> bytes:
     Sets the message's Content-Length to the body length first (RFC 3261 §18.3: required on
     TCP), and refuses header text that would break the framing (CR, LF, other CTLs).
     """
-    msg.headers.remove("l")
-    msg.headers.set("Content-Length", str(len(msg.body)))
+    headers = msg.headers
+    headers.remove("l")
+    headers.set("Content-Length", str(len(msg.body)))
     if isinstance(msg, Request):
         if not _TOKEN.fullmatch(msg.method):
             raise SipError(f"bad request method {msg.method[:40]!r}")
@@ -1047,11 +1087,30 @@ def encode(msg: SipMessage) -> bytes:
             raise SipError(f"status code {msg.code} out of range 100-699")
         _check_header_value("Reason-Phrase", msg.phrase)
         start = f"SIP/2.0 {msg.code} {msg.phrase}"
-    for name in msg.headers.keys():
-        _check_header_name(name)
-        for value in msg.headers.getlist(name):
-            _check_header_value(name, value)
-    return (start + "\r\n" + str(msg.headers)).encode("utf-8") + msg.body
+    entries = (
+        headers.items()
+        if isinstance(headers, HeaderStore)
+        else [(name, headers.getlist(name)) for name in headers.keys()]
+    )
+    head = (start + "\r\n" + str(headers)).encode("utf-8")
+    # One pass instead of a regex per header: the header block holds exactly the CRLFs of its
+    # lines (start line, one per value, the empty line) and no other CTL when no value holds
+    # one (UTF-8 never puts a byte below 0x80 inside a multi-byte character), and every name
+    # is a non-empty token when their concatenation is a token. Only when that fails are the
+    # headers checked one by one, to name the first bad one (a CTL on the start line, which a
+    # hand-made URI could carry, is let through there as before).
+    lines = 2 + sum([len(values) for _name, values in entries])
+    names = [name for name, _values in entries]
+    if (
+        len(head) - len(head.translate(None, _CTL_BYTES)) != 2 * lines
+        or not all(names)
+        or not _TOKEN.fullmatch("".join(names))
+    ):
+        for name, values in entries:
+            _check_header_name(name)
+            for value in values:
+                _check_header_value(name, value)
+    return head + msg.body
 
 
 def summary(msg: SipMessage) -> str:
