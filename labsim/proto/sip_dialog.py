@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipmessage import URI, Request, Response, Via
+from sipmessage import URI, Parameters, Request, Response, Via
 from sipmessage import Address as NameAddr
 
 from labsim.proto.events import Address
@@ -96,7 +96,7 @@ class Dialog:
         return sip.build_request(
             method,
             self.remote_target,
-            via=Via.parse(f"SIP/2.0/TCP {self.via_host}:{self.via_port};branch={branch};rport"),
+            via=Via("TCP", self.via_host, self.via_port, Parameters(branch=branch, rport=None)),
             from_addr=self.local,
             to_addr=self.remote,
             call_id=self.call_id,

@@ -899,7 +899,7 @@ def _format_media_type(media_type: MediaType) -> str:
 def _address_text(value: Address | str, what: str) -> str:
     """Validated header text for an Address given as a value or as text (kept as given)."""
     if isinstance(value, str):
-        _translate(what, None, Address.parse, value)
+        _translate(what, None, _parse_address, value)
         _check_header_value(what, value)
         return value.strip()
     return format_address(value)
@@ -937,7 +937,7 @@ def _add_tail(
     if content_type_value is not None:
         if isinstance(content_type_value, str):
             text = content_type_value
-            _translate("Content-Type", None, MediaType.parse, text)
+            _translate("Content-Type", None, _media_type_ok, text)
             _check_header_value("Content-Type", text)
         else:
             text = _format_media_type(content_type_value)
@@ -970,7 +970,7 @@ def build_request(
     """
     if not _TOKEN.fullmatch(method):
         raise SipError(f"bad request method {method[:40]!r}")
-    target = uri if isinstance(uri, URI) else _translate("Request-URI", None, URI.parse, uri)
+    target = uri if isinstance(uri, URI) else _translate("Request-URI", None, _parse_uri, uri)
     via_list = [via] if isinstance(via, Via) else list(via)
     if not via_list or not via_branch(via_list[0]):
         raise SipError("the top Via needs a branch parameter (RFC 3261 §8.1.1.7)")
