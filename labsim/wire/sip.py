@@ -34,7 +34,7 @@ import functools
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from sipmessage import URI, Address, CSeq, MediaType, Request, Response, Via, grammar
 from sipmessage.message import COMPACT_FORMS, Headers
@@ -121,7 +121,6 @@ _A = TypeVar("_A")
 # RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: str.isdigit() and \d accept other scripts
-_HEADER_LINE = re.compile(r"([^:]*?)[ \t]*:(.*)", re.DOTALL)  # §7.3.1: name HCOLON value
 _CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB, which is LWS
 _CTL_BYTES = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # the same, as UTF-8 bytes
@@ -131,6 +130,8 @@ _URI_PARAM_SAFE = "!*'()[]/:&+$"
 
 # The headers RFC 3261 §8.1.1 makes mandatory; Max-Forwards only in requests (§8.1.1.6).
 _MANDATORY: Final = ("via", "from", "to", "call-id", "cseq")
+# Headers that hold one or more values, never none (§20).
+_LISTS: Final = frozenset({"via", "route", "record-route", "contact"})
 # Headers whose grammar has no comma list, so a second occurrence is an error (§7.3.1).
 _SINGLE: Final = frozenset(
     {"from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type"}
@@ -233,15 +234,19 @@ class HeaderStore(Headers):
 # Parsing
 
 
-@dataclasses.dataclass(frozen=True)
-class _Field:
+class _Field(NamedTuple):
     line: int  # 1-based line number of the header's first line
     name: str  # as received (compact forms too)
     key: str  # lower-case full name (compact form expanded)
     value: str  # unfolded, without the surrounding white space
 
 
-def _key(name: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _name_key(name: str) -> str | None:
+    """The lower-case full name of a header name (compact form expanded), None when the name
+    is not a token. Cached: a call uses a few dozen names."""
+    if not _TOKEN.fullmatch(name):
+        return None
     return COMPACT_FORMS.get(name.lower(), name).lower()
 
 
@@ -269,9 +274,9 @@ def _decode_line(raw: bytes, line: int) -> str:
     return text
 
 
-def _check_start_line(text: str, line: int) -> tuple[str, str | None]:
+def _check_start_line(text: str, line: int, has_ctl: bool = True) -> tuple[str, str | None]:
     """Return the start line sipmessage will read, and the request method (None: response)."""
-    if _CTL.search(text) or text[:1].isspace():
+    if (has_ctl and _CTL.search(text)) or text[:1].isspace():
         raise SipError(f"bad start line {text[:80]!r}", line=line)
     # RFC 3261 §7.1: the SIP-Version string is case-insensitive, but we send upper case.
     if text[:4].upper() == "SIP/":
@@ -300,37 +305,64 @@ def _check_start_line(text: str, line: int) -> tuple[str, str | None]:
     return f"{method} {uri} SIP/2.0", method
 
 
-def _split_fields(lines: list[str], first: int) -> list[_Field]:
-    """Unfold header lines (RFC 3261 §7.3.1) into fields; ``first`` is the first line's number."""
+@functools.lru_cache(maxsize=1024)
+def _header_line(text: str) -> tuple[str, str, str] | None:
+    """(name, key, value) of a line holding one whole header (the usual case); None for a
+    continuation line or a line that is not a header (the caller names the fault).
+    Cached: a message crosses four hops with most of its lines unchanged."""
+    if text[:1] in (" ", "\t"):
+        return None
+    name, colon, value = text.partition(":")
+    name = name.rstrip(" \t")
+    key = _name_key(name)
+    if not colon or key is None:
+        return None
+    return name, key, value.strip(" \t")
+
+
+def _split_fields(lines: list[str], first: int, has_ctl: bool = True) -> list[_Field]:
+    """Unfold header lines (RFC 3261 §7.3.1) into fields; ``first`` is the first line's number.
+
+    ``has_ctl`` False says the caller has checked that no line holds a control character.
+    """
     fields: list[_Field] = []
-    # (line number, name, value parts) of the header being read.
-    current: tuple[int, str, list[str]] | None = None
-
-    def flush() -> None:
-        if current is not None:
-            lineno, name, parts = current
-            fields.append(_Field(lineno, name, _key(name), " ".join(parts).strip(" \t")))
-
+    # The header being read: its line number, name, key and value parts.
+    lineno_0, name_0, key_0 = 0, "", ""
+    parts: list[str] | None = None
     for i, text in enumerate(lines):
         lineno = first + i
-        if _CTL.search(text):
+        if not has_ctl and (known := _header_line(text)) is not None:
+            # A whole header line seen before: the same name, key and value as below.
+            if parts is not None:
+                joined = parts[0] if len(parts) == 1 else " ".join(parts).strip(" \t")
+                fields.append(_Field(lineno_0, name_0, key_0, joined))
+            lineno_0, (name_0, key_0, value_0) = lineno, known
+            parts = [value_0]
+            continue
+        if has_ctl and _CTL.search(text):
             raise SipError("control character in header line", line=lineno)
         if text[:1] in (" ", "\t"):
             # §7.3.1: a line starting with white space continues the previous header; the CRLF
             # and the leading white space are equivalent to one SP.
-            if current is None:
+            if parts is None:
                 raise SipError("continuation line with no header before it", line=lineno)
-            current[2].append(text.strip(" \t"))
+            parts.append(text.strip(" \t"))
             continue
-        m = _HEADER_LINE.fullmatch(text)
-        if m is None:
+        # §7.3.1: name HCOLON value, HCOLON = *( SP / HTAB ) ":" SWS.
+        name, colon, value = text.partition(":")
+        if not colon:
             raise SipError(f"header line without a colon: {text[:80]!r}", line=lineno)
-        name = m.group(1)
-        if not _TOKEN.fullmatch(name):
+        name = name.rstrip(" \t")
+        key = _name_key(name)
+        if key is None:
             raise SipError(f"bad header name {name[:40]!r}", line=lineno)
-        flush()
-        current = (lineno, name, [m.group(2).strip(" \t")])
-    flush()
+        if parts is not None:
+            joined = parts[0] if len(parts) == 1 else " ".join(parts).strip(" \t")
+            fields.append(_Field(lineno_0, name_0, key_0, joined))
+        lineno_0, name_0, key_0, parts = lineno, name, key, [value.strip(" \t")]
+    if parts is not None:
+        joined = parts[0] if len(parts) == 1 else " ".join(parts).strip(" \t")
+        fields.append(_Field(lineno_0, name_0, key_0, joined))
     return fields
 
 
@@ -378,6 +410,59 @@ def _parse_uri(value: str) -> URI:
     return URI.parse(value)
 
 
+# The headers _value_ok checks.
+_TYPED: Final = frozenset(
+    {"via", "from", "to", "route", "record-route", "contact", "call-id", "cseq",
+     "max-forwards", "content-type", "content-length"}
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _value_ok(key: str, name: str, value: str) -> bool:
+    """The checks of one header value that depend on nothing else in the message.
+
+    Raises SipError without a line number (the caller adds it). Cached: most values come back
+    unchanged on every hop (the cache keeps successes only).
+    """
+    what = f"{name} header"
+    if key in _LISTS and not value.strip():
+        # §20: each of these holds at least one value; sipmessage, which strips any Unicode
+        # white space, would return [] instead.
+        raise SipError(f"{what}: empty value")
+    if key == "via":
+        for v in _translate(what, None, _parse_vias, value):
+            if v.port is not None and not 0 < v.port < 65536:
+                raise SipError(f"Via: port {v.port} out of range")
+    elif key in ("from", "to"):
+        _translate(what, None, _address_ok, value, False)
+    elif key in ("route", "record-route"):
+        _translate(what, None, _address_ok, value, True)
+    elif key == "contact":
+        if value != "*":  # §10.2.2: "Contact: *" removes all bindings
+            _translate(what, None, _address_ok, value, True)
+    elif key == "call-id":
+        # §25.1: callid = word [ "@" word ]; no white space inside.
+        if not value or any(c.isspace() for c in value):
+            raise SipError(f"Call-ID: bad value {value[:80]!r}")
+    elif key == "cseq":
+        m = _CSEQ.fullmatch(value)
+        if m is None:
+            raise SipError(f"CSeq: bad value {value[:80]!r}: expected 'number SP method'")
+        # §8.1.1.5: the sequence number is a 32-bit unsigned integer.
+        if int(m.group(1)) > 0xFFFFFFFF:
+            raise SipError(f"CSeq: number {m.group(1)} exceeds 2**32-1")
+    elif key == "max-forwards":
+        if not _DIGITS.fullmatch(value):
+            raise SipError(f"Max-Forwards: not a number: {value[:40]!r}")
+    elif key == "content-type":
+        _translate(what, None, _media_type_ok, value)
+    elif key == "content-length":
+        # §20.14 (and §7.3.1 for the LWS sipp puts before the number).
+        if not _DIGITS.fullmatch(value):
+            raise SipError(f"Content-Length: not a number: {value[:40]!r}")
+    return True
+
+
 def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None:
     """Typed checks of the headers this package reads, each failure naming its line."""
     seen: dict[str, _Field] = {}
@@ -399,64 +484,33 @@ def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None
 
     first_via = True
     for f in fields:
-        what = f"{f.name} header"
-        if not f.value.strip() and f.key in ("via", "route", "record-route", "contact"):
-            # §20: each of these holds at least one value; sipmessage, which strips any Unicode
-            # white space, would return [] instead.
-            raise SipError(f"{what}: empty value", line=f.line)
-        if f.key == "via":
-            parsed = _translate(what, f.line, _parse_vias, f.value)
-            for v in parsed:
-                if v.port is not None and not 0 < v.port < 65536:
-                    raise SipError(f"Via: port {v.port} out of range", line=f.line)
-            if first_via:
-                # RFC 3261 §8.1.1.7: the top Via carries the transaction's branch. Both RFC 3261
-                # (magic cookie) and older branches are accepted; see is_rfc3261_branch().
-                first_via = False
-                if not parsed[0].parameters.get("branch"):
-                    raise SipError(
-                        "top Via has no branch parameter (RFC 3261 §8.1.1.7)", line=f.line
-                    )
-        elif f.key in ("from", "to"):
-            _translate(what, f.line, _address_ok, f.value, False)
-        elif f.key in ("route", "record-route"):
-            _translate(what, f.line, _address_ok, f.value, True)
-        elif f.key == "contact":
-            if f.value != "*":  # §10.2.2: "Contact: *" removes all bindings
-                _translate(what, f.line, _address_ok, f.value, True)
-        elif f.key == "call-id":
-            # §25.1: callid = word [ "@" word ]; no white space inside.
-            if not f.value or any(c.isspace() for c in f.value):
-                raise SipError(f"Call-ID: bad value {f.value[:80]!r}", line=f.line)
-        elif f.key == "cseq":
+        key = f.key
+        if key in _TYPED:
+            try:
+                _value_ok(key, f.name, f.value)
+            except SipError as exc:
+                raise SipError(exc.reason, line=f.line) from exc.__cause__
+        # What depends on the rest of the message, after each value's own checks.
+        if key == "via" and first_via:
+            # RFC 3261 §8.1.1.7: the top Via carries the transaction's branch. Both RFC 3261
+            # (magic cookie) and older branches are accepted; see is_rfc3261_branch().
+            first_via = False
+            if not _parse_vias(f.value)[0].parameters.get("branch"):
+                raise SipError("top Via has no branch parameter (RFC 3261 §8.1.1.7)", line=f.line)
+        elif key == "cseq" and method is not None:
             m = _CSEQ.fullmatch(f.value)
-            if m is None:
+            assert m is not None  # _value_ok checked it
+            if (cseq_method := m.group(2)) != method:
                 raise SipError(
-                    f"CSeq: bad value {f.value[:80]!r}: expected 'number SP method'", line=f.line
-                )
-            # §8.1.1.5: the sequence number is a 32-bit unsigned integer.
-            if int(m.group(1)) > 0xFFFFFFFF:
-                raise SipError(f"CSeq: number {m.group(1)} exceeds 2**32-1", line=f.line)
-            if method is not None and m.group(2) != method:
-                raise SipError(
-                    f"CSeq: method {m.group(2)!r} does not match request method {method!r}",
+                    f"CSeq: method {cseq_method!r} does not match request method {method!r}",
                     line=f.line,
                 )
-        elif f.key == "max-forwards":
-            if not _DIGITS.fullmatch(f.value):
-                raise SipError(f"Max-Forwards: not a number: {f.value[:40]!r}", line=f.line)
-        elif f.key == "content-type":
-            _translate(what, f.line, _media_type_ok, f.value)
-        elif f.key == "content-length":
-            # §20.14 (and §7.3.1 for the LWS sipp puts before the number).
-            if not _DIGITS.fullmatch(f.value):
-                raise SipError(f"Content-Length: not a number: {f.value[:40]!r}", line=f.line)
-            if int(f.value) != len(body):
-                raise SipError(
-                    f"Content-Length: header says {int(f.value)} bytes "
-                    f"but the body has {len(body)} bytes",
-                    line=f.line,
-                )
+        elif key == "content-length" and int(f.value) != len(body):
+            raise SipError(
+                f"Content-Length: header says {int(f.value)} bytes "
+                f"but the body has {len(body)} bytes",
+                line=f.line,
+            )
 
     if body and "content-type" not in seen:
         raise SipError(
@@ -525,10 +579,20 @@ def _parsed(data: bytes) -> _Parsed:
             line=skipped + data.count(b"\r\n") + 1,
         )
     head, body = data[:end], data[end + 4 :]
-    lines = [_decode_line(raw, skipped + i + 1) for i, raw in enumerate(head.split(b"\r\n"))]
+    raw_lines = head.split(b"\r\n")
+    # The whole block at once, line by line only to name a fault: the CRLFs that end its lines
+    # are then its only CTL bytes (UTF-8 puts none inside a character), and a sequence that
+    # cannot span a CRLF decodes as a whole exactly when every line does.
+    has_ctl = len(head) - len(head.translate(None, _CTL_BYTES)) != 2 * (len(raw_lines) - 1)
+    try:
+        if has_ctl:
+            raise UnicodeError  # bare CR or LF first, as the line by line checks do
+        lines = head.decode("utf-8").split("\r\n")
+    except UnicodeError:
+        lines = [_decode_line(raw, skipped + i + 1) for i, raw in enumerate(raw_lines)]
 
-    start_line, method = _check_start_line(lines[0], skipped + 1)
-    fields = _split_fields(lines[1:], skipped + 2)
+    start_line, method = _check_start_line(lines[0], skipped + 1, has_ctl)
+    fields = _split_fields(lines[1:], skipped + 2, has_ctl)
     _check_fields(fields, method, body)
 
     # What sipmessage's Message.parse makes of the normalized message (start line, one
@@ -537,12 +601,16 @@ def _parsed(data: bytes) -> _Parsed:
     # The normalized start line always splits in three; as in Message.parse, a third part
     # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
     bits = start_line.split(" ", 2)
-    headers = HeaderStore(
-        # Message.parse: compact forms become full names (RFC 3261 §7.3.3); values lose
-        # surrounding white space (str.strip(), Unicode white space included).
-        (COMPACT_FORMS.get(f.name.lower(), f.name), f.value.strip())
-        for f in fields
-    )
+    headers = HeaderStore()
+    index = headers._index
+    for f in fields:
+        # Message.parse: compact forms become full names (RFC 3261 §7.3.3), kept as spelled
+        # first; values lose surrounding white space (str.strip(): Unicode white space too).
+        entry = index.get(f.key)
+        if entry is None:
+            index[f.key] = (COMPACT_FORMS.get(f.name.lower(), f.name), [f.value.strip()])
+        else:
+            entry[1].append(f.value.strip())
     if bits[2] == "SIP/2.0":
         uri = _translate("sipmessage rejected the message", None, _parse_uri, bits[1])
         return _Parsed(bits[0], uri, 0, "", headers, body)
