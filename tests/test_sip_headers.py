@@ -214,3 +214,11 @@ def test_formatters_remembered_by_identity_stay_right() -> None:
     a, b = Address.parse("<sip:a@x>;tag=1"), Address.parse("<sip:a@x>;tag=2")
     assert (sip.format_address(a), sip.format_address(b)) == ("<sip:a@x>;tag=1", "<sip:a@x>;tag=2")
     assert sip.format_address(sip.with_tag(a, "3")) == "<sip:a@x>;tag=3"
+
+
+def test_parse_address_is_sipmessage_s_parse_with_sip_errors() -> None:
+    text = "<sip:10.48.54.228:5060;transport=tcp;lr>"
+    assert sip.parse_address(text) == Address.parse(text)
+    assert sip.parse_address(text) is sip.parse_address(text)  # cached: a dialog asks per request
+    with pytest.raises(SipError, match="address"):
+        sip.parse_address("<sip:")

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sipmessage import URI, Parameters, Request, Response, Via
-from sipmessage import Address as NameAddr
 
 from labsim.proto.events import Address
 from labsim.proto.sip_proxy import uri_target
@@ -77,7 +76,7 @@ class Dialog:
     def next_hop(self) -> Address:
         """Where an in-dialog request goes first: the first Route value, else the target."""
         if self.route_set:
-            return uri_target(NameAddr.parse(self.route_set[0]).uri)
+            return uri_target(sip.parse_address(self.route_set[0]).uri)
         return uri_target(self.remote_target)
 
     def request(

@@ -68,6 +68,7 @@ __all__ = [
     "max_forwards",
     "ms_diagnostics",
     "ms_diagnostics_public",
+    "parse_address",
     "parse_message",
     "pop_route_if_self",
     "pop_via",
@@ -123,6 +124,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: str.isdigit() and \d accept other scripts
 _CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB, which is LWS
+_SPACE = re.compile(r"\s")  # for str patterns, what str.isspace() accepts (Unicode too)
 _CTL_BYTES = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # the same, as UTF-8 bytes
 _GENERIC_VALUE = re.compile(f"(?:{grammar.TOKEN}|{grammar.HOST}|{grammar.QUOTED_STRING})")
 # RFC 3261 §25.1 paramchar = param-unreserved / unreserved / escaped; quote() keeps alnum "_.-~".
@@ -442,7 +444,7 @@ def _value_ok(key: str, name: str, value: str) -> bool:
             _translate(what, None, _address_ok, value, True)
     elif key == "call-id":
         # §25.1: callid = word [ "@" word ]; no white space inside.
-        if not value or any(c.isspace() for c in value):
+        if not value or _SPACE.search(value):
             raise SipError(f"Call-ID: bad value {value[:80]!r}")
     elif key == "cseq":
         m = _CSEQ.fullmatch(value)
@@ -668,6 +670,11 @@ def via_rport(via: Via) -> int | None:
     """
     value = via.parameters.get("rport")
     return int(value) if value is not None and _DIGITS.fullmatch(value) else None
+
+
+def parse_address(value: str) -> Address:
+    """A name-addr or addr-spec given as text (a Route value kept by a dialog, say); cached."""
+    return _translate("address", None, _parse_address, value)
 
 
 def from_address(msg: SipMessage) -> Address:
@@ -1042,7 +1049,7 @@ def build_request(
     via_list = [via] if isinstance(via, Via) else list(via)
     if not via_list or not via_branch(via_list[0]):
         raise SipError("the top Via needs a branch parameter (RFC 3261 §8.1.1.7)")
-    if not call_id or any(c.isspace() for c in call_id) or _CTL.search(call_id):
+    if not call_id or _SPACE.search(call_id) or _CTL.search(call_id):
         raise SipError(f"bad Call-ID {call_id[:80]!r}")
     # §8.1.1.5: a 32-bit number, below 2**31 in a new request.
     if not 0 <= cseq <= 0xFFFFFFFF:
