@@ -253,7 +253,9 @@ class Trace:
             src, dst, src_addr, dst_addr = (
                 record.server, record.client, record.server_addr, record.client_addr
             )  # fmt: skip
-        direction = self._directions.setdefault((conn, from_client), _Direction())
+        direction = self._directions.get((conn, from_client))
+        if direction is None:
+            direction = self._directions[(conn, from_client)] = _Direction()
         if direction.framing != framing:
             direction.framing = framing
             direction.splitter = splitter_for(framing)
@@ -325,6 +327,8 @@ class Trace:
                 chunk: bytes = data
                 while got := splitter.feed(chunk, max_messages=1):
                     parts += got
+                    if not splitter.buffered:
+                        break  # the usual case, one whole message per send: nothing left
                     chunk = b""
             except WireError as exc:
                 rest, error = splitter.take_buffered(), str(exc)

@@ -124,6 +124,21 @@ def test_sip_content_length_with_lws_and_compact_form() -> None:
 
 
 @pytest.mark.parametrize(
+    ("head", "body_length"),
+    [
+        (b"Content-Length: 3\r\nA: b\r\n\r\n", 3),  # on the first line of the block
+        (b"A\r\nX-Content-Length: 9\r\nL: 2\r\n\r\n", 2),  # another header's name ends so
+        (b"A\r\nSubject: l: 9\r\ncONTENT-lENGTH\t:\t4 \t\r\n\r\n", 4),  # inside a value
+        (b"A\nl:1\n\r\n\r\n", 1),  # bare LF line ends
+        (b"A\r\nContent-Length: 2\r\nl : 2\r\n\r\n", 2),  # the same value twice
+    ],
+)
+def test_sip_content_length_is_found_only_at_a_line_start(head: bytes, body_length: int) -> None:
+    message = head + b"x" * body_length
+    assert SipSplitter().feed(message + b"next") == [message]
+
+
+@pytest.mark.parametrize(
     ("splitter", "stream", "needle"),
     [
         (StunSplitter(allow_channel_data=False), b"GET / HTTP/1.1\r\n\r\n", "neither"),

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipmessage import URI, Request, Response, Via
-from sipmessage import Address as NameAddr
+from sipmessage import URI, Parameters, Request, Response, Via
 
 from labsim.proto.events import Address
 from labsim.proto.sip_proxy import uri_target
@@ -77,7 +76,7 @@ class Dialog:
     def next_hop(self) -> Address:
         """Where an in-dialog request goes first: the first Route value, else the target."""
         if self.route_set:
-            return uri_target(NameAddr.parse(self.route_set[0]).uri)
+            return uri_target(sip.parse_address(self.route_set[0]).uri)
         return uri_target(self.remote_target)
 
     def request(
@@ -96,7 +95,7 @@ class Dialog:
         return sip.build_request(
             method,
             self.remote_target,
-            via=Via.parse(f"SIP/2.0/TCP {self.via_host}:{self.via_port};branch={branch};rport"),
+            via=Via("TCP", self.via_host, self.via_port, Parameters(branch=branch, rport=None)),
             from_addr=self.local,
             to_addr=self.remote,
             call_id=self.call_id,

@@ -212,8 +212,11 @@ def frame_rfc4571(payload: bytes) -> bytes:
 
 # RFC 3261 §7.3.1 / §20.14: the header name is case-insensitive, "l" is the compact form, and
 # linear white space may surround the colon and the value (sipp pads the value with spaces).
+# Searched for in LF + header block: a line starts after an LF, and a pattern that starts with
+# a literal LF is scanned for quickly, where a MULTILINE "^" is tried at every byte (4x slower
+# on a call's INVITE). The line ends at the next LF or at the end of the block.
 _CONTENT_LENGTH = re.compile(
-    rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+    rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?(?=\n|\Z)", re.IGNORECASE
 )
 
 
@@ -250,7 +253,7 @@ class SipSplitter(StreamSplitter):
         return (end, True) if len(buf) >= end else None
 
     def _content_length(self, head: bytes, pos: int) -> int:
-        values = _CONTENT_LENGTH.findall(head)
+        values = _CONTENT_LENGTH.findall(b"\n" + head)
         if not values:
             raise self._error("SIP message on TCP without Content-Length (RFC 3261 §18.3)", pos)
         numbers = set()

@@ -34,16 +34,17 @@ import functools
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
-from sipmessage import URI, Address, CSeq, MediaType, Message, Request, Response, Via, grammar
-from sipmessage.message import COMPACT_FORMS
+from sipmessage import URI, Address, CSeq, MediaType, Request, Response, Via, grammar
+from sipmessage.message import COMPACT_FORMS, Headers
 
 from labsim.wire.errors import SipError
 
 __all__ = [
     "DEFAULT_REASONS",
     "MAGIC_COOKIE",
+    "HeaderStore",
     "MsDiagnostics",
     "SipMessage",
     "add_record_route",
@@ -67,6 +68,7 @@ __all__ = [
     "max_forwards",
     "ms_diagnostics",
     "ms_diagnostics_public",
+    "parse_address",
     "parse_message",
     "pop_route_if_self",
     "pop_via",
@@ -114,20 +116,24 @@ DEFAULT_REASONS: Final[Mapping[int, str]] = {
 }
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 _A = TypeVar("_A")
 
 # RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: str.isdigit() and \d accept other scripts
-_HEADER_LINE = re.compile(r"([^:]*?)[ \t]*:(.*)", re.DOTALL)  # §7.3.1: name HCOLON value
 _CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB, which is LWS
+_SPACE = re.compile(r"\s")  # for str patterns, what str.isspace() accepts (Unicode too)
+_CTL_BYTES = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # the same, as UTF-8 bytes
 _GENERIC_VALUE = re.compile(f"(?:{grammar.TOKEN}|{grammar.HOST}|{grammar.QUOTED_STRING})")
 # RFC 3261 §25.1 paramchar = param-unreserved / unreserved / escaped; quote() keeps alnum "_.-~".
 _URI_PARAM_SAFE = "!*'()[]/:&+$"
 
 # The headers RFC 3261 §8.1.1 makes mandatory; Max-Forwards only in requests (§8.1.1.6).
 _MANDATORY: Final = ("via", "from", "to", "call-id", "cseq")
+# Headers that hold one or more values, never none (§20).
+_LISTS: Final = frozenset({"via", "route", "record-route", "contact"})
 # Headers whose grammar has no comma list, so a second occurrence is an error (§7.3.1).
 _SINGLE: Final = frozenset(
     {"from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type"}
@@ -145,18 +151,104 @@ _CANONICAL: Final = {
 
 
 # --------------------------------------------------------------------------------------------
+# The header store
+
+
+class HeaderStore(Headers):
+    """sipmessage's :class:`~sipmessage.message.Headers` with a dict index (hand-written).
+
+    Same behaviour as sipmessage's: names are case-insensitive, a name keeps the spelling of
+    its first occurrence, ``add`` appends to that name's values, ``set``/``setlist`` replace
+    them in place (the header keeps its position), ``getlist`` returns the stored list itself,
+    ``get`` of a header set to ``[]`` raises IndexError, ``str()`` prints one ``Name: value``
+    line per value in insertion order and the empty line. Why not sipmessage's: it keeps a list
+    of (name, values) and lowers every name on every lookup, O(n) per call and O(n²) per
+    parsed message; a proxy hop reads and writes a dozen headers, so that was a quarter of the
+    call's CPU. A dict keyed by the lower-case name keeps insertion order (Python 3.7+), which
+    is all the list gave.
+
+    Every message this module parses or builds carries one; messages built with sipmessage's
+    own constructors keep theirs, and every function here accepts both.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
+        # sipmessage's __init__ only creates the list this class replaces; not called.
+        self._index: dict[str, tuple[str, list[str]]] = {}
+        for name, value in entries:
+            self.add(name, value)
+
+    def copy(self) -> HeaderStore:
+        """An independent copy: changing one never changes the other."""
+        new = HeaderStore.__new__(HeaderStore)
+        new._index = {key: (name, list(values)) for key, (name, values) in self._index.items()}
+        return new
+
+    def add(self, key: str, value: str) -> None:
+        ikey = key.lower()
+        entry = self._index.get(ikey)
+        if entry is None:
+            self._index[ikey] = (key, [value])
+        else:
+            entry[1].append(value)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        entry = self._index.get(key.lower())
+        return default if entry is None else entry[1][0]
+
+    def getlist(self, key: str) -> list[str]:
+        entry = self._index.get(key.lower())
+        return [] if entry is None else entry[1]
+
+    def keys(self) -> list[str]:
+        return [name for name, _values in self._index.values()]
+
+    def items(self) -> list[tuple[str, list[str]]]:
+        """(name, values) of every header, in order; the value lists are the stored ones."""
+        return list(self._index.values())
+
+    def remove(self, key: str) -> None:
+        self._index.pop(key.lower(), None)
+
+    def set(self, key: str, value: str) -> None:
+        self.setlist(key, [value])
+
+    def setlist(self, key: str, values: list[str]) -> None:
+        ikey = key.lower()
+        entry = self._index.get(ikey)
+        # Assigning to an existing dict key keeps its position: the header stays where it was.
+        self._index[ikey] = (key if entry is None else entry[0], values)
+
+    def __getitem__(self, key: str) -> str:
+        entry = self._index.get(key.lower())
+        if entry is None:
+            raise KeyError(key)
+        return entry[1][0]
+
+    def __str__(self) -> str:
+        out = [f"{name}: {value}\r\n" for name, values in self._index.values() for value in values]
+        return "".join(out) + "\r\n"
+
+    def __repr__(self) -> str:
+        return f"HeaderStore({[(n, v) for n, values in self._index.values() for v in values]!r})"
+
+
+# --------------------------------------------------------------------------------------------
 # Parsing
 
 
-@dataclasses.dataclass(frozen=True)
-class _Field:
+class _Field(NamedTuple):
     line: int  # 1-based line number of the header's first line
     name: str  # as received (compact forms too)
     key: str  # lower-case full name (compact form expanded)
     value: str  # unfolded, without the surrounding white space
 
 
-def _key(name: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _name_key(name: str) -> str | None:
+    """The lower-case full name of a header name (compact form expanded), None when the name
+    is not a token. Cached: a call uses a few dozen names."""
+    if not _TOKEN.fullmatch(name):
+        return None
     return COMPACT_FORMS.get(name.lower(), name).lower()
 
 
@@ -184,9 +276,9 @@ def _decode_line(raw: bytes, line: int) -> str:
     return text
 
 
-def _check_start_line(text: str, line: int) -> tuple[str, str | None]:
+def _check_start_line(text: str, line: int, has_ctl: bool = True) -> tuple[str, str | None]:
     """Return the start line sipmessage will read, and the request method (None: response)."""
-    if _CTL.search(text) or text[:1].isspace():
+    if (has_ctl and _CTL.search(text)) or text[:1].isspace():
         raise SipError(f"bad start line {text[:80]!r}", line=line)
     # RFC 3261 §7.1: the SIP-Version string is case-insensitive, but we send upper case.
     if text[:4].upper() == "SIP/":
@@ -211,41 +303,68 @@ def _check_start_line(text: str, line: int) -> tuple[str, str | None]:
     method, uri = parts[0], parts[1]
     if not _TOKEN.fullmatch(method):
         raise SipError(f"bad request method {method[:40]!r}", line=line)
-    _translate(f"Request-URI {uri[:80]!r}", line, _uri_ok, uri)
+    _translate(f"Request-URI {uri[:80]!r}", line, _parse_uri, uri)
     return f"{method} {uri} SIP/2.0", method
 
 
-def _split_fields(lines: list[str], first: int) -> list[_Field]:
-    """Unfold header lines (RFC 3261 §7.3.1) into fields; ``first`` is the first line's number."""
+@functools.lru_cache(maxsize=1024)
+def _header_line(text: str) -> tuple[str, str, str] | None:
+    """(name, key, value) of a line holding one whole header (the usual case); None for a
+    continuation line or a line that is not a header (the caller names the fault).
+    Cached: a message crosses four hops with most of its lines unchanged."""
+    if text[:1] in (" ", "\t"):
+        return None
+    name, colon, value = text.partition(":")
+    name = name.rstrip(" \t")
+    key = _name_key(name)
+    if not colon or key is None:
+        return None
+    return name, key, value.strip(" \t")
+
+
+def _split_fields(lines: list[str], first: int, has_ctl: bool = True) -> list[_Field]:
+    """Unfold header lines (RFC 3261 §7.3.1) into fields; ``first`` is the first line's number.
+
+    ``has_ctl`` False says the caller has checked that no line holds a control character.
+    """
     fields: list[_Field] = []
-    # (line number, name, value parts) of the header being read.
-    current: tuple[int, str, list[str]] | None = None
-
-    def flush() -> None:
-        if current is not None:
-            lineno, name, parts = current
-            fields.append(_Field(lineno, name, _key(name), " ".join(parts).strip(" \t")))
-
+    # The header being read: its line number, name, key and value parts.
+    lineno_0, name_0, key_0 = 0, "", ""
+    parts: list[str] | None = None
     for i, text in enumerate(lines):
         lineno = first + i
-        if _CTL.search(text):
+        if not has_ctl and (known := _header_line(text)) is not None:
+            # A whole header line seen before: the same name, key and value as below.
+            if parts is not None:
+                joined = parts[0] if len(parts) == 1 else " ".join(parts).strip(" \t")
+                fields.append(_Field(lineno_0, name_0, key_0, joined))
+            lineno_0, (name_0, key_0, value_0) = lineno, known
+            parts = [value_0]
+            continue
+        if has_ctl and _CTL.search(text):
             raise SipError("control character in header line", line=lineno)
         if text[:1] in (" ", "\t"):
             # §7.3.1: a line starting with white space continues the previous header; the CRLF
             # and the leading white space are equivalent to one SP.
-            if current is None:
+            if parts is None:
                 raise SipError("continuation line with no header before it", line=lineno)
-            current[2].append(text.strip(" \t"))
+            parts.append(text.strip(" \t"))
             continue
-        m = _HEADER_LINE.fullmatch(text)
-        if m is None:
+        # §7.3.1: name HCOLON value, HCOLON = *( SP / HTAB ) ":" SWS.
+        name, colon, value = text.partition(":")
+        if not colon:
             raise SipError(f"header line without a colon: {text[:80]!r}", line=lineno)
-        name = m.group(1)
-        if not _TOKEN.fullmatch(name):
+        name = name.rstrip(" \t")
+        key = _name_key(name)
+        if key is None:
             raise SipError(f"bad header name {name[:40]!r}", line=lineno)
-        flush()
-        current = (lineno, name, [m.group(2).strip(" \t")])
-    flush()
+        if parts is not None:
+            joined = parts[0] if len(parts) == 1 else " ".join(parts).strip(" \t")
+            fields.append(_Field(lineno_0, name_0, key_0, joined))
+        lineno_0, name_0, key_0, parts = lineno, name, key, [value.strip(" \t")]
+    if parts is not None:
+        joined = parts[0] if len(parts) == 1 else " ".join(parts).strip(" \t")
+        fields.append(_Field(lineno_0, name_0, key_0, joined))
     return fields
 
 
@@ -289,8 +408,60 @@ def _media_type_ok(value: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _uri_ok(value: str) -> bool:
-    URI.parse(value)
+def _parse_uri(value: str) -> URI:
+    return URI.parse(value)
+
+
+# The headers _value_ok checks.
+_TYPED: Final = frozenset(
+    {"via", "from", "to", "route", "record-route", "contact", "call-id", "cseq",
+     "max-forwards", "content-type", "content-length"}
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _value_ok(key: str, name: str, value: str) -> bool:
+    """The checks of one header value that depend on nothing else in the message.
+
+    Raises SipError without a line number (the caller adds it). Cached: most values come back
+    unchanged on every hop (the cache keeps successes only).
+    """
+    what = f"{name} header"
+    if key in _LISTS and not value.strip():
+        # §20: each of these holds at least one value; sipmessage, which strips any Unicode
+        # white space, would return [] instead.
+        raise SipError(f"{what}: empty value")
+    if key == "via":
+        for v in _translate(what, None, _parse_vias, value):
+            if v.port is not None and not 0 < v.port < 65536:
+                raise SipError(f"Via: port {v.port} out of range")
+    elif key in ("from", "to"):
+        _translate(what, None, _address_ok, value, False)
+    elif key in ("route", "record-route"):
+        _translate(what, None, _address_ok, value, True)
+    elif key == "contact":
+        if value != "*":  # §10.2.2: "Contact: *" removes all bindings
+            _translate(what, None, _address_ok, value, True)
+    elif key == "call-id":
+        # §25.1: callid = word [ "@" word ]; no white space inside.
+        if not value or _SPACE.search(value):
+            raise SipError(f"Call-ID: bad value {value[:80]!r}")
+    elif key == "cseq":
+        m = _CSEQ.fullmatch(value)
+        if m is None:
+            raise SipError(f"CSeq: bad value {value[:80]!r}: expected 'number SP method'")
+        # §8.1.1.5: the sequence number is a 32-bit unsigned integer.
+        if int(m.group(1)) > 0xFFFFFFFF:
+            raise SipError(f"CSeq: number {m.group(1)} exceeds 2**32-1")
+    elif key == "max-forwards":
+        if not _DIGITS.fullmatch(value):
+            raise SipError(f"Max-Forwards: not a number: {value[:40]!r}")
+    elif key == "content-type":
+        _translate(what, None, _media_type_ok, value)
+    elif key == "content-length":
+        # §20.14 (and §7.3.1 for the LWS sipp puts before the number).
+        if not _DIGITS.fullmatch(value):
+            raise SipError(f"Content-Length: not a number: {value[:40]!r}")
     return True
 
 
@@ -315,64 +486,33 @@ def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None
 
     first_via = True
     for f in fields:
-        what = f"{f.name} header"
-        if not f.value.strip() and f.key in ("via", "route", "record-route", "contact"):
-            # §20: each of these holds at least one value; sipmessage, which strips any Unicode
-            # white space, would return [] instead.
-            raise SipError(f"{what}: empty value", line=f.line)
-        if f.key == "via":
-            parsed = _translate(what, f.line, _parse_vias, f.value)
-            for v in parsed:
-                if v.port is not None and not 0 < v.port < 65536:
-                    raise SipError(f"Via: port {v.port} out of range", line=f.line)
-            if first_via:
-                # RFC 3261 §8.1.1.7: the top Via carries the transaction's branch. Both RFC 3261
-                # (magic cookie) and older branches are accepted; see is_rfc3261_branch().
-                first_via = False
-                if not parsed[0].parameters.get("branch"):
-                    raise SipError(
-                        "top Via has no branch parameter (RFC 3261 §8.1.1.7)", line=f.line
-                    )
-        elif f.key in ("from", "to"):
-            _translate(what, f.line, _address_ok, f.value, False)
-        elif f.key in ("route", "record-route"):
-            _translate(what, f.line, _address_ok, f.value, True)
-        elif f.key == "contact":
-            if f.value != "*":  # §10.2.2: "Contact: *" removes all bindings
-                _translate(what, f.line, _address_ok, f.value, True)
-        elif f.key == "call-id":
-            # §25.1: callid = word [ "@" word ]; no white space inside.
-            if not f.value or any(c.isspace() for c in f.value):
-                raise SipError(f"Call-ID: bad value {f.value[:80]!r}", line=f.line)
-        elif f.key == "cseq":
+        key = f.key
+        if key in _TYPED:
+            try:
+                _value_ok(key, f.name, f.value)
+            except SipError as exc:
+                raise SipError(exc.reason, line=f.line) from exc.__cause__
+        # What depends on the rest of the message, after each value's own checks.
+        if key == "via" and first_via:
+            # RFC 3261 §8.1.1.7: the top Via carries the transaction's branch. Both RFC 3261
+            # (magic cookie) and older branches are accepted; see is_rfc3261_branch().
+            first_via = False
+            if not _parse_vias(f.value)[0].parameters.get("branch"):
+                raise SipError("top Via has no branch parameter (RFC 3261 §8.1.1.7)", line=f.line)
+        elif key == "cseq" and method is not None:
             m = _CSEQ.fullmatch(f.value)
-            if m is None:
+            assert m is not None  # _value_ok checked it
+            if (cseq_method := m.group(2)) != method:
                 raise SipError(
-                    f"CSeq: bad value {f.value[:80]!r}: expected 'number SP method'", line=f.line
-                )
-            # §8.1.1.5: the sequence number is a 32-bit unsigned integer.
-            if int(m.group(1)) > 0xFFFFFFFF:
-                raise SipError(f"CSeq: number {m.group(1)} exceeds 2**32-1", line=f.line)
-            if method is not None and m.group(2) != method:
-                raise SipError(
-                    f"CSeq: method {m.group(2)!r} does not match request method {method!r}",
+                    f"CSeq: method {cseq_method!r} does not match request method {method!r}",
                     line=f.line,
                 )
-        elif f.key == "max-forwards":
-            if not _DIGITS.fullmatch(f.value):
-                raise SipError(f"Max-Forwards: not a number: {f.value[:40]!r}", line=f.line)
-        elif f.key == "content-type":
-            _translate(what, f.line, _media_type_ok, f.value)
-        elif f.key == "content-length":
-            # §20.14 (and §7.3.1 for the LWS sipp puts before the number).
-            if not _DIGITS.fullmatch(f.value):
-                raise SipError(f"Content-Length: not a number: {f.value[:40]!r}", line=f.line)
-            if int(f.value) != len(body):
-                raise SipError(
-                    f"Content-Length: header says {int(f.value)} bytes "
-                    f"but the body has {len(body)} bytes",
-                    line=f.line,
-                )
+        elif key == "content-length" and int(f.value) != len(body):
+            raise SipError(
+                f"Content-Length: header says {int(f.value)} bytes "
+                f"but the body has {len(body)} bytes",
+                line=f.line,
+            )
 
     if body and "content-type" not in seen:
         raise SipError(
@@ -388,19 +528,44 @@ def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
     A message without Content-Length is accepted (its body is everything after the empty line,
     as on UDP, RFC 3261 §18.3); with one, the body must have exactly that length.
 
-    Each call returns a new message object (callers change them: a proxy pushes its Via); the
-    checks of bytes seen before are not repeated.
+    Each call returns a new message object with its own :class:`HeaderStore` (callers change
+    them: a proxy pushes its Via); the checks and the parse of bytes seen before are not
+    repeated.
     """
     if isinstance(data, bytearray | memoryview):
         data = bytes(data)
     if not isinstance(data, bytes):
         raise SipError(f"a SIP message is bytes, not {type(data).__name__}")
-    return _translate("sipmessage rejected the message", None, Message.parse, _checked(data))
+    return _parsed(data).message()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A checked and parsed message, shared by every parse of the same bytes. Its header
+    store is never handed out: :meth:`message` gives each caller a copy."""
+
+    method: str | None  # None: a response
+    uri: URI | None
+    code: int
+    phrase: str
+    headers: HeaderStore
+    body: bytes
+
+    def message(self) -> Request | Response:
+        msg: Request | Response
+        if self.method is not None:
+            assert self.uri is not None
+            msg = Request(self.method, self.uri, self.body)
+        else:
+            msg = Response(self.code, self.phrase, self.body)
+        msg.headers = self.headers.copy()
+        return msg
+
+
+# A message crosses four hops and is parsed by each receiver, the trace and the outcome: the
+# same bytes come back several times, and every object cached here is immutable or copied out.
 @functools.lru_cache(maxsize=512)
-def _checked(data: bytes) -> bytes:
-    """The message normalized for sipmessage (unfolded, one header per line), once checked."""
+def _parsed(data: bytes) -> _Parsed:
     # RFC 3261 §7.5: ignore CRLFs before the start line (stream keep-alives); line numbers still
     # count them, so they match the bytes the caller holds.
     start = 0
@@ -416,15 +581,42 @@ def _checked(data: bytes) -> bytes:
             line=skipped + data.count(b"\r\n") + 1,
         )
     head, body = data[:end], data[end + 4 :]
-    lines = [_decode_line(raw, skipped + i + 1) for i, raw in enumerate(head.split(b"\r\n"))]
+    raw_lines = head.split(b"\r\n")
+    # The whole block at once, line by line only to name a fault: the CRLFs that end its lines
+    # are then its only CTL bytes (UTF-8 puts none inside a character), and a sequence that
+    # cannot span a CRLF decodes as a whole exactly when every line does.
+    has_ctl = len(head) - len(head.translate(None, _CTL_BYTES)) != 2 * (len(raw_lines) - 1)
+    try:
+        if has_ctl:
+            raise UnicodeError  # bare CR or LF first, as the line by line checks do
+        lines = head.decode("utf-8").split("\r\n")
+    except UnicodeError:
+        lines = [_decode_line(raw, skipped + i + 1) for i, raw in enumerate(raw_lines)]
 
-    start_line, method = _check_start_line(lines[0], skipped + 1)
-    fields = _split_fields(lines[1:], skipped + 2)
+    start_line, method = _check_start_line(lines[0], skipped + 1, has_ctl)
+    fields = _split_fields(lines[1:], skipped + 2, has_ctl)
     _check_fields(fields, method, body)
 
-    # Hand sipmessage the normalized message: unfolded, one "Name: value" per line.
-    text = "\r\n".join([start_line, *(f"{f.name}: {f.value}" for f in fields)])
-    return text.encode("utf-8") + b"\r\n\r\n" + body
+    # What sipmessage's Message.parse makes of the normalized message (start line, one
+    # "Name: value" line per unfolded field), done here instead of printing that text and
+    # having sipmessage read it back: its header list costs O(n) per header added.
+    # The normalized start line always splits in three; as in Message.parse, a third part
+    # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
+    bits = start_line.split(" ", 2)
+    headers = HeaderStore()
+    index = headers._index
+    for f in fields:
+        # Message.parse: compact forms become full names (RFC 3261 §7.3.3), kept as spelled
+        # first; values lose surrounding white space (str.strip(): Unicode white space too).
+        entry = index.get(f.key)
+        if entry is None:
+            index[f.key] = (COMPACT_FORMS.get(f.name.lower(), f.name), [f.value.strip()])
+        else:
+            entry[1].append(f.value.strip())
+    if bits[2] == "SIP/2.0":
+        uri = _translate("sipmessage rejected the message", None, _parse_uri, bits[1])
+        return _Parsed(bits[0], uri, 0, "", headers, body)
+    return _Parsed(None, None, int(bits[1]), bits[2], headers, body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,6 +670,11 @@ def via_rport(via: Via) -> int | None:
     """
     value = via.parameters.get("rport")
     return int(value) if value is not None and _DIGITS.fullmatch(value) else None
+
+
+def parse_address(value: str) -> Address:
+    """A name-addr or addr-spec given as text (a Route value kept by a dialog, say); cached."""
+    return _translate("address", None, _parse_address, value)
 
 
 def from_address(msg: SipMessage) -> Address:
@@ -703,8 +900,32 @@ def _format_header_params(params: Mapping[str, str | None]) -> str:
     return out
 
 
-def format_uri(uri: URI) -> str:
-    """``uri`` as it goes on the wire, parameters escaped only as RFC 3261 §25.1 requires."""
+class _ByIdentity(Generic[_K, _T]):
+    """A pure function of frozen but unhashable values, remembered by identity.
+
+    sipmessage's URI and Address are frozen dataclasses, but their ``parameters`` is a
+    ``Mapping``, which has no hash, so ``functools.lru_cache`` cannot key on them. The parsers
+    above are cached, so the same object comes back for the same text on every hop; each entry
+    keeps its value alive, so an ``id`` in the table is never one of a newer object.
+    """
+
+    def __init__(self, fn: Callable[[_K], _T], size: int = 512) -> None:
+        self._fn = fn
+        self._size = size
+        self._table: dict[int, tuple[_K, _T]] = {}
+
+    def __call__(self, value: _K) -> _T:
+        entry = self._table.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1]
+        result = self._fn(value)
+        if len(self._table) >= self._size:
+            self._table.clear()
+        self._table[id(value)] = (value, result)
+        return result
+
+
+def _format_uri(uri: URI) -> str:
     if uri.scheme == "tel":
         return f"tel:{uri.user or ''}{_format_uri_params(uri.parameters)}"
     out = uri.scheme + ":"
@@ -719,10 +940,23 @@ def format_uri(uri: URI) -> str:
     return out + _format_uri_params(uri.parameters)
 
 
-def format_address(address: Address) -> str:
-    """A name-addr (always with ``<>``, as §20.10 requires when the URI has parameters)."""
+def _format_address(address: Address) -> str:
     out = _quote_string(address.name) + " " if address.name else ""
     return f"{out}<{format_uri(address.uri)}>{_format_header_params(address.parameters)}"
+
+
+_uri_text = _ByIdentity(_format_uri)
+_address_text_of = _ByIdentity(_format_address)
+
+
+def format_uri(uri: URI) -> str:
+    """``uri`` as it goes on the wire, parameters escaped only as RFC 3261 §25.1 requires."""
+    return _uri_text(uri)
+
+
+def format_address(address: Address) -> str:
+    """A name-addr (always with ``<>``, as §20.10 requires when the URI has parameters)."""
+    return _address_text_of(address)
 
 
 def format_via(via: Via) -> str:
@@ -740,7 +974,7 @@ def _format_media_type(media_type: MediaType) -> str:
 def _address_text(value: Address | str, what: str) -> str:
     """Validated header text for an Address given as a value or as text (kept as given)."""
     if isinstance(value, str):
-        _translate(what, None, Address.parse, value)
+        _translate(what, None, _parse_address, value)
         _check_header_value(what, value)
         return value.strip()
     return format_address(value)
@@ -778,7 +1012,7 @@ def _add_tail(
     if content_type_value is not None:
         if isinstance(content_type_value, str):
             text = content_type_value
-            _translate("Content-Type", None, MediaType.parse, text)
+            _translate("Content-Type", None, _media_type_ok, text)
             _check_header_value("Content-Type", text)
         else:
             text = _format_media_type(content_type_value)
@@ -811,11 +1045,11 @@ def build_request(
     """
     if not _TOKEN.fullmatch(method):
         raise SipError(f"bad request method {method[:40]!r}")
-    target = uri if isinstance(uri, URI) else _translate("Request-URI", None, URI.parse, uri)
+    target = uri if isinstance(uri, URI) else _translate("Request-URI", None, _parse_uri, uri)
     via_list = [via] if isinstance(via, Via) else list(via)
     if not via_list or not via_branch(via_list[0]):
         raise SipError("the top Via needs a branch parameter (RFC 3261 §8.1.1.7)")
-    if not call_id or any(c.isspace() for c in call_id) or _CTL.search(call_id):
+    if not call_id or _SPACE.search(call_id) or _CTL.search(call_id):
         raise SipError(f"bad Call-ID {call_id[:80]!r}")
     # §8.1.1.5: a 32-bit number, below 2**31 in a new request.
     if not 0 <= cseq <= 0xFFFFFFFF:
@@ -824,6 +1058,7 @@ def build_request(
         raise SipError(f"Max-Forwards {max_forwards} is negative")
 
     msg = Request(method, target, body=bytes(body))
+    msg.headers = HeaderStore()
     msg.headers.setlist("Via", [format_via(v) for v in via_list])
     msg.headers.add("Max-Forwards", str(max_forwards))
     for r in route:
@@ -875,6 +1110,7 @@ def build_response(
             raise SipError(f"request To already has tag {existing!r}, not {to_tag!r}")
 
     msg = Response(code, reason, body=bytes(body))
+    msg.headers = HeaderStore()
     msg.headers.setlist("Via", list(request.headers.getlist("Via")))
     rr = (
         list(request.headers.getlist("Record-Route"))
@@ -914,8 +1150,9 @@ def encode(msg: SipMessage) -> bytes:
     Sets the message's Content-Length to the body length first (RFC 3261 §18.3: required on
     TCP), and refuses header text that would break the framing (CR, LF, other CTLs).
     """
-    msg.headers.remove("l")
-    msg.headers.set("Content-Length", str(len(msg.body)))
+    headers = msg.headers
+    headers.remove("l")
+    headers.set("Content-Length", str(len(msg.body)))
     if isinstance(msg, Request):
         if not _TOKEN.fullmatch(msg.method):
             raise SipError(f"bad request method {msg.method[:40]!r}")
@@ -925,11 +1162,30 @@ def encode(msg: SipMessage) -> bytes:
             raise SipError(f"status code {msg.code} out of range 100-699")
         _check_header_value("Reason-Phrase", msg.phrase)
         start = f"SIP/2.0 {msg.code} {msg.phrase}"
-    for name in msg.headers.keys():
-        _check_header_name(name)
-        for value in msg.headers.getlist(name):
-            _check_header_value(name, value)
-    return (start + "\r\n" + str(msg.headers)).encode("utf-8") + msg.body
+    entries = (
+        headers.items()
+        if isinstance(headers, HeaderStore)
+        else [(name, headers.getlist(name)) for name in headers.keys()]
+    )
+    head = (start + "\r\n" + str(headers)).encode("utf-8")
+    # One pass instead of a regex per header: the header block holds exactly the CRLFs of its
+    # lines (start line, one per value, the empty line) and no other CTL when no value holds
+    # one (UTF-8 never puts a byte below 0x80 inside a multi-byte character), and every name
+    # is a non-empty token when their concatenation is a token. Only when that fails are the
+    # headers checked one by one, to name the first bad one (a CTL on the start line, which a
+    # hand-made URI could carry, is let through there as before).
+    lines = 2 + sum([len(values) for _name, values in entries])
+    names = [name for name, _values in entries]
+    if (
+        len(head) - len(head.translate(None, _CTL_BYTES)) != 2 * lines
+        or not all(names)
+        or not _TOKEN.fullmatch("".join(names))
+    ):
+        for name, values in entries:
+            _check_header_name(name)
+            for value in values:
+                _check_header_value(name, value)
+    return head + msg.body
 
 
 def summary(msg: SipMessage) -> str:
