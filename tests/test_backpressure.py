@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 
+from labsim.net.common import guess_framing
 from labsim.net.live import LiveNetwork
 from labsim.proto.turn_server import TurnServer, TurnServerSettings
 from labsim.trace import Trace
@@ -91,3 +92,41 @@ async def test_a_reader_that_stops_holds_the_writer_back() -> None:
     assert isinstance(sent, int)
     assert net.read_pauses >= 1
     assert 0 < sent < BOUND, f"{sent / 2**20:.0f} MiB went into buffers"
+
+
+def test_bytes_from_a_peer_outside_the_run_are_framed_by_their_first_bytes() -> None:
+    assert guess_framing(bytes.fromhex("000300082112a442") + b"\0" * 12) == "stun"
+    assert guess_framing(bytes.fromhex("006c000100582112a442")) == "rfc4571"
+    assert guess_framing(b"INVITE sip:meeting@cms.lab SIP/2.0\r\nVia: ...") == "sip"
+    assert guess_framing(b"SIP/2.0 200 OK\r\n") == "sip"
+    assert guess_framing(b"GET / HTTP/1.1\r\n") == "raw"
+
+
+async def test_an_outside_clients_first_allocate_is_traced_as_stun() -> None:
+    # Before, the trace framed a peer outside the run by what our end had sent: nothing yet,
+    # so the first Allocate of coturn's or the bench's client showed as "TCP data, 36 bytes".
+    port = PORT + 10
+    settings = TurnServerSettings(port=port, relay_port_min=port + 1, relay_port_max=port + 2)
+    net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings)], Trace())
+    done = threading.Event()
+
+    def allocate() -> None:
+        try:
+            control = Control(("127.48.54.229", port))
+            control.transact(
+                stun.Message.request(stun.Method.ALLOCATE, [stun.RequestedTransport(6)])
+            )
+            control.close()
+        finally:
+            done.set()
+
+    run = asyncio.create_task(net.arun(10, stop=lambda _t: done.is_set()))
+    await asyncio.sleep(0.2)
+    client = threading.Thread(target=allocate, daemon=True)
+    client.start()
+    trace = await asyncio.wait_for(run, timeout=15)
+    client.join(timeout=5)
+    assert [m.summary.split(" error-code")[0] for m in trace.messages][:2] == [
+        "Allocate Request TCP",
+        "Allocate Error Response",
+    ]

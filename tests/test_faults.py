@@ -210,10 +210,14 @@ def test_every_library_scenario_meets_its_expectation(name: str, clock: Clock) -
     if clock == "live" and name in LIVE_TOO_LONG and os.environ.get("LABSIM_SLOW") != "1":
         sc = sc.model_copy(update={"clock": "virtual"})
         clock = "virtual"  # see LIVE_TOO_LONG
+    fds = len(os.listdir("/proc/self/fd"))
     start = time.perf_counter()
     result: RunResult = run_scenario(sc, clock)
     wall = time.perf_counter() - start
     assert result.passed, (result.failures, result.diagnosis.text())
+    # Every scenario ends with a verdict before its deadline, and leaves nothing open.
+    assert wall < sc.deadline + 5.0
+    assert len(os.listdir("/proc/self/fd")) <= fds, "a socket outlived the run"
     if clock == "virtual":
         assert wall < 1.0, f"{name}: {wall:.2f} s of wall time in virtual time"
 
@@ -257,3 +261,26 @@ def test_labsim_run_prints_the_diagnosis_and_puts_it_in_json(tmp_path: Path) -> 
     assert "Make Presenter" in result.output
     data = json.loads(out.read_text())
     assert data["diagnosis"]["verdict"] == "presenter-not-allowed"
+
+
+@pytest.mark.tshark
+def test_a_faulted_run_still_makes_a_clean_capture(tmp_path: Path) -> None:
+    """Dropped bytes never reach the capture and held ones are captured when they leave, so
+    sequence numbers stay whole: tshark sees no gap, no retransmission, nothing malformed."""
+    from labsim.report.pcap import write_pcapng
+
+    from .test_report_pcap import tshark
+
+    sc = lab(
+        "actors: {skype_client: {ice_timeout: 2.0}}\nfaults:\n"
+        "  - drop: {from: cms, to: expressway_e, stun: Binding Request}\n"
+        "  - delay: {from: expressway_c, to: cms, sip: INVITE, by: 0.3}\n"
+        "  - drop: {from: expressway_e, to: skype_edge, protocol: STUN, nth: 1}\n"
+    )
+    result = run_scenario(sc, "virtual")
+    assert {f.action for f in result.trace.faults} == {"dropped", "delayed"}
+    path = tmp_path / "faulted.pcapng"
+    write_pcapng(result.trace, path)
+    assert tshark(path, "-Y", "tcp.analysis.flags || _ws.malformed") == []
+    stun_rows = tshark(path, "-Y", "stun", "-T", "fields", "-e", "_ws.col.Info")
+    assert not [r for r in stun_rows if "user: Xa3f:cM5k" in r], "a dropped check was captured"

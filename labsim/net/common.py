@@ -32,6 +32,7 @@ Rules this module keeps (the contract of :mod:`labsim.proto.events`):
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,8 +126,9 @@ class Link:
         self.client: End | None = None
         self.server: End | None = None
         #: The framing the run's own end last sent with: bytes from a peer outside the run
-        #: (coturn, sipp) are traced with the same framing, so its answers decode too.
-        self.framing = "raw"
+        #: (coturn, sipp) are traced with the same framing, so its answers decode too. Empty
+        #: until then: a peer outside the run that speaks first is framed by its first bytes.
+        self.framing = ""
         #: (client actor, server actor), as the trace names them.
         self.names = (client, server)
         #: Which connection between these two actors this is (1-based), for fault rules.
@@ -740,6 +742,8 @@ class Runtime:
             if end.peer is None:
                 # The sender is outside the run: nobody else will put its bytes in the trace.
                 link = end.link
+                if not link.framing:
+                    link.framing = guess_framing(data)
                 self.trace.sent(self.now(), link.gid, not end.is_client, data, link.framing)
             self._source = end
             try:
@@ -774,3 +778,20 @@ def _summary(protocol: str, data: bytes) -> str:
     except WireError:
         return f"Malformed {protocol}"
     return f"TCP data, {len(data)} bytes"
+
+
+_SIP_START = re.compile(rb"(?:[A-Za-z]+ [^ \r\n]+ SIP/2\.0|SIP/2\.0 [1-6]\d\d )")
+
+
+def guess_framing(data: bytes) -> str:
+    """How the first bytes a peer outside the run sends (a TURN client connecting to our
+    Expressway-E, sipp calling our Skype client) are framed, as Wireshark's heuristics tell:
+    the STUN magic cookie at offset 4 (RFC 5389 §6) or, after an RFC 4571 length, at offset 6;
+    a SIP start line (RFC 3261 §7.1, §7.2); anything else is opaque."""
+    if len(data) >= 8 and data[0] < 0x40 and data[4:8] == stun.MAGIC_COOKIE_BYTES:
+        return "stun"
+    if len(data) >= 10 and data[6:10] == stun.MAGIC_COOKIE_BYTES:
+        return "rfc4571"
+    if _SIP_START.match(data):
+        return "sip"
+    return "raw"

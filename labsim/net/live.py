@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import socket
 import struct
@@ -70,6 +71,7 @@ class NonLoopbackError(ValueError):
     """A socket would have used an address outside loopback."""
 
 
+@functools.lru_cache(maxsize=256)
 def loopback(host: str) -> str:
     """The loopback address standing in for lab host ``host`` (IPv4 a.b.c.d -> 127.b.c.d)."""
     try:
@@ -88,13 +90,18 @@ def loopback(host: str) -> str:
 
 def require_loopback(host: str) -> str:
     """``host`` if it is a loopback address; raises :class:`NonLoopbackError` otherwise."""
-    try:
-        ok = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
+    if not _is_loopback(host):
         raise NonLoopbackError(f"{host} is not a loopback address: the live runtime stays on lo")
     return host
+
+
+# Every connect checks both ends; ipaddress parsing costs more than the rest of the check.
+@functools.lru_cache(maxsize=256)
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Listener:
