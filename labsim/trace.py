@@ -260,6 +260,23 @@ class Trace:
             direction.framing = framing
             direction.splitter = splitter_for(framing)
         direction.sent += len(data)
+        splitter = direction.splitter
+        if (
+            framing == "stun"
+            and splitter is not None
+            and not splitter.buffered
+            and len(data) >= 20
+            and data[0] < 0x40
+            and len(data) == 20 + int.from_bytes(data[2:4], "big")
+        ):
+            # The common case, first: one whole STUN message per send (a TURN server answers
+            # every request with one). The splitter would only copy it.
+            splitter.offset += len(data)
+            one = MessageRecord(t, conn, src, dst, src_addr, dst_addr, "STUN", data, framing)
+            self._last_on_conn[conn] = one
+            self.messages.append(one)
+            self.timeline.append(one)
+            return [one]
 
         out: list[MessageRecord] = []
 
@@ -305,16 +322,6 @@ class Trace:
         elif direction.splitter is None:
             add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], "framing lost earlier",
                 size=len(data))  # fmt: skip
-        elif (
-            framing == "stun"
-            and direction.splitter.buffered == 0
-            and len(data) >= 20
-            and data[0] < 0x40
-            and len(data) == 20 + int.from_bytes(data[2:4], "big")
-        ):
-            # The common case: one whole STUN message per send. The splitter would only copy it.
-            direction.splitter.offset += len(data)
-            add("STUN", None, data)
         else:
             splitter = direction.splitter
             parts: list[bytes] = []
