@@ -148,24 +148,36 @@ def test_cut_resets_both_ends_after_a_time_or_after_bytes(clock: Clock) -> None:
 
 # -- the diagnosis of faults injected by rules alone, into the healthy lab -----------------------
 
-RULE_FAULTS = {
-    "one-way-binding": "faults: [{drop: {from: expressway_e, to: skype_edge, "
-    "stun: Binding Request}}]",
-    "relay-unreachable": "faults: [{block: {from: skype_edge, to: expressway_e, "
-    "ports: [24000, 29999], how: refuse}}]",
-    "connection-bind-missing": "faults: [{drop: {from: cms, to: expressway_e, "
-    "stun: ConnectionBind Request}}]\nactors: {skype_client: {ice_timeout: 40.0}}\ndeadline: 60",
-    "media-path-lost": "faults: [{cut: {from: skype_edge, to: expressway_e, connection: 2, "
-    "after: 0.5}}]",
-    "slow-network": "faults: [{delay: {from: expressway_c, to: cms, sip: INVITE, by: 1.5}}]",
-    "no-sip-path": "faults: [{drop: {from: expressway_e, to: expressway_c, sip: INVITE}}]\n"
-    "deadline: 60",
-}
+RULE_FAULTS = [
+    ("one-way-binding", "faults: [{drop: {from: expressway_e, to: skype_edge, "
+     "stun: Binding Request}}]"),
+    ("one-way-binding", "faults: [{drop: {from: cms, to: expressway_e, "
+     "stun: Binding Success Response}}]"),
+    ("one-way-binding", "faults: [{drop: {from: skype_edge, to: skype_client, "
+     "stun: Binding Success Response}}]"),
+    ("relay-unreachable", "faults: [{block: {from: skype_edge, to: expressway_e, "
+     "ports: [24000, 29999], how: refuse}}]"),
+    ("relay-unreachable", "faults: [{block: {from: skype_edge, to: expressway_e, "
+     "ports: [24000, 29999]}}]\nactors: {skype_client: {ice_timeout: 8.0}}"),
+    ("connection-bind-missing", "faults: [{drop: {from: cms, to: expressway_e, "
+     "stun: ConnectionBind Request}}]\nactors: {skype_client: {ice_timeout: 40.0}}\n"
+     "deadline: 60"),
+    ("connection-bind-missing", "faults: [{drop: {from: expressway_e, to: cms, "
+     "stun: ConnectionAttempt}}]\nactors: {skype_client: {ice_timeout: 40.0}}\ndeadline: 60"),
+    ("media-path-lost", "faults: [{cut: {from: skype_edge, to: expressway_e, connection: 2, "
+     "after: 0.5}}]"),
+    ("media-path-lost", "faults: [{cut: {from: cms, to: expressway_e, connection: 2, "
+     "after: 0.5}}]"),
+    ("slow-network", "faults: [{delay: {from: expressway_c, to: cms, sip: INVITE, by: 1.5}}]"),
+    ("no-sip-path", "faults: [{drop: {from: expressway_e, to: expressway_c, sip: INVITE}}]\n"
+     "deadline: 60"),
+    ("no-sip-path", "faults: [{block: {from: expressway_c, to: expressway_e}}]\ndeadline: 60"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("verdict", sorted(RULE_FAULTS))
-def test_a_fault_injected_by_rules_alone_gets_the_right_diagnosis(verdict: str) -> None:
-    result = run_scenario(lab(RULE_FAULTS[verdict], hold=2.0), "virtual")
+@pytest.mark.parametrize(("verdict", "rules"), RULE_FAULTS)
+def test_a_fault_injected_by_rules_alone_gets_the_right_diagnosis(verdict: str, rules: str) -> None:
+    result = run_scenario(lab(rules, hold=2.0), "virtual")
     assert result.diagnosis.verdict == verdict, result.diagnosis.text()
     assert result.trace.faults, "the rule did something"
     text = result.diagnosis.text()
@@ -173,7 +185,7 @@ def test_a_fault_injected_by_rules_alone_gets_the_right_diagnosis(verdict: str) 
 
 
 def test_the_diagnosis_ignores_fault_records() -> None:
-    result = run_scenario(lab(RULE_FAULTS["one-way-binding"]), "virtual")
+    result = run_scenario(lab(RULE_FAULTS[0][1]), "virtual")
     from labsim.report.diagnose import diagnose
 
     before = diagnose(result.trace)

@@ -425,7 +425,26 @@ def _relay_connection(view: _View) -> Diagnosis | None:
             ("the 200 OK's SDP: a=candidate ... typ relay with Expressway-E's public address",
              "the Skype Edge's media relay to the Expressway-E relay range"),
         )  # fmt: skip
-    return None
+    peer = to_relay[0]
+    evidence = [
+        f"{peer.client} connected to the relay {peer.server_addr} from {peer.client_addr} "
+        f"at t={peer.opened:.3f} s",
+        f"no ConnectionAttempt from {turn} reached {cms}, so {cms} never bound it",
+    ]
+    if peer.closed is not None:
+        evidence.append(
+            f"{peer.closed_by} closed that connection {peer.closed - peer.opened:.1f} s later"
+        )
+    return Diagnosis(
+        "connection-bind-missing", step,
+        f"The peer's connection to the relay was never bound: {cms} got no ConnectionAttempt "
+        "for it.",
+        tuple(evidence),
+        "the ConnectionAttempt indication (RFC 6062 §4.3) is lost between Expressway-E and "
+        "CMS, or Expressway-E does not send it",
+        ("CMS's TURN control connection to Expressway-E (TCP 3478): is it still up?",
+         "Expressway-E's TURN logs for the incoming peer connection"),
+    )  # fmt: skip
 
 
 # -- step 4: ICE checks -------------------------------------------------------------------------
