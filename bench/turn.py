@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -43,18 +42,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labsim.wire import stun
-from labsim.wire.framing import StunSplitter
 from labsim.wire.stun import Class, Message, Method
 
-USER, PASSWORD, REALM = "turn", "secret", "TANDBERG"
-KEY = stun.long_term_key(USER, REALM, PASSWORD)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The tests' TURN client and port helpers: one client for the tests and the bench.
+from tests.stun_client import (  # noqa: E402
+    KEY,
+    PASSWORD,
+    REALM,
+    TIMEOUT,
+    USER,
+    Control,
+    authed,
+    free_port,
+    free_range,
+)  # fmt: skip
+
 HOST = "127.0.0.1"
-TIMEOUT = 5.0
 CHUNK = 64 * 1024
 RELAY_PORTS = 200
-#: SO_LINGER on, timeout 0: close() sends RST, so thousands of short control connections leave
-#: no TIME_WAIT behind on the client side to exhaust ephemeral ports (both servers alike).
-LINGER_RST = struct.pack("ii", 1, 0)
 
 # The child that runs our server. It only needs the installed labsim package; the server lives
 # for at most argv[4] seconds even if the parent dies without killing it.
@@ -104,35 +110,6 @@ class Server:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def free_range(size: int, avoid: int) -> range:
-    """A run of ``size`` ports none of which is bound now and which excludes ``avoid``."""
-    for _ in range(50):
-        start = free_port()
-        ports = range(start, start + size)
-        if ports.stop > 65535 or avoid in ports:
-            continue
-        held: list[socket.socket] = []
-        try:
-            for port in ports:
-                s = socket.socket()
-                held.append(s)
-                s.bind((HOST, port))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return ports
-    raise RuntimeError("no free run of relay ports on 127.0.0.1")
-
-
 def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -161,7 +138,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def ours(lifetime: float) -> Iterator[Server]:
     port = free_port()
-    relays = free_range(RELAY_PORTS, port)
+    relays = free_range(RELAY_PORTS, HOST, avoid=port)
     cmd = [sys.executable, "-c", OURS_CHILD, str(port), str(relays.start), str(relays.stop - 1)]
     proc = subprocess.Popen(
         [*cmd, str(lifetime)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -185,7 +162,7 @@ def coturn(workdir: Path, lifetime: float) -> Iterator[Server]:
     if turnserver is None:
         raise RuntimeError("turnserver not found: apt-get install coturn")
     port = free_port()
-    relays = free_range(RELAY_PORTS, port)
+    relays = free_range(RELAY_PORTS, HOST, avoid=port)
     log = workdir / "turnserver.log"
     cmd = [
         turnserver, "-n", "--listening-ip", HOST, "--relay-ip", HOST,
@@ -237,54 +214,15 @@ def is_turnserver(pid: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class Conn:
-    """One TCP connection to the TURN port, speaking STUN through labsim's splitter."""
-
-    def __init__(self, port: int, max_messages: int | None = None) -> None:
-        self.max_messages = max_messages
-        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.splitter = StunSplitter()
-        self.pending: list[bytes] = []
-
-    def receive(self) -> Message:
-        while not self.pending:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            self.pending += self.splitter.feed(data, max_messages=self.max_messages)
-        return stun.decode(self.pending.pop(0))
-
-    def transact(self, message: Message, key: bytes | None = None) -> Message:
-        self.sock.sendall(message.encode(key))
-        response = self.receive()
-        if response.transaction_id != message.transaction_id:
-            raise RuntimeError(f"unexpected {response.summary()}")
-        return response
-
-    def close(self, reset: bool = False) -> None:
-        if reset:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-        self.sock.close()
-
-
-def authed(method: int, attrs: list[stun.Attribute], nonce: str) -> Message:
-    return Message.request(
-        method,
-        [*attrs, stun.Username(USER), stun.Realm(REALM), stun.Nonce(nonce), stun.MessageIntegrity(),
-         stun.Fingerprint()],
-    )  # fmt: skip
-
-
 def expect(response: Message, cls: Class, what: str) -> Message:
     if response.cls is not cls:
         raise RuntimeError(f"{what}: {response.summary()}")
     return response
 
 
-def allocate(port: int) -> tuple[Conn, str, stun.XorRelayedAddress]:
+def allocate(port: int) -> tuple[Control, str, stun.XorRelayedAddress]:
     """A fresh control connection holding a TCP allocation; returns it, the nonce, the relay."""
-    control = Conn(port)
+    control = Control((HOST, port), check=False)
     try:
         challenge = control.transact(
             Message.request(Method.ALLOCATE, [stun.RequestedTransport(6), stun.Fingerprint()])
@@ -308,7 +246,7 @@ def allocate(port: int) -> tuple[Conn, str, stun.XorRelayedAddress]:
         raise
 
 
-def release(control: Conn, nonce: str) -> None:
+def release(control: Control, nonce: str) -> None:
     expect(
         control.transact(authed(Method.REFRESH, [stun.Lifetime(0)], nonce), KEY),
         Class.SUCCESS,
@@ -327,6 +265,8 @@ def allocation_rate(port: int, seconds: float) -> tuple[float, int]:
         try:
             release(control, nonce)
         finally:
+            # RST: thousands of short control connections must leave no TIME_WAIT behind on
+            # the client side to exhaust ephemeral ports (both servers alike).
             control.close(reset=True)
         done += 1
     return done / (time.perf_counter() - start), done
@@ -334,9 +274,9 @@ def allocation_rate(port: int, seconds: float) -> tuple[float, int]:
 
 @dataclass
 class Pipe:
-    control: Conn
+    control: Control
     nonce: str
-    data: Conn
+    data: Control
     peer: socket.socket
 
     def close(self) -> None:
@@ -365,7 +305,7 @@ def open_pipe(port: int) -> Pipe:
     connection_id = attempt.get(stun.ConnectionId)
     if attempt.method != Method.CONNECTION_ATTEMPT or connection_id is None:
         raise RuntimeError(f"expected ConnectionAttempt, got {attempt.summary()}")
-    data = Conn(port, max_messages=1)  # one STUN exchange, then raw bytes
+    data = Control((HOST, port), max_messages=1, check=False)  # one STUN exchange, then raw bytes
     expect(
         data.transact(authed(Method.CONNECTION_BIND, [connection_id], nonce), KEY),
         Class.SUCCESS,

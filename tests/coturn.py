@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .conftest import require_tool
+from .stun_client import PASSWORD, REALM, USER, free_port, free_range
 
-USER, PASSWORD, REALM = "turn", "secret", "TANDBERG"
 MAX_LOG_BYTES = 5 * 1024 * 1024
 
 
@@ -31,40 +31,11 @@ class Coturn:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _free_range(size: int) -> range:
-    """A run of ``size`` ports none of which is bound now (relay ports for the server)."""
-    for _ in range(50):
-        start = free_port()
-        if start + size > 65535:
-            continue
-        ports = range(start, start + size)
-        try:
-            held = []
-            for port in ports:
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return ports
-    raise RuntimeError("no free run of relay ports on 127.0.0.1")
-
-
 @contextmanager
 def coturn(workdir: Path, *extra: str, start_timeout: float = 10.0) -> Iterator[Coturn]:
     turnserver = require_tool("turnserver")
     port = free_port()
-    relays = _free_range(20)
+    relays = free_range(20)
     log = workdir / "turnserver.log"
     cmd = [
         turnserver, "-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",

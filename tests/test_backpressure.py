@@ -21,11 +21,9 @@ from labsim.proto.turn_server import TurnServer, TurnServerSettings
 from labsim.trace import Trace
 from labsim.wire import stun
 
-from .coturn import PASSWORD, REALM, USER
-from .stun_client import Control, authed
+from .stun_client import KEY, Control, authed
 
 PORT = 34795
-KEY = stun.long_term_key(USER, REALM, PASSWORD)
 LIMIT = 256 * 1024 * 1024  # what the peer tries to push
 BOUND = 64 * 1024 * 1024  # what may get through to buffers when nobody reads
 

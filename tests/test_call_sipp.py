@@ -13,7 +13,6 @@ sipp exits 0 only when its whole scenario ran; every process is bounded in time.
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,10 @@ from labsim.trace import Trace
 from labsim.wire import sip
 
 from .conftest import require_tool
+from .stun_client import free_port
 
 pytestmark = pytest.mark.sipp
 SIPP_DIR = Path(__file__).parent / "sipp"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _sipp(args: list[str], cwd: Path) -> tuple[int, str]:
@@ -94,7 +87,7 @@ async def test_sipp_uac_gets_a_relay_candidate_from_cms(tmp_path: Path) -> None:
 
 async def test_sipp_uas_answers_our_skype_client(tmp_path: Path) -> None:
     sipp = require_tool("sipp")
-    port = _free_port()
+    port = free_port()
     client = SkypeClient(SkypeClientSettings(ice_timeout=5))
     trace = Trace()
     net = LiveNetwork(

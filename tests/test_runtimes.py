@@ -46,6 +46,8 @@ from labsim.trace import Trace
 from labsim.wire import stun
 from labsim.wire.framing import StunSplitter
 
+from .stun_client import free_port as free_loopback_port
+
 SERVER_HOST = "10.48.54.229"  # Expressway-E in the lab
 CLIENT_HOST = "192.168.1.252"  # the Skype Edge in the lab
 OTHER_HOST = "10.48.54.230"
@@ -54,10 +56,7 @@ RUNTIMES = ["live", "virtual"]
 
 def free_port(host: str = SERVER_HOST) -> int:
     """A port free on the loopback address of lab ``host`` (both runtimes then use it)."""
-    with socket.socket() as s:
-        s.bind((loopback(host), 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_loopback_port(loopback(host))
 
 
 def run(

@@ -25,7 +25,8 @@ from labsim.proto.turn_server import TurnServer, TurnServerSettings
 from labsim.trace import Trace
 
 from .conftest import require_tool
-from .coturn import _free_range, coturn, free_port
+from .coturn import coturn
+from .stun_client import free_port, free_range
 from .turn_actors import Board, CmsLike, SkypePeer
 
 pytestmark = pytest.mark.coturn
@@ -110,7 +111,7 @@ def _lost(output: str) -> int:
 
 
 def _against_ours(flags: list[str]) -> tuple[subprocess.CompletedProcess[str], Trace]:
-    port, relays = free_port(), _free_range(40)
+    port, relays = free_port(), free_range(40)
     finished = threading.Event()
     thread, out = _serve(port, relays, until=40.0, finished=finished)
     try:
