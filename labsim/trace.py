@@ -102,13 +102,7 @@ class MessageRecord:
         return self._error
 
     def _decode(self) -> None:
-        try:
-            if self.protocol == "SIP":
-                self._summary = sip.summary(sip.parse_message(self.data))
-            else:
-                self._summary = stun.decode_control(self.data).summary()
-        except WireError as exc:
-            self._summary, self._error = f"Malformed {self.protocol}", str(exc)
+        self._summary, self._error = describe(self.protocol, self.data)
 
     def decoded(self) -> stun.Message | stun.ChannelData | sip.SipMessage | None:
         """The decoded message, or None for opaque data and decode errors."""
@@ -368,6 +362,17 @@ class Trace:
 
     def find(self, summary_prefix: str) -> list[MessageRecord]:
         return [m for m in self.messages if m.summary.startswith(summary_prefix)]
+
+
+def describe(protocol: str, data: bytes) -> tuple[str, str | None]:
+    """(summary, why it did not decode) of one SIP or STUN message, as the ladder prints it;
+    fault rules match on the same summary."""
+    try:
+        if protocol == "SIP":
+            return sip.summary(sip.parse_message(data)), None
+        return stun.decode_control(data).summary(), None
+    except WireError as exc:
+        return f"Malformed {protocol}", str(exc)
 
 
 def splitter_for(framing: str) -> StreamSplitter:

@@ -62,8 +62,8 @@ from labsim.proto.events import (
     TimerId,
     Unlisten,
 )
-from labsim.trace import FaultRecord, Trace, splitter_for
-from labsim.wire import WireError, sip, stun
+from labsim.trace import FaultRecord, Trace, describe, splitter_for
+from labsim.wire import WireError, stun
 from labsim.wire.framing import StreamSplitter, frame_rfc4571
 
 logger = logging.getLogger("labsim.net")
@@ -439,7 +439,11 @@ class Runtime:
             hit = None
             summary = ""
             if end.watched:
-                summary = _summary(protocol, message)
+                summary = (
+                    describe(protocol, message)[0]
+                    if protocol != "TCP"
+                    else f"{'framed' if framing == 'rfc4571' else 'TCP'} data, {len(message)} bytes"
+                )  # the trace's wording for opaque bytes
                 hit = plan.message(src, dst, end.link.number, protocol, summary)
             held = end.held
             if hit is None and not held:
@@ -766,18 +770,6 @@ class Runtime:
         if st.timers.get(timer) is token:
             del st.timers[timer]
             self.deliver(st, TimerFired(timer))
-
-
-def _summary(protocol: str, data: bytes) -> str:
-    """The summary the trace will print for one message (what fault rules match on)."""
-    try:
-        if protocol == "SIP":
-            return sip.summary(sip.parse_message(data))
-        if protocol == "STUN":
-            return stun.decode_control(data).summary()
-    except WireError:
-        return f"Malformed {protocol}"
-    return f"TCP data, {len(data)} bytes"
 
 
 _SIP_START = re.compile(rb"(?:[A-Za-z]+ [^ \r\n]+ SIP/2\.0|SIP/2\.0 [1-6]\d\d )")
