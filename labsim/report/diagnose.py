@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from sipmessage import Request, Response
 
+from labsim.report.outcome import SipMessages, reinvite_refusal, sip_messages
 from labsim.trace import ConnectionRecord, MessageRecord, Trace
 from labsim.wire import WireError, sip, stun
 from labsim.wire.address import Address
@@ -82,15 +83,10 @@ class _View:
     caller: str
     callee: str
     turn: str
-    sip_msgs: list[tuple[MessageRecord, Request | Response]] = field(default_factory=list)
+    sip_msgs: SipMessages = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for record in self.trace.messages:
-            if record.protocol == "SIP" and record.error is None:
-                try:
-                    self.sip_msgs.append((record, sip.parse_message(record.data)))
-                except WireError:
-                    continue
+        self.sip_msgs = sip_messages(self.trace)
 
     def stun(self, prefix: str, src: str | None = None, dst: str | None = None,
              relayed: bool | None = False) -> list[MessageRecord]:  # fmt: skip
@@ -517,34 +513,22 @@ def _ice(view: _View) -> Diagnosis | None:
 
 
 def _reinvite(view: _View) -> Diagnosis | None:
+    refused = reinvite_refusal(view.sip_msgs, view.caller, view.callee)
+    if refused is not None:
+        sender, answer = refused
+        return _refused(view, answer, "reINVITE", f"{sender}'s sharing reINVITE")
     first = _invite_of(view)
     assert first is not None
     call_id = sip.call_id(first[1])
-    reinvites = [
-        (r, m) for r, m in view.sip_msgs
-        if isinstance(m, Request) and m.method == "INVITE" and sip.call_id(m) == call_id
-        and sip.to_tag(m) is not None and r.dst in (view.caller, view.callee)
-    ]  # fmt: skip
-    if not reinvites:
+    if not any(
+        isinstance(m, Request) and m.method == "INVITE" and sip.call_id(m) == call_id
+        and sip.to_tag(m) is not None
+        for _, m in view.sip_msgs
+    ):  # fmt: skip
         return Diagnosis(
             "unknown", "reINVITE", "The checks succeeded both ways, but no reINVITE followed.",
             (), "the controlling agent did not re-offer", ("ICE roles of both ends",),
         )  # fmt: skip
-    for record, reinvite in reinvites:
-        key = (sip.from_tag(reinvite), sip.cseq(reinvite).sequence)
-        for _, m in view.sip_msgs:
-            if (
-                isinstance(m, Response) and m.code >= 300 and sip.call_id(m) == call_id
-                and sip.cseq(m).method == "INVITE"
-                and (sip.from_tag(m), sip.cseq(m).sequence) == key
-            ):  # fmt: skip
-                sender = next(
-                    (r.src for r, q in view.sip_msgs
-                     if isinstance(q, Request) and q.method == "INVITE"
-                     and (sip.from_tag(q), sip.cseq(q).sequence) == key),
-                    record.src,
-                )  # fmt: skip
-                return _refused(view, m, "reINVITE", f"{sender}'s sharing reINVITE")
     return None
 
 

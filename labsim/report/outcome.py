@@ -41,8 +41,12 @@ class Outcome:
     """One sentence of evidence."""
 
 
-def _sip(trace: Trace) -> list[tuple[MessageRecord, Request | Response]]:
-    out: list[tuple[MessageRecord, Request | Response]] = []
+SipMessages = list[tuple[MessageRecord, Request | Response]]
+
+
+def sip_messages(trace: Trace) -> SipMessages:
+    """Every SIP message of the trace that parses, with its record, in order."""
+    out: SipMessages = []
     for record in trace.messages:
         if record.protocol != "SIP" or record.error is not None:
             continue
@@ -53,8 +57,50 @@ def _sip(trace: Trace) -> list[tuple[MessageRecord, Request | Response]]:
     return out
 
 
+def _call_id(m: Request | Response) -> str | None:
+    try:
+        return sip.call_id(m)
+    except WireError:
+        return None
+
+
+def _key(m: Request | Response) -> tuple[str | None, int]:
+    # CSeq numbers count per direction, so a request is matched by its From tag and CSeq.
+    return sip.from_tag(m), sip.cseq(m).sequence
+
+
+def reinvite_refusal(
+    messages: SipMessages, caller: str = "skype_client", callee: str = "cms"
+) -> tuple[str, Response] | None:
+    """Who sent a reINVITE of the call (an INVITE with a To tag, either direction) and the
+    error answer that came back to it; None when no reINVITE was refused."""
+    invite = next(
+        (m for r, m in messages
+         if r.src == caller and isinstance(m, Request) and m.method == "INVITE"),
+        None,
+    )  # fmt: skip
+    if invite is None:
+        return None
+    call = sip.call_id(invite)
+    for record, m in messages:
+        if not (
+            isinstance(m, Request) and m.method == "INVITE" and _call_id(m) == call
+            and sip.to_tag(m) is not None and record.dst in (caller, callee)
+        ):  # fmt: skip
+            continue
+        sender = callee if record.dst == caller else caller
+        for r, answer in messages:
+            if (
+                r.dst == sender and isinstance(answer, Response) and answer.code >= 300
+                and _call_id(answer) == call and sip.cseq(answer).method == "INVITE"
+                and _key(answer) == _key(m)
+            ):  # fmt: skip
+                return sender, answer
+    return None
+
+
 def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") -> Outcome:
-    messages = _sip(trace)
+    messages = sip_messages(trace)
     invite = next(
         (m for r, m in messages
          if r.src == caller and isinstance(m, Request) and m.method == "INVITE"),
@@ -63,19 +109,12 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
     if invite is None:
         return Outcome("no-answer", f"{caller} sent no INVITE")
     call = sip.call_id(invite)
-    first = (sip.from_tag(invite), sip.cseq(invite).sequence)
-
-    def of_call(m: Request | Response) -> bool:
-        try:
-            return sip.call_id(m) == call
-        except WireError:
-            return False
-
+    first = _key(invite)
     final = next(
         (m for r, m in messages
-         if r.dst == caller and isinstance(m, Response) and of_call(m) and m.code >= 200
+         if r.dst == caller and isinstance(m, Response) and _call_id(m) == call and m.code >= 200
          and sip.cseq(m).method == "INVITE"
-         and (sip.from_tag(m), sip.cseq(m).sequence) == first),
+         and _key(m) == first),
         None,
     )  # fmt: skip
     if final is None:
@@ -87,25 +126,21 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         return Outcome("call-rejected", text + extra)
 
     # The reINVITE: an INVITE inside the call's dialog (it has a To tag), either direction.
-    # CSeq numbers count per direction, so a request is matched by its From tag and CSeq.
-    def key(m: Request | Response) -> tuple[str | None, int]:
-        return sip.from_tag(m), sip.cseq(m).sequence
-
     reinvites = [
         (r, m) for r, m in messages
-        if isinstance(m, Request) and m.method == "INVITE" and of_call(m)
+        if isinstance(m, Request) and m.method == "INVITE" and _call_id(m) == call
         and sip.to_tag(m) is not None and r.dst in (caller, callee)
     ]  # fmt: skip
     for record, reinvite in reinvites:
         answerer = record.dst
         answered = any(
-            isinstance(m, Response) and of_call(m) and m.code == 200
-            and sip.cseq(m).method == "INVITE" and key(m) == key(reinvite)
+            isinstance(m, Response) and _call_id(m) == call and m.code == 200
+            and sip.cseq(m).method == "INVITE" and _key(m) == _key(reinvite)
             for _, m in messages
         )  # fmt: skip
         acked = any(
-            r.dst == answerer and isinstance(m, Request) and m.method == "ACK" and of_call(m)
-            and key(m) == key(reinvite)
+            r.dst == answerer and isinstance(m, Request) and m.method == "ACK"
+            and _call_id(m) == call and _key(m) == _key(reinvite)
             for r, m in messages
         )  # fmt: skip
         if answered and acked:
@@ -118,21 +153,13 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         errors = [r for r in trace.find("Allocate Error Response") if r.dst == callee]
         why = f"; last answer: {errors[-1].summary}" if errors else ""
         return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
-    for record, reinvite in reinvites:
-        refusal = next(
-            (m for r, m in messages
-             if r.dst == (callee if record.dst == caller else caller) and isinstance(m, Response)
-             and of_call(m) and m.code >= 300 and sip.cseq(m).method == "INVITE"
-             and key(m) == key(reinvite)),
-            None,
-        )  # fmt: skip
-        if refusal is not None:
-            diag = sip.diagnostics_text(refusal)
-            extra = f" ({diag})" if diag else ""
-            return Outcome(
-                "call-rejected",
-                f"the sharing reINVITE was answered {sip.summary(refusal)}{extra}",
-            )
+    refused = reinvite_refusal(messages, caller, callee)
+    if refused is not None:
+        diag = sip.diagnostics_text(refused[1])
+        extra = f" ({diag})" if diag else ""
+        return Outcome(
+            "call-rejected", f"the sharing reINVITE was answered {sip.summary(refused[1])}{extra}"
+        )
     # Whose checks got their answer back: a Binding Success Response delivered to that end.
     answered_by = {
         m.dst for m in trace.messages if m.summary.startswith("Binding Success Response")
