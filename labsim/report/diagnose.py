@@ -451,28 +451,23 @@ def _direction(view: _View, sender: str, answerer: str) -> tuple[bool, list[str]
     requests = view.stun("Binding Request", src=sender)
     if not requests:
         return False, [f"{sender} sent no connectivity check"]
-    lost = _lost(view, requests, answerer, f"{sender} sent {len(requests)} check(s)")
-    if lost:
-        return False, lost
     delivered = [r for r in requests if view.reached(r, answerer)]
-    answers = view.stun("Binding Success Response", src=answerer)
-    answers = [a for a in answers if a.t >= delivered[0].t]
+    if not delivered:
+        what = f"{sender} sent {len(requests)} check(s) (Binding Request)"
+        return False, [_lost(view, requests[0], answerer, what)]
+    answers = [
+        a for a in view.stun("Binding Success Response", src=answerer) if a.t >= delivered[0].t
+    ]
     if not answers:
         return False, [f"{answerer} got {sender}'s check but sent no Binding Success Response"]
-    lost = _lost(view, answers, sender, f"{answerer} answered {sender}'s check")
-    if lost:
-        return False, lost
+    if not any(view.reached(a, sender) for a in answers):
+        what = f"{answerer} answered {sender}'s check (Binding Success Response)"
+        return False, [_lost(view, answers[0], sender, what)]
     return True, [f"{sender}'s checks were answered by {answerer} and the answers got back"]
 
 
-def _lost(view: _View, records: list[MessageRecord], to: str, what: str) -> list[str]:
-    """Evidence that none of ``records`` reached ``to`` (and the hop where they were last
-    seen), or nothing when one did."""
-    if any(view.reached(r, to) for r in records):
-        return []
-    last = view.last_hop(records[0])
-    return [f"{what} ({records[0].summary.split(' ', 3)[0]} …), but none reached {to}: last "
-            f"seen on {_hop(last)}"]  # fmt: skip
+def _lost(view: _View, record: MessageRecord, to: str, what: str) -> str:
+    return f"{what}, but none reached {to}: last seen on {_hop(view.last_hop(record))}"
 
 
 def _ice(view: _View) -> Diagnosis | None:
