@@ -577,24 +577,29 @@ Diagnosis = Literal[
 ProtocolName = Literal["SIP", "STUN", "TCP"]
 
 
-class _HopSpec(_Model):
+class _Ends(_Model):
     src: ActorName | None = Field(
-        default=None, alias="from", description="The sending actor of the hop; null: any."
+        default=None,
+        alias="from",
+        description="The actor the bytes (or the connect) come from; null: any.",
     )
     dst: ActorName | None = Field(
-        default=None, alias="to", description="The receiving actor of the hop; null: any."
+        default=None, alias="to", description="The actor they go to; null: any."
     )
+
+    @model_validator(mode="after")
+    def _two_actors(self) -> _Ends:
+        if self.src is not None and self.src == self.dst:
+            raise _At(("to",), f"a hop joins two different actors, not {self.src} to itself")
+        return self
+
+
+class _HopSpec(_Ends):
     connection: Annotated[int, Strict(), Field(ge=1)] | None = Field(
         default=None,
         description="Only the n-th TCP connection (1-based) opened between the two actors, "
         "e.g. 2 for CMS's TURN data connection (1 is its control connection).",
     )
-
-    @model_validator(mode="after")
-    def _two_actors(self) -> _HopSpec:
-        if self.src is not None and self.src == self.dst:
-            raise _At(("to",), f"a hop joins two different actors, not {self.src} to itself")
-        return self
 
 
 class MessageRule(_HopSpec):
@@ -652,15 +657,9 @@ class DelayRule(MessageRule):
     by: PositiveSeconds = Field(description="Seconds each matching message is held.")
 
 
-class BlockRule(_Model):
+class BlockRule(_Ends):
     """Connects that fail: a firewall between two actors, or in front of a port range."""
 
-    src: ActorName | None = Field(
-        default=None, alias="from", description="The connecting actor; null: any."
-    )
-    dst: ActorName | None = Field(
-        default=None, alias="to", description="The actor connected to; null: any."
-    )
     ports: Port | tuple[Port, Port] | None = Field(
         default=None,
         description="Only connects to this port, or to a port in [first, last], e.g. "

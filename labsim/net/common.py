@@ -549,6 +549,8 @@ class Runtime:
         for end in ends:
             end.outbuf = end.held = None  # not yet on the wire: lost with the connection
             self._io_abort(end)
+            # Not the live runtime's override, which delays a peer's close by the link's
+            # latency: the network cuts here, so both ends learn of it now.
             Runtime._peer_closed(self, end, True, NETWORK)
 
     def _blocked(self, st: ActorState, target: str | None, remote: Address) -> str | None:
