@@ -158,9 +158,8 @@ def fault_plan(sc: Scenario) -> FaultPlan:
     rules: list[Rule] = []
 
     def match(spec: MessageRule) -> MessageMatch:
-        protocol, message = spec.matched()
         return MessageMatch(
-            src=spec.src, dst=spec.dst, protocol=protocol, message=message,
+            src=spec.src, dst=spec.dst, protocol=spec.protocol_only(), kind=spec.kind(),
             connection=spec.connection, nth=spec.occurrences(), probability=spec.probability,
         )  # fmt: skip
 

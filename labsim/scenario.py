@@ -49,6 +49,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from labsim.wire.facts import Kind, KindError, parse_kind
+
 __all__ = [
     "ACTOR_NAMES",
     "Actors",
@@ -609,8 +611,9 @@ class MessageRule(_HopSpec):
     message: str | None = Field(
         default=None,
         min_length=1,
-        description="Start of the message's summary as the ladder prints it, e.g. "
-        '"Binding Success Response", "INVITE", "200 OK".',
+        description="The kind of message: a STUN method with an optional class and error "
+        'code ("Binding Success Response", "Allocate Error Response 401", "ConnectionAttempt"), '
+        'a SIP method or status ("INVITE", "200 OK"), or "TCP data" / "framed data".',
     )
     sip: str | None = Field(
         default=None, min_length=1, description="Shorthand for protocol: SIP, message: ..."
@@ -635,15 +638,26 @@ class MessageRule(_HopSpec):
             raise _At((given[1],), f"give one of message, sip, stun (here: {', '.join(given)})")
         if given and given[0] != "message" and self.protocol is not None:
             raise _At(("protocol",), f"{given[0]}: already says the protocol")
+        if given:
+            try:
+                self.kind()
+            except KindError as exc:
+                raise _At((given[0],), str(exc)) from None
         return self
 
-    def matched(self) -> tuple[str | None, str | None]:
-        """(protocol, summary prefix)."""
+    def kind(self) -> Kind | None:
+        """The kind of message named (typed: rules never compare summary text), or None."""
+        protocol, text = self.protocol, self.message
         if self.sip is not None:
-            return "SIP", self.sip
-        if self.stun is not None:
-            return "STUN", self.stun
-        return self.protocol, self.message
+            protocol, text = "SIP", self.sip
+        elif self.stun is not None:
+            protocol, text = "STUN", self.stun
+        return None if text is None else parse_kind(text, protocol)
+
+    def protocol_only(self) -> str | None:
+        """The protocol a rule names without naming a kind (``protocol: STUN``)."""
+        given = self.message is not None or self.sip is not None or self.stun is not None
+        return None if given else self.protocol
 
     def occurrences(self) -> tuple[int, ...]:
         if self.nth is None:

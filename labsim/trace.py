@@ -14,11 +14,21 @@ the ICE checks crossing the relay, as Wireshark does on the peer leg (PROTOCOL.m
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from labsim.wire import WireError, sip, stun
 from labsim.wire.address import Address
-from labsim.wire.framing import Rfc4571Splitter, SipSplitter, StreamSplitter, StunSplitter
+from labsim.wire.facts import DataFacts, Facts, Kind, SipFacts, StunFacts, facts_of, parse_kind
+from labsim.wire.framing import (
+    Rfc4571Splitter,
+    SipSplitter,
+    StreamSplitter,
+    StunSplitter,
+    frame_rfc4571,
+)
 
 
 @dataclass
@@ -40,16 +50,68 @@ class ConnectionRecord:
     """Actor that closed it, or ``"network"``."""
 
 
-class MessageRecord:
-    """One message on a connection, as the receiver's decoder sees it.
+#: What became of a message on one hop (DESIGN.md, "The trace records journeys, typed").
+Fate = Literal["delivered", "dropped", "lost", "in-flight", "outside"]
+FATES: tuple[Fate, ...] = ("delivered", "dropped", "lost", "in-flight", "outside")
+"""``delivered``: its last byte reached the receiving actor, which read it; ``dropped``: a
+fault rule took it before it went on the wire; ``lost``: it was on the wire when its connection
+was reset or cut, or its receiver had closed; ``in-flight``: still on the wire when the run
+ended; ``outside``: handed to a peer outside the run (coturn, sipp), which the run cannot see
+read it."""
 
-    ``summary`` and ``error`` are worked out on first use: decoding every message while a run
-    is going costs the runtime time it should spend moving bytes.
+
+class Journey:
+    """One message's identity across the hops it crosses: the hop it was sent on first, then
+    every hop a relay (a TURN server's pipe, the Edge's media relay) or a proxy forwarded it on.
+
+    A relay's write is the same message when its bytes are the bytes the relay was handed
+    (RFC 6062 §5.3: the data connection is a raw pipe); a proxy's is when it has the same
+    Call-ID, CSeq, method or status and bottom Via branch (RFC 3261 §16.6: a proxy adds its own
+    Via on top and removes it from the answer, the originator's branch stays). ``100 Trying`` is
+    hop by hop (§16.7 step 3) and never forwarded."""
+
+    __slots__ = ("id", "hops")
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+        self.hops: list[MessageRecord] = []
+
+    @property
+    def first(self) -> MessageRecord:
+        return self.hops[0]
+
+    @property
+    def last(self) -> MessageRecord:
+        return self.hops[-1]
+
+    @property
+    def sender(self) -> str:
+        """The actor that sent it first."""
+        return self.hops[0].src
+
+    def reached(self, actor: str) -> bool:
+        """Whether a hop of it was delivered to ``actor``."""
+        return any(h.dst == actor and h.fate == "delivered" for h in self.hops)
+
+    def __repr__(self) -> str:
+        path = ", ".join(f"{h.src}->{h.dst}:{h.fate}" for h in self.hops)
+        return f"Journey({self.id}, {path})"
+
+
+class MessageRecord:
+    """One message on one hop (one TCP connection), as the receiver's decoder sees it, with
+    its fate on that hop and the :class:`Journey` it belongs to.
+
+    ``t`` is when it went on the wire (or was dropped); ``sent_t`` when its sender sent it
+    (earlier by a fault rule's delay). ``facts`` (typed fields), ``summary`` (for people) and
+    ``error`` are worked out on first use: decoding every message while a run is going costs
+    the runtime time it should spend moving bytes.
     """
 
     __slots__ = (
         "t", "connection", "src", "dst", "src_addr", "dst_addr", "protocol", "data", "framing",
-        "relayed", "size", "_summary", "_error",
+        "relayed", "size", "_summary", "_error", "_facts", "sent_t", "fate", "fate_t", "rule",
+        "delay", "journey", "wire_end", "_dir",
     )  # fmt: skip
 
     def __init__(
@@ -75,20 +137,36 @@ class MessageRecord:
         self.src_addr, self.dst_addr = src_addr, dst_addr
         #: ``"STUN"``, ``"SIP"`` or ``"TCP"`` (opaque data).
         self.protocol = protocol
-        #: The bytes; opaque data keeps only its first :data:`RAW_KEEP`.
+        #: The bytes, without an RFC 4571 length prefix; opaque data keeps only its first
+        #: :data:`RAW_KEEP`.
         self.data = data
         #: The sender's declared framing: ``stun``, ``rfc4571``, ``sip`` or ``raw``.
         self.framing = framing
-        #: Decoded out of bytes a relay forwarded (``raw`` framing).
+        #: Carried by a relay as opaque bytes (``raw`` framing): an ICE check crossing a TURN
+        #: relay or the Edge's media relay.
         self.relayed = relayed
-        #: Bytes on the wire.
+        #: Bytes of the message (the RFC 4571 prefix not counted).
         self.size = len(data) if size < 0 else size
         self._summary = summary
         self._error = error
+        self._facts: Facts | None = None
+        self.sent_t = t
+        #: What became of it on this hop (:data:`Fate`) and when (None while in flight).
+        self.fate: Fate = "in-flight"
+        self.fate_t: float | None = None
+        #: The number of the fault rule that dropped or delayed it.
+        self.rule: int | None = None
+        #: Seconds a fault rule held it before it went on the wire.
+        self.delay = 0.0
+        self.journey: Journey | None = None
+        #: Offset of its last byte in the bytes written on this direction (delivery tracking).
+        self.wire_end = -1
+        self._dir: _Direction | None = None
 
     @property
     def summary(self) -> str:
-        """Wireshark-style one-liner: ``Allocate Request TCP lifetime: 600``, ``INVITE``, …"""
+        """Wireshark-style one-liner: ``Allocate Request TCP lifetime: 600``, ``INVITE``, …
+        For people: code compares :attr:`facts`."""
         if self._summary is None:
             self._decode()
         assert self._summary is not None
@@ -100,6 +178,48 @@ class MessageRecord:
         if self._summary is None:
             self._decode()
         return self._error
+
+    @property
+    def facts(self) -> Facts:
+        """The typed fields (:mod:`labsim.wire.facts`)."""
+        facts = self._facts
+        if facts is None:
+            if self.protocol == "TCP":
+                facts = DataFacts(framed=self.framing == "rfc4571", error=self._error)
+            else:
+                facts = facts_of(self.protocol, self.data)
+            self._facts = facts
+        return facts
+
+    @property
+    def sip_facts(self) -> SipFacts | None:
+        facts = self.facts
+        return facts if isinstance(facts, SipFacts) else None
+
+    @property
+    def stun_facts(self) -> StunFacts | None:
+        facts = self.facts
+        return facts if isinstance(facts, StunFacts) else None
+
+    @property
+    def delivered(self) -> bool:
+        return self.fate == "delivered"
+
+    @property
+    def on_wire(self) -> bool:
+        """It went on the wire (every fate but ``dropped``)."""
+        return self.fate != "dropped"
+
+    @property
+    def hop(self) -> int:
+        """Its place in its journey (0: the hop its sender sent it on)."""
+        return self.journey.hops.index(self) if self.journey is not None else 0
+
+    def is_kind(self, kind: Kind | str) -> bool:
+        """Whether it is this kind of message (``Binding Request``, ``INVITE``, ``200``)."""
+        if isinstance(kind, str):
+            kind = _kind(kind)
+        return kind.matches(self.protocol, self.facts)
 
     def _decode(self) -> None:
         self._summary, self._error = describe(self.protocol, self.data)
@@ -113,7 +233,12 @@ class MessageRecord:
         return stun.decode_control(self.data)
 
     def __repr__(self) -> str:
-        return f"MessageRecord({self.t:.6f}, {self.src}->{self.dst}, {self.summary!r})"
+        return f"MessageRecord({self.t:.6f}, {self.src}->{self.dst}, {self.summary!r}, {self.fate})"
+
+
+@functools.lru_cache(maxsize=256)
+def _kind(text: str) -> Kind:
+    return parse_kind(text)
 
 
 #: Opaque relayed data is kept only this far: a relay moving gigabytes must not grow the trace
@@ -175,12 +300,37 @@ TimelineRecord = (
 )
 
 
-@dataclass
 class _Direction:
-    framing: str = ""
-    splitter: StreamSplitter | None = None
-    sent: int = 0
-    last_raw: MessageRecord | None = None
+    """One direction of one connection: how its bytes are cut (one splitter, used for the
+    trace and the fault rules alike), what went on the wire, what arrived."""
+
+    __slots__ = ("framing", "splitter", "sniff", "fed", "wire", "delivered", "pending",
+                 "last_raw", "lost_framing")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.framing = ""
+        self.splitter: StreamSplitter | None = None
+        #: ``raw`` framing: still looking for RFC 4571-framed STUN (the ICE checks a relay
+        #: carries); off after the first write that is anything else.
+        self.sniff = False
+        #: Bytes written on the wire in this direction so far.
+        self.wire = 0
+        #: Bytes handed to the splitter so far (== ``wire`` while nothing was dropped).
+        self.fed = 0
+        #: Bytes the receiver has read so far.
+        self.delivered = 0
+        #: Records on the wire, not yet read by the receiver, in order.
+        self.pending: deque[MessageRecord] = deque()
+        self.last_raw: MessageRecord | None = None
+        self.lost_framing = False
+
+
+#: A message cut out of a send, not yet on the wire: the record and the bytes to write for it.
+Unit = tuple["MessageRecord", bytes]
+
+#: How many messages an actor was handed and may still forward (per actor): a relay or proxy
+#: forwards at once, so only the newest matter, and a run of many calls stays bounded.
+FORWARDABLE_KEEP = 4096
 
 
 @dataclass
@@ -188,7 +338,10 @@ class Trace:
     """Everything that happened in one run, in order."""
 
     connections: dict[int, ConnectionRecord] = field(default_factory=dict)
+    #: Every message on every hop (dropped ones too), in the order they went on the wire.
     messages: list[MessageRecord] = field(default_factory=list)
+    #: Every message once, with the hops it crossed.
+    journeys: list[Journey] = field(default_factory=list)
     refused: list[RefusedRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
@@ -196,6 +349,9 @@ class Trace:
     timeline: list[TimelineRecord] = field(default_factory=list)
     _directions: dict[tuple[int, bool], _Direction] = field(default_factory=dict, repr=False)
     _last_on_conn: dict[int, MessageRecord] = field(default_factory=dict, repr=False)
+    _forwardable: dict[str, dict[object, deque[MessageRecord]]] = field(
+        default_factory=dict, repr=False
+    )
 
     # -- written by the runtimes ---------------------------------------------------------------
 
@@ -234,120 +390,256 @@ class Trace:
         self.logs.append(record)
         self.timeline.append(record)
 
-    def sent(
-        self, t: float, conn: int, from_client: bool, data: bytes, framing: str = "raw"
-    ) -> list[MessageRecord]:
-        """Record bytes sent on a connection; returns the messages they completed."""
-        record = self.connections[conn]
-        if from_client:
-            src, dst, src_addr, dst_addr = (
-                record.client, record.server, record.client_addr, record.server_addr
-            )  # fmt: skip
-        else:
-            src, dst, src_addr, dst_addr = (
-                record.server, record.client, record.server_addr, record.client_addr
-            )  # fmt: skip
+    def _direction(self, conn: int, from_client: bool, framing: str) -> _Direction:
         direction = self._directions.get((conn, from_client))
         if direction is None:
             direction = self._directions[(conn, from_client)] = _Direction()
         if direction.framing != framing:
             direction.framing = framing
-            direction.splitter = splitter_for(framing)
-        direction.sent += len(data)
+            if not direction.lost_framing:
+                direction.splitter = splitter_for(framing)
+                direction.sniff = framing == "raw"
+        return direction
+
+    def _ends(self, conn: int, from_client: bool) -> tuple[str, str, Address, Address]:
+        record = self.connections[conn]
+        if from_client:
+            return record.client, record.server, record.client_addr, record.server_addr
+        return record.server, record.client, record.server_addr, record.client_addr
+
+    def cut(
+        self, t: float, conn: int, from_client: bool, data: bytes, framing: str = "raw"
+    ) -> list[Unit]:
+        """Cut a send into the messages it completes, each with the bytes to write for it, not
+        yet on the wire: the runtime puts each on the wire (:meth:`wire`), drops it
+        (:meth:`drop`) or holds it first (:meth:`hold`). The one place bytes become messages,
+        for the trace and the fault rules alike. An incomplete message stays buffered here
+        until its last byte is sent, so a rule always decides on a whole message."""
+        direction = self._direction(conn, from_client, framing)
+        direction.fed += len(data)
+        ends = self._ends(conn, from_client)
+        units: list[Unit] = []
         splitter = direction.splitter
+
+        def record(protocol: str, message: bytes, wire: bytes, *, summary: str | None = None,
+                   error: str | None = None, relayed: bool = False) -> None:  # fmt: skip
+            keep = message if protocol != "TCP" or len(message) <= RAW_KEEP else message[:RAW_KEEP]
+            one = MessageRecord(
+                t, conn, *ends, protocol, keep, framing, summary=summary, error=error,
+                relayed=relayed, size=len(message),
+            )  # fmt: skip
+            one._dir = direction
+            units.append((one, wire))
+
+        if splitter is None:
+            lost = direction.lost_framing or framing != "raw"
+            why = "framing lost earlier" if lost else None
+            record("TCP", data, data, summary=f"TCP data, {len(data)} bytes", error=why)
+            return units
+        if framing == "raw":
+            # A relay's bytes: the RFC 4571-framed STUN messages they hold, while they hold
+            # nothing else (the ICE checks crossing a relay, as Wireshark's heuristic finds
+            # them on the peer leg, PROTOCOL.md §7.1); opaque data once they do not.
+            pre = splitter.take_buffered() if splitter.buffered else b""
+            stream = pre + data if pre else data
+            if pre:
+                splitter = direction.splitter = Rfc4571Splitter()
+            try:
+                frames, bad = splitter.feed(stream), False
+            except WireError:
+                frames, bad = [], True
+            pos = 0
+            for frame in frames:
+                if not stun.is_stun(frame):
+                    break
+                record("STUN", frame, frame_rfc4571(frame), relayed=True)
+                pos += 2 + len(frame)
+            else:
+                if not bad and _stun_frame_start(stream[len(stream) - splitter.buffered :]):
+                    return units  # all framed STUN so far; a partial one waits for its end
+            direction.splitter, direction.sniff = None, False
+            rest = stream[pos:]
+            if rest:
+                record("TCP", rest, rest, summary=f"TCP data, {len(rest)} bytes")
+            return units
+        try:
+            # One message at a time, so the messages before a fault are not lost with it (an
+            # RFC 6062 data connection carries a response and then relayed bytes, often in
+            # one segment).
+            chunk: bytes = data
+            while got := splitter.feed(chunk, max_messages=1):
+                chunk = b""
+                for frame in got:
+                    if framing == "sip":
+                        record("SIP", frame, frame)
+                    elif framing == "rfc4571":
+                        if stun.is_stun(frame):
+                            record("STUN", frame, frame_rfc4571(frame))
+                        else:
+                            record("TCP", frame, frame_rfc4571(frame),
+                                   summary=f"framed data, {len(frame)} bytes")  # fmt: skip
+                    else:
+                        record("STUN", frame, frame)
+                if not splitter.buffered:
+                    break
+        except WireError as exc:
+            rest = splitter.take_buffered()
+            direction.splitter, direction.lost_framing = None, True
+            if rest:
+                record("TCP", rest, rest, summary=f"TCP data, {len(rest)} bytes", error=str(exc))
+        return units
+
+    def sent(
+        self, t: float, conn: int, from_client: bool, data: bytes, framing: str = "raw"
+    ) -> list[MessageRecord]:
+        """Record bytes sent and written at once on a connection (no fault rule in the way);
+        returns the messages they completed."""
+        direction = self._directions.get((conn, from_client))
         if (
             framing == "stun"
-            and splitter is not None
-            and not splitter.buffered
+            and direction is not None
+            and direction.framing == "stun"
+            and direction.splitter is not None
+            and not direction.splitter.buffered
             and len(data) >= 20
             and data[0] < 0x40
             and len(data) == 20 + int.from_bytes(data[2:4], "big")
         ):
             # The common case, first: one whole STUN message per send (a TURN server answers
             # every request with one). The splitter would only copy it.
-            splitter.offset += len(data)
-            one = MessageRecord(t, conn, src, dst, src_addr, dst_addr, "STUN", data, framing)
-            self._last_on_conn[conn] = one
-            self.messages.append(one)
-            self.timeline.append(one)
+            direction.splitter.offset += len(data)
+            direction.fed += len(data)
+            direction.wire += len(data)
+            one = MessageRecord(t, conn, *self._ends(conn, from_client), "STUN", data, framing)
+            one.wire_end = direction.wire
+            self._put(one, direction, t)
             return [one]
-
-        out: list[MessageRecord] = []
-
-        def add(protocol: str, summary: str | None, raw: bytes, error: str | None = None,
-                relayed: bool = False, size: int = -1) -> None:  # fmt: skip
-            out.append(MessageRecord(
-                t, conn, src, dst, src_addr, dst_addr, protocol, raw, framing, summary=summary,
-                error=error, relayed=relayed, size=size,
-            ))  # fmt: skip
-
-        if framing == "raw":
+        if framing == "raw" and direction is not None and direction.splitter is None:
             last = direction.last_raw
             if (
-                direction.splitter is None
-                and last is not None
+                last is not None
+                and not direction.lost_framing
                 and self._last_on_conn.get(conn) is last
                 and last.size < RAW_MERGE
+                and last.fate == "in-flight"
             ):
                 # Bulk relayed data, sniffing over, nothing else recorded on this connection
                 # since the previous write: grow that record instead of adding one per write (a
                 # relay moving gigabytes in 64 KiB writes would otherwise keep one per write).
+                direction.fed += len(data)
+                direction.wire += len(data)
                 last.size += len(data)
+                last.wire_end = direction.wire
                 last._summary = f"TCP data, {last.size} bytes"
                 if len(last.data) < RAW_KEEP:
                     last.data += data[: RAW_KEEP - len(last.data)]
                 return []
-            add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], size=len(data))
-            direction.last_raw = out[-1]
-            if direction.splitter is not None:
-                # Sniff for RFC 4571-framed STUN (the ICE checks crossing a relay) until the
-                # first frame that is not STUN: after the checks come media, or the bytes were
-                # never framed at all; either way sniffing further only costs.
-                try:
-                    frames = direction.splitter.feed(data)
-                except WireError:
-                    frames = []
-                    direction.splitter = None
-                for frame in frames:
-                    if not stun.is_stun(frame):
-                        direction.splitter = None
-                        break
-                    add("STUN", None, frame, relayed=True)
-        elif direction.splitter is None:
-            add("TCP", f"TCP data, {len(data)} bytes", data[:RAW_KEEP], "framing lost earlier",
-                size=len(data))  # fmt: skip
+        before = direction.splitter.buffered if direction and direction.splitter else 0
+        units = self.cut(t, conn, from_client, data, framing)
+        direction = self._directions[(conn, from_client)]
+        # Every byte goes on the wire now; the start of a message sent earlier (``before``
+        # bytes) already went, so the messages completed here end at these offsets.
+        end = direction.wire - before
+        for record, wire in units:
+            end += len(wire)
+            record.wire_end = end
+            self._put(record, direction, t)
+        direction.wire += len(data)
+        return [record for record, _ in units]
+
+    def wire(self, unit: Unit, t: float) -> None:
+        """A unit of :meth:`cut` goes on the wire now (its bytes are written)."""
+        record, wire = unit
+        direction = record._dir
+        assert direction is not None
+        direction.wire += len(wire)
+        record.wire_end = direction.wire
+        self._put(record, direction, t)
+
+    def drop(self, unit: Unit, t: float, rule: int) -> None:
+        """A fault rule takes a unit of :meth:`cut`: it never goes on the wire."""
+        record = unit[0]
+        record.t = record.fate_t = t
+        record.fate, record.rule = "dropped", rule
+        self._add(record)
+
+    def hold(self, unit: Unit, rule: int, seconds: float) -> None:
+        """A fault rule delays a unit of :meth:`cut`; :meth:`wire` follows when it is let go."""
+        record = unit[0]
+        record.rule, record.delay = rule, seconds
+
+    def _put(self, record: MessageRecord, direction: _Direction, t: float) -> None:
+        record.t = t
+        if record.framing == "raw" and record.protocol == "TCP":
+            direction.last_raw = record
+        if record.dst == EXTERNAL_PEER:
+            record.fate = "outside"
         else:
-            splitter = direction.splitter
-            parts: list[bytes] = []
-            rest: bytes | None = None
-            error = ""
-            try:
-                # One message at a time, so the messages before a fault are not lost with it
-                # (an RFC 6062 data connection carries a response and then relayed bytes, often
-                # in one segment).
-                chunk: bytes = data
-                while got := splitter.feed(chunk, max_messages=1):
-                    parts += got
-                    if not splitter.buffered:
-                        break  # the usual case, one whole message per send: nothing left
-                    chunk = b""
-            except WireError as exc:
-                rest, error = splitter.take_buffered(), str(exc)
-                direction.splitter = None
-            for frame in parts:
-                if framing == "sip":
-                    add("SIP", None, frame)
-                elif framing == "rfc4571" and not stun.is_stun(frame):
-                    add("TCP", f"framed data, {len(frame)} bytes", frame)
-                else:
-                    add("STUN", None, frame)
-            if rest is not None:
-                add("TCP", f"TCP data, {len(rest)} bytes", rest[:RAW_KEEP], error, size=len(rest))
-        if out:
-            self._last_on_conn[conn] = out[-1]
-        self.messages.extend(out)
-        self.timeline.extend(out)
-        return out
+            direction.pending.append(record)
+        self._add(record)
+
+    def _add(self, record: MessageRecord) -> None:
+        self._last_on_conn[record.connection] = record
+        self._link(record)
+        self.messages.append(record)
+        self.timeline.append(record)
+
+    # -- journeys ------------------------------------------------------------------------------
+
+    def _link(self, record: MessageRecord) -> None:
+        """Join ``record`` to the journey of the message its sender was handed, when it is
+        that message forwarded (see :class:`Journey`); else start a journey."""
+        journey = None
+        store = self._forwardable.get(record.src)
+        if store:
+            key = _forward_key(record)
+            if key is not None:
+                queue = store.get(key)
+                if queue:
+                    journey = queue.popleft().journey
+                    if not queue:
+                        del store[key]
+        if journey is None:
+            journey = Journey(len(self.journeys) + 1)
+            self.journeys.append(journey)
+        record.journey = journey
+        journey.hops.append(record)
+
+    def _forwardable_at(self, record: MessageRecord) -> None:
+        key = _forward_key(record)
+        if key is None:
+            return
+        store = self._forwardable.setdefault(record.dst, {})
+        queue = store.get(key)
+        if queue is None:
+            queue = store[key] = deque()
+            if len(store) > FORWARDABLE_KEEP:
+                del store[next(iter(store))]
+        queue.append(record)
+
+    def delivered(self, t: float, conn: int, from_client: bool, nbytes: int) -> None:
+        """The receiver read ``nbytes`` more bytes sent in this direction: every message whose
+        last byte is among them was delivered."""
+        direction = self._directions.get((conn, from_client))
+        if direction is None:
+            return
+        direction.delivered += nbytes
+        pending = direction.pending
+        upto = direction.delivered
+        while pending and pending[0].wire_end <= upto:
+            record = pending.popleft()
+            record.fate, record.fate_t = "delivered", t
+            self._forwardable_at(record)
+
+    def lost(self, t: float, conn: int, from_client: bool) -> None:
+        """The connection is gone for the receiver of this direction (reset, cut, or it closed
+        its end): what was on the wire and not yet read never will be."""
+        direction = self._directions.get((conn, from_client))
+        if direction is None:
+            return
+        while direction.pending:
+            record = direction.pending.popleft()
+            record.fate, record.fate_t = "lost", t
 
     # -- read by renderers and tests -----------------------------------------------------------
 
@@ -360,8 +652,48 @@ class Trace:
             if m.protocol != "TCP" and (relayed or not m.relayed)
         ]
 
-    def find(self, summary_prefix: str) -> list[MessageRecord]:
-        return [m for m in self.messages if m.summary.startswith(summary_prefix)]
+    def find(self, kind: str | Kind) -> list[MessageRecord]:
+        """Every hop of every message of this kind (``Binding Request``, ``INVITE``, ``200``;
+        see :func:`labsim.wire.facts.parse_kind`), dropped ones included."""
+        wanted = _kind(kind) if isinstance(kind, str) else kind
+        return [m for m in self.messages if wanted.matches(m.protocol, m.facts)]
+
+
+def _stun_frame_start(partial: bytes) -> bool:
+    """Whether the start of an RFC 4571 frame can still be a STUN message (RFC 5389 §6: the
+    two top bits zero, the magic cookie at offset 4) of a check's size: a relay's opaque bytes
+    that only look framed must not be held back waiting for a 64 KiB "frame"."""
+    if not partial:
+        return True
+    if len(partial) >= 2 and int.from_bytes(partial[:2], "big") > MAX_SNIFFED_FRAME:
+        return False
+    if len(partial) >= 3 and partial[2] >= 0x40:
+        return False
+    return len(partial) < 10 or partial[6:10] == stun.MAGIC_COOKIE_BYTES
+
+
+#: The largest RFC 4571 frame a relay's bytes are held back for while sniffing: an ICE check
+#: is about 110 bytes, the largest STUN message a TCP TURN client sends well under 1,500.
+MAX_SNIFFED_FRAME = 1500
+
+
+def _forward_key(record: MessageRecord) -> object | None:
+    """What a forwarded copy of ``record`` has in common with it (see :class:`Journey`)."""
+    if record.protocol == "STUN":
+        # Only bytes a relay carries: a TURN server or ICE agent never sends back the bytes
+        # it was handed, so control-connection STUN is never a forwarded copy.
+        return record.data if record.framing in ("raw", "rfc4571") else None
+    if record.protocol == "SIP" and record.framing == "sip":
+        facts = record.facts
+        if not isinstance(facts, SipFacts) or facts.status == 100:
+            return None
+        return (facts.call_id, facts.cseq, facts.cseq_method, facts.method, facts.status,
+                facts.origin)  # fmt: skip
+    return None
+
+
+#: The trace's name for a peer outside the run (``net.common.EXTERNAL``).
+EXTERNAL_PEER = "external"
 
 
 def describe(protocol: str, data: bytes) -> tuple[str, str | None]:

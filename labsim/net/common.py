@@ -62,9 +62,8 @@ from labsim.proto.events import (
     TimerId,
     Unlisten,
 )
-from labsim.trace import FaultRecord, Trace, describe, splitter_for
-from labsim.wire import WireError, stun
-from labsim.wire.framing import StreamSplitter, frame_rfc4571
+from labsim.trace import FaultRecord, Trace
+from labsim.wire import stun
 
 logger = logging.getLogger("labsim.net")
 
@@ -143,7 +142,7 @@ class End:
 
     __slots__ = (
         "link", "st", "conn", "is_client", "local", "remote", "open", "io", "outbuf",
-        "feeders", "write_paused", "read_pauses", "watched", "fault_split", "held",
+        "feeders", "write_paused", "read_pauses", "watched", "held",
     )  # fmt: skip
 
     def __init__(
@@ -178,11 +177,10 @@ class End:
         #: How many paused ends this one currently feeds (reading resumes at 0).
         self.read_pauses = 0
         #: Fault rules (see :mod:`labsim.net.faults`): whether a drop or delay rule can match
-        #: what this end sends (None: not worked out yet), the splitter that cuts its sends
-        #: into messages for them, and what a delay holds back: [release time, bytes or None
-        #: for the actor's Close, framing or the Close's reset flag], in order.
+        #: what this end sends (None: not worked out yet), and what a delay holds back:
+        #: [release time, a unit of ``Trace.cut`` or the actor's Close (its reset flag)], in
+        #: order.
         self.watched: bool | None = None
-        self.fault_split: tuple[str, StreamSplitter | None] | None = None
         self.held: list[list[Any]] | None = None
 
     @property
@@ -414,6 +412,10 @@ class Runtime:
             if not data:
                 return
         self.trace.sent(now, end.link.gid, end.is_client, data, framing)
+        self._write(end, data)
+
+    def _write(self, end: End, data: bytes) -> None:
+        """Queue bytes (already traced) for the write at the end of the effect list."""
         buf = end.outbuf
         if buf is None:
             end.outbuf = [data]
@@ -432,96 +434,60 @@ class Runtime:
             self._pass(end, data, framing, now)
             return
         src, dst = end.names
+        trace = self.trace
+        budgets = end.link.budgets
         # Units that pass untouched leave as one write, as they would have without the rules
-        # (a relay's write of two framed checks stays one TCP segment and one trace record).
+        # (a relay's write of two framed checks stays one TCP segment).
         passing: list[bytes] = []
-        for unit, protocol, message in self._units(end, data, framing):
+        for unit in trace.cut(now, end.link.gid, end.is_client, data, framing):
+            record, wire = unit
             hit = None
-            summary = ""
             if end.watched:
-                summary = (
-                    describe(protocol, message)[0]
-                    if protocol != "TCP"
-                    else f"{'framed' if framing == 'rfc4571' else 'TCP'} data, {len(message)} bytes"
-                )  # the trace's wording for opaque bytes
-                hit = plan.message(src, dst, end.link.number, protocol, summary)
+                hit = plan.message(src, dst, end.link.number, record.protocol, record.facts)
             held = end.held
             if hit is None and not held:
-                passing.append(unit)
+                if budgets:
+                    wire = self._spend(end, wire, budgets)
+                    if not wire:
+                        continue
+                trace.wire((record, wire), now)
+                passing.append(wire)
                 continue
             if passing:
-                self._pass(end, b"".join(passing), framing, now)
+                self._write(end, b"".join(passing))
                 passing = []
             if hit is not None and isinstance(hit.rule, Drop):
-                self._note_fault(now, "dropped", hit, src, dst, end.link.gid, summary)
+                trace.drop(unit, now, hit.number)
+                self._note_fault(now, "dropped", hit, src, dst, end.link.gid, record.summary)
             elif hit is not None and isinstance(hit.rule, Delay):
                 release = now + hit.rule.seconds
                 if held:
                     release = max(release, held[-1][0])
-                self._note_fault(now, "delayed", hit, src, dst, end.link.gid, summary)
+                trace.hold(unit, hit.number, release - now)
+                self._note_fault(now, "delayed", hit, src, dst, end.link.gid, record.summary)
                 if held is None:
                     held = end.held = []
-                held.append([release, unit, framing])
+                held.append([release, unit])
                 self._later(release - now, self._release, end)
             elif held:
-                held.append([held[-1][0], unit, framing])  # TCP order: behind the held bytes
+                trace.hold(unit, 0, held[-1][0] - now)  # TCP order: behind the held bytes
+                held.append([held[-1][0], unit])
         if passing:
-            self._pass(end, b"".join(passing), framing, now)
-
-    def _units(self, end: End, data: bytes, framing: str) -> list[tuple[bytes, str, bytes]]:
-        """``data`` cut into the messages the trace will show: (their bytes on the wire, their
-        protocol, the message without its RFC 4571 length).
-
-        A relay's opaque bytes (``raw``) are one unit, or the RFC 4571-framed STUN messages
-        they hold when they hold nothing else (the ICE checks crossing a relay). The framed
-        protocols keep an incomplete message back until its last byte is sent, so a rule
-        always sees whole messages; bytes that stop parsing pass on as opaque data.
-        """
-        split = end.fault_split
-        if split is None or split[0] != framing:
-            split = end.fault_split = (framing, splitter_for(framing))
-        splitter = split[1]
-        if splitter is None:
-            return [(data, "TCP", data)]
-        if framing == "raw":
-            try:
-                frames = splitter.feed(data)
-            except WireError:
-                frames = []
-            if frames and not splitter.buffered and all(map(stun.is_stun, frames)):
-                return [(frame_rfc4571(f), "STUN", f) for f in frames]
-            end.fault_split = (framing, None)  # not framed STUN (any more): stop looking
-            return [(data, "TCP", data)]
-        units: list[tuple[bytes, str, bytes]] = []
-        try:
-            chunk: bytes = data
-            while got := splitter.feed(chunk, max_messages=1):
-                chunk = b""
-                for frame in got:
-                    if framing == "rfc4571":
-                        protocol = "STUN" if stun.is_stun(frame) else "TCP"
-                        units.append((frame_rfc4571(frame), protocol, frame))
-                    else:
-                        units.append((frame, "SIP" if framing == "sip" else "STUN", frame))
-        except WireError:
-            end.fault_split = (framing, None)
-            rest = splitter.take_buffered()
-            if rest:
-                units.append((rest, "TCP", rest))
-        return units
+            self._write(end, b"".join(passing))
 
     def _release(self, end: End) -> None:
         """A delay is over: send what it held (and what queued behind it), in order."""
         held = end.held
         now = self.now()
         while held and held[0][0] <= now:
-            _, data, extra = held.pop(0)
-            if data is None:  # the actor's Close, held behind its data
-                self.trace.closed(now, end.link.gid, end.st.name, bool(extra))
-                self._io_close(end, bool(extra))
+            _, unit = held.pop(0)
+            if isinstance(unit, bool):  # the actor's Close (its reset flag), held behind data
+                self.trace.closed(now, end.link.gid, end.st.name, unit)
+                self.trace.lost(now, end.link.gid, not end.is_client)
+                self._io_close(end, unit)
             elif self._io_alive(end) and (end.open or held):
-                self.trace.sent(now, end.link.gid, end.is_client, data, extra)
-                self._io_send(end, data)
+                self.trace.wire(unit, now)
+                self._io_send(end, unit[1])
 
     def _spend(self, end: End, data: bytes, budgets: list[list[Any]]) -> bytes:
         """Count bytes against cut-after-bytes rules; the rest of a cut write never leaves."""
@@ -631,9 +597,11 @@ class Runtime:
         st.gone.add(end.conn)
         end.open = False
         if end.held:  # a delay rule holds data back: the FIN or RST goes out behind it
-            end.held.append([end.held[-1][0], None, reset])
+            end.held.append([end.held[-1][0], reset])
             return
         self.trace.closed(now, end.link.gid, st.name, reset)
+        # What was coming to this end and not yet read, it will never read.
+        self.trace.lost(now, end.link.gid, not end.is_client)
         self._io_close(end, reset)
 
     def _unknown_conn(self, st: ActorState, effect: Send | Close, now: float) -> None:
@@ -745,12 +713,15 @@ class Runtime:
 
     def _received(self, end: End, data: bytes) -> None:
         if end.open:
+            link = end.link
+            now = self.now()
             if end.peer is None:
                 # The sender is outside the run: nobody else will put its bytes in the trace.
-                link = end.link
                 if not link.framing:
                     link.framing = guess_framing(data)
-                self.trace.sent(self.now(), link.gid, not end.is_client, data, link.framing)
+                self.trace.sent(now, link.gid, not end.is_client, data, link.framing)
+            # Before the actor sees them: what it forwards joins these messages' journeys.
+            self.trace.delivered(now, link.gid, not end.is_client, len(data))
             self._source = end
             try:
                 self.deliver(end.st, Received(end.conn, data))
@@ -765,7 +736,9 @@ class Runtime:
         st = end.st
         del st.ends[end.conn]
         st.gone.add(end.conn)
-        self.trace.closed(self.now(), end.link.gid, by, reset)
+        now = self.now()
+        self.trace.closed(now, end.link.gid, by, reset)
+        self.trace.lost(now, end.link.gid, not end.is_client)
         self.deliver(st, Closed(end.conn, reset))
 
     def _timer_fired(self, st: ActorState, timer: TimerId, token: Any) -> None:

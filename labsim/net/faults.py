@@ -10,7 +10,9 @@ Matching is on one hop: ``src`` and ``dst`` are the two actors of the TCP connec
 travels on (a check from CMS to the Skype client crosses three hops: CMS → Expressway-E,
 Expressway-E → Skype Edge, Skype Edge → Skype client). A message is what the trace shows as one
 message on that hop (a SIP message, a STUN message, an RFC 4571 frame, or a relay's write of
-opaque TCP data). Rules are tried in order; the first that matches a message decides.
+opaque TCP data), cut once by :meth:`labsim.trace.Trace.cut`; rules compare its typed facts
+(:mod:`labsim.wire.facts`), never its summary text. Rules are tried in order; the first that
+matches a message decides.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from typing import Literal
+
+from labsim.wire.facts import Facts, Kind
 
 #: How a blocked connect fails: a RST at once (``refuse``, a firewall that rejects), or
 #: nothing at all until the connect times out (``blackhole``, a firewall that drops the SYN).
@@ -32,9 +36,9 @@ class MessageMatch:
     dst: str | None = None
     protocol: str | None = None
     """``SIP``, ``STUN`` or ``TCP`` (opaque data)."""
-    message: str | None = None
-    """The start of the message's summary, as the ladder prints it: ``Binding Success
-    Response``, ``INVITE``, ``200 OK``, ``ConnectionBind Request``."""
+    kind: Kind | None = None
+    """The kind of message (typed, :func:`labsim.wire.facts.parse_kind`): ``Binding Success
+    Response``, ``INVITE``, ``200``, ``ConnectionBind Request``."""
     connection: int | None = None
     """Only on the n-th connection (1-based) opened between ``src`` and ``dst``."""
     nth: tuple[int, ...] = ()
@@ -47,10 +51,11 @@ class MessageMatch:
 
     def words(self) -> str:
         parts = [f"{self.src or 'any'} → {self.dst or 'any'}"]
-        if self.protocol:
-            parts.append(self.protocol)
-        if self.message:
-            parts.append(repr(self.message))
+        protocol = self.protocol or (self.kind.protocol if self.kind is not None else None)
+        if protocol:
+            parts.append(protocol)
+        if self.kind is not None:
+            parts.append(repr(self.kind.text))
         if self.connection is not None:
             parts.append(f"connection #{self.connection}")
         if self.nth:
@@ -188,7 +193,7 @@ class FaultPlan:
         return any(r.match.hop(src, dst) for _, r in self._message_rules)
 
     def message(
-        self, src: str, dst: str, connection: int, protocol: str, summary: str
+        self, src: str, dst: str, connection: int, protocol: str, facts: Facts
     ) -> Hit | None:
         """The drop or delay rule that takes this message, if any (counts occurrences)."""
         for i, rule in self._message_rules:
@@ -198,7 +203,7 @@ class FaultPlan:
                 continue
             if m.protocol is not None and m.protocol != protocol:
                 continue
-            if m.message is not None and not summary.startswith(m.message):
+            if m.kind is not None and not m.kind.matches(protocol, facts):
                 continue
             if m.connection is not None and m.connection != connection:
                 continue
