@@ -11,7 +11,6 @@ when they do not, 2 for a bad command line or scenario file.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import struct
 import sys
@@ -175,8 +174,7 @@ def run(
             result.trace, json_file, scenario=sc.name, outcome=result.outcome.name,
             diagnosis=result.diagnosis.as_dict(),
             extra={"clock": result.clock, "expected": sc.expect.outcome,
-                   "failures": result.failures, "reason": result.outcome.reason,
-                   "faults": [dataclasses.asdict(f) for f in result.trace.faults]},
+                   "failures": result.failures, "reason": result.outcome.reason},
         )  # fmt: skip
         console.print(f"json: {json_file}")
     if result.failures:

@@ -202,6 +202,14 @@ class MessageRecord:
         return facts if isinstance(facts, StunFacts) else None
 
     @property
+    def wire_size(self) -> int:
+        """Bytes it took on the wire: an RFC 4571 frame's 2-byte length counted."""
+        framed = self.framing == "rfc4571" or self.framing == "raw" and self.protocol == "STUN"
+        if framed and not (self.protocol == "TCP" and self._error is not None):
+            return self.size + 2  # (opaque bytes after a framing fault carry no prefix)
+        return self.size
+
+    @property
     def delivered(self) -> bool:
         return self.fate == "delivered"
 
@@ -305,7 +313,7 @@ class _Direction:
     trace and the fault rules alike), what went on the wire, what arrived."""
 
     __slots__ = ("framing", "splitter", "sniff", "fed", "wire", "delivered", "pending",
-                 "last_raw", "lost_framing")  # fmt: skip
+                 "last_raw", "lost_framing", "last_end")  # fmt: skip
 
     def __init__(self) -> None:
         self.framing = ""
@@ -323,6 +331,8 @@ class _Direction:
         self.pending: deque[MessageRecord] = deque()
         self.last_raw: MessageRecord | None = None
         self.lost_framing = False
+        #: ``wire_end`` of the last record on the wire in this direction.
+        self.last_end = 0
 
 
 #: A message cut out of a send, not yet on the wire: the record and the bytes to write for it.
@@ -529,7 +539,7 @@ class Trace:
                 direction.fed += len(data)
                 direction.wire += len(data)
                 last.size += len(data)
-                last.wire_end = direction.wire
+                last.wire_end = direction.last_end = direction.wire
                 last._summary = f"TCP data, {last.size} bytes"
                 if len(last.data) < RAW_KEEP:
                     last.data += data[: RAW_KEEP - len(last.data)]
@@ -570,6 +580,7 @@ class Trace:
 
     def _put(self, record: MessageRecord, direction: _Direction, t: float) -> None:
         record.t = t
+        direction.last_end = record.wire_end
         if record.framing == "raw" and record.protocol == "TCP":
             direction.last_raw = record
         if record.dst == EXTERNAL_PEER:
@@ -639,6 +650,22 @@ class Trace:
             return
         while direction.pending:
             record = direction.pending.popleft()
+            record.fate, record.fate_t = "lost", t
+        splitter = direction.splitter
+        if splitter is not None and splitter.buffered and direction.wire > direction.last_end:
+            # The start of a message went on the wire and its end never will: a record of
+            # those bytes, so the hop shows what crossed (a cut after N bytes, a crash).
+            rest = splitter.take_buffered()[: direction.wire - direction.last_end]
+            sender, receiver, sender_addr, receiver_addr = self._ends(conn, from_client)
+            record = MessageRecord(
+                t, conn, sender, receiver, sender_addr, receiver_addr, "TCP", rest[:RAW_KEEP],
+                direction.framing, summary=f"TCP data, {len(rest)} bytes", size=len(rest),
+                error="the connection ended inside a message",
+            )  # fmt: skip
+            record._dir = direction
+            record.wire_end = direction.wire
+            self._put(record, direction, t)
+            direction.pending.remove(record)
             record.fate, record.fate_t = "lost", t
 
     # -- read by renderers and tests -----------------------------------------------------------

@@ -86,11 +86,11 @@ def test_the_checks_cross_the_relay_as_in_the_lab(virtual_run: RunResult) -> Non
     data_conn = next(
         c.id for c in trace.connections.values()
         if c.client == "cms" and c.server_addr.port == 3478
-        and any(m.summary.startswith("ConnectionBind Request") and m.connection == c.id
+        and any(m.is_kind("ConnectionBind Request") and m.connection == c.id
                 for m in trace.messages)
     )  # fmt: skip
     on_data = [m for m in trace.messages if m.connection == data_conn and not m.relayed]
-    cms_check = next(m for m in on_data if m.src == "cms" and m.summary.startswith("Binding Req"))
+    cms_check = next(m for m in on_data if m.src == "cms" and m.is_kind("Binding Request"))
     assert cms_check.framing == "rfc4571" and cms_check.size == 108
     assert (len(cms_check.data).to_bytes(2, "big") + cms_check.data)[:10] == bytes.fromhex(
         "006c000100582112a442"
@@ -98,12 +98,24 @@ def test_the_checks_cross_the_relay_as_in_the_lab(virtual_run: RunResult) -> Non
     assert cms_check.data[20:22] == b"\x00\x25"  # USE-CANDIDATE first, as in frame 2597
     # Binding Success Responses in both directions on the data connection.
     relayed = [m for m in trace.messages if m.connection == data_conn and m.relayed]
-    assert any(m.summary.startswith("Binding Success Response") for m in relayed)
-    assert any(m.src == "cms" and m.summary.startswith("Binding Success Response") for m in on_data)
-    # The Skype side's check reaches CMS as the lab's 90-byte segment (frame 2596).
+    assert any(m.is_kind("Binding Success Response") for m in relayed)
+    assert any(m.src == "cms" and m.is_kind("Binding Success Response") for m in on_data)
+    # The Skype side's check reaches CMS as the lab's 90-byte segment (frame 2596) ...
     first_in = next(m for m in trace.messages if m.connection == data_conn
-                    and m.src == "expressway_e" and m.protocol == "TCP")  # fmt: skip
-    assert first_in.size == 90
+                    and m.src == "expressway_e" and m.relayed)  # fmt: skip
+    assert first_in.relayed and first_in.is_kind("Binding Request") and first_in.wire_size == 90
+    # ... the same message the client sent: one journey across the Edge's and the TURN relay.
+    assert first_in.journey is not None
+    assert [(h.src, h.dst, h.fate) for h in first_in.journey.hops] == [
+        ("skype_client", "skype_edge", "delivered"),
+        ("skype_edge", "expressway_e", "delivered"),
+        ("expressway_e", "cms", "delivered"),
+    ]
+    # And CMS's check crosses the same three hops the other way.
+    assert cms_check.journey is not None
+    assert [(h.src, h.dst) for h in cms_check.journey.hops] == [
+        ("cms", "expressway_e"), ("expressway_e", "skype_edge"), ("skype_edge", "skype_client")
+    ]  # fmt: skip
 
 
 def test_live_and_virtual_give_the_same_flow(virtual_run: RunResult, live_run: RunResult) -> None:

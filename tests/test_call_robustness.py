@@ -106,7 +106,9 @@ def test_a_refusal_with_a_malformed_diagnostics_header_is_still_acknowledged() -
     trace.opened(0, 1, "skype_client", Address("192.168.1.100", 40000), "skype_edge",
                  Address("192.168.1.252", 5060))  # fmt: skip
     trace.sent(0, 1, True, sip.encode(client.invite), "sip")
-    trace.sent(0.1, 1, False, sip.encode(refusal), "sip")
+    answer = sip.encode(refusal)
+    trace.sent(0.1, 1, False, answer, "sip")
+    trace.delivered(0.1, 1, False, len(answer))
     result = outcome(trace)
     assert result.name == "call-rejected" and "403" in result.reason
 
@@ -187,7 +189,10 @@ def test_direct_path_with_strict_permissions_names_the_client() -> None:
     )
     result = run_scenario(sc, "virtual")
     assert result.outcome.name == "sharing-established", result.outcome
-    assert result.trace.find("CreatePermission Request XOR-PEER-ADDRESS: 192.168.1.100")
+    [permission] = result.trace.find("CreatePermission Request")
+    assert permission.stun_facts is not None
+    assert permission.stun_facts.peer is not None
+    assert permission.stun_facts.peer.host == "192.168.1.100"
 
 
 def test_cancel_before_the_answer_gets_487_through_the_proxies() -> None:

@@ -17,6 +17,9 @@ from labsim.report.diagnose import DIAGNOSES
 from labsim.run import Clock, RunResult, run_scenario
 from labsim.scenario import Diagnosis, Scenario, library_dir, list_scenarios, loads
 from labsim.trace import Trace
+from labsim.wire.facts import DataFacts, facts_of, parse_kind
+
+from .conftest import VECTORS
 
 CLOCKS: tuple[Clock, ...] = ("virtual", "live")
 
@@ -27,6 +30,10 @@ LIVE_TOO_LONG = {"allocation-expiry"}
 
 def lab(extra: str, hold: float = 1.0) -> Scenario:
     return loads(f"extends: sharing-call.yaml\ncall: {{hold: {hold}}}\n{extra}", source="t.yaml")
+
+
+def load_invite() -> bytes:
+    return (VECTORS / "sip" / "invite-appsharing-cl813.sip").read_bytes()
 
 
 def messages(trace: Trace) -> list[tuple[float, str, str, bytes, int]]:
@@ -66,8 +73,13 @@ def test_drop_takes_exactly_the_matching_message(clock: Clock) -> None:
     assert (fault.action, fault.src, fault.dst) == ("dropped", "cms", "expressway_e")
     assert fault.summary.startswith("Binding Request user: Xa3f:cM5k")
     assert "fault 1: drop cms → expressway_e STUN 'Binding Request'" in fault.rule
-    # Never on the wire: on no hop after CMS ...
-    assert not [m for m in result.trace.messages if m.summary == fault.summary]
+    # Never on the wire: its journey is one hop, dropped by rule 1, received by nobody ...
+    [check] = [j for j in result.trace.journeys if j.first.fate == "dropped"]
+    assert [(h.src, h.dst, h.fate, h.rule) for h in check.hops] == [
+        ("cms", "expressway_e", "dropped", 1)
+    ]
+    assert check.first.is_kind("Binding Request") and check.first.summary == fault.summary
+    assert not [m for m in result.trace.messages if m.summary == fault.summary and m.on_wire]
     # ... while its answer to the Skype side's check, sent just after it, went through.
     assert [m for m in result.trace.messages
             if m.src == "cms" and m.summary.startswith("Binding Success Response")]  # fmt: skip
@@ -76,13 +88,16 @@ def test_drop_takes_exactly_the_matching_message(clock: Clock) -> None:
 
 
 def test_nth_and_probability_select_occurrences_reproducibly() -> None:
-    plan = FaultPlan([Drop(MessageMatch(message="INVITE", nth=(2,)))])
-    hits = [plan.message("a", "b", 1, "SIP", "INVITE") for _ in range(3)]
+    plan = FaultPlan([Drop(MessageMatch(kind=parse_kind("INVITE"), nth=(2,)))])
+    invite = facts_of("SIP", load_invite())
+    hits = [plan.message("a", "b", 1, "SIP", invite) for _ in range(3)]
     assert [h is not None for h in hits] == [False, True, False]
+    # A kind that is not this message never counts an occurrence.
+    assert plan.message("a", "b", 1, "STUN", DataFacts()) is None
 
     def draws(seed: int) -> list[bool]:
         p = FaultPlan([Drop(MessageMatch(probability=0.5))], seed=seed)
-        return [p.message("a", "b", 1, "STUN", "x") is not None for _ in range(64)]
+        return [p.message("a", "b", 1, "STUN", DataFacts()) is not None for _ in range(64)]
 
     assert draws(1) == draws(1)
     assert draws(1) != draws(2)
@@ -137,12 +152,11 @@ def test_cut_resets_both_ends_after_a_time_or_after_bytes(clock: Clock) -> None:
         "faults: [{cut: {from: expressway_e, to: cms, connection: 2, after_bytes: 100}}]"
     )
     result = run_scenario(by_bytes, clock)
-    # Relayed STUN records repeat bytes of the TCP data records around them: not counted.
-    sent = sum(
-        m.size for m in result.trace.messages
-        if m.connection == data.id and m.src == "expressway_e" and not m.relayed
-    )  # fmt: skip
-    assert sent == 100
+    # What crossed: the messages Expressway-E put on the wire there, the last one cut short.
+    on_wire = [m for m in result.trace.messages
+               if m.connection == data.id and m.src == "expressway_e" and m.on_wire]  # fmt: skip
+    assert sum(m.wire_size for m in on_wire) == 100
+    assert on_wire[-1].fate == "lost" and on_wire[-1].error
     assert result.trace.connections[data.id].closed_by == "network"
 
 

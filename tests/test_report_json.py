@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from labsim.report.json_out import trace_to_json, write_json
-from labsim.trace import RAW_KEEP, Trace
+from labsim.report.json_out import SCHEMA_PATH, RunJson, json_schema, trace_to_json, write_json
+from labsim.trace import Trace
 from labsim.wire.address import Address
 from labsim.wire.framing import frame_rfc4571
 
@@ -36,34 +37,57 @@ def small_trace() -> Trace:
 def test_shape_and_values() -> None:
     data = trace_to_json(small_trace(), scenario="sharing-call", outcome="sharing-failed")
     assert list(data) == [
-        "scenario", "outcome", "diagnosis", "connections", "messages", "refused", "logs"
+        "version", "scenario", "outcome", "diagnosis", "connections", "messages", "journeys",
+        "refused", "logs", "faults",
     ]  # fmt: skip
-    assert (data["scenario"], data["outcome"], data["diagnosis"]) == (
-        "sharing-call", "sharing-failed", None
+    assert (data["version"], data["scenario"], data["outcome"], data["diagnosis"]) == (
+        2, "sharing-call", "sharing-failed", None
     )  # fmt: skip
     assert data["connections"] == [{
         "id": 1, "client": "cms", "server": "expressway_e",
         "client_addr": "10.48.54.230:44342", "server_addr": "10.48.54.229:3478",
         "opened": 0.25, "closed": 1.5, "reset": True, "closed_by": "expressway_e",
     }]  # fmt: skip
-    first, second, raw, relayed = data["messages"]
-    assert first == {
+    first, second, relayed, raw = data["messages"]
+    facts = first["facts"]
+    assert {k: v for k, v in first.items() if k != "facts"} == {
         "t": 0.5, "src": "cms", "dst": "expressway_e", "protocol": "STUN",
         "summary": "Allocate Request TCP lifetime: 600", "connection": 1,
         "src_addr": "10.48.54.230:44342", "dst_addr": "10.48.54.229:3478", "framing": "stun",
-        "size": 44, "relayed": False, "error": None, "hex": ALLOCATE.hex(),
+        "size": 44, "wire_size": 44, "relayed": False, "error": None, "hex": ALLOCATE.hex(),
+        "journey": 1, "hop": 0, "sent_t": 0.5, "fate": "in-flight", "fate_t": None,
+        "rule": None, "delay": 0.0,
     }  # fmt: skip
-    assert second["src"] == "expressway_e" and second["summary"].startswith("Allocate Error")
-    # Opaque data: the head the trace kept, and the real size.
-    assert raw["protocol"] == "TCP" and raw["size"] == 110 + 400
-    assert raw["hex"] == (frame_rfc4571(CHECK) + bytes(400))[:RAW_KEEP].hex()
-    assert relayed["relayed"] is True and relayed["summary"].startswith("Binding Request")
-    assert relayed["hex"] == CHECK.hex()
+    assert (facts["kind"], facts["method"], facts["cls"], facts["lifetime"]) == (
+        "stun", "Allocate", "Request", 600
+    )  # fmt: skip
+    assert second["src"] == "expressway_e" and second["facts"]["error"] == 401
+    # A relay's write: the framed check is a message of its own, the rest opaque data.
+    assert relayed["relayed"] is True and relayed["facts"]["method"] == "Binding"
+    assert relayed["hex"] == CHECK.hex() and relayed["wire_size"] == len(CHECK) + 2
+    assert raw["protocol"] == "TCP" and raw["size"] == 400 and raw["hex"] == bytes(256).hex()
+    assert raw["facts"] == {"kind": "data", "framed": False, "error": None}
+    assert [j["hops"][0]["message"] for j in data["journeys"]] == [0, 1, 2, 3]
     assert data["refused"] == [{
         "t": 1.2, "client": "cms", "client_host": "10.48.54.230",
         "server_addr": "10.48.54.229:24000", "reason": "refused",
     }]  # fmt: skip
     assert data["logs"] == [{"t": 1.1, "actor": "cms", "level": "warning", "text": "giving up"}]
+    RunJson.model_validate(data)
+
+
+def test_the_shipped_schema_is_generated_from_the_model() -> None:
+    assert json.loads(SCHEMA_PATH.read_text(encoding="utf-8")) == json_schema(), (
+        "labsim/report/run.schema.json is stale: python -m labsim.report.schema > "
+        "labsim/report/run.schema.json"
+    )
+
+
+def test_the_schema_rejects_what_the_layout_does_not_allow() -> None:
+    data = trace_to_json(small_trace(), scenario="s", outcome="o")
+    data["messages"][0]["fate"] = "vanished"
+    with pytest.raises(ValidationError, match="fate"):
+        RunJson.model_validate(data)
 
 
 def test_errors_are_reported() -> None:
@@ -121,11 +145,17 @@ def test_real_flow_round_trips_through_json(tmp_path: Path) -> None:
     messages = data["messages"]
     decoded = [(m["summary"], m["src"], m["dst"]) for m in messages if m["protocol"] != "TCP"]
     assert decoded == trace.sequence()
-    assert {m["protocol"] for m in messages} == {"STUN", "TCP"}
+    assert {m["protocol"] for m in messages} == {"STUN"}  # the relays carry only checks
+    assert all(m["fate"] == "delivered" for m in messages)
+    RunJson.model_validate(data)
     assert all(m["connection"] in {c["id"] for c in data["connections"]} for m in messages)
     times = [m["t"] for m in messages]
     assert times == sorted(times) and times[0] > 0
-    binds = [m for m in messages if m["summary"].startswith("ConnectionBind Request")]
+    binds = [
+        m
+        for m in messages
+        if (m["facts"]["method"], m["facts"]["cls"]) == ("ConnectionBind", "Request")
+    ]
     assert len(binds) == 1 and bytes.fromhex(binds[0]["hex"])[:2] == b"\x00\x0b"
     assert sum(m["relayed"] for m in messages) >= 4
     buffer = io.StringIO()  # a text file object works too

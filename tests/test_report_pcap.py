@@ -215,18 +215,26 @@ def test_truncated_raw_data_is_padded_with_zeros_to_its_size(tmp_path: Path) -> 
     assert following[0].ack == seg.seq + 5100
 
 
-def test_rfc4571_frames_get_their_length_back_and_relayed_copies_add_nothing(
-    tmp_path: Path,
-) -> None:
+def test_rfc4571_frames_get_their_length_back_also_when_relayed(tmp_path: Path) -> None:
     trace = conversation()
     (framed,) = trace.sent(1.5, 1, True, frame_rfc4571(CHECK), "rfc4571")
     assert framed.data == CHECK and wire_payload(framed) == frame_rfc4571(CHECK)
+    # A relay's write of two framed checks: two messages, one segment each, prefix and all.
     records = trace.sent(1.6, 1, False, frame_rfc4571(CHECK) * 2, "raw")
-    assert [r.relayed for r in records] == [False, True, True]
-    assert [wire_payload(r) for r in records[1:]] == [None, None]
+    assert [r.relayed for r in records] == [True, True]
+    assert [wire_payload(r) for r in records] == [frame_rfc4571(CHECK)] * 2
     segs = read(pcap_of(trace, tmp_path))
     data = [x.payload for x in segs if x.payload]
-    assert data == [ALLOCATE, ERROR_401, frame_rfc4571(CHECK), frame_rfc4571(CHECK) * 2]
+    assert data == [ALLOCATE, ERROR_401, *[frame_rfc4571(CHECK)] * 3]
+
+
+def test_a_dropped_message_adds_no_segment(tmp_path: Path) -> None:
+    trace = conversation()
+    [unit] = trace.cut(1.5, 1, True, ALLOCATE, "stun")
+    trace.drop(unit, 1.5, rule=1)
+    assert unit[0].fate == "dropped" and wire_payload(unit[0]) is None
+    segs = read(pcap_of(trace, tmp_path))
+    assert [x.payload for x in segs if x.payload] == [ALLOCATE, ERROR_401]
 
 
 def test_large_payloads_are_cut_to_fit_the_snapshot_length(tmp_path: Path) -> None:

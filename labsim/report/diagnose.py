@@ -18,14 +18,21 @@ It walks the call's steps in order and stops at the first that did not happen:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
-from sipmessage import Request, Response
-
-from labsim.report.outcome import SipMessages, reinvite_refusal, sip_messages
-from labsim.trace import ConnectionRecord, MessageRecord, Trace
-from labsim.wire import WireError, sip, stun
+from labsim.report.outcome import (
+    SipHop,
+    SipMessages,
+    first_invite,
+    reinvite_refusal,
+    reinvites,
+    sip_messages,
+    status_text,
+)
+from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
 from labsim.wire.address import Address
+from labsim.wire.facts import Kind, SipFacts, parse_kind
 
 #: Every verdict, in the order of the call's steps (scenario ``expect.diagnosis`` values).
 DIAGNOSES = (
@@ -88,48 +95,72 @@ class _View:
     def __post_init__(self) -> None:
         self.sip_msgs = sip_messages(self.trace)
 
-    def stun(self, prefix: str, src: str | None = None, dst: str | None = None,
-             relayed: bool | None = False) -> list[MessageRecord]:  # fmt: skip
+    def stun(self, kind: str, src: str | None = None, dst: str | None = None,
+             relayed: bool | None = False, delivered: bool | None = None,
+             ) -> list[MessageRecord]:  # fmt: skip
+        """STUN hops of this kind (``Allocate Success Response``; typed, see
+        :func:`labsim.wire.facts.parse_kind`); ``delivered=True``: only those that reached
+        ``dst``."""
+        wanted = _kinds(kind)
         return [
             m for m in self.trace.messages
-            if m.protocol == "STUN" and m.summary.startswith(prefix)
+            if m.protocol == "STUN" and wanted.matches("STUN", m.facts)
             and (src is None or m.src == src) and (dst is None or m.dst == dst)
             and (relayed is None or m.relayed == relayed)
+            and (delivered is None or m.delivered == delivered)
         ]  # fmt: skip
 
     def reached(self, record: MessageRecord, actor: str) -> MessageRecord | None:
-        """The copy of ``record`` (same bytes' summary) delivered to ``actor``, if any."""
-        if record.dst == actor:
-            return record
-        return next(
-            (m for m in self.trace.messages
-             if m.dst == actor and m.protocol == record.protocol and m.summary == record.summary
-             and m.t >= record.t),
-            None,
-        )  # fmt: skip
+        """The hop of ``record``'s message that was delivered to ``actor``, if any."""
+        journey = record.journey
+        hops = journey.hops if journey is not None else [record]
+        return next((h for h in hops if h.dst == actor and h.delivered), None)
 
-    def last_hop(self, record: MessageRecord) -> MessageRecord:
-        """The last hop on which ``record``'s message (by summary) was seen."""
-        copies = [
-            m for m in self.trace.messages
-            if m.protocol == record.protocol and m.summary == record.summary and m.t >= record.t
-        ]  # fmt: skip
-        return copies[-1] if copies else record
+
+@functools.lru_cache(maxsize=64)
+def _kinds(text: str) -> Kind:
+    return parse_kind(text)
 
 
 def _hop(m: MessageRecord) -> str:
     return f"{m.src} → {m.dst}"
 
 
+def where_lost(journeys: list[Journey], to: str) -> str:
+    """Where messages that never reached ``to`` ended, from their journeys' last hops:
+    "all 3 crossed cms → expressway_e and were dropped on expressway_e → skype_edge (fault
+    rule 1)"."""
+    ends: dict[tuple[str, str, str, int | None], int] = {}
+    for journey in journeys:
+        last = journey.last
+        key = (last.src, last.dst, last.fate, last.rule)
+        ends[key] = ends.get(key, 0) + 1
+    parts = []
+    for (src, dst, fate, rule), count in ends.items():
+        crossed = [
+            _hop(h) for h in next(j for j in journeys if j.last.src == src
+                                  and j.last.dst == dst).hops[:-1]
+        ]  # fmt: skip
+        what = {
+            "dropped": f"dropped on {src} → {dst}" + (f" (fault rule {rule})" if rule else ""),
+            "lost": f"lost with the connection {src} → {dst}",
+            "in-flight": f"still in flight on {src} → {dst} when the run ended",
+            "outside": f"handed to a peer outside the run on {src} → {dst}",
+            "delivered": f"delivered to {dst}, which did not pass it on",
+        }[fate]
+        lead = "all" if count == len(journeys) and count > 1 else ""
+        lead = f"{lead} {count}".strip() if len(journeys) > 1 else "it"
+        via = f" crossed {', '.join(crossed)} and" if crossed else ""
+        verb = "was" if lead == "it" or count == 1 else "were"
+        parts.append(f"{lead}{via} {verb} {what}")
+    return "; ".join(parts)
+
+
 def _relay_address(view: _View) -> Address | None:
     for record in view.stun("Allocate Success Response", src=view.turn, dst=view.callee):
-        try:
-            message = stun.decode_control(record.data)
-        except WireError:
-            continue
-        relayed = message.get(stun.XorRelayedAddress) if isinstance(message, stun.Message) else None
-        if relayed is not None:
-            return Address(str(relayed.address), relayed.port)
+        facts = record.stun_facts
+        if facts is not None and facts.relayed is not None:
+            return facts.relayed
     return None
 
 
@@ -152,15 +183,8 @@ def diagnose(
 # -- step 1: the INVITE ------------------------------------------------------------------------
 
 
-def _invite_of(view: _View) -> tuple[MessageRecord, Request] | None:
-    for record, message in view.sip_msgs:
-        if (
-            record.src == view.caller
-            and isinstance(message, Request)
-            and message.method == "INVITE"
-        ):
-            return record, message
-    return None
+def _invite_of(view: _View) -> SipHop | None:
+    return first_invite(view.sip_msgs, view.caller)
 
 
 def _sip_invite(view: _View) -> Diagnosis | None:
@@ -168,27 +192,24 @@ def _sip_invite(view: _View) -> Diagnosis | None:
     if first is None:
         return Diagnosis("unknown", "SIP INVITE", f"{view.caller} sent no INVITE.")
     record, invite = first
-    call_id = sip.call_id(invite)
-    hops = [
-        r for r, m in view.sip_msgs
-        if isinstance(m, Request) and m.method == "INVITE" and sip.call_id(m) == call_id
-        and sip.to_tag(m) is None
-    ]  # fmt: skip
+    journey = record.journey
+    hops = journey.hops if journey is not None else [record]
     finals = [
-        (r, m) for r, m in view.sip_msgs
-        if r.dst == view.caller and isinstance(m, Response) and m.code >= 200
-        and sip.call_id(m) == call_id and sip.cseq(m).method == "INVITE"
-        and sip.cseq(m).sequence == sip.cseq(invite).sequence
+        (r, f) for r, f in view.sip_msgs
+        if r.dst == view.caller and r.delivered and f.status is not None and f.status >= 200
+        and f.answers(invite)
     ]  # fmt: skip
-    if not any(r.dst == view.callee for r in hops):
-        last = hops[-1] if hops else record
-        evidence = [f"the INVITE was last seen on {_hop(last)} at t={last.t:.3f} s"]
+    if not any(r.dst == view.callee and r.delivered for r in hops):
+        evidence = [
+            f"{view.caller}'s INVITE (t={record.t:.3f} s) never reached {view.callee}: "
+            + where_lost([journey] if journey is not None else [], view.callee)
+        ]
         evidence += [
             f"{r.client} could not connect to {r.server_addr}: {r.reason}"
             for r in view.trace.refused
         ]
         if finals:
-            evidence.append(f"{view.caller} got {sip.summary(finals[0][1])} back")
+            evidence.append(f"{view.caller} got {status_text(finals[0][1])} back")
         return Diagnosis(
             "no-sip-path", "SIP INVITE",
             f"The sharing INVITE never reached {view.callee}.",
@@ -205,16 +226,17 @@ def _sip_invite(view: _View) -> Diagnosis | None:
             if stuck is not None:
                 return stuck
         answers = [
-            r for r, m in view.sip_msgs
-            if isinstance(m, Response) and m.code >= 200 and sip.call_id(m) == call_id
-            and sip.cseq(m).method == "INVITE" and r.src == view.callee
+            (r, f) for r, f in view.sip_msgs
+            if f.status is not None and f.status >= 200 and f.answers(invite)
+            and r.src == view.callee
         ]  # fmt: skip
-        evidence = [f"{view.callee} got the INVITE (t={hops[-1].t:.3f} s)"]
+        reached = next(r for r in hops if r.dst == view.callee and r.delivered)
+        evidence = [f"{view.callee} got the INVITE (t={reached.fate_t or reached.t:.3f} s)"]
         if answers:
-            last = view.last_hop(answers[0])
+            lost = [r.journey for r, _ in answers if r.journey is not None]
             evidence.append(
-                f"its {answers[0].summary} was last seen on {_hop(last)}; it never reached "
-                f"{view.caller}"
+                f"{view.callee} sent {len(answers)} final answer(s) ({status_text(answers[0][1])})"
+                f", none reached {view.caller}: {where_lost(lost, view.caller)}"
             )
         else:
             evidence.append(f"{view.callee} sent no final answer")
@@ -226,20 +248,17 @@ def _sip_invite(view: _View) -> Diagnosis | None:
             ("SIP logs of each hop for the 200 OK", "the traversal zone in both directions"),
         )  # fmt: skip
     final = finals[0][1]
-    if final.code >= 300:
+    assert final.status is not None
+    if final.status >= 300:
         return _refused(view, final, "SIP INVITE", "the INVITE")
     return None
 
 
-def _refused(view: _View, response: Response, step: str, what: str) -> Diagnosis:
-    diag = None
-    try:
-        diag = sip.ms_diagnostics_public(response) or sip.ms_diagnostics(response)
-    except WireError:
-        pass
-    text = f"{what} was answered {sip.summary(response)}"
+def _refused(view: _View, response: SipFacts, step: str, what: str) -> Diagnosis:
+    text = f"{what} was answered {status_text(response)}"
+    diag = response.diagnostics
     evidence = [text + (f" with ms-diagnostics-public {diag}" if diag else "")]
-    if diag is not None and diag.code == 21002:
+    if response.diagnostics_code == 21002:
         return Diagnosis(
             "presenter-not-allowed", step,
             "The Skype meeting refuses to let CMS share: attendees cannot share in this "
@@ -263,8 +282,8 @@ def _refused(view: _View, response: Response, step: str, what: str) -> Diagnosis
 
 def _turn(view: _View) -> Diagnosis | None:
     cms, turn = view.callee, view.turn
-    successes = view.stun("Allocate Success Response", src=turn, dst=cms)
-    errors = view.stun("Allocate Error Response", src=turn, dst=cms)
+    successes = view.stun("Allocate Success Response", src=turn, dst=cms, delivered=True)
+    errors = view.stun("Allocate Error Response", src=turn, dst=cms, delivered=True)
     requests = view.stun("Allocate Request", src=cms, dst=turn)
     if successes:
         return None
@@ -279,27 +298,28 @@ def _turn(view: _View) -> Diagnosis | None:
             ("CMS /turnServers (serverAddress, clientAddress, type expressway)",
              "TCP 3478 from CMS to Expressway-E"),
         )  # fmt: skip
-    codes = [e.summary for e in errors]
-    if any("error-code: 442" in c for c in codes):
+    codes = [(e, e.stun_facts.error if e.stun_facts else None) for e in errors]
+    unsupported = [e for e, code in codes if code == 442]
+    if unsupported:
         return Diagnosis(
             "tcp-relay-unsupported", step,
             f"{turn} refuses TCP relays: Allocate Error 442 (Unsupported Transport Protocol).",
             (f"{cms} → {turn}: Allocate Request TCP (REQUESTED-TRANSPORT 6, RFC 6062)",
-             f"{turn} → {cms}: {next(c for c in codes if 'error-code: 442' in c)}"),
+             f"{turn} → {cms}: {unsupported[0].summary}"),
             "Expressway-E before X8.9 has no TCP TURN (RFC 6062); CMS needs it for Skype "
             "content sharing",
             ("upgrade Expressway-E to X8.9 or later (TCP TURN for CMS-Skype content)",
              "Configuration > Traversal > TURN: TURN services on, TCP enabled"),
         )  # fmt: skip
-    authed = [r for r in requests if " user: " in r.summary]
-    auth_errors = [c for c in codes if "error-code: 401" in c or "error-code: 431" in c]
+    authed = [r for r in requests if r.stun_facts is not None and r.stun_facts.username]
+    auth_errors = [e for e, code in codes if code in (401, 431)]
     if authed and len(auth_errors) > len(requests) - len(authed):
         return Diagnosis(
             "turn-auth-failed", step,
             f"{turn} rejects CMS's TURN credentials: every Allocate with MESSAGE-INTEGRITY is "
             "answered 401.",
             (f"{cms} → {turn}: {authed[0].summary}",
-             f"{turn} → {cms}: {auth_errors[-1]}",
+             f"{turn} → {cms}: {auth_errors[-1].summary}",
              f"{len(authed)} authenticated Allocate(s), no Allocate Success Response"),
             "CMS's TURN username or password differs from the Expressway-E local "
             "authentication database entry (long-term credentials, RFC 5389 §10.2)",
@@ -308,21 +328,28 @@ def _turn(view: _View) -> Diagnosis | None:
              f"the realm CMS uses matches Expressway-E's ({_realm(view) or 'TANDBERG'})"),
         )  # fmt: skip
     if not codes:
-        sent = view.stun("Allocate", src=turn, relayed=None)
-        where = (
-            f"{turn} answered ({sent[0].summary}) but nothing reached {cms}"
-            if sent
-            else f"{turn} never answered"
-        )
+        answers = view.stun("Allocate", src=turn, dst=cms)
+        answers = [a for a in answers if a.stun_facts is not None and not a.stun_facts.is_request]
+        journeys = [r.journey for r in requests if r.journey is not None]
+        if answers:
+            lost = [a.journey for a in answers if a.journey is not None]
+            where = (
+                f"{turn} answered {len(answers)} time(s) ({answers[0].summary}); none reached "
+                f"{cms}: {where_lost(lost, cms)}"
+            )
+        elif not any(j.reached(turn) for j in journeys):
+            where = f"none reached {turn}: {where_lost(journeys, turn)}"
+        else:
+            where = f"{turn} got them and never answered"
         return Diagnosis(
             "unknown", step, f"{cms}'s Allocate Requests got no answer back.",
             (f"{cms} → {turn}: {len(requests)} Allocate Request(s)", where),
-            "TURN answers are lost on the way back to CMS (a one-way path on TCP 3478)",
+            "TURN requests or answers are lost between CMS and Expressway-E (TCP 3478)",
             ("captures on both sides of the firewall between CMS and Expressway-E, TCP 3478",),
         )  # fmt: skip
     return Diagnosis(
-        "unknown", step, f"{cms} got no TURN allocation; the last answer: {codes[-1]}.",
-        tuple(f"{turn} → {cms}: {c}" for c in codes),
+        "unknown", step, f"{cms} got no TURN allocation; the last answer: {codes[-1][0].summary}.",
+        tuple(f"{turn} → {cms}: {e.summary}" for e, _ in codes),
         "the TURN server refuses the allocation",
         ("Expressway-E TURN status and capacity (relay count)",),
     )  # fmt: skip
@@ -330,8 +357,9 @@ def _turn(view: _View) -> Diagnosis | None:
 
 def _realm(view: _View) -> str | None:
     for record in view.stun("Allocate Error Response", src=view.turn):
-        if "realm: " in record.summary:
-            return record.summary.split("realm: ", 1)[1].split(" ", 1)[0]
+        facts = record.stun_facts
+        if facts is not None and facts.realm:
+            return facts.realm
     return None
 
 
@@ -342,21 +370,27 @@ def _relay_connection(view: _View) -> Diagnosis | None:
     cms, turn = view.callee, view.turn
     relay = _relay_address(view)
     step = "relay connection"
-    binds = view.stun("ConnectionBind Success Response", src=turn, dst=cms)
+    binds = view.stun("ConnectionBind Success Response", src=turn, dst=cms, delivered=True)
     if binds:
         return None
-    attempts = view.stun("ConnectionAttempt Indication", src=turn, dst=cms)
+    announced = view.stun("ConnectionAttempt", src=turn, dst=cms)
+    attempts = [a for a in announced if a.delivered]
     to_relay: list[ConnectionRecord] = [
         c for c in view.trace.connections.values() if relay is not None and c.server_addr == relay
     ]
     refused = [r for r in view.trace.refused if relay is not None and r.server_addr == relay]
     if attempts:
         bind_requests = view.stun("ConnectionBind Request", src=cms, dst=turn)
-        if bind_requests:
-            return None  # a bind was tried; the checks' step tells the rest
+        if any(r.delivered for r in bind_requests):
+            return None  # a bind reached the server; the checks' step tells the rest
         peer = to_relay[0] if to_relay else None
-        evidence = [f"{turn} → {cms}: {attempts[0].summary} (t={attempts[0].t:.3f} s)",
-                    f"no ConnectionBind Request from {cms} on a new connection"]  # fmt: skip
+        lost = [r.journey for r in bind_requests if r.journey is not None]
+        evidence = [
+            f"{turn} → {cms}: {attempts[0].summary} (t={attempts[0].t:.3f} s)",
+            f"{cms} sent {_count(len(lost), 'ConnectionBind Request')} on a new connection; "
+            f"none reached {turn}: {where_lost(lost, turn)}"
+            if lost else f"no ConnectionBind Request from {cms} on a new connection",
+        ]  # fmt: skip
         if peer is not None and peer.closed is not None:
             evidence.append(
                 f"{turn} closed the peer connection from {peer.client_addr} "
@@ -422,10 +456,15 @@ def _relay_connection(view: _View) -> Diagnosis | None:
              "the Skype Edge's media relay to the Expressway-E relay range"),
         )  # fmt: skip
     peer = to_relay[0]
+    lost = [a.journey for a in announced if a.journey is not None]
     evidence = [
         f"{peer.client} connected to the relay {peer.server_addr} from {peer.client_addr} "
         f"at t={peer.opened:.3f} s",
-        f"no ConnectionAttempt from {turn} reached {cms}, so {cms} never bound it",
+        f"{turn} sent {len(lost)} ConnectionAttempt(s) for it; none reached {cms}: "
+        f"{where_lost(lost, cms)}"
+        if lost
+        else f"{turn} sent no ConnectionAttempt to {cms}",
+        f"so {cms} never bound it",
     ]
     if peer.closed is not None:
         evidence.append(
@@ -447,27 +486,32 @@ def _relay_connection(view: _View) -> Diagnosis | None:
 
 
 def _direction(view: _View, sender: str, answerer: str) -> tuple[bool, list[str]]:
-    """Whether ``sender``'s checks were answered by ``answerer`` and the answers came back."""
+    """Whether ``sender``'s checks were answered by ``answerer`` and the answers came back,
+    with the evidence: how many were sent, where the lost ones ended."""
     requests = view.stun("Binding Request", src=sender)
     if not requests:
         return False, [f"{sender} sent no connectivity check"]
-    delivered = [r for r in requests if view.reached(r, answerer)]
+    journeys = [r.journey for r in requests if r.journey is not None]
+    delivered = [j for j in journeys if j.reached(answerer)]
     if not delivered:
-        what = f"{sender} sent {len(requests)} check(s) (Binding Request)"
-        return False, [_lost(view, requests[0], answerer, what)]
-    answers = [
-        a for a in view.stun("Binding Success Response", src=answerer) if a.t >= delivered[0].t
-    ]
+        what = f"{sender} sent {_count(len(journeys), 'check')} (Binding Request)"
+        return False, [f"{what}; none reached {answerer}: {where_lost(journeys, answerer)}"]
+    first = min(h.fate_t or h.t for j in delivered for h in j.hops if h.dst == answerer)
+    answers = [a for a in view.stun("Binding Success Response", src=answerer) if a.t >= first]
     if not answers:
-        return False, [f"{answerer} got {sender}'s check but sent no Binding Success Response"]
-    if not any(view.reached(a, sender) for a in answers):
-        what = f"{answerer} answered {sender}'s check (Binding Success Response)"
-        return False, [_lost(view, answers[0], sender, what)]
+        return False, [
+            f"{_count(len(delivered), 'check')} of {sender} reached {answerer}, which sent no "
+            "Binding Success Response"
+        ]
+    back = [a.journey for a in answers if a.journey is not None]
+    if not any(j.reached(sender) for j in back):
+        what = f"{answerer} answered {sender}'s checks {_count(len(back), 'time')}"
+        return False, [f"{what}; none reached {sender}: {where_lost(back, sender)}"]
     return True, [f"{sender}'s checks were answered by {answerer} and the answers got back"]
 
 
-def _lost(view: _View, record: MessageRecord, to: str, what: str) -> str:
-    return f"{what}, but none reached {to}: last seen on {_hop(view.last_hop(record))}"
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _ice(view: _View) -> Diagnosis | None:
@@ -514,12 +558,7 @@ def _reinvite(view: _View) -> Diagnosis | None:
         return _refused(view, answer, "reINVITE", f"{sender}'s sharing reINVITE")
     first = _invite_of(view)
     assert first is not None
-    call_id = sip.call_id(first[1])
-    if not any(
-        isinstance(m, Request) and m.method == "INVITE" and sip.call_id(m) == call_id
-        and sip.to_tag(m) is not None
-        for _, m in view.sip_msgs
-    ):  # fmt: skip
+    if not reinvites(view.sip_msgs, first[1].call_id, view.caller, view.callee):
         return Diagnosis(
             "unknown", "reINVITE", "The checks succeeded both ways, but no reINVITE followed.",
             (), "the controlling agent did not re-offer", ("ICE roles of both ends",),
@@ -531,12 +570,9 @@ def _call_up(view: _View) -> Diagnosis:
     cms, turn, client = view.callee, view.turn, view.caller
     first = _invite_of(view)
     assert first is not None
-    acks = [
-        r for r, m in view.sip_msgs
-        if isinstance(m, Request) and m.method == "ACK" and r.dst in (client, cms)
-    ]  # fmt: skip
+    acks = [r for r, f in view.sip_msgs if f.method == "ACK" and r.dst in (client, cms)]
     setup = (acks[-1].t - first[0].t) if acks else 0.0
-    bye = next((r for r, m in view.sip_msgs if isinstance(m, Request) and m.method == "BYE"), None)
+    bye = next((r for r, f in view.sip_msgs if f.method == "BYE"), None)
     end = bye.t if bye is not None else float("inf")
     data = [
         c for c in view.trace.connections.values()
@@ -548,11 +584,12 @@ def _call_up(view: _View) -> Diagnosis:
         c = lost[0]
         closed = c.closed if c.closed is not None else end
         refreshes = [
-            r for r in view.stun("Refresh Request", src=cms, dst=turn) if " lifetime: 0" not in
-            r.summary
+            r for r in view.stun("Refresh Request", src=cms, dst=turn)
+            if r.stun_facts is not None and r.stun_facts.lifetime != 0
         ]  # fmt: skip
-        allocated = view.stun("Allocate Success Response", src=turn, dst=cms)
-        lifetime = _lifetime(allocated[0].summary) if allocated else None
+        allocated = view.stun("Allocate Success Response", src=turn, dst=cms, delivered=True)
+        facts = allocated[0].stun_facts if allocated else None
+        lifetime = facts.lifetime if facts is not None else None
         last_refresh = max([allocated[0].t, *(r.t for r in refreshes)]) if allocated else 0.0
         if (
             lifetime is not None and c.closed_by == turn
@@ -589,8 +626,8 @@ def _call_up(view: _View) -> Diagnosis:
         )  # fmt: skip
     stale = [
         e for e in view.trace.messages
-        if e.protocol == "STUN" and (e.src, e.dst) == (turn, cms)
-        and "error-code: 438" in e.summary
+        if (e.src, e.dst) == (turn, cms) and e.stun_facts is not None
+        and e.stun_facts.error == 438
     ]  # fmt: skip
     links = _link_round_trips(view)
     slow = {k: v for k, v in links.items() if v > SLOW_LINK}
@@ -604,7 +641,7 @@ def _call_up(view: _View) -> Diagnosis:
             "latency on the links shown; ICE and TURN each add round trips over them",
             ("the network path between the actors with the slowest round trip",),
         )  # fmt: skip
-    method = stale[0].summary.split(" ", 1)[0] if stale else ""
+    method = stale[0].stun_facts.method if stale and stale[0].stun_facts else ""
     recovered = stale and view.stun(f"{method} Success Response", src=turn, dst=cms)
     if stale and any(r.t > stale[0].t for r in recovered or ()):
         return Diagnosis(
@@ -630,33 +667,16 @@ def _control_id(view: _View) -> int | None:
     return first[0].connection if first else None
 
 
-def _lifetime(summary: str) -> int | None:
-    if "lifetime: " not in summary:
-        return None
-    try:
-        return int(summary.split("lifetime: ", 1)[1].split(" ", 1)[0])
-    except ValueError:
-        return None
-
-
 def _link_round_trips(view: _View) -> dict[tuple[str, str], float]:
     """Per SIP link: the time from a request sent on it to the 100 Trying coming back."""
     out: dict[tuple[str, str], float] = {}
     sent: dict[tuple[str, str, str], float] = {}
-    for record, message in view.sip_msgs:
-        if isinstance(message, Request) and message.method == "INVITE":
-            sent.setdefault((record.src, record.dst, _branch(message)), record.t)
-        elif isinstance(message, Response) and message.code == 100:
-            t0 = sent.get((record.dst, record.src, _branch(message)))
+    for record, facts in view.sip_msgs:
+        if facts.method == "INVITE":
+            sent.setdefault((record.src, record.dst, facts.branch), record.t)
+        elif facts.status == 100:
+            t0 = sent.get((record.dst, record.src, facts.branch))
             if t0 is not None:
                 a, b = sorted((record.dst, record.src))
                 out[(a, b)] = max(out.get((a, b), 0.0), record.t - t0)
     return out
-
-
-def _branch(message: Request | Response) -> str:
-    try:
-        vias = sip.vias(message)
-    except WireError:
-        return ""
-    return str(vias[0].parameters.get("branch", "")) if vias else ""

@@ -1,10 +1,14 @@
-"""The run as JSON, for tools and for comparing runs (DESIGN.md, "Contracts other tools rely
-on": ``{"scenario", "outcome", "diagnosis", "messages": [{t, src, dst, protocol, summary,
-connection, …}]}``).
+"""The run as JSON, for tools and for comparing runs (DESIGN.md, "Contracts other tools rely on":
+``{"scenario", "outcome", "diagnosis", "messages": [{t, src, dst, protocol, summary, connection,
+…}]}``).
 
-Read only from the trace. Times are seconds from the start of the run, as the trace has them;
-addresses are lab addresses as ``"ip:port"``; bytes are lower-case hex: every byte of a STUN or
-SIP message, and for opaque TCP data the head the trace kept (``size`` is always the real size).
+The layout is the pydantic model :class:`RunJson`: the output is built through it, and the JSON
+Schema shipped with the package (``labsim/report/run.schema.json``) is generated from it
+(``python -m labsim.report.schema``; a test fails when the file is stale).
+``docs/json.md`` explains every field. Read only from the trace. Times are seconds from the
+start of the run, as the trace has them; addresses are lab addresses as ``"ip:port"``; bytes are
+lower-case hex: every byte of a STUN or SIP message, and for opaque TCP data the head the trace
+kept (``size`` is always the real size).
 """
 
 from __future__ import annotations
@@ -14,13 +18,205 @@ import enum
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-from labsim.trace import Trace
+from pydantic import BaseModel, ConfigDict, Field
+
+from labsim.trace import MessageRecord, Trace
 from labsim.wire.address import Address
+from labsim.wire.facts import SipFacts, StunFacts
+
+#: The version of the JSON layout: raised when a field changes meaning or goes away (a field
+#: added keeps it). 2: messages carry their fate per hop and typed facts; ``journeys``.
+VERSION: Literal[2] = 2
 
 #: Keys the output always has; ``extra`` may not replace them.
-CORE_KEYS = ("scenario", "outcome", "diagnosis", "connections", "messages", "refused", "logs")
+CORE_KEYS = (
+    "version", "scenario", "outcome", "diagnosis", "connections", "messages", "journeys",
+    "refused", "logs", "faults",
+)  # fmt: skip
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SipFactsJson(_Out):
+    """Typed fields of a SIP message (``labsim.wire.facts.SipFacts``)."""
+
+    kind: Literal["sip"] = "sip"
+    method: str | None = Field(description="Request method; null for a response.")
+    status: int | None = Field(description="Response code; null for a request.")
+    reason: str
+    call_id: str
+    cseq: int
+    cseq_method: str
+    from_tag: str | None
+    to_tag: str | None = Field(description="null in a request outside a dialog.")
+    branch: str = Field(description="Topmost Via branch: the transaction on this hop.")
+    origin: str = Field(description="Bottommost Via branch: the originating UA's transaction.")
+    has_sdp: bool
+    media: list[str] = Field(description="The SDP's m= media kinds, in order.")
+    diagnostics: str = Field(description="ms-diagnostics-public (else ms-diagnostics) text.")
+    diagnostics_code: int | None
+
+
+class StunFactsJson(_Out):
+    """Typed fields of a STUN/TURN message (``labsim.wire.facts.StunFacts``)."""
+
+    kind: Literal["stun"] = "stun"
+    method: str = Field(description="Wireshark's method name: Binding, Allocate, …")
+    cls: str = Field(description="Request, Indication, Success Response or Error Response.")
+    transaction_id: str = Field(description="Hex.")
+    error: int | None = Field(description="ERROR-CODE of an error response.")
+    lifetime: int | None
+    relayed: str | None = Field(description="XOR-RELAYED-ADDRESS, ip:port.")
+    mapped: str | None = Field(description="XOR-MAPPED-ADDRESS, ip:port.")
+    peer: str | None = Field(description="XOR-PEER-ADDRESS, ip:port.")
+    connection_id: int | None
+    username: str | None
+    realm: str | None
+    nonce: bool
+    integrity: bool
+    use_candidate: bool
+    channel: int | None = Field(description="Channel number of ChannelData.")
+
+
+class DataFactsJson(_Out):
+    """Opaque bytes: relayed media, a non-STUN RFC 4571 frame, or bytes that did not parse."""
+
+    kind: Literal["data"] = "data"
+    framed: bool
+    error: str | None
+
+
+class ConnectionJson(_Out):
+    id: int
+    client: str = Field(description="Actor that opened it.")
+    server: str = Field(description="Actor that accepted it.")
+    client_addr: str
+    server_addr: str
+    opened: float
+    closed: float | None = Field(description="null: still open when the run ended.")
+    reset: bool
+    closed_by: str | None = Field(description="Actor, 'network' or 'external'.")
+
+
+class MessageJson(_Out):
+    """One message on one hop (one TCP connection)."""
+
+    t: float = Field(description="When it went on the wire, or was dropped (s from start).")
+    src: str
+    dst: str
+    protocol: Literal["SIP", "STUN", "TCP"]
+    summary: str = Field(description="Wireshark-style one-liner, for people.")
+    connection: int
+    src_addr: str
+    dst_addr: str
+    framing: Literal["stun", "rfc4571", "sip", "raw", ""]
+    size: int = Field(description="Bytes of the message (an RFC 4571 prefix not counted).")
+    wire_size: int = Field(description="Bytes it took on the wire.")
+    relayed: bool = Field(description="Carried by a relay as opaque bytes.")
+    error: str | None = Field(description="Why the bytes did not decode.")
+    hex: str = Field(description="The bytes (opaque data: the first 256).")
+    journey: int = Field(description="Id of the message's journey (see journeys).")
+    hop: int = Field(description="Its place in the journey, 0 for the hop it was sent on.")
+    sent_t: float = Field(description="When its sender sent it (earlier than t when held).")
+    fate: Literal["delivered", "dropped", "lost", "in-flight", "outside"]
+    fate_t: float | None = Field(description="When delivered, dropped or lost.")
+    rule: int | None = Field(description="The fault rule that dropped or delayed it.")
+    delay: float = Field(description="Seconds a fault rule held it.")
+    facts: SipFactsJson | StunFactsJson | DataFactsJson = Field(discriminator="kind")
+
+
+class HopJson(_Out):
+    message: int = Field(description="Index into messages.")
+    connection: int
+    src: str
+    dst: str
+    fate: Literal["delivered", "dropped", "lost", "in-flight", "outside"]
+    fate_t: float | None
+    rule: int | None
+
+
+class JourneyJson(_Out):
+    """One message across every hop it crossed (forwarded by a proxy or relay)."""
+
+    id: int
+    protocol: Literal["SIP", "STUN", "TCP"]
+    summary: str = Field(description="Its summary on the first hop.")
+    sender: str
+    received_by: list[str] = Field(description="Actors a hop of it was delivered to.")
+    hops: list[HopJson]
+
+
+class RefusedJson(_Out):
+    t: float
+    client: str
+    client_host: str
+    server_addr: str
+    reason: str
+
+
+class LogJson(_Out):
+    t: float
+    actor: str
+    level: str
+    text: str
+
+
+class FaultJson(_Out):
+    t: float
+    action: str = Field(description="dropped, delayed, blocked or cut.")
+    rule: str
+    src: str
+    dst: str
+    connection: int | None
+    summary: str
+
+
+class RunJson(_Out):
+    """A run as ``labsim run --json`` writes it (DESIGN.md, "Contracts other tools rely on").
+    Times are seconds from the start of the run; addresses lab addresses as ip:port."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, title="labsim run")
+
+    version: Literal[2] = Field(description="The layout's version (raised on a change).")
+    scenario: str
+    outcome: str
+    diagnosis: Any = Field(description="The diagnosis (verdict, step, evidence, …) or null.")
+    connections: list[ConnectionJson]
+    messages: list[MessageJson]
+    journeys: list[JourneyJson]
+    refused: list[RefusedJson]
+    logs: list[LogJson]
+    faults: list[FaultJson] = Field(description="What each injected fault rule did.")
+    # Written by `labsim run --json` (absent when a tool calls trace_to_json without them):
+    clock: Literal["live", "virtual"] | None = Field(default=None, description="The clock.")
+    reason: str | None = Field(default=None, description="The outcome, in one sentence.")
+    expected: str | None = Field(default=None, description="The scenario's expected outcome.")
+    failures: list[str] | None = Field(
+        default=None, description="Expectations not met (empty: the run passed)."
+    )
+
+
+#: Keys of :class:`RunJson` that only ``labsim run`` fills in.
+_RUN_EXTRAS = ("clock", "reason", "expected", "failures")
+
+
+def _facts(record: MessageRecord) -> SipFactsJson | StunFactsJson | DataFactsJson:
+    facts = record.facts
+    if isinstance(facts, SipFacts):
+        values = {f.name: getattr(facts, f.name) for f in dataclasses.fields(facts)}
+        values["media"] = list(facts.media)
+        return SipFactsJson(**values)
+    if isinstance(facts, StunFacts):
+        values = {
+            f.name: (str(v) if isinstance(v := getattr(facts, f.name), Address) else v)
+            for f in dataclasses.fields(facts)
+        }
+        return StunFactsJson(**values)
+    return DataFactsJson(framed=facts.framed, error=facts.error)
 
 
 def trace_to_json(
@@ -31,66 +227,115 @@ def trace_to_json(
     diagnosis: object | None = None,
     extra: Mapping[str, object] | None = None,
 ) -> dict[str, Any]:
-    """The run as a JSON-serialisable dict.
+    """The run as a JSON-serialisable dict (the layout of :class:`RunJson`).
 
     ``diagnosis`` may be anything JSON can hold, a dataclass, or an object with a
     ``model_dump()`` (pydantic) or ``to_json()`` method; ``extra`` adds top-level keys."""
-    out: dict[str, Any] = {
-        "scenario": scenario,
-        "outcome": outcome,
-        "diagnosis": _jsonable(diagnosis),
-        "connections": [
-            {
-                "id": c.id,
-                "client": c.client,
-                "server": c.server,
-                "client_addr": str(c.client_addr),
-                "server_addr": str(c.server_addr),
-                "opened": c.opened,
-                "closed": c.closed,
-                "reset": c.reset,
-                "closed_by": c.closed_by,
-            }
+    index = {id(m): i for i, m in enumerate(trace.messages)}
+    messages = []
+    for m in trace.messages:
+        journey = m.journey
+        messages.append(MessageJson(
+            t=m.t, src=m.src, dst=m.dst, protocol=m.protocol,  # type: ignore[arg-type]
+            summary=m.summary, connection=m.connection, src_addr=str(m.src_addr),
+            dst_addr=str(m.dst_addr), framing=m.framing,  # type: ignore[arg-type]
+            size=m.size, wire_size=m.wire_size, relayed=m.relayed, error=m.error,
+            hex=m.data.hex(), journey=journey.id if journey else 0, hop=m.hop, sent_t=m.sent_t,
+            fate=m.fate, fate_t=m.fate_t, rule=m.rule, delay=m.delay, facts=_facts(m),
+        ))  # fmt: skip
+    run = RunJson(
+        version=VERSION,
+        scenario=scenario,
+        outcome=outcome,
+        diagnosis=_jsonable(diagnosis),
+        connections=[
+            ConnectionJson(
+                id=c.id,
+                client=c.client,
+                server=c.server,
+                client_addr=str(c.client_addr),
+                server_addr=str(c.server_addr),
+                opened=c.opened,
+                closed=c.closed,
+                reset=c.reset,
+                closed_by=c.closed_by,
+            )  # fmt: skip
             for c in trace.connections.values()
         ],
-        "messages": [
-            {
-                "t": m.t,
-                "src": m.src,
-                "dst": m.dst,
-                "protocol": m.protocol,
-                "summary": m.summary,
-                "connection": m.connection,
-                "src_addr": str(m.src_addr),
-                "dst_addr": str(m.dst_addr),
-                "framing": m.framing,
-                "size": m.size,
-                "relayed": m.relayed,
-                "error": m.error,
-                "hex": m.data.hex(),
-            }
-            for m in trace.messages
+        messages=messages,
+        journeys=[
+            JourneyJson(
+                id=j.id,
+                protocol=j.first.protocol,  # type: ignore[arg-type]
+                summary=j.first.summary,
+                sender=j.sender,
+                received_by=list(dict.fromkeys(h.dst for h in j.hops if h.delivered)),
+                hops=[
+                    HopJson(
+                        message=index[id(h)],
+                        connection=h.connection,
+                        src=h.src,
+                        dst=h.dst,
+                        fate=h.fate,
+                        fate_t=h.fate_t,
+                        rule=h.rule,
+                    )  # fmt: skip
+                    for h in j.hops
+                ],
+            )
+            for j in trace.journeys
         ],
-        "refused": [
-            {
-                "t": r.t,
-                "client": r.client,
-                "client_host": r.client_host,
-                "server_addr": str(r.server_addr),
-                "reason": r.reason,
-            }
+        refused=[
+            RefusedJson(
+                t=r.t,
+                client=r.client,
+                client_host=r.client_host,
+                server_addr=str(r.server_addr),
+                reason=r.reason,
+            )  # fmt: skip
             for r in trace.refused
         ],
-        "logs": [
-            {"t": log.t, "actor": log.actor, "level": log.level, "text": log.text}
-            for log in trace.logs
+        logs=[LogJson(t=g.t, actor=g.actor, level=g.level, text=g.text) for g in trace.logs],
+        faults=[
+            FaultJson(
+                t=f.t,
+                action=f.action,
+                rule=f.rule,
+                src=f.src,
+                dst=f.dst,
+                connection=f.connection,
+                summary=f.summary,
+            )  # fmt: skip
+            for f in trace.faults
         ],
-    }
+    )
+    known = {}
     for key, value in (extra or {}).items():
         if key in CORE_KEYS:
             raise ValueError(f"extra key {key!r} would replace the trace's own")
-        out[key] = _jsonable(value)
+        if key in RunJson.model_fields:
+            known[key] = _jsonable(value)
+    if known:
+        run = run.model_copy(update=known)
+        RunJson.model_validate(run.model_dump())  # the documented keys keep their types
+    out: dict[str, Any] = run.model_dump(mode="json")
+    for key in _RUN_EXTRAS:
+        if key not in known:
+            del out[key]
+    for key, value in (extra or {}).items():
+        if key not in out:
+            out[key] = _jsonable(value)
     return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of :func:`trace_to_json`'s output, generated from :class:`RunJson`."""
+    schema = RunJson.model_json_schema(mode="serialization")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+#: Where the schema ships, inside the package (``python -m labsim.report.schema``).
+SCHEMA_PATH = Path(__file__).with_name("run.schema.json")
 
 
 def write_json(

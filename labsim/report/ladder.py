@@ -290,11 +290,6 @@ class _Ladder:
         """An injected fault: a dropped message is an arrow that never arrives (a cross
         where its receiver would be); the others are notes in the sender's column."""
         style = STYLES["fault"]
-        if record.action == "dropped":
-            return _Item(
-                record.t, "fault", f"{record.summary}: DROPPED ({record.rule})",
-                record.src, record.dst, style, "dashed", "cross",
-            )  # fmt: skip
         what = f" {record.summary}" if record.summary else ""
         return _Item(record.t, "fault", f"{record.action}{what} ({record.rule})", record.src,
                      None, style)  # fmt: skip
@@ -302,9 +297,15 @@ class _Ladder:
     def _message(self, record: MessageRecord) -> _Item | None:
         if record.relayed and not self.relayed:
             return None
+        if record.fate == "dropped":
+            # An arrow that never arrives: a cross where its receiver would be.
+            return _Item(
+                record.t, "fault", f"{record.summary}: DROPPED by fault rule {record.rule}",
+                record.src, record.dst, STYLES["fault"], "dashed", "cross",
+            )  # fmt: skip
         if record.protocol == "TCP":
             error = record.error
-            if error is None and record.summary.startswith("TCP data"):
+            if error is None and record.framing != "rfc4571":
                 if not self.show_data:
                     return None
                 return _Item(
@@ -317,6 +318,10 @@ class _Ladder:
                 return None
             return _Item(record.t, "data", label, record.src, record.dst, style)
         label = record.summary
+        if record.delay:
+            label += f" (held {record.delay:g} s" + (
+                f" by fault rule {record.rule})" if record.rule else ", behind a held message)"
+            )
         style = STYLES.get(record.protocol, "")
         if record.error is not None:
             label, style = f"{label} ({record.error})", STYLES["error"]

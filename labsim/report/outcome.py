@@ -22,10 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sipmessage import Request, Response
-
 from labsim.trace import MessageRecord, Trace
-from labsim.wire import WireError, sip
+from labsim.wire.facts import SipFacts, parse_kind
 
 OUTCOMES = (
     "sharing-established", "call-rejected", "ice-failed", "turn-failed", "no-answer",
@@ -41,107 +39,94 @@ class Outcome:
     """One sentence of evidence."""
 
 
-SipMessages = list[tuple[MessageRecord, Request | Response]]
+SipHop = tuple[MessageRecord, SipFacts]
+SipMessages = list[SipHop]
 
 
 def sip_messages(trace: Trace) -> SipMessages:
-    """Every SIP message of the trace that parses, with its record, in order."""
+    """Every hop of every SIP message of the trace that parses, with its facts, in order
+    (dropped hops too: their ``fate`` says so)."""
     out: SipMessages = []
     for record in trace.messages:
-        if record.protocol != "SIP" or record.error is not None:
-            continue
-        try:
-            out.append((record, sip.parse_message(record.data)))
-        except WireError:
-            continue
+        if record.protocol == "SIP":
+            facts = record.facts
+            if isinstance(facts, SipFacts):
+                out.append((record, facts))
     return out
 
 
-def _call_id(m: Request | Response) -> str | None:
-    try:
-        return sip.call_id(m)
-    except WireError:
-        return None
+def first_invite(messages: SipMessages, caller: str) -> SipHop | None:
+    """The caller's initial INVITE (no To tag) as it left the caller."""
+    return next(
+        ((r, f) for r, f in messages
+         if r.src == caller and f.method == "INVITE" and f.to_tag is None),
+        None,
+    )  # fmt: skip
 
 
-def _key(m: Request | Response) -> tuple[str | None, int]:
-    # CSeq numbers count per direction, so a request is matched by its From tag and CSeq.
-    return sip.from_tag(m), sip.cseq(m).sequence
+def reinvites(messages: SipMessages, call_id: str, *ends: str) -> SipMessages:
+    """The hops of the call's reINVITEs (an INVITE with a To tag) delivered to one of
+    ``ends``: the UA that got it, in ``record.dst``."""
+    return [
+        (r, f) for r, f in messages
+        if f.method == "INVITE" and f.call_id == call_id and f.to_tag is not None
+        and r.dst in ends and r.delivered
+    ]  # fmt: skip
 
 
 def reinvite_refusal(
     messages: SipMessages, caller: str = "skype_client", callee: str = "cms"
-) -> tuple[str, Response] | None:
-    """Who sent a reINVITE of the call (an INVITE with a To tag, either direction) and the
-    error answer that came back to it; None when no reINVITE was refused."""
-    invite = next(
-        (m for r, m in messages
-         if r.src == caller and isinstance(m, Request) and m.method == "INVITE"),
-        None,
-    )  # fmt: skip
-    if invite is None:
+) -> tuple[str, SipFacts] | None:
+    """Who sent a reINVITE of the call (either direction) and the error answer that came back
+    to it; None when no reINVITE was refused."""
+    first = first_invite(messages, caller)
+    if first is None:
         return None
-    call = sip.call_id(invite)
-    for record, m in messages:
-        if not (
-            isinstance(m, Request) and m.method == "INVITE" and _call_id(m) == call
-            and sip.to_tag(m) is not None and record.dst in (caller, callee)
-        ):  # fmt: skip
-            continue
+    for record, request in reinvites(messages, first[1].call_id, caller, callee):
         sender = callee if record.dst == caller else caller
         for r, answer in messages:
             if (
-                r.dst == sender and isinstance(answer, Response) and answer.code >= 300
-                and _call_id(answer) == call and sip.cseq(answer).method == "INVITE"
-                and _key(answer) == _key(m)
+                r.dst == sender and r.delivered and answer.status is not None
+                and answer.status >= 300 and answer.answers(request)
             ):  # fmt: skip
                 return sender, answer
     return None
 
 
+def status_text(facts: SipFacts) -> str:
+    """``403 Forbidden``: a response's status line as people read it."""
+    return f"{facts.status} {facts.reason}".rstrip()
+
+
 def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") -> Outcome:
     messages = sip_messages(trace)
-    invite = next(
-        (m for r, m in messages
-         if r.src == caller and isinstance(m, Request) and m.method == "INVITE"),
-        None,
-    )  # fmt: skip
-    if invite is None:
+    first = first_invite(messages, caller)
+    if first is None:
         return Outcome("no-answer", f"{caller} sent no INVITE")
-    call = sip.call_id(invite)
-    first = _key(invite)
+    invite = first[1]
     final = next(
-        (m for r, m in messages
-         if r.dst == caller and isinstance(m, Response) and _call_id(m) == call and m.code >= 200
-         and sip.cseq(m).method == "INVITE"
-         and _key(m) == first),
+        (f for r, f in messages
+         if r.dst == caller and r.delivered and f.status is not None and f.status >= 200
+         and f.answers(invite)),
         None,
     )  # fmt: skip
     if final is None:
         return Outcome("no-answer", f"the INVITE got no final answer back to {caller}")
-    if final.code >= 300:
-        text = f"the INVITE was answered {sip.summary(final)}"
-        diag = sip.diagnostics_text(final)
-        extra = f" ({diag})" if diag else ""
-        return Outcome("call-rejected", text + extra)
+    assert final.status is not None
+    if final.status >= 300:
+        extra = f" ({final.diagnostics})" if final.diagnostics else ""
+        return Outcome("call-rejected", f"the INVITE was answered {status_text(final)}{extra}")
 
-    # The reINVITE: an INVITE inside the call's dialog (it has a To tag), either direction.
-    reinvites = [
-        (r, m) for r, m in messages
-        if isinstance(m, Request) and m.method == "INVITE" and _call_id(m) == call
-        and sip.to_tag(m) is not None and r.dst in (caller, callee)
-    ]  # fmt: skip
-    for record, reinvite in reinvites:
+    # The reINVITE: an INVITE inside the call's dialog, either direction.
+    sharing = reinvites(messages, invite.call_id, caller, callee)
+    for record, reinvite in sharing:
         answerer = record.dst
-        answered = any(
-            isinstance(m, Response) and _call_id(m) == call and m.code == 200
-            and sip.cseq(m).method == "INVITE" and _key(m) == _key(reinvite)
-            for _, m in messages
-        )  # fmt: skip
+        answered = any(f.status == 200 and f.answers(reinvite) for _, f in messages)
         acked = any(
-            r.dst == answerer and isinstance(m, Request) and m.method == "ACK"
-            and _call_id(m) == call and _key(m) == _key(reinvite)
-            for r, m in messages
+            r.dst == answerer and r.delivered and f.method == "ACK"
+            and f.call_id == reinvite.call_id and f.from_tag == reinvite.from_tag
+            and f.cseq == reinvite.cseq
+            for r, f in messages
         )  # fmt: skip
         if answered and acked:
             sender = callee if answerer == caller else caller
@@ -149,22 +134,21 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
                 "sharing-established",
                 f"{sender}'s reINVITE was answered 200 OK and acknowledged at {answerer}",
             )
-    if not any(r.dst == callee for r in trace.find("Allocate Success Response")):
-        errors = [r for r in trace.find("Allocate Error Response") if r.dst == callee]
+    allocated = [r for r in trace.find(_ALLOCATE_OK) if r.dst == callee and r.delivered]
+    if not allocated:
+        errors = [r for r in trace.find(_ALLOCATE_ERROR) if r.dst == callee and r.delivered]
         why = f"; last answer: {errors[-1].summary}" if errors else ""
         return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
     refused = reinvite_refusal(messages, caller, callee)
     if refused is not None:
-        diag = sip.diagnostics_text(refused[1])
-        extra = f" ({diag})" if diag else ""
+        answer = refused[1]
+        extra = f" ({answer.diagnostics})" if answer.diagnostics else ""
         return Outcome(
-            "call-rejected", f"the sharing reINVITE was answered {sip.summary(refused[1])}{extra}"
+            "call-rejected", f"the sharing reINVITE was answered {status_text(answer)}{extra}"
         )
     # Whose checks got their answer back: a Binding Success Response delivered to that end.
-    answered_by = {
-        m.dst for m in trace.messages if m.summary.startswith("Binding Success Response")
-    }
-    if reinvites and {caller, callee} <= answered_by:
+    answered_by = {m.dst for m in trace.find(_CHECK_OK) if m.delivered}
+    if sharing and {caller, callee} <= answered_by:
         return Outcome("call-failed", "a reINVITE was sent but not completed")
     if {caller, callee} <= answered_by:
         return Outcome(
@@ -176,3 +160,8 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         "the call was answered and a relay allocated, but no reINVITE followed: the candidate "
         "pair never became valid in both directions",
     )
+
+
+_ALLOCATE_OK = parse_kind("Allocate Success Response")
+_ALLOCATE_ERROR = parse_kind("Allocate Error Response")
+_CHECK_OK = parse_kind("Binding Success Response")

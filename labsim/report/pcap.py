@@ -23,10 +23,9 @@ connections and messages, not segments, so the segments are rebuilt here:
 
 What the payload bytes are, per message record (see :func:`wire_payload`):
 
-* a record the trace decoded out of relayed bytes (``relayed=True``) is a second view of bytes
-  an earlier raw record already holds, so it adds no segment (its summary goes into that
-  segment's comment);
-* an RFC 4571 frame gets back the 2-byte length prefix the trace strips;
+* a message a fault rule dropped never reached the wire and adds no segment;
+* an RFC 4571 frame, also one a relay carried (``relayed=True``), gets back the 2-byte length
+  prefix the trace strips;
 * **opaque data the trace truncated** (it keeps only the first :data:`labsim.trace.RAW_KEEP`
   bytes of relayed data, and its size) **is written as the kept head followed by zero bytes up
   to the real size**, so sequence numbers stay right; the segment's comment says so.
@@ -82,12 +81,15 @@ _NEVER = float("inf")
 
 
 def wire_payload(message: MessageRecord) -> bytes | None:
-    """The TCP payload bytes a message record stands for, or None for a relayed copy.
+    """The TCP payload bytes a message record stands for, or None for one a fault rule
+    dropped (it never reached the wire).
 
     RFC 4571 frames get their length prefix back; opaque data the trace truncated is padded
     with zero bytes to its recorded size."""
-    if message.relayed:
-        return None
+    if message.fate == "dropped":
+        return None  # a fault rule took it before it reached the wire
+    if message.relayed and message.protocol == "STUN":
+        return frame_rfc4571(message.data)  # a framed check a relay carried, prefix and all
     if message.framing == "rfc4571" and (message.protocol != "TCP" or message.error is None):
         # A whole frame the splitter cut out (STUN or other framed data). A record with an
         # error is what followed a framing fault: raw bytes, no prefix stripped.
@@ -296,7 +298,6 @@ class _Builder:
         next_t = self._next_times()
         last_data = self._last_data()
         conns: dict[int, _Tcp] = {}
-        last_raw: dict[tuple[int, bool], _Frame] = {}
         refused_ports = _RefusedPorts(self.trace)
         for index, record in enumerate(timeline):
             self._index, self._sub = index, 0
@@ -310,16 +311,11 @@ class _Builder:
                 key = (record.connection, _from_client(record, tcp_or_none.record))
                 payload = wire_payload(record)
                 if payload is None:
-                    # A decoded view of bytes the preceding raw segment already carries.
-                    if key in last_raw:
-                        last_raw[key].comments.append(f"relayed: {record.summary}")
                     continue
                 frame = tcp_or_none.data(record, payload, next_t[index], last_data[key] == index)
                 if frame is None:
                     continue
                 frame.comments.append(_comment(record))
-                if record.framing == "raw":
-                    last_raw[key] = frame
             elif isinstance(record, ClosedRecord):
                 conn = record.connection
                 tcp_or_none = conns.get(conn.id)
@@ -363,7 +359,7 @@ class _Builder:
         """Timeline index of the last segment-carrying message per (connection, from client)."""
         out: dict[tuple[int, bool], int] = {}
         for index, record in enumerate(self.trace.timeline):
-            if isinstance(record, MessageRecord) and not record.relayed:
+            if isinstance(record, MessageRecord) and record.on_wire:
                 conn = self.trace.connections.get(record.connection)
                 if conn is not None:
                     out[(record.connection, _from_client(record, conn))] = index
@@ -374,7 +370,7 @@ def _conn_of(record: object) -> int | None:
     if isinstance(record, ConnectionRecord):
         return record.id
     if isinstance(record, MessageRecord):
-        return None if record.relayed else record.connection
+        return record.connection if record.on_wire else None
     if isinstance(record, ClosedRecord):
         return record.connection.id
     return None

@@ -14,6 +14,7 @@ never against its summary text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,9 @@ class SipFacts:
     call_id: str
     cseq: int
     cseq_method: str
+    from_tag: str | None
+    to_tag: str | None
+    """None in a request outside a dialog (the initial INVITE); set in a reINVITE."""
     branch: str
     """The topmost Via's branch: the transaction on this hop (RFC 3261 §17.2.3)."""
     origin: str
@@ -50,7 +54,18 @@ class SipFacts:
     media: tuple[str, ...]
     """The SDP's ``m=`` media kinds, in order (``applicationsharing`` for the share)."""
     diagnostics: str
-    """ms-diagnostics / ms-diagnostics-public text (``21002;reason=…``), empty without."""
+    """ms-diagnostics-public (else ms-diagnostics) text (``21002;reason=…``), empty without."""
+    diagnostics_code: int | None = None
+    """Its code (21002: attendees cannot share), when it parses."""
+
+    def answers(self, request: SipFacts) -> bool:
+        """Whether this response answers ``request`` (same Call-ID, From tag and CSeq; CSeq
+        numbers count per direction, RFC 3261 §12.2.1.1)."""
+        return (
+            self.status is not None and self.call_id == request.call_id
+            and self.from_tag == request.from_tag and self.cseq == request.cseq
+            and self.cseq_method == request.method
+        )  # fmt: skip
 
     @property
     def is_request(self) -> bool:
@@ -113,12 +128,22 @@ Facts = SipFacts | StunFacts | DataFacts
 
 
 def sip_facts(msg: sip.SipMessage) -> SipFacts:
+    """The facts of a parsed SIP message; headers that do not parse leave their field empty
+    (a peer's malformed header must not hide the rest of the message)."""
     headers = msg.headers
-    vias = headers.getlist("Via")
-    branch = _branch(vias[0]) if vias else ""
-    origin = _branch(vias[-1]) if vias else ""
-    cseq_text = str(headers.get("CSeq") or "")
-    number, _, cseq_method = cseq_text.strip().partition(" ")
+    try:
+        vias = sip.vias(msg)
+    except WireError:
+        vias = []
+    branch = str(vias[0].parameters.get("branch", "")) if vias else ""
+    origin = str(vias[-1].parameters.get("branch", "")) if vias else ""
+    try:
+        cseq = sip.cseq(msg)
+        number, cseq_method = cseq.sequence, cseq.method
+    except WireError:
+        number, cseq_method = 0, ""
+    from_tag = _safe(sip.from_tag, msg)
+    to_tag = _safe(sip.to_tag, msg)
     media: tuple[str, ...] = ()
     body = msg.body or b""
     if body:
@@ -127,12 +152,12 @@ def sip_facts(msg: sip.SipMessage) -> SipFacts:
             for line in body.decode("utf-8", "replace").splitlines()
             if line.startswith("m=")
         )
-    diagnostics = ""
-    for name in ("ms-diagnostics-public", "ms-diagnostics"):
-        value = headers.get(name)
-        if value:
-            diagnostics = str(value)
-            break
+    code = None
+    try:
+        found = sip.ms_diagnostics_public(msg) or sip.ms_diagnostics(msg)
+        code = found.code if found is not None else None
+    except WireError:
+        pass
     if isinstance(msg, Request):
         method: str | None = msg.method
         status: int | None = None
@@ -143,24 +168,25 @@ def sip_facts(msg: sip.SipMessage) -> SipFacts:
         method=method,
         status=status,
         reason=reason,
-        call_id=str(headers.get("Call-ID") or ""),
-        cseq=int(number) if number.isdigit() else 0,
-        cseq_method=cseq_method.strip(),
+        call_id=str(headers.get("Call-ID") or "").strip(),
+        cseq=number,
+        cseq_method=cseq_method,
+        from_tag=from_tag,
+        to_tag=to_tag,
         branch=branch,
         origin=origin,
         has_sdp=bool(body),
         media=media,
-        diagnostics=diagnostics,
+        diagnostics=sip.diagnostics_text(msg),
+        diagnostics_code=code,
     )
 
 
-def _branch(via: object) -> str:
-    text = str(via)
-    for part in text.split(";")[1:]:
-        name, _, value = part.partition("=")
-        if name.strip().lower() == "branch":
-            return value.strip()
-    return ""
+def _safe(get: Callable[[sip.SipMessage], str | None], msg: sip.SipMessage) -> str | None:
+    try:
+        return get(msg)
+    except WireError:
+        return None
 
 
 def _address(attr: object) -> Address | None:
