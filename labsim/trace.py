@@ -48,6 +48,14 @@ class ConnectionRecord:
     """Ended by a reset (RST) rather than FIN."""
     closed_by: str | None = None
     """Actor that closed it, or ``"network"``."""
+    name: str = ""
+    """Its one name in the ladder, the notes, the JSON and the capture: the opener and the
+    opener's own name for it (``cms/turn:data:1``); the accepting actor knows it by this name
+    too (``#2`` added when an opener reuses a name)."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = f"{self.client}/{self.id}"
 
 
 #: What became of a message on one hop (DESIGN.md, "The trace records journeys, typed").
@@ -373,8 +381,9 @@ class Trace:
         client_addr: Address,
         server: str,
         server_addr: Address,
+        name: str = "",
     ) -> ConnectionRecord:
-        record = ConnectionRecord(conn, client, client_addr, server, server_addr, t)
+        record = ConnectionRecord(conn, client, client_addr, server, server_addr, t, name=name)
         self.connections[conn] = record
         self.timeline.append(record)
         return record

@@ -44,7 +44,7 @@ def test_shape_and_values() -> None:
         2, "sharing-call", "sharing-failed", None
     )  # fmt: skip
     assert data["connections"] == [{
-        "id": 1, "client": "cms", "server": "expressway_e",
+        "id": 1, "name": "cms/1", "client": "cms", "server": "expressway_e",
         "client_addr": "10.48.54.230:44342", "server_addr": "10.48.54.229:3478",
         "opened": 0.25, "closed": 1.5, "reset": True, "closed_by": "expressway_e",
     }]  # fmt: skip

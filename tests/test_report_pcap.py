@@ -325,7 +325,7 @@ def test_tshark_reads_a_clean_capture_and_sees_a_corrupted_one(tmp_path: Path) -
     assert len(rows) == 12 and all(r.split("\t")[1:3] == ["1", "1"] for r in rows)
     assert [r.split("\t")[0] for r in rows if r.endswith("\t1")] == ["98"]  # the FINGERPRINT
     comments = tshark(path, "-Y", "frame.comment", "-T", "fields", "-e", "frame.comment")
-    assert comments[0] == "cms → expressway_e: Allocate Request TCP lifetime: 600"
+    assert comments[0] == "cms → expressway_e [cms/1]: Allocate Request TCP lifetime: 600"
     assert "kept the first 256 of 1020 bytes; the rest is written as zeros" in comments[2]
     # The check is live: one flipped payload byte breaks the TCP checksum and tshark says so.
     raw = bytearray(path.read_bytes())

@@ -10,9 +10,10 @@ Rules this module keeps (the contract of :mod:`labsim.proto.events`):
 * An actor is never re-entered: events that an effect answers at once (:class:`Listening`,
   :class:`ListenFailed`, an immediate :class:`ConnectFailed`) are posted with ``_soon`` and
   delivered after the effect list is done.
-* Every connection has one run-global int id (``Link.gid``, the id in the trace); each actor
-  knows its end by its own :data:`ConnId` (``End.conn``): the name it gave in :class:`Connect`,
-  or ``"in:<n>"`` (numbered per actor) for accepted ones.
+* Every connection has one run-global int id (``Link.gid``, the id in the trace) and one name
+  (``Link.name``): the opener's name for it, qualified by the opener (``cms/turn:data:1``).
+  The opener knows its end by the name it gave in :class:`Connect`; the accepting actor by
+  the connection's name, so its notes and the ladder, JSON and capture say the same.
 * The trace records a close once, by whoever closed first: the actor that sent :class:`Close`,
   ``"external"`` for a peer outside the run, ``"network"`` for the network itself. Connections
   still open when the run ends are released without a trace record: the trace says they were
@@ -118,7 +119,7 @@ class ActorState:
 class Link:
     """One TCP connection of the run: the trace's id and its two ends (None: outside the run)."""
 
-    __slots__ = ("gid", "client", "server", "framing", "names", "number", "budgets")
+    __slots__ = ("gid", "client", "server", "framing", "names", "number", "budgets", "name")
 
     def __init__(self, gid: int, client: str = "", server: str = "") -> None:
         self.gid = gid
@@ -135,6 +136,8 @@ class Link:
         #: Cut-after-bytes rules on this connection: [rule, sender or None for both ways,
         #: bytes still allowed].
         self.budgets: list[list[Any]] | None = None
+        #: The connection's one name (``cms/turn:data:1``), see :meth:`Runtime._open_link`.
+        self.name = ""
 
 
 class End:
@@ -221,6 +224,8 @@ class Runtime:
         #: (actor name, exception) for every actor exception, in order (also in the trace).
         self.errors: list[tuple[str, BaseException]] = []
         self._next_gid = 1
+        #: How often each connection name was given (an opener may reuse its own names).
+        self._names: dict[str, int] = {}
         self._stop_when: StopWhen | None = None
         self._corked: list[End] = []
         self._stopping = False
@@ -613,8 +618,10 @@ class Runtime:
 
     def _do_connect(self, st: ActorState, effect: Connect, now: float) -> None:
         conn = effect.conn
-        if conn.startswith("in:"):
-            self._warn(st, now, f"Connect named {conn!r} ignored: 'in:' names are the runtime's")
+        if "/" in conn:
+            # Accepted connections are named "<opener>/<opener's name>": an actor's own names
+            # have no slash, so the two never collide.
+            self._warn(st, now, f"Connect named {conn!r} ignored: names with '/' are the runtime's")
         elif conn in st.ends or conn in st.connecting:
             self._warn(st, now, f"Connect {conn!r} ignored: that connection is already in use")
         else:
@@ -661,12 +668,20 @@ class Runtime:
     # -- what the network reports --------------------------------------------------------------
 
     def _open_link(
-        self, client: str, client_addr: Address, server: str, server_addr: Address
-    ) -> Link:
-        """A connection is established: give it its trace id and record it."""
+        self, client: str, client_addr: Address, server: str, server_addr: Address,
+        client_conn: ConnId = "",
+    ) -> Link:  # fmt: skip
+        """A connection is established: give it its trace id and its one name (the opener's
+        name for it, qualified by the opener: ``cms/turn:data:1``) and record it."""
         link = Link(self._next_gid, client, server)
         self._next_gid += 1
-        self.trace.opened(self.now(), link.gid, client, client_addr, server, server_addr)
+        name = f"{client}/{client_conn or link.gid}"
+        used = self._names.get(name, 0)
+        self._names[name] = used + 1
+        link.name = name if not used else f"{name}#{used + 1}"
+        self.trace.opened(
+            self.now(), link.gid, client, client_addr, server, server_addr, name=link.name
+        )
         if self.faults is not None:
             link.number = self.faults.opened(client, server)
             for hit in self.faults.cuts(client, server, link.number):
@@ -682,9 +697,10 @@ class Runtime:
     def _server_end(
         self, link: Link, st: ActorState, local: Address, remote: Address, io: Any
     ) -> End:
-        """The accepting actor's end, named ``in:<n>`` and registered (not yet announced)."""
+        """The accepting actor's end, named with the connection's one name (the opener's,
+        ``cms/turn:data:1``) and registered (not yet announced)."""
         st.accepted += 1
-        end = End(link, st, f"in:{st.accepted}", False, local, remote, io)
+        end = End(link, st, link.name, False, local, remote, io)
         link.server = end
         st.ends[end.conn] = end
         return end

@@ -603,10 +603,12 @@ class LiveNetwork(Runtime):
         else:
             listener = self._listening.get(key[1])
             if listener is not None:
-                link = self._open_link(st.name, client_addr, listener.st.name, listener.address)
+                link = self._open_link(
+                    st.name, client_addr, listener.st.name, listener.address, out.conn
+                )
                 self._halfway[key] = (link, True)
             else:
-                link = self._open_link(st.name, client_addr, EXTERNAL, out.remote)
+                link = self._open_link(st.name, client_addr, EXTERNAL, out.remote, out.conn)
         end = self._client_end(link, st, out.conn, client_addr, out.remote, transport)
         stream.end = end
         self._deliver_connected(end)
@@ -623,7 +625,9 @@ class LiveNetwork(Runtime):
             out = self._outgoing.get(key)
             if out is not None:  # an actor of the run, whose connect has not returned yet
                 client_addr = Address(out.st.host, key[0][1])
-                link = self._open_link(out.st.name, client_addr, st.name, listener.address)
+                link = self._open_link(
+                    out.st.name, client_addr, st.name, listener.address, out.conn
+                )
                 self._halfway[key] = (link, False)
             else:
                 client_addr = Address(self._lab_host(key[0][0]), key[0][1])

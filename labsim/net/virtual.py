@@ -209,7 +209,9 @@ class VirtualNetwork(Runtime):
             self._after(back, self._fail, pending, "refused")
             return
         client_addr = pending.local
-        link = self._open_link(client.name, client_addr, listener.st.name, listener.address)
+        link = self._open_link(
+            client.name, client_addr, listener.st.name, listener.address, pending.conn
+        )
         forth = self._latency(client.name, listener.st.name)
         client_end = self._client_end(
             link, client, pending.conn, client_addr, pending.remote, forth

@@ -14,8 +14,9 @@ believe, what goes into STUN attributes, SDP and the capture. A live runtime map
 loopback addresses (10.48.54.229 -> 127.48.54.229) and back; actors never see the difference.
 
 Connections are named by :data:`ConnId` strings. An actor names the connections it opens
-(:class:`Connect`); the runtime names the ones it accepts (:class:`Accepted`), always starting
-with ``"in:"`` so the two never collide. Timers are named by the actor; starting a timer with a
+(:class:`Connect`), never with a ``/``; the accepting actor gets the connection's one name
+(:class:`Accepted`): the opener and the opener's name for it, ``cms/turn:data:1``, the name the
+ladder, the JSON and the capture use too. Timers are named by the actor; starting a timer with a
 name already running restarts it.
 """
 
@@ -64,7 +65,8 @@ class Accepted:
     """A peer opened a connection to one of this actor's listeners."""
 
     conn: ConnId
-    """The runtime's name for the new connection (starts with ``"in:"``)."""
+    """The connection's name: the opener's, qualified by the opener (``cms/turn:data:1``;
+    ``external/<n>`` for a peer outside the run)."""
     local: Address
     """The listening address it arrived on."""
     remote: Address
@@ -163,7 +165,7 @@ class Connect:
     """Open a TCP connection; answered by :class:`Connected` or :class:`ConnectFailed`."""
 
     conn: ConnId
-    """The actor's name for it, unique among this actor's connections, never ``"in:…"``."""
+    """The actor's name for it, unique among this actor's open connections, without ``/``."""
     remote: Address
     """Lab address to connect to."""
     timeout: float = 5.0

@@ -91,7 +91,8 @@ class DataFactsJson(_Out):
 
 
 class ConnectionJson(_Out):
-    id: int
+    id: int = Field(description="The number messages and hops refer to in 'connection'.")
+    name: str = Field(description="Its one name (ladder, actors' notes, capture): cms/turn:ctl.")
     client: str = Field(description="Actor that opened it.")
     server: str = Field(description="Actor that accepted it.")
     client_addr: str
@@ -251,6 +252,7 @@ def trace_to_json(
         connections=[
             ConnectionJson(
                 id=c.id,
+                name=c.name,
                 client=c.client,
                 server=c.server,
                 client_addr=str(c.client_addr),

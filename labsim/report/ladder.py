@@ -249,7 +249,7 @@ class _Ladder:
         if isinstance(record, ConnectionRecord):
             return _Item(
                 record.opened, "connect",
-                f"TCP connect {record.client_addr} {arrow} {record.server_addr}",
+                f"TCP connect {record.client_addr} {arrow} {record.server_addr} [{record.name}]",
                 record.client, record.server, STYLES["connect"], "dashed", "open",
             )  # fmt: skip
         if isinstance(record, ClosedRecord):

@@ -315,7 +315,7 @@ class _Builder:
                 frame = tcp_or_none.data(record, payload, next_t[index], last_data[key] == index)
                 if frame is None:
                     continue
-                frame.comments.append(_comment(record))
+                frame.comments.append(_comment(record, tcp_or_none.record.name))
             elif isinstance(record, ClosedRecord):
                 conn = record.connection
                 tcp_or_none = conns.get(conn.id)
@@ -383,8 +383,8 @@ def _time_of(record: object) -> float:
     return record.t
 
 
-def _comment(message: MessageRecord) -> str:
-    text = f"{message.src} → {message.dst}: {message.summary}"
+def _comment(message: MessageRecord, name: str) -> str:
+    text = f"{message.src} → {message.dst} [{name}]: {message.summary}"
     if message.protocol == "TCP" and len(message.data) < message.size:
         text += (
             f" (the trace kept the first {len(message.data)} of {message.size} bytes;"
