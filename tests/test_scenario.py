@@ -333,6 +333,23 @@ def test_unknown_top_level_key_lists_what_is_known(tmp_path: Path) -> None:
             "actors.skype_client.direct_path: Input should be a valid boolean (got 1)",
         ),
         ("faults: {drop: x}\n", 1, "faults: Input should be a valid list"),
+        (
+            "faults:\n  - drop: {from: cms, to: expressway_e,\n           stun: Bindng Request}\n",
+            3,
+            "faults[0].drop.stun: 'Bindng Request' names no STUN message kind: expected a STUN "
+            "method with an optional class (Binding Request, Allocate Error Response); did you "
+            "mean 'Binding'?",
+        ),
+        (
+            "faults:\n  - delay: {sip: 99 Trying, by: 1}\n",
+            2,
+            "faults[0].delay.sip: '99 Trying' names no SIP message kind",
+        ),
+        (
+            "faults:\n  - drop: {stun: Allocate Answer}\n",
+            2,
+            "faults[0].drop.stun: 'Allocate Answer': after the STUN method 'Allocate' expected",
+        ),
     ],
 )
 def test_wrong_values_are_reported_at_their_line(
