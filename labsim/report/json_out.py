@@ -18,7 +18,7 @@ import enum
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -205,6 +205,20 @@ class RunJson(_Out):
 _RUN_EXTRAS = ("clock", "reason", "expected", "failures")
 
 
+M = TypeVar("M", bound=_Out)
+
+
+def _copy(model: type[M], record: object, **given: object) -> M:
+    """``model`` filled from the trace record's attributes of the same names (addresses as
+    ``ip:port``), and ``given``."""
+    values = {
+        name: str(value) if isinstance(value := getattr(record, name), Address) else value
+        for name in model.model_fields
+        if name not in given
+    }
+    return model(**values, **given)
+
+
 def _facts(record: MessageRecord) -> SipFactsJson | StunFactsJson | DataFactsJson:
     facts = record.facts
     if isinstance(facts, SipFacts):
@@ -233,37 +247,22 @@ def trace_to_json(
     ``diagnosis`` may be anything JSON can hold, a dataclass, or an object with a
     ``model_dump()`` (pydantic) or ``to_json()`` method; ``extra`` adds top-level keys."""
     index = {id(m): i for i, m in enumerate(trace.messages)}
-    messages = []
-    for m in trace.messages:
-        journey = m.journey
-        messages.append(MessageJson(
-            t=m.t, src=m.src, dst=m.dst, protocol=m.protocol,  # type: ignore[arg-type]
-            summary=m.summary, connection=m.connection, src_addr=str(m.src_addr),
-            dst_addr=str(m.dst_addr), framing=m.framing,  # type: ignore[arg-type]
-            size=m.size, wire_size=m.wire_size, relayed=m.relayed, error=m.error,
-            hex=m.data.hex(), journey=journey.id if journey else 0, hop=m.hop, sent_t=m.sent_t,
-            fate=m.fate, fate_t=m.fate_t, rule=m.rule, delay=m.delay, facts=_facts(m),
-        ))  # fmt: skip
+    messages = [
+        _copy(
+            MessageJson,
+            m,
+            hex=m.data.hex(),
+            journey=m.journey.id if m.journey else 0,
+            facts=_facts(m),
+        )  # fmt: skip
+        for m in trace.messages
+    ]
     run = RunJson(
         version=VERSION,
         scenario=scenario,
         outcome=outcome,
         diagnosis=_jsonable(diagnosis),
-        connections=[
-            ConnectionJson(
-                id=c.id,
-                name=c.name,
-                client=c.client,
-                server=c.server,
-                client_addr=str(c.client_addr),
-                server_addr=str(c.server_addr),
-                opened=c.opened,
-                closed=c.closed,
-                reset=c.reset,
-                closed_by=c.closed_by,
-            )  # fmt: skip
-            for c in trace.connections.values()
-        ],
+        connections=[_copy(ConnectionJson, c) for c in trace.connections.values()],
         messages=messages,
         journeys=[
             JourneyJson(
@@ -272,44 +271,13 @@ def trace_to_json(
                 summary=j.first.summary,
                 sender=j.sender,
                 received_by=list(dict.fromkeys(h.dst for h in j.hops if h.delivered)),
-                hops=[
-                    HopJson(
-                        message=index[id(h)],
-                        connection=h.connection,
-                        src=h.src,
-                        dst=h.dst,
-                        fate=h.fate,
-                        fate_t=h.fate_t,
-                        rule=h.rule,
-                    )  # fmt: skip
-                    for h in j.hops
-                ],
+                hops=[_copy(HopJson, h, message=index[id(h)]) for h in j.hops],
             )
             for j in trace.journeys
         ],
-        refused=[
-            RefusedJson(
-                t=r.t,
-                client=r.client,
-                client_host=r.client_host,
-                server_addr=str(r.server_addr),
-                reason=r.reason,
-            )  # fmt: skip
-            for r in trace.refused
-        ],
-        logs=[LogJson(t=g.t, actor=g.actor, level=g.level, text=g.text) for g in trace.logs],
-        faults=[
-            FaultJson(
-                t=f.t,
-                action=f.action,
-                rule=f.rule,
-                src=f.src,
-                dst=f.dst,
-                connection=f.connection,
-                summary=f.summary,
-            )  # fmt: skip
-            for f in trace.faults
-        ],
+        refused=[_copy(RefusedJson, r) for r in trace.refused],
+        logs=[_copy(LogJson, g) for g in trace.logs],
+        faults=[_copy(FaultJson, f) for f in trace.faults],
     )
     known = {}
     for key, value in (extra or {}).items():
