@@ -49,6 +49,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from labsim.vocabulary import OutcomeName, Verdict
 from labsim.wire.facts import Kind, KindError, parse_kind
 
 __all__ = [
@@ -558,18 +559,9 @@ class Call(_Model):
         return value
 
 
-Outcome = Literal[
-    "sharing-established", "call-rejected", "ice-failed", "turn-failed", "no-answer", "call-failed"
-]
-
-#: The verdicts of labsim.report.diagnose (kept equal to its DIAGNOSES by tests; this module
-#: may not import the report layer).
-Diagnosis = Literal[
-    "healthy", "stale-nonce-recovered", "slow-network", "presenter-not-allowed",
-    "turn-auth-failed", "tcp-relay-unsupported", "relay-unreachable", "permission-missing",
-    "connection-bind-missing", "one-way-binding", "allocation-expired", "media-path-lost",
-    "no-sip-path", "call-rejected", "unknown",
-]  # fmt: skip
+Outcome = OutcomeName
+#: The verdicts of labsim.report.diagnose (written once, in labsim.vocabulary).
+Diagnosis = Verdict
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ from click.testing import CliRunner
 
 from labsim.cli import main
 from labsim.net.faults import Drop, FaultPlan, MessageMatch
-from labsim.report.diagnose import DIAGNOSES
 from labsim.run import Clock, RunResult, run_scenario
-from labsim.scenario import Diagnosis, Scenario, library_dir, list_scenarios, loads
+from labsim.scenario import Scenario, library_dir, list_scenarios, loads
 from labsim.trace import Trace
 from labsim.wire.facts import DataFacts, facts_of, parse_kind
 
@@ -44,10 +43,6 @@ HOPS = [
     ("skype_client", "skype_edge"), ("skype_edge", "expressway_e"),
     ("expressway_e", "expressway_c"), ("expressway_c", "cms"), ("cms", "expressway_e"),
 ]  # fmt: skip
-
-
-def test_the_diagnosis_names_agree_with_the_scenario_model() -> None:
-    assert set(DIAGNOSES) == set(Diagnosis.__args__)  # type: ignore[attr-defined]
 
 
 def test_rules_that_match_nothing_change_no_byte_and_no_time() -> None:

@@ -176,4 +176,6 @@ def test_renderers_read_only_the_trace() -> None:
         for lineno, module in imports(path):
             parts = module.split(".")
             if parts[0] == "labsim" and len(parts) > 1:
-                assert parts[1] in {"trace", "wire", "report"}, f"{path}:{lineno}: {module}"
+                assert parts[1] in {"trace", "wire", "report", "vocabulary"}, (
+                    f"{path}:{lineno}: {module}"
+                )

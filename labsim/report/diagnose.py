@@ -31,16 +31,9 @@ from labsim.report.outcome import (
     status_text,
 )
 from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
+from labsim.vocabulary import Verdict
 from labsim.wire.address import Address
 from labsim.wire.facts import Kind, SipFacts, parse_kind
-
-#: Every verdict, in the order of the call's steps (scenario ``expect.diagnosis`` values).
-DIAGNOSES = (
-    "healthy", "stale-nonce-recovered", "slow-network", "presenter-not-allowed",
-    "turn-auth-failed", "tcp-relay-unsupported", "relay-unreachable", "permission-missing",
-    "connection-bind-missing", "one-way-binding", "allocation-expired", "media-path-lost",
-    "no-sip-path", "call-rejected", "unknown",
-)  # fmt: skip
 
 #: Setup (INVITE → the reINVITE's ACK) slower than this is worth a word.
 SLOW_SETUP = 1.0
@@ -50,8 +43,8 @@ SLOW_LINK = 0.1
 
 @dataclass(frozen=True)
 class Diagnosis:
-    verdict: str
-    """One of :data:`DIAGNOSES`."""
+    verdict: Verdict
+    """One of :data:`~labsim.vocabulary.VERDICTS`."""
     step: str
     """The step of the call where it stopped (or ``call up`` when it did not)."""
     summary: str

@@ -23,18 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from labsim.trace import MessageRecord, Trace
+from labsim.vocabulary import OutcomeName
 from labsim.wire.facts import SipFacts, parse_kind
-
-OUTCOMES = (
-    "sharing-established", "call-rejected", "ice-failed", "turn-failed", "no-answer",
-    "call-failed",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Outcome:
-    name: str
-    """One of :data:`OUTCOMES`."""
+    name: OutcomeName
+    """One of :data:`~labsim.vocabulary.OUTCOMES`."""
     reason: str
     """One sentence of evidence."""
 
