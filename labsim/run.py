@@ -28,6 +28,7 @@ from labsim.report.diagnose import Diagnosis, diagnose
 from labsim.report.outcome import Outcome, outcome
 from labsim.scenario import MessageRule, Scenario
 from labsim.trace import Trace
+from labsim.wire.facts import has_facts
 
 #: The ladder's columns, left to right, in the order the INVITE travels.
 ACTORS = ("skype_client", "skype_edge", "expressway_e", "expressway_c", "cms")
@@ -244,19 +245,20 @@ def check(
     if verdict is not None and diagnosis is not None and diagnosis.verdict != verdict:
         failures.append(f"diagnosis {diagnosis.verdict!r}, expected {verdict!r}")
     for want in sc.expect.messages:
+        kind = want.parsed()
         found = [
             m for m in trace.messages
-            if m.summary.startswith(want.summary)
+            if m.on_wire and kind.matches(m.protocol, m.facts) and has_facts(m.facts, want.facts)
             and (want.src is None or m.src == want.src)
             and (want.dst is None or m.dst == want.dst)
         ]  # fmt: skip
         where = f"{want.src or 'any'} → {want.dst or 'any'}"
         if want.count is not None and len(found) != want.count:
             failures.append(
-                f"{want.summary!r} ({where}) seen {len(found)} times, expected {want.count}"
+                f"{want.label!r} ({where}) seen {len(found)} times, expected {want.count}"
             )
         elif want.present and not found:
-            failures.append(f"{want.summary!r} ({where}) never seen")
+            failures.append(f"{want.label!r} ({where}) never seen")
         elif not want.present and found:
-            failures.append(f"{want.summary!r} ({where}) seen at t={found[0].t:.6f}")
+            failures.append(f"{want.label!r} ({where}) seen at t={found[0].t:.6f}")
     return failures

@@ -50,7 +50,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from labsim.vocabulary import OutcomeName, Verdict
-from labsim.wire.facts import Kind, KindError, parse_kind
+from labsim.wire.facts import FACT_FIELDS, Kind, KindError, parse_kind
 
 __all__ = [
     "ACTOR_NAMES",
@@ -724,12 +724,24 @@ class FaultRule(_Model):
 
 
 class MessageExpect(_Model):
-    """A message the run must (or must not) show."""
+    """A message the run must (or must not) show, on a hop or anywhere."""
 
-    summary: str = Field(
+    kind: str | None = Field(
+        default=None,
         min_length=1,
-        description="Prefix of the message's Wireshark-style summary, e.g. "
-        '"ConnectionBind Success Response" or "INVITE".',
+        description="The kind of message: a STUN method with an optional class "
+        '("ConnectionBind Success Response", "Refresh Request") or a SIP method or status '
+        '("INVITE", "403"), as in fault rules.',
+    )
+    summary: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Older spelling of kind: must name a kind (use facts for attribute values).",
+    )
+    facts: dict[str, str | int | None] = Field(
+        default_factory=dict,
+        description="Typed fields the message must have, e.g. {peer: 192.168.1.100} (an "
+        "address without a port matches any port) or {error: 401}; see docs/json.md.",
     )
     src: ActorName | None = Field(
         default=None, alias="from", description="Sending actor; null: any."
@@ -746,7 +758,31 @@ class MessageExpect(_Model):
     def _present_agrees_with_count(self) -> MessageExpect:
         if not self.present and self.count:
             raise _At(("count",), f"present: false contradicts count: {self.count}")
+        if (self.kind is None) == (self.summary is None):
+            raise _At((), "give the message's kind (kind: Binding Request)")
+        key = "kind" if self.kind is not None else "summary"
+        try:
+            kind = self.parsed()
+        except KindError as exc:
+            raise _At((key,), str(exc)) from None
+        fields = FACT_FIELDS[kind.protocol]
+        for name in self.facts:
+            if name not in fields:
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise _At(("facts", name), f"{kind.protocol} messages have no fact {name!r}{hint}")
         return self
+
+    def parsed(self) -> Kind:
+        text = self.kind if self.kind is not None else self.summary
+        assert text is not None
+        return parse_kind(text)
+
+    @property
+    def label(self) -> str:
+        text = self.kind or self.summary or ""
+        facts = ", ".join(f"{k}: {v}" for k, v in self.facts.items())
+        return f"{text} {{{facts}}}" if facts else text
 
 
 class Expect(_Model):

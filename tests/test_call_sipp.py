@@ -82,7 +82,8 @@ async def test_sipp_uac_gets_a_relay_candidate_from_cms(tmp_path: Path) -> None:
     assert "typ relay" in seen and "Record-Route: <sip:10.48.54.228:5060" in seen
     # sipp's BYE reached CMS through the route, and CMS gave the allocation back.
     assert any(m.dst == "cms" and m.summary == "BYE" for m in trace.messages)
-    assert trace.find("Refresh Success Response lifetime: 0")
+    assert [m for m in trace.find("Refresh Success Response")
+            if m.stun_facts is not None and m.stun_facts.lifetime == 0]  # fmt: skip
 
 
 async def test_sipp_uas_answers_our_skype_client(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_the_lab_file_restates_the_defaults() -> None:
 def test_the_lab_file_expects_the_lab_capture() -> None:
     expect = load(SHARING_CALL).expect
     assert expect.outcome == "sharing-established"
-    seen = [(m.summary, m.src, m.dst, m.present) for m in expect.messages]
+    seen = [(m.kind, m.src, m.dst, m.present) for m in expect.messages]
     assert seen == [
         ("Allocate Request", "cms", "expressway_e", True),
         ("ConnectionAttempt Indication", "expressway_e", "cms", True),
@@ -339,6 +339,18 @@ def test_unknown_top_level_key_lists_what_is_known(tmp_path: Path) -> None:
             "faults[0].drop.stun: 'Bindng Request' names no STUN message kind: expected a STUN "
             "method with an optional class (Binding Request, Allocate Error Response); did you "
             "mean 'Binding'?",
+        ),
+        (
+            "expect:\n  messages:\n    - kind: Allocate Request\n      facts: {lifetim: 600}\n",
+            4,
+            "expect.messages[0].facts.lifetim: STUN messages have no fact 'lifetim'; did you "
+            "mean lifetime?",
+        ),
+        (
+            "expect:\n  messages:\n    - {summary: 'Allocate Request TCP lifetime: 600'}\n",
+            3,
+            "expect.messages[0].summary: 'Allocate Request TCP lifetime: 600': after the STUN "
+            "method 'Allocate' expected",
         ),
         (
             "faults:\n  - delay: {sip: 99 Trying, by: 1}\n",

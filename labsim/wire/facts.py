@@ -14,8 +14,8 @@ never against its summary text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from sipmessage import Request
@@ -125,6 +125,28 @@ class DataFacts:
 
 
 Facts = SipFacts | StunFacts | DataFacts
+
+#: The fact names of each protocol's messages (what a scenario's expectations may name).
+FACT_FIELDS: dict[str, tuple[str, ...]] = {
+    protocol: tuple(f.name for f in fields(kind))
+    for protocol, kind in (("SIP", SipFacts), ("STUN", StunFacts), ("TCP", DataFacts))
+}
+
+
+def has_facts(facts: Facts, wanted: Mapping[str, object]) -> bool:
+    """Whether ``facts`` has every value in ``wanted`` (compared as text; an address without a
+    port matches that host on any port)."""
+    for name, value in wanted.items():
+        have = getattr(facts, name, None)
+        if isinstance(have, Address) and isinstance(value, str) and ":" not in value:
+            if have.host != value:
+                return False
+        elif isinstance(have, tuple):
+            if str(value) not in have:
+                return False
+        elif have != value and str(have) != str(value):
+            return False
+    return True
 
 
 def sip_facts(msg: sip.SipMessage) -> SipFacts:
