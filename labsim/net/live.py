@@ -59,7 +59,7 @@ import asyncio
 import errno
 import functools
 import ipaddress
-import random
+import secrets
 import socket
 import struct
 import weakref
@@ -168,7 +168,9 @@ def claim_block(
     Raises ``RuntimeError`` when no block is free within the attempts."""
     avoided = {block for host in avoid if (block := _block_of(host)) is not None}
     if first is None:
-        start = random.randrange(_BLOCKS)
+        # From the OS, not the random module: tests seed that (hypothesis does, the same way
+        # in every pytest-xdist worker), and forked processes share its state.
+        start = secrets.randbelow(_BLOCKS)
     else:
         a, b = first
         if not (1 <= a <= 255 and 0 <= b <= 255):
