@@ -1,7 +1,10 @@
 """Start Debian's coturn on a free loopback port for one test, bounded in time (PROTOCOL.md §11).
 
-The server gets its own scratch folder (user database, log, pid file), listens on 127.0.0.1 only,
-relays on a small port range, and is terminated (then killed) when the test ends; its log is
+The server gets its own scratch folder (user database, log, pid file) and its own loopback block
+(labsim.net.live.claim_block, as a live run claims one): it listens and relays on the block's
+first address only, so no other test, pytest-xdist worker or live run can take its port or
+relay range between the choice and the start. The rest of the block is the test's (a peer's
+address: ``block.address(2)``). It is terminated (then killed) when the test ends; its log is
 capped by the short life of the server and checked for size.
 """
 
@@ -17,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from labsim.net.live import LoopbackBlock, claim_block
+
 from .conftest import require_tool
 from .stun_client import PASSWORD, REALM, USER, free_port, free_range
 
@@ -29,47 +34,52 @@ class Coturn:
     port: int
     relay_ports: range
     log: Path
+    block: LoopbackBlock
 
 
 @contextmanager
 def coturn(workdir: Path, *extra: str, start_timeout: float = 10.0) -> Iterator[Coturn]:
     turnserver = require_tool("turnserver")
-    port = free_port()
-    relays = free_range(20)
-    log = workdir / "turnserver.log"
-    cmd = [
-        turnserver, "-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",
-        "--listening-port", str(port), "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}",
-        "-r", REALM, "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
-        "--min-port", str(relays.start), "--max-port", str(relays.stop - 1), "--fingerprint",
-        "--userdb", str(workdir / "turndb.sqlite"), "--log-file", str(log), "--simple-log",
-        "--no-stdout-log", "--pidfile", str(workdir / "turnserver.pid"), *extra,
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"turnserver exited with {proc.returncode}; see {log}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"turnserver not listening after {start_timeout} s"
-                    ) from None
-                time.sleep(0.05)
-        yield Coturn("127.0.0.1", port, relays, log)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        if log.exists() and log.stat().st_size > MAX_LOG_BYTES:
-            raise RuntimeError(f"turnserver log grew to {log.stat().st_size} bytes")
+    with claim_block() as block:
+        host = block.address(1)
+        # Ports the kernel would give on the address, so clear of wildcard listeners; the
+        # address is ours, so nothing else takes them before coturn binds.
+        port = free_port(host)
+        relays = free_range(20, host, avoid=port)
+        log = workdir / "turnserver.log"
+        cmd = [
+            turnserver, "-n", "--listening-ip", host, "--relay-ip", host,
+            "--listening-port", str(port), "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}",
+            "-r", REALM, "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
+            "--min-port", str(relays.start), "--max-port", str(relays.stop - 1), "--fingerprint",
+            "--userdb", str(workdir / "turndb.sqlite"), "--log-file", str(log), "--simple-log",
+            "--no-stdout-log", "--pidfile", str(workdir / "turnserver.pid"), *extra,
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + start_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"turnserver exited with {proc.returncode}; see {log}")
+                try:
+                    socket.create_connection((host, port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"turnserver not listening after {start_timeout} s"
+                        ) from None
+                    time.sleep(0.05)
+            yield Coturn(host, port, relays, log, block)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+            if log.exists() and log.stat().st_size > MAX_LOG_BYTES:
+                raise RuntimeError(f"turnserver log grew to {log.stat().st_size} bytes")

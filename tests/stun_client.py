@@ -20,7 +20,10 @@ LINGER_RST = struct.pack("ii", 1, 0)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing is bound to on ``host`` right now."""
+    """A TCP port nothing is bound to on ``host`` right now. Only free *now*: a server meant
+    to bind it later belongs on an address of a block claimed for it
+    (``labsim.net.live.claim_block``), where no parallel test or live run binds; on a shared
+    address such as 127.0.0.1 another process may take it first."""
     with socket.socket() as s:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
@@ -29,7 +32,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def free_range(size: int, host: str = "127.0.0.1", avoid: int | None = None) -> range:
     """A run of ``size`` ports none of which is bound now and which excludes ``avoid``
-    (relay ports for a TURN server)."""
+    (relay ports for a TURN server); as for :func:`free_port`, use it on a claimed address."""
     for _ in range(50):
         start = free_port(host)
         ports = range(start, start + size)

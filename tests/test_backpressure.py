@@ -28,9 +28,8 @@ LIMIT = 256 * 1024 * 1024  # what the peer tries to push
 BOUND = 64 * 1024 * 1024  # what may get through to buffers when nobody reads
 
 
-def _flood(result: dict[str, object]) -> None:
+def _flood(host: str, result: dict[str, object]) -> None:
     try:
-        host = "127.48.54.229"
         control = Control((host, PORT))
         challenge = control.transact(
             stun.Message.request(stun.Method.ALLOCATE, [stun.RequestedTransport(6)])
@@ -75,7 +74,9 @@ async def test_a_reader_that_stops_holds_the_writer_back() -> None:
     settings = TurnServerSettings(port=PORT, relay_port_min=34796, relay_port_max=34799)
     net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings)], Trace())
     result: dict[str, object] = {}
-    flood = threading.Thread(target=_flood, args=(result,), daemon=True)
+    # Expressway-E's address in this run's loopback block.
+    host = net.loopback_of("10.48.54.229")
+    flood = threading.Thread(target=_flood, args=(host, result), daemon=True)
     started = threading.Event()
     run = asyncio.create_task(
         net.arun(15, stop=lambda _t: started.is_set() and not flood.is_alive())
@@ -107,10 +108,11 @@ async def test_an_outside_clients_first_allocate_is_traced_as_stun() -> None:
     settings = TurnServerSettings(port=port, relay_port_min=port + 1, relay_port_max=port + 2)
     net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings)], Trace())
     done = threading.Event()
+    host = net.loopback_of("10.48.54.229")
 
     def allocate() -> None:
         try:
-            control = Control(("127.48.54.229", port))
+            control = Control((host, port))
             control.transact(
                 stun.Message.request(stun.Method.ALLOCATE, [stun.RequestedTransport(6)])
             )

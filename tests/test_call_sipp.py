@@ -21,13 +21,12 @@ from labsim.actors.cms import Cms, CmsSettings
 from labsim.actors.expressway_c import ExpresswayC, ExpresswayCSettings
 from labsim.actors.expressway_e import ExpresswayE, ExpresswayESettings
 from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
-from labsim.net.live import LiveNetwork, loopback
+from labsim.net.live import LiveNetwork, claim_block
 from labsim.proto.events import Address
 from labsim.trace import Trace
 from labsim.wire import sip
 
 from .conftest import require_tool
-from .stun_client import free_port
 
 pytestmark = pytest.mark.sipp
 SIPP_DIR = Path(__file__).parent / "sipp"
@@ -50,9 +49,11 @@ async def _sipp(args: list[str], cwd: Path) -> tuple[int, str]:
     return proc.returncode or 0, text
 
 
-def _sipp_args(sipp: str, scenario: str, tmp: Path) -> list[str]:
+def _sipp_args(sipp: str, scenario: str, tmp: Path, ip: str) -> list[str]:
+    """sipp on loopback address ``ip``: an address of a block claimed for it, so its SIP,
+    media (6000) and other sockets meet no parallel test's."""
     return [
-        sipp, "-sf", str(SIPP_DIR / scenario), "-t", "t1", "-i", "127.0.0.1", "-m", "1",
+        sipp, "-sf", str(SIPP_DIR / scenario), "-t", "t1", "-i", ip, "-m", "1",
         "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err", "-error_file",
         str(tmp / "errors.log"), "-trace_msg", "-message_file", str(tmp / "messages.log"),
     ]  # fmt: skip
@@ -66,9 +67,10 @@ async def test_sipp_uac_gets_a_relay_candidate_from_cms(tmp_path: Path) -> None:
     net = LiveNetwork(actors, trace)
     run = asyncio.create_task(net.arun(30, stop=lambda _t: cms.finished))
     await asyncio.sleep(0.2)  # listeners up
-    expc = f"{loopback('10.48.54.228')}:5060"
-    code, log = await _sipp([*_sipp_args(sipp, "uac-to-cms.xml", tmp_path), expc, "-p", "0"],
-                            tmp_path)  # fmt: skip
+    expc = f"{net.loopback_of('10.48.54.228')}:5060"  # in the run's own loopback block
+    with claim_block() as block:
+        args = _sipp_args(sipp, "uac-to-cms.xml", tmp_path, block.address(1))
+        code, log = await _sipp([*args, expc, "-p", "0"], tmp_path)
     await asyncio.wait_for(run, timeout=35)
     assert code == 0, log
     answers = [
@@ -88,18 +90,17 @@ async def test_sipp_uac_gets_a_relay_candidate_from_cms(tmp_path: Path) -> None:
 
 async def test_sipp_uas_answers_our_skype_client(tmp_path: Path) -> None:
     sipp = require_tool("sipp")
-    port = free_port()
     client = SkypeClient(SkypeClientSettings(ice_timeout=5))
     trace = Trace()
-    net = LiveNetwork(
-        [client], trace, external={Address("192.168.1.252", 5060): ("127.0.0.1", port)}
-    )
-    server = asyncio.create_task(
-        _sipp([*_sipp_args(sipp, "uas-behind-edge.xml", tmp_path), "-p", str(port)], tmp_path)
-    )
-    await asyncio.sleep(0.5)  # sipp listening
-    await net.arun(30, stop=lambda _t: client.finished)
-    code, log = await asyncio.wait_for(server, timeout=35)
+    with claim_block() as block:
+        # The Edge's lab port on sipp's own address: free, whatever else runs.
+        edge = (block.address(1), 5060)
+        net = LiveNetwork([client], trace, external={Address("192.168.1.252", 5060): edge})
+        args = _sipp_args(sipp, "uas-behind-edge.xml", tmp_path, edge[0])
+        server = asyncio.create_task(_sipp([*args, "-p", str(edge[1])], tmp_path))
+        await asyncio.sleep(0.5)  # sipp listening
+        await net.arun(30, stop=lambda _t: client.finished)
+        code, log = await asyncio.wait_for(server, timeout=35)
     assert code == 0, log
     sent = [m.summary for m in trace.messages if m.src == "skype_client" and m.protocol == "SIP"]
     assert sent == ["INVITE", "ACK", "BYE"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from labsim.net.live import LiveNetwork, NonLoopbackError, loopback
+from labsim.net.live import LiveNetwork, NonLoopbackError
 from labsim.net.virtual import VirtualNetwork
 from labsim.proto.events import (
     Accepted,
@@ -54,9 +54,11 @@ OTHER_HOST = "10.48.54.230"
 RUNTIMES = ["live", "virtual"]
 
 
-def free_port(host: str = SERVER_HOST) -> int:
-    """A port free on the loopback address of lab ``host`` (both runtimes then use it)."""
-    return free_loopback_port(loopback(host))
+def free_port() -> int:
+    """A port for a test server (both runtimes then use it). Every port of a live run's own
+    loopback block is free; one the kernel hands out on 127.0.0.1 also keeps clear of
+    anything listening on the wildcard address."""
+    return free_loopback_port()
 
 
 def run(
@@ -133,9 +135,11 @@ class Client(Recorder):
         wait_echo: bool = True,
         reset: bool = False,
         timeout: float = 5.0,
+        local_port: int = 0,
     ) -> None:
         super().__init__(name, host)
         self.target = target
+        self.local_port = local_port
         self.chunks = chunks
         self.wait_echo = wait_echo
         self.reset = reset
@@ -146,7 +150,7 @@ class Client(Recorder):
 
     def on(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, Started):
-            return [Connect("c", self.target, self.timeout)]
+            return [Connect("c", self.target, self.timeout, self.local_port)]
         if isinstance(event, Connected):
             effects: list[Effect] = [Send("c", chunk) for chunk in self.chunks]
             if not self.wait_echo:
@@ -620,24 +624,36 @@ def test_virtual_runs_are_deterministic() -> None:
 # -- live only ---------------------------------------------------------------------------------
 
 
-def test_loopback_mapping() -> None:
-    assert loopback("10.48.54.229") == "127.48.54.229"
-    assert loopback("192.168.1.252") == "127.168.1.252"
-    assert loopback("127.5.6.7") == "127.5.6.7"
-    assert loopback("::1") == "::1"
-    with pytest.raises(ValueError, match="IPv6"):
-        loopback("2001:db8::1")
-
-
-def test_live_rejects_actors_sharing_a_loopback_address_and_off_loopback_externals() -> None:
-    with pytest.raises(ValueError, match="share the loopback address 127.1.2.3"):
-        LiveNetwork([Recorder("a", "10.1.2.3"), Recorder("b", "11.1.2.3")], Trace())
-    with pytest.raises(NonLoopbackError):
-        LiveNetwork([], Trace(), external={Address(SERVER_HOST, 3478): ("10.48.54.229", 3478)})
+def test_each_live_run_maps_lab_hosts_into_a_loopback_block_of_its_own() -> None:
+    actors = [Recorder("a", SERVER_HOST), Recorder("b", CLIENT_HOST), Recorder("c", "127.0.0.5")]
+    one, two = LiveNetwork(actors, Trace()), LiveNetwork(actors, Trace())
+    assert one.block is None  # nothing claimed before it is needed
+    # In actor order: .1, .2; a loopback lab host is its own address.
+    assert one.loopback_of(SERVER_HOST) == f"{one.block.prefix}.1"  # type: ignore[union-attr]
+    assert one.loopback_of(CLIENT_HOST) == f"{one.block.prefix}.2"  # type: ignore[union-attr]
+    assert one.loopback_of("127.0.0.5") == "127.0.0.5"
+    assert two.loopback_of(SERVER_HOST) != one.loopback_of(SERVER_HOST)
+    assert one.block is not None and two.block is not None
+    assert not one.block.prefix.startswith("127.0.") and one.block.held
+    two.run(0.01)
+    assert not two.block.held  # given back at the end of the run, the mapping stays
+    assert two.loopback_of(CLIENT_HOST) == f"{two.block.prefix}.2"
     with pytest.raises(ValueError, match="IPv6"):
         LiveNetwork([Recorder("a", "2001:db8::1")], Trace())
+    one.run(0.01)
+
+
+def test_live_rejects_off_loopback_externals_and_maps_any_lab_addresses() -> None:
+    with pytest.raises(NonLoopbackError):
+        LiveNetwork([], Trace(), external={Address(SERVER_HOST, 3478): ("10.48.54.229", 3478)})
+    # Hosts alike in their last three bytes once shared 127.1.2.3; now each has an address.
+    net = LiveNetwork([Recorder("a", "10.1.2.3"), Recorder("b", "11.1.2.3")], Trace())
+    assert net.loopback_of("10.1.2.3") != net.loopback_of("11.1.2.3")
+    net.run(0.01)
     # Two actors on the same lab host share its loopback address: allowed.
-    LiveNetwork([Recorder("a", SERVER_HOST), Recorder("b", SERVER_HOST)], Trace())
+    net = LiveNetwork([Recorder("a", SERVER_HOST), Recorder("b", SERVER_HOST)], Trace())
+    assert net.loopback_of(SERVER_HOST).endswith(".1")
+    net.run(0.01)
 
 
 @contextmanager
@@ -647,7 +663,7 @@ def socket_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, An
     real_bind, real_connect = socket.socket.bind, socket.socket.connect
 
     def bind(self: socket.socket, address: Any) -> None:
-        calls.append(("bind", address))
+        calls.append(("bind-unix" if self.family == socket.AF_UNIX else "bind", address))
         real_bind(self, address)
 
     def connect(self: socket.socket, address: Any) -> None:
@@ -670,11 +686,17 @@ async def test_live_stays_on_loopback_and_reports_lab_addresses(
     with socket_calls(monkeypatch) as calls:
         net = LiveNetwork([server, client, unreachable], Trace())
         trace = await net.arun(5.0, stop=lambda _: bool(server.of(Closed)) and unreachable.done)
-    assert ("bind", ("127.48.54.229", port)) in calls
-    assert ("bind", ("127.168.1.252", 40000)) in calls
-    assert ("connect", ("127.48.54.229", port)) in calls
-    for _, address in calls:
-        assert address[0].startswith("127."), calls
+    expe, edge = net.loopback_of(SERVER_HOST), net.loopback_of(CLIENT_HOST)
+    assert net.block is not None and expe in net.block and edge in net.block
+    assert ("bind", (expe, port)) in calls
+    assert ("bind", (edge, 40000)) in calls
+    assert ("connect", (expe, port)) in calls
+    # The block's claim: one name in the abstract Unix namespace, no network address.
+    assert [a for kind, a in calls if kind == "bind-unix"] == [
+        f"\0labsim-loopback-{net.block.prefix}".encode()
+    ]
+    for kind, address in calls:
+        assert kind == "bind-unix" or address[0].startswith("127."), calls
     (accepted,) = server.of(Accepted)
     (connected,) = client.of(Connected)
     assert accepted.remote == connected.local and connected.local.host == CLIENT_HOST
@@ -682,7 +704,6 @@ async def test_live_stays_on_loopback_and_reports_lab_addresses(
     (record,) = trace.connections.values()
     assert record.client_addr == connected.local and record.server_addr == accepted.local
     assert unreachable.of(ConnectFailed)[0].reason.startswith("unreachable")
-    assert net.loopback_of(SERVER_HOST) == "127.48.54.229"
 
 
 async def test_live_external_endpoints_both_ways() -> None:
@@ -702,7 +723,7 @@ async def test_live_external_endpoints_both_ways() -> None:
     async def outsider() -> bytes:
         while not server.of(Listening):
             await asyncio.sleep(0.01)
-        reader, writer = await asyncio.open_connection("127.48.54.229", port)
+        reader, writer = await asyncio.open_connection(net.loopback_of(SERVER_HOST), port)
         writer.write(b"from the outside")
         data = await reader.readexactly(16)
         writer.close()
@@ -769,7 +790,7 @@ async def test_live_200_idle_connections_do_not_block_a_client_and_nothing_leaks
     server = EchoServer(port)
     idler = Idler(Address(SERVER_HOST, port), 200)
     client = Client(Address(SERVER_HOST, port), chunked(pattern(100_000), 4096))
-    crasher = Crasher(free_port(OTHER_HOST), name="crasher", host="10.0.0.9")
+    crasher = Crasher(free_port(), name="crasher", host="10.0.0.9")
     victim = Client(Address("10.0.0.9", crasher.port), [b"die"], name="victim", host="10.0.0.10")
     refused = Client(Address(SERVER_HOST, free_port()), [b"x"], name="refused", host="10.0.0.11")
     timers = Timers(10.0)  # still running when the run ends
@@ -802,13 +823,14 @@ async def test_live_run_cancelled_from_outside_still_cleans_up() -> None:
 
 
 async def test_live_listen_on_a_port_in_use_fails() -> None:
+    server = EchoServer(0)
+    net = LiveNetwork([server], Trace())
     taken = socket.socket()
-    taken.bind(("127.48.54.229", 0))
+    taken.bind((net.loopback_of(SERVER_HOST), 0))  # someone ignoring the claim, inside it
     taken.listen(1)
-    port = taken.getsockname()[1]
+    port = server.port = taken.getsockname()[1]
     try:
-        server = EchoServer(port)
-        await LiveNetwork([server], Trace()).arun(0.2, stop=lambda _: bool(server.events[1:]))
+        await net.arun(0.2, stop=lambda _: bool(server.events[1:]))
     finally:
         taken.close()
     (failed,) = server.of(ListenFailed)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sipmessage import Request, Via
 
+from labsim.net.live import claim_block
 from labsim.wire import sip
 from labsim.wire.framing import SipSplitter
 from labsim.wire.sdp import (
@@ -110,13 +111,14 @@ def test_sipp_uac_completes_an_appsharing_call_against_our_codec(tmp_path: Path)
     sipp = require_tool("sipp")
     uas = Uas()
     uas.start()
-    cmd = [
-        sipp, f"127.0.0.1:{uas.port}", "-sf", str(SCENARIO), "-t", "t1", "-i", "127.0.0.1",
-        "-p", "0", "-m", "1", "-timeout", "20s", "-timeout_error", "-nostdin",
-        "-trace_err", "-error_file", str(tmp_path / "sipp-errors.log"),
-        "-trace_msg", "-message_file", str(tmp_path / "sipp-messages.log"),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, timeout=60, cwd=tmp_path)
+    with claim_block() as block:  # sipp's own address: its sockets meet no parallel test's
+        cmd = [
+            sipp, f"127.0.0.1:{uas.port}", "-sf", str(SCENARIO), "-t", "t1",
+            "-i", block.address(1), "-p", "0", "-m", "1", "-timeout", "20s", "-timeout_error",
+            "-nostdin", "-trace_err", "-error_file", str(tmp_path / "sipp-errors.log"),
+            "-trace_msg", "-message_file", str(tmp_path / "sipp-messages.log"),
+        ]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, timeout=60, cwd=tmp_path)
     uas.join(timeout=20)
     errors = (
         (tmp_path / "sipp-errors.log").read_text(errors="replace")
@@ -146,25 +148,26 @@ def skype_offer() -> bytes:
 def test_sipp_uas_answers_our_invite(tmp_path: Path) -> None:
     """Our requests, built with labsim's builders, through sipp acting as CMS."""
     sipp = require_tool("sipp")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    # sipp on an address of a block of our own, at the SIP port: no parallel test or live run
+    # can take it between our choice and sipp's bind (a probed free port could be).
+    block = claim_block()
+    host, port = block.address(1), 5060
     cmd = [
         sipp, "-sf", str(SCENARIO.with_name("uas-appsharing.xml")), "-t", "t1",
-        "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "20s", "-timeout_error",
+        "-i", host, "-p", str(port), "-m", "1", "-timeout", "20s", "-timeout_error",
         "-nostdin", "-trace_err", "-error_file", str(tmp_path / "sipp-errors.log"),
     ]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        conn = _connect_when_listening(("127.0.0.1", port))
+        conn = _connect_when_listening((host, port))
         with conn:
             local = conn.getsockname()
-            via = f"SIP/2.0/TCP 127.0.0.1:{local[1]};branch=z9hG4bK-labsim-1"
+            via = f"SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bK-labsim-1"
             invite = sip.build_request(
-                "INVITE", f"sip:meeting@127.0.0.1:{port};transport=tcp", via=Via.parse(via),
+                "INVITE", f"sip:meeting@{host}:{port};transport=tcp", via=Via.parse(via),
                 from_addr="<sip:presenter@example.com>;tag=skype-1",
                 to_addr="<sip:meeting@cms.example.com>", call_id="appsharing-1", cseq=1,
-                contact=f"<sip:presenter@127.0.0.1:{local[1]};transport=tcp>",
+                contact=f"<sip:presenter@{local[0]}:{local[1]};transport=tcp>",
                 content_type="application/sdp", body=skype_offer(),
             )  # fmt: skip
             conn.sendall(sip.encode(invite))
@@ -185,7 +188,7 @@ def test_sipp_uas_answers_our_invite(tmp_path: Path) -> None:
                 ("BYE", 2, "z9hG4bK-labsim-3"),
             ):
                 request = sip.build_request(
-                    method, f"sip:cms@127.0.0.1:{port};transport=tcp",
+                    method, f"sip:cms@{host}:{port};transport=tcp",
                     via=Via.parse(via.replace("z9hG4bK-labsim-1", branch)),
                     from_addr="<sip:presenter@example.com>;tag=skype-1",
                     to_addr=sip.format_address(sip.to_address(ok)), call_id="appsharing-1",
@@ -203,6 +206,7 @@ def test_sipp_uas_answers_our_invite(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait(timeout=10)
+        block.release()
     errors_file = tmp_path / "sipp-errors.log"
     errors = errors_file.read_text(errors="replace") if errors_file.exists() else ""
     assert server.returncode == 0, (out[-2000:], errors)

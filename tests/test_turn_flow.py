@@ -20,8 +20,8 @@ from .turn_actors import Board, CmsLike, SkypePeer
 
 EXPE, CMS, EDGE = "10.48.54.229", "10.48.54.230", "192.168.1.252"
 CLOCKS = ["virtual", "live"]
-# Live runs bind these on 127.48.54.229: away from the lab's 3478 and 24000-29999, which a
-# system coturn could hold.
+# Live runs bind these on Expressway-E's address in the run's loopback block: away from the
+# lab's 3478 and 24000-29999, which a system coturn listening on every address could hold.
 TURN_PORT = 34780
 RELAYS = (44000, 44009)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from labsim.net.live import LiveNetwork
+from labsim.net.live import LiveNetwork, claim_block
 from labsim.proto.events import Actor, Address
 from labsim.proto.turn_client import TurnClientSettings
 from labsim.proto.turn_server import TurnServer, TurnServerSettings
@@ -36,12 +36,14 @@ EXPE = Address("10.48.54.229", 3478)
 def test_our_client_against_coturn(tmp_path: Path) -> None:
     with coturn(tmp_path) as server:
         board = Board()
-        # coturn sees real loopback addresses: the Skype side is 127.0.0.5, and that is the
-        # address CMS must give permission to (in the lab it would be 192.168.1.252).
+        # coturn sees real loopback addresses: the Skype side is a loopback address (in
+        # coturn's block, so no other run has it), and that is the address CMS must give
+        # permission to (in the lab it would be 192.168.1.252).
+        peer = server.block.address(5)
         settings = TurnClientSettings(server=EXPE, create_permission=True)
         actors: list[Actor] = [
-            CmsLike("10.48.54.230", settings, board, hangup_after=1.5, peer_host="127.0.0.5"),
-            SkypePeer("127.0.0.5", board),
+            CmsLike("10.48.54.230", settings, board, hangup_after=1.5, peer_host=peer),
+            SkypePeer(peer, board),
         ]
         trace = Trace()
         LiveNetwork(actors, trace, external={EXPE: (server.host, server.port)}).run(
@@ -53,10 +55,10 @@ def test_our_client_against_coturn(tmp_path: Path) -> None:
     assert any(s.startswith("Allocate Success Response") for s in lines)
     assert "CreatePermission Success Response" in lines
     assert any(
-        s.startswith("ConnectionAttempt Indication XOR-PEER-ADDRESS: 127.0.0.5:") for s in lines
+        s.startswith(f"ConnectionAttempt Indication XOR-PEER-ADDRESS: {peer}:") for s in lines
     )
     assert "ConnectionBind Success Response" in lines
-    assert board.relayed is not None and board.relayed.host == "127.0.0.1"
+    assert board.relayed is not None and board.relayed.host == server.host
     # Both checks crossed coturn's relay and were answered.
     assert board.checks_answered == 1
     assert b"\x01\x01" in bytes(board.peer_bytes)
@@ -64,17 +66,18 @@ def test_our_client_against_coturn(tmp_path: Path) -> None:
     assert lines[-1] == "Refresh Success Response lifetime: 0"
 
 
-def _uclient(flags: list[str], port: int) -> subprocess.CompletedProcess[str]:
+def _uclient(flags: list[str], host: str, port: int) -> subprocess.CompletedProcess[str]:
     uclient = require_tool("turnutils_uclient")
-    cmd = [uclient, *flags, "-u", "turn", "-w", "secret", "-p", str(port), "127.0.0.1"]
+    cmd = [uclient, *flags, "-u", "turn", "-w", "secret", "-p", str(port), host]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def _serve(
-    port: int, relays: range, until: float, finished: threading.Event
+    host: str, port: int, relays: range, until: float, finished: threading.Event
 ) -> tuple[threading.Thread, dict[str, Trace]]:
-    """Our TURN server on 127.0.0.1 in a thread with its own event loop, until ``finished`` is
-    set (checked at the server's next event) or ``until`` seconds."""
+    """Our TURN server on loopback address ``host`` (its lab address too) in a thread with its
+    own event loop, until ``finished`` is set (checked at the server's next event) or
+    ``until`` seconds."""
     settings = TurnServerSettings(
         port=port, relay_port_min=relays.start, relay_port_max=relays.stop - 1,
         permission_policy="rfc",
@@ -83,7 +86,7 @@ def _serve(
 
     def run() -> None:
         trace = Trace()
-        LiveNetwork([TurnServer("expressway_e", "127.0.0.1", settings)], trace).run(
+        LiveNetwork([TurnServer("expressway_e", host, settings)], trace).run(
             until=until, stop=lambda _t: finished.is_set()
         )
         out["trace"] = trace
@@ -93,11 +96,11 @@ def _serve(
     return thread, out
 
 
-def _wait_listening(port: int) -> None:
+def _wait_listening(host: str, port: int) -> None:
     deadline = time.monotonic() + 5
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             assert time.monotonic() < deadline, "our TURN server did not start"
@@ -111,17 +114,22 @@ def _lost(output: str) -> int:
 
 
 def _against_ours(flags: list[str]) -> tuple[subprocess.CompletedProcess[str], Trace]:
-    port, relays = free_port(), free_range(40)
-    finished = threading.Event()
-    thread, out = _serve(port, relays, until=40.0, finished=finished)
-    try:
-        _wait_listening(port)
-        result = _uclient(flags, port)
-    finally:
-        finished.set()
-        with contextlib.suppress(OSError):  # an event, so the server sees `finished`
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        thread.join(timeout=30)
+    # A block of our own for the server (a loopback lab host is its own address), as coturn
+    # gets one: its port and relay range cannot be taken by a parallel test meanwhile.
+    with claim_block() as block:
+        host = block.address(1)
+        port = free_port(host)
+        relays = free_range(40, host, avoid=port)
+        finished = threading.Event()
+        thread, out = _serve(host, port, relays, until=40.0, finished=finished)
+        try:
+            _wait_listening(host, port)
+            result = _uclient(flags, host, port)
+        finally:
+            finished.set()
+            with contextlib.suppress(OSError):  # an event, so the server sees `finished`
+                socket.create_connection((host, port), timeout=1).close()
+            thread.join(timeout=30)
     return result, out["trace"]
 
 
@@ -146,7 +154,7 @@ def test_turnutils_uclient_passive_like_coturn(tmp_path: Path) -> None:
     flags = ["-P", "-m", "2", "-n", "4", "-l", "120"]
     ours, trace = _against_ours(flags)
     with coturn(tmp_path) as server:
-        theirs = _uclient(flags, server.port)
+        theirs = _uclient(flags, server.host, server.port)
     our_out, their_out = ours.stdout + ours.stderr, theirs.stdout + theirs.stderr
     assert ours.returncode == theirs.returncode == 0, (our_out[-1500:], their_out[-1500:])
     assert _lost(our_out) == _lost(their_out), (our_out[-1500:], their_out[-1500:])

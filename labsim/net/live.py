@@ -1,17 +1,40 @@
 """The live runtime: the actors on real TCP sockets, on loopback only, driven by asyncio.
 
-**One address per actor** (DESIGN.md). Each actor's lab host maps onto its own loopback
-address, IPv4 ``a.b.c.d`` -> ``127.b.c.d`` (10.48.54.229 -> 127.48.54.229, 192.168.1.252 ->
-127.168.1.252; a 127.x.y.z host is itself; the only IPv6 host is ``::1``). Linux routes all of
-127.0.0.0/8 to ``lo``, so no setup is needed. An actor listens on exactly its loopback address
-and the port it asked for (no remapping; ``SO_REUSEADDR``), and every outgoing connection binds
-the actor's loopback address first, so peers see who is calling, and the next port of a
-per-host counter from 40000 up, as the virtual runtime does: the same scenario shows the same
-ports on both clocks (unless something else holds them). The actors only ever see lab
-addresses: a loopback address of an actor maps back to its lab host; ``external`` maps lab
-addresses of things outside the run (coturn standing in for the TURN server) to real loopback
-endpoints, and connections from loopback sources that are no actor of the run are attributed
-to ``"external"``.
+**One address per actor** (DESIGN.md), **and a block of addresses per run**. Each run claims a
+block of loopback addresses of its own, ``127.A.B.0/24`` (never ``127.0.x.x``, where localhost
+and the tools outside a run live), and gives each lab host of the run one address of it, in the
+order the actors are given (the first host gets ``127.A.B.1``), then any other lab host an
+actor connects to (nothing listens there: refused). Lab hosts that are loopback addresses
+themselves (a test's ``127.0.0.5``) and ``::1`` are their own address; other IPv6 hosts cannot be
+mapped. Linux routes all of 127.0.0.0/8 to ``lo``, so no setup is needed.
+
+Why a block per run: with a fixed mapping two live runs on one machine at the same time (two
+shells, two pytest-xdist workers) bind the same addresses and ports and one of them fails with
+"Address already in use". In its own block a run binds the lab's exact ports (5061, 3478,
+24000 …, the Edge's source port 53577) whatever else runs.
+
+How a block is claimed (:func:`claim_block`): by binding the Unix socket named
+``labsim-loopback-127.A.B`` in Linux's abstract namespace, which is atomic and exclusive (a
+second bind fails with ``EADDRINUSE``: the next block is tried), shared by every process of the
+network namespace, as the loopback addresses are, and freed by the kernel when the socket is
+closed or its process dies, so a crashed run leaves no stale claim. The claim is made when the
+run starts (or when :meth:`LiveNetwork.loopback_of` is first asked, so a test can aim a peer
+outside the run at an actor before it starts) and released when the run ends. The start block
+is random, so runs that start together rarely even try the same block. A TCP port held on a
+reserved address of the block would do the same, but any listener on the wildcard address at
+that port would make every claim fail. Blocks that hold an ``external`` endpoint or a loopback
+lab host of the run are skipped.
+
+The actors and the trace only ever see lab addresses: an actor's block address maps back to
+its lab host; ``external`` maps lab addresses of things outside the run (coturn standing in for
+the TURN server, sipp for a SIP peer; each listens on a loopback address of its own) to real
+loopback endpoints, and connections from loopback sources that are no actor of the run are
+attributed to ``"external"`` (to the external endpoint's lab host when they come from its
+address). An actor listens on exactly its address and the port it asked for (no remapping;
+``SO_REUSEADDR``), and every outgoing connection binds the actor's address first, so peers see
+who is calling, and the next port of a per-host counter from 40000 up, as the virtual runtime
+does: the same scenario shows the same ports on both clocks (unless a connection of an earlier
+run on the same block is still in TIME_WAIT).
 
 **No socket ever targets a non-loopback address**: every bind and connect goes through
 :func:`require_loopback`; construction rejects actors that cannot be mapped and ``external``
@@ -26,7 +49,8 @@ in arrival order. There is no flow control towards the actors: what an actor sen
 by the transport until the kernel takes it.
 
 At the end of a run every listener, connection, connect task and timer the run made is closed
-and awaited, so the process holds no more file descriptors or tasks than before it.
+and awaited, and the block is given back, so the process holds no more file descriptors or
+tasks than before it.
 """
 
 from __future__ import annotations
@@ -35,9 +59,11 @@ import asyncio
 import errno
 import functools
 import ipaddress
+import secrets
 import socket
 import struct
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from labsim.net.common import (
@@ -71,20 +97,115 @@ class NonLoopbackError(ValueError):
     """A socket would have used an address outside loopback."""
 
 
+#: Blocks 127.A.B.0/24 a run may claim: A from 1 (127.0.x.x is localhost's), B from 0.
+_BLOCKS = 255 * 256
+#: Blocks tried, from a random one on, before a claim gives up.
+_CLAIM_ATTEMPTS = 1024
+#: Addresses of a block given to lab hosts: .1 to .254.
+BLOCK_SIZE = 254
+
+
+class LoopbackBlock:
+    """The loopback addresses ``127.A.B.1`` to ``127.A.B.254``, held by this process until
+    :meth:`release` (see the module docstring). A context manager."""
+
+    __slots__ = ("a", "b", "_lock")
+
+    def __init__(self, a: int, b: int, lock: socket.socket) -> None:
+        self.a = a
+        self.b = b
+        self._lock = lock
+
+    @property
+    def prefix(self) -> str:
+        """``127.A.B``."""
+        return f"127.{self.a}.{self.b}"
+
+    @property
+    def held(self) -> bool:
+        return self._lock.fileno() >= 0
+
+    def address(self, index: int) -> str:
+        """The block's ``index``-th address, 1 to 254."""
+        if not 1 <= index <= BLOCK_SIZE:
+            raise ValueError(f"a block has addresses 1 to {BLOCK_SIZE}, not {index}")
+        return f"{self.prefix}.{index}"
+
+    def __contains__(self, host: object) -> bool:
+        return isinstance(host, str) and _block_of(host) == (self.a, self.b)
+
+    def release(self) -> None:
+        """Give the block back (the kernel frees the name at once); safe to call again."""
+        self._lock.close()
+
+    def __enter__(self) -> LoopbackBlock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"LoopbackBlock({self.prefix}.0/24{'' if self.held else ', released'})"
+
+
+def _block_of(host: str) -> tuple[int, int] | None:
+    """(A, B) of an IPv4 loopback address 127.A.B.x, else None."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version != 4 or not ip.is_loopback:
+        return None
+    return ip.packed[1], ip.packed[2]
+
+
+def claim_block(
+    avoid: Iterable[str] = (), *, first: tuple[int, int] | None = None
+) -> LoopbackBlock:
+    """Claim a free block 127.A.B.0/24 for this process: ``first`` (A, B) if given and free,
+    else the next free one after it (after a random one when ``first`` is None). Blocks holding
+    an address of ``avoid`` (loopback addresses in use outside the block system) are skipped.
+    Raises ``RuntimeError`` when no block is free within the attempts."""
+    avoided = {block for host in avoid if (block := _block_of(host)) is not None}
+    if first is None:
+        # From the OS, not the random module: tests seed that (hypothesis does, the same way
+        # in every pytest-xdist worker), and forked processes share its state.
+        start = secrets.randbelow(_BLOCKS)
+    else:
+        a, b = first
+        if not (1 <= a <= 255 and 0 <= b <= 255):
+            raise ValueError(f"no block 127.{a}.{b}: A is 1 to 255, B 0 to 255")
+        start = (a - 1) * 256 + b
+    for step in range(_CLAIM_ATTEMPTS):
+        n = (start + step) % _BLOCKS
+        a, b = 1 + n // 256, n % 256
+        if (a, b) in avoided:
+            continue
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # A leading NUL names the socket in the abstract namespace: no file, no clean-up.
+            lock.bind(f"\0labsim-loopback-127.{a}.{b}".encode())
+        except OSError as exc:
+            lock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue  # another run (of any process) holds it
+        return LoopbackBlock(a, b, lock)
+    raise RuntimeError(f"no free loopback block after {_CLAIM_ATTEMPTS} tries")
+
+
 @functools.lru_cache(maxsize=256)
-def loopback(host: str) -> str:
-    """The loopback address standing in for lab host ``host`` (IPv4 a.b.c.d -> 127.b.c.d)."""
+def _own_loopback(host: str) -> str | None:
+    """A lab host that is a loopback address itself (normalized); None for other IPv4 hosts,
+    which get a block address; ``ValueError`` for what cannot be mapped."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError as exc:
         raise ValueError(f"{host!r} is not an IP address") from exc
-    if ip.version == 4:
-        if ip.is_loopback:
-            return str(ip)
-        _, b, c, d = ip.packed
-        return f"127.{b}.{c}.{d}"
     if ip.is_loopback:
         return str(ip)
+    if ip.version == 4:
+        return None
     raise ValueError(f"no loopback address for IPv6 lab host {host}: only IPv4 hosts and ::1 map")
 
 
@@ -215,22 +336,30 @@ class LiveNetwork(Runtime):
         #: that drops the SYN does: ``ConnectFailed("timeout")`` after the connect timeout.
         self.blocked = set(blocked or ())
         self._owner_of_host = {st.host: st.name for st in reversed(list(self.actors.values()))}
+        # Lab host -> real address and back. Loopback lab hosts are their own address now;
+        # the others get one of the run's block when it is claimed (_claim), in actor order.
         self._loopback_of: dict[str, str] = {}
-        owners: dict[str, ActorState] = {}
+        self._lab_of: dict[str, str] = {}
+        self._block_hosts: list[str] = []
         for st in self.actors.values():
+            if st.host in self._loopback_of or st.host in self._block_hosts:
+                continue
             try:
-                lo = loopback(st.host)
+                own = _own_loopback(st.host)
             except ValueError as exc:
                 raise ValueError(f"actor {st.name!r}: {exc}") from None
-            other = owners.setdefault(lo, st)
-            if other.host != st.host:
-                raise ValueError(
-                    f"actors {other.name!r} ({other.host}) and {st.name!r} ({st.host}) would "
-                    f"share the loopback address {lo}: give them lab addresses whose last three "
-                    "bytes differ"
-                )
-            self._loopback_of[st.host] = lo
-        self._lab_of = {lo: st.host for lo, st in owners.items()}
+            if own is None:
+                self._block_hosts.append(st.host)
+            else:
+                self._loopback_of[st.host] = own
+                self._lab_of.setdefault(own, st.host)
+        if len(self._block_hosts) > BLOCK_SIZE:
+            raise ValueError(
+                f"{len(self._block_hosts)} lab hosts: a run's loopback block holds {BLOCK_SIZE}"
+            )
+        self._block: LoopbackBlock | None = None
+        self._block_used = 0
+        self._give_back: weakref.finalize[[], LiveNetwork] | None = None
         #: Lab address -> real loopback endpoint, for things outside the run.
         self.external: dict[Address, _RealAddr] = {}
         lab_hosts: dict[str, set[str]] = {}
@@ -244,6 +373,8 @@ class LiveNetwork(Runtime):
             for real, labs in lab_hosts.items()
             if len(labs) == 1 and real not in self._lab_of
         }
+        # Blocks a claim skips: they hold addresses this run uses outside its block.
+        self._not_in_block = [*self._lab_of, *(host for host, _ in self.external.values())]
         self._backlog = backlog
         self._rbuf = memoryview(bytearray(READ_SIZE))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,26 +409,73 @@ class LiveNetwork(Runtime):
     async def arun(self, until: float, stop: StopWhen | None = None) -> Trace:
         """:meth:`run` inside a running event loop (pytest-asyncio tests, other asyncio code)."""
         self._begin(stop)
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._clock = loop.time
-        self._t0 = loop.time()
-        self._done = loop.create_future()
-        deadline = loop.call_later(until, self._request_stop)
         try:
-            self._start_all()
-            if not self._stopping:
-                await self._done
+            self._claim()
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            self._clock = loop.time
+            self._t0 = loop.time()
+            self._done = loop.create_future()
+            deadline = loop.call_later(until, self._request_stop)
+            try:
+                self._start_all()
+                if not self._stopping:
+                    await self._done
+            finally:
+                deadline.cancel()
+                await self._shutdown()
         finally:
-            deadline.cancel()
-            await self._shutdown()
+            self._release_block()
         if self._internal_error is not None:
             raise RuntimeError("the live runtime failed") from self._internal_error
         return self.trace
 
+    @property
+    def block(self) -> LoopbackBlock | None:
+        """The run's loopback block: None until claimed, released (``held`` False) after."""
+        return self._block
+
     def loopback_of(self, host: str) -> str:
-        """The loopback address of an actor's lab host."""
+        """The loopback address standing in for lab host ``host`` in this run (an actor's, or
+        one an actor connected to). Asked before the run, it claims the run's block then, so
+        a peer outside the run can be aimed at an actor; after the run it still answers."""
+        self._claim()
         return self._loopback_of[host]
+
+    def _claim(self) -> None:
+        """Claim the run's block (once) and give each actor's lab host its address."""
+        if self._block is not None:
+            return
+        block = claim_block(self._not_in_block)
+        self._block = block
+        # A network that never runs gives the block back when it is collected.
+        self._give_back = weakref.finalize(self, block.release)
+        for host in self._block_hosts:
+            self._give_address(host)
+
+    def _release_block(self) -> None:
+        if self._give_back is not None:
+            self._give_back()  # runs block.release once; later calls do nothing
+
+    def _give_address(self, host: str) -> str:
+        """The next free address of the block for lab host ``host``."""
+        assert self._block is not None
+        if self._block_used >= BLOCK_SIZE:
+            raise ValueError(f"no loopback address left in {self._block} for lab host {host}")
+        self._block_used += 1
+        real = self._block.address(self._block_used)
+        self._loopback_of[host] = real
+        self._lab_of[real] = host
+        return real
+
+    def _real_host(self, host: str) -> str:
+        """Where a connect to lab host ``host`` goes: its address in this run; a lab host no
+        actor has gets a block address of its own, where nothing listens (refused)."""
+        real = self._loopback_of.get(host)
+        if real is not None:
+            return real
+        own = _own_loopback(host)
+        return own if own is not None else self._give_address(host)
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -447,7 +625,7 @@ class LiveNetwork(Runtime):
         target = self.external.get(effect.remote)
         if target is None:
             try:
-                target = (loopback(effect.remote.host), effect.remote.port)
+                target = (self._real_host(effect.remote.host), effect.remote.port)
             except ValueError as exc:
                 self._soon(self._fail, out, f"unreachable: {exc}")
                 return out
