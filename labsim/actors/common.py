@@ -368,8 +368,8 @@ class UserAgent(Generic[S]):
             return []
         if self.allows(UaEvent.SEND_REINVITE):
             return self._send_reinvite(UaEvent.SEND_REINVITE)
-        if self.allows(UaEvent.TIMER_491) or not self.allows(UaEvent.SEND_BYE):
-            return []  # a retry is already due, or the dialog is ending or not confirmed
+        if self.allows(UaEvent.TIMER_491) or self.machine.ended or self._bye is not None:
+            return []  # a retry is already due, or the dialog is ending
         if self._accepted is not None:
             busy = f"our {sip.summary(self._accepted.response)} is not acknowledged yet"
         else:
