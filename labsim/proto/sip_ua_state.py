@@ -36,7 +36,8 @@ from typing import Generic, TypeVar
 
 
 class UaEvent(StrEnum):
-    """What happens to a user agent's dialog. The value is the label the diagrams print."""
+    """What happens to a user agent's dialog. The value is the label the diagrams print, as
+    UML writes a transition: ``event / what the UA sends``."""
 
     # -- the initial INVITE, as its UAC (§13.2, §17.1.1) --------------------------------------
     SEND_INVITE = "send INVITE"
@@ -45,13 +46,13 @@ class UaEvent(StrEnum):
     """A 2xx that cannot create a dialog (no remote target, §12.1.2): the attempt fails."""
 
     # -- answers to our INVITE or reINVITE (§13.2.2, §14.1) -----------------------------------
-    RECV_1XX = "1xx"
+    RECV_1XX = "1xx / stop Timer B"
     """A provisional answer: the transaction leaves Calling, Timer B stops (§17.1.1.2)."""
-    RECV_2XX = "2xx, ACK"
+    RECV_2XX = "2xx / ACK"
     """A 2xx to our pending INVITE or reINVITE; the UA sends its ACK (§13.2.2.4)."""
-    RECV_491 = "491, ACK"
+    RECV_491 = "491 / ACK, start the retry timer"
     """491 Request Pending to our reINVITE: glare, retry after a random delay (§14.1)."""
-    RECV_ERROR = "3xx-6xx, ACK"
+    RECV_ERROR = "3xx-6xx / ACK"
     """Any other final error answer; the ACK goes hop by hop (§17.1.1.3)."""
     TIMER_B = "Timer B"
     """No answer at all within 64·T1 (§17.1.1.2): a timeout, treated as 408 (§8.1.3.1)."""
@@ -59,9 +60,9 @@ class UaEvent(StrEnum):
     """The request could not be sent at all (§8.1.3.1: treated as 503)."""
 
     # -- the initial INVITE, as its UAS (§13.3) -----------------------------------------------
-    RECV_INVITE = "INVITE, 100"
+    RECV_INVITE = "INVITE / 100"
     """A dialog-creating INVITE arrives and is taken on (100 Trying, §8.2.6.1)."""
-    RECV_CANCEL = "CANCEL, 200 and 487"
+    RECV_CANCEL = "CANCEL / 200, 487"
     """CANCEL of the INVITE before its final answer (§9.2)."""
 
     # -- our answer to an INVITE or reINVITE (§13.3.1.4, §14.2) -------------------------------
@@ -69,17 +70,17 @@ class UaEvent(StrEnum):
     """The UA accepts: its 2xx is retransmitted from T1 doubling to T2 until the ACK."""
     SEND_ERROR = "send 3xx-6xx"
     """The UA refuses the peer's reINVITE; the session stays as it was (§14.2)."""
-    TIMER_2XX = "2xx again (T1, 2·T1 … T2)"
+    TIMER_2XX = "retransmit timer / 2xx again"
     """The retransmission timer of an unacknowledged 2xx fired (§13.3.1.4)."""
     RECV_ACK = "ACK"
     """The ACK of our 2xx."""
-    ACK_TIMEOUT = "no ACK in 64·T1, BYE"
+    ACK_TIMEOUT = "64·T1 without ACK / BYE"
     """64·T1 without the ACK of our 2xx: the session is ended with BYE (§13.3.1.4)."""
 
     # -- the dialog: reINVITE (§14) ------------------------------------------------------------
     SEND_REINVITE = "send reINVITE"
     """The UA re-offers the session (the post-ICE reINVITE; Timer B starts)."""
-    TIMER_491 = "491 retry timer, reINVITE"
+    TIMER_491 = "retry timer / reINVITE"
     """The randomized wait after a 491 is over: the reINVITE is sent again (§14.1)."""
     RECV_REINVITE = "reINVITE"
     """The peer's reINVITE arrives while no other INVITE transaction is in progress."""
@@ -87,7 +88,7 @@ class UaEvent(StrEnum):
     # -- the dialog: BYE (§15) -----------------------------------------------------------------
     SEND_BYE = "send BYE"
     """The UA ends the dialog (Timer F starts, §17.1.2.2)."""
-    RECV_BYE = "BYE, 200"
+    RECV_BYE = "BYE / 200"
     """The peer ends the dialog; the UA answers 200 (§15.1.2)."""
     RECV_BYE_ANSWER = "answer to BYE"
     """Any final answer to our BYE: the dialog is over (§15.1.1)."""
@@ -197,7 +198,7 @@ class Table(Generic[S]):
 
     def mermaid(self) -> str:
         """The table as a Mermaid ``stateDiagram-v2`` (one arrow per pair of states, the
-        events that take it joined)."""
+        events that take it one per line)."""
         lines = ["stateDiagram-v2", f"    [*] --> {self.initial.name}"]
         for state in type(self.initial):
             text = self.descriptions.get(state)
@@ -207,7 +208,7 @@ class Table(Generic[S]):
         for source, event, target in self.edges():
             arrows.setdefault((source, target), []).append(event.value)
         for (source, target), labels in arrows.items():
-            lines.append(f"    {source.name} --> {target.name} : {', '.join(labels)}")
+            lines.append(f"    {source.name} --> {target.name} : {'<br/>'.join(labels)}")
         lines.append(f"    {self.final.name} --> [*]")
         return "\n".join(lines) + "\n"
 
