@@ -130,7 +130,7 @@ class _Three(StrEnum):
                 _Three.C: {},
             },
             "unreachable",
-        ),  # fmt: skip
+        ),
         (
             {
                 _Three.A: {UaEvent.SEND_BYE: _Three.B, UaEvent.TIMER_F: _Three.C},
@@ -138,7 +138,7 @@ class _Three(StrEnum):
                 _Three.C: {},
             },
             "never end",
-        ),  # fmt: skip
+        ),
         (
             {
                 _Three.A: {UaEvent.SEND_BYE: _Three.B},
@@ -146,7 +146,7 @@ class _Three(StrEnum):
                 _Three.C: {UaEvent.RECV_BYE: _Three.A},
             },
             "final state",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_a_broken_table_is_refused_when_built(
