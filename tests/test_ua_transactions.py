@@ -525,3 +525,22 @@ def test_client_resends_its_200_to_the_reinvite_until_64_t1_then_ends_with_bye()
     assert any("no ACK for the 200 OK to the reINVITE after 32 s" in log.text
                for log in trace.logs if log.actor == "skype_client")  # fmt: skip
     assert result.outcome.name != "sharing-established"
+
+
+def test_a_cancel_of_the_held_reinvite_gets_200_and_487() -> None:
+    client, clock, ok = client_confirmed()
+    held = reinvite_to_client(client, sip.to_tag(ok), 2)
+    clock.handle(Received("sip:1", sip.encode(held)))
+    assert client.state is ClientState.REINVITE_RECEIVED
+    cancel = sip.build_request(
+        "CANCEL", held.uri, via=[sip.top_via(held)], from_addr=sip.from_address(held),
+        to_addr=sip.to_address(held), call_id=sip.call_id(held), cseq=2,
+    )  # fmt: skip
+    effects = clock.handle(Received("sip:1", sip.encode(cancel)))
+    assert summaries(effects) == ["200 OK", "487 Request Terminated"]  # RFC 3261 §9.2
+    assert client.state is ClientState.CONFIRMED
+    again = clock.handle(Received("sip:1", sip.encode(cancel)))
+    assert summaries(again) == ["481 Call/Transaction Does Not Exist"]
+    # The hop-by-hop ACK of the 487 ends that transaction quietly.
+    ack = sip.build_failure_ack(held, sip.build_response(held, 487))
+    assert clock.handle(Received("sip:1", sip.encode(ack))) == []

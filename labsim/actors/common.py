@@ -338,17 +338,13 @@ class UserAgent(Generic[S]):
                                      StopTimer(UaTimer.ACK_WAIT)]  # fmt: skip
             if not accepted.initial:
                 effects += self._sharing_on()
-            return effects + self._release_held()
+            return effects + self.release_held()
         if seq == self._refused_cseq:
             return []
         return [Log(f"ACK (CSeq {seq}) acknowledges nothing pending: absorbed "
                     "(RFC 3261 §17.2.1)")]  # fmt: skip
 
     # -- the dialog and its reINVITE (RFC 3261 §12, §14; RFC 5245 §9.1.2.2) ---------------------
-
-    @property
-    def reinvite_sent(self) -> bool:
-        return self._reoffer is not None
 
     def in_dialog(self, request: Request) -> bool:
         """§12.2.2: the request belongs to the call's dialog (Call-ID and both tags)."""
@@ -378,7 +374,7 @@ class UserAgent(Generic[S]):
         return [Log(f"reINVITE held: {busy} (RFC 3261 §14.1: one INVITE transaction at a "
                     "time in a dialog)")]  # fmt: skip
 
-    def _release_held(self) -> list[Effect]:
+    def release_held(self) -> list[Effect]:
         """The held reINVITE, now that the table allows it."""
         if not self._reoffer_held or not self.allows(UaEvent.SEND_REINVITE):
             return []
@@ -521,7 +517,7 @@ class UserAgent(Generic[S]):
             return [
                 Log(f"refusing the reINVITE: {refusal.code} {refusal.reason}{diag_suffix(no)}"),
                 *self.transport.send_on(conn, no),
-                *self._release_held(),
+                *self.release_held(),
             ]
         ok = sip.build_response(
             request, 200, record_route=(), contact=contact,

@@ -339,10 +339,30 @@ class SkypeClient(UserAgent[ClientState]):
     def on_sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
         if isinstance(message, Response):
             return self._response(message, now)
-        if message.method in ("INVITE", "CANCEL") and self.dialog is None:
+        if message.method == "CANCEL":
+            return self._cancel(conn, message, now)
+        if message.method == "INVITE" and self.dialog is None:
             # A client that shares does not take calls here (it is no UAS for a new INVITE).
             return self.transport.send_on(conn, sip.build_response(message, 481))
         return self.on_dialog_request(conn, message, now)
+
+    def _cancel(self, conn: ConnId, cancel: Request, now: float) -> list[Effect]:
+        """RFC 3261 §9.2: a CANCEL of CMS's reINVITE while we hold it: 200 to the CANCEL, 487
+        to the reINVITE (the session stays as it was, §14.2). Any other CANCEL matches no
+        transaction waiting here: 481."""
+        held = self._held_reinvite
+        same = held is not None and (
+            sip.call_id(cancel) == sip.call_id(held[1])
+            and sip.via_branch(sip.top_via(cancel)) == sip.via_branch(sip.top_via(held[1]))
+        )
+        if held is None or not same or not self.allows(UaEvent.SEND_ERROR):
+            return self.transport.send_on(conn, sip.build_response(cancel, 481))
+        self._held_reinvite = None
+        self.fire(UaEvent.SEND_ERROR)
+        self._refused_cseq = sip.cseq(held[1]).sequence
+        return [*self.transport.send_on(conn, sip.build_response(cancel, 200)),
+                *self.transport.send_on(held[0], sip.build_response(held[1], 487)),
+                *self.release_held()]  # fmt: skip
 
     def _response(self, response: Response, now: float) -> list[Effect]:
         # Only answers to what this client sent count: its Call-ID and its From tag (RFC 3261
