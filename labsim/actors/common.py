@@ -1,6 +1,7 @@
 """What the actors of the call share: the three SIP proxies (a transport, a proxy and the
-dispatch of runtime events), the two user agents (:class:`UserAgent`), and the ICE check step
-both ends run (:func:`check_step`)."""
+dispatch of runtime events), the two user agents (:class:`UserAgent`: the dialog's
+transactions, walked along each UA's state table, and :class:`UaTimer`, the UAs' timer names),
+and the ICE check step both ends run (:func:`check_step`)."""
 
 from __future__ import annotations
 
