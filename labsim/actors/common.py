@@ -400,8 +400,6 @@ class UserAgent(Generic[S]):
     def _glare_over(self, now: float) -> list[Effect]:
         if not self.allows(UaEvent.TIMER_491):
             return [Log("491 retry timer fired, no retry due: ignored", "warning")]
-        if self.shared:  # cannot happen (we wait in a state sharing cannot reach), but cheap
-            return []
         return [Log("491 wait over: sending the reINVITE again (RFC 3261 §14.1)"),
                 *self._send_reinvite(UaEvent.TIMER_491)]  # fmt: skip
 
@@ -544,8 +542,9 @@ class UserAgent(Generic[S]):
             return [Log(why, level), *self._send_bye()]
         if self.machine.ended or self._bye is not None:
             return []  # already over, or our BYE is out
-        return [Log(f"{why}; no BYE in state {self.state.name}: the dialog is not confirmed "
-                    "(RFC 3261 §15)", "warning")]  # fmt: skip
+        return [Log(f"{why}; no BYE in state {self.state.name} (RFC 3261 §15: none before the "
+                    "dialog exists, nor from the callee before the ACK of its 2xx)",
+                    "warning")]  # fmt: skip
 
     def _send_bye(self) -> list[Effect]:
         dialog = self.dialog
