@@ -403,13 +403,17 @@ class UserAgent(Generic[S]):
         return [Log("491 wait over: sending the reINVITE again (RFC 3261 §14.1)"),
                 *self._send_reinvite(UaEvent.TIMER_491)]  # fmt: skip
 
+    @staticmethod
+    def answers(response: Response, request: Request | None) -> bool:
+        """``response`` answers ``request`` of ours: same CSeq method and number (§8.1.3.3;
+        Call-ID and From tag are checked where the response comes in)."""
+        if request is None:
+            return False
+        sent, got = sip.cseq(request), sip.cseq(response)
+        return got.method == sent.method and got.sequence == sent.sequence
+
     def is_reoffer_answer(self, response: Response) -> bool:
-        reoffer = self._reoffer
-        return (
-            reoffer is not None
-            and sip.cseq(response).method == "INVITE"
-            and sip.cseq(response).sequence == sip.cseq(reoffer).sequence
-        )
+        return self.answers(response, self._reoffer)
 
     def reoffer_answered(self, response: Response, now: float) -> list[Effect]:
         """An answer to our reINVITE (:meth:`is_reoffer_answer` holds)."""
@@ -573,14 +577,6 @@ class UserAgent(Generic[S]):
         effects = self.transport.send_on(conn, sip.build_response(request, 200))
         return effects + self.end("call ended by the peer's BYE", now)
 
-    def is_bye_answer(self, response: Response) -> bool:
-        bye = self._bye
-        return (
-            bye is not None
-            and sip.cseq(response).method == "BYE"
-            and sip.cseq(response).sequence == sip.cseq(bye).sequence
-        )
-
     def bye_answered(self, response: Response, now: float) -> list[Effect]:
         if response.code < 200 or not self.allows(UaEvent.RECV_BYE_ANSWER):
             return []
@@ -616,7 +612,7 @@ class UserAgent(Generic[S]):
         """An answer to our reINVITE or BYE; anything else is logged and dropped."""
         if self.is_reoffer_answer(response):
             return self.reoffer_answered(response, now)
-        if self.is_bye_answer(response):
+        if self.answers(response, self._bye):
             return self.bye_answered(response, now)
         if response.code < 200:
             return []
