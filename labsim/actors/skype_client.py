@@ -278,9 +278,12 @@ class SkypeClient(UserAgent[ClientState]):
             case UaTimer.ICE:
                 if self.shared:
                     return []
-                return self._give_up(
-                    f"no valid candidate pair within {self.settings.ice_timeout:g} s", now
-                )
+                wait = self.settings.ice_timeout
+                if self.checks is not None and self.checks.valid:
+                    why = f"the pair is valid, but no reINVITE completed within {wait:g} s"
+                else:
+                    why = f"no valid candidate pair within {wait:g} s"
+                return self._give_up(why, now)
             case UaTimer.TIMER_B if self.invite_pending:
                 return self._invite_timer_b(now)
         return self.on_sip_timer(timer, now) or []
