@@ -12,16 +12,23 @@ client's. On BYE it answers and gives the allocation back (Refresh LIFETIME 0).
 
 Order on the data connection: the lab shows CMS's framed Binding Request (110 bytes) right
 after the Skype side's request reached it, so CMS sends its own check before its answer.
+
+Its SIP state is :data:`CMS_TABLE` (drawn in ``docs/state-cms.md``): the UAS of the
+dialog-creating INVITE, then either end of reINVITEs and BYE (the shared part is
+:class:`~labsim.actors.common.UserAgent`). Its 200 OK is sent again at T1, 2·T1 … T2 until the
+ACK arrives, and 64·T1 without one ends the call with BYE (RFC 3261 §13.3.1.4); until that ACK
+its post-ICE reINVITE waits (§14.1).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from enum import StrEnum, auto
 
 from sipmessage import Request, Response
 
-from labsim.actors.common import UserAgent, check_step
+from labsim.actors.common import UaTimer, UserAgent, check_step
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -36,7 +43,6 @@ from labsim.proto.events import (
     Received,
     Send,
     Started,
-    StartTimer,
     TimerFired,
 )
 from labsim.proto.ice import (
@@ -45,6 +51,7 @@ from labsim.proto.ice import (
     IceCredentials,
 )
 from labsim.proto.sip_dialog import Dialog
+from labsim.proto.sip_ua_state import SipTimers, Table, UaEvent
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
@@ -57,6 +64,99 @@ from labsim.proto.turn_client import (
 )
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
+
+
+class CmsState(StrEnum):
+    """CMS's SIP state: the sharing dialog and the INVITE transaction in it."""
+
+    IDLE = auto()
+    PROCEEDING = auto()
+    ACCEPTED = auto()
+    CONFIRMED = auto()
+    REINVITING = auto()
+    GLARE_WAIT = auto()
+    REINVITE_RECEIVED = auto()
+    REINVITE_ACCEPTED = auto()
+    TERMINATING = auto()
+    TERMINATED = auto()
+
+
+_S, _E = CmsState, UaEvent
+
+#: Every transition of CMS (rule 1 of :mod:`labsim.proto.sip_ua_state`). ACCEPTED is RFC 6026's
+#: name for an INVITE server transaction whose 2xx waits for its ACK; CMS sends no reINVITE and
+#: no BYE from there (§14.1, §15) but takes the caller's BYE. CMS never refuses a reINVITE.
+CMS_TABLE: Table[CmsState] = Table(
+    "cms",
+    _S.IDLE,
+    _S.TERMINATED,
+    {
+        _S.IDLE: {
+            _E.RECV_INVITE: _S.PROCEEDING,
+        },
+        _S.PROCEEDING: {
+            _E.SEND_2XX: _S.ACCEPTED,
+            _E.RECV_CANCEL: _S.TERMINATED,
+        },
+        _S.ACCEPTED: {
+            _E.TIMER_2XX: _S.ACCEPTED,
+            _E.RECV_ACK: _S.CONFIRMED,
+            _E.ACK_TIMEOUT: _S.TERMINATING,
+            _E.RECV_BYE: _S.TERMINATED,
+        },
+        _S.CONFIRMED: {
+            _E.SEND_REINVITE: _S.REINVITING,
+            _E.RECV_REINVITE: _S.REINVITE_RECEIVED,
+            _E.SEND_BYE: _S.TERMINATING,
+            _E.RECV_BYE: _S.TERMINATED,
+        },
+        _S.REINVITING: {
+            _E.RECV_1XX: _S.REINVITING,
+            _E.RECV_2XX: _S.CONFIRMED,
+            _E.RECV_491: _S.GLARE_WAIT,
+            _E.RECV_ERROR: _S.CONFIRMED,
+            _E.TIMER_B: _S.TERMINATING,
+            _E.SEND_BYE: _S.TERMINATING,
+            _E.RECV_BYE: _S.TERMINATED,
+        },
+        _S.GLARE_WAIT: {
+            _E.TIMER_491: _S.REINVITING,
+            _E.RECV_REINVITE: _S.REINVITE_RECEIVED,
+            _E.SEND_BYE: _S.TERMINATING,
+            _E.RECV_BYE: _S.TERMINATED,
+        },
+        _S.REINVITE_RECEIVED: {
+            _E.SEND_2XX: _S.REINVITE_ACCEPTED,
+            _E.SEND_BYE: _S.TERMINATING,
+            _E.RECV_BYE: _S.TERMINATED,
+        },
+        _S.REINVITE_ACCEPTED: {
+            _E.TIMER_2XX: _S.REINVITE_ACCEPTED,
+            _E.RECV_ACK: _S.CONFIRMED,
+            _E.ACK_TIMEOUT: _S.TERMINATING,
+            _E.SEND_BYE: _S.TERMINATING,
+            _E.RECV_BYE: _S.TERMINATED,
+        },
+        _S.TERMINATING: {
+            _E.RECV_BYE_ANSWER: _S.TERMINATED,
+            _E.TIMER_F: _S.TERMINATED,
+            _E.RECV_BYE: _S.TERMINATED,
+        },
+        _S.TERMINATED: {},
+    },
+    {
+        _S.IDLE: "in the meeting, no sharing call",
+        _S.PROCEEDING: "INVITE answered 100, asking Expressway-E for a TCP relay",
+        _S.ACCEPTED: "200 OK sent, resent at T1 doubling to T2 until its ACK (64·T1 at most)",
+        _S.CONFIRMED: "dialog up, no INVITE transaction in progress",
+        _S.REINVITING: "our post-ICE reINVITE waits for its final answer",
+        _S.GLARE_WAIT: "our reINVITE got 491: retry in 0-2 s (the client owns the Call-ID)",
+        _S.REINVITE_RECEIVED: "the client's reINVITE, being answered",
+        _S.REINVITE_ACCEPTED: "our 200 to the client's reINVITE, resent until its ACK",
+        _S.TERMINATING: "BYE sent, waiting for its answer (Timer F)",
+        _S.TERMINATED: "the dialog is over; the relay is given back",
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -79,18 +179,25 @@ class CmsSettings:
     reinvite_connection: str = "existing"
     """``a=connection`` in the post-ICE reINVITE and its answer (UNSURE, PROTOCOL.md §5.3)."""
     turn: TurnClientSettings = field(default_factory=TurnClientSettings)
+    sip_timers: SipTimers = field(default_factory=SipTimers)
+    """T1 and T2 (RFC 3261 §17.1.1.1): the 200 OK's retransmissions, the ACK wait, Timer B,
+    Timer F."""
     linger: float = 0.05
     seed: int = 2017
 
 
-class Cms(UserAgent):
+class Cms(UserAgent[CmsState]):
     branch_tag = "cms"
 
     def __init__(self, settings: CmsSettings, name: str = "cms") -> None:
-        super().__init__(settings.host, settings.sip_port, random.Random(settings.seed))
+        super().__init__(
+            settings.host, settings.sip_port, random.Random(settings.seed), CMS_TABLE,
+            settings.sip_timers,
+        )  # fmt: skip
         self.name = name
         self.settings = settings
         self.linger = settings.linger
+        self.sends_bye, self.hold = settings.sends_bye, settings.hold
         self.turn = TurnClient(settings.turn, random.Random(settings.seed + 1))
         self.contact = f"<sip:meeting@{settings.host}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
@@ -99,8 +206,6 @@ class Cms(UserAgent):
         self.pipe: ConnId | None = None
         self.checks: CheckStream | None = None
         self.relayed: Address | None = None
-        self._answered = False
-        self._bye_sent = False
 
     # -- events --------------------------------------------------------------------------------
 
@@ -112,10 +217,12 @@ class Cms(UserAgent):
             effects = self.sip_event(event, now)
         elif isinstance(event, TimerFired) and self.turn.owns_timer(event.timer):
             effects += self.turn.handle(event, now)
-        elif isinstance(event, TimerFired) and event.timer == "finish":
-            self.finished = True
-        elif isinstance(event, TimerFired) and event.timer == "hold":
-            effects += self._bye()
+        elif isinstance(event, TimerFired):
+            timer = UaTimer.of(event.timer)
+            if timer is UaTimer.FINISH:
+                self.finished = True
+            elif timer is not None:
+                effects += self.on_sip_timer(timer, now) or []
         elif isinstance(event, (Received, Closed)) and event.conn == self.pipe:
             effects += self._pipe(event, now)
         elif isinstance(event, (Connected, ConnectFailed, Received, Closed)) and (
@@ -135,19 +242,7 @@ class Cms(UserAgent):
             return self._new_call(conn, request, now)
         if request.method == "CANCEL":
             return self._cancel(conn, request, now)
-        if request.method == "ACK":
-            # Our 200 to the Skype client's reINVITE, acknowledged: sharing is on. (The ACK of
-            # the 200 to the first INVITE, or a stray, changes nothing.)
-            return self._established() if self.ack_establishes(request) else []
-        if not self.in_dialog(request):
-            return self.transport.send_on(conn, sip.build_response(request, 481))
-        if request.method == "INVITE":  # the Skype client's reINVITE
-            body = self._body(version=3, remote=self._peer_candidate())
-            return self.answer_reoffer(conn, request, body, self.contact)
-        if request.method == "BYE":
-            ok = sip.build_response(request, 200)
-            return [*self.transport.send_on(conn, ok), *self._hang_up(now)]
-        return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
+        return self.on_dialog_request(conn, request, now)
 
     def _cancel(self, conn: ConnId, cancel: Request, now: float) -> list[Effect]:
         """RFC 3261 §9.2: 200 to the CANCEL; if the INVITE is still unanswered, 487 to it, and
@@ -156,30 +251,38 @@ class Cms(UserAgent):
         if invite is None or sip.call_id(cancel) != sip.call_id(invite):
             return self.transport.send_on(conn, sip.build_response(cancel, 481, to_tag=self.tag))
         effects = self.transport.send_on(conn, sip.build_response(cancel, 200, to_tag=self.tag))
-        if self._answered or self.invite_conn is None:
+        if not self.allows(UaEvent.RECV_CANCEL) or self.invite_conn is None:
             return effects  # too late: the final answer is out (§9.2), the call goes on
-        self._answered = True
+        self.fire(UaEvent.RECV_CANCEL)
         terminated = sip.build_response(invite, 487, to_tag=self.tag)
+        self._refused_cseq = sip.cseq(invite).sequence
         return [*effects, *self.transport.send_on(self.invite_conn, terminated),
-                *self._hang_up(now)]  # fmt: skip
+                *self.end("the INVITE was cancelled: 487 (RFC 3261 §9.2)", now)]  # fmt: skip
 
     def _new_call(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
-        if self.invite is not None:
-            if sip.call_id(invite) == sip.call_id(self.invite):
-                return []  # the same INVITE again: it is being answered
+        if not self.allows(UaEvent.RECV_INVITE):
+            if self.invite is not None and sip.call_id(invite) == sip.call_id(self.invite):
+                # The same INVITE again. §17.2.1: while proceeding, the last provisional answer
+                # goes out again; once answered, the transaction absorbs it.
+                if self.state is CmsState.PROCEEDING:
+                    return self.transport.send_on(conn, sip.build_response(invite, 100))
+                return [Log("the INVITE again: absorbed, it is answered (RFC 3261 §17.2.1)")]
             busy = sip.build_response(invite, 486, to_tag=self.tag)
-            return self.transport.send_on(conn, busy)
+            return [Log("a second call while one is up: 486 Busy Here"),
+                    *self.transport.send_on(conn, busy)]  # fmt: skip
         effects = self.transport.send_on(conn, sip.build_response(invite, 100))
         if not sip.contact(invite):
-            # §8.1.1.8: an INVITE must carry Contact; without it no dialog can exist.
+            # §8.1.1.8: an INVITE must carry Contact; without it no dialog can exist. The
+            # INVITE is refused outright and no dialog state changes.
             bad = sip.build_response(invite, 400, "Missing Contact", to_tag=self.tag)
             return [*effects, *self.transport.send_on(conn, bad)]
         try:
             self.offer = appsharing.parse(invite.body)
         except WireError as exc:
             bad = sip.build_response(invite, 488, to_tag=self.tag)
-            return [*effects, Log(f"offer not usable: {exc}", "warn"),
+            return [*effects, Log(f"offer not usable: {exc}", "warning"),
                     *self.transport.send_on(conn, bad)]  # fmt: skip
+        self.fire(UaEvent.RECV_INVITE)
         self.invite, self.invite_conn = invite, conn
         return [*effects, Log("applicationsharing offer: asking Expressway-E for a TCP relay"),
                 *self.turn.start(now)]  # fmt: skip
@@ -204,52 +307,46 @@ class Cms(UserAgent):
         connection = "new" if version == 2 else self.settings.reinvite_connection
         return appsharing.build(side, connection=connection, remote=remote)
 
-    def _answer(self) -> list[Effect]:
-        if self._answered or self.invite is None or self.invite_conn is None:
+    def _answer(self, now: float) -> list[Effect]:
+        """The 200 OK to the INVITE, once the relay question is settled."""
+        invite, conn = self.invite, self.invite_conn
+        if invite is None or conn is None or self.dialog is not None:
+            return []
+        if not self.allows(UaEvent.SEND_2XX):
             return []  # cancelled meanwhile (§9.2): no 200 after the 487
         body = self._body(version=2)
         ok = sip.build_response(
-            self.invite, 200, to_tag=self.tag, contact=self.contact,
+            invite, 200, to_tag=self.tag, contact=self.contact,
             content_type=appsharing.CONTENT_TYPE, body=body,
         )  # fmt: skip
-        self._answered = True
         local = sip.format_address(sip.to_address(ok))
-        self.dialog = Dialog.as_uas(self.invite, local, self.settings.host, self.settings.sip_port,
+        self.dialog = Dialog.as_uas(invite, local, self.settings.host, self.settings.sip_port,
                                     self.contact)  # fmt: skip
-        return self.transport.send_on(self.invite_conn, ok)
+        return self.send_2xx(conn, invite, ok, now, initial=True)
 
     def _response(self, response: Response, now: float) -> list[Effect]:
         dialog = self.dialog
-        if response.code < 200 or dialog is None or sip.call_id(response) != dialog.call_id:
-            return []
-        method = sip.cseq(response).method
-        if self.is_reoffer_answer(response):
-            was_shared = self.shared
-            effects, refused = self.reoffer_answered(response)
-            if refused is not None:
-                # The content session cannot be used: CMS logs the refusal (with its
-                # ms-diagnostics-public, where engineers look for 21002) and hangs it up.
-                return [*effects, Log(refused, "warn"), *self._bye()]
-            return effects + self._established() if self.shared and not was_shared else effects
-        if method == "BYE":
-            return self._hang_up(now)
-        return []
+        if dialog is None or sip.call_id(response) != dialog.call_id:
+            if response.code < 200:
+                return []
+            return [Log(f"stray {sip.summary(response)} dropped", "warning")]
+        return self.on_dialog_response(response, now)
 
-    def _established(self) -> list[Effect]:
-        effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
-        if self.settings.sends_bye:
-            effects.append(StartTimer("hold", self.settings.hold))
-        return effects
+    def on_peer_reoffer(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """The Skype client's reINVITE (when it is the side that sends one): answered at once."""
+        body = self._body(version=3, remote=self._peer_candidate())
+        return self.answer_reoffer(conn, request, body, self.contact, now)
 
-    def _bye(self) -> list[Effect]:
-        if self.dialog is None or self._bye_sent:
-            return []
-        self._bye_sent = True
-        return self.transport.send(self.dialog.request("BYE", self.branch()),
-                                   self.dialog.next_hop())  # fmt: skip
+    def reoffer_body(self) -> bytes:
+        return self._body(version=3, remote=self._peer_candidate())
 
-    def _hang_up(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
+    def on_reoffer_refused(self, why: str, now: float) -> list[Effect]:
+        # The content session cannot be used: CMS logs the refusal (with its
+        # ms-diagnostics-public, where engineers look for 21002) and hangs it up.
+        return self.hang_up(f"{why}: ending the content session with BYE", now, "warning")
+
+    def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
+        effects: list[Effect] = [Log(why, level)]
         if self.pipe is not None:
             effects.append(Close(self.pipe))
             self.pipe = None
@@ -266,19 +363,19 @@ class Cms(UserAgent):
         for note in self.turn.poll():
             if isinstance(note, Allocated):
                 self.relayed, self._mapped = note.relayed, note.mapped
-                effects += [Log(f"relay candidate {note.relayed}"), *self._answer()]
+                effects += [Log(f"relay candidate {note.relayed}"), *self._answer(now)]
             elif isinstance(note, AllocationFailed):
                 # CMS still answers, with its host candidates only: the call is up, sharing
                 # has no media path (what "ICE failure 4" in CMS's log leads to).
-                effects += [Log(f"no TURN relay: {note.reason}", "warn"), *self._answer()]
+                effects += [Log(f"no TURN relay: {note.reason}", "warning"), *self._answer(now)]
             elif isinstance(note, PeerConnected):
                 effects += self._pipe_up(note)
             elif isinstance(note, PeerBindFailed):
-                effects.append(Log(f"peer connection not bound: {note.reason}", "warn"))
+                effects.append(Log(f"peer connection not bound: {note.reason}", "warning"))
             elif isinstance(note, Released):
                 effects += self.done("allocation released")
             elif isinstance(note, Expired):
-                effects.append(Log(f"allocation gone: {note.reason}", "warn"))
+                effects.append(Log(f"allocation gone: {note.reason}", "warning"))
         return effects
 
     def _peer_candidate(self) -> Address | None:
@@ -293,7 +390,7 @@ class Cms(UserAgent):
             # One media path per sharing session: a second peer on the relay (any host may
             # connect under the lab policy) gets its data connection closed.
             return [Log(f"second peer {note.peer} on the relay: its data connection closed",
-                        "warn"), Close(note.conn)]  # fmt: skip
+                        "warning"), Close(note.conn)]  # fmt: skip
         s = self.settings
         self.pipe = note.conn
         peer = note.peer or Address("0.0.0.0", 0)
@@ -319,9 +416,8 @@ class Cms(UserAgent):
     def _checks(self, data: bytes) -> list[Effect]:
         assert self.checks is not None and self.pipe is not None
         effects, valid = check_step(self.checks, self.pipe, data, "the Skype side")
-        if valid and self.settings.sends_reinvite and self.dialog is not None:
-            effects += self._reinvite()
+        if valid and self.settings.sends_reinvite:
+            # The post-ICE reINVITE (RFC 5245 §9.1.3); held while our 200 OK waits for its
+            # ACK (RFC 3261 §14.1).
+            effects += self.send_reoffer()
         return effects
-
-    def _reinvite(self) -> list[Effect]:
-        return self.send_reoffer(self._body(version=3, remote=self._peer_candidate()))

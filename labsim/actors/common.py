@@ -1,20 +1,34 @@
 """What the actors of the call share: the three SIP proxies (a transport, a proxy and the
-dispatch of runtime events), the two user agents (:class:`UserAgent`), and the ICE check step
-both ends run (:func:`check_step`)."""
+dispatch of runtime events), the two user agents (:class:`UserAgent`: the dialog's
+transactions, walked along each UA's state table, and :class:`UaTimer`, the UAs' timer names),
+and the ICE check step both ends run (:func:`check_step`)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Generic, TypeVar
 
 from sipmessage import Request, Response
 
 from labsim.proto import appsharing
-from labsim.proto.events import ConnId, Effect, Event, Log, Send, Started, StartTimer
+from labsim.proto.events import (
+    ConnId,
+    Effect,
+    Event,
+    Log,
+    Send,
+    Started,
+    StartTimer,
+    StopTimer,
+    TimerId,
+)
 from labsim.proto.ice import CheckAnswered, CheckFailed, CheckReceived, CheckStream
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_proxy import ProxySettings, SipProxy
 from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
+from labsim.proto.sip_ua_state import Machine, SipTimers, Table, UaEvent, glare_delay
 from labsim.wire import WireError, sip
 
 #: MS-SIPRE ms-diagnostics-public of a Skype meeting whose policy lets only presenters share,
@@ -67,12 +81,78 @@ class ProxyElement:
         return self.other(event, now) or []
 
 
-class UserAgent:
-    """What the two ends of the call (the Skype client and CMS) share: a SIP transport, branch
-    numbering, the linger before ``finished``, and the dispatch of the transport's notices.
+class UaTimer(StrEnum):
+    """The timers of the two user agents. The runtime contract names timers with strings
+    (:data:`labsim.proto.events.TimerId`); a :class:`StrEnum` member is one, so effects carry
+    these values as they are and :meth:`of` turns a fired name back into a member."""
 
-    Subclasses implement :meth:`on_sip` (a parsed message) and may override
-    :meth:`on_send_failed` / :meth:`on_connection_lost`.
+    CALL = "call"
+    """The Skype client: when to send the sharing INVITE."""
+    ICE = "ice"
+    """The Skype client: how long media may take to work (``ice_timeout``)."""
+    HOLD = "hold"
+    """How long the sharing lasts before the UA that hangs up sends BYE."""
+    FINISH = "finish"
+    """The linger between the last act and ``finished``."""
+    TIMER_B = "timer-b"
+    """RFC 3261 §17.1.1.2: no answer at all to our INVITE or reINVITE within 64·T1."""
+    RETRANSMIT_2XX = "2xx-retransmit"
+    """RFC 3261 §13.3.1.4: send our unacknowledged 2xx again (T1, doubling up to T2)."""
+    ACK_WAIT = "ack-wait"
+    """RFC 3261 §13.3.1.4: 64·T1 without the ACK of our 2xx ends the session."""
+    GLARE = "491-retry"
+    """RFC 3261 §14.1: the randomized wait before a reINVITE refused with 491 is retried."""
+    TIMER_F = "timer-f"
+    """RFC 3261 §17.1.2.2: no answer to our BYE within 64·T1."""
+
+    @classmethod
+    def of(cls, name: TimerId) -> UaTimer | None:
+        """The member a fired timer name stands for; None for another machine's timer."""
+        try:
+            return cls(name)
+        except ValueError:
+            return None
+
+
+#: The timers of the dialog's transactions, all stopped when the dialog ends.
+SIP_TIMERS = (UaTimer.TIMER_B, UaTimer.RETRANSMIT_2XX, UaTimer.ACK_WAIT, UaTimer.GLARE,
+              UaTimer.TIMER_F)  # fmt: skip
+
+S = TypeVar("S", bound=StrEnum)
+
+
+@dataclass
+class _Accepted:
+    """Our 2xx to an INVITE or reINVITE, waiting for its ACK (RFC 3261 §13.3.1.4)."""
+
+    conn: ConnId
+    """The connection the request came in on: the 2xx and its retransmissions go back there
+    (§18.2.2)."""
+    response: Response
+    cseq: int
+    """The INVITE's CSeq number, which its ACK carries."""
+    sent: float
+    """When the 2xx was first sent."""
+    interval: float
+    """The current retransmission interval."""
+    initial: bool
+    """The 2xx to the dialog-creating INVITE (else to a reINVITE)."""
+
+
+class UserAgent(Generic[S]):
+    """What the two ends of the call (the Skype client and CMS) share: a SIP transport, branch
+    numbering, the linger before ``finished``, the dispatch of the transport's notices, and the
+    dialog's transactions after it exists: our reINVITE (Timer B, 491 glare), the peer's
+    reINVITE (our 2xx retransmitted until its ACK), BYE in both directions (Timer F).
+
+    The state lives in :attr:`machine`, walked along the subclass's table
+    (:mod:`labsim.proto.sip_ua_state`). This class never names a state: it fires events and
+    asks the table which are allowed, so it cannot apply different rules to the two ends
+    (h11's rule 2).
+
+    Subclasses implement :meth:`on_sip`, :meth:`reoffer_body`, :meth:`on_peer_reoffer` and
+    :meth:`on_ended`, and may override :meth:`on_reoffer_refused`, :meth:`session_over`,
+    :meth:`on_send_failed` and :meth:`on_connection_lost`.
     """
 
     name: str
@@ -81,8 +161,16 @@ class UserAgent:
     #: Seconds between the last act and ``finished`` (lets closes reach the trace).
     linger: float = 0.05
     branch_tag: str = "ua"
+    #: This end generated the dialog's Call-ID (it sent the INVITE): its 491 retry waits
+    #: 2.1-4 s, the other end's 0-2 s (RFC 3261 §14.1).
+    owns_call_id: bool = False
+    #: Whether this end hangs up ``hold`` seconds after sharing is on.
+    sends_bye: bool = False
+    hold: float = 6.0
 
-    def __init__(self, host: str, sip_port: int, rng: random.Random) -> None:
+    def __init__(
+        self, host: str, sip_port: int, rng: random.Random, table: Table[S], timers: SipTimers
+    ) -> None:
         self.host = host
         self.rng = rng
         self.transport = SipTransport(host, (sip_port,))
@@ -91,13 +179,31 @@ class UserAgent:
         #: This end's tag in the call's dialog (From for the caller, To for the callee).
         self.tag = f"{rng.getrandbits(32):08x}"
         self.dialog: Dialog | None = None
-        #: The post-ICE reINVITE is answered 200 and acknowledged: sharing is on.
+        self.machine: Machine[S] = Machine(table)
+        self.timers = timers
+        #: The post-ICE reINVITE is answered 200 and acknowledged: sharing is on. (What the
+        #: session carries, beside the dialog's state: a later reINVITE does not undo it.)
         self.shared = False
         self._reoffer: Request | None = None
-        self._reoffer_done = False
+        """Our latest reINVITE (its answers are matched by CSeq)."""
         self._reoffer_ack: Request | None = None
-        #: CSeq of the peer's reINVITE this end answered 200 (its ACK establishes sharing).
-        self._answered_cseq = -1
+        """The ACK of its 2xx, sent again for a repeated 2xx (§13.3.1.4)."""
+        self._reoffer_held = False
+        """A reINVITE is wanted but the table does not allow one yet (§14.1)."""
+        self._accepted: _Accepted | None = None
+        self._refused_cseq = -1
+        """CSeq of the last INVITE we answered with an error (its hop-by-hop ACK is quiet)."""
+        self._bye: Request | None = None
+
+    @property
+    def state(self) -> S:
+        return self.machine.state
+
+    def allows(self, event: UaEvent) -> bool:
+        return self.machine.allows(event)
+
+    def fire(self, event: UaEvent) -> None:
+        self.machine.fire(event)
 
     def branch(self) -> str:
         """A new RFC 3261 §8.1.1.7 branch: magic cookie, a counter, random bits."""
@@ -105,17 +211,141 @@ class UserAgent:
         tail = f"{self._branches:x}{self.rng.getrandbits(24):06x}"
         return f"{sip.MAGIC_COOKIE}{self.branch_tag}{tail}"
 
-    def done(self, why: str) -> list[Effect]:
-        return [Log(why), StartTimer("finish", self.linger)]
+    def done(self, why: str, level: str = "info") -> list[Effect]:
+        return [Log(why, level), StartTimer(UaTimer.FINISH, self.linger)]
+
+    # -- what the subclasses provide -------------------------------------------------------------
 
     def on_sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
         raise NotImplementedError
 
-    # -- the dialog and its reINVITE (RFC 3261 §12, §14; RFC 5245 §9.1.2.2) ---------------------
+    def reoffer_body(self) -> bytes:
+        """The SDP of our post-ICE reINVITE."""
+        raise NotImplementedError
 
-    @property
-    def reinvite_sent(self) -> bool:
-        return self._reoffer is not None
+    def on_peer_reoffer(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """The peer's reINVITE, taken on (the state allows it): answer it with
+        :meth:`answer_reoffer`, now or later."""
+        raise NotImplementedError
+
+    def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
+        """The dialog is over (the final state): release what the call holds, then finish;
+        ``why`` is the sentence for the record."""
+        raise NotImplementedError
+
+    def on_reoffer_refused(self, why: str, now: float) -> list[Effect]:
+        """Our reINVITE was refused: without its new media route the sharing cannot work, so
+        the lab's UAs end the dialog."""
+        return self.hang_up(f"{why}: ending the dialog with BYE", now, "warning")
+
+    def session_over(self) -> list[Effect]:
+        """This end has sent BYE (RFC 3261 §15.1.1: the session is over from then on)."""
+        return []
+
+    def on_send_failed(self, notice: SendFailed, now: float) -> list[Effect]:
+        return [Log(f"cannot reach {notice.to}: {notice.reason}", "warning")]
+
+    def on_connection_lost(self, notice: ConnectionLost) -> list[Effect]:
+        return []
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def on_sip_timer(self, timer: UaTimer, now: float) -> list[Effect] | None:
+        """A timer of the dialog's transactions; None when ``timer`` is not one of them."""
+        match timer:
+            case UaTimer.TIMER_B:
+                return self._timer_b(now)
+            case UaTimer.RETRANSMIT_2XX:
+                return self._retransmit_2xx(now)
+            case UaTimer.ACK_WAIT:
+                return self._ack_timeout(now)
+            case UaTimer.GLARE:
+                return self._glare_over(now)
+            case UaTimer.TIMER_F:
+                return self._timer_f(now)
+            case UaTimer.HOLD:
+                return self.hang_up(f"hold time over ({self.hold:g} s): ending the call with BYE",
+                                    now)  # fmt: skip
+        return None
+
+    def _timer_b(self, now: float) -> list[Effect]:
+        """Timer B of our reINVITE (the Skype client handles its INVITE's itself)."""
+        if not self.allows(UaEvent.TIMER_B):
+            return [Log("Timer B fired with no INVITE waiting: ignored", "warning")]
+        self.fire(UaEvent.TIMER_B)
+        why = (
+            f"no response to our reINVITE within {self.timers.timer_b:g} s (Timer B, 64·T1, "
+            "RFC 3261 §17.1.1.2); §14.1: the UAC terminates the dialog: ending it with BYE"
+        )
+        return [Log(why, "warning"), *self._send_bye()]
+
+    # -- our 2xx until its ACK (RFC 3261 §13.3.1.4) ---------------------------------------------
+
+    def send_2xx(
+        self, conn: ConnId, request: Request, ok: Response, now: float, *, initial: bool
+    ) -> list[Effect]:
+        """Accept an INVITE or reINVITE: send ``ok`` and keep sending it, at T1 doubling up to
+        T2, until the ACK arrives or 64·T1 passes. The 2xx goes end to end, through proxies
+        that may use unreliable hops, so even a UAS on TCP retransmits it (§13.3.1.4)."""
+        self.fire(UaEvent.SEND_2XX)
+        interval = self.timers.next_interval(None)
+        seq = sip.cseq(request).sequence
+        self._accepted = _Accepted(conn, ok, seq, now, interval, initial)
+        return [*self.transport.send_on(conn, ok),
+                StartTimer(UaTimer.RETRANSMIT_2XX, interval),
+                StartTimer(UaTimer.ACK_WAIT, self.timers.ack_wait)]  # fmt: skip
+
+    def _retransmit_2xx(self, now: float) -> list[Effect]:
+        accepted = self._accepted
+        if accepted is None or not self.allows(UaEvent.TIMER_2XX):
+            return [Log("2xx retransmission timer fired with no 2xx waiting: ignored", "warning")]
+        self.fire(UaEvent.TIMER_2XX)
+        what = sip.summary(accepted.response)
+        effects = self.transport.send_on(accepted.conn, accepted.response)
+        interval = self.timers.next_interval(accepted.interval)
+        end = accepted.sent + self.timers.ack_wait
+        if now + interval < end:
+            accepted.interval = interval
+            effects.append(StartTimer(UaTimer.RETRANSMIT_2XX, interval))
+            note = f"next in {interval:g} s"
+        else:
+            note = f"the last one: the 64·T1 wait ends at t={end:g} s"
+        return [Log(f"no ACK yet: {what} sent again (RFC 3261 §13.3.1.4), {note}"), *effects]
+
+    def _ack_timeout(self, now: float) -> list[Effect]:
+        accepted = self._accepted
+        if accepted is None or not self.allows(UaEvent.ACK_TIMEOUT):
+            return [Log("ACK wait timer fired with no 2xx waiting: ignored", "warning")]
+        self.fire(UaEvent.ACK_TIMEOUT)
+        self._accepted = None
+        what = "INVITE" if accepted.initial else "reINVITE"
+        why = (
+            f"no ACK for the {sip.summary(accepted.response)} to the {what} after "
+            f"{self.timers.ack_wait:g} s (64·T1, RFC 3261 §13.3.1.4): ending the dialog with BYE"
+        )
+        return [StopTimer(UaTimer.RETRANSMIT_2XX), Log(why, "warning"), *self._send_bye()]
+
+    def on_ack(self, request: Request, now: float) -> list[Effect]:
+        """An ACK: of our pending 2xx (the table moves on), of an error answer of ours
+        (§17.2.1: it just ends that transaction) or of nothing pending (absorbed, logged)."""
+        accepted, seq = self._accepted, sip.cseq(request).sequence
+        if (
+            accepted is not None and seq == accepted.cseq and self.in_dialog(request)
+            and self.allows(UaEvent.RECV_ACK)
+        ):  # fmt: skip
+            self.fire(UaEvent.RECV_ACK)
+            self._accepted = None
+            effects: list[Effect] = [StopTimer(UaTimer.RETRANSMIT_2XX),
+                                     StopTimer(UaTimer.ACK_WAIT)]  # fmt: skip
+            if not accepted.initial:
+                effects += self._sharing_on()
+            return effects + self.release_held()
+        if seq == self._refused_cseq:
+            return []
+        return [Log(f"ACK (CSeq {seq}) acknowledges nothing pending: absorbed "
+                    "(RFC 3261 §17.2.1)")]  # fmt: skip
+
+    # -- the dialog and its reINVITE (RFC 3261 §12, §14; RFC 5245 §9.1.2.2) ---------------------
 
     def in_dialog(self, request: Request) -> bool:
         """§12.2.2: the request belongs to the call's dialog (Call-ID and both tags)."""
@@ -127,41 +357,147 @@ class UserAgent:
             and sip.format_address(sip.from_address(request)) == dialog.remote
         )
 
-    def send_reoffer(self, body: bytes) -> list[Effect]:
-        """Send the post-ICE reINVITE, once, unless sharing is already on."""
-        dialog = self.dialog
-        if dialog is None or self._reoffer is not None or self.shared:
+    def send_reoffer(self) -> list[Effect]:
+        """The post-ICE reINVITE, unless sharing is already on. §14.1: no new INVITE
+        transaction while another is in progress in either direction (our 2xx not yet
+        acknowledged, the peer's reINVITE not yet answered): then it waits for the table."""
+        if self.shared or self.dialog is None or self._reoffer_held:
             return []
+        if self.allows(UaEvent.SEND_REINVITE):
+            return self._send_reinvite(UaEvent.SEND_REINVITE)
+        if self.allows(UaEvent.TIMER_491) or self.machine.ended or self._bye is not None:
+            return []  # a retry is already due, or the dialog is ending
+        if self._accepted is not None:
+            busy = f"our {sip.summary(self._accepted.response)} is not acknowledged yet"
+        else:
+            busy = "an INVITE transaction is in progress"
+        self._reoffer_held = True
+        return [Log(f"reINVITE held: {busy} (RFC 3261 §14.1: one INVITE transaction at a "
+                    "time in a dialog)")]  # fmt: skip
+
+    def release_held(self) -> list[Effect]:
+        """The held reINVITE, now that the table allows it."""
+        if not self._reoffer_held or not self.allows(UaEvent.SEND_REINVITE):
+            return []
+        self._reoffer_held = False
+        if self.shared:
+            return []  # the peer's reINVITE did it
+        return [Log("no INVITE transaction in progress any more: sending the held reINVITE"),
+                *self._send_reinvite(UaEvent.SEND_REINVITE)]  # fmt: skip
+
+    def _send_reinvite(self, event: UaEvent) -> list[Effect]:
+        dialog = self.dialog
+        assert dialog is not None  # the table allows a reINVITE only in a dialog
+        self.fire(event)
         self._reoffer = dialog.request(
-            "INVITE", self.branch(), body=body, content_type=appsharing.CONTENT_TYPE
+            "INVITE", self.branch(), body=self.reoffer_body(), content_type=appsharing.CONTENT_TYPE
         )
-        return self.transport.send(self._reoffer, dialog.next_hop())
+        self._reoffer_ack = None
+        # §17.1.1.2: Timer B until the first answer; the first proxy's 100 Trying stops it.
+        return [*self.transport.send(self._reoffer, dialog.next_hop()),
+                StartTimer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
+
+    def _glare_over(self, now: float) -> list[Effect]:
+        if not self.allows(UaEvent.TIMER_491):
+            return [Log("491 retry timer fired, no retry due: ignored", "warning")]
+        return [Log("491 wait over: sending the reINVITE again (RFC 3261 §14.1)"),
+                *self._send_reinvite(UaEvent.TIMER_491)]  # fmt: skip
+
+    @staticmethod
+    def answers(response: Response, request: Request | None) -> bool:
+        """``response`` answers ``request`` of ours: same CSeq method and number (§8.1.3.3;
+        Call-ID and From tag are checked where the response comes in)."""
+        if request is None:
+            return False
+        sent, got = sip.cseq(request), sip.cseq(response)
+        return got.method == sent.method and got.sequence == sent.sequence
 
     def is_reoffer_answer(self, response: Response) -> bool:
-        reoffer = self._reoffer
-        return (
-            reoffer is not None
-            and sip.cseq(response).method == "INVITE"
-            and sip.cseq(response).sequence == sip.cseq(reoffer).sequence
-        )
+        return self.answers(response, self._reoffer)
 
-    def reoffer_answered(self, response: Response) -> tuple[list[Effect], str | None]:
-        """A final answer to our reINVITE: the ACK to send, and None when sharing is now on
-        (or the answer was a repeat), else why it was refused."""
+    def reoffer_answered(self, response: Response, now: float) -> list[Effect]:
+        """An answer to our reINVITE (:meth:`is_reoffer_answer` holds)."""
         dialog, reoffer = self.dialog, self._reoffer
-        assert dialog is not None and reoffer is not None  # is_reoffer_answer() held
-        if self._reoffer_done:  # a repeated final answer (§13.3.1.4): ACK a 2xx again
-            if response.code < 300 and self._reoffer_ack is not None:
-                return self.transport.send(self._reoffer_ack, dialog.next_hop()), None
-            return [], None
-        self._reoffer_done = True
-        if response.code >= 300:
-            ack = sip.build_failure_ack(reoffer, response)
-            why = f"reINVITE refused: {sip.summary(response)}{diag_suffix(response)}"
-            return self.transport.send(ack, dialog.next_hop()), why
-        self._reoffer_ack = dialog.request("ACK", self.branch(), cseq=sip.cseq(reoffer).sequence)
-        self.shared = True
-        return self.transport.send(self._reoffer_ack, dialog.next_hop()), None
+        assert dialog is not None and reoffer is not None
+        if response.code < 200:
+            if self.allows(UaEvent.RECV_1XX):
+                self.fire(UaEvent.RECV_1XX)
+                return [StopTimer(UaTimer.TIMER_B)]
+            return []
+        code = response.code
+        event = (
+            UaEvent.RECV_2XX if code < 300
+            else UaEvent.RECV_491 if code == 491
+            else UaEvent.RECV_ERROR
+        )  # fmt: skip
+        if not self.allows(event):
+            # A repeated final answer (§13.3.1.4: the UAS resends its 2xx until the ACK):
+            # acknowledge it again, nothing more.
+            if code < 300:
+                ack = self._reoffer_ack
+                return [] if ack is None else self.transport.send(ack, dialog.next_hop())
+            return self.transport.send(sip.build_failure_ack(reoffer, response),
+                                       dialog.next_hop())  # fmt: skip
+        self.fire(event)
+        effects: list[Effect] = [StopTimer(UaTimer.TIMER_B)]
+        if event is UaEvent.RECV_2XX:
+            # §12.2.1.2: a 2xx to a target refresh request updates the remote target.
+            dialog.refresh_target(response)
+            self._reoffer_ack = dialog.request("ACK", self.branch(),
+                                               cseq=sip.cseq(reoffer).sequence)  # fmt: skip
+            effects += self.transport.send(self._reoffer_ack, dialog.next_hop())
+            return effects + self._sharing_on()
+        # §17.1.1.3: the ACK of an error answer goes hop by hop, with the INVITE's branch.
+        effects += self.transport.send(sip.build_failure_ack(reoffer, response),
+                                       dialog.next_hop())  # fmt: skip
+        if event is UaEvent.RECV_491:
+            delay = glare_delay(self.rng, self.owns_call_id)
+            owner = "we" if self.owns_call_id else "the peer"
+            return [*effects,
+                    Log(f"reINVITE answered 491 Request Pending (glare): trying again in "
+                        f"{delay:.2f} s ({owner} chose the Call-ID, RFC 3261 §14.1)"),
+                    StartTimer(UaTimer.GLARE, delay)]  # fmt: skip
+        why = f"reINVITE refused: {sip.summary(response)}{diag_suffix(response)}"
+        return effects + self.on_reoffer_refused(why, now)
+
+    def on_reinvite(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """The peer's reINVITE in our dialog: taken on when the table allows, else answered
+        as RFC 3261 §14.2 says."""
+        if not self.allows(UaEvent.RECV_REINVITE):
+            return self._refuse_reinvite(conn, request)
+        effects: list[Effect] = []
+        if self.allows(UaEvent.TIMER_491):
+            # We were waiting to retry after a 491 and the peer retried first (§14.1): its
+            # transaction goes ahead, ours waits for it to end.
+            effects.append(StopTimer(UaTimer.GLARE))
+            self._reoffer_held = True
+        self.fire(UaEvent.RECV_REINVITE)
+        assert self.dialog is not None  # in_dialog() held
+        self.dialog.refresh_target(request)  # §12.2.2: a target refresh request
+        return effects + self.on_peer_reoffer(conn, request, now)
+
+    def _refuse_reinvite(self, conn: ConnId, request: Request) -> list[Effect]:
+        extra: list[tuple[str, str]] = []
+        if self.allows(UaEvent.RECV_2XX) or self.allows(UaEvent.RECV_ACK):
+            # §14.2: an INVITE of ours is in progress (its answer, or the ACK of our 2xx, is
+            # still due): 491, and the peer retries after its §14.1 delay. (§14.2 names no
+            # code for an INVITE that overtakes the ACK of our 2xx; our INVITE transaction is
+            # not over, so it is answered the same way.)
+            code, reason = 491, "Request Pending"
+            why = "our own INVITE transaction is in progress (RFC 3261 §14.2)"
+        elif self.allows(UaEvent.SEND_2XX):
+            # §14.2: a second INVITE before our final answer to the first: 500 with a
+            # Retry-After of 0-10 s.
+            code, reason = 500, "Server Internal Error"
+            extra.append(("Retry-After", str(self.rng.randint(0, 10))))
+            why = "the peer's previous reINVITE is not answered yet (RFC 3261 §14.2)"
+        else:
+            code, reason = 481, "Call/Transaction Does Not Exist"
+            why = "the dialog is over (RFC 3261 §12.2.2)"
+        self._refused_cseq = sip.cseq(request).sequence
+        no = sip.build_response(request, code, reason, extra_headers=extra)
+        return [Log(f"reINVITE answered {code} {reason}: {why}"),
+                *self.transport.send_on(conn, no)]  # fmt: skip
 
     def answer_reoffer(
         self,
@@ -169,42 +505,119 @@ class UserAgent:
         request: Request,
         body: bytes,
         contact: str,
+        now: float,
         refusal: Refusal | None = None,
     ) -> list[Effect]:
-        """The peer's reINVITE in our dialog: 491 during our own (§14.2), ``refusal`` when the
-        policy says no (§14.2: the session stays as it was), else 200 with ``body``."""
-        if self._reoffer is not None and not self._reoffer_done:
-            return self.transport.send_on(conn, sip.build_response(request, 491, "Request Pending"))
+        """Answer the peer's reINVITE we took on: ``refusal`` when the policy says no (§14.2:
+        the session stays as it was), else 200 with ``body``."""
         if refusal is not None:
+            self.fire(UaEvent.SEND_ERROR)
             extra = []
             if refusal.diagnostics is not None:
                 extra.append(("ms-diagnostics-public", str(refusal.diagnostics)))
             no = sip.build_response(request, refusal.code, refusal.reason, extra_headers=extra)
+            self._refused_cseq = sip.cseq(request).sequence
             return [
                 Log(f"refusing the reINVITE: {refusal.code} {refusal.reason}{diag_suffix(no)}"),
                 *self.transport.send_on(conn, no),
+                *self.release_held(),
             ]
         ok = sip.build_response(
             request, 200, record_route=(), contact=contact,
             content_type=appsharing.CONTENT_TYPE, body=body,
         )  # fmt: skip
-        self._answered_cseq = sip.cseq(request).sequence
-        return self.transport.send_on(conn, ok)
+        return self.send_2xx(conn, request, ok, now, initial=False)
 
-    def ack_establishes(self, request: Request) -> bool:
-        """An ACK for our 200 to the peer's reINVITE: sharing is on (True the first time)."""
-        if self.shared or not self.in_dialog(request):
-            return False
-        if sip.cseq(request).sequence != self._answered_cseq:
-            return False
+    def _sharing_on(self) -> list[Effect]:
+        if self.shared:
+            return []
         self.shared = True
-        return True
+        effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
+        if self.sends_bye:
+            effects.append(StartTimer(UaTimer.HOLD, self.hold))
+        return effects
 
-    def on_send_failed(self, notice: SendFailed) -> list[Effect]:
-        return [Log(f"cannot reach {notice.to}: {notice.reason}", "warn")]
+    # -- BYE (RFC 3261 §15) ----------------------------------------------------------------------
 
-    def on_connection_lost(self, notice: ConnectionLost) -> list[Effect]:
-        return []
+    def hang_up(self, why: str, now: float, level: str = "info") -> list[Effect]:
+        """End the dialog with BYE, saying why, when the table allows it."""
+        if self.allows(UaEvent.SEND_BYE):
+            self.fire(UaEvent.SEND_BYE)
+            return [Log(why, level), *self._send_bye()]
+        if self.machine.ended or self._bye is not None:
+            return []  # already over, or our BYE is out
+        return [Log(f"{why}; no BYE in state {self.state.name} (RFC 3261 §15: none before the "
+                    "dialog exists, nor from the callee before the ACK of its 2xx)",
+                    "warning")]  # fmt: skip
+
+    def _send_bye(self) -> list[Effect]:
+        dialog = self.dialog
+        assert dialog is not None  # the table allows BYE only in a dialog
+        self._bye = dialog.request("BYE", self.branch())
+        return [*self.session_over(), *self.transport.send(self._bye, dialog.next_hop()),
+                StartTimer(UaTimer.TIMER_F, self.timers.timer_f)]  # fmt: skip
+
+    def _timer_f(self, now: float) -> list[Effect]:
+        if not self.allows(UaEvent.TIMER_F):
+            return [Log("Timer F fired with no BYE waiting: ignored", "warning")]
+        self.fire(UaEvent.TIMER_F)
+        why = (
+            f"no answer to our BYE within {self.timers.timer_f:g} s (Timer F, RFC 3261 "
+            "§17.1.2.2): the dialog is over all the same"
+        )
+        return self.end(why, now, "warning")
+
+    def on_bye(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """The peer's BYE in our dialog: 200, and the dialog is over (§15.1.2)."""
+        if not self.allows(UaEvent.RECV_BYE):
+            no = sip.build_response(request, 481)
+            return [Log(f"BYE in state {self.state.name}: 481 (RFC 3261 §15.1.2)", "warning"),
+                    *self.transport.send_on(conn, no)]  # fmt: skip
+        self.fire(UaEvent.RECV_BYE)
+        effects = self.transport.send_on(conn, sip.build_response(request, 200))
+        return effects + self.end("call ended by the peer's BYE", now)
+
+    def bye_answered(self, response: Response, now: float) -> list[Effect]:
+        if response.code < 200 or not self.allows(UaEvent.RECV_BYE_ANSWER):
+            return []
+        self.fire(UaEvent.RECV_BYE_ANSWER)
+        return self.end(f"call ended: our BYE was answered {sip.summary(response)}", now)
+
+    def end(self, why: str, now: float, level: str = "info") -> list[Effect]:
+        """The table has reached its final state: stop the dialog's timers, then let the
+        subclass release the rest."""
+        assert self.machine.ended
+        self._accepted, self._reoffer_held = None, False
+        return [*(StopTimer(t) for t in SIP_TIMERS), *self.on_ended(why, now, level)]
+
+    # -- requests and responses inside the dialog ------------------------------------------------
+
+    def on_dialog_request(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """ACK, or a request that must belong to the dialog (reINVITE, BYE)."""
+        if request.method == "ACK":
+            return self.on_ack(request, now)
+        dialog = self.dialog
+        if dialog is None or not self.in_dialog(request):
+            return self.transport.send_on(conn, sip.build_response(request, 481))
+        if not dialog.accept_remote_cseq(request):
+            # §12.2.2: a CSeq lower than the last one seen is out of order.
+            return self.transport.send_on(conn, sip.build_response(request, 500))
+        if request.method == "INVITE":
+            return self.on_reinvite(conn, request, now)
+        if request.method == "BYE":
+            return self.on_bye(conn, request, now)
+        return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
+
+    def on_dialog_response(self, response: Response, now: float) -> list[Effect]:
+        """An answer to our reINVITE or BYE; anything else is logged and dropped."""
+        if self.is_reoffer_answer(response):
+            return self.reoffer_answered(response, now)
+        if self.answers(response, self._bye):
+            return self.bye_answered(response, now)
+        if response.code < 200:
+            return []
+        return [Log(f"{sip.summary(response)} ({sip.cseq(response).method}) answers nothing "
+                    "of ours: dropped", "warning")]  # fmt: skip
 
     def sip_event(self, event: Event, now: float) -> list[Effect]:
         """An event :meth:`SipTransport.wants`: carry it through and act on what it reports."""
@@ -214,9 +627,11 @@ class UserAgent:
                 try:
                     effects += self.on_sip(notice.conn, notice.message, now)
                 except WireError as exc:
-                    effects.append(Log(f"cannot use {sip.summary(notice.message)}: {exc}", "warn"))
+                    effects.append(
+                        Log(f"cannot use {sip.summary(notice.message)}: {exc}", "warning")
+                    )
             elif isinstance(notice, SendFailed):
-                effects += self.on_send_failed(notice)
+                effects += self.on_send_failed(notice, now)
             elif isinstance(notice, ConnectionLost):
                 effects += self.on_connection_lost(notice)
         return effects
@@ -232,7 +647,7 @@ def check_step(
     effects: list[Effect] = [Send(conn, frame, "rfc4571") for frame in out]
     for notice in notices:
         if isinstance(notice, CheckFailed):
-            effects.append(Log(f"ICE: {notice.reason}", "warn"))
+            effects.append(Log(f"ICE: {notice.reason}", "warning"))
         elif isinstance(notice, CheckAnswered):
             effects.append(Log("ICE: our check answered"))
         elif isinstance(notice, CheckReceived):

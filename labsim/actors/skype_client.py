@@ -10,16 +10,21 @@ the side that does (a setting), or answers CMS's. After ``hold`` seconds it hang
 
 Every outbound SIP request goes to the Edge, its outbound proxy; requests inside the dialog
 carry the route set the proxies recorded (:mod:`labsim.proto.sip_dialog`).
+
+Its SIP state is :data:`CLIENT_TABLE` (drawn in ``docs/state-skype_client.md``): the UAC of
+the dialog-creating INVITE, then either end of reINVITEs and BYE (the shared part is
+:class:`~labsim.actors.common.UserAgent`).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum, auto
 
 from sipmessage import Request, Response, Via
 
-from labsim.actors.common import Refusal, UserAgent, check_step, diag_suffix
+from labsim.actors.common import Refusal, UaTimer, UserAgent, check_step, diag_suffix
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -28,6 +33,7 @@ from labsim.proto.events import (
     Connect,
     Connected,
     ConnectFailed,
+    ConnId,
     Effect,
     Event,
     Log,
@@ -45,10 +51,107 @@ from labsim.proto.ice import (
 )
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_transport import ConnectionLost, SendFailed
+from labsim.proto.sip_ua_state import SipTimers, Table, UaEvent
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
 
 MEDIA = "media"
+
+
+class ClientState(StrEnum):
+    """The Skype client's SIP state: its sharing dialog and the INVITE transaction in it."""
+
+    IDLE = auto()
+    CALLING = auto()
+    CONFIRMED = auto()
+    REINVITING = auto()
+    GLARE_WAIT = auto()
+    REINVITE_RECEIVED = auto()
+    REINVITE_ACCEPTED = auto()
+    TERMINATING = auto()
+    TERMINATED = auto()
+
+
+_C, _E = ClientState, UaEvent
+
+#: Every transition of the Skype client (rule 1 of :mod:`labsim.proto.sip_ua_state`). A
+#: failure of the transport ends the dialog from any state: nothing more can be sent.
+CLIENT_TABLE: Table[ClientState] = Table(
+    "skype_client",
+    _C.IDLE,
+    _C.TERMINATED,
+    {
+        _C.IDLE: {
+            _E.SEND_INVITE: _C.CALLING,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.CALLING: {
+            _E.RECV_1XX: _C.CALLING,
+            _E.RECV_2XX: _C.CONFIRMED,
+            _E.RECV_ERROR: _C.TERMINATED,
+            _E.BAD_2XX: _C.TERMINATED,
+            _E.TIMER_B: _C.TERMINATED,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.CONFIRMED: {
+            _E.SEND_REINVITE: _C.REINVITING,
+            _E.RECV_REINVITE: _C.REINVITE_RECEIVED,
+            _E.SEND_BYE: _C.TERMINATING,
+            _E.RECV_BYE: _C.TERMINATED,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.REINVITING: {
+            _E.RECV_1XX: _C.REINVITING,
+            _E.RECV_2XX: _C.CONFIRMED,
+            _E.RECV_491: _C.GLARE_WAIT,
+            _E.RECV_ERROR: _C.CONFIRMED,
+            _E.TIMER_B: _C.TERMINATING,
+            _E.SEND_BYE: _C.TERMINATING,
+            _E.RECV_BYE: _C.TERMINATED,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.GLARE_WAIT: {
+            _E.TIMER_491: _C.REINVITING,
+            _E.RECV_REINVITE: _C.REINVITE_RECEIVED,
+            _E.SEND_BYE: _C.TERMINATING,
+            _E.RECV_BYE: _C.TERMINATED,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.REINVITE_RECEIVED: {
+            _E.SEND_2XX: _C.REINVITE_ACCEPTED,
+            _E.SEND_ERROR: _C.CONFIRMED,
+            _E.SEND_BYE: _C.TERMINATING,
+            _E.RECV_BYE: _C.TERMINATED,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.REINVITE_ACCEPTED: {
+            _E.TIMER_2XX: _C.REINVITE_ACCEPTED,
+            _E.RECV_ACK: _C.CONFIRMED,
+            _E.ACK_TIMEOUT: _C.TERMINATING,
+            _E.SEND_BYE: _C.TERMINATING,
+            _E.RECV_BYE: _C.TERMINATED,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.TERMINATING: {
+            _E.RECV_BYE_ANSWER: _C.TERMINATED,
+            _E.TIMER_F: _C.TERMINATED,
+            _E.RECV_BYE: _C.TERMINATED,
+            _E.TRANSPORT_ERROR: _C.TERMINATED,
+        },
+        _C.TERMINATED: {},
+    },
+    {
+        _C.IDLE: "in the meeting's A/V call, not sharing yet",
+        _C.CALLING: "sharing INVITE sent, no final answer yet (Timer B until the first answer)",
+        _C.CONFIRMED: "dialog up, no INVITE transaction in progress",
+        _C.REINVITING: "our reINVITE waits for its final answer",
+        _C.GLARE_WAIT: "our reINVITE got 491: retry in 2.1-4 s (we own the Call-ID)",
+        _C.REINVITE_RECEIVED: "CMS's reINVITE held until our own ICE check succeeds",
+        _C.REINVITE_ACCEPTED: "our 200 to CMS's reINVITE, resent until its ACK",
+        _C.TERMINATING: "BYE sent, waiting for its answer (Timer F)",
+        _C.TERMINATED: "the dialog is over",
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -82,31 +185,40 @@ class SkypeClientSettings:
     ice_timeout: float = 10.0
     """Seconds from the answer to a valid pair (or the reINVITE) before the client gives the
     sharing session up with BYE, as a client whose connectivity checks fail does."""
+    sip_timers: SipTimers = field(default_factory=SipTimers)
+    """T1 and T2 (RFC 3261 §17.1.1.1): Timer B, Timer F, the 2xx retransmissions."""
     linger: float = 0.05
     """Seconds between the last act and ``finished`` (lets closes reach the trace)."""
     seed: int = 5061
 
 
-class SkypeClient(UserAgent):
+class SkypeClient(UserAgent[ClientState]):
     branch_tag = "sc"
+    #: The client generated the Call-ID (RFC 3261 §14.1: its 491 retry waits 2.1-4 s).
+    owns_call_id = True
 
     def __init__(self, settings: SkypeClientSettings, name: str = "skype_client") -> None:
-        super().__init__(settings.host, settings.sip_port, random.Random(settings.seed))
+        super().__init__(
+            settings.host, settings.sip_port, random.Random(settings.seed), CLIENT_TABLE,
+            settings.sip_timers,
+        )  # fmt: skip
         self.name = name
         self.settings = settings
         self.linger = settings.linger
+        self.sends_bye, self.hold = settings.sends_bye, settings.hold
         self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.host}"
         self.contact = f"<sip:alice@{settings.host}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
         self.remote: appsharing.RemoteShare | None = None
         self.checks: CheckStream | None = None
-        self._held_reinvite: tuple[str, Request] | None = None
+        self._held_reinvite: tuple[ConnId, Request] | None = None
+        """CMS's reINVITE, waiting for our own check to succeed (REINVITE_RECEIVED)."""
         self._relay = Address("0.0.0.0", 0)
         self._ack: tuple[Request, Address] | None = None
-        """The ACK of the first INVITE and where it went (sent again for a repeated 2xx)."""
+        """The ACK of the first INVITE's final answer and where it went (sent again for a
+        repeated answer)."""
         self._media_open = False
         """The media connection is open or opening."""
-        self._bye_sent = False
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -136,40 +248,56 @@ class SkypeClient(UserAgent):
             return [
                 *self.transport.start(),
                 *self.transport.open(self.settings.edge),
-                StartTimer("call", self.settings.start_delay),
+                StartTimer(UaTimer.CALL, self.settings.start_delay),
             ]
         if self.transport.wants(event):
             return self.sip_event(event, now)
+        if isinstance(event, TimerFired):
+            timer = UaTimer.of(event.timer)
+            return [] if timer is None else self._timer(timer, now)
         match event:
-            case TimerFired(timer="call"):
-                return self._call()
-            case TimerFired(timer="hold"):
-                return self._bye()
-            case TimerFired(timer="timer-b"):
-                return self.done("no final answer to the INVITE within 32 s (RFC 3261 Timer B)")
-            case TimerFired(timer="finish"):
-                self.finished = True
-                return []
             case Connected(conn=conn) if conn == MEDIA:
                 return self._media_up(event.remote)
             case ConnectFailed(conn=conn, reason=reason) if conn == MEDIA:
                 self._media_open = False
-                return self._give_up(f"media connection failed: {reason}")
-            case TimerFired(timer="ice"):
-                if self.shared:
-                    return []
-                return self._give_up(
-                    f"no valid candidate pair within {self.settings.ice_timeout} s"
-                )
+                return self._give_up(f"media connection failed: {reason}", now)
             case Received(conn=conn, data=data) if conn == MEDIA:
-                return self._media(data)
+                return self._media(data, now)
             case Closed(conn=conn) if conn == MEDIA:
                 self.checks, self._media_open = None, False
                 return [Log("media connection closed")]
         return []
 
+    def _timer(self, timer: UaTimer, now: float) -> list[Effect]:
+        match timer:
+            case UaTimer.CALL:
+                return self._call()
+            case UaTimer.FINISH:
+                self.finished = True
+                return []
+            case UaTimer.ICE:
+                if self.shared:
+                    return []
+                wait = self.settings.ice_timeout
+                if self.checks is not None and self.checks.valid:
+                    why = f"the pair is valid, but no reINVITE completed within {wait:g} s"
+                else:
+                    why = f"no valid candidate pair within {wait:g} s"
+                return self._give_up(why, now)
+            case UaTimer.TIMER_B if self.invite_pending:
+                return self._invite_timer_b(now)
+        return self.on_sip_timer(timer, now) or []
+
+    @property
+    def invite_pending(self) -> bool:
+        """The sharing INVITE waits for its final answer."""
+        return self.state is ClientState.CALLING
+
     def _call(self) -> list[Effect]:
+        if not self.allows(UaEvent.SEND_INVITE):
+            return [Log(f"no sharing INVITE in state {self.state.name}", "warning")]
         s = self.settings
+        self.fire(UaEvent.SEND_INVITE)
         body = appsharing.build(self._side(1))
         self.invite = sip.build_request(
             "INVITE",
@@ -183,107 +311,150 @@ class SkypeClient(UserAgent):
             content_type=appsharing.CONTENT_TYPE,
             body=body,
         )
-        # RFC 3261 §17.1.1.2 Timer B (64*T1): an INVITE nobody answers ends the attempt.
+        # RFC 3261 §17.1.1.2: Timer B (64·T1) until the first answer; the Edge's 100 Trying
+        # normally stops it within a round trip.
         return [Log("sharing: new INVITE with m=applicationsharing"),
-                *self.transport.send(self.invite, s.edge), StartTimer("timer-b", 32.0)]  # fmt: skip
+                *self.transport.send(self.invite, s.edge),
+                StartTimer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
+
+    def _invite_timer_b(self, now: float) -> list[Effect]:
+        self.fire(UaEvent.TIMER_B)
+        why = (
+            f"no response to the sharing INVITE within {self.timers.timer_b:g} s (Timer B, "
+            "64·T1, RFC 3261 §17.1.1.2): the call attempt fails (§13.2.2: as a 408)"
+        )
+        return self.end(why, now, "warning")
 
     # -- SIP -----------------------------------------------------------------------------------
 
-    def on_send_failed(self, notice: SendFailed) -> list[Effect]:
-        return self.done(f"cannot reach {notice.to}: {notice.reason}")
+    def on_send_failed(self, notice: SendFailed, now: float) -> list[Effect]:
+        why = f"cannot reach {notice.to}: {notice.reason}"
+        if not self.allows(UaEvent.TRANSPORT_ERROR):
+            return [Log(why, "warning")]
+        # RFC 3261 §8.1.3.1: a transport error is a 503 for what was sent; with no way to the
+        # outbound proxy nothing else can be sent either.
+        self.fire(UaEvent.TRANSPORT_ERROR)
+        return self.end(why, now, "warning")
 
     def on_connection_lost(self, notice: ConnectionLost) -> list[Effect]:
         return [] if self.dialog else [Log(f"SIP connection to {notice.remote} lost")]
 
-    def on_sip(self, conn: str, message: sip.SipMessage, now: float) -> list[Effect]:
+    def on_sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
         if isinstance(message, Response):
-            return self._response(message)
-        return self._request(conn, message)
+            return self._response(message, now)
+        if message.method == "CANCEL":
+            return self._cancel(conn, message, now)
+        if message.method == "INVITE" and self.dialog is None:
+            # A client that shares does not take calls here (it is no UAS for a new INVITE).
+            return self.transport.send_on(conn, sip.build_response(message, 481))
+        return self.on_dialog_request(conn, message, now)
 
-    def _response(self, response: Response) -> list[Effect]:
+    def _cancel(self, conn: ConnId, cancel: Request, now: float) -> list[Effect]:
+        """RFC 3261 §9.2: a CANCEL of CMS's reINVITE while we hold it: 200 to the CANCEL, 487
+        to the reINVITE (the session stays as it was, §14.2). Any other CANCEL matches no
+        transaction waiting here: 481."""
+        held = self._held_reinvite
+        same = held is not None and (
+            sip.call_id(cancel) == sip.call_id(held[1])
+            and sip.via_branch(sip.top_via(cancel)) == sip.via_branch(sip.top_via(held[1]))
+        )
+        if held is None or not same or not self.allows(UaEvent.SEND_ERROR):
+            return self.transport.send_on(conn, sip.build_response(cancel, 481))
+        self._held_reinvite = None
+        self.fire(UaEvent.SEND_ERROR)
+        self._refused_cseq = sip.cseq(held[1]).sequence
+        return [*self.transport.send_on(conn, sip.build_response(cancel, 200)),
+                *self.transport.send_on(held[0], sip.build_response(held[1], 487)),
+                *self.release_held()]  # fmt: skip
+
+    def _response(self, response: Response, now: float) -> list[Effect]:
         # Only answers to what this client sent count: its Call-ID and its From tag (RFC 3261
         # §8.1.3.3, §17.1.3). Anything else is a stray and is dropped.
         if sip.call_id(response) != self.call_id or sip.from_tag(response) != self.tag:
-            return [Log(f"stray {sip.summary(response)} dropped", "warn")]
+            return [Log(f"stray {sip.summary(response)} dropped", "warning")]
         method, seq = sip.cseq(response).method, sip.cseq(response).sequence
-        if response.code < 200:
-            return []
         if method == "INVITE" and self.invite is not None and seq == 1:
-            if self._ack is not None:
-                # A repeated final answer (§13.3.1.4: the UAS resends a 2xx until the ACK):
-                # acknowledge it again, nothing more.
-                return self.transport.send(self._ack[0], self._ack[1])
-            return [StopTimer("timer-b"), *self._invite_answered(response)]
-        if self.is_reoffer_answer(response):
-            was_shared = self.shared
-            effects, refused = self.reoffer_answered(response)
-            if refused is not None:
-                return [*effects, *self._give_up(refused)]
-            return effects + self._shared() if self.shared and not was_shared else effects
-        if method == "BYE":
-            return [*self._close_media(), *self.done("call ended")]
-        return []
+            return self._invite_answer(response, now)
+        return self.on_dialog_response(response, now)
 
-    def _invite_answered(self, response: Response) -> list[Effect]:
+    def _invite_answer(self, response: Response, now: float) -> list[Effect]:
+        assert self.invite is not None  # checked by the caller
+        if response.code < 200:
+            if not self.allows(UaEvent.RECV_1XX):
+                return []  # a provisional answer after the final one
+            self.fire(UaEvent.RECV_1XX)
+            return [StopTimer(UaTimer.TIMER_B)]  # §17.1.1.2: Calling -> Proceeding
+        if not self.invite_pending:
+            # A repeated final answer (§13.3.1.4: the UAS resends a 2xx until the ACK;
+            # §17.1.1.3: an error answer is ACKed again): acknowledge it again, nothing more.
+            return [] if self._ack is None else self.transport.send(*self._ack)
+        return [StopTimer(UaTimer.TIMER_B), *self._invite_answered(response, now)]
+
+    def _invite_answered(self, response: Response, now: float) -> list[Effect]:
         assert self.invite is not None  # checked by the caller
         s = self.settings
         if response.code >= 300:
+            self.fire(UaEvent.RECV_ERROR)
             # §17.1.1.3: the ACK for a non-2xx goes hop by hop, with the INVITE's branch.
             ack = sip.build_failure_ack(self.invite, response)
             self._ack = (ack, s.edge)
             why = f"sharing refused: {sip.summary(response)}{diag_suffix(response)}"
-            return [*self.transport.send(ack, s.edge), *self.done(why)]
+            return [*self.transport.send(ack, s.edge), *self.end(why, now)]
         try:
-            self.dialog = Dialog.as_uac(self.invite, response, self.contact)
+            dialog = Dialog.as_uac(self.invite, response, self.contact)
         except WireError as exc:
             # No remote target: nothing can be sent in this dialog, not even the ACK.
-            return self.done(f"unusable 2xx: {exc}")
-        ack = self.dialog.request("ACK", self.branch(), cseq=1)
-        self._ack = (ack, self.dialog.next_hop())
-        effects = self.transport.send(ack, self.dialog.next_hop())
+            self.fire(UaEvent.BAD_2XX)
+            return self.end(f"unusable 2xx: {exc}", now, "warning")
+        self.fire(UaEvent.RECV_2XX)
+        self.dialog = dialog
+        ack = dialog.request("ACK", self.branch(), cseq=1)
+        self._ack = (ack, dialog.next_hop())
+        effects = self.transport.send(ack, dialog.next_hop())
         try:
             self.remote = appsharing.parse(response.body)
         except WireError as exc:
-            return [*effects, *self._give_up(f"answer without usable SDP: {exc}")]
+            return [*effects, *self._give_up(f"answer without usable SDP: {exc}", now)]
         relay = self.remote.relay()
         if relay is None:
-            return [*effects, *self._give_up("CMS offers no relay candidate: no media path")]
+            return [*effects, *self._give_up("CMS offers no relay candidate: no media path", now)]
         target = Address(relay.address, relay.port) if s.direct_path else s.edge_media
         self._relay = Address(relay.address, relay.port)
         return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
-                *self._open_media(target), StartTimer("ice", s.ice_timeout)]  # fmt: skip
+                *self._open_media(target), StartTimer(UaTimer.ICE, s.ice_timeout)]  # fmt: skip
 
-    def _request(self, conn: str, request: Request) -> list[Effect]:
-        if request.method == "ACK":
-            return self._shared() if self.ack_establishes(request) else []
-        if not self.in_dialog(request):
-            return self.transport.send_on(conn, sip.build_response(request, 481))
-        if request.method == "BYE":
-            return [*self.transport.send_on(conn, sip.build_response(request, 200)),
-                    StopTimer("ice"), *self._close_media(),
-                    *self.done("call ended by CMS")]  # fmt: skip
-        if request.method == "INVITE":
-            if self.checks is None or not self.checks.valid:
-                # RFC 5245 §9.2.2.3 / MS-ICE2: the controlled agent takes the pair the
-                # controlling one nominated only once its own checks of it succeeded; until
-                # then the reINVITE waits (a one-way binding leaves it unanswered, and the
-                # ICE timer ends the session).
-                self._held_reinvite = (conn, request)
-                return [Log("reINVITE held: our own check has not succeeded yet")]
-            return self._answer_reinvite(conn, request)
-        return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
+    def on_peer_reoffer(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        if self.checks is None or not self.checks.valid:
+            # RFC 5245 §9.2.2.3 / MS-ICE2: the controlled agent takes the pair the
+            # controlling one nominated only once its own checks of it succeeded; until
+            # then the reINVITE waits (a one-way binding leaves it unanswered, and the
+            # ICE timer ends the session).
+            self._held_reinvite = (conn, request)
+            return [Log("reINVITE held: our own check has not succeeded yet")]
+        return self._answer_reinvite(conn, request, now)
 
-    def _answer_reinvite(self, conn: str, request: Request) -> list[Effect]:
+    def _answer_reinvite(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         body = appsharing.build(
             self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
         )
-        return self.answer_reoffer(conn, request, body, self.contact, self.settings.refuse_reinvite)
+        return self.answer_reoffer(
+            conn, request, body, self.contact, now, self.settings.refuse_reinvite
+        )
 
-    def _shared(self) -> list[Effect]:
-        effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
-        if self.settings.sends_bye:
-            effects.append(StartTimer("hold", self.settings.hold))
-        return effects
+    def reoffer_body(self) -> bytes:
+        return appsharing.build(
+            self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
+        )
+
+    def on_reoffer_refused(self, why: str, now: float) -> list[Effect]:
+        return self._give_up(why, now)
+
+    def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
+        self._held_reinvite = None
+        return [StopTimer(UaTimer.ICE), *self._close_media(), *self.done(why, level)]
+
+    def session_over(self) -> list[Effect]:
+        return [StopTimer(UaTimer.ICE), *self._close_media()]
 
     def _open_media(self, target: Address) -> list[Effect]:
         self._media_open = True
@@ -295,19 +466,9 @@ class SkypeClient(UserAgent):
         self._media_open = False
         return [Close(MEDIA)]
 
-    def _give_up(self, why: str) -> list[Effect]:
+    def _give_up(self, why: str, now: float) -> list[Effect]:
         """The sharing session cannot get media: hang up (BYE) rather than hold a dead call."""
-        effects: list[Effect] = [Log(why, "warn"), *self._close_media()]
-        if self.dialog is not None and not self._bye_sent:
-            return effects + self._bye()
-        return effects + self.done("gave up")
-
-    def _bye(self) -> list[Effect]:
-        if self.dialog is None or self._bye_sent:
-            return []
-        self._bye_sent = True
-        bye = self.dialog.request("BYE", self.branch())
-        return self.transport.send(bye, self.dialog.next_hop())
+        return self.hang_up(f"{why}: giving the sharing session up with BYE", now, "warning")
 
     # -- media ---------------------------------------------------------------------------------
 
@@ -323,20 +484,15 @@ class SkypeClient(UserAgent):
         )  # fmt: skip
         return [Send(MEDIA, self.checks.request(), "rfc4571")]
 
-    def _media(self, data: bytes) -> list[Effect]:
+    def _media(self, data: bytes, now: float) -> list[Effect]:
         if self.checks is None:
             return []
         effects, valid = check_step(self.checks, MEDIA, data, "CMS")
-        if valid and self.settings.sends_reinvite:
-            effects += self._reinvite()
-        if valid and self._held_reinvite is not None:
-            conn, request = self._held_reinvite
-            self._held_reinvite = None
-            effects += self._answer_reinvite(conn, request)
+        if not valid:
+            return effects
+        held, self._held_reinvite = self._held_reinvite, None
+        if held is not None and self.allows(UaEvent.SEND_2XX):
+            effects += self._answer_reinvite(*held, now)
+        if self.settings.sends_reinvite:
+            effects += self.send_reoffer()
         return effects
-
-    def _reinvite(self) -> list[Effect]:
-        body = appsharing.build(
-            self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
-        )
-        return self.send_reoffer(body)

@@ -7,6 +7,10 @@ of the 2xx in reverse order. A request inside the dialog (§12.2.1.1) goes to th
 (the peer's Contact) with the route set as Route headers; since every proxy here uses loose
 routing (``;lr``), the Request-URI stays the remote target and the request is sent to the first
 Route value.
+
+Target refresh (§12.2.1.2, §12.2.2): a reINVITE and the 2xx to one carry the sender's Contact,
+which replaces the remote target. Remote CSeq (§12.2.2): requests from the peer come in order;
+one with a lower CSeq than the last is refused with 500.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Dialog:
     remote_target: URI
     route_set: list[str] = field(default_factory=list)
     local_cseq: int = 1
+    remote_cseq: int | None = None
+    """The peer's last CSeq number (None: none seen yet, as for the caller, §12.1.2)."""
     via_host: str = ""
     via_port: int = 5060
     contact: str = ""
@@ -68,10 +74,30 @@ class Dialog:
             remote_target=_target(invite),
             route_set=[sip.format_address(a) for a in sip.record_route(invite)],
             local_cseq=0,
+            remote_cseq=sip.cseq(invite).sequence,
             via_host=host,
             via_port=port,
             contact=contact,
         )
+
+    def refresh_target(self, msg: Request | Response) -> None:
+        """§12.2.1.2 / §12.2.2: a target refresh request (reINVITE) or its 2xx replaces the
+        remote target with its Contact, when it has one."""
+        contacts = sip.contact(msg)
+        if contacts:
+            self.remote_target = contacts[0].uri
+
+    def accept_remote_cseq(self, request: Request) -> bool:
+        """§12.2.2: False when the peer's request is out of order (a CSeq lower than the last
+        one), else remember its CSeq. ACK and CANCEL carry their INVITE's and are not
+        counted."""
+        if request.method in ("ACK", "CANCEL"):
+            return True
+        seq = sip.cseq(request).sequence
+        if self.remote_cseq is not None and seq < self.remote_cseq:
+            return False
+        self.remote_cseq = seq
+        return True
 
     def next_hop(self) -> Address:
         """Where an in-dialog request goes first: the first Route value, else the target."""
