@@ -21,7 +21,7 @@ from labsim.net.live import LiveNetwork, claim_block
 from labsim.proto.events import Address, Closed
 from labsim.trace import Trace
 
-from .test_runtimes import CLIENT_HOST, SERVER_HOST, Client, EchoServer
+from .test_runtimes import CLIENT_HOST, SERVER_HOST, Client, EchoServer, first_in
 
 ROOT = Path(__file__).parent.parent
 LABSIM = Path(sys.executable).with_name("labsim")  # the venv's console script
@@ -114,7 +114,7 @@ async def test_two_live_runs_at_once_on_the_same_lab_ports() -> None:
     )
     assert one.loopback_of(SERVER_HOST) != two.loopback_of(SERVER_HOST)
     for server, client, trace in ((s1, c1, traces[0]), (s2, c2, traces[1])):
-        assert bytes(client.received) == b"onetwo" and server.data["in:1"] == b"onetwo"
+        assert bytes(client.received) == b"onetwo" and server.data[first_in(server)] == b"onetwo"
         (record,) = trace.connections.values()
         # What the trace shows is the lab's, whichever block the run had.
         assert record.server_addr == Address(SERVER_HOST, 5061)
