@@ -119,7 +119,7 @@ class MessageRecord:
     __slots__ = (
         "t", "connection", "src", "dst", "src_addr", "dst_addr", "protocol", "data", "framing",
         "relayed", "size", "_summary", "_error", "_facts", "sent_t", "fate", "fate_t", "rule",
-        "delay", "journey", "wire_end", "_dir",
+        "delay", "_journey", "wire_end", "_dir", "_trace",
     )  # fmt: skip
 
     def __init__(
@@ -166,7 +166,9 @@ class MessageRecord:
         self.rule: int | None = None
         #: Seconds a fault rule held it before it went on the wire.
         self.delay = 0.0
-        self.journey: Journey | None = None
+        self._journey: Journey | None = None
+        #: The trace that links journeys (lazily: see :meth:`Trace.link`).
+        self._trace: Trace | None = None
         #: Offset of its last byte in the bytes written on this direction (delivery tracking).
         self.wire_end = -1
         self._dir: _Direction | None = None
@@ -225,6 +227,14 @@ class MessageRecord:
     def on_wire(self) -> bool:
         """It went on the wire (every fate but ``dropped``)."""
         return self.fate != "dropped"
+
+    @property
+    def journey(self) -> Journey | None:
+        """The message's journey across hops (None for a record no trace holds)."""
+        trace = self._trace
+        if trace is not None and trace._log:
+            trace.link()
+        return self._journey
 
     @property
     def hop(self) -> int:
@@ -359,7 +369,7 @@ class Trace:
     #: Every message on every hop (dropped ones too), in the order they went on the wire.
     messages: list[MessageRecord] = field(default_factory=list)
     #: Every message once, with the hops it crossed.
-    journeys: list[Journey] = field(default_factory=list)
+    _journeys: list[Journey] = field(default_factory=list, repr=False)
     refused: list[RefusedRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
@@ -370,6 +380,17 @@ class Trace:
     _forwardable: dict[str, dict[object, deque[MessageRecord]]] = field(
         default_factory=dict, repr=False
     )
+    #: What happened to messages since journeys were last linked, in order: (True, record) it
+    #: went on the wire or was dropped, (False, record) it was delivered. Linking waits until
+    #: someone asks (:meth:`link`), so a run pays two appends per message, not a SIP parse.
+    _log: list[tuple[bool, MessageRecord]] = field(default_factory=list, repr=False)
+
+    @property
+    def journeys(self) -> list[Journey]:
+        """Every message once, with the hops it crossed."""
+        if self._log:
+            self.link()
+        return self._journeys
 
     # -- written by the runtimes ---------------------------------------------------------------
 
@@ -600,11 +621,22 @@ class Trace:
 
     def _add(self, record: MessageRecord) -> None:
         self._last_on_conn[record.connection] = record
-        self._link(record)
+        record._trace = self
+        self._log.append((True, record))
         self.messages.append(record)
         self.timeline.append(record)
 
     # -- journeys ------------------------------------------------------------------------------
+
+    def link(self) -> None:
+        """Link the messages recorded since the last call into journeys, in the order things
+        happened (a message is forwarded only after it was delivered)."""
+        log, self._log = self._log, []
+        for sent, record in log:
+            if sent:
+                self._link(record)
+            else:
+                self._forwardable_at(record)
 
     def _link(self, record: MessageRecord) -> None:
         """Join ``record`` to the journey of the message its sender was handed, when it is
@@ -616,13 +648,13 @@ class Trace:
             if key is not None:
                 queue = store.get(key)
                 if queue:
-                    journey = queue.popleft().journey
+                    journey = queue.popleft()._journey
                     if not queue:
                         del store[key]
         if journey is None:
-            journey = Journey(len(self.journeys) + 1)
-            self.journeys.append(journey)
-        record.journey = journey
+            journey = Journey(len(self._journeys) + 1)
+            self._journeys.append(journey)
+        record._journey = journey
         journey.hops.append(record)
 
     def _forwardable_at(self, record: MessageRecord) -> None:
@@ -649,7 +681,7 @@ class Trace:
         while pending and pending[0].wire_end <= upto:
             record = pending.popleft()
             record.fate, record.fate_t = "delivered", t
-            self._forwardable_at(record)
+            self._log.append((False, record))
 
     def lost(self, t: float, conn: int, from_client: bool) -> None:
         """The connection is gone for the receiver of this direction (reset, cut, or it closed
