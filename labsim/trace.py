@@ -388,8 +388,9 @@ class Trace:
     _forwardable: dict[str, dict[object, deque[MessageRecord]]] = field(
         default_factory=dict, repr=False
     )
-    #: What happened to messages since journeys were last linked, in order (see ``_log_sent``). Linking waits until
-    #: someone asks (:meth:`link`), so a run pays two appends per message, not a SIP parse.
+    #: What happened to messages since journeys were last linked, in order (see
+    #: ``_log_sent``). Linking waits until someone asks (:meth:`link`), so a run pays two
+    #: appends per message, not a SIP parse.
     _log: list[MessageRecord] = field(default_factory=list, repr=False)
     #: For each entry of ``_log``: 1 it went on the wire (or was dropped), 0 it was delivered.
     _log_sent: bytearray = field(default_factory=bytearray, repr=False)
