@@ -129,13 +129,14 @@ def test_options_leave_out_relayed_data_and_logs() -> None:
 def test_consecutive_data_collapses_only_on_the_same_connection_and_direction() -> None:
     trace = Trace()
     trace.opened(0.0, 1, "cms", CMS, "expressway_e", EXPE)
-    # Each write read before the next: separate records (unread ones would grow one record).
+    # Writes a fault rule watches are one record each (the trace grows one record only for
+    # writes that pass straight through).
     for i in range(3):
-        trace.sent(0.1 + i, 1, True, b"\xff" * 10, "raw")
-        trace.delivered(0.1 + i, 1, True, 10)
-    trace.sent(4.0, 1, False, b"\xff" * 7, "raw")
-    trace.delivered(4.0, 1, False, 7)
-    trace.sent(5.0, 1, False, b"\xff" * 8, "raw")
+        for unit in trace.cut(0.1 + i, 1, True, b"\xff" * 10, "raw"):
+            trace.wire(unit, 0.1 + i)
+    for when, size in ((4.0, 7), (5.0, 8)):
+        for unit in trace.cut(when, 1, False, b"\xff" * size, "raw"):
+            trace.wire(unit, when)
     labels = [r for r in rows(render_ladder(trace, ["cms", "expressway_e"])) if "TCP data" in r]
     assert len(labels) == 2
     assert "TCP data ×3, 30 bytes" in labels[0] and "TCP data ×2, 15 bytes" in labels[1]
