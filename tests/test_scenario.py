@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from labsim.actors.lab import CallSettings
+from labsim.proto.turn_client import TurnClientSettings
 from labsim.scenario import (
     ACTOR_NAMES,
     LAB_REACHABILITY,
     Actors,
-    Call,
     Scenario,
     ScenarioError,
-    TurnClientConfig,
     first_sentence,
     json_schema,
     library_dir,
@@ -51,13 +51,13 @@ def test_the_lab_file_restates_the_defaults() -> None:
     assert lab.extends is None
     assert (lab.clock, lab.deadline, lab.latency) == ("live", 20.0, 0.0005)
     assert lab.actors == Actors() == defaults.actors
-    assert lab.call == Call() == defaults.call
+    assert lab.call == CallSettings() == defaults.call
     assert lab.reachability == list(LAB_REACHABILITY) == defaults.reachability
     assert lab.faults == [] and lab.links == []
     assert lab.actors.expressway_e.address == "10.48.54.229"
     assert lab.actors.expressway_e.turn.realm == "TANDBERG"
     assert lab.actors.skype_edge.relay_port == 53577
-    assert lab.actors.cms.turn == TurnClientConfig()
+    assert lab.actors.cms.turn == TurnClientSettings()
     assert lab.actors.cms.turn.lifetime == 600
 
 
@@ -326,7 +326,11 @@ def test_unknown_top_level_key_lists_what_is_known(tmp_path: Path) -> None:
             "actors.expressway_e.turn.relay_ports: the relay range 5100-6000 holds "
             "traversal_port 5500",
         ),
-        ("actors:\n  cms:\n    ice_pwd: short\n", 3, "actors.cms.ice_pwd: String should match"),
+        (
+            "actors:\n  cms:\n    ice_pwd: short\n",
+            3,
+            "actors.cms.ice_pwd: 'short' is not 22-256 ice-chars (letters, digits, + and /; RFC",
+        ),
         (
             "actors:\n  skype_client:\n    direct_path: 1\n",
             3,
@@ -593,7 +597,7 @@ def test_the_schema_uses_yaml_keys_and_forbids_unknown_ones() -> None:
     assert "default" not in schema["properties"]["name"]
     message = schema["$defs"]["MessageExpect"]["properties"]
     assert {"from", "to"} <= set(message)
-    layout = schema["$defs"]["Call"]["properties"]["check_layout_cms"]["items"]
+    layout = schema["$defs"]["CallSettings"]["properties"]["check_layout_cms"]["items"]
     assert "MS-IMPLEMENTATION-VERSION" in layout["enum"]
 
 

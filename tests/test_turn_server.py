@@ -375,9 +375,11 @@ def test_coturn_layout_orders() -> None:
     assert names(attempt) == ["CONNECTION-ID", "XOR-PEER-ADDRESS", "SOFTWARE", "FINGERPRINT"]
 
 
-def test_custom_layout_and_no_software() -> None:
+def test_custom_layout_and_no_software(monkeypatch: pytest.MonkeyPatch) -> None:
     layout = Layout(**{**vars(LAYOUTS["expressway"]), "refresh": ("LIFETIME", "FINGERPRINT")})
-    lab = Lab(layout=layout, software="")
+    # Settings name a layout (what a scenario can write); a new one is a new preset.
+    monkeypatch.setitem(LAYOUTS, "custom", layout)
+    lab = Lab(layout="custom", software="")
     lab.allocate()
     refresh = only_stun(lab.request("in:ctl", Message.request(Method.REFRESH)), "in:ctl")
     assert names(refresh) == ["LIFETIME", "FINGERPRINT"]
@@ -599,7 +601,7 @@ def test_quota_gets_486() -> None:
 
 
 def test_no_free_port_gets_508_and_a_freed_port_is_reused() -> None:
-    lab = Lab(relay_port_min=24000, relay_port_max=24000)
+    lab = Lab(relay_ports=(24000, 24000))
     lab.allocate("in:a")
     lab.accept("in:b", Address(CMS.host, 50000))
     assert error_code(only_stun(lab.request("in:b", allocate_request()), "in:b")) == 508
@@ -620,7 +622,7 @@ def test_relay_ports_go_lowest_first_and_listen_failure_moves_on() -> None:
 
 
 def test_listen_failures_end_in_508() -> None:
-    lab = Lab(auto_listen=False, relay_port_min=24000, relay_port_max=24001)
+    lab = Lab(auto_listen=False, relay_ports=(24000, 24001))
     lab.accept("in:a")
     lab.challenge("in:a")
     lab.request("in:a", allocate_request())
@@ -977,7 +979,8 @@ def test_wants_routes_only_its_events() -> None:
         {"permission_policy": "loose"},
         {"bind_failure": "ignore"},
         {"layout": "nginx"},
-        {"relay_port_min": 3000, "relay_port_max": 4000},
+        {"relay_ports": (3000, 4000)},
+        {"relay_ports": (25000, 24000)},
         {"nonce_length": 200},
         {"integrity_error_code": 402},
     ],

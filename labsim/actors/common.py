@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from sipmessage import Request, Response
 
@@ -30,6 +30,9 @@ from labsim.proto.sip_proxy import ProxySettings, SipProxy
 from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
 from labsim.proto.sip_ua_state import Machine, SipTimers, Table, UaEvent, glare_delay
 from labsim.wire import WireError, sip
+
+if TYPE_CHECKING:  # the lab module imports the actors for their settings types
+    from labsim.actors.lab import CallSettings, UaSide
 
 #: MS-SIPRE ms-diagnostics-public of a Skype meeting whose policy lets only presenters share,
 #: as CMS logs it (PROTOCOL.md §5.4; Cisco document 212580, "User cannot share").
@@ -139,6 +142,21 @@ class _Accepted:
     """The 2xx to the dialog-creating INVITE (else to a reINVITE)."""
 
 
+class UaSettings(Protocol):
+    """What the settings of both ends have (:class:`SkypeClientSettings`, :class:`CmsSettings`)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def sip_port(self) -> int: ...
+    @property
+    def sip_timers(self) -> SipTimers: ...
+    @property
+    def linger(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+
+
 class UserAgent(Generic[S]):
     """What the two ends of the call (the Skype client and CMS) share: a SIP transport, branch
     numbering, the linger before ``finished``, the dispatch of the transport's notices, and the
@@ -158,29 +176,34 @@ class UserAgent(Generic[S]):
     name: str
     host: str
     finished: bool
-    #: Seconds between the last act and ``finished`` (lets closes reach the trace).
-    linger: float = 0.05
     branch_tag: str = "ua"
     #: This end generated the dialog's Call-ID (it sent the INVITE): its 491 retry waits
     #: 2.1-4 s, the other end's 0-2 s (RFC 3261 §14.1).
     owns_call_id: bool = False
-    #: Whether this end hangs up ``hold`` seconds after sharing is on.
-    sends_bye: bool = False
-    hold: float = 6.0
 
     def __init__(
-        self, host: str, sip_port: int, rng: random.Random, table: Table[S], timers: SipTimers
+        self, side: UaSide, settings: UaSettings, call: CallSettings, table: Table[S]
     ) -> None:
-        self.host = host
-        self.rng = rng
-        self.transport = SipTransport(host, (sip_port,))
+        self.host = settings.address
+        self.rng = random.Random(settings.seed)
+        self.transport = SipTransport(settings.address, (settings.sip_port,))
+        #: Seconds between the last act and ``finished`` (lets closes reach the trace).
+        self.linger = settings.linger
+        # This end's part in the call (labsim.actors.lab.CallSettings).
+        self.controlling = call.controlling(side)
+        self.sends_reinvite = call.sends_reinvite(side)
+        #: Whether this end hangs up ``hold`` seconds after sharing is on.
+        self.sends_bye = call.sends_bye(side)
+        self.hold = call.hold
+        self.check_layout = call.check_layout(side)
+        self.reinvite_connection = call.reinvite_connection
         self.finished = False
         self._branches = 0
         #: This end's tag in the call's dialog (From for the caller, To for the callee).
-        self.tag = f"{rng.getrandbits(32):08x}"
+        self.tag = f"{self.rng.getrandbits(32):08x}"
         self.dialog: Dialog | None = None
         self.machine: Machine[S] = Machine(table)
-        self.timers = timers
+        self.timers = settings.sip_timers
         #: The post-ICE reINVITE is answered 200 and acknowledged: sharing is on. (What the
         #: session carries, beside the dialog's state: a later reINVITE does not undo it.)
         self.shared = False

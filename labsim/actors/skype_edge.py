@@ -16,6 +16,7 @@ the same.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sipmessage import Response
 
@@ -37,21 +38,32 @@ from labsim.proto.events import (
     Received,
     Send,
 )
+from labsim.proto.settings import SETTINGS_CONFIG, IPv4, Port, PositiveSeconds
 from labsim.proto.sip_proxy import ProxySettings
 from labsim.wire import WireError, sip
+
+if TYPE_CHECKING:  # the lab module imports this one for its settings type
+    from labsim.actors.lab import Lab
 
 
 @dataclass(frozen=True)
 class SkypeEdgeSettings:
-    host: str = "192.168.1.252"
-    sip_port: int = 5060
-    media_port: int = 3478
-    relay_port: int = 53577
-    expressway_e: Address = Address("10.48.54.229", 5060)
-    client: Address = Address("192.168.1.100", 5060)
-    cms_domain: str = "cms.lab"
-    skype_domain: str = "skype.lab"
-    connect_timeout: float = 5.0
+    """The Skype for Business Edge: SIP proxy and media relay for the client."""
+
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    address: IPv4 = "192.168.1.252"
+    """Lab address: the Skype-side peer of the lab's ConnectionAttempt."""
+    sip_port: Port = 5060
+    """SIP over TCP."""
+    media_port: Port = 3478
+    """Where the client's media connection arrives at the Edge."""
+    relay_port: Port = 53577
+    """Source port of the Edge's connection to the TURN relay (the lab's XOR-PEER-ADDRESS
+    192.168.1.252:53577)."""
+    connect_timeout: PositiveSeconds = 5.0
+    """Seconds the Edge's connection to the relay may take before the client's media
+    connection is closed."""
 
 
 @dataclass
@@ -64,17 +76,17 @@ class _Pipe:
 
 
 class SkypeEdge(ProxyElement):
-    def __init__(self, settings: SkypeEdgeSettings, name: str = "skype_edge") -> None:
-        routes = (
-            (settings.cms_domain, settings.expressway_e),
-            (settings.skype_domain, settings.client),
-        )
+    def __init__(self, lab: Lab, name: str = "skype_edge") -> None:
+        settings = lab.skype_edge
+        #: Toward Expressway-E (the federation route) and toward the client.
+        self.expressway_e, self.client = lab.sip("expressway_e"), lab.sip("skype_client")
+        routes = ((lab.cms_domain, self.expressway_e), (lab.skype_domain, self.client))
         super().__init__(
-            name, settings.host, ProxySettings(settings.host, settings.sip_port, routes),
+            name, settings.address, ProxySettings(settings.address, settings.sip_port, routes),
             (settings.sip_port,),
         )  # fmt: skip
         self.settings = settings
-        self.media_address = Address(settings.host, settings.media_port)
+        self.media_address = Address(settings.address, settings.media_port)
         self.relay_target: Address | None = None
         self._pipes: dict[ConnId, _Pipe] = {}
         self._count = 0
@@ -88,7 +100,7 @@ class SkypeEdge(ProxyElement):
             or sip.cseq(response).method != "INVITE"
             or not response.body
             or toward is None
-            or toward.host != self.settings.client.host
+            or toward.host != self.client.host
         ):
             return
         try:
@@ -104,7 +116,7 @@ class SkypeEdge(ProxyElement):
         return [
             *super().start(now),
             Listen(self.media_address),
-            *self.transport.open(self.settings.expressway_e),
+            *self.transport.open(self.expressway_e),
         ]
 
     def other(self, event: Event, now: float) -> list[Effect] | None:
