@@ -600,6 +600,22 @@ def test_quota_gets_486() -> None:
     assert error_code(reply) == 486
 
 
+def test_no_quota_by_default() -> None:
+    lab = Lab()  # user_quota 0: none (the lab's Expressway-E)
+    for n in range(3):
+        lab.allocate(f"in:{n}", Address(CMS.host, 50000 + n))
+    assert len(lab.server.allocations()) == 3
+
+
+def test_capacity_gets_508_and_a_released_allocation_frees_it() -> None:
+    lab = Lab(max_allocations=1)
+    lab.allocate("in:a")
+    lab.accept("in:b", Address(CMS.host, 50000))
+    assert error_code(only_stun(lab.request("in:b", allocate_request()), "in:b")) == 508
+    lab.feed(Closed("in:a"))
+    assert only_stun(lab.request("in:b", allocate_request()), "in:b").cls is Class.SUCCESS
+
+
 def test_no_free_port_gets_508_and_a_freed_port_is_reused() -> None:
     lab = Lab(relay_ports=(24000, 24000))
     lab.allocate("in:a")
