@@ -119,7 +119,7 @@ class MessageRecord:
     __slots__ = (
         "t", "connection", "src", "dst", "src_addr", "dst_addr", "protocol", "data", "framing",
         "relayed", "size", "_summary", "_error", "_facts", "sent_t", "fate", "fate_t", "rule",
-        "delay", "journey", "wire_end", "_dir",
+        "delay", "_journey", "wire_end", "_dir", "_trace",
     )  # fmt: skip
 
     def __init__(
@@ -166,7 +166,9 @@ class MessageRecord:
         self.rule: int | None = None
         #: Seconds a fault rule held it before it went on the wire.
         self.delay = 0.0
-        self.journey: Journey | None = None
+        self._journey: Journey | None = None
+        #: The trace that links journeys (lazily: see :meth:`Trace.link`).
+        self._trace: Trace | None = None
         #: Offset of its last byte in the bytes written on this direction (delivery tracking).
         self.wire_end = -1
         self._dir: _Direction | None = None
@@ -225,6 +227,14 @@ class MessageRecord:
     def on_wire(self) -> bool:
         """It went on the wire (every fate but ``dropped``)."""
         return self.fate != "dropped"
+
+    @property
+    def journey(self) -> Journey | None:
+        """The message's journey across hops (None for a record no trace holds)."""
+        trace = self._trace
+        if trace is not None and trace._log:
+            trace.link()
+        return self._journey
 
     @property
     def hop(self) -> int:
@@ -335,12 +345,20 @@ class _Direction:
         self.fed = 0
         #: Bytes the receiver has read so far.
         self.delivered = 0
-        #: Records on the wire, not yet read by the receiver, in order.
-        self.pending: deque[MessageRecord] = deque()
+        #: Records on the wire, not yet read by the receiver, in order (made on first use: a
+        #: deque costs 600 bytes and a TURN server holds thousands of directions).
+        self.pending: deque[MessageRecord] | None = None
         self.last_raw: MessageRecord | None = None
         self.lost_framing = False
         #: ``wire_end`` of the last record on the wire in this direction.
         self.last_end = 0
+
+    def wait_for(self, record: MessageRecord) -> None:
+        """``record`` is on the wire: delivered once the receiver reads its last byte."""
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
+        pending.append(record)
 
 
 #: A message cut out of a send, not yet on the wire: the record and the bytes to write for it.
@@ -359,7 +377,7 @@ class Trace:
     #: Every message on every hop (dropped ones too), in the order they went on the wire.
     messages: list[MessageRecord] = field(default_factory=list)
     #: Every message once, with the hops it crossed.
-    journeys: list[Journey] = field(default_factory=list)
+    _journeys: list[Journey] = field(default_factory=list, repr=False)
     refused: list[RefusedRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
@@ -370,6 +388,19 @@ class Trace:
     _forwardable: dict[str, dict[object, deque[MessageRecord]]] = field(
         default_factory=dict, repr=False
     )
+    #: What happened to messages since journeys were last linked, in order (see
+    #: ``_log_sent``). Linking waits until someone asks (:meth:`link`), so a run pays two
+    #: appends per message, not a SIP parse.
+    _log: list[MessageRecord] = field(default_factory=list, repr=False)
+    #: For each entry of ``_log``: 1 it went on the wire (or was dropped), 0 it was delivered.
+    _log_sent: bytearray = field(default_factory=bytearray, repr=False)
+
+    @property
+    def journeys(self) -> list[Journey]:
+        """Every message once, with the hops it crossed."""
+        if self._log:
+            self.link()
+        return self._journeys
 
     # -- written by the runtimes ---------------------------------------------------------------
 
@@ -540,7 +571,7 @@ class Trace:
                 and not direction.lost_framing
                 and self._last_on_conn.get(conn) is last
                 and last.size < RAW_MERGE
-                and last.fate == "in-flight"
+                and last.fate in _GROWABLE
             ):
                 # Bulk relayed data, sniffing over, nothing else recorded on this connection
                 # since the previous write: grow that record instead of adding one per write (a
@@ -549,6 +580,11 @@ class Trace:
                 direction.wire += len(data)
                 last.size += len(data)
                 last.wire_end = direction.last_end = direction.wire
+                if last.fate == "delivered":
+                    # Read up to here already: it is delivered again once its new last byte
+                    # is (everything before it on this direction was read: nothing pends).
+                    last.fate, last.fate_t = "in-flight", None
+                    direction.wait_for(last)
                 last._summary = f"TCP data, {last.size} bytes"
                 if len(last.data) < RAW_KEEP:
                     last.data += data[: RAW_KEEP - len(last.data)]
@@ -595,16 +631,29 @@ class Trace:
         if record.dst == EXTERNAL_PEER:
             record.fate = "outside"
         else:
-            direction.pending.append(record)
+            direction.wait_for(record)
         self._add(record)
 
     def _add(self, record: MessageRecord) -> None:
         self._last_on_conn[record.connection] = record
-        self._link(record)
+        record._trace = self
+        self._log.append(record)
+        self._log_sent.append(1)
         self.messages.append(record)
         self.timeline.append(record)
 
     # -- journeys ------------------------------------------------------------------------------
+
+    def link(self) -> None:
+        """Link the messages recorded since the last call into journeys, in the order things
+        happened (a message is forwarded only after it was delivered)."""
+        log, self._log = self._log, []
+        kinds, self._log_sent = self._log_sent, bytearray()
+        for sent, record in zip(kinds, log, strict=True):
+            if sent:
+                self._link(record)
+            else:
+                self._forwardable_at(record)
 
     def _link(self, record: MessageRecord) -> None:
         """Join ``record`` to the journey of the message its sender was handed, when it is
@@ -616,13 +665,13 @@ class Trace:
             if key is not None:
                 queue = store.get(key)
                 if queue:
-                    journey = queue.popleft().journey
+                    journey = queue.popleft()._journey
                     if not queue:
                         del store[key]
         if journey is None:
-            journey = Journey(len(self.journeys) + 1)
-            self.journeys.append(journey)
-        record.journey = journey
+            journey = Journey(len(self._journeys) + 1)
+            self._journeys.append(journey)
+        record._journey = journey
         journey.hops.append(record)
 
     def _forwardable_at(self, record: MessageRecord) -> None:
@@ -645,11 +694,14 @@ class Trace:
             return
         direction.delivered += nbytes
         pending = direction.pending
+        if not pending:
+            return
         upto = direction.delivered
         while pending and pending[0].wire_end <= upto:
             record = pending.popleft()
             record.fate, record.fate_t = "delivered", t
-            self._forwardable_at(record)
+            self._log.append(record)
+            self._log_sent.append(0)
 
     def lost(self, t: float, conn: int, from_client: bool) -> None:
         """The connection is gone for the receiver of this direction (reset, cut, or it closed
@@ -674,7 +726,8 @@ class Trace:
             record._dir = direction
             record.wire_end = direction.wire
             self._put(record, direction, t)
-            direction.pending.remove(record)
+            if direction.pending:
+                direction.pending.remove(record)
             record.fate, record.fate_t = "lost", t
 
     # -- read by renderers and tests -----------------------------------------------------------
@@ -727,6 +780,9 @@ def _forward_key(record: MessageRecord) -> object | None:
                 facts.origin)  # fmt: skip
     return None
 
+
+#: Fates of an opaque record that later writes may still grow (not dropped, not lost).
+_GROWABLE = frozenset(("in-flight", "delivered", "outside"))
 
 #: The trace's name for a peer outside the run (``net.common.EXTERNAL``).
 EXTERNAL_PEER = "external"

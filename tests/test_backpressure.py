@@ -15,8 +15,8 @@ import socket
 import threading
 import time
 
-from labsim.net.common import guess_framing
 from labsim.net.live import LiveNetwork
+from labsim.net.runtime import guess_framing
 from labsim.proto.turn_server import TurnServer, TurnServerSettings
 from labsim.trace import Trace
 from labsim.wire import stun

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from labsim.cli import main
 from labsim.run import RunResult, run_scenario
-from labsim.scenario import Scenario, loads
+from labsim.scenario import Scenario, library_dir, load, loads
 from labsim.trace import Journey, MessageRecord, Trace
 
 
@@ -170,3 +170,22 @@ def test_messages_on_a_cut_connection_are_lost_with_it() -> None:
     record = result.trace.connections[conn]
     assert (record.client, record.server, record.closed_by) == ("cms", "expressway_e", "network")
     assert all(m.fate_t == record.closed for m in lost)
+
+
+def test_resent_2xx_cross_the_proxies_and_each_is_acknowledged_again() -> None:
+    """RFC 3261 §13.3.1.4 and RFC 6026 §7.2: CMS resends its 200 OK while no ACK reaches it;
+    the proxies pass every resend on (their INVITE transaction is Accepted), the client ACKs
+    each one again, and the lost ACKs end where the rule drops them."""
+    lost = run_scenario(load(library_dir() / "ack-lost.yaml"), "virtual")
+    oks = [
+        j for j in lost.trace.journeys
+        if j.sender == "cms" and j.first.is_kind("200") and j.first.sip_facts is not None
+        and j.first.sip_facts.cseq_method == "INVITE"
+    ]  # fmt: skip
+    assert len(oks) == 11 and all(j.reached("skype_client") for j in oks)
+    acks = [j for j in lost.trace.journeys if j.sender == "skype_client" and j.first.is_kind("ACK")]
+    assert len(acks) == 11
+    for ack in acks:
+        assert [(h.src, h.dst, h.fate) for h in ack.hops][-1] == ("expressway_c", "cms", "dropped")
+    bye = next(j for j in lost.trace.journeys if j.sender == "cms" and j.first.is_kind("BYE"))
+    assert bye.reached("skype_client") and bye.first.t - oks[0].first.t == pytest.approx(32.0)

@@ -62,3 +62,41 @@ def test_the_checker_catches_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import time\nfrom asyncio import sleep\n")
     assert [m for _, m in imports(bad)] == ["time", "asyncio"]
+
+
+def summary_uses(path: Path) -> list[tuple[int, str]]:
+    """Places in ``path`` that compare or parse a message's summary: ``x.summary`` as an
+    operand of a comparison (``==``, ``in``), the receiver of a method (``.startswith``,
+    ``.split``) or subscripted."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and node.attr == "summary"):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Compare) and all(
+            isinstance(op, ast.Is | ast.IsNot) for op in parent.ops
+        ):
+            continue  # "is None": whether there is one, not what it says
+        if isinstance(parent, ast.Compare | ast.Subscript) or (
+            isinstance(parent, ast.Attribute) and parent.value is node
+        ):
+            found.append((node.lineno, ast.unparse(parent)))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_code_compares_or_parses_a_summary(path: Path) -> None:
+    """Summaries are for people; code compares typed facts (labsim.wire.facts)."""
+    assert summary_uses(path) == []
+
+
+def test_the_summary_check_catches_a_comparison(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "a = [m for m in ms if m.summary.startswith('Binding')]\n"
+        "b = m.summary == 'INVITE'\nc = 'x' in m.summary\nd = m.summary.split(' ')[0]\n"
+        "ok = f'{m.summary}'\n"
+    )
+    assert [line for line, _ in summary_uses(bad)] == [1, 2, 3, 4]

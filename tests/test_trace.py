@@ -99,3 +99,22 @@ def test_relayed_bulk_data_is_kept_short_and_sniffing_stops() -> None:
     trace.opened(0.6, 2, "expressway_e", EXPE, "cms", CMS)
     assert len(trace.sent(0.6, 2, True, big, "raw")) == 1
     assert trace.sent(0.7, 1, True, big, "raw") == [] and later.size == 3 * len(big)
+
+
+def test_bulk_data_to_a_peer_outside_the_run_or_already_read_still_grows_one_record() -> None:
+    trace = Trace()
+    trace.opened(0.0, 1, "expressway_e", EXPE, "external", CMS)
+    big = bytes(64 * 1024)
+    (record,) = trace.sent(0.1, 1, True, big, "raw")
+    assert record.fate == "outside"  # nobody in the run reads it
+    for i in range(10):
+        assert trace.sent(0.2 + i, 1, True, big, "raw") == []
+    assert record.size == 11 * len(big) and len(trace.messages) == 1
+    # Read, then grown again: it is delivered once its new last byte is read.
+    trace.opened(0.0, 2, "cms", CMS, "expressway_e", EXPE)
+    (mine,) = trace.sent(1.0, 2, True, big, "raw")
+    trace.delivered(1.1, 2, True, len(big))
+    assert mine.fate == "delivered"
+    assert trace.sent(1.2, 2, True, big, "raw") == [] and mine.fate == "in-flight"
+    trace.delivered(1.3, 2, True, len(big))
+    assert (mine.fate, mine.fate_t, mine.size) == ("delivered", 1.3, 2 * len(big))

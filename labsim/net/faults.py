@@ -2,7 +2,7 @@
 connections to cut. Both runtimes apply the same :class:`FaultPlan` (DESIGN.md: faults live in
 the network layer and in actor settings, never as branches in protocol code).
 
-This module only decides; :mod:`labsim.net.common` carries the decisions out, in both
+This module only decides; :mod:`labsim.net.fault_exec` carries the decisions out, in both
 runtimes, and writes a :class:`~labsim.trace.FaultRecord` for each one (the ladder shows them;
 the diagnosis never reads them, it must find the fault from what the messages show).
 
@@ -18,6 +18,7 @@ matches a message decides.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -213,4 +214,37 @@ class FaultPlan:
             if m.probability < 1.0 and self._random[i].random() >= m.probability:
                 continue
             return Hit(i + 1, rule)
+        return None
+
+
+class Reachability:
+    """The one answer to "does a connect from this actor to that one's port get through?",
+    in both runtimes: the scenario's topology (pairs with no path: black-holed; pairs refused:
+    a RST) and its ``block`` fault rules, rules first (their hits are recorded as faults)."""
+
+    def __init__(
+        self,
+        blocked: Iterable[tuple[str, str]] = (),
+        refused: Iterable[tuple[str, str]] = (),
+        plan: FaultPlan | None = None,
+    ) -> None:
+        #: (client actor, server actor) pairs whose SYNs are dropped (connect times out).
+        self.blocked = set(blocked)
+        #: (client actor, server actor) pairs answered with a RST (connect refused).
+        self.refused = set(refused)
+        self.plan = plan
+
+    def check(
+        self, client: str, server: str | None, port: int
+    ) -> tuple[BlockHow, Hit | None] | None:
+        """How a connect from ``client`` to ``server``'s ``port`` fails, and the fault rule
+        that says so (None: the topology); None when it gets through."""
+        hit = self.plan.block(client, server, port) if self.plan is not None else None
+        if hit is not None:
+            assert isinstance(hit.rule, Block)
+            return hit.rule.how, hit
+        if server is not None and (client, server) in self.refused:
+            return "refuse", None
+        if server is not None and (client, server) in self.blocked:
+            return "blackhole", None
         return None

@@ -66,7 +66,8 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from labsim.net.common import (
+from labsim.net.faults import BlockHow, FaultPlan, Reachability
+from labsim.net.model import (
     EPHEMERAL_FIRST,
     EPHEMERAL_LAST,
     EXTERNAL,
@@ -74,11 +75,11 @@ from labsim.net.common import (
     ActorState,
     End,
     Link,
-    Runtime,
     StopWhen,
 )
-from labsim.net.faults import FaultPlan
-from labsim.proto.events import Actor, Address, Connect, ConnId, TimerId
+from labsim.net.runtime import Runtime
+from labsim.net.transport import Handle
+from labsim.proto.events import Actor, Address, Connect, ConnId
 from labsim.trace import Trace
 
 #: Bytes taken from a socket per read.
@@ -250,13 +251,6 @@ class _Outgoing:
         self.task: asyncio.Task[None] | None = None
 
 
-class _Timer:
-    __slots__ = ("handle",)
-
-    def __init__(self) -> None:
-        self.handle: asyncio.TimerHandle | None = None
-
-
 class _Stream(asyncio.BufferedProtocol):
     """One socket of the run, either end; forwards what happens to the runtime."""
 
@@ -283,23 +277,23 @@ class _Stream(asyncio.BufferedProtocol):
         if end is not None and end.open:
             net = self.net
             try:
-                net._received(end, net._rbuf[:nbytes].tobytes())
+                net._arrive(end, net._rbuf[:nbytes].tobytes())
             except Exception as exc:  # noqa: BLE001
                 net._internal(exc)
 
     def pause_writing(self) -> None:
         if self.end is not None:
-            self.net._write_pressure(self.end, True)
+            self.net.runtime.write_pressure(self.end, True)
 
     def resume_writing(self) -> None:
         if self.end is not None:
-            self.net._write_pressure(self.end, False)
+            self.net.runtime.write_pressure(self.end, False)
 
     def eof_received(self) -> bool:
         end = self.end
         if end is not None and end.open:
             try:
-                self.net._peer_closed(end, False, self.net._far_name(end))
+                self.net._arrive_close(end, False, self.net._far_name(end))
             except Exception as exc:  # noqa: BLE001
                 self.net._internal(exc)
         return False  # the transport closes our side too
@@ -312,8 +306,9 @@ class _Stream(asyncio.BufferedProtocol):
             net._internal(error)
 
 
-class LiveNetwork(Runtime):
-    """Run actors on real loopback sockets (see the module docstring)."""
+class LiveNetwork:
+    """Run actors on real loopback sockets (see the module docstring): the live transport, and
+    the run's :class:`~labsim.net.runtime.Runtime` composed with it."""
 
     def __init__(
         self,
@@ -323,25 +318,27 @@ class LiveNetwork(Runtime):
         external: Mapping[Address, tuple[str, int]] | None = None,
         backlog: int = 512,
         blocked: set[tuple[str, str]] | None = None,
+        refused: set[tuple[str, str]] | None = None,
         link_latency: Mapping[tuple[str, str], float] | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
-        super().__init__(actors, trace, faults)
         if any(v < 0 for v in (link_latency or {}).values()):
             raise ValueError("latencies must not be negative")
+        self.trace = trace
+        #: ``blocked`` pairs (client actor, server actor) are black-holed, as a firewall that
+        #: drops the SYN does (``ConnectFailed("timeout")`` after the connect timeout);
+        #: ``refused`` ones get a RST at once; so do the ``block`` rules of ``faults``.
+        reach = Reachability(blocked or (), refused or (), faults or None)
+        self.runtime = Runtime(actors, trace, self, faults=faults, reach=reach)
         #: One-way latency added between two actors (either order), on top of loopback's own:
         #: bytes and closes reach the receiver that much later, in order.
         self.link_latency = dict(link_latency or {})
-        #: (client actor, server actor) pairs whose connects are black-holed, as a firewall
-        #: that drops the SYN does: ``ConnectFailed("timeout")`` after the connect timeout.
-        self.blocked = set(blocked or ())
-        self._owner_of_host = {st.host: st.name for st in reversed(list(self.actors.values()))}
         # Lab host -> real address and back. Loopback lab hosts are their own address now;
         # the others get one of the run's block when it is claimed (_claim), in actor order.
         self._loopback_of: dict[str, str] = {}
         self._lab_of: dict[str, str] = {}
         self._block_hosts: list[str] = []
-        for st in self.actors.values():
+        for st in self.runtime.actors.values():
             if st.host in self._loopback_of or st.host in self._block_hosts:
                 continue
             try:
@@ -390,8 +387,17 @@ class LiveNetwork(Runtime):
         self._halfway: dict[_PairKey, tuple[Link, bool]] = {}
         self._internal_error: BaseException | None = None
         self._next_port: dict[str, int] = {}
-        #: How many times a relay's reading was paused because its other side could not keep up.
-        self.read_pauses = 0
+
+    @property
+    def errors(self) -> list[tuple[str, BaseException]]:
+        """(actor name, exception) for every actor exception, in order."""
+        return self.runtime.errors
+
+    @property
+    def read_pauses(self) -> int:
+        """How many times a relay's reading was paused because its other side could not keep
+        up (backpressure)."""
+        return self.runtime.writes.read_pauses
 
     # -- running -------------------------------------------------------------------------------
 
@@ -408,7 +414,8 @@ class LiveNetwork(Runtime):
 
     async def arun(self, until: float, stop: StopWhen | None = None) -> Trace:
         """:meth:`run` inside a running event loop (pytest-asyncio tests, other asyncio code)."""
-        self._begin(stop)
+        runtime = self.runtime
+        runtime.begin(stop)
         try:
             self._claim()
             loop = asyncio.get_running_loop()
@@ -416,10 +423,10 @@ class LiveNetwork(Runtime):
             self._clock = loop.time
             self._t0 = loop.time()
             self._done = loop.create_future()
-            deadline = loop.call_later(until, self._request_stop)
+            deadline = loop.call_later(until, runtime.request_stop)
             try:
-                self._start_all()
-                if not self._stopping:
+                runtime.start_all()
+                if not runtime.stopping:
                     await self._done
             finally:
                 deadline.cancel()
@@ -480,19 +487,23 @@ class LiveNetwork(Runtime):
     def now(self) -> float:
         return self._clock() - self._t0
 
-    def _on_stop(self) -> None:
+    def stop(self) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    def _soon(self, fn: Callable[..., object], *args: Any) -> None:
+    def soon(self, fn: Callable[..., object], *args: object) -> None:
         assert self._loop is not None
         self._loop.call_soon(fn, *args)
+
+    def later(self, delay: float, fn: Callable[..., object], *args: object) -> Handle:
+        assert self._loop is not None
+        return self._loop.call_later(delay, fn, *args)
 
     def _internal(self, exc: BaseException) -> None:
         """A bug of this runtime inside a loop callback: stop, and let arun raise it."""
         if self._internal_error is None:
             self._internal_error = exc
-        self._request_stop()
+        self.runtime.request_stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._loop is not None
@@ -502,7 +513,7 @@ class LiveNetwork(Runtime):
         return task
 
     async def _shutdown(self) -> None:
-        self._release_all()  # timers, listeners, connect tasks
+        self.runtime.release_all()  # timers, listeners, connect tasks
         for task in list(self._tasks):
             task.cancel()
         while self._tasks:
@@ -542,7 +553,7 @@ class LiveNetwork(Runtime):
 
     # -- listeners -----------------------------------------------------------------------------
 
-    def _io_listen(self, st: ActorState, address: Address) -> tuple[Address, Any] | str:
+    def listen(self, st: ActorState, address: Address) -> tuple[Address, object] | str:
         assert self._loop is not None
         lo = require_loopback(self._loopback_of[st.host])
         sock = socket.socket(socket.AF_INET6 if ":" in lo else socket.AF_INET, socket.SOCK_STREAM)
@@ -560,9 +571,9 @@ class LiveNetwork(Runtime):
         self._loop.add_reader(sock.fileno(), self._accept_ready, listener)
         return listener.address, listener
 
-    def _io_unlisten(self, handle: Any) -> None:
-        assert self._loop is not None
-        listener: _Listener = handle
+    def unlisten(self, handle: object) -> None:
+        assert self._loop is not None and isinstance(handle, _Listener)
+        listener = handle
         if self._listening.get(listener.key) is listener:
             del self._listening[listener.key]
         # Connections still in its accept queue are reset by the kernel: never accepted.
@@ -610,15 +621,13 @@ class LiveNetwork(Runtime):
 
     # -- connecting ----------------------------------------------------------------------------
 
-    def _io_connect(self, st: ActorState, effect: Connect) -> Any:
+    def connect(self, st: ActorState, effect: Connect, blocked: BlockHow | None) -> object:
         out = _Outgoing(st, effect.conn, effect.remote)
         out.local_port = effect.local_port
-        target_actor = self._owner_of_host.get(effect.remote.host)
-        how = self._blocked(st, target_actor, effect.remote)
-        if how == "refuse":
-            self._soon(self._fail, out, "refused")
+        if blocked == "refuse":
+            self.soon(self._fail, out, "refused")
             return out
-        if how is not None or (st.name, target_actor) in self.blocked:
+        if blocked == "blackhole":
             # Nothing goes on the wire: the loopback would answer at once, a firewall would not.
             out.task = self._spawn(self._black_hole(out, effect.timeout))
             return out
@@ -627,7 +636,7 @@ class LiveNetwork(Runtime):
             try:
                 target = (self._real_host(effect.remote.host), effect.remote.port)
             except ValueError as exc:
-                self._soon(self._fail, out, f"unreachable: {exc}")
+                self.soon(self._fail, out, f"unreachable: {exc}")
                 return out
         out.task = self._spawn(self._connect(out, target, effect.timeout))
         return out
@@ -636,17 +645,17 @@ class LiveNetwork(Runtime):
         await asyncio.sleep(timeout)
         self._fail(out, "timeout")
 
-    def _io_cancel_connect(self, st: ActorState, handle: Any) -> None:
-        out: _Outgoing = handle
-        if out.task is not None:
-            out.task.cancel()
+    def cancel_connect(self, handle: object) -> None:
+        assert isinstance(handle, _Outgoing)
+        if handle.task is not None:
+            handle.task.cancel()
 
     def _attempt_live(self, out: _Outgoing) -> bool:
         return out.st.alive and out.st.connecting.get(out.conn) is out
 
     def _fail(self, out: _Outgoing, reason: str) -> None:
         if self._attempt_live(out):
-            self._connect_failed(out.st, out.conn, out.remote, reason)
+            self.runtime.connect_failed(out.st, out.conn, out.remote, reason)
 
     def _client_socket(self, family: int, source: str, wanted: int = 0) -> socket.socket:
         """A socket bound to the actor's loopback address and ``wanted`` port, or else the next
@@ -742,7 +751,7 @@ class LiveNetwork(Runtime):
         origin = stream.origin
         if isinstance(origin, _Outgoing):
             key = origin.key
-            if key is None or self._stopping or not self._attempt_live(origin):
+            if key is None or self.runtime.stopping or not self._attempt_live(origin):
                 self._abort(transport, reset=True)  # the actor gave up (or died) meanwhile
                 if key is not None:
                     self._forget_halfway(key, client_first=False)
@@ -754,7 +763,7 @@ class LiveNetwork(Runtime):
         key = ((peer[0], peer[1]), (local[0], local[1]))
         listener = origin
         if (
-            self._stopping
+            self.runtime.stopping
             or not listener.st.alive
             or self._listening.get(listener.key) is not listener
         ):
@@ -781,15 +790,15 @@ class LiveNetwork(Runtime):
         else:
             listener = self._listening.get(key[1])
             if listener is not None:
-                link = self._open_link(
+                link = self.runtime.open_link(
                     st.name, client_addr, listener.st.name, listener.address, out.conn
                 )
                 self._halfway[key] = (link, True)
             else:
-                link = self._open_link(st.name, client_addr, EXTERNAL, out.remote, out.conn)
-        end = self._client_end(link, st, out.conn, client_addr, out.remote, transport)
+                link = self.runtime.open_link(st.name, client_addr, EXTERNAL, out.remote, out.conn)
+        end = self.runtime.client_end(link, st, out.conn, client_addr, out.remote, transport)
         stream.end = end
-        self._deliver_connected(end)
+        self.runtime.connected(end)
 
     def _server_made(
         self, stream: _Stream, transport: asyncio.Transport, listener: _Listener, key: _PairKey
@@ -803,16 +812,16 @@ class LiveNetwork(Runtime):
             out = self._outgoing.get(key)
             if out is not None:  # an actor of the run, whose connect has not returned yet
                 client_addr = Address(out.st.host, key[0][1])
-                link = self._open_link(
+                link = self.runtime.open_link(
                     out.st.name, client_addr, st.name, listener.address, out.conn
                 )
                 self._halfway[key] = (link, False)
             else:
                 client_addr = Address(self._lab_host(key[0][0]), key[0][1])
-                link = self._open_link(EXTERNAL, client_addr, st.name, listener.address)
-        end = self._server_end(link, st, listener.address, client_addr, transport)
+                link = self.runtime.open_link(EXTERNAL, client_addr, st.name, listener.address)
+        end = self.runtime.server_end(link, st, listener.address, client_addr, transport)
         stream.end = end
-        self._deliver_accepted(end)
+        self.runtime.accepted(end)
 
     def _lost(self, stream: _Stream, exc: Exception | None) -> None:
         transport = stream.transport
@@ -820,22 +829,24 @@ class LiveNetwork(Runtime):
             self._transports.discard(transport)
         end = stream.end
         if end is not None and end.open:
-            self._peer_closed(end, exc is not None, self._far_name(end))
+            self._arrive_close(end, exc is not None, self._far_name(end))
 
     # -- data ----------------------------------------------------------------------------------
 
-    def _io_send(self, end: End, data: bytes) -> None:
-        end.io.write(data)
+    @staticmethod
+    def _transport(end: End) -> asyncio.Transport:
+        transport = end.io
+        assert isinstance(transport, asyncio.Transport)
+        return transport
 
-    def _io_alive(self, end: End) -> bool:
-        return not end.io.is_closing()
+    def write(self, end: End, data: bytes) -> None:
+        self._transport(end).write(data)
 
-    def _io_abort(self, end: End) -> None:
-        self._abort(end.io, reset=True)
+    def alive(self, end: End) -> bool:
+        return not self._transport(end).is_closing()
 
-    def _later(self, delay: float, fn: Callable[..., object], *args: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_later(delay, fn, *args)
+    def abort(self, end: End) -> None:
+        self._abort(self._transport(end), reset=True)
 
     def _delay(self, end: End) -> float:
         peer = end.peer
@@ -844,46 +855,33 @@ class LiveNetwork(Runtime):
         a, b = peer.st.name, end.st.name
         return self.link_latency.get((a, b), self.link_latency.get((b, a), 0.0))
 
-    def _received(self, end: End, data: bytes) -> None:
+    def _arrive(self, end: End, data: bytes) -> None:
+        """Bytes read from ``end``'s socket reach the actor after the link's latency."""
         delay = self._delay(end)
         if delay and self._loop is not None:
-            self._loop.call_later(delay, super()._received, end, data)
+            self._loop.call_later(delay, self.runtime.received, end, data)
         else:
-            super()._received(end, data)
+            self.runtime.received(end, data)
 
-    def _peer_closed(self, end: End, reset: bool, by: str) -> None:
+    def _arrive_close(self, end: End, reset: bool, by: str) -> None:
         delay = self._delay(end)
         if delay and self._loop is not None:
             # Behind the data still travelling on this link, as a FIN or RST would be.
-            self._loop.call_later(delay, super()._peer_closed, end, reset, by)
+            self._loop.call_later(delay, self.runtime.peer_closed, end, reset, by)
         else:
-            super()._peer_closed(end, reset, by)
+            self.runtime.peer_closed(end, reset, by)
 
-    def _io_reading(self, end: End, on: bool) -> None:
-        transport: asyncio.Transport = end.io
+    def reading(self, end: End, on: bool) -> None:
+        transport = self._transport(end)
         if transport.is_closing():
             return
         if on:
             transport.resume_reading()
         else:
             transport.pause_reading()
-            self.read_pauses += 1
 
-    def _io_close(self, end: End, reset: bool) -> None:
+    def close(self, end: End, reset: bool) -> None:
         if reset:
-            self._abort(end.io, reset=True)
+            self._abort(self._transport(end), reset=True)
         else:
-            end.io.close()  # FIN once the buffered data is out
-
-    # -- timers --------------------------------------------------------------------------------
-
-    def _io_start_timer(self, st: ActorState, timer: TimerId, delay: float) -> Any:
-        assert self._loop is not None
-        token = _Timer()
-        token.handle = self._loop.call_later(delay, self._timer_fired, st, timer, token)
-        return token
-
-    def _io_stop_timer(self, token: Any) -> None:
-        handle = cast(_Timer, token).handle
-        if handle is not None:
-            handle.cancel()
+            self._transport(end).close()  # FIN once the buffered data is out

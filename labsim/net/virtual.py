@@ -11,15 +11,16 @@ The network model, kept small and explicit:
   segment (a :class:`~labsim.proto.events.Send`, a FIN, a RST, a SYN-ACK) arrives that long after
   it left; equal latency keeps each direction in order (simpy breaks ties first-in first-out).
   What one event made an actor send on a connection leaves as one segment (see
-  :meth:`~labsim.net.common.Runtime._flush`) and arrives as one
+  :class:`~labsim.net.writes.Writes`) and arrives as one
   :class:`~labsim.proto.events.Received`; there is no bandwidth limit.
 * **Connect** takes one round trip: the SYN reaches the server after one latency, which accepts
   at once (:class:`Accepted`; the trace records the connection then), and the SYN-ACK reaches the
-  client one latency later (:class:`Connected`). No listener at the address, or a ``refused``
-  pair: the RST comes back instead, ``ConnectFailed("refused")`` after one round trip. A
-  ``blocked`` pair (actor names, client first) drops the SYN: ``ConnectFailed("timeout")`` when
-  the Connect's timeout runs out. The client's port is taken at Connect from a per-host counter
-  from 40000 up (the live runtime binds the same numbers).
+  client one latency later (:class:`Connected`). No listener at the address, or a ``refuse``
+  from the run's :class:`~labsim.net.faults.Reachability` (a ``refused`` pair, a ``block``
+  rule): the RST comes back instead, ``ConnectFailed("refused")`` after one round trip. A
+  ``blackhole`` (a ``blocked`` pair, actor names, client first) drops the SYN:
+  ``ConnectFailed("timeout")`` when the Connect's timeout runs out. The client's port is taken
+  at Connect from a per-host counter from 40000 up (the live runtime binds the same numbers).
 * **Close.** ``Close(reset=False)`` sends a FIN behind the data already sent, so the peer gets
   every byte and then ``Closed(reset=False)``. ``Close(reset=True)`` sends a RST, which here also
   travels behind what was already sent (it was on the wire; there is no send buffer to discard)
@@ -30,13 +31,14 @@ The network model, kept small and explicit:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import simpy
 
-from labsim.net.common import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, Runtime, StopWhen
-from labsim.net.faults import FaultPlan
-from labsim.proto.events import Actor, Address, Connect, ConnId, TimerId
+from labsim.net.faults import BlockHow, FaultPlan, Reachability
+from labsim.net.model import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, StopWhen
+from labsim.net.runtime import Runtime
+from labsim.net.transport import Handle
+from labsim.proto.events import Actor, Address, Connect, ConnId
 from labsim.trace import Trace
 
 
@@ -61,8 +63,28 @@ class _Listener:
         self.address = address
 
 
-class VirtualNetwork(Runtime):
-    """Run actors on a simulated network in virtual time (see the module docstring)."""
+class _Call:
+    """A callback simpy will run at its time, unless called off (simpy has no cancel)."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., object], args: tuple[object, ...]) -> None:
+        self.fn: Callable[..., object] | None = fn
+        self.args = args
+
+    def __call__(self, _event: simpy.Event) -> None:
+        fn = self.fn
+        if fn is not None:
+            self.fn = None
+            fn(*self.args)
+
+    def cancel(self) -> None:
+        self.fn = None
+
+
+class VirtualNetwork:
+    """Run actors on a simulated network in virtual time (see the module docstring): the
+    virtual transport, and the run's :class:`~labsim.net.runtime.Runtime` composed with it."""
 
     def __init__(
         self,
@@ -75,56 +97,55 @@ class VirtualNetwork(Runtime):
         refused: set[tuple[str, str]] | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
-        super().__init__(actors, trace, faults)
         if latency < 0 or any(v < 0 for v in (link_latency or {}).values()):
             raise ValueError("latencies must not be negative")
         self.env = simpy.Environment()
         self.latency = latency
         self.link_latency = dict(link_latency or {})
-        #: (client actor, server actor) pairs whose SYNs are dropped (connect times out).
-        self.blocked = set(blocked or ())
-        #: (client actor, server actor) pairs answered with a RST (connect refused).
-        self.refused = set(refused or ())
+        reach = Reachability(blocked or (), refused or (), faults or None)
+        self.runtime = Runtime(actors, trace, self, faults=faults, reach=reach)
+        self.trace = trace
         self._listeners: dict[Address, _Listener] = {}
         self._ports_in_use: set[tuple[str, int]] = set()
         self._next_port: dict[str, int] = {}
-        self._owner_of_host: dict[str, str] = {}
-        for st in self.actors.values():
-            self._owner_of_host.setdefault(st.host, st.name)
         self._done: simpy.Event | None = None
+
+    @property
+    def errors(self) -> list[tuple[str, BaseException]]:
+        """(actor name, exception) for every actor exception, in order."""
+        return self.runtime.errors
 
     # -- running -------------------------------------------------------------------------------
 
     def run(self, until: float, stop: StopWhen | None = None) -> Trace:
         """Run until virtual time ``until`` or until ``stop(trace)`` is true; return the trace."""
-        self._begin(stop)
+        runtime = self.runtime
+        runtime.begin(stop)
         env = self.env
         self._done = env.event()
-        self._after(until, self._request_stop)
-        self._start_all()
-        if not self._stopping:
+        self.later(until, runtime.request_stop)
+        runtime.start_all()
+        if not runtime.stopping:
             env.run(until=self._done)
-        self._release_all()
+        runtime.release_all()
         return self.trace
+
+    # -- the clock -----------------------------------------------------------------------------
 
     def now(self) -> float:
         return float(self.env.now)
 
-    def _on_stop(self) -> None:
+    def stop(self) -> None:
         if self._done is not None and not self._done.triggered:
             self._done.succeed()
 
-    def _after(self, delay: float, fn: Callable[..., object], *args: Any) -> None:
-        def call(_event: simpy.Event) -> None:
-            fn(*args)
-
+    def later(self, delay: float, fn: Callable[..., object], *args: object) -> Handle:
+        call = _Call(fn, args)
         self.env.timeout(delay).callbacks.append(call)
+        return call
 
-    def _soon(self, fn: Callable[..., object], *args: Any) -> None:
-        self._after(0.0, fn, *args)
-
-    def _later(self, delay: float, fn: Callable[..., object], *args: Any) -> None:
-        self._after(delay, fn, *args)
+    def soon(self, fn: Callable[..., object], *args: object) -> None:
+        self.later(0.0, fn, *args)
 
     def _latency(self, src: str | None, dst: str | None) -> float:
         if src is not None and dst is not None:
@@ -147,7 +168,7 @@ class VirtualNetwork(Runtime):
 
     # -- listeners -----------------------------------------------------------------------------
 
-    def _io_listen(self, st: ActorState, address: Address) -> tuple[Address, Any] | str:
+    def listen(self, st: ActorState, address: Address) -> tuple[Address, object] | str:
         if address.port == 0:
             address = Address(address.host, self._ephemeral(address.host))
         elif address in self._listeners or (address.host, address.port) in self._ports_in_use:
@@ -156,34 +177,35 @@ class VirtualNetwork(Runtime):
         self._listeners[address] = listener
         return address, listener
 
-    def _io_unlisten(self, handle: Any) -> None:
-        listener: _Listener = handle
-        if self._listeners.get(listener.address) is listener:
-            del self._listeners[listener.address]
+    def unlisten(self, handle: object) -> None:
+        assert isinstance(handle, _Listener)
+        if self._listeners.get(handle.address) is handle:
+            del self._listeners[handle.address]
 
     # -- connecting: SYN, SYN-ACK / RST ---------------------------------------------------------
 
-    def _io_connect(self, st: ActorState, effect: Connect) -> Any:
+    def connect(self, st: ActorState, effect: Connect, blocked: BlockHow | None) -> object:
         port = effect.local_port
         if not port or (st.host, port) in self._ports_in_use:
             port = self._ephemeral(st.host)
         self._ports_in_use.add((st.host, port))
         pending = _Pending(st, effect.conn, effect.remote, Address(st.host, port))
         listener = self._listeners.get(effect.remote)
-        target = listener.st.name if listener else self._owner_of_host.get(effect.remote.host)
-        how = self._blocked(st, target, effect.remote)
-        if how == "refuse":  # a firewall's RST comes back after a round trip
-            back = self._latency(st.name, target) + self._latency(target, st.name)
-            self._after(min(back, effect.timeout), self._fail, pending, "refused")
-        elif how is not None or (target is not None and (st.name, target) in self.blocked):
-            self._after(effect.timeout, self._fail, pending, "timeout")  # the SYN is black-holed
-        elif self._latency(st.name, target) + self._latency(target, st.name) > effect.timeout:
-            self._after(effect.timeout, self._fail, pending, "timeout")
+        target = listener.st.name if listener else self.runtime.owner_of_host.get(
+            effect.remote.host
+        )  # fmt: skip
+        round_trip = self._latency(st.name, target) + self._latency(target, st.name)
+        if blocked == "refuse":  # a firewall's RST comes back after a round trip
+            self.later(min(round_trip, effect.timeout), self._fail, pending, "refused")
+        elif blocked == "blackhole":
+            self.later(effect.timeout, self._fail, pending, "timeout")  # the SYN is black-holed
+        elif round_trip > effect.timeout:
+            self.later(effect.timeout, self._fail, pending, "timeout")
         else:
-            self._after(self._latency(st.name, target), self._syn_arrives, pending)
+            self.later(self._latency(st.name, target), self._syn_arrives, pending)
         return pending
 
-    def _io_cancel_connect(self, st: ActorState, handle: Any) -> None:
+    def cancel_connect(self, handle: object) -> None:
         pass  # the SYN-ACK / RST finds the attempt gone from st.connecting
 
     def _attempt_live(self, pending: _Pending) -> bool:
@@ -195,69 +217,75 @@ class VirtualNetwork(Runtime):
     def _fail(self, pending: _Pending, reason: str) -> None:
         self._free_port(pending.local)
         if self._attempt_live(pending):
-            self._connect_failed(pending.st, pending.conn, pending.remote, reason)
+            self.runtime.connect_failed(pending.st, pending.conn, pending.remote, reason)
 
     def _syn_arrives(self, pending: _Pending) -> None:
         if not self._attempt_live(pending):
             self._free_port(pending.local)
             return  # given up before the SYN got there: treated as never sent
+        runtime = self.runtime
         client = pending.st
         listener = self._listeners.get(pending.remote)
         server = listener.st.name if listener else None
         back = self._latency(server, client.name)
-        if listener is None or (client.name, listener.st.name) in self.refused:
-            self._after(back, self._fail, pending, "refused")
+        if listener is None:
+            self.later(back, self._fail, pending, "refused")
             return
         client_addr = pending.local
-        link = self._open_link(
+        link = runtime.open_link(
             client.name, client_addr, listener.st.name, listener.address, pending.conn
         )
         forth = self._latency(client.name, listener.st.name)
-        client_end = self._client_end(
+        client_end = runtime.client_end(
             link, client, pending.conn, client_addr, pending.remote, forth
         )
-        server_end = self._server_end(link, listener.st, listener.address, client_addr, back)
+        server_end = runtime.server_end(link, listener.st, listener.address, client_addr, back)
         # The SYN-ACK leaves before anything the server sends on Accepted, so it arrives first.
-        self._after(back, self._syn_ack_arrives, pending, client_end)
-        self._deliver_accepted(server_end)
+        self.later(back, self._syn_ack_arrives, pending, client_end)
+        runtime.accepted(server_end)
 
     def _syn_ack_arrives(self, pending: _Pending, end: End) -> None:
         if self._attempt_live(pending):
-            self._deliver_connected(end)
+            self.runtime.connected(end)
             return
         # The client gave up (Close while connecting) or died: it answers the SYN-ACK with RST.
         end.open = False
         self._free_port(end.local)
         self.trace.closed(self.now(), end.link.gid, end.st.name, True)
         if end.link.server is not None:
-            self._after(end.io, self._arrive_close, end.link.server, True, end.st.name)
+            self.later(self._one_way(end), self._arrive_close, end.link.server, True, end.st.name)
 
     # -- data and closing ----------------------------------------------------------------------
 
-    def _io_send(self, end: End, data: bytes) -> None:
+    @staticmethod
+    def _one_way(end: End) -> float:
+        latency = end.io
+        assert isinstance(latency, float)
+        return latency
+
+    def write(self, end: End, data: bytes) -> None:
         peer = end.peer
         if peer is not None:
-            self._after(end.io, self._received, peer, data)
+            self.later(self._one_way(end), self.runtime.received, peer, data)
 
-    def _io_close(self, end: End, reset: bool) -> None:
+    def close(self, end: End, reset: bool) -> None:
         if end.is_client:
             self._free_port(end.local)
         peer = end.peer
         if peer is not None:
-            self._after(end.io, self._arrive_close, peer, reset, end.st.name)
+            self.later(self._one_way(end), self._arrive_close, peer, reset, end.st.name)
+
+    def abort(self, end: End) -> None:
+        pass  # nothing is buffered here: the cut's closes reach both ends at once
+
+    def alive(self, end: End) -> bool:
+        return True
+
+    def reading(self, end: End, on: bool) -> None:
+        pass  # no buffers: nothing to pause
 
     def _arrive_close(self, end: End, reset: bool, by: str) -> None:
         """A FIN or RST reaches ``end``."""
         if end.open and end.is_client:
             self._free_port(end.local)
-        self._peer_closed(end, reset, by)
-
-    # -- timers --------------------------------------------------------------------------------
-
-    def _io_start_timer(self, st: ActorState, timer: TimerId, delay: float) -> Any:
-        token = object()
-        self._after(delay, self._timer_fired, st, timer, token)
-        return token
-
-    def _io_stop_timer(self, token: Any) -> None:
-        pass  # the scheduled event finds another token (or none) in st.timers and does nothing
+        self.runtime.peer_closed(end, reset, by)

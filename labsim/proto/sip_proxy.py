@@ -33,6 +33,10 @@ from labsim.wire import WireError, sip
 SIP_PORT = 5060
 
 
+#: How many INVITE transactions ended by a 2xx a proxy remembers, to pass resent 2xx on.
+ACCEPTED_KEEP = 1024
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     host: str
@@ -71,6 +75,12 @@ class SipProxy:
         self.transport = transport
         self._transactions: dict[str, _Transaction] = {}
         self._absorb_ack: set[str] = set()
+        #: INVITE transactions ended by a 2xx: our branch -> the upstream connection. The UAS
+        #: resends its 2xx until the ACK comes (RFC 3261 §13.3.1.4) and those resends must
+        #: still reach the caller, whose ACK stops them: RFC 6026 §7.2 keeps such a
+        #: transaction "Accepted" for 64·T1 and forwards every 2xx on it. Bounded by count
+        #: (:data:`ACCEPTED_KEEP`) instead of a timer.
+        self._accepted: dict[str, ConnId] = {}
         #: (upstream branch, method) -> our branch, to recognise a request seen before.
         self._upstream: dict[tuple[str, str], str] = {}
         self._branches = 0
@@ -227,12 +237,20 @@ class SipProxy:
         if sip.cseq(response).method == "CANCEL":
             return []  # the answer to our own CANCEL (§16.10): hop by hop, ends here
         txn = self._transactions.get(branch)
+        if txn is None and via.host == self.settings.host and 200 <= response.code < 300:
+            upstream = self._accepted.get(branch)
+            if upstream is not None:  # a resent 2xx (RFC 6026 §7.2): on to the caller
+                return self.transport.send_on(upstream, response)
         if txn is None or via.host != self.settings.host:
             return [Log(f"{sip.summary(response)} matches no transaction here; dropped", "warn")]
         if response.code < 200:
             # §16.7 step 5 would forward 101-199 too; 100 is hop by hop (§16.2).
             return [] if response.code == 100 else self.transport.send_on(txn.upstream, response)
         self._end(branch)
+        if txn.request.method == "INVITE" and response.code < 300:
+            self._accepted[branch] = txn.upstream
+            if len(self._accepted) > ACCEPTED_KEEP:
+                del self._accepted[next(iter(self._accepted))]
         effects: list[Effect] = []
         if txn.request.method == "INVITE" and response.code >= 300:
             effects += self.transport.send(

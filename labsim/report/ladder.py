@@ -286,9 +286,11 @@ class _Ladder:
             return _Item(record.t, "log", f"{level}{record.text}", record.actor, None, style)
         return None
 
-    def _fault(self, record: FaultRecord) -> _Item:
+    def _fault(self, record: FaultRecord) -> _Item | None:
         """An injected fault: a dropped message is an arrow that never arrives (a cross
         where its receiver would be); the others are notes in the sender's column."""
+        if record.action == "dropped":
+            return None  # the message's own record draws it: an arrow ending in a cross
         style = STYLES["fault"]
         what = f" {record.summary}" if record.summary else ""
         return _Item(record.t, "fault", f"{record.action}{what} ({record.rule})", record.src,
