@@ -54,12 +54,17 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from labsim.actors.cms import CmsSettings
-from labsim.actors.expressway_c import ExpresswayCSettings
-from labsim.actors.expressway_e import ExpresswayESettings
-from labsim.actors.lab import ACTOR_NAMES, ActorName, CallSettings, Lab
-from labsim.actors.skype_client import SkypeClientSettings
-from labsim.actors.skype_edge import SkypeEdgeSettings
+from labsim.actors.lab import (
+    ACTOR_NAMES,
+    ActorName,
+    CallSettings,
+    CmsSettings,
+    ExpresswayCSettings,
+    ExpresswayESettings,
+    Lab,
+    SkypeClientSettings,
+    SkypeEdgeSettings,
+)
 from labsim.proto.settings import Count, Port, PositiveSeconds, Seconds, SettingError, Where
 from labsim.vocabulary import OutcomeName, Verdict
 from labsim.wire.facts import FACT_FIELDS, Kind, KindError, parse_kind

@@ -9,8 +9,8 @@ from sipmessage import Request, Via
 
 from labsim.actors.cms import Cms
 from labsim.actors.expressway_c import ExpresswayC
-from labsim.actors.lab import Lab
-from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
+from labsim.actors.lab import Lab, SkypeClientSettings
+from labsim.actors.skype_client import SkypeClient
 from labsim.proto.events import (
     Accepted,
     Address,

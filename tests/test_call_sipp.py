@@ -20,8 +20,8 @@ import pytest
 from labsim.actors.cms import Cms
 from labsim.actors.expressway_c import ExpresswayC
 from labsim.actors.expressway_e import ExpresswayE
-from labsim.actors.lab import Lab
-from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
+from labsim.actors.lab import Lab, SkypeClientSettings
+from labsim.actors.skype_client import SkypeClient
 from labsim.net.live import LiveNetwork, claim_block
 from labsim.proto.events import Address
 from labsim.trace import Trace

@@ -15,12 +15,15 @@ import pytest
 import yaml
 from pydantic import BaseModel, TypeAdapter
 
-from labsim.actors.cms import CmsSettings
-from labsim.actors.expressway_c import ExpresswayCSettings
-from labsim.actors.expressway_e import ExpresswayESettings
-from labsim.actors.lab import CallSettings, Lab
-from labsim.actors.skype_client import SkypeClientSettings
-from labsim.actors.skype_edge import SkypeEdgeSettings
+from labsim.actors.lab import (
+    CallSettings,
+    CmsSettings,
+    ExpresswayCSettings,
+    ExpresswayESettings,
+    Lab,
+    SkypeClientSettings,
+    SkypeEdgeSettings,
+)
 from labsim.proto.settings import SETTINGS_CONFIG
 from labsim.proto.sip_ua_state import SipTimers
 from labsim.proto.turn_client import TurnClientSettings

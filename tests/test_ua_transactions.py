@@ -13,8 +13,8 @@ from sipmessage import Request, Response, Via
 
 from labsim.actors.cms import Cms, CmsState
 from labsim.actors.common import UaTimer
-from labsim.actors.lab import Lab
-from labsim.actors.skype_client import ClientState, SkypeClient, SkypeClientSettings
+from labsim.actors.lab import Lab, SkypeClientSettings
+from labsim.actors.skype_client import ClientState, SkypeClient
 from labsim.net.virtual import VirtualNetwork
 from labsim.proto.events import (
     Accepted,

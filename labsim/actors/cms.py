@@ -23,13 +23,12 @@ its post-ICE reINVITE waits (§14.1).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from enum import StrEnum, auto
-from typing import TYPE_CHECKING
 
 from sipmessage import Request, Response
 
 from labsim.actors.common import UaTimer, UserAgent, check_step
+from labsim.actors.lab import Lab
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -46,10 +45,9 @@ from labsim.proto.events import (
     Started,
     TimerFired,
 )
-from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials, IcePwd, IceUfrag
-from labsim.proto.settings import SETTINGS_CONFIG, IPv4, Port, Seconds, SipUri
+from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials
 from labsim.proto.sip_dialog import Dialog
-from labsim.proto.sip_ua_state import SipTimers, Table, UaEvent
+from labsim.proto.sip_ua_state import Table, UaEvent
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
@@ -58,13 +56,9 @@ from labsim.proto.turn_client import (
     PeerConnected,
     Released,
     TurnClient,
-    TurnClientSettings,
 )
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
-
-if TYPE_CHECKING:  # the lab module imports this one for its settings type
-    from labsim.actors.lab import Lab
 
 
 class CmsState(StrEnum):
@@ -158,40 +152,6 @@ CMS_TABLE: Table[CmsState] = Table(
         _S.TERMINATED: "the dialog is over; the relay is given back",
     },
 )
-
-
-@dataclass(frozen=True)
-class CmsSettings:
-    """Cisco Meeting Server: hosts the meeting, uses Expressway-E as its TURN server."""
-
-    __pydantic_config__ = SETTINGS_CONFIG
-
-    address: IPv4 = "10.48.54.230"
-    """Lab address (the lab's TURN client)."""
-    sip_port: Port = 5060
-    """SIP over TCP."""
-    user: SipUri = "sip:meeting@cms.lab"
-    """The meeting's SIP URI."""
-    media_port: Port = 33710
-    """Port of CMS's host candidates (offered, never reachable from the Skype side)."""
-    ice_ufrag: IceUfrag = "cM5k"
-    """a=ice-ufrag of the answer."""
-    ice_pwd: IcePwd = "Hh3uY7pQ1wE5rT9iO2aS6dF0"
-    """a=ice-pwd of the answer."""
-    turn: TurnClientSettings = field(default_factory=TurnClientSettings)
-    """CMS's TURN client (its server is Expressway-E at its TURN port)."""
-    sip_timers: SipTimers = field(default_factory=SipTimers)
-    """T1 and T2 (RFC 3261 §17.1.1.1): the 200 OK's retransmissions and the wait for its ACK,
-    Timer B of the reINVITE, Timer F of the BYE."""
-    linger: Seconds = 0.05
-    """Seconds between CMS's last act and its end (lets its closes reach the trace)."""
-    seed: int = 2017
-    """Seed of CMS's random numbers (tags, branches, keys, TURN transaction IDs): runs
-    repeat."""
-
-    @property
-    def ice(self) -> IceCredentials:
-        return IceCredentials(self.ice_ufrag, self.ice_pwd)
 
 
 class Cms(UserAgent[CmsState]):

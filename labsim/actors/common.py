@@ -8,10 +8,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from sipmessage import Request, Response
 
+from labsim.actors.lab import CallSettings, CmsSettings, SkypeClientSettings, UaSide
 from labsim.proto import appsharing
 from labsim.proto.events import (
     ConnId,
@@ -28,11 +29,8 @@ from labsim.proto.ice import CheckAnswered, CheckFailed, CheckReceived, CheckStr
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_proxy import ProxySettings, SipProxy
 from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
-from labsim.proto.sip_ua_state import Machine, SipTimers, Table, UaEvent, glare_delay
+from labsim.proto.sip_ua_state import Machine, Table, UaEvent, glare_delay
 from labsim.wire import WireError, sip
-
-if TYPE_CHECKING:  # the lab module imports the actors for their settings types
-    from labsim.actors.lab import CallSettings, UaSide
 
 #: MS-SIPRE ms-diagnostics-public of a Skype meeting whose policy lets only presenters share,
 #: as CMS logs it (PROTOCOL.md §5.4; Cisco document 212580, "User cannot share").
@@ -142,21 +140,6 @@ class _Accepted:
     """The 2xx to the dialog-creating INVITE (else to a reINVITE)."""
 
 
-class UaSettings(Protocol):
-    """What the settings of both ends have (:class:`SkypeClientSettings`, :class:`CmsSettings`)."""
-
-    @property
-    def address(self) -> str: ...
-    @property
-    def sip_port(self) -> int: ...
-    @property
-    def sip_timers(self) -> SipTimers: ...
-    @property
-    def linger(self) -> float: ...
-    @property
-    def seed(self) -> int: ...
-
-
 class UserAgent(Generic[S]):
     """What the two ends of the call (the Skype client and CMS) share: a SIP transport, branch
     numbering, the linger before ``finished``, the dispatch of the transport's notices, and the
@@ -182,7 +165,11 @@ class UserAgent(Generic[S]):
     owns_call_id: bool = False
 
     def __init__(
-        self, side: UaSide, settings: UaSettings, call: CallSettings, table: Table[S]
+        self,
+        side: UaSide,
+        settings: SkypeClientSettings | CmsSettings,
+        call: CallSettings,
+        table: Table[S],
     ) -> None:
         self.host = settings.address
         self.rng = random.Random(settings.seed)

@@ -8,28 +8,10 @@ into the internal network, so everything it sends to Expressway-C goes down that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from labsim.actors.common import ProxyElement
+from labsim.actors.lab import Lab
 from labsim.proto.events import Address, Effect, Log
-from labsim.proto.settings import SETTINGS_CONFIG, IPv4, Port
 from labsim.proto.sip_proxy import ProxySettings
-
-if TYPE_CHECKING:  # the lab module imports this one for its settings type
-    from labsim.actors.lab import Lab
-
-
-@dataclass(frozen=True)
-class ExpresswayCSettings:
-    """Expressway-C: SIP proxy between the traversal zone and CMS."""
-
-    __pydantic_config__ = SETTINGS_CONFIG
-
-    address: IPv4 = "10.48.54.228"
-    """Lab address (invented)."""
-    sip_port: Port = 5060
-    """SIP over TCP, from CMS."""
 
 
 class ExpresswayC(ProxyElement):

@@ -8,33 +8,11 @@ Every other event belongs to the TURN server (its ``wants`` says which).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 from labsim.actors.common import ProxyElement
+from labsim.actors.lab import Lab
 from labsim.proto.events import Effect, Event, Started
-from labsim.proto.settings import SETTINGS_CONFIG, IPv4, Port
 from labsim.proto.sip_proxy import ProxySettings
-from labsim.proto.turn_server import TurnServer, TurnServerSettings
-
-if TYPE_CHECKING:  # the lab module imports this one for its settings type
-    from labsim.actors.lab import Lab
-
-
-@dataclass(frozen=True)
-class ExpresswayESettings:
-    """Expressway-E: SIP proxy towards the Skype Edge, traversal server, TURN server."""
-
-    __pydantic_config__ = SETTINGS_CONFIG
-
-    address: IPv4 = "10.48.54.229"
-    """Lab address (the lab's TURN server)."""
-    sip_port: Port = 5060
-    """SIP over TCP, from the Skype Edge."""
-    traversal_port: Port = 7001
-    """Traversal zone port: Expressway-C opens the traversal connection here."""
-    turn: TurnServerSettings = field(default_factory=TurnServerSettings)
-    """The TURN server."""
+from labsim.proto.turn_server import TurnServer
 
 
 class ExpresswayE(ProxyElement):

@@ -18,13 +18,12 @@ the dialog-creating INVITE, then either end of reINVITEs and BYE (the shared par
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum, auto
-from typing import TYPE_CHECKING, Literal
 
 from sipmessage import Request, Response, Via
 
 from labsim.actors.common import Refusal, UaTimer, UserAgent, check_step, diag_suffix
+from labsim.actors.lab import Lab
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -44,23 +43,12 @@ from labsim.proto.events import (
     StopTimer,
     TimerFired,
 )
-from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials, IcePwd, IceUfrag
-from labsim.proto.settings import (
-    SETTINGS_CONFIG,
-    IPv4,
-    Port,
-    PositiveSeconds,
-    Seconds,
-    SipUri,
-)
+from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_transport import ConnectionLost, SendFailed
-from labsim.proto.sip_ua_state import SipTimers, Table, UaEvent
+from labsim.proto.sip_ua_state import Table, UaEvent
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
-
-if TYPE_CHECKING:  # the lab module imports this one for its settings type
-    from labsim.actors.lab import Lab
 
 MEDIA = "media"
 
@@ -159,53 +147,6 @@ CLIENT_TABLE: Table[ClientState] = Table(
         _C.TERMINATED: "the dialog is over",
     },
 )
-
-
-@dataclass(frozen=True)
-class SkypeClientSettings:
-    """The Skype for Business client that shares its screen."""
-
-    __pydantic_config__ = SETTINGS_CONFIG
-
-    address: IPv4 = "192.168.1.100"
-    """Lab address (invented: the lab does not show the client)."""
-    sip_port: Port = 5060
-    """SIP over TCP."""
-    user: SipUri = "sip:alice@skype.lab"
-    """The sharer's SIP URI."""
-    media_port: Port = 50040
-    """Port of the client's host candidates (m=applicationsharing, TCP-PASS and TCP-ACT)."""
-    ice_ufrag: IceUfrag = "Xa3f"
-    """a=ice-ufrag of the offer."""
-    ice_pwd: IcePwd = "Tq9sLmN2vB7xYc4ZkP1rW8dE"
-    """a=ice-pwd of the offer."""
-    direct_path: bool = False
-    """The client has an IP path to Expressway-E and opens the media connection to the relay
-    itself instead of through the Skype Edge; implies skype_client -> expressway_e in
-    reachability."""
-    ice_timeout: PositiveSeconds = 10.0
-    """Seconds from the 200 OK to a valid candidate pair (or the reINVITE) before the client
-    gives the sharing session up with BYE, as a client whose connectivity checks fail does (set
-    it above 30 to see Expressway-E's ConnectionBind timer close the peer connection first)."""
-    cms_role: Literal["presenter", "attendee"] = "presenter"
-    """CMS's role in the Skype meeting. attendee: the meeting's policy lets only presenters
-    share, so CMS's sharing reINVITE is refused with 403 and ms-diagnostics-public:
-    21002;reason="Attendees cannot share in this conference";component="ASMCU" (PROTOCOL.md
-    §5.4; the fix on a real meeting: Make Presenter)."""
-    sip_timers: SipTimers = field(default_factory=SipTimers)
-    """T1 and T2 (RFC 3261 §17.1.1.1): Timer B of the INVITE and reINVITE, Timer F of the BYE,
-    the retransmissions of a 2xx and the wait for its ACK."""
-    start_delay: Seconds = 0.0
-    """Seconds from the start until the sharing INVITE (the client is in the meeting's
-    audio/video call already)."""
-    linger: Seconds = 0.05
-    """Seconds between the client's last act and its end (lets its closes reach the trace)."""
-    seed: int = 5061
-    """Seed of the client's random numbers (Call-ID, tags, branches, keys): runs repeat."""
-
-    @property
-    def ice(self) -> IceCredentials:
-        return IceCredentials(self.ice_ufrag, self.ice_pwd)
 
 
 class SkypeClient(UserAgent[ClientState]):

@@ -16,11 +16,11 @@ the same.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sipmessage import Response
 
 from labsim.actors.common import ProxyElement
+from labsim.actors.lab import Lab
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Accepted,
@@ -38,32 +38,8 @@ from labsim.proto.events import (
     Received,
     Send,
 )
-from labsim.proto.settings import SETTINGS_CONFIG, IPv4, Port, PositiveSeconds
 from labsim.proto.sip_proxy import ProxySettings
 from labsim.wire import WireError, sip
-
-if TYPE_CHECKING:  # the lab module imports this one for its settings type
-    from labsim.actors.lab import Lab
-
-
-@dataclass(frozen=True)
-class SkypeEdgeSettings:
-    """The Skype for Business Edge: SIP proxy and media relay for the client."""
-
-    __pydantic_config__ = SETTINGS_CONFIG
-
-    address: IPv4 = "192.168.1.252"
-    """Lab address: the Skype-side peer of the lab's ConnectionAttempt."""
-    sip_port: Port = 5060
-    """SIP over TCP."""
-    media_port: Port = 3478
-    """Where the client's media connection arrives at the Edge."""
-    relay_port: Port = 53577
-    """Source port of the Edge's connection to the TURN relay (the lab's XOR-PEER-ADDRESS
-    192.168.1.252:53577)."""
-    connect_timeout: PositiveSeconds = 5.0
-    """Seconds the Edge's connection to the relay may take before the client's media
-    connection is closed."""
 
 
 @dataclass
