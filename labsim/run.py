@@ -1,8 +1,9 @@
 """From a scenario to a finished run: build the five actors, run them on the chosen clock,
 judge the trace against the scenario's ``expect:``.
 
-This is the only place that knows both the scenario model and the actors' settings classes;
-the CLI, the benchmarks and the tests all go through :func:`run_scenario`.
+The scenario validates straight into the actors' settings types, so building the cast is
+composition, not translation; the CLI, the benchmarks and the tests all go through
+:func:`run_scenario`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from labsim.actors.cms import Cms, CmsSettings
-from labsim.actors.common import Refusal
-from labsim.actors.expressway_c import ExpresswayC, ExpresswayCSettings
-from labsim.actors.expressway_e import ExpresswayE, ExpresswayESettings
-from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
-from labsim.actors.skype_edge import SkypeEdge, SkypeEdgeSettings
+from labsim.actors.cms import Cms
+from labsim.actors.expressway_c import ExpresswayC
+from labsim.actors.expressway_e import ExpresswayE
+from labsim.actors.lab import ACTOR_NAMES
+from labsim.actors.skype_client import SkypeClient
+from labsim.actors.skype_edge import SkypeEdge
 from labsim.net.faults import Block, Cut, Delay, Drop, FaultPlan, MessageMatch, Rule
 from labsim.net.live import LiveNetwork
 from labsim.net.virtual import VirtualNetwork
-from labsim.proto.events import Address
-from labsim.proto.ice import IceCredentials
-from labsim.proto.turn_client import TurnClientSettings
-from labsim.proto.turn_server import TurnServerSettings
 from labsim.report.diagnose import Diagnosis, diagnose
 from labsim.report.outcome import Outcome, outcome
 from labsim.scenario import MessageRule, Scenario
@@ -31,13 +28,9 @@ from labsim.trace import Trace
 from labsim.wire.facts import has_facts
 
 #: The ladder's columns, left to right, in the order the INVITE travels.
-ACTORS = ("skype_client", "skype_edge", "expressway_e", "expressway_c", "cms")
+ACTORS = ACTOR_NAMES
 
 Clock = Literal["live", "virtual"]
-
-
-def _domain(uri: str) -> str:
-    return uri.split("@", 1)[-1].split(";", 1)[0].split(":", 1)[0]
 
 
 @dataclass
@@ -59,99 +52,10 @@ class Cast:
 
 
 def build(sc: Scenario) -> Cast:
-    """The actors, their settings taken from the scenario."""
-    a, call = sc.actors, sc.call
-    client, edge, expe, expc, cms = (
-        a.skype_client, a.skype_edge, a.expressway_e, a.expressway_c, a.cms,
-    )  # fmt: skip
-    cms_domain, skype_domain = _domain(cms.user), _domain(client.user)
-    controlling = call.ice_controlling
-    reinviter = controlling if call.reinvite_from == "controlling" else call.reinvite_from
-    low, high = expe.turn.relay_ports
-    # Expressway-E's capacity (1800 relays on a small/medium VM, PROTOCOL.md §6.1) as the size
-    # of its relay range: the 1801st allocation gets 508, as a full range gives.
-    high = min(high, low + expe.turn.max_allocations - 1)
-    turn_server = TurnServerSettings(
-        port=expe.turn.port,
-        realm=expe.turn.realm,
-        users=dict(expe.turn.users),
-        layout=expe.turn.layout,
-        relay_port_min=low,
-        relay_port_max=high,
-        nonce_lifetime=expe.turn.nonce_lifetime,
-        user_quota=expe.turn.user_quota or 1_000_000,
-        tcp_relay=expe.turn.tcp_relay,
-        permission_policy=expe.turn.permission_policy,
-        bind_timeout=expe.turn.bind_timeout,
-    )
-    turn_client = TurnClientSettings(
-        server=Address(expe.address, expe.turn.port),
-        username=cms.turn.username,
-        password=cms.turn.password,
-        lifetime=cms.turn.lifetime,
-        refresh_after_allocate=cms.turn.refresh_after_allocate,
-        refresh=cms.turn.refresh,
-        refresh_margin=cms.turn.refresh_margin,
-        keepalive_first=cms.turn.keepalive_first,
-        keepalive_interval=cms.turn.keepalive_interval,
-        create_permission=cms.turn.create_permission,
-        # The host that will connect to the relay: the Edge, or the client when it has its
-        # own path to Expressway-E.
-        permission_peers=(
-            (client.address if client.direct_path else edge.address,)
-            if cms.turn.create_permission
-            else ()
-        ),
-        send_connection_bind=cms.turn.send_connection_bind,
-    )
-    return Cast(
-        skype_client=SkypeClient(SkypeClientSettings(
-            host=client.address, sip_port=client.sip_port, user=client.user, target=cms.user,
-            edge=Address(edge.address, edge.sip_port),
-            edge_media=Address(edge.address, edge.media_port),
-            edge_relay=Address(edge.address, edge.relay_port),
-            media_port=client.media_port,
-            ice=IceCredentials(client.ice_ufrag, client.ice_pwd),
-            check_layout=tuple(call.check_layout_skype),
-            controlling=controlling == "skype_client",
-            sends_reinvite=reinviter == "skype_client",
-            direct_path=client.direct_path,
-            ice_timeout=client.ice_timeout,
-            refuse_reinvite=Refusal() if client.cms_role == "attendee" else None,
-            hold=call.hold,
-            sends_bye=call.bye_from == "skype_client",
-            reinvite_connection=call.reinvite_connection,
-        )),
-        skype_edge=SkypeEdge(SkypeEdgeSettings(
-            host=edge.address, sip_port=edge.sip_port, media_port=edge.media_port,
-            relay_port=edge.relay_port, expressway_e=Address(expe.address, expe.sip_port),
-            client=Address(client.address, client.sip_port), cms_domain=cms_domain,
-            skype_domain=skype_domain,
-        )),
-        expressway_e=ExpresswayE(ExpresswayESettings(
-            host=expe.address, sip_port=expe.sip_port, traversal_port=expe.traversal_port,
-            expressway_c=Address(expc.address, expc.sip_port),
-            edge=Address(edge.address, edge.sip_port), cms_domain=cms_domain,
-            skype_domain=skype_domain, turn=turn_server,
-        )),
-        expressway_c=ExpresswayC(ExpresswayCSettings(
-            host=expc.address, sip_port=expc.sip_port,
-            traversal=Address(expe.address, expe.traversal_port),
-            cms=Address(cms.address, cms.sip_port), cms_domain=cms_domain,
-            skype_domain=skype_domain,
-        )),
-        cms=Cms(CmsSettings(
-            host=cms.address, sip_port=cms.sip_port, user=cms.user,
-            ice=IceCredentials(cms.ice_ufrag, cms.ice_pwd),
-            check_layout=tuple(call.check_layout_cms),
-            controlling=controlling == "cms",
-            sends_reinvite=reinviter == "cms",
-            sends_bye=call.bye_from == "cms",
-            hold=call.hold,
-            turn=turn_client,
-            reinvite_connection=call.reinvite_connection,
-        )),
-    )  # fmt: skip
+    """The actors, each composed from the scenario's lab: its own settings and what it needs
+    of the others' (the scenario validated straight into the actors' settings types)."""
+    lab = sc.lab()
+    return Cast(SkypeClient(lab), SkypeEdge(lab), ExpresswayE(lab), ExpresswayC(lab), Cms(lab))
 
 
 def fault_plan(sc: Scenario) -> FaultPlan:

@@ -18,19 +18,25 @@ are errors too.
 holds (editors use it to complete and check scenario files); ``python -m labsim.scenario FILE``
 checks files.
 
-This module imports only the standard library, pydantic, PyYAML and ``labsim.wire`` (DESIGN.md,
-layers).
+The lab's sections (``actors:``, ``call:``) validate straight into the settings types the
+actors and protocol machines own (:mod:`labsim.actors.lab`, :mod:`labsim.proto.settings`):
+each default, constraint and description is written once, beside the code that uses it, and
+``labsim.run`` composes the actors from what this module returns. So this module imports
+``labsim.actors`` and ``labsim.proto`` for their settings types, besides ``labsim.wire`` and
+``labsim.vocabulary`` (DESIGN.md, layers); the checks that span several actors (one address
+per actor, an actor's listeners on distinct ports) live here, around those types.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
-import ipaddress
 import json
 import re
 import sys
 import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,32 +48,35 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
 
+from labsim.actors.lab import (
+    ACTOR_NAMES,
+    ActorName,
+    CallSettings,
+    CmsSettings,
+    ExpresswayCSettings,
+    ExpresswayESettings,
+    Lab,
+    SkypeClientSettings,
+    SkypeEdgeSettings,
+)
+from labsim.proto.settings import Count, Port, PositiveSeconds, Seconds, SettingError, Where
 from labsim.vocabulary import OutcomeName, Verdict
 from labsim.wire.facts import FACT_FIELDS, Kind, KindError, parse_kind
 
 __all__ = [
     "ACTOR_NAMES",
     "Actors",
-    "Call",
-    "Cms",
     "Expect",
-    "ExpresswayC",
-    "ExpresswayE",
     "Link",
     "MessageExpect",
     "Scenario",
     "ScenarioError",
-    "SkypeClient",
-    "SkypeEdge",
-    "TurnClientConfig",
-    "TurnServerConfig",
     "first_sentence",
     "json_schema",
     "library_dir",
@@ -108,64 +117,16 @@ class ScenarioError(ValueError):
         return "\n".join([first, *(str(other) for other in self.others)])
 
 
-class _At(ValueError):
-    """A validator's complaint about a value below the one it validates.
-
-    Pydantic places a validator's error at the field or model it runs on; ``where`` (a path
-    relative to that) lets the loader point at the exact key or list item, e.g. the second
-    actor that reuses an address rather than the whole ``actors`` block. When two values clash,
-    ``alternatives`` name the other one: the loader reports the first the user actually wrote,
-    not a default they never saw.
-    """
-
-    def __init__(
-        self,
-        where: tuple[str | int, ...],
-        message: str,
-        alternatives: Sequence[tuple[str | int, ...]] = (),
-    ) -> None:
-        super().__init__(message)
-        self.where = where
-        self.alternatives = tuple(alternatives)
-
+#: A validator's complaint about a value below the one it validates: pydantic places a
+#: validator's error at the field or model it runs on; ``where`` (a path relative to that) lets
+#: the loader point at the exact key or list item, e.g. the second actor that reuses an address
+#: rather than the whole ``actors`` block. The settings types raise the same from their
+#: ``__post_init__`` (:class:`labsim.proto.settings.SettingError`).
+_At = SettingError
 
 # ---------------------------------------------------------------------------------------------
-# Value types shared by the models
+# The lab: the actors' and machines' own settings types, checked across actors here
 # ---------------------------------------------------------------------------------------------
-
-ActorName = Literal["skype_client", "skype_edge", "expressway_e", "expressway_c", "cms"]
-ACTOR_NAMES: tuple[str, ...] = get_args(ActorName)
-"""The five actors, in call-path order (DESIGN.md, the call we reproduce)."""
-
-
-def _ipv4(value: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError as exc:
-        raise ValueError(f"not an IPv4 address in dotted form ({exc})") from None
-
-
-# Numbers and booleans are strict: YAML already types them, so a quoted "3478" or a `yes`
-# where a number belongs is a mistake to report, not something to coerce silently.
-IPv4 = Annotated[str, AfterValidator(_ipv4), Field(json_schema_extra={"format": "ipv4"})]
-Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
-Seconds = Annotated[float, Strict(), Field(ge=0)]
-PositiveSeconds = Annotated[float, Strict(), Field(gt=0)]
-Count = Annotated[int, Strict(), Field(ge=0)]
-Flag = Annotated[bool, Strict()]
-SipUri = Annotated[str, Field(pattern=r"^sips?:[^@\s]+@[^@\s]+$")]
-# RFC 5245 §15.4: ice-char is ALPHA / DIGIT / "+" / "/"; ufrag 4-256, pwd 22-256 characters.
-IceUfrag = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{4,256}$")]
-IcePwd = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{22,256}$")]
-
-#: Names an ICE check layout may list: the typed STUN attributes labsim.wire.stun can build.
-#: What an ICE check layout may list: the attributes labsim.proto.ice knows how to fill in
-#: (kept equal to its LAYOUT_NAMES by tests/test_call.py; this module may not import proto).
-CHECK_ATTRIBUTES: tuple[str, ...] = (
-    "FINGERPRINT", "ICE-CONTROLLED", "ICE-CONTROLLING", "MESSAGE-INTEGRITY",
-    "MS-CANDIDATE-IDENTIFIER", "MS-IMPLEMENTATION-VERSION", "PRIORITY", "SOFTWARE",
-    "USE-CANDIDATE", "USERNAME",
-)  # fmt: skip
 
 
 class _Model(BaseModel):
@@ -173,9 +134,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _distinct_ports(ports: dict[tuple[str | int, ...], int]) -> None:
+def _distinct_ports(ports: dict[Where, int]) -> None:
     """Two listeners of one actor on one port cannot both exist (all TCP)."""
-    seen: dict[int, tuple[str | int, ...]] = {}
+    seen: dict[int, Where] = {}
     for where, port in ports.items():
         if port in seen:
             first = seen[port]
@@ -184,254 +145,48 @@ def _distinct_ports(ports: dict[tuple[str | int, ...], int]) -> None:
         seen[port] = where
 
 
-# ---------------------------------------------------------------------------------------------
-# TURN
-# ---------------------------------------------------------------------------------------------
+def _client_ports(client: SkypeClientSettings) -> SkypeClientSettings:
+    _distinct_ports({("sip_port",): client.sip_port, ("media_port",): client.media_port})
+    return client
 
 
-class TurnServerConfig(_Model):
-    """Expressway-E's TURN server (RFC 5766 + RFC 6062 over TCP). Defaults: the lab."""
-
-    port: Port = Field(
-        default=3478,
-        description="TURN port for the control and data connections (Expressway-E: 3478).",
-    )
-    realm: str = Field(
-        default="TANDBERG",
-        min_length=1,
-        description="REALM of the long-term credentials; the lab's 401 carries TANDBERG.",
-    )
-    users: dict[str, str] = Field(
-        default_factory=lambda: {"turn": "secret"},
-        description="Username -> password of the local authentication database. CMS "
-        "authenticates as one of these (actors.cms.turn.username/password).",
-    )
-    relay_ports: tuple[Port, Port] = Field(
-        default=(24000, 29999),
-        description="[low, high], inclusive: the ports relays are allocated from "
-        "(Expressway-E: 24000-29999); the lowest free one is used.",
-    )
-    permission_policy: Literal["lab", "rfc"] = Field(
-        default="lab",
-        description="lab: a peer may connect to a relayed port without a permission (the lab "
-        "capture shows no CreatePermission). rfc: without one the peer's connection is reset "
-        "and no ConnectionAttempt is sent (RFC 6062 §5.3, as coturn does).",
-    )
-    tcp_relay: Flag = Field(
-        default=True,
-        description="false: a TCP Allocate gets 442 Unsupported Transport Protocol, as on "
-        "Expressway before X8.9.",
-    )
-    nonce_lifetime: PositiveSeconds = Field(
-        default=3600.0, description="Seconds before a NONCE turns stale and gets 438 Stale Nonce."
-    )
-    bind_timeout: PositiveSeconds = Field(
-        default=30.0,
-        description="Seconds a peer connection waits for the ConnectionBind before it is "
-        "closed (RFC 6062 §5.3: 30).",
-    )
-    max_allocations: Count = Field(
-        default=1800,
-        description="Allocations the server holds at once; one more gets 508 Insufficient "
-        "Capacity (Expressway-E: 1800 relays, 6000 on a large system).",
-    )
-    user_quota: Count = Field(
-        default=0,
-        description="Allocations one username may hold at once, one more gets 486 Allocation "
-        "Quota Reached; 0 = no quota.",
-    )
-    layout: Literal["expressway", "coturn"] = Field(
-        default="expressway",
-        description="Attribute order and SOFTWARE of the responses: expressway reproduces the "
-        "sizes of the lab's rows, coturn the order coturn uses.",
-    )
-
-    @field_validator("relay_ports")
-    @classmethod
-    def _low_then_high(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] > value[1]:
-            raise _At((1,), f"the range ends ({value[1]}) below its start ({value[0]})")
-        return value
+def _edge_ports(edge: SkypeEdgeSettings) -> SkypeEdgeSettings:
+    _distinct_ports({("sip_port",): edge.sip_port, ("media_port",): edge.media_port})
+    return edge
 
 
-class TurnClientConfig(_Model):
-    """How CMS talks TURN to Expressway-E. Defaults reproduce the lab capture."""
-
-    username: str = Field(default="turn", description="TURN username (CMS /turnServers username).")
-    password: str = Field(
-        default="secret",
-        description="TURN password; one the server does not know ends the allocation in "
-        "401 Unauthorized.",
-    )
-    lifetime: Annotated[int, Strict(), Field(ge=0, le=0xFFFFFFFF)] = Field(
-        default=600, description="LIFETIME asked for in the Allocate and every Refresh (lab: 600)."
-    )
-    refresh_after_allocate: Flag = Field(
-        default=True,
-        description="Send a Refresh right after the Allocate succeeds, as the lab's CMS.",
-    )
-    refresh: Flag = Field(
-        default=True,
-        description="Refresh the allocation before it expires; false lets it run out "
-        "(RFC 5766 §7).",
-    )
-    refresh_margin: Seconds = Field(
-        default=60.0, description="Refresh this many seconds before the granted lifetime runs out."
-    )
-    keepalive_first: Seconds | None = Field(
-        default=5.0,
-        description="Seconds after allocating until the first Binding Indication on the "
-        "control connection (the lab's keepalive, 5 s); null: no keepalive.",
-    )
-    keepalive_interval: PositiveSeconds | None = Field(
-        default=15.0,
-        description="Seconds between later Binding Indications (unconfirmed for CMS); null: "
-        "only the first.",
-    )
-    create_permission: Flag = Field(
-        default=False,
-        description="Send CreatePermission for the Skype side (RFC 5766 §9). The lab shows "
-        "none; a server with permission_policy rfc needs it.",
-    )
-    send_connection_bind: Flag = Field(
-        default=True,
-        description="Answer a ConnectionAttempt with a data connection and ConnectionBind "
-        "(RFC 6062 §4.4); false: the server drops the peer after its bind_timeout.",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Actors
-# ---------------------------------------------------------------------------------------------
-
-
-class SkypeClient(_Model):
-    """The Skype for Business client that shares its screen."""
-
-    address: IPv4 = Field(
-        default="192.168.1.100", description="Lab address (invented: the lab does not show it)."
-    )
-    sip_port: Port = Field(default=5060, description="SIP over TCP.")
-    user: SipUri = Field(default="sip:alice@skype.lab", description="The sharer's SIP URI.")
-    media_port: Port = Field(
-        default=50040, description="Port of the client's TCP-PASS candidate (m=applicationsharing)."
-    )
-    ice_ufrag: IceUfrag = Field(default="Xa3f", description="a=ice-ufrag of the offer.")
-    ice_pwd: IcePwd = Field(
-        default="Tq9sLmN2vB7xYc4ZkP1rW8dE", description="a=ice-pwd of the offer."
-    )
-    direct_path: Flag = Field(
-        default=False,
-        description="The client has an IP path to Expressway-E and opens the media connection "
-        "to the relay itself instead of through the Skype Edge; implies skype_client -> "
-        "expressway_e in reachability.",
-    )
-    ice_timeout: PositiveSeconds = Field(
-        default=10.0,
-        description="Seconds from the 200 OK to a valid candidate pair before the client gives "
-        "the sharing session up with BYE (set it above 30 to see Expressway-E's ConnectionBind "
-        "timer close the peer connection first).",
-    )
-    cms_role: Literal["presenter", "attendee"] = Field(
-        default="presenter",
-        description="CMS's role in the Skype meeting. attendee: the meeting's policy lets only "
-        "presenters share, so CMS's sharing reINVITE is refused with 403 and "
-        'ms-diagnostics-public: 21002;reason="Attendees cannot share in this conference";'
-        'component="ASMCU" (the fix on a real meeting: Make Presenter).',
-    )
-
-    @model_validator(mode="after")
-    def _ports_differ(self) -> SkypeClient:
-        _distinct_ports({("sip_port",): self.sip_port, ("media_port",): self.media_port})
-        return self
-
-
-class SkypeEdge(_Model):
-    """The Skype for Business Edge: SIP proxy and media relay for the client."""
-
-    address: IPv4 = Field(
-        default="192.168.1.252",
-        description="Lab address: the Skype-side peer of the lab's ConnectionAttempt.",
-    )
-    sip_port: Port = Field(default=5060, description="SIP over TCP.")
-    media_port: Port = Field(
-        default=3478, description="Where the client's media connection arrives at the Edge."
-    )
-    relay_port: Port = Field(
-        default=53577,
-        description="Source port of the Edge's connection to the TURN relay (the lab's "
-        "XOR-PEER-ADDRESS 192.168.1.252:53577).",
-    )
-
-    @model_validator(mode="after")
-    def _ports_differ(self) -> SkypeEdge:
-        _distinct_ports({("sip_port",): self.sip_port, ("media_port",): self.media_port})
-        return self
-
-
-class ExpresswayE(_Model):
-    """Expressway-E: SIP B2BUA towards the Skype Edge, traversal server, TURN server."""
-
-    address: IPv4 = Field(
-        default="10.48.54.229", description="Lab address (the lab's TURN server)."
-    )
-    sip_port: Port = Field(default=5060, description="SIP over TCP, from the Skype Edge.")
-    traversal_port: Port = Field(
-        default=7001,
-        description="Traversal zone port: Expressway-C opens the traversal connection here.",
-    )
-    turn: TurnServerConfig = Field(default_factory=TurnServerConfig, description="The TURN server.")
-
-    @model_validator(mode="after")
-    def _ports_differ(self) -> ExpresswayE:
-        listeners: dict[tuple[str | int, ...], int] = {
-            ("sip_port",): self.sip_port,
-            ("traversal_port",): self.traversal_port,
-            ("turn", "port"): self.turn.port,
-        }
-        _distinct_ports(listeners)
-        low, high = self.turn.relay_ports
-        for where, port in listeners.items():
-            if low <= port <= high:
-                message = f"the relay range {low}-{high} holds {'.'.join(map(str, where))} {port}"
-                raise _At(("turn", "relay_ports"), message, alternatives=[where])
-        return self
-
-
-class ExpresswayC(_Model):
-    """Expressway-C: SIP B2BUA between the traversal zone and CMS."""
-
-    address: IPv4 = Field(default="10.48.54.228", description="Lab address (invented).")
-    sip_port: Port = Field(default=5060, description="SIP over TCP, from CMS.")
-
-
-class Cms(_Model):
-    """Cisco Meeting Server: hosts the meeting, uses Expressway-E as its TURN server."""
-
-    address: IPv4 = Field(
-        default="10.48.54.230", description="Lab address (the lab's TURN client)."
-    )
-    sip_port: Port = Field(default=5060, description="SIP over TCP.")
-    user: SipUri = Field(default="sip:meeting@cms.lab", description="The meeting's SIP URI.")
-    ice_ufrag: IceUfrag = Field(default="cM5k", description="a=ice-ufrag of the answer.")
-    ice_pwd: IcePwd = Field(
-        default="Hh3uY7pQ1wE5rT9iO2aS6dF0", description="a=ice-pwd of the answer."
-    )
-    turn: TurnClientConfig = Field(
-        default_factory=TurnClientConfig, description="CMS's TURN client."
-    )
+def _expressway_e_ports(expe: ExpresswayESettings) -> ExpresswayESettings:
+    # Expressway-E's own listeners and its TURN server's; the TURN machine checks its port
+    # against its relay range itself (TurnServerSettings).
+    own: dict[Where, int] = {
+        ("sip_port",): expe.sip_port,
+        ("traversal_port",): expe.traversal_port,
+    }
+    _distinct_ports({**own, ("turn", "port"): expe.turn.port})
+    low, high = expe.turn.relay_ports
+    for where, port in own.items():
+        if low <= port <= high:
+            message = f"the relay range {low}-{high} holds {'.'.join(map(str, where))} {port}"
+            raise _At(("turn", "relay_ports"), message, alternatives=[where])
+    return expe
 
 
 class Actors(_Model):
     """The five actors. Each section is optional; what is left out is the lab."""
 
-    skype_client: SkypeClient = Field(default_factory=SkypeClient, description="The sharer.")
-    skype_edge: SkypeEdge = Field(default_factory=SkypeEdge, description="The Skype Edge.")
-    expressway_e: ExpresswayE = Field(
-        default_factory=ExpresswayE, description="Expressway-E (TURN server)."
+    skype_client: Annotated[SkypeClientSettings, AfterValidator(_client_ports)] = Field(
+        default_factory=SkypeClientSettings, description="The sharer."
     )
-    expressway_c: ExpresswayC = Field(default_factory=ExpresswayC, description="Expressway-C.")
-    cms: Cms = Field(default_factory=Cms, description="Cisco Meeting Server.")
+    skype_edge: Annotated[SkypeEdgeSettings, AfterValidator(_edge_ports)] = Field(
+        default_factory=SkypeEdgeSettings, description="The Skype Edge."
+    )
+    expressway_e: Annotated[ExpresswayESettings, AfterValidator(_expressway_e_ports)] = Field(
+        default_factory=ExpresswayESettings, description="Expressway-E (TURN server)."
+    )
+    expressway_c: ExpresswayCSettings = Field(
+        default_factory=ExpresswayCSettings, description="Expressway-C."
+    )
+    cms: CmsSettings = Field(default_factory=CmsSettings, description="Cisco Meeting Server.")
 
     @model_validator(mode="after")
     def _one_address_per_actor(self) -> Actors:
@@ -450,7 +205,7 @@ class Actors(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Network, call, expectations
+# Network, expectations
 # ---------------------------------------------------------------------------------------------
 
 
@@ -487,78 +242,6 @@ LAB_REACHABILITY: tuple[tuple[ActorName, ActorName], ...] = (
 )
 
 
-class Call(_Model):
-    """How the call goes once the actors are up."""
-
-    ice_controlling: Literal["cms", "skype_client"] = Field(
-        default="cms",
-        description="The controlling ICE agent, which nominates the pair (USE-CANDIDATE). In "
-        "the lab, CMS's check carries USE-CANDIDATE. In the check layouts, ICE-CONTROLLING and "
-        "ICE-CONTROLLED both mark where the role attribute goes, written as the side's actual "
-        "role, and USE-CANDIDATE is written only by the controlling side.",
-    )
-    reinvite_from: Literal["controlling", "cms", "skype_client", "none"] = Field(
-        default="controlling",
-        description="Who sends the reINVITE once the pair is valid: the controlling agent "
-        "(RFC 5245 §9.1.3; the lab does not show it), a named side, or none.",
-    )
-    hold: Seconds = Field(
-        default=6.0,
-        description="Seconds the call stays up after the reINVITE is acknowledged, then BYE; "
-        "6 s lets the lab's 5 s Binding Indication keepalive appear.",
-    )
-    bye_from: Literal["skype_client", "cms"] = Field(
-        default="skype_client", description="Who hangs up after the hold."
-    )
-    reinvite_connection: Literal["existing", "new"] = Field(
-        default="existing",
-        description="a=connection in the post-ICE reINVITE (unconfirmed: RFC 4145 suggests "
-        "existing since the TCP connection exists).",
-    )
-    check_layout_cms: list[str] = Field(
-        default_factory=lambda: [
-            "USE-CANDIDATE",
-            "PRIORITY",
-            "ICE-CONTROLLING",
-            "USERNAME",
-            "MS-IMPLEMENTATION-VERSION",
-            "MS-CANDIDATE-IDENTIFIER",
-            "MESSAGE-INTEGRITY",
-            "FINGERPRINT",
-        ],
-        description="Attributes of CMS's ICE Binding Request, in wire order (the lab's starts "
-        "with USE-CANDIDATE and is 88 bytes; the rest is inferred).",
-        json_schema_extra={"items": {"type": "string", "enum": list(CHECK_ATTRIBUTES)}},
-    )
-    check_layout_skype: list[str] = Field(
-        default_factory=lambda: [
-            "USE-CANDIDATE",
-            "USERNAME",
-            "PRIORITY",
-            "ICE-CONTROLLED",
-            "MESSAGE-INTEGRITY",
-            "FINGERPRINT",
-        ],
-        description="Attributes of the Skype side's ICE Binding Request, in wire order (88 "
-        "bytes as controlled agent, the lab's 90-byte frame 2596).",
-        json_schema_extra={"items": {"type": "string", "enum": list(CHECK_ATTRIBUTES)}},
-    )
-
-    @field_validator("check_layout_cms", "check_layout_skype")
-    @classmethod
-    def _stun_attributes(cls, value: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for index, name in enumerate(value):
-            if name not in CHECK_ATTRIBUTES:
-                close = difflib.get_close_matches(name.upper(), CHECK_ATTRIBUTES, n=1)
-                hint = f"; did you mean {close[0]}?" if close else ""
-                raise _At((index,), f"{name!r} is not a STUN attribute labsim knows{hint}")
-            if name in seen:
-                raise _At((index,), f"{name} is listed twice")
-            seen.add(name)
-        return value
-
-
 Outcome = OutcomeName
 #: The verdicts of labsim.report.diagnose (written once, in labsim.vocabulary).
 Diagnosis = Verdict
@@ -569,6 +252,7 @@ Diagnosis = Verdict
 # ---------------------------------------------------------------------------------------------
 
 ProtocolName = Literal["SIP", "STUN", "TCP"]
+Ordinal = Annotated[int, Field(ge=1)]
 
 
 class _Ends(_Model):
@@ -589,7 +273,7 @@ class _Ends(_Model):
 
 
 class _HopSpec(_Ends):
-    connection: Annotated[int, Strict(), Field(ge=1)] | None = Field(
+    connection: Ordinal | None = Field(
         default=None,
         description="Only the n-th TCP connection (1-based) opened between the two actors, "
         "e.g. 2 for CMS's TURN data connection (1 is its control connection).",
@@ -613,13 +297,11 @@ class MessageRule(_HopSpec):
     stun: str | None = Field(
         default=None, min_length=1, description="Shorthand for protocol: STUN, message: ..."
     )
-    nth: (
-        Annotated[int, Strict(), Field(ge=1)] | list[Annotated[int, Strict(), Field(ge=1)]] | (None)
-    ) = Field(
+    nth: Ordinal | list[Ordinal] | None = Field(
         default=None,
         description="Only the n-th matching message (1-based), or those listed; null: all.",
     )
-    probability: Annotated[float, Strict(), Field(gt=0, le=1)] = Field(
+    probability: Annotated[float, Field(gt=0, le=1)] = Field(
         default=1.0, description="Hit each matching message with this probability (seeded)."
     )
 
@@ -749,7 +431,7 @@ class MessageExpect(_Model):
     dst: ActorName | None = Field(
         default=None, alias="to", description="Receiving actor; null: any."
     )
-    present: Flag = Field(default=True, description="false: the run must not show such a message.")
+    present: bool = Field(default=True, description="false: the run must not show such a message.")
     count: Count | None = Field(
         default=None, description="Exactly this many such messages; null: at least one."
     )
@@ -853,7 +535,7 @@ class Scenario(_Model):
         "connect times out. Default (the lab): the Skype client has no IP path to "
         "Expressway-E, and Expressway-E cannot open connections into the internal network.",
     )
-    call: Call = Field(default_factory=Call, description="How the call goes.")
+    call: CallSettings = Field(default_factory=CallSettings, description="How the call goes.")
     faults: list[FaultRule] = Field(
         default_factory=list,
         description="Network faults, applied in both clocks: drop or delay matching messages, "
@@ -881,6 +563,10 @@ class Scenario(_Model):
                 raise _At(("reachability", index), f"{client} reaching itself says nothing")
         return self
 
+    def lab(self) -> Lab:
+        """The five actors' settings and the call, as the actors take them."""
+        return Lab(**{name: getattr(self.actors, name) for name in ACTOR_NAMES}, call=self.call)
+
     def can_connect(self, client: str, server: str) -> bool:
         """Whether ``client`` may open a TCP connection to ``server``."""
         if (client, server) == ("skype_client", "expressway_e") and (
@@ -901,7 +587,7 @@ class Scenario(_Model):
 # YAML with positions
 # ---------------------------------------------------------------------------------------------
 
-Loc = tuple[str | int, ...]
+Loc = Where
 
 
 @dataclass(frozen=True)
@@ -1136,16 +822,26 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
+def _fields(tp: Any) -> dict[str, Any] | None:
+    """The keys a model or settings type accepts, with their types; None for anything else."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {f.alias or n: f.annotation for n, f in tp.model_fields.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        return {f.name: hints[f.name] for f in dataclasses.fields(tp) if f.init}
+    return None
+
+
 def _keys_at(loc: Loc) -> list[str]:
     """The keys the model accepts at ``loc`` (for "did you mean"), or [] if not a model."""
     tp: Any = Scenario
     for part in loc:
         tp = _unwrap(tp)
-        if isinstance(part, str) and isinstance(tp, type) and issubclass(tp, BaseModel):
-            fields = {f.alias or n: f for n, f in tp.model_fields.items()}
+        fields = _fields(tp)
+        if isinstance(part, str) and fields is not None:
             if part not in fields:
                 return []
-            tp = fields[part].annotation
+            tp = fields[part]
         elif isinstance(part, int) and get_origin(tp) in (list, tuple):
             args = get_args(tp)
             # list[X] and tuple[X, ...] have one item type; tuple[X, Y] one per position.
@@ -1154,10 +850,7 @@ def _keys_at(loc: Loc) -> list[str]:
             )
         else:
             return []
-    tp = _unwrap(tp)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [f.alias or n for n, f in tp.model_fields.items()]
-    return []
+    return list(_fields(_unwrap(tp)) or [])
 
 
 def _dotted(loc: Loc) -> str:
@@ -1165,6 +858,16 @@ def _dotted(loc: Loc) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text or "the scenario"
+
+
+#: The data is validated as JSON (see _validate); YAML calls its collections lists and mappings.
+_YAML_WORDS = {
+    "list_type": "Input should be a valid list",
+    "tuple_type": "Input should be a valid list",
+    "dict_type": "Input should be a mapping",
+    "model_type": "Input should be a mapping",
+    "dataclass_type": "Input should be a mapping",
+}
 
 
 def _problem(error: ErrorDetails, positions: dict[Loc, _Pos], file: str) -> ScenarioError:
@@ -1177,11 +880,14 @@ def _problem(error: ErrorDetails, positions: dict[Loc, _Pos], file: str) -> Scen
         message = str(cause)
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
+    elif error["type"] in _YAML_WORDS:
+        message = _YAML_WORDS[error["type"]]
     # The deepest path written in some file: a missing key has no line of its own, so it is
     # reported at the mapping that lacks it.
     known = next(loc[:n] for n in range(len(loc), -1, -1) if loc[:n] in positions or n == 0)
     pos = positions.get(known, _Pos(file, 1, 1))
-    if error["type"] == "extra_forbidden":
+    # A model says extra_forbidden, a settings dataclass unexpected_keyword_argument.
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         key = str(loc[-1])
         keys = _keys_at(loc[:-1])
         close = difflib.get_close_matches(key, keys, n=1)
@@ -1198,8 +904,13 @@ def _problem(error: ErrorDetails, positions: dict[Loc, _Pos], file: str) -> Scen
 def _validate(doc: _Doc, default_name: str) -> Scenario:
     data = dict(doc.data)
     data.setdefault("name", default_name)
+    # Validated as JSON, strictly: YAML already typed every value, so a quoted "3478" or a
+    # `yes` where a number belongs is a mistake to report, not something to coerce. (Python
+    # mode in strict would want settings dataclass instances, not mappings; JSON mode takes
+    # objects.) What JSON cannot hold (a YAML date) arrives as its text.
+    text = json.dumps(data, default=str)
     try:
-        return Scenario.model_validate(data)
+        return Scenario.model_validate_json(text, strict=True)
     except ValidationError as exc:
         problems = [_problem(e, doc.positions, doc.file) for e in exc.errors(include_url=False)]
     # Problems in the file the user loaded first, then the parents; by line within a file.

@@ -221,9 +221,12 @@ def test_no_traversal_path_means_408_not_a_hang() -> None:
 
 def test_scenario_check_attributes_are_the_ones_the_ice_machine_fills_in() -> None:
     from labsim.proto.ice import LAYOUT_NAMES
-    from labsim.scenario import CHECK_ATTRIBUTES
+    from labsim.scenario import json_schema
 
-    assert set(CHECK_ATTRIBUTES) == LAYOUT_NAMES
+    # One list: the scenario validates layouts against the ICE machine's own names.
+    call = json_schema()["$defs"]["CallSettings"]["properties"]
+    for key in ("check_layout_cms", "check_layout_skype"):
+        assert call[key]["items"]["enum"] == list(LAYOUT_NAMES)
 
 
 def test_an_actor_that_raises_fails_the_run_whatever_the_outcome(

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from sipmessage import Request, Via
 
-from labsim.actors.cms import Cms, CmsSettings
-from labsim.actors.expressway_c import ExpresswayC, ExpresswayCSettings
-from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
+from labsim.actors.cms import Cms
+from labsim.actors.expressway_c import ExpresswayC
+from labsim.actors.lab import Lab, SkypeClientSettings
+from labsim.actors.skype_client import SkypeClient
 from labsim.proto.events import (
     Accepted,
     Address,
@@ -63,7 +64,7 @@ def invite(*, contact: bool = True, tag: str = "abc") -> Request:
 
 
 def test_an_invite_without_contact_gets_400_not_a_crash() -> None:
-    cms = Cms(CmsSettings())
+    cms = Cms(Lab())
     cms.handle(Started(), 0)
     cms.handle(Accepted("in:1", Address("10.48.54.230", 5060), Address("10.48.54.228", 40000)), 0)
     answers = sent_sip(cms.handle(Received("in:1", sip.encode(invite(contact=False))), 0))
@@ -72,7 +73,7 @@ def test_an_invite_without_contact_gets_400_not_a_crash() -> None:
 
 
 def test_a_response_before_the_invite_is_dropped_as_a_stray() -> None:
-    client = SkypeClient(SkypeClientSettings(start_delay=5))
+    client = SkypeClient(Lab(skype_client=SkypeClientSettings(start_delay=5)))
     client.handle(Started(), 0)
     client.handle(
         Connected("sip:1", Address("192.168.1.100", 40000), Address("192.168.1.252", 5060)), 0
@@ -83,7 +84,7 @@ def test_a_response_before_the_invite_is_dropped_as_a_stray() -> None:
 
 
 def test_a_refusal_with_a_malformed_diagnostics_header_is_still_acknowledged() -> None:
-    client = SkypeClient(SkypeClientSettings())
+    client = SkypeClient(Lab())
     client.handle(Started(), 0)
     client.handle(
         Connected("sip:1", Address("192.168.1.100", 40000), Address("192.168.1.252", 5060)), 0
@@ -114,7 +115,7 @@ def test_a_refusal_with_a_malformed_diagnostics_header_is_still_acknowledged() -
 
 
 def test_a_lost_downstream_connection_ends_the_transaction_with_503() -> None:
-    expc = ExpresswayC(ExpresswayCSettings())
+    expc = ExpresswayC(Lab())
     effects = expc.handle(Started(), 0)
     # The traversal and CMS connections open at start; CMS's comes up.
     expc.handle(
@@ -130,7 +131,7 @@ def test_a_lost_downstream_connection_ends_the_transaction_with_503() -> None:
 
 
 def test_an_options_ping_to_a_proxy_is_answered_there() -> None:
-    expc = ExpresswayC(ExpresswayCSettings())
+    expc = ExpresswayC(Lab())
     expc.handle(Started(), 0)
     expc.handle(Accepted("in:1", Address("10.48.54.228", 5060), Address("10.48.54.229", 40000)), 0)
     ping = sip.build_request(
@@ -149,7 +150,7 @@ def test_a_second_peer_on_the_relay_gets_no_second_reinvite() -> None:
 
     result = run_scenario(load(LAB), "virtual")
     offer = next(m for m in result.trace.messages if m.summary == "INVITE" and m.dst == "cms")
-    cms = Cms(CmsSettings())
+    cms = Cms(Lab())
     cms.offer = appsharing.parse(sip.parse_message(offer.data).body)
     first = cms._pipe_up(PeerConnected("turn:data:1", Address("192.168.1.252", 53577), b"", 1))
     assert any(isinstance(e, Send) and e.conn == "turn:data:1" for e in first)  # its check
@@ -199,7 +200,7 @@ def test_cancel_before_the_answer_gets_487_through_the_proxies() -> None:
     """A sipp-like caller behind Expressway-C cancels while CMS is still allocating: the
     proxy answers the CANCEL and cancels downstream with the INVITE's branch; CMS answers 487,
     which comes back (and is ACKed hop by hop); a repeated INVITE is absorbed by the proxy."""
-    expc = ExpresswayC(ExpresswayCSettings())
+    expc = ExpresswayC(Lab())
     expc.handle(Started(), 0)
     expc.handle(
         Connected("sip:2", Address("10.48.54.228", 40001), Address("10.48.54.230", 5060)), 0
@@ -223,7 +224,7 @@ def test_cancel_before_the_answer_gets_487_through_the_proxies() -> None:
     assert [sip.summary(m) for m in down] == ["CANCEL"]
     assert sip.via_branch(sip.top_via(down[0])) == sip.via_branch(sip.top_via(forwarded))
 
-    cms = Cms(CmsSettings())
+    cms = Cms(Lab())
     cms.handle(Started(), 0)
     cms.handle(Accepted("in:1", Address("10.48.54.230", 5060), Address("10.48.54.228", 40001)), 0)
     cms.handle(Received("in:1", sip.encode(forwarded)), 0)

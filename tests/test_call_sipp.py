@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from labsim.actors.cms import Cms, CmsSettings
-from labsim.actors.expressway_c import ExpresswayC, ExpresswayCSettings
-from labsim.actors.expressway_e import ExpresswayE, ExpresswayESettings
-from labsim.actors.skype_client import SkypeClient, SkypeClientSettings
+from labsim.actors.cms import Cms
+from labsim.actors.expressway_c import ExpresswayC
+from labsim.actors.expressway_e import ExpresswayE
+from labsim.actors.lab import Lab, SkypeClientSettings
+from labsim.actors.skype_client import SkypeClient
 from labsim.net.live import LiveNetwork, claim_block
 from labsim.proto.events import Address
 from labsim.trace import Trace
@@ -61,8 +62,8 @@ def _sipp_args(sipp: str, scenario: str, tmp: Path, ip: str) -> list[str]:
 
 async def test_sipp_uac_gets_a_relay_candidate_from_cms(tmp_path: Path) -> None:
     sipp = require_tool("sipp")
-    cms = Cms(CmsSettings())
-    actors = [ExpresswayE(ExpresswayESettings()), ExpresswayC(ExpresswayCSettings()), cms]
+    cms = Cms(Lab())
+    actors = [ExpresswayE(Lab()), ExpresswayC(Lab()), cms]
     trace = Trace()
     net = LiveNetwork(actors, trace)
     run = asyncio.create_task(net.arun(30, stop=lambda _t: cms.finished))
@@ -90,7 +91,7 @@ async def test_sipp_uac_gets_a_relay_candidate_from_cms(tmp_path: Path) -> None:
 
 async def test_sipp_uas_answers_our_skype_client(tmp_path: Path) -> None:
     sipp = require_tool("sipp")
-    client = SkypeClient(SkypeClientSettings(ice_timeout=5))
+    client = SkypeClient(Lab(skype_client=SkypeClientSettings(ice_timeout=5)))
     trace = Trace()
     with claim_block() as block:
         # The Edge's lab port on sipp's own address: free, whatever else runs.

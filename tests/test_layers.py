@@ -18,7 +18,9 @@ ALLOWED = {
     # Renderers read the trace only (DESIGN.md: the trace is the truth); they do no socket IO
     # and read no clock either (timestamps come from the trace).
     "report": {"report", "trace", "wire", "vocabulary"},
-    "scenario.py": {"wire", "vocabulary"},
+    # The scenario validates straight into the settings types the actors and protocol machines
+    # own (each default written once, beside its code), so it may import them.
+    "scenario.py": {"wire", "vocabulary", "proto", "actors"},
     "vocabulary.py": set(),
 }
 

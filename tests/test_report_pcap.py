@@ -410,9 +410,9 @@ def run_lab(
     runtime; live runs bind other ports (a system coturn may hold 3478)."""
     board = Board()
     actors: list[Actor] = [
-        TurnServer("expressway_e", EXPE_IP, TurnServerSettings(
-            port=turn_port, relay_port_min=relays[0], relay_port_max=relays[1])),
-        CmsLike(CMS_IP, TurnClientSettings(server=Address(EXPE_IP, turn_port)), board,
+        TurnServer("expressway_e", EXPE_IP,
+                   TurnServerSettings(port=turn_port, relay_ports=relays)),
+        CmsLike(CMS_IP, TurnClientSettings(), board, server=Address(EXPE_IP, turn_port),
                 hangup_after=hangup_after, peer_host=EDGE_IP),
         SkypePeer(EDGE_IP, board),
     ]  # fmt: skip

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import textwrap
+import types
+import typing
 from pathlib import Path
+from typing import Annotated, get_args, get_origin
 
 import pytest
+import yaml
+from pydantic import BaseModel, TypeAdapter
 
+from labsim.actors.lab import (
+    CallSettings,
+    CmsSettings,
+    ExpresswayCSettings,
+    ExpresswayESettings,
+    Lab,
+    SkypeClientSettings,
+    SkypeEdgeSettings,
+)
+from labsim.proto.settings import SETTINGS_CONFIG
+from labsim.proto.sip_ua_state import SipTimers
+from labsim.proto.turn_client import TurnClientSettings
+from labsim.proto.turn_server import TurnServerSettings
+from labsim.run import build
 from labsim.scenario import (
     ACTOR_NAMES,
     LAB_REACHABILITY,
     Actors,
-    Call,
     Scenario,
     ScenarioError,
-    TurnClientConfig,
     first_sentence,
     json_schema,
     library_dir,
@@ -51,13 +70,13 @@ def test_the_lab_file_restates_the_defaults() -> None:
     assert lab.extends is None
     assert (lab.clock, lab.deadline, lab.latency) == ("live", 20.0, 0.0005)
     assert lab.actors == Actors() == defaults.actors
-    assert lab.call == Call() == defaults.call
+    assert lab.call == CallSettings() == defaults.call
     assert lab.reachability == list(LAB_REACHABILITY) == defaults.reachability
     assert lab.faults == [] and lab.links == []
     assert lab.actors.expressway_e.address == "10.48.54.229"
     assert lab.actors.expressway_e.turn.realm == "TANDBERG"
     assert lab.actors.skype_edge.relay_port == 53577
-    assert lab.actors.cms.turn == TurnClientConfig()
+    assert lab.actors.cms.turn == TurnClientSettings()
     assert lab.actors.cms.turn.lifetime == 600
 
 
@@ -326,7 +345,11 @@ def test_unknown_top_level_key_lists_what_is_known(tmp_path: Path) -> None:
             "actors.expressway_e.turn.relay_ports: the relay range 5100-6000 holds "
             "traversal_port 5500",
         ),
-        ("actors:\n  cms:\n    ice_pwd: short\n", 3, "actors.cms.ice_pwd: String should match"),
+        (
+            "actors:\n  cms:\n    ice_pwd: short\n",
+            3,
+            "actors.cms.ice_pwd: 'short' is not 22-256 ice-chars (letters, digits, + and /; RFC",
+        ),
         (
             "actors:\n  skype_client:\n    direct_path: 1\n",
             3,
@@ -593,7 +616,7 @@ def test_the_schema_uses_yaml_keys_and_forbids_unknown_ones() -> None:
     assert "default" not in schema["properties"]["name"]
     message = schema["$defs"]["MessageExpect"]["properties"]
     assert {"from", "to"} <= set(message)
-    layout = schema["$defs"]["Call"]["properties"]["check_layout_cms"]["items"]
+    layout = schema["$defs"]["CallSettings"]["properties"]["check_layout_cms"]["items"]
     assert "MS-IMPLEMENTATION-VERSION" in layout["enum"]
 
 
@@ -608,3 +631,149 @@ def test_main_prints_the_schema_and_checks_files(
     assert "sharing-call.yaml: ok (sharing-call)" in err
     assert f"{bad}:1: clock:" in err
     assert main([]) == 2
+
+
+# --- one settings model ------------------------------------------------------------------------
+#
+# The scenario's actors: and call: sections ARE the settings types the actors and protocol
+# machines own (labsim.actors.lab, labsim.proto.settings): a default is written once, in the
+# dataclass, and these tests fail when a second copy appears.
+
+SECTIONS = {
+    "skype_client": SkypeClientSettings,
+    "skype_edge": SkypeEdgeSettings,
+    "expressway_e": ExpresswayESettings,
+    "expressway_c": ExpresswayCSettings,
+    "cms": CmsSettings,
+}
+
+
+def settings_types() -> list[type]:
+    """Every settings type the scenario reaches under actors: and call:, nested ones too."""
+    found: list[type] = []
+    todo: list[object] = [*SECTIONS.values(), CallSettings]
+    while todo:
+        tp = todo.pop()
+        if get_origin(tp) is Annotated:
+            todo.append(get_args(tp)[0])
+        elif get_origin(tp) is not None or isinstance(tp, types.UnionType):
+            todo += get_args(tp)
+        elif dataclasses.is_dataclass(tp) and isinstance(tp, type) and tp not in found:
+            found.append(tp)
+            hints = typing.get_type_hints(tp, include_extras=True)
+            todo += [hints[f.name] for f in dataclasses.fields(tp)]
+    return found
+
+
+def test_the_sections_are_the_actors_own_settings_types() -> None:
+    for name, cls in SECTIONS.items():
+        field = Actors.model_fields[name]  # (pydantic keeps a validator in field.metadata)
+        assert (field.annotation, field.default_factory) == (cls, cls), f"actors.{name}"
+    call = Scenario.model_fields["call"]
+    assert (call.annotation, call.default_factory) == (CallSettings, CallSettings)
+    assert Scenario().lab() == Lab()
+    assert {f.name for f in dataclasses.fields(Lab)} == {*ACTOR_NAMES, "call"}
+    # Every type under them is a stdlib dataclass of the lower layers, never a pydantic model
+    # written again in labsim.scenario.
+    types_ = settings_types()
+    assert {TurnServerSettings, TurnClientSettings, SipTimers} <= set(types_)
+    for tp in types_:
+        assert not issubclass(tp, BaseModel) and tp.__module__.startswith(
+            ("labsim.actors.", "labsim.proto.")
+        ), tp
+        assert tp.__pydantic_config__ is SETTINGS_CONFIG, tp  # type: ignore[attr-defined]
+
+
+def test_every_default_the_scenario_shows_is_the_dataclass_default() -> None:
+    defs = json_schema()["$defs"]
+    for tp in settings_types():
+        props = defs[tp.__name__]["properties"]
+        for field in dataclasses.fields(tp):
+            assert field.name in props, f"{tp.__name__}.{field.name} is not a scenario key"
+            if "default" in props[field.name]:
+                default = json.loads(json.dumps(field.default, default=list))
+                assert props[field.name]["default"] == default, f"{tp.__name__}.{field.name}"
+    # And the default scenario builds exactly the defaults.
+    lab = Scenario().lab()
+    for name, cls in SECTIONS.items():
+        assert getattr(lab, name) == cls()
+
+
+def test_no_settings_default_is_written_again_in_the_scenario_or_run() -> None:
+    """A default copied into scenario.py or run.py (a second model, a translation) is a
+    second place to keep equal; the distinctive ones (text: addresses, URIs, credentials)
+    must not appear there at all."""
+    fields = [field for tp in settings_types() for field in dataclasses.fields(tp)]
+    hints = [hint for tp in settings_types() for hint in typing.get_type_hints(tp).values()]
+    # Key names and the words of a choice (bye_from: skype_client) are vocabulary, not values.
+    words = {field.name for field in fields} | {
+        arg for hint in hints for arg in get_args(hint) if isinstance(arg, str)
+    }
+    defaults = {field.default for field in fields if isinstance(field.default, str)} - words - {""}
+    assert {"10.48.54.229", "TANDBERG", "sip:meeting@cms.lab", "secret"} <= defaults
+    labsim = Path(__file__).parent.parent / "labsim"
+    for module in ("scenario.py", "run.py"):
+        tree = ast.parse((labsim / module).read_text(encoding="utf-8"))
+        constants = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert not constants & defaults, f"{module} repeats {sorted(constants & defaults)}"
+
+
+def written(data: object, settings: object, where: str) -> None:
+    """Every value written in ``data`` (a scenario file's mapping) is in ``settings``."""
+    if isinstance(data, dict) and dataclasses.is_dataclass(settings):
+        for key, value in data.items():
+            written(value, getattr(settings, key), f"{where}.{key}")
+    elif isinstance(data, list):
+        assert list(settings) == data, where  # type: ignore[call-overload]
+    else:
+        assert settings == data, where
+
+
+@pytest.mark.parametrize("path", sorted(library_dir().glob("*.yaml")), ids=lambda p: p.stem)
+def test_library_scenario_round_trips_through_the_settings(path: Path) -> None:
+    scenario = load(path)
+    lab = scenario.lab()
+    # What the file writes is what the actors get (sections the file does not write come from
+    # the scenario it extends, itself a library scenario).
+    own = yaml.safe_load(path.read_text(encoding="utf-8"))
+    written(own.get("actors", {}), lab, "actors")
+    written(own.get("call", {}), lab.call, "call")
+    # The settings, written back as YAML, load as the same settings.
+    dumped = {
+        "actors": {name: TypeAdapter(cls).dump_python(getattr(lab, name), mode="json")
+                   for name, cls in SECTIONS.items()},
+        "call": TypeAdapter(CallSettings).dump_python(lab.call, mode="json"),
+    }  # fmt: skip
+    again = loads(yaml.safe_dump(dumped, sort_keys=False), source=f"<{path.stem} dumped>")
+    assert again.lab() == lab
+
+
+def test_sip_timers_reach_the_user_agents() -> None:
+    scenario = loads("actors: {cms: {sip_timers: {t1: 0.25, t2: 2.0}}}\n")
+    cast = build(scenario)
+    assert cast.cms.timers == SipTimers(0.25, 2.0) and cast.cms.timers.timer_b == 16.0
+    assert cast.skype_client.timers == SipTimers()
+
+
+def test_sip_timers_out_of_order_are_reported_at_the_key_written(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.yaml", "actors:\n  skype_client:\n    sip_timers:\n      t2: 0.1\n")
+    assert str(error_of(path)) == (
+        f"{path}:4: actors.skype_client.sip_timers.t2: SIP timers need 0 < T1 <= T2 "
+        "(T1=0.5, T2=0.1)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reinvite_from", "cms", "client"),
+    [
+        ("controlling", True, False),
+        ("skype_client", False, True),
+        ("both", True, True),
+        ("none", False, False),
+    ],
+)
+def test_reinvite_from_decides_which_end_sends_it(
+    reinvite_from: str, cms: bool, client: bool
+) -> None:
+    cast = build(loads(f"call: {{reinvite_from: {reinvite_from}}}\n"))
+    assert (cast.cms.sends_reinvite, cast.skype_client.sends_reinvite) == (cms, client)

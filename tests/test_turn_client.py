@@ -119,9 +119,14 @@ def connection_attempt(connection_id: int = 0x1234ABCD) -> bytes:
     return Message.indication(Method.CONNECTION_ATTEMPT, [*attrs, *tail]).encode(KEY)
 
 
-def new_client(prefix: str = "turn", **changes: object) -> TurnClient:
+def new_client(
+    prefix: str = "turn", permission_peers: tuple[str, ...] = (), **changes: object
+) -> TurnClient:
     settings = replace(TurnClientSettings(), **changes)  # type: ignore[arg-type]
-    return TurnClient(settings, random.Random(6062), prefix)
+    return TurnClient(
+        settings, random.Random(6062), server=SERVER, prefix=prefix,
+        permission_peers=permission_peers,
+    )  # fmt: skip
 
 
 def allocate(client: TurnClient, conn: str = CTL) -> tuple[list[Message], list[Effect]]:

@@ -46,13 +46,18 @@ def lab(
     stop: Callable[[Trace, Board], bool] | None = None,
 ) -> tuple[Trace, Board]:
     board = Board()
-    server_settings = TurnServerSettings(
-        port=TURN_PORT, relay_port_min=RELAYS[0], relay_port_max=RELAYS[1], **(server or {})
-    )
-    client_settings = TurnClientSettings(server=Address(EXPE, TURN_PORT), **(client or {}))
+    server_settings = TurnServerSettings(port=TURN_PORT, relay_ports=RELAYS, **(server or {}))
+    client_settings = TurnClientSettings(**(client or {}))
     actors: list[Actor] = [
         TurnServer("expressway_e", EXPE, server_settings),
-        CmsLike(CMS, client_settings, board, hangup_after=hangup_after, peer_host=EDGE),
+        CmsLike(
+            CMS,
+            client_settings,
+            board,
+            server=Address(EXPE, TURN_PORT),
+            hangup_after=hangup_after,
+            peer_host=EDGE,
+        ),
     ]
     if with_peer:
         actors.append(SkypePeer(EDGE, board))

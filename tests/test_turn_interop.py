@@ -40,9 +40,9 @@ def test_our_client_against_coturn(tmp_path: Path) -> None:
         # coturn's block, so no other run has it), and that is the address CMS must give
         # permission to (in the lab it would be 192.168.1.252).
         peer = server.block.address(5)
-        settings = TurnClientSettings(server=EXPE, create_permission=True)
+        settings = TurnClientSettings(create_permission=True)
         actors: list[Actor] = [
-            CmsLike("10.48.54.230", settings, board, hangup_after=1.5, peer_host=peer),
+            CmsLike("10.48.54.230", settings, board, server=EXPE, hangup_after=1.5, peer_host=peer),
             SkypePeer(peer, board),
         ]
         trace = Trace()
@@ -79,9 +79,8 @@ def _serve(
     own event loop, until ``finished`` is set (checked at the server's next event) or
     ``until`` seconds."""
     settings = TurnServerSettings(
-        port=port, relay_port_min=relays.start, relay_port_max=relays.stop - 1,
-        permission_policy="rfc",
-    )  # fmt: skip
+        port=port, relay_ports=(relays.start, relays.stop - 1), permission_policy="rfc"
+    )
     out: dict[str, Trace] = {}
 
     def run() -> None:

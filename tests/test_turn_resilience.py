@@ -83,14 +83,15 @@ def test_misbehaving_clients_do_not_delay_an_allocation() -> None:
     nuisance = Nuisance()
     cms = DelayedCms(
         "10.48.54.230",
-        TurnClientSettings(server=Address(EXPE, PORT)),
+        TurnClientSettings(),
         board,
+        server=Address(EXPE, PORT),
         hangup_after=None,
     )
     server = TurnServer(
         "expressway_e",
         EXPE,
-        TurnServerSettings(port=PORT, relay_port_min=44100, relay_port_max=44109),
+        TurnServerSettings(port=PORT, relay_ports=(44100, 44109)),
     )
     actors: list[Actor] = [server, nuisance, cms]
     trace = Trace()

@@ -375,9 +375,11 @@ def test_coturn_layout_orders() -> None:
     assert names(attempt) == ["CONNECTION-ID", "XOR-PEER-ADDRESS", "SOFTWARE", "FINGERPRINT"]
 
 
-def test_custom_layout_and_no_software() -> None:
+def test_custom_layout_and_no_software(monkeypatch: pytest.MonkeyPatch) -> None:
     layout = Layout(**{**vars(LAYOUTS["expressway"]), "refresh": ("LIFETIME", "FINGERPRINT")})
-    lab = Lab(layout=layout, software="")
+    # Settings name a layout (what a scenario can write); a new one is a new preset.
+    monkeypatch.setitem(LAYOUTS, "custom", layout)
+    lab = Lab(layout="custom", software="")
     lab.allocate()
     refresh = only_stun(lab.request("in:ctl", Message.request(Method.REFRESH)), "in:ctl")
     assert names(refresh) == ["LIFETIME", "FINGERPRINT"]
@@ -598,8 +600,24 @@ def test_quota_gets_486() -> None:
     assert error_code(reply) == 486
 
 
+def test_no_quota_by_default() -> None:
+    lab = Lab()  # user_quota 0: none (the lab's Expressway-E)
+    for n in range(3):
+        lab.allocate(f"in:{n}", Address(CMS.host, 50000 + n))
+    assert len(lab.server.allocations()) == 3
+
+
+def test_capacity_gets_508_and_a_released_allocation_frees_it() -> None:
+    lab = Lab(max_allocations=1)
+    lab.allocate("in:a")
+    lab.accept("in:b", Address(CMS.host, 50000))
+    assert error_code(only_stun(lab.request("in:b", allocate_request()), "in:b")) == 508
+    lab.feed(Closed("in:a"))
+    assert only_stun(lab.request("in:b", allocate_request()), "in:b").cls is Class.SUCCESS
+
+
 def test_no_free_port_gets_508_and_a_freed_port_is_reused() -> None:
-    lab = Lab(relay_port_min=24000, relay_port_max=24000)
+    lab = Lab(relay_ports=(24000, 24000))
     lab.allocate("in:a")
     lab.accept("in:b", Address(CMS.host, 50000))
     assert error_code(only_stun(lab.request("in:b", allocate_request()), "in:b")) == 508
@@ -620,7 +638,7 @@ def test_relay_ports_go_lowest_first_and_listen_failure_moves_on() -> None:
 
 
 def test_listen_failures_end_in_508() -> None:
-    lab = Lab(auto_listen=False, relay_port_min=24000, relay_port_max=24001)
+    lab = Lab(auto_listen=False, relay_ports=(24000, 24001))
     lab.accept("in:a")
     lab.challenge("in:a")
     lab.request("in:a", allocate_request())
@@ -977,7 +995,8 @@ def test_wants_routes_only_its_events() -> None:
         {"permission_policy": "loose"},
         {"bind_failure": "ignore"},
         {"layout": "nginx"},
-        {"relay_port_min": 3000, "relay_port_max": 4000},
+        {"relay_ports": (3000, 4000)},
+        {"relay_ports": (25000, 24000)},
         {"nonce_length": 200},
         {"integrity_error_code": 402},
     ],

@@ -6,15 +6,15 @@ run the five actors on the virtual runtime."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 from sipmessage import Request, Response, Via
 
-from labsim.actors.cms import Cms, CmsSettings, CmsState
+from labsim.actors.cms import Cms, CmsState
 from labsim.actors.common import UaTimer
-from labsim.actors.skype_client import ClientState, SkypeClient, SkypeClientSettings
+from labsim.actors.lab import Lab, SkypeClientSettings
+from labsim.actors.skype_client import ClientState, SkypeClient
 from labsim.net.virtual import VirtualNetwork
 from labsim.proto.events import (
     Accepted,
@@ -87,10 +87,10 @@ def routed_invite() -> Request:
     return request
 
 
-def cms_answering(settings: CmsSettings | None = None) -> tuple[Cms, Clock, Response]:
+def cms_answering() -> tuple[Cms, Clock, Response]:
     """CMS took the INVITE and sent its 200 OK at t=0 (the relay step skipped: its answer is
     given as if the allocation had failed)."""
-    cms = Cms(settings or CmsSettings())
+    cms = Cms(Lab())
     clock = Clock(cms)
     clock.handle(Started())
     clock.handle(Accepted("in:1", Address("10.48.54.230", 5060), Address("10.48.54.228", 40001)))
@@ -277,7 +277,7 @@ def test_a_second_reinvite_before_our_answer_to_the_first_gets_500_with_retry_af
 
 
 def client_calling() -> tuple[SkypeClient, Clock, Request]:
-    client = SkypeClient(SkypeClientSettings())
+    client = SkypeClient(Lab())
     clock = Clock(client)
     clock.handle(Started())
     edge = Address("192.168.1.252", 5060)
@@ -293,7 +293,7 @@ def client_calling() -> tuple[SkypeClient, Clock, Request]:
 def client_confirmed() -> tuple[SkypeClient, Clock, Response]:
     """The client got CMS's 200 OK (relay candidate in it) and ACKed it."""
     client, clock, request = client_calling()
-    cms = Cms(CmsSettings())
+    cms = Cms(Lab())
     cms.relayed = Address("10.48.54.229", 24000)
     ok = sip.build_response(
         request, 200, to_tag="cmstag", contact="<sip:meeting@10.48.54.230:5060;transport=tcp>",
@@ -337,7 +337,7 @@ def test_the_edges_100_trying_stops_invite_timer_b() -> None:
 
 def test_timer_b_follows_t1() -> None:
     settings = SkypeClientSettings(sip_timers=SipTimers(t1=0.25, t2=2.0))
-    client = SkypeClient(settings)
+    client = SkypeClient(Lab(skype_client=settings))
     client.handle(Started(), 0)
     effects = client.handle(TimerFired("call"), 0)
     assert StartTimer(UaTimer.TIMER_B, 16.0) in effects
@@ -463,10 +463,9 @@ def run_cast(sc: Scenario, cast: Cast) -> Trace:
 
 
 def test_glare_both_ends_send_a_reinvite_both_get_491_and_cms_retries_first() -> None:
-    sc = load(LAB)
+    sc = load(library_dir() / "reinvite-glare.yaml")  # call: {reinvite_from: both}
+    assert sc.call.sends_reinvite("cms") and sc.call.sends_reinvite("skype_client")
     cast = build(sc)
-    client_settings = dataclasses.replace(cast.skype_client.settings, sends_reinvite=True)
-    cast.skype_client = SkypeClient(client_settings)
     trace = run_cast(sc, cast)
     # Both post-ICE reINVITEs cross; each end answers the other's 491 (§14.2).
     refused_at_client = sip_from(trace, "skype_client", "491 Request Pending")

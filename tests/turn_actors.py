@@ -77,12 +77,12 @@ class CmsLike:
     releases the allocation when ``hangup_after`` seconds have passed."""
 
     def __init__(
-        self, host: str, settings: TurnClientSettings, board: Board, *, seed: int = 1,
-        hangup_after: float | None = None, peer_host: str | None = None,
+        self, host: str, settings: TurnClientSettings, board: Board, *, server: Address,
+        seed: int = 1, hangup_after: float | None = None, peer_host: str | None = None,
     ) -> None:  # fmt: skip
         self.name, self.host = "cms", host
         self.board = board
-        self.client = TurnClient(settings, random.Random(seed))
+        self.client = TurnClient(settings, random.Random(seed), server=server)
         self.hangup_after = hangup_after
         self.peer_host = peer_host
         self.pipe: str | None = None

@@ -23,12 +23,12 @@ its post-ICE reINVITE waits (§14.1).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from enum import StrEnum, auto
 
 from sipmessage import Request, Response
 
 from labsim.actors.common import UaTimer, UserAgent, check_step
+from labsim.actors.lab import Lab
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -45,13 +45,9 @@ from labsim.proto.events import (
     Started,
     TimerFired,
 )
-from labsim.proto.ice import (
-    CheckSettings,
-    CheckStream,
-    IceCredentials,
-)
+from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials
 from labsim.proto.sip_dialog import Dialog
-from labsim.proto.sip_ua_state import SipTimers, Table, UaEvent
+from labsim.proto.sip_ua_state import Table, UaEvent
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
@@ -60,7 +56,6 @@ from labsim.proto.turn_client import (
     PeerConnected,
     Released,
     TurnClient,
-    TurnClientSettings,
 )
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
@@ -159,47 +154,24 @@ CMS_TABLE: Table[CmsState] = Table(
 )
 
 
-@dataclass(frozen=True)
-class CmsSettings:
-    host: str = "10.48.54.230"
-    sip_port: int = 5060
-    user: str = "sip:meeting@cms.lab"
-    media_port: int = 33710
-    """Port of CMS's host candidates (offered, never reachable from the Skype side)."""
-    ice: IceCredentials = IceCredentials("cM5k", "Hh3uY7pQ1wE5rT9iO2aS6dF0")
-    check_layout: tuple[str, ...] = (
-        "USE-CANDIDATE", "PRIORITY", "ICE-CONTROLLING", "USERNAME",
-        "MS-IMPLEMENTATION-VERSION", "MS-CANDIDATE-IDENTIFIER", "MESSAGE-INTEGRITY",
-        "FINGERPRINT",
-    )  # fmt: skip
-    controlling: bool = True
-    sends_reinvite: bool = True
-    sends_bye: bool = False
-    hold: float = 6.0
-    reinvite_connection: str = "existing"
-    """``a=connection`` in the post-ICE reINVITE and its answer (UNSURE, PROTOCOL.md §5.3)."""
-    turn: TurnClientSettings = field(default_factory=TurnClientSettings)
-    sip_timers: SipTimers = field(default_factory=SipTimers)
-    """T1 and T2 (RFC 3261 §17.1.1.1): the 200 OK's retransmissions, the ACK wait, Timer B,
-    Timer F."""
-    linger: float = 0.05
-    seed: int = 2017
-
-
 class Cms(UserAgent[CmsState]):
     branch_tag = "cms"
 
-    def __init__(self, settings: CmsSettings, name: str = "cms") -> None:
-        super().__init__(
-            settings.host, settings.sip_port, random.Random(settings.seed), CMS_TABLE,
-            settings.sip_timers,
-        )  # fmt: skip
+    def __init__(self, lab: Lab, name: str = "cms") -> None:
+        settings = lab.cms
+        super().__init__("cms", settings, lab.call, CMS_TABLE)
         self.name = name
         self.settings = settings
-        self.linger = settings.linger
-        self.sends_bye, self.hold = settings.sends_bye, settings.hold
-        self.turn = TurnClient(settings.turn, random.Random(settings.seed + 1))
-        self.contact = f"<sip:meeting@{settings.host}:{settings.sip_port};transport=tcp>"
+        expe, client = lab.expressway_e, lab.skype_client
+        # The host that will connect to the relay: the Edge, or the client when it has its
+        # own path to Expressway-E.
+        peer = client.address if client.direct_path else lab.skype_edge.address
+        self.turn = TurnClient(
+            settings.turn, random.Random(settings.seed + 1),
+            server=Address(expe.address, expe.turn.port),
+            permission_peers=(peer,) if settings.turn.create_permission else (),
+        )  # fmt: skip
+        self.contact = f"<sip:meeting@{settings.address}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
         self.invite_conn: ConnId | None = None
         self.offer: appsharing.RemoteShare | None = None
@@ -289,7 +261,7 @@ class Cms(UserAgent[CmsState]):
 
     def _body(self, *, version: int, remote: Address | None = None) -> bytes:
         s = self.settings
-        host = Address(s.host, s.media_port)
+        host = Address(s.address, s.media_port)
         candidates: list[Candidate] = []
         active = host
         if self.relayed is not None:
@@ -301,10 +273,10 @@ class Cms(UserAgent[CmsState]):
             mapped = self._mapped or host
             candidates.append(appsharing.candidate(3, "TCP-PASS", "relay", self.relayed, mapped))
         side = appsharing.ShareSide(
-            s.host, active, s.ice.ufrag, s.ice.pwd, tuple(candidates), "viewer", "recvonly",
+            s.address, active, s.ice_ufrag, s.ice_pwd, tuple(candidates), "viewer", "recvonly",
             self.rng.randbytes(30), session_name="-", session_id=7842, version=version,
         )  # fmt: skip
-        connection = "new" if version == 2 else self.settings.reinvite_connection
+        connection = "new" if version == 2 else self.reinvite_connection
         return appsharing.build(side, connection=connection, remote=remote)
 
     def _answer(self, now: float) -> list[Effect]:
@@ -320,7 +292,7 @@ class Cms(UserAgent[CmsState]):
             content_type=appsharing.CONTENT_TYPE, body=body,
         )  # fmt: skip
         local = sip.format_address(sip.to_address(ok))
-        self.dialog = Dialog.as_uas(invite, local, self.settings.host, self.settings.sip_port,
+        self.dialog = Dialog.as_uas(invite, local, self.settings.address, self.settings.sip_port,
                                     self.contact)  # fmt: skip
         return self.send_2xx(conn, invite, ok, now, initial=True)
 
@@ -395,8 +367,8 @@ class Cms(UserAgent[CmsState]):
         self.pipe = note.conn
         peer = note.peer or Address("0.0.0.0", 0)
         self.checks = CheckStream(
-            CheckSettings(s.ice, s.controlling, appsharing.PRIORITIES[("relay", "TCP-PASS")],
-                          s.check_layout),
+            CheckSettings(s.ice, self.controlling, appsharing.PRIORITIES[("relay", "TCP-PASS")],
+                          self.check_layout),
             IceCredentials(self.offer.ufrag, self.offer.pwd),
             peer,
             self.rng,
@@ -416,7 +388,7 @@ class Cms(UserAgent[CmsState]):
     def _checks(self, data: bytes) -> list[Effect]:
         assert self.checks is not None and self.pipe is not None
         effects, valid = check_step(self.checks, self.pipe, data, "the Skype side")
-        if valid and self.settings.sends_reinvite:
+        if valid and self.sends_reinvite:
             # The post-ICE reINVITE (RFC 5245 §9.1.3); held while our 200 OK waits for its
             # ACK (RFC 3261 §14.1).
             effects += self.send_reoffer()

@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 
 from sipmessage import Request, Response
 
+from labsim.actors.lab import CallSettings, CmsSettings, SkypeClientSettings, UaSide
 from labsim.proto import appsharing
 from labsim.proto.events import (
     ConnId,
@@ -28,7 +29,7 @@ from labsim.proto.ice import CheckAnswered, CheckFailed, CheckReceived, CheckStr
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_proxy import ProxySettings, SipProxy
 from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
-from labsim.proto.sip_ua_state import Machine, SipTimers, Table, UaEvent, glare_delay
+from labsim.proto.sip_ua_state import Machine, Table, UaEvent, glare_delay
 from labsim.wire import WireError, sip
 
 #: MS-SIPRE ms-diagnostics-public of a Skype meeting whose policy lets only presenters share,
@@ -158,29 +159,38 @@ class UserAgent(Generic[S]):
     name: str
     host: str
     finished: bool
-    #: Seconds between the last act and ``finished`` (lets closes reach the trace).
-    linger: float = 0.05
     branch_tag: str = "ua"
     #: This end generated the dialog's Call-ID (it sent the INVITE): its 491 retry waits
     #: 2.1-4 s, the other end's 0-2 s (RFC 3261 §14.1).
     owns_call_id: bool = False
-    #: Whether this end hangs up ``hold`` seconds after sharing is on.
-    sends_bye: bool = False
-    hold: float = 6.0
 
     def __init__(
-        self, host: str, sip_port: int, rng: random.Random, table: Table[S], timers: SipTimers
+        self,
+        side: UaSide,
+        settings: SkypeClientSettings | CmsSettings,
+        call: CallSettings,
+        table: Table[S],
     ) -> None:
-        self.host = host
-        self.rng = rng
-        self.transport = SipTransport(host, (sip_port,))
+        self.host = settings.address
+        self.rng = random.Random(settings.seed)
+        self.transport = SipTransport(settings.address, (settings.sip_port,))
+        #: Seconds between the last act and ``finished`` (lets closes reach the trace).
+        self.linger = settings.linger
+        # This end's part in the call (labsim.actors.lab.CallSettings).
+        self.controlling = call.controlling(side)
+        self.sends_reinvite = call.sends_reinvite(side)
+        #: Whether this end hangs up ``hold`` seconds after sharing is on.
+        self.sends_bye = call.sends_bye(side)
+        self.hold = call.hold
+        self.check_layout = call.check_layout(side)
+        self.reinvite_connection = call.reinvite_connection
         self.finished = False
         self._branches = 0
         #: This end's tag in the call's dialog (From for the caller, To for the callee).
-        self.tag = f"{rng.getrandbits(32):08x}"
+        self.tag = f"{self.rng.getrandbits(32):08x}"
         self.dialog: Dialog | None = None
         self.machine: Machine[S] = Machine(table)
-        self.timers = timers
+        self.timers = settings.sip_timers
         #: The post-ICE reINVITE is answered 200 and acknowledged: sharing is on. (What the
         #: session carries, beside the dialog's state: a later reINVITE does not undo it.)
         self.shared = False

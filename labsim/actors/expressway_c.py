@@ -8,29 +8,22 @@ into the internal network, so everything it sends to Expressway-C goes down that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from labsim.actors.common import ProxyElement
+from labsim.actors.lab import Lab
 from labsim.proto.events import Address, Effect, Log
 from labsim.proto.sip_proxy import ProxySettings
 
 
-@dataclass(frozen=True)
-class ExpresswayCSettings:
-    host: str = "10.48.54.228"
-    sip_port: int = 5060
-    traversal: Address = Address("10.48.54.229", 7001)
-    """Expressway-E's traversal port, which this side connects to."""
-    cms: Address = Address("10.48.54.230", 5060)
-    cms_domain: str = "cms.lab"
-    skype_domain: str = "skype.lab"
-
-
 class ExpresswayC(ProxyElement):
-    def __init__(self, settings: ExpresswayCSettings, name: str = "expressway_c") -> None:
-        routes = ((settings.cms_domain, settings.cms), (settings.skype_domain, settings.traversal))
+    def __init__(self, lab: Lab, name: str = "expressway_c") -> None:
+        settings = lab.expressway_c
+        expe = lab.expressway_e
+        #: Expressway-E's traversal port, which this side connects to.
+        self.traversal = Address(expe.address, expe.traversal_port)
+        self.cms = lab.sip("cms")
+        routes = ((lab.cms_domain, self.cms), (lab.skype_domain, self.traversal))
         super().__init__(
-            name, settings.host, ProxySettings(settings.host, settings.sip_port, routes),
+            name, settings.address, ProxySettings(settings.address, settings.sip_port, routes),
             (settings.sip_port,),
         )  # fmt: skip
         self.settings = settings
@@ -38,8 +31,8 @@ class ExpresswayC(ProxyElement):
     def start(self, now: float) -> list[Effect]:
         return [
             *super().start(now),
-            Log(f"traversal zone: connecting to Expressway-E {self.settings.traversal}"),
-            *self.transport.open(self.settings.traversal),
+            Log(f"traversal zone: connecting to Expressway-E {self.traversal}"),
+            *self.transport.open(self.traversal),
             # The zone toward CMS carries the meeting's audio/video call already.
-            *self.transport.open(self.settings.cms),
+            *self.transport.open(self.cms),
         ]

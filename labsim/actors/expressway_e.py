@@ -8,39 +8,29 @@ Every other event belongs to the TURN server (its ``wants`` says which).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from labsim.actors.common import ProxyElement
-from labsim.proto.events import Address, Effect, Event, Started
+from labsim.actors.lab import Lab
+from labsim.proto.events import Effect, Event, Started
 from labsim.proto.sip_proxy import ProxySettings
-from labsim.proto.turn_server import TurnServer, TurnServerSettings
-
-
-@dataclass(frozen=True)
-class ExpresswayESettings:
-    host: str = "10.48.54.229"
-    sip_port: int = 5060
-    traversal_port: int = 7001
-    expressway_c: Address = Address("10.48.54.228", 5060)
-    edge: Address = Address("192.168.1.252", 5060)
-    cms_domain: str = "cms.lab"
-    skype_domain: str = "skype.lab"
-    turn: TurnServerSettings = field(default_factory=TurnServerSettings)
+from labsim.proto.turn_server import TurnServer
 
 
 class ExpresswayE(ProxyElement):
-    def __init__(self, settings: ExpresswayESettings, name: str = "expressway_e") -> None:
+    def __init__(self, lab: Lab, name: str = "expressway_e") -> None:
+        settings = lab.expressway_e
+        # Toward CMS: down the traversal connection Expressway-C opened (the transport reuses
+        # connections by host, so Expressway-C's SIP address is enough).
         routes = (
-            (settings.cms_domain, settings.expressway_c),
-            (settings.skype_domain, settings.edge),
+            (lab.cms_domain, lab.sip("expressway_c")),
+            (lab.skype_domain, lab.sip("skype_edge")),
         )
         super().__init__(
-            name, settings.host,
-            ProxySettings(settings.host, settings.sip_port, routes, (settings.traversal_port,)),
+            name, settings.address,
+            ProxySettings(settings.address, settings.sip_port, routes, (settings.traversal_port,)),
             (settings.sip_port, settings.traversal_port),
         )  # fmt: skip
         self.settings = settings
-        self.turn = TurnServer(name, settings.host, settings.turn)
+        self.turn = TurnServer(name, settings.address, settings.turn)
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, Started):

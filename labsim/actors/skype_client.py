@@ -18,13 +18,12 @@ the dialog-creating INVITE, then either end of reINVITEs and BYE (the shared par
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
 from enum import StrEnum, auto
 
 from sipmessage import Request, Response, Via
 
 from labsim.actors.common import Refusal, UaTimer, UserAgent, check_step, diag_suffix
+from labsim.actors.lab import Lab
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Address,
@@ -44,14 +43,10 @@ from labsim.proto.events import (
     StopTimer,
     TimerFired,
 )
-from labsim.proto.ice import (
-    CheckSettings,
-    CheckStream,
-    IceCredentials,
-)
+from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_transport import ConnectionLost, SendFailed
-from labsim.proto.sip_ua_state import SipTimers, Table, UaEvent
+from labsim.proto.sip_ua_state import Table, UaEvent
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
 
@@ -154,60 +149,28 @@ CLIENT_TABLE: Table[ClientState] = Table(
 )
 
 
-@dataclass(frozen=True)
-class SkypeClientSettings:
-    host: str = "192.168.1.100"
-    sip_port: int = 5060
-    user: str = "sip:alice@skype.lab"
-    target: str = "sip:meeting@cms.lab"
-    edge: Address = Address("192.168.1.252", 5060)
-    """Outbound proxy: every request goes there first."""
-    edge_media: Address = Address("192.168.1.252", 3478)
-    edge_relay: Address = Address("192.168.1.252", 53577)
-    """The relay candidate the Edge gives the client (what CMS will see connecting)."""
-    media_port: int = 50040
-    ice: IceCredentials = IceCredentials("Xa3f", "Tq9sLmN2vB7xYc4ZkP1rW8dE")
-    check_layout: tuple[str, ...] = (
-        "USE-CANDIDATE", "USERNAME", "PRIORITY", "ICE-CONTROLLED", "MESSAGE-INTEGRITY",
-        "FINGERPRINT",
-    )  # fmt: skip
-    controlling: bool = False
-    sends_reinvite: bool = False
-    direct_path: bool = False
-    start_delay: float = 0.0
-    hold: float = 6.0
-    sends_bye: bool = True
-    reinvite_connection: str = "existing"
-    """``a=connection`` in the post-ICE reINVITE and its answer (UNSURE, PROTOCOL.md §5.3)."""
-    refuse_reinvite: Refusal | None = None
-    """The meeting's policy refuses CMS's sharing reINVITE (an attendee may not share:
-    ``403`` with ms-diagnostics-public 21002, PROTOCOL.md §5.4); None: answered 200."""
-    ice_timeout: float = 10.0
-    """Seconds from the answer to a valid pair (or the reINVITE) before the client gives the
-    sharing session up with BYE, as a client whose connectivity checks fail does."""
-    sip_timers: SipTimers = field(default_factory=SipTimers)
-    """T1 and T2 (RFC 3261 §17.1.1.1): Timer B, Timer F, the 2xx retransmissions."""
-    linger: float = 0.05
-    """Seconds between the last act and ``finished`` (lets closes reach the trace)."""
-    seed: int = 5061
-
-
 class SkypeClient(UserAgent[ClientState]):
     branch_tag = "sc"
     #: The client generated the Call-ID (RFC 3261 §14.1: its 491 retry waits 2.1-4 s).
     owns_call_id = True
 
-    def __init__(self, settings: SkypeClientSettings, name: str = "skype_client") -> None:
-        super().__init__(
-            settings.host, settings.sip_port, random.Random(settings.seed), CLIENT_TABLE,
-            settings.sip_timers,
-        )  # fmt: skip
+    def __init__(self, lab: Lab, name: str = "skype_client") -> None:
+        settings = lab.skype_client
+        super().__init__("skype_client", settings, lab.call, CLIENT_TABLE)
         self.name = name
         self.settings = settings
-        self.linger = settings.linger
-        self.sends_bye, self.hold = settings.sends_bye, settings.hold
-        self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.host}"
-        self.contact = f"<sip:alice@{settings.host}:{settings.sip_port};transport=tcp>"
+        edge = lab.skype_edge
+        #: The Edge is the outbound proxy: every request goes there first.
+        self.edge = lab.sip("skype_edge")
+        self.edge_media = Address(edge.address, edge.media_port)
+        #: The relay candidate the Edge gives the client (what CMS will see connecting).
+        self.edge_relay = Address(edge.address, edge.relay_port)
+        self.target = lab.cms.user
+        #: The meeting's policy refuses CMS's sharing reINVITE (an attendee may not share:
+        #: 403 with ms-diagnostics-public 21002, PROTOCOL.md §5.4); None: answered 200.
+        self.refuse_reinvite = Refusal() if settings.cms_role == "attendee" else None
+        self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.address}"
+        self.contact = f"<sip:alice@{settings.address}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
         self.remote: appsharing.RemoteShare | None = None
         self.checks: CheckStream | None = None
@@ -224,8 +187,8 @@ class SkypeClient(UserAgent[ClientState]):
 
     def _side(self, version: int) -> appsharing.ShareSide:
         s = self.settings
-        host = Address(s.host, s.media_port)
-        relay = s.edge_relay
+        host = Address(s.address, s.media_port)
+        relay = self.edge_relay
         candidates: tuple[Candidate, ...] = (
             appsharing.candidate(1, "TCP-PASS", "host", host),
             appsharing.candidate(2, "TCP-ACT", "host", host),
@@ -235,7 +198,7 @@ class SkypeClient(UserAgent[ClientState]):
         if version > 1:  # the reINVITE lists the selected candidate only (RFC 5245 §9.1.2.2)
             candidates = candidates[3:]
         return appsharing.ShareSide(
-            s.host, relay, s.ice.ufrag, s.ice.pwd, candidates, "sharer", "sendonly",
+            s.address, relay, s.ice_ufrag, s.ice_pwd, candidates, "sharer", "sendonly",
             self.rng.randbytes(30), version=version,
         )  # fmt: skip
 
@@ -247,7 +210,7 @@ class SkypeClient(UserAgent[ClientState]):
             # already in the meeting's audio/video call (the new INVITE has its own Call-ID).
             return [
                 *self.transport.start(),
-                *self.transport.open(self.settings.edge),
+                *self.transport.open(self.edge),
                 StartTimer(UaTimer.CALL, self.settings.start_delay),
             ]
         if self.transport.wants(event):
@@ -301,10 +264,10 @@ class SkypeClient(UserAgent[ClientState]):
         body = appsharing.build(self._side(1))
         self.invite = sip.build_request(
             "INVITE",
-            s.target,
-            via=Via.parse(f"SIP/2.0/TCP {s.host}:{s.sip_port};branch={self.branch()};rport"),
+            self.target,
+            via=Via.parse(f"SIP/2.0/TCP {s.address}:{s.sip_port};branch={self.branch()};rport"),
             from_addr=f"<{s.user}>;tag={self.tag}",
-            to_addr=f"<{s.target}>",
+            to_addr=f"<{self.target}>",
             call_id=self.call_id,
             cseq=1,
             contact=self.contact,
@@ -314,7 +277,7 @@ class SkypeClient(UserAgent[ClientState]):
         # RFC 3261 §17.1.1.2: Timer B (64·T1) until the first answer; the Edge's 100 Trying
         # normally stops it within a round trip.
         return [Log("sharing: new INVITE with m=applicationsharing"),
-                *self.transport.send(self.invite, s.edge),
+                *self.transport.send(self.invite, self.edge),
                 StartTimer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
 
     def _invite_timer_b(self, now: float) -> list[Effect]:
@@ -397,9 +360,9 @@ class SkypeClient(UserAgent[ClientState]):
             self.fire(UaEvent.RECV_ERROR)
             # §17.1.1.3: the ACK for a non-2xx goes hop by hop, with the INVITE's branch.
             ack = sip.build_failure_ack(self.invite, response)
-            self._ack = (ack, s.edge)
+            self._ack = (ack, self.edge)
             why = f"sharing refused: {sip.summary(response)}{diag_suffix(response)}"
-            return [*self.transport.send(ack, s.edge), *self.end(why, now)]
+            return [*self.transport.send(ack, self.edge), *self.end(why, now)]
         try:
             dialog = Dialog.as_uac(self.invite, response, self.contact)
         except WireError as exc:
@@ -418,7 +381,7 @@ class SkypeClient(UserAgent[ClientState]):
         relay = self.remote.relay()
         if relay is None:
             return [*effects, *self._give_up("CMS offers no relay candidate: no media path", now)]
-        target = Address(relay.address, relay.port) if s.direct_path else s.edge_media
+        target = Address(relay.address, relay.port) if s.direct_path else self.edge_media
         self._relay = Address(relay.address, relay.port)
         return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
                 *self._open_media(target), StartTimer(UaTimer.ICE, s.ice_timeout)]  # fmt: skip
@@ -435,15 +398,13 @@ class SkypeClient(UserAgent[ClientState]):
 
     def _answer_reinvite(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         body = appsharing.build(
-            self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
+            self._side(2), connection=self.reinvite_connection, remote=self._relay
         )
-        return self.answer_reoffer(
-            conn, request, body, self.contact, now, self.settings.refuse_reinvite
-        )
+        return self.answer_reoffer(conn, request, body, self.contact, now, self.refuse_reinvite)
 
     def reoffer_body(self) -> bytes:
         return appsharing.build(
-            self._side(2), connection=self.settings.reinvite_connection, remote=self._relay
+            self._side(2), connection=self.reinvite_connection, remote=self._relay
         )
 
     def on_reoffer_refused(self, why: str, now: float) -> list[Effect]:
@@ -476,8 +437,8 @@ class SkypeClient(UserAgent[ClientState]):
         assert self.remote is not None
         s = self.settings
         self.checks = CheckStream(
-            CheckSettings(s.ice, s.controlling, appsharing.PRIORITIES[("relay", "TCP-ACT")],
-                          s.check_layout),
+            CheckSettings(s.ice, self.controlling, appsharing.PRIORITIES[("relay", "TCP-ACT")],
+                          self.check_layout),
             IceCredentials(self.remote.ufrag, self.remote.pwd),
             self._relay,
             self.rng,
@@ -493,6 +454,6 @@ class SkypeClient(UserAgent[ClientState]):
         held, self._held_reinvite = self._held_reinvite, None
         if held is not None and self.allows(UaEvent.SEND_2XX):
             effects += self._answer_reinvite(*held, now)
-        if self.settings.sends_reinvite:
+        if self.sends_reinvite:
             effects += self.send_reoffer()
         return effects

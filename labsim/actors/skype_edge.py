@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sipmessage import Response
 
 from labsim.actors.common import ProxyElement
+from labsim.actors.lab import Lab
 from labsim.proto import appsharing
 from labsim.proto.events import (
     Accepted,
@@ -41,19 +42,6 @@ from labsim.proto.sip_proxy import ProxySettings
 from labsim.wire import WireError, sip
 
 
-@dataclass(frozen=True)
-class SkypeEdgeSettings:
-    host: str = "192.168.1.252"
-    sip_port: int = 5060
-    media_port: int = 3478
-    relay_port: int = 53577
-    expressway_e: Address = Address("10.48.54.229", 5060)
-    client: Address = Address("192.168.1.100", 5060)
-    cms_domain: str = "cms.lab"
-    skype_domain: str = "skype.lab"
-    connect_timeout: float = 5.0
-
-
 @dataclass
 class _Pipe:
     inner: ConnId
@@ -64,17 +52,17 @@ class _Pipe:
 
 
 class SkypeEdge(ProxyElement):
-    def __init__(self, settings: SkypeEdgeSettings, name: str = "skype_edge") -> None:
-        routes = (
-            (settings.cms_domain, settings.expressway_e),
-            (settings.skype_domain, settings.client),
-        )
+    def __init__(self, lab: Lab, name: str = "skype_edge") -> None:
+        settings = lab.skype_edge
+        #: Toward Expressway-E (the federation route) and toward the client.
+        self.expressway_e, self.client = lab.sip("expressway_e"), lab.sip("skype_client")
+        routes = ((lab.cms_domain, self.expressway_e), (lab.skype_domain, self.client))
         super().__init__(
-            name, settings.host, ProxySettings(settings.host, settings.sip_port, routes),
+            name, settings.address, ProxySettings(settings.address, settings.sip_port, routes),
             (settings.sip_port,),
         )  # fmt: skip
         self.settings = settings
-        self.media_address = Address(settings.host, settings.media_port)
+        self.media_address = Address(settings.address, settings.media_port)
         self.relay_target: Address | None = None
         self._pipes: dict[ConnId, _Pipe] = {}
         self._count = 0
@@ -88,7 +76,7 @@ class SkypeEdge(ProxyElement):
             or sip.cseq(response).method != "INVITE"
             or not response.body
             or toward is None
-            or toward.host != self.settings.client.host
+            or toward.host != self.client.host
         ):
             return
         try:
@@ -104,7 +92,7 @@ class SkypeEdge(ProxyElement):
         return [
             *super().start(now),
             Listen(self.media_address),
-            *self.transport.open(self.settings.expressway_e),
+            *self.transport.open(self.expressway_e),
         ]
 
     def other(self, event: Event, now: float) -> list[Effect] | None:

@@ -14,9 +14,9 @@ answer is keyed with the answerer's own ``ice-pwd``. A request whose USERNAME or
 wrong gets ``401`` (RFC 5389 §10.1.2), one without is answered ``400``.
 
 The attribute order of the request is a setting (``layout``): the lab shows only that CMS's
-check is 88 bytes long and starts with USE-CANDIDATE (PROTOCOL.md §10, UNSURE 2). The defaults
-in :mod:`labsim.scenario` reproduce both lab sizes: CMS's 108-byte framed request
-(``00 6c 00 01 00 58 …``) and the Skype side's 90-byte frame.
+check is 88 bytes long and starts with USE-CANDIDATE (PROTOCOL.md §10, UNSURE 2). The call's
+default layouts (:class:`labsim.actors.lab.CallSettings`) reproduce both lab sizes: CMS's
+108-byte framed request (``00 6c 00 01 00 58 …``) and the Skype side's 90-byte frame.
 
 Not modelled: role conflicts (487, RFC 5245 §7.2.1.1; the roles are settings and never clash
 in the call) and check retransmission (none over TCP, RFC 6544 §7.1).
@@ -24,22 +24,42 @@ in the call) and check retransmission (none over TCP, RFC 6544 §7.1).
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from labsim.proto.events import Address
+from labsim.proto.settings import SettingError, TextForm
 from labsim.wire import WireError, stun
 from labsim.wire.framing import Rfc4571Splitter, frame_rfc4571
 
-#: Names a check layout may use; ICE-CONTROLLING and ICE-CONTROLLED both mean "the role
-#: attribute", written as the agent's actual role.
-LAYOUT_NAMES = frozenset(
-    {
-        "USE-CANDIDATE", "PRIORITY", "ICE-CONTROLLING", "ICE-CONTROLLED", "USERNAME",
-        "MS-IMPLEMENTATION-VERSION", "MS-CANDIDATE-IDENTIFIER", "SOFTWARE",
-        "MESSAGE-INTEGRITY", "FINGERPRINT",
-    }
+#: Names a check layout may use, the attributes :class:`CheckStream` knows how to fill in;
+#: ICE-CONTROLLING and ICE-CONTROLLED both mean "the role attribute", written as the agent's
+#: actual role. The scenario's check layouts are checked against this list (written once).
+LAYOUT_NAMES: tuple[str, ...] = (
+    "FINGERPRINT", "ICE-CONTROLLED", "ICE-CONTROLLING", "MESSAGE-INTEGRITY",
+    "MS-CANDIDATE-IDENTIFIER", "MS-IMPLEMENTATION-VERSION", "PRIORITY", "SOFTWARE",
+    "USE-CANDIDATE", "USERNAME",
 )  # fmt: skip
+
+
+def _known_check_attribute(name: str) -> None:
+    if name not in LAYOUT_NAMES:
+        close = difflib.get_close_matches(name.upper(), LAYOUT_NAMES, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SettingError((), f"{name!r} is not a STUN attribute labsim knows{hint}")
+
+
+CheckAttribute = Annotated[str, TextForm(_known_check_attribute, (("enum", list(LAYOUT_NAMES)),))]
+"""One entry of a check layout: a name of :data:`LAYOUT_NAMES`."""
+
+# RFC 5245 §15.4: ice-char is ALPHA / DIGIT / "+" / "/"; ufrag 4-256, pwd 22-256 characters.
+_ICE_CHARS = "ice-chars (letters, digits, + and /; RFC 5245 §15.4)"
+IceUfrag = Annotated[str, TextForm.pattern(r"[A-Za-z0-9+/]{4,256}", f"4-256 {_ICE_CHARS}")]
+"""``a=ice-ufrag``."""
+IcePwd = Annotated[str, TextForm.pattern(r"[A-Za-z0-9+/]{22,256}", f"22-256 {_ICE_CHARS}")]
+"""``a=ice-pwd``."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from labsim.proto.settings import SETTINGS_CONFIG, PositiveSeconds, SettingError
+
 
 class UaEvent(StrEnum):
     """What happens to a user agent's dialog. The value is the label the diagrams print, as
@@ -285,16 +287,24 @@ class Machine(Generic[S]):
 
 @dataclass(frozen=True)
 class SipTimers:
-    """RFC 3261's base timers (§17.1.1.1, Table 4); the others derive from them."""
+    """RFC 3261's base timers (§17.1.1.1, Table 4); the others derive from them: Timer B,
+    Timer F and the wait for the ACK of a 2xx are 64·T1."""
 
-    t1: float = 0.5
-    """Round-trip time estimate: the first retransmission interval."""
-    t2: float = 4.0
-    """The longest retransmission interval for INVITE responses (§17.1.2.2, §13.3.1.4)."""
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    t1: PositiveSeconds = 0.5
+    """T1, the round-trip time estimate: the first retransmission interval of a 2xx; Timer B,
+    Timer F and the ACK wait are 64·T1 (RFC 3261 default 0.5 s)."""
+    t2: PositiveSeconds = 4.0
+    """T2, the longest retransmission interval of a 2xx (§13.3.1.4; RFC 3261 default 4 s)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.t1 <= self.t2:
-            raise ValueError(f"SIP timers need 0 < T1 <= T2 (T1={self.t1}, T2={self.t2})")
+            raise SettingError(
+                ("t1",),
+                f"SIP timers need 0 < T1 <= T2 (T1={self.t1:g}, T2={self.t2:g})",
+                alternatives=[("t2",)],
+            )
 
     @property
     def timer_b(self) -> float:

@@ -32,6 +32,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Annotated
+
+import annotated_types as at
 
 from labsim.proto.events import (
     Address,
@@ -51,6 +54,7 @@ from labsim.proto.events import (
     TimerFired,
     TimerId,
 )
+from labsim.proto.settings import SETTINGS_CONFIG, Count, PositiveSeconds, Seconds
 from labsim.wire import stun
 from labsim.wire.errors import FramingError, StunError
 from labsim.wire.framing import StunSplitter
@@ -70,48 +74,52 @@ UNAUTHORIZED_REASON = "unauthorized - check credentials"
 
 @dataclass(frozen=True)
 class TurnClientSettings:
-    """How this CMS talks TURN. The defaults reproduce the lab capture (PROTOCOL.md §10)."""
+    """How CMS talks TURN to Expressway-E. The defaults reproduce the lab capture (PROTOCOL.md
+    §10). Where the server is and which peers to permit come from the lab around the client
+    (:class:`TurnClient`'s arguments), not from here."""
 
-    server: Address = Address("10.48.54.229", 3478)
-    """The TURN server's address (CMS ``/turnServers`` serverAddress, TCP port 3478)."""
+    __pydantic_config__ = SETTINGS_CONFIG
+
     username: str = "turn"
-    """Expressway local-database username."""
+    """TURN username (CMS ``/turnServers`` username; Expressway's local database)."""
     password: str = "secret"
-    """Its password; a wrong one ends in AllocationFailed(401, "unauthorized - check ...")."""
-    lifetime: int = 600
-    """LIFETIME asked for in the first Allocate and in every Refresh (RFC 5766 §2.2, §7)."""
+    """TURN password; one the server does not know ends the allocation in 401 Unauthorized
+    ("unauthorized - check credentials" in CMS's log)."""
+    lifetime: Annotated[int, at.Interval(ge=0, le=0xFFFFFFFF)] = 600
+    """LIFETIME asked for in the Allocate and every Refresh (lab: 600; RFC 5766 §2.2, §7)."""
     software: str | None = "CMS v2.2"
-    """SOFTWARE in the authenticated Allocate (8 characters in the lab); None leaves it out."""
+    """SOFTWARE in the authenticated Allocate (8 characters in the lab); null leaves it out."""
     fingerprint: bool = True
     """End every message with FINGERPRINT (RFC 5389 §15.5)."""
     refresh_after_allocate: bool = True
     """Send a Refresh right after the Allocate succeeds, as the lab's CMS does (§10 row 5)."""
-    refresh_margin: float = 60.0
-    """Refresh this many seconds before the granted lifetime runs out (RFC 5766 §7)."""
-    keepalive_first: float | None = 5.0
-    """Seconds after allocating until the first Binding Indication (lab row 10); None: none."""
-    keepalive_interval: float | None = 15.0
-    """Seconds between later Binding Indications (UNSURE for CMS); None: only the first."""
-    create_permission: bool = False
-    """Send CreatePermission (RFC 5766 §9). Off as in the lab; on for strict servers (coturn)."""
-    permission_peers: tuple[str, ...] = ()
-    """Peer IPs to permit as soon as the allocation exists (more via ``create_permission``)."""
-    permission_refresh: float = 240.0
-    """Seconds between CreatePermission refreshes; permissions last 300 s (RFC 5766 §8)."""
     refresh: bool = True
-    """Refresh the allocation before it expires (RFC 5766 §7). False models a client that
-    never does: the allocation expires after its lifetime and the server closes the relay."""
+    """Refresh the allocation before it expires (RFC 5766 §7); false lets it run out, and the
+    server closes the relay after its lifetime."""
+    refresh_margin: Seconds = 60.0
+    """Refresh this many seconds before the granted lifetime runs out (RFC 5766 §7)."""
+    keepalive_first: Seconds | None = 5.0
+    """Seconds after allocating until the first Binding Indication on the control connection
+    (the lab's keepalive, row 10: 5 s); null: no keepalive."""
+    keepalive_interval: PositiveSeconds | None = 15.0
+    """Seconds between later Binding Indications (unconfirmed for CMS); null: only the
+    first."""
+    create_permission: bool = False
+    """Send CreatePermission for the Skype side (RFC 5766 §9). The lab shows none; a server
+    with permission_policy rfc (coturn) needs it."""
+    permission_refresh: PositiveSeconds = 240.0
+    """Seconds between CreatePermission refreshes; permissions last 300 s (RFC 5766 §8)."""
     send_connection_bind: bool = True
-    """Answer a ConnectionAttempt with a data connection and ConnectionBind (RFC 6062 §4.4).
-    False models a CMS that never binds: the server drops the peer after 30 s."""
-    max_stale_nonce_retries: int = 3
+    """Answer a ConnectionAttempt with a data connection and ConnectionBind (RFC 6062 §4.4);
+    false: the server drops the peer after its bind_timeout."""
+    max_stale_nonce_retries: Count = 3
     """How many 438 Stale Nonce answers one request may get before it is given up."""
     verify_integrity: bool = True
     """Discard responses to authenticated requests whose MESSAGE-INTEGRITY does not verify
     (RFC 5389 §10.2.3)."""
-    connect_timeout: float = 5.0
+    connect_timeout: PositiveSeconds = 5.0
     """Seconds a TCP connect to the server may take."""
-    transaction_timeout: float = TRANSACTION_TIMEOUT
+    transaction_timeout: PositiveSeconds = TRANSACTION_TIMEOUT
     """Seconds to wait for a response (RFC 5389 §7.2.2, Ti)."""
 
 
@@ -343,9 +351,12 @@ class TurnClient:
     """
 
     def __init__(
-        self, settings: TurnClientSettings, rng: random.Random, prefix: str = "turn"
-    ) -> None:
+        self, settings: TurnClientSettings, rng: random.Random, *, server: Address,
+        prefix: str = "turn", permission_peers: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.settings = settings
+        #: The TURN server's address (CMS ``/turnServers`` serverAddress, TCP).
+        self.server = server
         self.prefix = prefix
         self.notifications: list[Notification] = []
         self._rng = rng
@@ -365,7 +376,8 @@ class TurnClient:
         self._data: dict[ConnId, _DataConn] = {}
         self._handed_over: set[ConnId] = set()
         self._data_count = 0
-        self._permission_hosts: list[str] = list(dict.fromkeys(settings.permission_peers))
+        #: Peer IPs to permit as soon as the allocation exists (more via ``create_permission``).
+        self._permission_hosts: list[str] = list(dict.fromkeys(permission_peers))
         self._permission_timer_running = False
         self.relayed: Address | None = None
         self.mapped: Address | None = None
@@ -409,7 +421,7 @@ class TurnClient:
         if self._state is not TurnState.IDLE:
             return []
         self._state = TurnState.CONNECTING
-        server = self.settings.server
+        server = self.server
         return [
             Log(f"TURN: connecting to {server} over TCP for a TCP relay allocation"),
             Connect(self.control_conn, server, timeout=self.settings.connect_timeout),
@@ -512,7 +524,7 @@ class TurnClient:
                 return []
             return self._fail_allocation(
                 None,
-                f"cannot connect to the TURN server {self.settings.server}: {event.reason}",
+                f"cannot connect to the TURN server {self.server}: {event.reason}",
             )
         if isinstance(event, Closed):
             return self._on_control_closed(event.reset)
@@ -606,7 +618,7 @@ class TurnClient:
         self._data[conn] = _DataConn(conn, connection_id, peer)
         return [
             Log(f"TURN: peer {peer} (connection id {connection_id:#x}): opening data connection"),
-            Connect(conn, self.settings.server, timeout=self.settings.connect_timeout),
+            Connect(conn, self.server, timeout=self.settings.connect_timeout),
         ]
 
     def _on_data_event(

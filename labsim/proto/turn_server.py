@@ -34,7 +34,9 @@ import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal, get_args
+
+import annotated_types as at
 
 from labsim.proto.events import (
     Accepted,
@@ -59,6 +61,13 @@ from labsim.proto.events import (
     TimerFired,
     TimerId,
     Unlisten,
+)
+from labsim.proto.settings import (
+    SETTINGS_CONFIG,
+    Count,
+    Port,
+    PositiveSeconds,
+    SettingError,
 )
 from labsim.wire.errors import FramingError, StunError
 from labsim.wire.framing import StunSplitter
@@ -153,6 +162,8 @@ _SW_MI_FP = ("SOFTWARE", "MESSAGE-INTEGRITY", "FINGERPRINT")
 #: (PROTOCOL.md §10: 401 = 176 bytes, Allocate Success 112, Refresh Success 88,
 #: ConnectionAttempt 100, ConnectionBind Success 88); "coturn" is what coturn 4.6.1 sent
 #: (PROTOCOL.md §11). Rows neither source shows use the RFC attributes plus SOFTWARE, MI, FP.
+LayoutName = Literal["expressway", "coturn"]
+
 LAYOUTS: dict[str, Layout] = {
     "expressway": Layout(
         # The lab's 401 carries LIFETIME and even a MESSAGE-INTEGRITY (the sizes need it),
@@ -185,8 +196,8 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 
-_PERMISSION_POLICIES = ("lab", "rfc")
-_BIND_FAILURES = ("reset", "answer")
+PermissionPolicy = Literal["lab", "rfc"]
+BindFailure = Literal["reset", "answer"]
 
 #: The placeholders :meth:`Message.encode` fills in (RFC 5389 §15.4, §15.5); frozen, so shared.
 _INTEGRITY = MessageIntegrity()
@@ -200,88 +211,111 @@ _FINGERPRINT = Fingerprint()
 
 @dataclass(frozen=True)
 class TurnServerSettings:
-    """Everything that makes this server the lab's Expressway-E or something else.
+    """Expressway-E's TURN server (RFC 5766 + RFC 6062 over TCP): everything that makes it the
+    lab's Expressway-E or something else. The defaults are the lab.
 
     Behaviour faults (wrong password, no TCP relays, a strict permission policy) are ordinary
     settings here, never ``if fault:`` branches (DESIGN.md).
     """
 
-    port: int = 3478
-    """TURN port for control and data connections (PROTOCOL.md §6.1)."""
-    realm: str = "TANDBERG"
-    """REALM of the long-term credentials (seen in Expressway captures, PROTOCOL.md §6.1)."""
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    port: Port = 3478
+    """TURN port for the control and data connections (Expressway-E: 3478, PROTOCOL.md §6.1)."""
+    realm: Annotated[str, at.MinLen(1)] = "TANDBERG"
+    """REALM of the long-term credentials; the lab's 401 carries TANDBERG (PROTOCOL.md §6.1)."""
     users: Mapping[str, str] = field(default_factory=lambda: {"turn": "secret"}, hash=False)
-    """Username -> password (Expressway's local authentication database)."""
+    """Username -> password of the local authentication database (Expressway's). CMS
+    authenticates as one of these (actors.cms.turn.username/password)."""
     software: str = "TANDBERG/4120 (X8.9 PC1)"
-    """SOFTWARE value (24 characters in the lab); empty to send no SOFTWARE."""
-    layout: str | Layout = "expressway"
-    """A preset name of :data:`LAYOUTS` ("expressway", "coturn") or a :class:`Layout`."""
-    relay_port_min: int = 24000
-    relay_port_max: int = 29999
-    """Relay port range, inclusive (Expressway-E: 24000-29999); the lowest free port is used."""
-    default_lifetime: int = 600
-    max_lifetime: int = 3600
-    """Allocation lifetimes in seconds (RFC 5766 §6.2: min(requested, max), at least default)."""
-    permission_lifetime: float = 300.0
+    """SOFTWARE of the responses (24 characters in the lab); empty: no SOFTWARE."""
+    layout: LayoutName = "expressway"
+    """Attribute order of the responses: expressway reproduces the sizes of the lab's rows
+    (PROTOCOL.md §10), coturn the order coturn 4.6.1 uses (§11)."""
+    relay_ports: tuple[Port, Port] = (24000, 29999)
+    """[low, high], inclusive: the ports relays are allocated from (Expressway-E:
+    24000-29999); the lowest free one is used."""
+    max_allocations: Count = 1800
+    """Allocations the server holds at once; one more gets 508 Insufficient Capacity
+    (Expressway-E: 1800 relays on a small or medium system, 6000 on a large one; PROTOCOL.md
+    §6.1)."""
+    user_quota: Count = 0
+    """Allocations one username may hold at once; one more gets 486 Allocation Quota Reached
+    (RFC 5766 §6.2). 0: no quota."""
+    default_lifetime: Annotated[int, at.Gt(0)] = 600
+    """Lifetime in seconds of an allocation whose request asks for none, and the least one
+    gets (RFC 5766 §6.2)."""
+    max_lifetime: Annotated[int, at.Gt(0)] = 3600
+    """The longest lifetime in seconds granted: min(requested, this), RFC 5766 §6.2."""
+    permission_lifetime: PositiveSeconds = 300.0
     """Seconds a CreatePermission lasts (RFC 5766 §8: 300, fixed)."""
-    nonce_lifetime: float = 3600.0
-    """Seconds before a NONCE turns stale and gets 438 (RFC 5389 §10.2: server policy)."""
+    nonce_lifetime: PositiveSeconds = 3600.0
+    """Seconds before a NONCE turns stale and gets 438 Stale Nonce (RFC 5389 §10.2: server
+    policy)."""
     nonce_length: int = 52
     """NONCE characters (52 in the lab; RFC 5389 §15.8 allows fewer than 128)."""
-    user_quota: int = 100
-    """Allocations one username may hold at once; one more gets 486 (RFC 5766 §6.2)."""
     tcp_relay: bool = True
-    """False: a TCP Allocate gets 442, as on Expressway before X8.9 (PROTOCOL.md §6.1)."""
-    permission_policy: Literal["lab", "rfc"] = "lab"
-    """"lab": a peer may connect to a relayed port without a permission (the lab capture shows
-    no CreatePermission); "rfc": without one it is accepted and reset at once, with no
-    ConnectionAttempt (RFC 6062 §5.3, coturn)."""
+    """false: a TCP Allocate gets 442 Unsupported Transport Protocol, as on Expressway before
+    X8.9 (PROTOCOL.md §6.1)."""
+    permission_policy: PermissionPolicy = "lab"
+    """lab: a peer may connect to a relayed port without a permission (the lab capture shows
+    no CreatePermission). rfc: without one the peer's connection is accepted and reset at once
+    and no ConnectionAttempt is sent (RFC 6062 §5.3, as coturn does)."""
     connect_installs_permission: bool = False
     """Whether Connect installs a permission for its peer. RFC 6062 §5.2 says nothing of
-    permissions and coturn's Connect installs none (PROTOCOL.md §11), hence False."""
+    permissions and coturn's Connect installs none (PROTOCOL.md §11), hence false."""
     forbidden_peers: tuple[str, ...] = ()
     """Peer IPs refused by local policy: CreatePermission and Connect get 403 (RFC 5766 §9.2)."""
-    bind_timeout: float = 30.0
-    """Seconds a peer connection waits for its ConnectionBind (RFC 6062 §5.3: 30)."""
-    connect_timeout: float = 30.0
+    bind_timeout: PositiveSeconds = 30.0
+    """Seconds a peer connection waits for its ConnectionBind before it is closed (RFC 6062
+    §5.3: 30)."""
+    connect_timeout: PositiveSeconds = 30.0
     """Seconds a Connect waits for the peer (RFC 6062 §5.2: at least 30)."""
-    early_data_limit: int = 256 * 1024
+    early_data_limit: Count = 256 * 1024
     """Peer bytes buffered before the ConnectionBind; past that the peer is reset."""
-    bind_failure: Literal["reset", "answer"] = "reset"
-    """A ConnectionBind that fails: "reset" the connection without an answer (coturn,
-    PROTOCOL.md §11) or "answer" it with the STUN error (RFC 6062 §5.4: 400, or 401/438)."""
-    integrity_error_code: int = 401
+    bind_failure: BindFailure = "reset"
+    """A ConnectionBind that fails: reset the connection without an answer (coturn,
+    PROTOCOL.md §11) or answer it with the STUN error (RFC 6062 §5.4: 400, or 401/438)."""
+    integrity_error_code: Literal[401, 431] = 401
     """Code for a wrong MESSAGE-INTEGRITY: 401 (RFC 5389 §10.2.2) or Expressway's legacy 431
     (PROTOCOL.md §1.6)."""
-    listen_attempts: int = 8
+    listen_attempts: Annotated[int, at.Ge(1)] = 8
     """Relay ports tried for one Allocate when the runtime cannot listen, before 508."""
     seed: int = 6062
-    """Seed of the random numbers (nonces, CONNECTION-IDs, transaction IDs)."""
-    prefix: str = "turn"
-    """Prefix of the timer and connection names this machine makes, so that an actor composed
-    of several machines can route events (see :meth:`TurnServer.wants`)."""
+    """Seed of the random numbers (nonces, CONNECTION-IDs, transaction IDs): runs repeat."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.relay_port_min <= self.relay_port_max <= 0xFFFF:
-            raise ValueError(f"bad relay range {self.relay_port_min}-{self.relay_port_max}")
-        if self.relay_port_min <= self.port <= self.relay_port_max:
-            raise ValueError(f"TURN port {self.port} lies inside the relay range")
+        # What a scenario's types cannot say, checked here so that code constructing settings
+        # is held to it too; each names its key (SettingError) for the scenario's file:line.
+        low, high = self.relay_ports
+        if low > high:
+            raise SettingError(
+                ("relay_ports", 1), f"the range ends ({high}) below its start ({low})"
+            )
+        if low <= self.port <= high:
+            raise SettingError(
+                ("relay_ports",), f"the relay range {low}-{high} holds the TURN port {self.port}",
+                alternatives=[("port",)],
+            )  # fmt: skip
         if not 1 <= self.nonce_length <= 127:
-            raise ValueError("nonce_length must be 1-127 characters (RFC 5389 §15.8)")
-        if isinstance(self.layout, str) and self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; presets: {sorted(LAYOUTS)}")
-        if self.permission_policy not in _PERMISSION_POLICIES:
-            raise ValueError(f"permission_policy must be one of {_PERMISSION_POLICIES}")
-        if self.bind_failure not in _BIND_FAILURES:
-            raise ValueError(f"bind_failure must be one of {_BIND_FAILURES}")
-        if self.default_lifetime <= 0 or self.max_lifetime < self.default_lifetime:
-            raise ValueError("need 0 < default_lifetime <= max_lifetime")
-        if self.integrity_error_code not in (401, 431):
-            raise ValueError("integrity_error_code must be 401 or 431")
+            raise SettingError(("nonce_length",), "a NONCE is 1-127 characters (RFC 5389 §15.8)")
+        if self.max_lifetime < self.default_lifetime:
+            raise SettingError(
+                ("max_lifetime",), f"below default_lifetime ({self.default_lifetime})",
+                alternatives=[("default_lifetime",)],
+            )  # fmt: skip
+        for key, allowed in (
+            ("layout", tuple(LAYOUTS)),
+            ("permission_policy", get_args(PermissionPolicy)),
+            ("bind_failure", get_args(BindFailure)),
+            ("integrity_error_code", (401, 431)),
+        ):
+            if getattr(self, key) not in allowed:
+                raise SettingError((key,), f"must be one of {', '.join(map(str, allowed))}")
 
     @property
     def resolved_layout(self) -> Layout:
-        return LAYOUTS[self.layout] if isinstance(self.layout, str) else self.layout
+        return LAYOUTS[self.layout]
 
 
 @dataclass(frozen=True)
@@ -397,10 +431,16 @@ class TurnServer:
     ``host:<relay port>``.
     """
 
-    def __init__(self, name: str, host: str, settings: TurnServerSettings | None = None) -> None:
+    def __init__(
+        self, name: str, host: str, settings: TurnServerSettings | None = None,
+        prefix: str = "turn",
+    ) -> None:  # fmt: skip
         self.name = name
         self.host = host
         self.settings = settings or TurnServerSettings()
+        #: Prefix of the timer and connection names this machine makes, so that an actor
+        #: composed of several machines can route events (see :meth:`wants`).
+        self.prefix = prefix
         self._layout = self.settings.resolved_layout
         self._rng = random.Random(self.settings.seed)
         self._address = Address(host, self.settings.port)
@@ -463,7 +503,7 @@ class TurnServer:
                     local.host == self.host and local.port in self._ports
                 )
             case Connected(conn=conn) | ConnectFailed(conn=conn):
-                return conn in self._peers or conn.startswith(f"{self.settings.prefix}:")
+                return conn in self._peers or conn.startswith(f"{self.prefix}:")
             case Received(conn=conn) | Closed(conn=conn):
                 return conn in self._clients or conn in self._peers
             case TimerFired(timer=timer):
@@ -854,17 +894,20 @@ class TurnServer:
         if ReservationToken in present:
             # RFC 5766 §6.2: this server keeps no reserved ports, so every token is unknown.
             return self._reject(conn, msg, 508, "unknown RESERVATION-TOKEN", auth.key)
+        quota = self.settings.user_quota
         held = sum(1 for a in self._allocations.values() if a.username == auth.username)
-        if held >= self.settings.user_quota:
+        if quota and held >= quota:
             why = f"user {auth.username!r} holds {held} allocations, the quota (RFC 5766 §6.2)"
             return self._reject(conn, msg, 486, why, auth.key)
+        if len(self._allocations) >= self.settings.max_allocations:
+            why = f"{len(self._allocations)} allocations held, the server's capacity"
+            return self._reject(conn, msg, 508, why, auth.key)
         port = self._free_port(even=EvenPort in present)
         if port is None:
-            why = (
-                f"no free relay port in {self.settings.relay_port_min}-"
-                f"{self.settings.relay_port_max} (RFC 5766 §6.2)"
+            low, high = self.settings.relay_ports
+            return self._reject(
+                conn, msg, 508, f"no free relay port in {low}-{high} (RFC 5766 §6.2)", auth.key
             )
-            return self._reject(conn, msg, 508, why, auth.key)
         alloc = _Allocation(
             ident=self._next_ident,
             control=conn,
@@ -928,7 +971,8 @@ class TurnServer:
 
     def _free_port(self, *, even: bool, exclude: Collection[int] = ()) -> int | None:
         # The lowest free port, so runs are repeatable and the first relay is 24000.
-        for port in range(self.settings.relay_port_min, self.settings.relay_port_max + 1):
+        low, high = self.settings.relay_ports
+        for port in range(low, high + 1):
             if port in self._ports or port in exclude or (even and port % 2):
                 continue
             return port
@@ -1026,7 +1070,7 @@ class TurnServer:
             return self._reject(conn, msg, 446, why, auth.key)
         cid = self._new_cid()
         peer = _Peer(
-            f"{self.settings.prefix}:peer:{cid:08x}",
+            f"{self.prefix}:peer:{cid:08x}",
             cid,
             alloc,
             remote,
@@ -1051,7 +1095,7 @@ class TurnServer:
         peer = self._peers.get(conn)
         if peer is None or peer.state is not _PeerState.CONNECTING:
             # The allocation went away while connecting: nobody wants this connection.
-            return [Close(conn)] if conn.startswith(f"{self.settings.prefix}:") else []
+            return [Close(conn)] if conn.startswith(f"{self.prefix}:") else []
         peer.state = _PeerState.PENDING
         request = peer.connect_request
         assert request is not None
@@ -1265,7 +1309,7 @@ class TurnServer:
     # -- timers --------------------------------------------------------------------------------
 
     def _timer(self, name: str) -> TimerId:
-        return f"{self.settings.prefix}:{name}"
+        return f"{self.prefix}:{name}"
 
     def _start_bind_timer(self, peer: _Peer) -> StartTimer:
         timer = self._timer(f"bind:{peer.cid}")
