@@ -16,7 +16,7 @@ OUTCOMES: tuple[OutcomeName, ...] = get_args(OutcomeName)
 
 #: The diagnosis's verdicts, in the order of the call's steps (``labsim.report.diagnose``).
 Verdict = Literal[
-    "healthy", "stale-nonce-recovered", "slow-network", "presenter-not-allowed",
+    "healthy", "stale-nonce-recovered", "glare-recovered", "slow-network", "presenter-not-allowed",
     "turn-auth-failed", "tcp-relay-unsupported", "relay-unreachable", "permission-missing",
     "connection-bind-missing", "one-way-binding", "allocation-expired", "media-path-lost",
     "no-sip-path", "call-rejected", "unknown",

@@ -622,6 +622,40 @@ def _call_up(view: _View) -> Diagnosis:
         if (e.src, e.dst) == (turn, cms) and e.stun_facts is not None
         and e.stun_facts.error == 438
     ]  # fmt: skip
+    glare = [
+        (r, f) for r, f in view.sip_msgs
+        if f.status == 491 and f.cseq_method == "INVITE" and r.delivered and r.dst in (client, cms)
+    ]  # fmt: skip
+    if glare:
+        evidence = []
+        for record, _ in glare:
+            loser = record.dst
+            evidence.append(
+                f"{loser} got 491 Request Pending to its reINVITE at "
+                f"t={record.fate_t or record.t:.3f} s (the other end's crossed it)"
+            )
+            retry = next(
+                (r for r, f in view.sip_msgs
+                 if f.method == "INVITE" and f.to_tag is not None and r.src == loser
+                 and r.t > record.t),
+                None,
+            )  # fmt: skip
+            if retry is not None:
+                evidence.append(
+                    f"{loser} sent its reINVITE again {retry.t - record.t:.2f} s later "
+                    f"(t={retry.t:.3f} s)"
+                )
+        evidence.append(f"setup took {setup:.3f} s (INVITE to the reINVITE's ACK)")
+        return Diagnosis(
+            "glare-recovered", "call up",
+            "The sharing works; on the way both ends re-offered at the same moment (glare), "
+            "one got 491 and retried after a random wait, as RFC 3261 §14.1 says.",
+            tuple(evidence),
+            "both user agents send the post-ICE reINVITE (RFC 5245 §9.1.3 gives it to the "
+            "controlling agent alone)",
+            ("which side sends the reINVITE on each end (ICE role); the retry wait (2.1-4 s "
+             "for the side that chose the Call-ID, 0-2 s for the other) adds to setup",),
+        )  # fmt: skip
     links = _link_round_trips(view)
     slow = {k: v for k, v in links.items() if v > SLOW_LINK}
     if setup > SLOW_SETUP or slow:

@@ -74,7 +74,8 @@ def reinvite_refusal(
     messages: SipMessages, caller: str = "skype_client", callee: str = "cms"
 ) -> tuple[str, SipFacts] | None:
     """Who sent a reINVITE of the call (either direction) and the error answer that came back
-    to it; None when no reINVITE was refused."""
+    to it; None when no reINVITE was refused. 491 is glare, not a refusal: the UA retries
+    after a random delay (RFC 3261 §14.1)."""
     first = first_invite(messages, caller)
     if first is None:
         return None
@@ -83,7 +84,7 @@ def reinvite_refusal(
         for r, answer in messages:
             if (
                 r.dst == sender and r.delivered and answer.status is not None
-                and answer.status >= 300 and answer.answers(request)
+                and answer.status >= 300 and answer.status != 491 and answer.answers(request)
             ):  # fmt: skip
                 return sender, answer
     return None
