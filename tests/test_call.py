@@ -16,6 +16,7 @@ from labsim.scenario import Scenario, load, loads
 from labsim.trace import Trace
 
 from .conftest import require_tool
+from .labs import run_variant
 
 LAB = Path(__file__).parent.parent / "scenarios" / "sharing-call.yaml"
 
@@ -186,13 +187,7 @@ def test_outcome_reads_only_the_trace(virtual_run: RunResult) -> None:
 
 
 def test_client_can_be_the_controlling_side_and_send_the_reinvite() -> None:
-    sc = loads(
-        f"extends: {LAB}\ncall: {{ice_controlling: skype_client}}\n"
-        "expect: {outcome: sharing-established}\n",
-        source="client-controls.yaml",
-    )
-    result = run_scenario(sc, "virtual")
-    assert result.outcome.name == "sharing-established"
+    result = run_variant("call: {ice_controlling: skype_client}", "sharing-established")
     assert "skype_client's reINVITE" in result.outcome.reason
     checks = [m for m in result.trace.messages if m.summary.startswith("Binding Request")
               and not m.relayed]  # fmt: skip
@@ -244,13 +239,7 @@ def test_an_actor_that_raises_fails_the_run_whatever_the_outcome(
 
 
 def test_a_valid_pair_without_a_reinvite_is_not_called_an_ice_failure() -> None:
-    sc = loads(
-        f"extends: {LAB}\ncall: {{reinvite_from: none, hold: 1}}\n"
-        "expect: {outcome: call-failed}\n",
-        source="no-reinvite.yaml",
-    )
-    result = run_scenario(sc, "virtual")
-    assert result.outcome.name == "call-failed"
+    result = run_variant("call: {reinvite_from: none, hold: 1}", "call-failed")
     assert "succeeded in both directions" in result.outcome.reason
 
 
@@ -291,20 +280,16 @@ def test_a_slow_link_slows_the_call_in_both_clocks(clock: str) -> None:
     ],
 )
 def test_behaviour_settings_change_the_outcome(change: str, outcome: str, evidence: str) -> None:
-    sc = loads(f"extends: {LAB}\n{change}\nexpect: {{outcome: {outcome}}}\n", source="v.yaml")
-    result = run_scenario(sc, "virtual")
-    assert result.outcome.name == outcome and evidence in result.outcome.reason
-    assert result.failures == []
+    result = run_variant(change, outcome)
+    assert evidence in result.outcome.reason
 
 
 def test_without_connection_bind_expressway_closes_the_peer_after_30_s() -> None:
-    sc = loads(
-        f"extends: {LAB}\nactors: {{cms: {{turn: {{send_connection_bind: false}}}}, "
-        "skype_client: {ice_timeout: 45}}\ndeadline: 60\nexpect: {outcome: ice-failed}\n",
-        source="no-bind.yaml",
+    result = run_variant(
+        "actors: {cms: {turn: {send_connection_bind: false}}, skype_client: {ice_timeout: 45}}"
+        "\ndeadline: 60",
+        "ice-failed",
     )
-    result = run_scenario(sc, "virtual")
-    assert result.outcome.name == "ice-failed"
     attempt = result.trace.find("ConnectionAttempt Indication")[0]
     relay_leg = next(c for c in result.trace.connections.values() if c.server_addr.port == 24000)
     assert relay_leg.closed is not None

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from labsim.cli import main
 from labsim.net.faults import Drop, FaultPlan, MessageMatch
 from labsim.run import Clock, RunResult, run_scenario
-from labsim.scenario import Scenario, library_dir, list_scenarios, loads
+from labsim.scenario import Scenario, library_dir, list_scenarios
 from labsim.trace import Trace
 from labsim.wire.facts import DataFacts, facts_of, parse_kind
 
 from .conftest import VECTORS
+from .labs import variant
 
 CLOCKS: tuple[Clock, ...] = ("virtual", "live")
 
@@ -27,7 +28,7 @@ LIVE_TOO_LONG = {"allocation-expiry"}
 
 
 def lab(extra: str, hold: float = 1.0) -> Scenario:
-    return loads(f"extends: sharing-call.yaml\ncall: {{hold: {hold}}}\n{extra}", source="t.yaml")
+    return variant(extra, hold=hold)
 
 
 def load_invite() -> bytes:

@@ -16,12 +16,14 @@ from click.testing import CliRunner
 
 from labsim.cli import main
 from labsim.run import RunResult, run_scenario
-from labsim.scenario import Scenario, library_dir, load, loads
+from labsim.scenario import Scenario, library_dir, load
 from labsim.trace import Journey, MessageRecord, Trace
+
+from .labs import variant
 
 
 def lab(extra: str = "", hold: float = 1.0) -> Scenario:
-    return loads(f"extends: sharing-call.yaml\ncall: {{hold: {hold}}}\n{extra}", source="t.yaml")
+    return variant(extra, hold=hold)
 
 
 @pytest.fixture(scope="module")
