@@ -56,6 +56,7 @@ from tests.stun_client import (  # noqa: E402
     authed,
     free_port,
     free_range,
+    wait_listening,
 )  # fmt: skip
 
 HOST = "127.0.0.1"
@@ -108,20 +109,6 @@ class Server:
         return None
 
 
-def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} not listening on {port} after {timeout} s") from None
-            time.sleep(0.05)
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """End one child we started, by its pid: TERM, then KILL."""
     if proc.poll() is None:
@@ -142,7 +129,7 @@ def ours(lifetime: float) -> Iterator[Server]:
         [*cmd, str(lifetime)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        wait_listening(proc, port, "labsim TurnServer", 20.0)
+        wait_listening(HOST, port, "labsim TurnServer", 20.0, proc)
         yield Server("labsim", port, proc.pid)
     finally:
         stop(proc)
@@ -179,7 +166,7 @@ def coturn(workdir: Path, lifetime: float) -> Iterator[Server]:
     )
     pid: int | None = None
     try:
-        wait_listening(proc, port, "turnserver", 10.0)
+        wait_listening(HOST, port, "turnserver", 10.0, proc)
         pid = turnserver_pid(workdir / "turnserver.pid")
         yield Server("coturn", port, pid if pid is not None else proc.pid)
     finally:

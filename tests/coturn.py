@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from pathlib import Path
 from labsim.net.live import LoopbackBlock, claim_block
 
 from .conftest import require_tool
-from .stun_client import PASSWORD, REALM, USER, free_port, free_range
+from .stun_client import PASSWORD, REALM, USER, free_port, free_range, wait_listening
 
 MAX_LOG_BYTES = 5 * 1024 * 1024
 
@@ -59,19 +57,7 @@ def coturn(workdir: Path, *extra: str, start_timeout: float = 10.0) -> Iterator[
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         try:
-            deadline = time.monotonic() + start_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"turnserver exited with {proc.returncode}; see {log}")
-                try:
-                    socket.create_connection((host, port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"turnserver not listening after {start_timeout} s"
-                        ) from None
-                    time.sleep(0.05)
+            wait_listening(host, port, f"turnserver (log: {log})", start_timeout, proc)
             yield Coturn(host, port, relays, log, block)
         finally:
             if proc.poll() is None:

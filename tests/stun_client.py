@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import time
 
 from labsim.wire import stun
 from labsim.wire.framing import StunSplitter
@@ -17,6 +19,24 @@ KEY = stun.long_term_key(USER, REALM, PASSWORD)
 TIMEOUT = 5.0
 #: ``SO_LINGER`` on with timeout 0: close() sends RST.
 LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def wait_listening(
+    host: str, port: int, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Return once something accepts TCP connections on ``host:port``; raise RuntimeError when
+    ``proc`` (the server, if we started it) exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not listening on {port} after {timeout} s") from None
+            time.sleep(0.05)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -521,9 +521,8 @@ def test_stop_condition_ends_the_run_early(kind: str) -> None:
     server = EchoServer(port)
     client = Client(Address(SERVER_HOST, port), [b"one"])
     ticker = Ticker(50.0)
-    started = time.monotonic()
     trace = run(kind, [server, client, ticker], 60.0, stop=lambda t: bool(t.messages))
-    assert time.monotonic() - started < 3.0
+    # Stopped at the first message: the 50 s timer never fired (no clock read needed).
     assert len(trace.messages) == 1 and ticker.of(TimerFired) == []
 
 

@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from labsim.trace import Trace
 
 from .conftest import require_tool
 from .coturn import coturn
-from .stun_client import free_port, free_range
+from .stun_client import free_port, free_range, wait_listening
 from .turn_actors import Board, CmsLike, SkypePeer
 
 pytestmark = pytest.mark.coturn
@@ -95,17 +94,6 @@ def _serve(
     return thread, out
 
 
-def _wait_listening(host: str, port: int) -> None:
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=0.5).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "our TURN server did not start"
-            time.sleep(0.05)
-
-
 def _lost(output: str) -> int:
     match = re.search(r"Total lost packets (\d+)", output)
     assert match, output[-2000:]
@@ -122,7 +110,7 @@ def _against_ours(flags: list[str]) -> tuple[subprocess.CompletedProcess[str], T
         finished = threading.Event()
         thread, out = _serve(host, port, relays, until=40.0, finished=finished)
         try:
-            _wait_listening(host, port)
+            wait_listening(host, port, "our TURN server", 5.0)
             result = _uclient(flags, host, port)
         finally:
             finished.set()
