@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labsim.cli import main
 from labsim.run import RunResult, run_scenario
@@ -191,3 +193,63 @@ def test_resent_2xx_cross_the_proxies_and_each_is_acknowledged_again() -> None:
         assert [(h.src, h.dst, h.fate) for h in ack.hops][-1] == ("expressway_c", "cms", "dropped")
     bye = next(j for j in lost.trace.journeys if j.sender == "cms" and j.first.is_kind("BYE"))
     assert bye.reached("skype_client") and bye.first.t - oks[0].first.t == pytest.approx(32.0)
+
+
+KINDS = [
+    ("sip", "INVITE"), ("sip", "ACK"), ("sip", "200"), ("sip", "BYE"), ("sip", "100"),
+    ("stun", "Allocate Request"), ("stun", "Binding Request"), ("stun", "Binding Success Response"),
+    ("stun", "ConnectionAttempt"), ("stun", "ConnectionBind Request"), ("stun", "Refresh"),
+]  # fmt: skip
+HOPS = [
+    ("skype_client", "skype_edge"), ("skype_edge", "expressway_e"),
+    ("expressway_e", "expressway_c"), ("expressway_c", "cms"), ("cms", "expressway_e"),
+]  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["drop", "delay"]),
+            st.sampled_from(HOPS),
+            st.booleans(),  # reversed hop
+            st.sampled_from(KINDS),
+            st.integers(min_value=1, max_value=3),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_the_record_holds_together_under_any_faults(
+    rules: list[tuple[str, tuple[str, str], bool, tuple[str, str], int]],
+) -> None:
+    """Whatever drops and delays a user writes: every hop of a journey leaves the actor the
+    previous hop reached, after it got there; a dropped message never reached anyone and names
+    its rule; a delivered one arrived after it left; nothing else is on the wire."""
+    lines = []
+    for action, (a, b), flip, (key, kind), nth in rules:
+        src, dst = (b, a) if flip else (a, b)
+        extra = ", by: 0.3" if action == "delay" else ""
+        lines.append(
+            f"  - {action}: {{from: {src}, to: {dst}, {key}: '{kind}', nth: {nth}{extra}}}"
+        )
+    sc = variant("deadline: 60\nfaults:\n" + "\n".join(lines) + "\n", hold=1.0)
+    trace = run_scenario(sc, "virtual").trace
+    for journey in trace.journeys:
+        for before, after in chained(journey):
+            assert before.fate == "delivered", journey
+            assert after.src == before.dst and after.sent_t >= (before.fate_t or 0.0)
+    for m in trace.messages:
+        if m.fate == "dropped":
+            assert m.rule is not None and 1 <= m.rule <= len(rules) and m.fate_t == m.t
+            assert m.journey is not None and m.journey.last is m
+        elif m.fate == "delivered":
+            assert m.fate_t is not None and m.fate_t >= m.t >= m.sent_t
+        if m.delay:
+            assert m.t == pytest.approx(m.sent_t + m.delay)
+    # The wire bytes of each direction add up, dropped messages left out.
+    ends: dict[tuple[int, str], int] = {}
+    for m in trace.messages:
+        if m.on_wire:
+            ends[(m.connection, m.src)] = ends.get((m.connection, m.src), 0) + m.wire_size
+            assert m.wire_end == ends[(m.connection, m.src)], m
