@@ -27,31 +27,26 @@ from enum import StrEnum, auto
 
 from sipmessage import Request, Response
 
-from labsim.actors.common import UaTimer, UserAgent, check_step
+from labsim.actors.common import UserAgent
 from labsim.actors.lab import Lab
 from labsim.proto import appsharing
-from labsim.proto.events import (
-    Address,
-    Close,
-    Closed,
-    Connected,
-    ConnectFailed,
-    ConnId,
-    Effect,
-    Event,
-    Log,
-    Received,
-    Send,
-    Started,
-    TimerFired,
+from labsim.proto.events import Address, Close, ConnId, Effect, Log
+from labsim.proto.ice import (
+    CheckLink,
+    CheckSettings,
+    CheckStream,
+    IceCredentials,
+    LinkClosed,
+    LinkNotice,
+    PairValid,
 )
-from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_ua_state import Table, UaEvent
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
     Expired,
+    Notification,
     PeerBindFailed,
     PeerConnected,
     Released,
@@ -175,34 +170,20 @@ class Cms(UserAgent[CmsState]):
         self.invite: Request | None = None
         self.invite_conn: ConnId | None = None
         self.offer: appsharing.RemoteShare | None = None
-        self.pipe: ConnId | None = None
-        self.checks: CheckStream | None = None
+        #: The ICE checks on the RFC 6062 data connection the TURN client hands over.
+        self.link = CheckLink("the Skype side")
         self.relayed: Address | None = None
+        self.router.add(self.turn, self._turn_news)
+        self.router.add(self.link, self._on_link)
 
-    # -- events --------------------------------------------------------------------------------
+    @property
+    def pipe(self) -> ConnId | None:
+        """The bound data connection carrying the checks, while it is open."""
+        return self.link.conn
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        if isinstance(event, Started):
-            effects += self.transport.start()
-        elif self.transport.wants(event):
-            effects = self.sip_event(event, now)
-        elif isinstance(event, TimerFired) and self.turn.owns_timer(event.timer):
-            effects += self.turn.handle(event, now)
-        elif isinstance(event, TimerFired):
-            timer = UaTimer.of(event.timer)
-            if timer is UaTimer.FINISH:
-                self.finished = True
-            elif timer is not None:
-                effects += self.on_sip_timer(timer, now) or []
-        elif isinstance(event, (Received, Closed)) and event.conn == self.pipe:
-            effects += self._pipe(event, now)
-        elif isinstance(event, (Connected, ConnectFailed, Received, Closed)) and (
-            self.turn.owns_conn(event.conn)
-        ):
-            effects += self.turn.handle(event, now)
-        effects += self._turn_news(now)
-        return effects
+    @property
+    def checks(self) -> CheckStream | None:
+        return self.link.checks
 
     # -- SIP -----------------------------------------------------------------------------------
 
@@ -221,14 +202,14 @@ class Cms(UserAgent[CmsState]):
         the relay asked for it is given back."""
         invite = self.invite
         if invite is None or sip.call_id(cancel) != sip.call_id(invite):
-            return self.transport.send_on(conn, sip.build_response(cancel, 481, to_tag=self.tag))
-        effects = self.transport.send_on(conn, sip.build_response(cancel, 200, to_tag=self.tag))
+            return self.reply(conn, sip.build_response(cancel, 481, to_tag=self.tag))
+        effects = self.reply(conn, sip.build_response(cancel, 200, to_tag=self.tag))
         if not self.allows(UaEvent.RECV_CANCEL) or self.invite_conn is None:
             return effects  # too late: the final answer is out (§9.2), the call goes on
         self.fire(UaEvent.RECV_CANCEL)
         terminated = sip.build_response(invite, 487, to_tag=self.tag)
         self._refused_cseq = sip.cseq(invite).sequence
-        return [*effects, *self.transport.send_on(self.invite_conn, terminated),
+        return [*effects, *self.reply(self.invite_conn, terminated),
                 *self.end("the INVITE was cancelled: 487 (RFC 3261 §9.2)", now)]  # fmt: skip
 
     def _new_call(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
@@ -237,27 +218,27 @@ class Cms(UserAgent[CmsState]):
                 # The same INVITE again. §17.2.1: while proceeding, the last provisional answer
                 # goes out again; once answered, the transaction absorbs it.
                 if self.state is CmsState.PROCEEDING:
-                    return self.transport.send_on(conn, sip.build_response(invite, 100))
+                    return self.reply(conn, sip.build_response(invite, 100))
                 return [Log("the INVITE again: absorbed, it is answered (RFC 3261 §17.2.1)")]
             busy = sip.build_response(invite, 486, to_tag=self.tag)
             return [Log("a second call while one is up: 486 Busy Here"),
-                    *self.transport.send_on(conn, busy)]  # fmt: skip
-        effects = self.transport.send_on(conn, sip.build_response(invite, 100))
+                    *self.reply(conn, busy)]  # fmt: skip
+        effects = self.reply(conn, sip.build_response(invite, 100))
         if not sip.contact(invite):
             # §8.1.1.8: an INVITE must carry Contact; without it no dialog can exist. The
             # INVITE is refused outright and no dialog state changes.
             bad = sip.build_response(invite, 400, "Missing Contact", to_tag=self.tag)
-            return [*effects, *self.transport.send_on(conn, bad)]
+            return [*effects, *self.reply(conn, bad)]
         try:
             self.offer = appsharing.parse(invite.body)
         except WireError as exc:
             bad = sip.build_response(invite, 488, to_tag=self.tag)
             return [*effects, Log(f"offer not usable: {exc}", "warning"),
-                    *self.transport.send_on(conn, bad)]  # fmt: skip
+                    *self.reply(conn, bad)]  # fmt: skip
         self.fire(UaEvent.RECV_INVITE)
         self.invite, self.invite_conn = invite, conn
         return [*effects, Log("applicationsharing offer: asking Expressway-E for a TCP relay"),
-                *self.turn.start(now)]  # fmt: skip
+                *self.router.run(self.turn, self.turn.start(now))]  # fmt: skip
 
     def _body(self, *, version: int, remote: Address | None = None) -> bytes:
         s = self.settings
@@ -318,37 +299,34 @@ class Cms(UserAgent[CmsState]):
         return self.hang_up(f"{why}: ending the content session with BYE", now, "warning")
 
     def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
-        effects: list[Effect] = [Log(why, level)]
-        if self.pipe is not None:
-            effects.append(Close(self.pipe))
-            self.pipe = None
+        effects: list[Effect] = [Log(why, level), *self.router.run(self.link, self.link.close())]
         if self.invite is None:  # no call, so no allocation was ever asked for
             return [*effects, *self.done("call ended")]
-        return [*effects, *self.turn.release(now)]  # Released ends this side (_turn_news)
+        # Released ends this side (_turn_news).
+        return [*effects, *self.router.run(self.turn, self.turn.release(now))]
 
     # -- TURN ----------------------------------------------------------------------------------
 
     _mapped: Address | None = None
 
-    def _turn_news(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        for note in self.turn.poll():
-            if isinstance(note, Allocated):
-                self.relayed, self._mapped = note.relayed, note.mapped
-                effects += [Log(f"relay candidate {note.relayed}"), *self._answer(now)]
-            elif isinstance(note, AllocationFailed):
-                # CMS still answers, with its host candidates only: the call is up, sharing
-                # has no media path (what "ICE failure 4" in CMS's log leads to).
-                effects += [Log(f"no TURN relay: {note.reason}", "warning"), *self._answer(now)]
-            elif isinstance(note, PeerConnected):
-                effects += self._pipe_up(note)
-            elif isinstance(note, PeerBindFailed):
-                effects.append(Log(f"peer connection not bound: {note.reason}", "warning"))
-            elif isinstance(note, Released):
-                effects += self.done("allocation released")
-            elif isinstance(note, Expired):
-                effects.append(Log(f"allocation gone: {note.reason}", "warning"))
-        return effects
+    def _turn_news(self, note: Notification, now: float) -> list[Effect]:
+        """What the TURN client reports."""
+        if isinstance(note, Allocated):
+            self.relayed, self._mapped = note.relayed, note.mapped
+            return [Log(f"relay candidate {note.relayed}"), *self._answer(now)]
+        if isinstance(note, AllocationFailed):
+            # CMS still answers, with its host candidates only: the call is up, sharing
+            # has no media path (what "ICE failure 4" in CMS's log leads to).
+            return [Log(f"no TURN relay: {note.reason}", "warning"), *self._answer(now)]
+        if isinstance(note, PeerConnected):
+            return self._pipe_up(note)
+        if isinstance(note, PeerBindFailed):
+            return [Log(f"peer connection not bound: {note.reason}", "warning")]
+        if isinstance(note, Released):
+            return self.done("allocation released")
+        if isinstance(note, Expired):
+            return [Log(f"allocation gone: {note.reason}", "warning")]
+        return []
 
     def _peer_candidate(self) -> Address | None:
         if self.checks is not None:
@@ -361,35 +339,30 @@ class Cms(UserAgent[CmsState]):
         if self.pipe is not None or self.offer is None:
             # One media path per sharing session: a second peer on the relay (any host may
             # connect under the lab policy) gets its data connection closed.
+            self.router.give(note.conn, None)
             return [Log(f"second peer {note.peer} on the relay: its data connection closed",
                         "warning"), Close(note.conn)]  # fmt: skip
         s = self.settings
-        self.pipe = note.conn
         peer = note.peer or Address("0.0.0.0", 0)
-        self.checks = CheckStream(
+        checks = CheckStream(
             CheckSettings(s.ice, self.controlling, appsharing.PRIORITIES[("relay", "TCP-PASS")],
                           self.check_layout),
             IceCredentials(self.offer.ufrag, self.offer.pwd),
             peer,
             self.rng,
         )  # fmt: skip
-        effects: list[Effect] = [Log(f"media pipe to {peer} up: ICE checks")]
-        effects.append(Send(note.conn, self.checks.request(), "rfc4571"))
-        if note.early_data:
-            effects += self._checks(note.early_data)
-        return effects
+        # The data connection is the check link's from now on (RFC 6062 §4.5: a raw pipe).
+        self.router.give(note.conn, self.link)
+        return [
+            Log(f"media pipe to {peer} up: ICE checks"),
+            *self.router.run(self.link, self.link.begin(note.conn, checks, note.early_data)),
+        ]
 
-    def _pipe(self, event: Received | Closed, now: float) -> list[Effect]:
-        if isinstance(event, Closed):
-            self.pipe = None
+    def _on_link(self, notice: LinkNotice, now: float) -> list[Effect]:
+        if isinstance(notice, LinkClosed):
             return [Log("media pipe closed")]
-        return self._checks(event.data)
-
-    def _checks(self, data: bytes) -> list[Effect]:
-        assert self.checks is not None and self.pipe is not None
-        effects, valid = check_step(self.checks, self.pipe, data, "the Skype side")
-        if valid and self.sends_reinvite:
+        if isinstance(notice, PairValid) and self.sends_reinvite:
             # The post-ICE reINVITE (RFC 5245 §9.1.3); held while our 200 OK waits for its
             # ACK (RFC 3261 §14.1).
-            effects += self.send_reoffer()
-        return effects
+            return self.send_reoffer()
+        return []

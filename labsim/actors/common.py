@@ -1,34 +1,30 @@
-"""What the actors of the call share: the three SIP proxies (a transport, a proxy and the
-dispatch of runtime events), the two user agents (:class:`UserAgent`: the dialog's
-transactions, walked along each UA's state table, and :class:`UaTimer`, the UAs' timer names),
-and the ICE check step both ends run (:func:`check_step`)."""
+"""What the actors of the call share: the three SIP proxies (:class:`ProxyElement`: a
+:class:`SipProxy` and its transport behind a router) and the two user agents
+(:class:`UserAgent`: a transport, the UA's own timers, the dialog's transactions, walked along
+each UA's state table; :class:`UaTimer`, the UAs' timer names).
+
+Every actor is machines (:mod:`labsim.proto.machine`) wired into one
+:class:`~labsim.proto.router.Router`: the actor's ``handle`` is the router's, which gives each
+event to the machine that owns its connection, address or timer and hands the machines'
+notices to the functions the actor registered for them. The actors route nothing themselves."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Generic, TypeVar
 
 from sipmessage import Request, Response
 
 from labsim.actors.lab import CallSettings, CmsSettings, SkypeClientSettings, UaSide
 from labsim.proto import appsharing
-from labsim.proto.events import (
-    ConnId,
-    Effect,
-    Event,
-    Log,
-    Send,
-    Started,
-    StartTimer,
-    StopTimer,
-    TimerId,
-)
-from labsim.proto.ice import CheckAnswered, CheckFailed, CheckReceived, CheckStream
+from labsim.proto.events import Address, ConnId, Effect, Event, Log
+from labsim.proto.machine import Timers
+from labsim.proto.router import Router
 from labsim.proto.sip_dialog import Dialog
-from labsim.proto.sip_proxy import ProxySettings, SipProxy
-from labsim.proto.sip_transport import ConnectionLost, Incoming, SendFailed, SipTransport
+from labsim.proto.sip_proxy import ProxySettings, ResponseForwarded, SipProxy
+from labsim.proto.sip_transport import ConnectionLost, Incoming, Notice, SendFailed, SipTransport
 from labsim.proto.sip_ua_state import Machine, Table, UaEvent, glare_delay
 from labsim.wire import WireError, sip
 
@@ -56,36 +52,36 @@ def diag_suffix(response: Response) -> str:
 
 
 class ProxyElement:
-    """An actor whose SIP side is a :class:`SipProxy`; subclasses add their other machines by
-    overriding :meth:`other` (return None when the event is not theirs)."""
+    """An actor whose SIP side is a :class:`SipProxy`; subclasses add their other machines to
+    :attr:`router` (after the proxy, so ``Started`` reaches the proxy first) and may override
+    :meth:`start` (their own first effects) and :meth:`on_forwarded`."""
 
     def __init__(self, name: str, host: str, settings: ProxySettings, ports: tuple[int, ...]):
         self.name = name
         self.host = host
         self.transport = SipTransport(host, ports)
         self.proxy = SipProxy(name, settings, self.transport)
-
-    def start(self, now: float) -> list[Effect]:
-        return self.transport.start()
-
-    def other(self, event: Event, now: float) -> list[Effect] | None:
-        return None
+        self.router = Router(on_started=self.start)
+        self.router.add(self.proxy, self.on_forwarded)
 
     def handle(self, event: Event, now: float) -> list[Effect]:
-        if isinstance(event, Started):
-            return self.start(now)
-        if self.transport.wants(event):
-            effects, notices = self.transport.handle(event, now)
-            for notice in notices:
-                effects += self.proxy.on_notice(notice, now)
-            return effects
-        return self.other(event, now) or []
+        return self.router.handle(event, now)
+
+    def start(self, now: float) -> list[Effect]:
+        """What the actor does at ``Started``, after its machines (the proxy listens)."""
+        return []
+
+    def on_forwarded(self, notice: ResponseForwarded, now: float) -> list[Effect]:
+        return []
+
+    def open(self, to: Address) -> list[Effect]:
+        """Open a SIP connection to ``to`` ahead of any message."""
+        return self.router.run(self.proxy, self.proxy.open(to))
 
 
-class UaTimer(StrEnum):
-    """The timers of the two user agents. The runtime contract names timers with strings
-    (:data:`labsim.proto.events.TimerId`); a :class:`StrEnum` member is one, so effects carry
-    these values as they are and :meth:`of` turns a fired name back into a member."""
+class UaTimer(Enum):
+    """The timers of the two user agents: typed timer names (:mod:`labsim.proto.machine`),
+    kept by the UA's :class:`~labsim.proto.machine.Timers` machine."""
 
     CALL = "call"
     """The Skype client: when to send the sharing INVITE."""
@@ -105,14 +101,6 @@ class UaTimer(StrEnum):
     """RFC 3261 §14.1: the randomized wait before a reINVITE refused with 491 is retried."""
     TIMER_F = "timer-f"
     """RFC 3261 §17.1.2.2: no answer to our BYE within 64·T1."""
-
-    @classmethod
-    def of(cls, name: TimerId) -> UaTimer | None:
-        """The member a fired timer name stands for; None for another machine's timer."""
-        try:
-            return cls(name)
-        except ValueError:
-            return None
 
 
 #: The timers of the dialog's transactions, all stopped when the dialog ends.
@@ -174,6 +162,11 @@ class UserAgent(Generic[S]):
         self.host = settings.address
         self.rng = random.Random(settings.seed)
         self.transport = SipTransport(settings.address, (settings.sip_port,))
+        #: The UA's own timers (:class:`UaTimer`).
+        self.clock: Timers[UaTimer] = Timers()
+        self.router = Router(on_started=self.start)
+        self.router.add(self.transport, self.on_transport)
+        self.router.add(self.clock, self.on_timer)
         #: Seconds between the last act and ``finished`` (lets closes reach the trace).
         self.linger = settings.linger
         # This end's part in the call (labsim.actors.lab.CallSettings).
@@ -222,7 +215,39 @@ class UserAgent(Generic[S]):
         return f"{sip.MAGIC_COOKIE}{self.branch_tag}{tail}"
 
     def done(self, why: str, level: str = "info") -> list[Effect]:
-        return [Log(why, level), StartTimer(UaTimer.FINISH, self.linger)]
+        return [Log(why, level), self.start_timer(UaTimer.FINISH, self.linger)]
+
+    # -- the machines: events in through the router, commands through it too ------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        return self.router.handle(event, now)
+
+    def start(self, now: float) -> list[Effect]:
+        """What the UA does at ``Started``, after its machines (the transport listens)."""
+        return []
+
+    def start_timer(self, timer: UaTimer, delay: float) -> Effect:
+        (effect,) = self.router.run(self.clock, self.clock.start(timer, delay))
+        return effect
+
+    def stop_timer(self, timer: UaTimer) -> Effect:
+        (effect,) = self.router.run(self.clock, self.clock.stop(timer))
+        return effect
+
+    def send_sip(self, message: sip.SipMessage, to: Address) -> list[Effect]:
+        """Send ``message`` to ``to`` (opening a connection when none goes there)."""
+        return self.router.run(self.transport, self.transport.send(message, to))
+
+    def reply(self, conn: ConnId, message: sip.SipMessage) -> list[Effect]:
+        """Send ``message`` on ``conn`` (a response goes back the way its request came)."""
+        return self.router.run(self.transport, self.transport.send_on(conn, message))
+
+    def on_timer(self, timer: UaTimer, now: float) -> list[Effect]:
+        """One of the UA's timers fired."""
+        if timer is UaTimer.FINISH:
+            self.finished = True
+            return []
+        return self.on_sip_timer(timer, now) or []
 
     # -- what the subclasses provide -------------------------------------------------------------
 
@@ -301,9 +326,9 @@ class UserAgent(Generic[S]):
         interval = self.timers.next_interval(None)
         seq = sip.cseq(request).sequence
         self._accepted = _Accepted(conn, ok, seq, now, interval, initial)
-        return [*self.transport.send_on(conn, ok),
-                StartTimer(UaTimer.RETRANSMIT_2XX, interval),
-                StartTimer(UaTimer.ACK_WAIT, self.timers.ack_wait)]  # fmt: skip
+        return [*self.reply(conn, ok),
+                self.start_timer(UaTimer.RETRANSMIT_2XX, interval),
+                self.start_timer(UaTimer.ACK_WAIT, self.timers.ack_wait)]  # fmt: skip
 
     def _retransmit_2xx(self, now: float) -> list[Effect]:
         accepted = self._accepted
@@ -311,12 +336,12 @@ class UserAgent(Generic[S]):
             return [Log("2xx retransmission timer fired with no 2xx waiting: ignored", "warning")]
         self.fire(UaEvent.TIMER_2XX)
         what = sip.summary(accepted.response)
-        effects = self.transport.send_on(accepted.conn, accepted.response)
+        effects = self.reply(accepted.conn, accepted.response)
         interval = self.timers.next_interval(accepted.interval)
         end = accepted.sent + self.timers.ack_wait
         if now + interval < end:
             accepted.interval = interval
-            effects.append(StartTimer(UaTimer.RETRANSMIT_2XX, interval))
+            effects.append(self.start_timer(UaTimer.RETRANSMIT_2XX, interval))
             note = f"next in {interval:g} s"
         else:
             note = f"the last one: the 64·T1 wait ends at t={end:g} s"
@@ -333,7 +358,7 @@ class UserAgent(Generic[S]):
             f"no ACK for the {sip.summary(accepted.response)} to the {what} after "
             f"{self.timers.ack_wait:g} s (64·T1, RFC 3261 §13.3.1.4): ending the dialog with BYE"
         )
-        return [StopTimer(UaTimer.RETRANSMIT_2XX), Log(why, "warning"), *self._send_bye()]
+        return [self.stop_timer(UaTimer.RETRANSMIT_2XX), Log(why, "warning"), *self._send_bye()]
 
     def on_ack(self, request: Request, now: float) -> list[Effect]:
         """An ACK: of our pending 2xx (the table moves on), of an error answer of ours
@@ -345,8 +370,8 @@ class UserAgent(Generic[S]):
         ):  # fmt: skip
             self.fire(UaEvent.RECV_ACK)
             self._accepted = None
-            effects: list[Effect] = [StopTimer(UaTimer.RETRANSMIT_2XX),
-                                     StopTimer(UaTimer.ACK_WAIT)]  # fmt: skip
+            effects: list[Effect] = [self.stop_timer(UaTimer.RETRANSMIT_2XX),
+                                     self.stop_timer(UaTimer.ACK_WAIT)]  # fmt: skip
             if not accepted.initial:
                 effects += self._sharing_on()
             return effects + self.release_held()
@@ -404,8 +429,8 @@ class UserAgent(Generic[S]):
         )
         self._reoffer_ack = None
         # §17.1.1.2: Timer B until the first answer; the first proxy's 100 Trying stops it.
-        return [*self.transport.send(self._reoffer, dialog.next_hop()),
-                StartTimer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
+        return [*self.send_sip(self._reoffer, dialog.next_hop()),
+                self.start_timer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
 
     def _glare_over(self, now: float) -> list[Effect]:
         if not self.allows(UaEvent.TIMER_491):
@@ -432,7 +457,7 @@ class UserAgent(Generic[S]):
         if response.code < 200:
             if self.allows(UaEvent.RECV_1XX):
                 self.fire(UaEvent.RECV_1XX)
-                return [StopTimer(UaTimer.TIMER_B)]
+                return [self.stop_timer(UaTimer.TIMER_B)]
             return []
         code = response.code
         event = (
@@ -445,20 +470,20 @@ class UserAgent(Generic[S]):
             # acknowledge it again, nothing more.
             if code < 300:
                 ack = self._reoffer_ack
-                return [] if ack is None else self.transport.send(ack, dialog.next_hop())
-            return self.transport.send(sip.build_failure_ack(reoffer, response),
+                return [] if ack is None else self.send_sip(ack, dialog.next_hop())
+            return self.send_sip(sip.build_failure_ack(reoffer, response),
                                        dialog.next_hop())  # fmt: skip
         self.fire(event)
-        effects: list[Effect] = [StopTimer(UaTimer.TIMER_B)]
+        effects: list[Effect] = [self.stop_timer(UaTimer.TIMER_B)]
         if event is UaEvent.RECV_2XX:
             # §12.2.1.2: a 2xx to a target refresh request updates the remote target.
             dialog.refresh_target(response)
             self._reoffer_ack = dialog.request("ACK", self.branch(),
                                                cseq=sip.cseq(reoffer).sequence)  # fmt: skip
-            effects += self.transport.send(self._reoffer_ack, dialog.next_hop())
+            effects += self.send_sip(self._reoffer_ack, dialog.next_hop())
             return effects + self._sharing_on()
         # §17.1.1.3: the ACK of an error answer goes hop by hop, with the INVITE's branch.
-        effects += self.transport.send(sip.build_failure_ack(reoffer, response),
+        effects += self.send_sip(sip.build_failure_ack(reoffer, response),
                                        dialog.next_hop())  # fmt: skip
         if event is UaEvent.RECV_491:
             delay = glare_delay(self.rng, self.owns_call_id)
@@ -466,7 +491,7 @@ class UserAgent(Generic[S]):
             return [*effects,
                     Log(f"reINVITE answered 491 Request Pending (glare): trying again in "
                         f"{delay:.2f} s ({owner} chose the Call-ID, RFC 3261 §14.1)"),
-                    StartTimer(UaTimer.GLARE, delay)]  # fmt: skip
+                    self.start_timer(UaTimer.GLARE, delay)]  # fmt: skip
         why = f"reINVITE refused: {sip.summary(response)}{diag_suffix(response)}"
         return effects + self.on_reoffer_refused(why, now)
 
@@ -479,7 +504,7 @@ class UserAgent(Generic[S]):
         if self.allows(UaEvent.TIMER_491):
             # We were waiting to retry after a 491 and the peer retried first (§14.1): its
             # transaction goes ahead, ours waits for it to end.
-            effects.append(StopTimer(UaTimer.GLARE))
+            effects.append(self.stop_timer(UaTimer.GLARE))
             self._reoffer_held = True
         self.fire(UaEvent.RECV_REINVITE)
         assert self.dialog is not None  # in_dialog() held
@@ -507,7 +532,7 @@ class UserAgent(Generic[S]):
         self._refused_cseq = sip.cseq(request).sequence
         no = sip.build_response(request, code, reason, extra_headers=extra)
         return [Log(f"reINVITE answered {code} {reason}: {why}"),
-                *self.transport.send_on(conn, no)]  # fmt: skip
+                *self.reply(conn, no)]  # fmt: skip
 
     def answer_reoffer(
         self,
@@ -529,7 +554,7 @@ class UserAgent(Generic[S]):
             self._refused_cseq = sip.cseq(request).sequence
             return [
                 Log(f"refusing the reINVITE: {refusal.code} {refusal.reason}{diag_suffix(no)}"),
-                *self.transport.send_on(conn, no),
+                *self.reply(conn, no),
                 *self.release_held(),
             ]
         ok = sip.build_response(
@@ -544,7 +569,7 @@ class UserAgent(Generic[S]):
         self.shared = True
         effects: list[Effect] = [Log("sharing established: the reINVITE is acknowledged")]
         if self.sends_bye:
-            effects.append(StartTimer(UaTimer.HOLD, self.hold))
+            effects.append(self.start_timer(UaTimer.HOLD, self.hold))
         return effects
 
     # -- BYE (RFC 3261 §15) ----------------------------------------------------------------------
@@ -564,8 +589,8 @@ class UserAgent(Generic[S]):
         dialog = self.dialog
         assert dialog is not None  # the table allows BYE only in a dialog
         self._bye = dialog.request("BYE", self.branch())
-        return [*self.session_over(), *self.transport.send(self._bye, dialog.next_hop()),
-                StartTimer(UaTimer.TIMER_F, self.timers.timer_f)]  # fmt: skip
+        return [*self.session_over(), *self.send_sip(self._bye, dialog.next_hop()),
+                self.start_timer(UaTimer.TIMER_F, self.timers.timer_f)]  # fmt: skip
 
     def _timer_f(self, now: float) -> list[Effect]:
         if not self.allows(UaEvent.TIMER_F):
@@ -582,9 +607,9 @@ class UserAgent(Generic[S]):
         if not self.allows(UaEvent.RECV_BYE):
             no = sip.build_response(request, 481)
             return [Log(f"BYE in state {self.state.name}: 481 (RFC 3261 §15.1.2)", "warning"),
-                    *self.transport.send_on(conn, no)]  # fmt: skip
+                    *self.reply(conn, no)]  # fmt: skip
         self.fire(UaEvent.RECV_BYE)
-        effects = self.transport.send_on(conn, sip.build_response(request, 200))
+        effects = self.reply(conn, sip.build_response(request, 200))
         return effects + self.end("call ended by the peer's BYE", now)
 
     def bye_answered(self, response: Response, now: float) -> list[Effect]:
@@ -598,7 +623,7 @@ class UserAgent(Generic[S]):
         subclass release the rest."""
         assert self.machine.ended
         self._accepted, self._reoffer_held = None, False
-        return [*(StopTimer(t) for t in SIP_TIMERS), *self.on_ended(why, now, level)]
+        return [*(self.stop_timer(t) for t in SIP_TIMERS), *self.on_ended(why, now, level)]
 
     # -- requests and responses inside the dialog ------------------------------------------------
 
@@ -608,15 +633,15 @@ class UserAgent(Generic[S]):
             return self.on_ack(request, now)
         dialog = self.dialog
         if dialog is None or not self.in_dialog(request):
-            return self.transport.send_on(conn, sip.build_response(request, 481))
+            return self.reply(conn, sip.build_response(request, 481))
         if not dialog.accept_remote_cseq(request):
             # §12.2.2: a CSeq lower than the last one seen is out of order.
-            return self.transport.send_on(conn, sip.build_response(request, 500))
+            return self.reply(conn, sip.build_response(request, 500))
         if request.method == "INVITE":
             return self.on_reinvite(conn, request, now)
         if request.method == "BYE":
             return self.on_bye(conn, request, now)
-        return self.transport.send_on(conn, sip.build_response(request, 405, "Method Not Allowed"))
+        return self.reply(conn, sip.build_response(request, 405, "Method Not Allowed"))
 
     def on_dialog_response(self, response: Response, now: float) -> list[Effect]:
         """An answer to our reINVITE or BYE; anything else is logged and dropped."""
@@ -629,40 +654,13 @@ class UserAgent(Generic[S]):
         return [Log(f"{sip.summary(response)} ({sip.cseq(response).method}) answers nothing "
                     "of ours: dropped", "warning")]  # fmt: skip
 
-    def sip_event(self, event: Event, now: float) -> list[Effect]:
-        """An event :meth:`SipTransport.wants`: carry it through and act on what it reports."""
-        effects, notices = self.transport.handle(event, now)
-        for notice in notices:
-            if isinstance(notice, Incoming):
-                try:
-                    effects += self.on_sip(notice.conn, notice.message, now)
-                except WireError as exc:
-                    effects.append(
-                        Log(f"cannot use {sip.summary(notice.message)}: {exc}", "warning")
-                    )
-            elif isinstance(notice, SendFailed):
-                effects += self.on_send_failed(notice, now)
-            elif isinstance(notice, ConnectionLost):
-                effects += self.on_connection_lost(notice)
-        return effects
-
-
-def check_step(
-    checks: CheckStream, conn: ConnId, data: bytes, peer: str
-) -> tuple[list[Effect], bool]:
-    """Feed the ICE check stream on ``conn``: the framed answers to send and notes on what
-    happened; True when the pair has just become valid in both directions."""
-    was_valid = checks.valid
-    out, notices = checks.feed(data)
-    effects: list[Effect] = [Send(conn, frame, "rfc4571") for frame in out]
-    for notice in notices:
-        if isinstance(notice, CheckFailed):
-            effects.append(Log(f"ICE: {notice.reason}", "warning"))
-        elif isinstance(notice, CheckAnswered):
-            effects.append(Log("ICE: our check answered"))
-        elif isinstance(notice, CheckReceived):
-            effects.append(Log(f"ICE: {peer}'s check answered"))
-    became_valid = checks.valid and not was_valid
-    if became_valid:
-        effects.append(Log("ICE: candidate pair valid in both directions"))
-    return effects, became_valid
+    def on_transport(self, notice: Notice, now: float) -> list[Effect]:
+        """What the SIP transport reports: a message, a send that failed, a lost connection."""
+        if isinstance(notice, Incoming):
+            try:
+                return self.on_sip(notice.conn, notice.message, now)
+            except WireError as exc:
+                return [Log(f"cannot use {sip.summary(notice.message)}: {exc}", "warning")]
+        if isinstance(notice, SendFailed):
+            return self.on_send_failed(notice, now)
+        return self.on_connection_lost(notice)

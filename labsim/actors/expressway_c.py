@@ -30,9 +30,8 @@ class ExpresswayC(ProxyElement):
 
     def start(self, now: float) -> list[Effect]:
         return [
-            *super().start(now),
             Log(f"traversal zone: connecting to Expressway-E {self.traversal}"),
-            *self.transport.open(self.traversal),
+            *self.open(self.traversal),
             # The zone toward CMS carries the meeting's audio/video call already.
-            *self.transport.open(self.cms),
+            *self.open(self.cms),
         ]

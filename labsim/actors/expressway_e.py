@@ -3,14 +3,14 @@ for its TCP relay (RFC 5766 + RFC 6062, :mod:`labsim.proto.turn_server`).
 
 SIP arrives from the Skype Edge on the SIP port and from Expressway-C on the traversal port;
 requests for the meeting's domain go to Expressway-C down the connection Expressway-C opened.
-Every other event belongs to the TURN server (its ``wants`` says which).
+The TURN server is the actor's second machine; the router gives it the events of its listeners,
+connections and timers.
 """
 
 from __future__ import annotations
 
 from labsim.actors.common import ProxyElement
 from labsim.actors.lab import Lab
-from labsim.proto.events import Effect, Event, Started
 from labsim.proto.sip_proxy import ProxySettings
 from labsim.proto.turn_server import TurnServer
 
@@ -31,10 +31,4 @@ class ExpresswayE(ProxyElement):
         )  # fmt: skip
         self.settings = settings
         self.turn = TurnServer(name, settings.address, settings.turn)
-
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        if isinstance(event, Started):
-            return [*self.start(now), *self.turn.handle(event, now)]
-        if self.turn.wants(event):
-            return self.turn.handle(event, now)
-        return super().handle(event, now)
+        self.router.add(self.turn)

@@ -22,28 +22,21 @@ from enum import StrEnum, auto
 
 from sipmessage import Request, Response, Via
 
-from labsim.actors.common import Refusal, UaTimer, UserAgent, check_step, diag_suffix
+from labsim.actors.common import Refusal, UaTimer, UserAgent, diag_suffix
 from labsim.actors.lab import Lab
 from labsim.proto import appsharing
-from labsim.proto.events import (
-    Address,
-    Close,
-    Closed,
-    Connect,
-    Connected,
-    ConnectFailed,
-    ConnId,
-    Effect,
-    Event,
-    Log,
-    Received,
-    Send,
-    Started,
-    StartTimer,
-    StopTimer,
-    TimerFired,
+from labsim.proto.events import Address, ConnId, Effect, Log
+from labsim.proto.ice import (
+    CheckLink,
+    CheckSettings,
+    CheckStream,
+    IceCredentials,
+    LinkClosed,
+    LinkFailed,
+    LinkNotice,
+    LinkUp,
+    PairValid,
 )
-from labsim.proto.ice import CheckSettings, CheckStream, IceCredentials
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_transport import ConnectionLost, SendFailed
 from labsim.proto.sip_ua_state import Table, UaEvent
@@ -173,15 +166,20 @@ class SkypeClient(UserAgent[ClientState]):
         self.contact = f"<sip:alice@{settings.address}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
         self.remote: appsharing.RemoteShare | None = None
-        self.checks: CheckStream | None = None
+        #: The media connection (through the Edge) and the ICE checks on it.
+        self.media = CheckLink("CMS")
+        self.router.add(self.media, self._on_media)
         self._held_reinvite: tuple[ConnId, Request] | None = None
         """CMS's reINVITE, waiting for our own check to succeed (REINVITE_RECEIVED)."""
         self._relay = Address("0.0.0.0", 0)
         self._ack: tuple[Request, Address] | None = None
         """The ACK of the first INVITE's final answer and where it went (sent again for a
         repeated answer)."""
-        self._media_open = False
-        """The media connection is open or opening."""
+
+    @property
+    def checks(self) -> CheckStream | None:
+        """The checks of the media connection, while it is open."""
+        return self.media.checks if self.media.conn is not None else None
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -204,34 +202,15 @@ class SkypeClient(UserAgent[ClientState]):
 
     # -- events --------------------------------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        if isinstance(event, Started):
-            # The client's connection to its Edge exists before it shares: it is registered and
-            # already in the meeting's audio/video call (the new INVITE has its own Call-ID).
-            return [
-                *self.transport.start(),
-                *self.transport.open(self.edge),
-                StartTimer(UaTimer.CALL, self.settings.start_delay),
-            ]
-        if self.transport.wants(event):
-            return self.sip_event(event, now)
-        if isinstance(event, TimerFired):
-            timer = UaTimer.of(event.timer)
-            return [] if timer is None else self._timer(timer, now)
-        match event:
-            case Connected(conn=conn) if conn == MEDIA:
-                return self._media_up(event.remote)
-            case ConnectFailed(conn=conn, reason=reason) if conn == MEDIA:
-                self._media_open = False
-                return self._give_up(f"media connection failed: {reason}", now)
-            case Received(conn=conn, data=data) if conn == MEDIA:
-                return self._media(data, now)
-            case Closed(conn=conn) if conn == MEDIA:
-                self.checks, self._media_open = None, False
-                return [Log("media connection closed")]
-        return []
+    def start(self, now: float) -> list[Effect]:
+        # The client's connection to its Edge exists before it shares: it is registered and
+        # already in the meeting's audio/video call (the new INVITE has its own Call-ID).
+        return [
+            *self.router.run(self.transport, self.transport.open(self.edge)),
+            self.start_timer(UaTimer.CALL, self.settings.start_delay),
+        ]
 
-    def _timer(self, timer: UaTimer, now: float) -> list[Effect]:
+    def on_timer(self, timer: UaTimer, now: float) -> list[Effect]:
         match timer:
             case UaTimer.CALL:
                 return self._call()
@@ -277,8 +256,8 @@ class SkypeClient(UserAgent[ClientState]):
         # RFC 3261 §17.1.1.2: Timer B (64·T1) until the first answer; the Edge's 100 Trying
         # normally stops it within a round trip.
         return [Log("sharing: new INVITE with m=applicationsharing"),
-                *self.transport.send(self.invite, self.edge),
-                StartTimer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
+                *self.send_sip(self.invite, self.edge),
+                self.start_timer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
 
     def _invite_timer_b(self, now: float) -> list[Effect]:
         self.fire(UaEvent.TIMER_B)
@@ -309,7 +288,7 @@ class SkypeClient(UserAgent[ClientState]):
             return self._cancel(conn, message, now)
         if message.method == "INVITE" and self.dialog is None:
             # A client that shares does not take calls here (it is no UAS for a new INVITE).
-            return self.transport.send_on(conn, sip.build_response(message, 481))
+            return self.reply(conn, sip.build_response(message, 481))
         return self.on_dialog_request(conn, message, now)
 
     def _cancel(self, conn: ConnId, cancel: Request, now: float) -> list[Effect]:
@@ -322,12 +301,12 @@ class SkypeClient(UserAgent[ClientState]):
             and sip.via_branch(sip.top_via(cancel)) == sip.via_branch(sip.top_via(held[1]))
         )
         if held is None or not same or not self.allows(UaEvent.SEND_ERROR):
-            return self.transport.send_on(conn, sip.build_response(cancel, 481))
+            return self.reply(conn, sip.build_response(cancel, 481))
         self._held_reinvite = None
         self.fire(UaEvent.SEND_ERROR)
         self._refused_cseq = sip.cseq(held[1]).sequence
-        return [*self.transport.send_on(conn, sip.build_response(cancel, 200)),
-                *self.transport.send_on(held[0], sip.build_response(held[1], 487)),
+        return [*self.reply(conn, sip.build_response(cancel, 200)),
+                *self.reply(held[0], sip.build_response(held[1], 487)),
                 *self.release_held()]  # fmt: skip
 
     def _response(self, response: Response, now: float) -> list[Effect]:
@@ -346,12 +325,12 @@ class SkypeClient(UserAgent[ClientState]):
             if not self.allows(UaEvent.RECV_1XX):
                 return []  # a provisional answer after the final one
             self.fire(UaEvent.RECV_1XX)
-            return [StopTimer(UaTimer.TIMER_B)]  # §17.1.1.2: Calling -> Proceeding
+            return [self.stop_timer(UaTimer.TIMER_B)]  # §17.1.1.2: Calling -> Proceeding
         if not self.invite_pending:
             # A repeated final answer (§13.3.1.4: the UAS resends a 2xx until the ACK;
             # §17.1.1.3: an error answer is ACKed again): acknowledge it again, nothing more.
-            return [] if self._ack is None else self.transport.send(*self._ack)
-        return [StopTimer(UaTimer.TIMER_B), *self._invite_answered(response, now)]
+            return [] if self._ack is None else self.send_sip(*self._ack)
+        return [self.stop_timer(UaTimer.TIMER_B), *self._invite_answered(response, now)]
 
     def _invite_answered(self, response: Response, now: float) -> list[Effect]:
         assert self.invite is not None  # checked by the caller
@@ -362,7 +341,7 @@ class SkypeClient(UserAgent[ClientState]):
             ack = sip.build_failure_ack(self.invite, response)
             self._ack = (ack, self.edge)
             why = f"sharing refused: {sip.summary(response)}{diag_suffix(response)}"
-            return [*self.transport.send(ack, self.edge), *self.end(why, now)]
+            return [*self.send_sip(ack, self.edge), *self.end(why, now)]
         try:
             dialog = Dialog.as_uac(self.invite, response, self.contact)
         except WireError as exc:
@@ -373,7 +352,7 @@ class SkypeClient(UserAgent[ClientState]):
         self.dialog = dialog
         ack = dialog.request("ACK", self.branch(), cseq=1)
         self._ack = (ack, dialog.next_hop())
-        effects = self.transport.send(ack, dialog.next_hop())
+        effects = self.send_sip(ack, dialog.next_hop())
         try:
             self.remote = appsharing.parse(response.body)
         except WireError as exc:
@@ -384,7 +363,8 @@ class SkypeClient(UserAgent[ClientState]):
         target = Address(relay.address, relay.port) if s.direct_path else self.edge_media
         self._relay = Address(relay.address, relay.port)
         return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
-                *self._open_media(target), StartTimer(UaTimer.ICE, s.ice_timeout)]  # fmt: skip
+                *self._open_media(target),
+                self.start_timer(UaTimer.ICE, s.ice_timeout)]  # fmt: skip
 
     def on_peer_reoffer(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         if self.checks is None or not self.checks.valid:
@@ -412,20 +392,16 @@ class SkypeClient(UserAgent[ClientState]):
 
     def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
         self._held_reinvite = None
-        return [StopTimer(UaTimer.ICE), *self._close_media(), *self.done(why, level)]
+        return [self.stop_timer(UaTimer.ICE), *self._close_media(), *self.done(why, level)]
 
     def session_over(self) -> list[Effect]:
-        return [StopTimer(UaTimer.ICE), *self._close_media()]
+        return [self.stop_timer(UaTimer.ICE), *self._close_media()]
 
     def _open_media(self, target: Address) -> list[Effect]:
-        self._media_open = True
-        return [Connect(MEDIA, target)]
+        return self.router.run(self.media, self.media.connect(MEDIA, target))
 
     def _close_media(self) -> list[Effect]:
-        if not self._media_open:
-            return []
-        self._media_open = False
-        return [Close(MEDIA)]
+        return self.router.run(self.media, self.media.close())
 
     def _give_up(self, why: str, now: float) -> list[Effect]:
         """The sharing session cannot get media: hang up (BYE) rather than hold a dead call."""
@@ -433,24 +409,32 @@ class SkypeClient(UserAgent[ClientState]):
 
     # -- media ---------------------------------------------------------------------------------
 
-    def _media_up(self, remote: Address) -> list[Effect]:
+    def _on_media(self, notice: LinkNotice, now: float) -> list[Effect]:
+        match notice:
+            case LinkUp():
+                return self._media_up()
+            case LinkFailed(reason=reason):
+                return self._give_up(f"media connection failed: {reason}", now)
+            case LinkClosed():
+                return [Log("media connection closed")]
+            case PairValid():
+                return self._pair_valid(now)
+        return []  # pragma: no cover - the match is exhaustive
+
+    def _media_up(self) -> list[Effect]:
         assert self.remote is not None
         s = self.settings
-        self.checks = CheckStream(
+        checks = CheckStream(
             CheckSettings(s.ice, self.controlling, appsharing.PRIORITIES[("relay", "TCP-ACT")],
                           self.check_layout),
             IceCredentials(self.remote.ufrag, self.remote.pwd),
             self._relay,
             self.rng,
         )  # fmt: skip
-        return [Send(MEDIA, self.checks.request(), "rfc4571")]
+        return self.router.run(self.media, self.media.begin(MEDIA, checks))
 
-    def _media(self, data: bytes, now: float) -> list[Effect]:
-        if self.checks is None:
-            return []
-        effects, valid = check_step(self.checks, MEDIA, data, "CMS")
-        if not valid:
-            return effects
+    def _pair_valid(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
         held, self._held_reinvite = self._held_reinvite, None
         if held is not None and self.allows(UaEvent.SEND_2XX):
             effects += self._answer_reinvite(*held, now)

@@ -16,8 +16,7 @@ the same.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from sipmessage import Response
+from typing import Never
 
 from labsim.actors.common import ProxyElement
 from labsim.actors.lab import Lab
@@ -37,8 +36,10 @@ from labsim.proto.events import (
     Log,
     Received,
     Send,
+    Started,
 )
-from labsim.proto.sip_proxy import ProxySettings
+from labsim.proto.machine import Step
+from labsim.proto.sip_proxy import ProxySettings, ResponseForwarded
 from labsim.wire import WireError, sip
 
 
@@ -51,53 +52,28 @@ class _Pipe:
     pending: list[bytes] = field(default_factory=list)
 
 
-class SkypeEdge(ProxyElement):
-    def __init__(self, lab: Lab, name: str = "skype_edge") -> None:
-        settings = lab.skype_edge
-        #: Toward Expressway-E (the federation route) and toward the client.
-        self.expressway_e, self.client = lab.sip("expressway_e"), lab.sip("skype_client")
-        routes = ((lab.cms_domain, self.expressway_e), (lab.skype_domain, self.client))
-        super().__init__(
-            name, settings.address, ProxySettings(settings.address, settings.sip_port, routes),
-            (settings.sip_port,),
-        )  # fmt: skip
-        self.settings = settings
-        self.media_address = Address(settings.address, settings.media_port)
-        self.relay_target: Address | None = None
+class MediaRelay:
+    """The Edge's media relay, a machine with no notices: it listens on the media port, and
+    for each client connection opens one from the relay port to :attr:`target` and pipes bytes
+    both ways (what is sent before the outer connection is up waits)."""
+
+    def __init__(self, address: Address, relay_port: int, connect_timeout: float) -> None:
+        self.address = address
+        self.relay_port = relay_port
+        self.connect_timeout = connect_timeout
+        #: CMS's relay candidate, read from the answer the Edge forwards to the client.
+        self.target: Address | None = None
         self._pipes: dict[ConnId, _Pipe] = {}
         self._count = 0
-        self.proxy.on_response = self._snoop
 
-    def _snoop(self, response: Response, toward: Address | None) -> None:
-        # Only the answer CMS gives the client's INVITE, on its way to the client: the client's
-        # own answer to a reINVITE names the Edge's relay candidate, not CMS's.
-        if (
-            response.code != 200
-            or sip.cseq(response).method != "INVITE"
-            or not response.body
-            or toward is None
-            or toward.host != self.client.host
-        ):
-            return
-        try:
-            relay = appsharing.parse(response.body).relay()
-        except WireError:
-            return
-        if relay is not None:
-            self.relay_target = Address(relay.address, relay.port)
+    def handle(self, event: Event, now: float) -> Step[Never]:
+        return Step(tuple(self._handle(event)))
 
-    def start(self, now: float) -> list[Effect]:
-        # The federation connection to Expressway-E is up before the sharing INVITE: the
-        # audio/video call of the same meeting already runs over it (Cisco 212580).
-        return [
-            *super().start(now),
-            Listen(self.media_address),
-            *self.transport.open(self.expressway_e),
-        ]
-
-    def other(self, event: Event, now: float) -> list[Effect] | None:
+    def _handle(self, event: Event) -> list[Effect]:
         match event:
-            case Accepted(conn=conn, local=local) if local == self.media_address:
+            case Started():
+                return [Listen(self.address)]
+            case Accepted(conn=conn):
                 return self._client_media(conn)
             case Connected(conn=conn) if conn in self._pipes:
                 pipe = self._pipes[conn]
@@ -125,10 +101,10 @@ class SkypeEdge(ProxyElement):
                 other = pipe.inner if conn == pipe.outer else pipe.outer
                 self._pipes.pop(other, None)
                 return [Close(other, reset=reset)]
-        return None
+        return []
 
     def _client_media(self, conn: ConnId) -> list[Effect]:
-        target = self.relay_target
+        target = self.target
         if target is None:
             return [Log("client media arrived before any answer named a relay", "warn"),
                     Close(conn, reset=True)]  # fmt: skip
@@ -138,5 +114,46 @@ class SkypeEdge(ProxyElement):
         self._pipes[conn] = self._pipes[outer] = pipe
         return [
             Log(f"relaying the client's media to {target}"),
-            Connect(outer, target, self.settings.connect_timeout, self.settings.relay_port),
+            Connect(outer, target, self.connect_timeout, self.relay_port),
         ]
+
+
+class SkypeEdge(ProxyElement):
+    def __init__(self, lab: Lab, name: str = "skype_edge") -> None:
+        settings = lab.skype_edge
+        #: Toward Expressway-E (the federation route) and toward the client.
+        self.expressway_e, self.client = lab.sip("expressway_e"), lab.sip("skype_client")
+        routes = ((lab.cms_domain, self.expressway_e), (lab.skype_domain, self.client))
+        super().__init__(
+            name, settings.address, ProxySettings(settings.address, settings.sip_port, routes),
+            (settings.sip_port,),
+        )  # fmt: skip
+        self.settings = settings
+        self.media_address = Address(settings.address, settings.media_port)
+        self.relay = MediaRelay(self.media_address, settings.relay_port, settings.connect_timeout)
+        self.router.add(self.relay)
+
+    def on_forwarded(self, notice: ResponseForwarded, now: float) -> list[Effect]:
+        # Only the answer CMS gives the client's INVITE, on its way to the client: the client's
+        # own answer to a reINVITE names the Edge's relay candidate, not CMS's.
+        response, toward = notice.response, notice.toward
+        if (
+            response.code != 200
+            or sip.cseq(response).method != "INVITE"
+            or not response.body
+            or toward is None
+            or toward.host != self.client.host
+        ):
+            return []
+        try:
+            relay = appsharing.parse(response.body).relay()
+        except WireError:
+            return []
+        if relay is not None:
+            self.relay.target = Address(relay.address, relay.port)
+        return []
+
+    def start(self, now: float) -> list[Effect]:
+        # The federation connection to Expressway-E is up before the sharing INVITE: the
+        # audio/video call of the same meeting already runs over it (Cisco 212580).
+        return self.open(self.expressway_e)

@@ -16,12 +16,17 @@ loopback addresses (10.48.54.229 -> 127.48.54.229) and back; actors never see th
 Connections are named by :data:`ConnId` strings. An actor names the connections it opens
 (:class:`Connect`), never with a ``/``; the accepting actor gets the connection's one name
 (:class:`Accepted`): the opener and the opener's name for it, ``cms/turn:data:1``, the name the
-ladder, the JSON and the capture use too. Timers are named by the actor; starting a timer with a
-name already running restarts it.
+ladder, the JSON and the capture use too.
+
+Timers are named by :data:`TimerId` values the actor chooses; starting a timer with a name
+already running restarts it. The runtime only stores a name as a dict key and hands it back in
+:class:`TimerFired`, so any hashable value works; labsim's machines use typed ones (enum
+members, frozen dataclasses: :mod:`labsim.proto.machine`), never strings built by formatting.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +34,9 @@ from typing import Protocol
 from labsim.wire.address import Address as Address
 
 ConnId = str
-TimerId = str
+TimerId = Hashable
+"""A timer's name: a hashable, immutable value compared by equality (an enum member or a frozen
+dataclass). Its type says which machine starts it (:mod:`labsim.proto.machine`)."""
 
 
 # ---------------------------------------------------------------------------------------------

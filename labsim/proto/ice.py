@@ -18,6 +18,16 @@ check is 88 bytes long and starts with USE-CANDIDATE (PROTOCOL.md §10, UNSURE 2
 default layouts (:class:`labsim.actors.lab.CallSettings`) reproduce both lab sizes: CMS's
 108-byte framed request (``00 6c 00 01 00 58 …``) and the Skype side's 90-byte frame.
 
+Two layers, on purpose. :class:`CheckStream` works on the bytes of one stream and knows
+nothing of connections: the stream's connection changes hands before the first check (CMS's
+RFC 6062 data connection is opened and bound by the TURN client, then handed over with the
+bytes that followed the ConnectionBind response), and the codec-level tests drive two streams
+into each other byte for byte (``tests/test_appsharing.py``). :class:`CheckLink` is the
+protocol machine (:mod:`labsim.proto.machine`) that owns one such connection for an actor:
+it opens it or takes it over, feeds its bytes to the stream, sends the answers, logs what
+happened and tells its owner :class:`LinkUp`, :class:`LinkFailed`, :class:`PairValid` and
+:class:`LinkClosed`.
+
 Not modelled: role conflicts (487, RFC 5245 §7.2.1.1; the roles are settings and never clash
 in the call) and check retransmission (none over TCP, RFC 6544 §7.1).
 """
@@ -29,7 +39,21 @@ import random
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from labsim.proto.events import Address
+from labsim.proto.events import (
+    Address,
+    Close,
+    Closed,
+    Connect,
+    Connected,
+    ConnectFailed,
+    ConnId,
+    Effect,
+    Event,
+    Log,
+    Received,
+    Send,
+)
+from labsim.proto.machine import Step
 from labsim.proto.settings import SettingError, TextForm
 from labsim.wire import WireError, stun
 from labsim.wire.framing import Rfc4571Splitter, frame_rfc4571
@@ -243,3 +267,99 @@ class CheckStream:
         self.nominated = self.nominated or nominated
         self.received = True
         notices.append(CheckReceived(nominated))
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine: one connection carrying the checks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """The connection :meth:`CheckLink.connect` opened is up: the owner starts the checks."""
+
+    remote: Address
+
+
+@dataclass(frozen=True)
+class LinkFailed:
+    """The connection could not be opened."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class PairValid:
+    """The candidate pair has just become valid in both directions (Cisco 212580)."""
+
+
+@dataclass(frozen=True)
+class LinkClosed:
+    """The peer closed or reset the connection."""
+
+    reset: bool
+
+
+LinkNotice = LinkUp | LinkFailed | PairValid | LinkClosed
+
+
+class CheckLink:
+    """The ICE checks of one connection, as a machine; ``peer`` names the far end in logs."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.conn: ConnId | None = None
+        """The connection, while this link has one."""
+        self.checks: CheckStream | None = None
+        """The checks, once begun."""
+
+    def connect(self, conn: ConnId, remote: Address) -> Step[LinkNotice]:
+        """Open the connection (the Skype client's media connection); :class:`LinkUp` follows."""
+        self.conn, self.checks = conn, None
+        return Step((Connect(conn, remote),))
+
+    def begin(self, conn: ConnId, checks: CheckStream, early: bytes = b"") -> Step[LinkNotice]:
+        """Run ``checks`` on ``conn`` (opened here, or handed over with the ``early`` bytes that
+        came with it): our check first, RFC 5245 §7.1.2 has each agent send its own."""
+        self.conn, self.checks = conn, checks
+        effects: list[Effect] = [Send(conn, checks.request(), "rfc4571")]
+        if not early:
+            return Step(tuple(effects))
+        more = self._feed(conn, checks, early)
+        return Step((*effects, *more.effects), more.notices)
+
+    def close(self) -> Step[LinkNotice]:
+        """Close the connection, if there is one."""
+        conn, self.conn = self.conn, None
+        return Step() if conn is None else Step((Close(conn),))
+
+    def handle(self, event: Event, now: float) -> Step[LinkNotice]:
+        match event:
+            case Connected(remote=remote):
+                return Step((), (LinkUp(remote),))
+            case ConnectFailed(reason=reason):
+                self.conn = None
+                return Step((), (LinkFailed(reason),))
+            case Received(conn=conn, data=data) if self.checks is not None:
+                return self._feed(conn, self.checks, data)
+            case Closed(reset=reset):
+                # The checks stay readable (the pair CMS names in its reINVITE).
+                self.conn = None
+                return Step((), (LinkClosed(reset),))
+        return Step()
+
+    def _feed(self, conn: ConnId, checks: CheckStream, data: bytes) -> Step[LinkNotice]:
+        was_valid = checks.valid
+        out, notices = checks.feed(data)
+        effects: list[Effect] = [Send(conn, frame, "rfc4571") for frame in out]
+        for notice in notices:
+            if isinstance(notice, CheckFailed):
+                effects.append(Log(f"ICE: {notice.reason}", "warning"))
+            elif isinstance(notice, CheckAnswered):
+                effects.append(Log("ICE: our check answered"))
+            elif isinstance(notice, CheckReceived):
+                effects.append(Log(f"ICE: {self.peer}'s check answered"))
+        if not checks.valid or was_valid:
+            return Step(tuple(effects))
+        effects.append(Log("ICE: candidate pair valid in both directions"))
+        return Step(tuple(effects), (PairValid(),))

@@ -17,16 +17,21 @@ When the next hop cannot be reached the proxy answers the request itself (``503`
 on a timeout), as §16.7 step 6 does for a client transaction that got no response.
 
 Headers it does not need to touch (``ms-diagnostics-public``, SDP bodies) pass unchanged.
+
+The proxy is one machine (:mod:`labsim.proto.machine`) with its :class:`SipTransport` inside:
+its :meth:`SipProxy.handle` takes the transport's events and acts on the transport's notices
+itself, so the router sees one machine owning the SIP listeners and connections. It tells its
+owner one thing, :class:`ResponseForwarded` (the Skype Edge reads the answer's SDP there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipmessage import URI, Parameters, Request, Response, Via
 
-from labsim.proto.events import Address, ConnId, Effect, Log
+from labsim.proto.events import Address, ConnId, Effect, Event, Log
+from labsim.proto.machine import Step
 from labsim.proto.sip_transport import ConnectionLost, Incoming, Notice, SendFailed, SipTransport
 from labsim.wire import WireError, sip
 
@@ -50,6 +55,15 @@ class ProxySettings:
     record_route: bool = True
 
 
+@dataclass(frozen=True)
+class ResponseForwarded:
+    """A response this proxy passes back upstream."""
+
+    response: Response
+    toward: Address | None
+    """The address it goes back to (the upstream connection's peer)."""
+
+
 @dataclass
 class _Transaction:
     upstream: ConnId
@@ -67,7 +81,7 @@ def uri_target(uri: URI) -> Address:
 
 
 class SipProxy:
-    """One proxy: feed it the transport's notices; it returns effects."""
+    """One proxy and its transport, as one machine; notices: :class:`ResponseForwarded`."""
 
     def __init__(self, name: str, settings: ProxySettings, transport: SipTransport) -> None:
         self.name = name
@@ -84,10 +98,7 @@ class SipProxy:
         #: (upstream branch, method) -> our branch, to recognise a request seen before.
         self._upstream: dict[tuple[str, str], str] = {}
         self._branches = 0
-        #: Called with every response this proxy forwards upstream and the address it goes
-        #: back to: the Skype Edge reads the answer's SDP there to know where its media relay
-        #: must connect.
-        self.on_response: Callable[[Response, Address | None], None] | None = None
+        self._forwarded: list[ResponseForwarded] = []
         self._tags = 0
 
     # -- helpers -------------------------------------------------------------------------------
@@ -112,9 +123,30 @@ class SipProxy:
     def record_route_value(self) -> str:
         return f"<sip:{self.settings.host}:{self.settings.port};transport=tcp;lr>"
 
-    # -- notices -------------------------------------------------------------------------------
+    # -- the machine ---------------------------------------------------------------------------
 
-    def on_notice(self, notice: Notice, now: float) -> list[Effect]:
+    def handle(self, event: Event, now: float) -> Step[ResponseForwarded]:
+        """An event of the SIP side: through the transport, then what its notices ask."""
+        step = self.transport.handle(event, now)
+        effects = list(step.effects)
+        for notice in step.notices:
+            effects += self._on_notice(notice, now)
+        forwarded, self._forwarded = self._forwarded, []
+        return Step(tuple(effects), tuple(forwarded))
+
+    def open(self, to: Address) -> Step[ResponseForwarded]:
+        """Open a SIP connection ahead of any message (a traversal zone's link)."""
+        return Step(self.transport.open(to).effects)
+
+    # The transport's commands tell nothing (their notices come from events), so the proxy
+    # takes their effects alone.
+    def _send(self, message: sip.SipMessage, to: Address) -> list[Effect]:
+        return list(self.transport.send(message, to).effects)
+
+    def _send_on(self, conn: ConnId, message: sip.SipMessage) -> list[Effect]:
+        return list(self.transport.send_on(conn, message).effects)
+
+    def _on_notice(self, notice: Notice, now: float) -> list[Effect]:
         if isinstance(notice, Incoming):
             try:
                 if isinstance(notice.message, Request):
@@ -147,14 +179,14 @@ class SipProxy:
             code, reason = (
                 (200, None) if request.method == "OPTIONS" else (405, "Method Not Allowed")
             )
-            return self.transport.send_on(conn, self._answer(request, code, reason))
+            return self._send_on(conn, self._answer(request, code, reason))
         if not sip.decrement_max_forwards(request):
             if request.method == "ACK":
                 return []  # an ACK is never answered
-            return self.transport.send_on(conn, self._answer(request, 483))
+            return self._send_on(conn, self._answer(request, 483))
         sip.stamp_received(request, source.host, source.port)
         if request.method == "INVITE":
-            effects += self.transport.send_on(conn, sip.build_response(request, 100))
+            effects += self._send_on(conn, sip.build_response(request, 100))
         sip.pop_route_if_self(request, self._is_self)
         initial = request.method == "INVITE" and sip.to_tag(request) is None
         if initial and self.settings.record_route:
@@ -165,7 +197,7 @@ class SipProxy:
         sip.push_via(
             request, Via("TCP", self.settings.host, self.settings.port, Parameters(branch=ours))
         )
-        effects += self.transport.send(request, hop)
+        effects += self._send(request, hop)
         if request.method != "ACK":
             txn = _Transaction(conn, request, branch, hop, self.transport.connection_to(hop))
             self._transactions[ours] = txn
@@ -178,8 +210,8 @@ class SipProxy:
         ours = self._upstream.get((branch, "INVITE"))
         txn = self._transactions.get(ours) if ours is not None else None
         if txn is None:
-            return self.transport.send_on(conn, self._answer(cancel, 481))
-        effects = self.transport.send_on(conn, sip.build_response(cancel, 200))
+            return self._send_on(conn, self._answer(cancel, 481))
+        effects = self._send_on(conn, sip.build_response(cancel, 200))
         forwarded = txn.request
         downstream = sip.build_request(
             "CANCEL",
@@ -191,7 +223,7 @@ class SipProxy:
             cseq=sip.cseq(forwarded).sequence,
             route=list(forwarded.headers.getlist("Route")),
         )
-        return [*effects, *self.transport.send(downstream, txn.next_hop)]
+        return [*effects, *self._send(downstream, txn.next_hop)]
 
     def _end(self, branch: str) -> _Transaction | None:
         txn = self._transactions.pop(branch, None)
@@ -229,7 +261,7 @@ class SipProxy:
         sip.pop_via(upstream)
         if upstream.method == "INVITE":
             self._absorb_ack.add(txn.upstream_branch)
-        return self.transport.send_on(txn.upstream, self._answer(upstream, code))
+        return self._send_on(txn.upstream, self._answer(upstream, code))
 
     def _response(self, response: Response) -> list[Effect]:
         via = sip.pop_via(response)
@@ -240,12 +272,12 @@ class SipProxy:
         if txn is None and via.host == self.settings.host and 200 <= response.code < 300:
             upstream = self._accepted.get(branch)
             if upstream is not None:  # a resent 2xx (RFC 6026 §7.2): on to the caller
-                return self.transport.send_on(upstream, response)
+                return self._send_on(upstream, response)
         if txn is None or via.host != self.settings.host:
             return [Log(f"{sip.summary(response)} matches no transaction here; dropped", "warn")]
         if response.code < 200:
             # §16.7 step 5 would forward 101-199 too; 100 is hop by hop (§16.2).
-            return [] if response.code == 100 else self.transport.send_on(txn.upstream, response)
+            return [] if response.code == 100 else self._send_on(txn.upstream, response)
         self._end(branch)
         if txn.request.method == "INVITE" and response.code < 300:
             self._accepted[branch] = txn.upstream
@@ -253,13 +285,10 @@ class SipProxy:
                 del self._accepted[next(iter(self._accepted))]
         effects: list[Effect] = []
         if txn.request.method == "INVITE" and response.code >= 300:
-            effects += self.transport.send(
-                sip.build_failure_ack(txn.request, response), txn.next_hop
-            )
+            effects += self._send(sip.build_failure_ack(txn.request, response), txn.next_hop)
             self._absorb_ack.add(txn.upstream_branch)
-        if self.on_response is not None:
-            self.on_response(response, self.transport.remote_of(txn.upstream))
-        effects += self.transport.send_on(txn.upstream, response)
+        self._forwarded.append(ResponseForwarded(response, self.transport.remote_of(txn.upstream)))
+        effects += self._send_on(txn.upstream, response)
         return effects
 
     def _unreachable(self, notice: SendFailed) -> list[Effect]:

@@ -14,6 +14,12 @@ network, sends its requests for Expressway-C down that connection.
 A message that does not parse is logged and the connection closed (RFC 3261 §18.3: with TCP
 there is no way to find the next message after a framing error); nothing escapes as an
 exception, so a bad peer never stops the actor.
+
+It speaks the machines' contract (:mod:`labsim.proto.machine`): :meth:`SipTransport.handle`
+and the commands (:meth:`~SipTransport.send`, :meth:`~SipTransport.open`,
+:meth:`~SipTransport.send_on`, :meth:`~SipTransport.close_all`) return a
+:class:`~labsim.proto.machine.Step` of :data:`Notice`. On ``Started`` it listens on its ports;
+the router learns its connections from its ``Connect`` effects and ``Accepted`` on its ports.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from labsim.proto.events import (
     Started,
     TimerFired,
 )
+from labsim.proto.machine import Step
 from labsim.wire import WireError, sip
 from labsim.wire.framing import SipSplitter
 
@@ -86,8 +93,8 @@ class _Conn:
 class SipTransport:
     """The SIP connections of one actor.
 
-    ``handle`` takes the events :meth:`wants` claims and returns effects plus notices
-    (:class:`Incoming`, :class:`SendFailed`, :class:`ConnectionLost`).
+    Every call returns a :class:`Step` of :data:`Notice` (:class:`Incoming`,
+    :class:`SendFailed`, :class:`ConnectionLost`).
     """
 
     def __init__(
@@ -100,29 +107,14 @@ class SipTransport:
         self._conns: dict[ConnId, _Conn] = {}
         self._count = 0
 
-    # -- routing events ------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
 
-    def wants(self, event: Event) -> bool:
-        match event:
-            case Listening(address=a) | ListenFailed(address=a):
-                return a.host == self.host and a.port in self.ports
-            case Accepted(local=local):
-                return local.host == self.host and local.port in self.ports
-            case Connected(conn=conn) | ConnectFailed(conn=conn):
-                return conn.startswith(f"{self.prefix}:")
-            case Received(conn=conn) | Closed(conn=conn):
-                return conn in self._conns
-            case Started() | TimerFired():
-                return False
-        return False  # pragma: no cover - the match is exhaustive
-
-    def start(self) -> list[Effect]:
-        return [Listen(Address(self.host, port)) for port in self.ports]
-
-    def handle(self, event: Event, now: float) -> tuple[list[Effect], list[Notice]]:
+    def handle(self, event: Event, now: float) -> Step[Notice]:
         effects: list[Effect] = []
         notices: list[Notice] = []
         match event:
+            case Started():
+                effects += [Listen(Address(self.host, port)) for port in self.ports]
             case Listening(address=address):
                 effects.append(Log(f"SIP on TCP {address}"))
             case ListenFailed(address=address, reason=reason):
@@ -146,9 +138,9 @@ class SipTransport:
                 state = self._conns.pop(conn, None)
                 if state is not None:
                     notices.append(ConnectionLost(conn, state.remote, reset))
-            case _:
-                pass
-        return effects, notices
+            case TimerFired():
+                pass  # the transport starts no timers
+        return Step(tuple(effects), tuple(notices))
 
     def _received(self, conn: ConnId, data: bytes, notices: list[Notice]) -> list[Effect]:
         state = self._conns[conn]
@@ -183,40 +175,41 @@ class SipTransport:
                 same_host = conn
         return same_host
 
-    def send(self, message: sip.SipMessage, to: Address) -> list[Effect]:
+    def send(self, message: sip.SipMessage, to: Address) -> Step[Notice]:
         """Send ``message`` to ``to``, opening a connection when none exists."""
         conn = self.connection_to(to)
         if conn is None:
-            self._count += 1
-            conn = f"{self.prefix}:{self._count}"
-            self._conns[conn] = _Conn(to, open=False, queue=[message])
-            return [Connect(conn, to, self.timeout)]
+            return Step((self._connect(to, [message]),))
         return self.send_on(conn, message)
 
-    def open(self, to: Address) -> list[Effect]:
+    def open(self, to: Address) -> Step[Notice]:
         """Open a connection to ``to`` ahead of any message (a traversal zone's link)."""
         if self.connection_to(to) is not None:
-            return []
+            return Step()
+        return Step((self._connect(to, []),))
+
+    def _connect(self, to: Address, queue: list[sip.SipMessage]) -> Connect:
         self._count += 1
         conn = f"{self.prefix}:{self._count}"
-        self._conns[conn] = _Conn(to, open=False)
-        return [Connect(conn, to, self.timeout)]
+        self._conns[conn] = _Conn(to, open=False, queue=queue)
+        return Connect(conn, to, self.timeout)
 
-    def send_on(self, conn: ConnId, message: sip.SipMessage) -> list[Effect]:
+    def send_on(self, conn: ConnId, message: sip.SipMessage) -> Step[Notice]:
         """Send on a given connection (a response goes back the way its request came)."""
         state = self._conns.get(conn)
         if state is None:
-            return [Log(f"cannot send {sip.summary(message)}: connection {conn} is gone", "warn")]
+            why = f"cannot send {sip.summary(message)}: connection {conn} is gone"
+            return Step((Log(why, "warn"),))
         if not state.open:
             state.queue.append(message)
-            return []
-        return [Send(conn, sip.encode(message), "sip")]
+            return Step()
+        return Step((Send(conn, sip.encode(message), "sip"),))
 
     def remote_of(self, conn: ConnId) -> Address | None:
         state = self._conns.get(conn)
         return None if state is None else state.remote
 
-    def close_all(self) -> list[Effect]:
-        effects: list[Effect] = [Close(conn) for conn in self._conns]
+    def close_all(self) -> Step[Notice]:
+        effects = tuple(Close(conn) for conn in self._conns)
         self._conns.clear()
-        return effects
+        return Step(effects)

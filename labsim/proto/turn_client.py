@@ -1,10 +1,13 @@
 """CMS's TURN client for a TCP relay (RFC 5766 + RFC 6062), as a sans-IO machine.
 
-An actor (CMS) embeds one :class:`TurnClient` per allocation. The client owns the connections
-and timers whose names start with its prefix (``"turn:ctl"``, ``"turn:data:1"``,
-``"turn:refresh"`` ...); the actor routes their events to :meth:`TurnClient.handle` and carries
-out the effects it returns, then reads :attr:`TurnClient.notifications` (or :meth:`poll`) to
-learn what happened: :class:`Allocated`, :class:`PeerConnected` and so on.
+An actor (CMS) embeds one :class:`TurnClient` per allocation. It speaks the machines'
+contract (:mod:`labsim.proto.machine`): :meth:`TurnClient.handle` and the commands
+(:meth:`~TurnClient.start`, :meth:`~TurnClient.create_permission`, :meth:`~TurnClient.connect_peer`,
+:meth:`~TurnClient.release`) return a :class:`~labsim.proto.machine.Step` whose notices
+(:data:`Notification`: :class:`Allocated`, :class:`PeerConnected` and so on) say what happened.
+Its connections are named with its prefix (``"turn:ctl"``, ``"turn:data:1"``: names the trace
+shows); its timers are :class:`TurnTimer` and :class:`TransactionTimer` values. The actor's
+router (:mod:`labsim.proto.router`) learns both from the effects.
 
 The call flow (PROTOCOL.md §1.7, §3.3, §10)::
 
@@ -52,8 +55,8 @@ from labsim.proto.events import (
     StartTimer,
     StopTimer,
     TimerFired,
-    TimerId,
 )
+from labsim.proto.machine import Step
 from labsim.proto.settings import SETTINGS_CONFIG, Count, PositiveSeconds, Seconds
 from labsim.wire import stun
 from labsim.wire.errors import FramingError, StunError
@@ -182,8 +185,8 @@ class PermissionFailed:
 class PeerConnected:
     """ConnectionBind succeeded: ``conn`` is now a raw pipe to the peer (RFC 6062 §4.3, §4.4).
 
-    The owner takes the connection over: its Received/Closed events go to the owner from now
-    on, and :meth:`TurnClient.owns_conn` is False for it.
+    The owner takes the connection over (:meth:`labsim.proto.router.Router.give`): the client
+    keeps no state for it any more.
     """
 
     conn: ConnId
@@ -224,6 +227,36 @@ class Expired:
 
     reason: str = "the allocation lifetime ran out without a successful Refresh"
     """Why, in words."""
+
+
+@dataclass(frozen=True)
+class TurnTimer:
+    """One of a client's allocation timers."""
+
+    client: str
+    """The client's prefix: two clients in one actor keep their timers apart."""
+    kind: TimerKind
+
+
+class TimerKind(Enum):
+    REFRESH = "refresh"
+    """Refresh the allocation before its lifetime ends (RFC 5766 §7)."""
+    EXPIRY = "expiry"
+    """The lifetime is over without a successful Refresh (RFC 5766 §5)."""
+    KEEPALIVE = "keepalive"
+    """Binding Indication on the control connection (RFC 5389 §7.2)."""
+    PERMISSION = "permission"
+    """Refresh the permissions before their 300 s end (RFC 5766 §8)."""
+
+
+@dataclass(frozen=True)
+class TransactionTimer:
+    """A request waiting for its answer (RFC 5389 §7.2.2: Ti over TCP)."""
+
+    client: str
+    """The client's prefix."""
+    transaction_id: bytes
+    """The request's transaction id."""
 
 
 Notification = (
@@ -345,9 +378,9 @@ def _error_of(message: Message) -> tuple[int | None, str]:
 class TurnClient:
     """A TURN client with one TCP allocation (RFC 5766, RFC 6062), sans-IO.
 
-    The owner calls :meth:`start`, routes every event for which :meth:`owns_conn` or
-    :meth:`owns_timer` is True to :meth:`handle`, performs the returned effects, and reads
-    :attr:`notifications` after each call.
+    The owner calls :meth:`start`; its router gives :meth:`handle` the events of the
+    client's connections and timers; every call returns a :class:`Step` of
+    :data:`Notification`.
     """
 
     def __init__(
@@ -358,14 +391,14 @@ class TurnClient:
         #: The TURN server's address (CMS ``/turnServers`` serverAddress, TCP).
         self.server = server
         self.prefix = prefix
-        self.notifications: list[Notification] = []
+        #: What happened since the last step, for the owner (drained into each Step).
+        self._notices: list[Notification] = []
         self._rng = rng
-        self._p = f"{prefix}:"
         self.control_conn: ConnId = f"{prefix}:ctl"
-        self._refresh_timer: TimerId = f"{prefix}:refresh"
-        self._expiry_timer: TimerId = f"{prefix}:expiry"
-        self._keepalive_timer: TimerId = f"{prefix}:keepalive"
-        self._permission_timer: TimerId = f"{prefix}:permission"
+        self._refresh_timer = TurnTimer(prefix, TimerKind.REFRESH)
+        self._expiry_timer = TurnTimer(prefix, TimerKind.EXPIRY)
+        self._keepalive_timer = TurnTimer(prefix, TimerKind.KEEPALIVE)
+        self._permission_timer = TurnTimer(prefix, TimerKind.PERMISSION)
         self._state = TurnState.IDLE
         self._ctl_open = False
         self._ctl_splitter = StunSplitter(allow_channel_data=False)
@@ -374,7 +407,6 @@ class TurnClient:
         self._key: bytes | None = None
         self._txns: dict[bytes, _Transaction] = {}
         self._data: dict[ConnId, _DataConn] = {}
-        self._handed_over: set[ConnId] = set()
         self._data_count = 0
         #: Peer IPs to permit as soon as the allocation exists (more via ``create_permission``).
         self._permission_hosts: list[str] = list(dict.fromkeys(permission_peers))
@@ -402,32 +434,29 @@ class TurnClient:
     def permission_hosts(self) -> tuple[str, ...]:
         return tuple(self._permission_hosts)
 
-    def owns_conn(self, conn: ConnId) -> bool:
-        """True for the control connection and data connections not yet handed over."""
-        return conn.startswith(self._p) and conn not in self._handed_over
-
-    def owns_timer(self, timer: TimerId) -> bool:
-        return timer.startswith(self._p)
-
-    def poll(self) -> list[Notification]:
-        """The notifications since the last poll, oldest first."""
-        out, self.notifications = self.notifications, []
-        return out
+    def _step(self, effects: list[Effect]) -> Step[Notification]:
+        notices, self._notices = self._notices, []
+        return Step(tuple(effects), tuple(notices))
 
     # -- commands ------------------------------------------------------------------------------
 
-    def start(self, now: float) -> list[Effect]:
+    def start(self, now: float) -> Step[Notification]:
         """Open the control connection; the Allocate follows on Connected (RFC 6062 §4.1)."""
         if self._state is not TurnState.IDLE:
-            return []
+            return Step()
         self._state = TurnState.CONNECTING
         server = self.server
-        return [
-            Log(f"TURN: connecting to {server} over TCP for a TCP relay allocation"),
-            Connect(self.control_conn, server, timeout=self.settings.connect_timeout),
-        ]
+        return Step.of(
+            [
+                Log(f"TURN: connecting to {server} over TCP for a TCP relay allocation"),
+                Connect(self.control_conn, server, timeout=self.settings.connect_timeout),
+            ]
+        )
 
-    def create_permission(self, peer_host: str, now: float) -> list[Effect]:
+    def create_permission(self, peer_host: str, now: float) -> Step[Notification]:
+        return self._step(self._create_permission(peer_host, now))
+
+    def _create_permission(self, peer_host: str, now: float) -> list[Effect]:
         """Permit ``peer_host`` to connect to the relay (RFC 5766 §9, RFC 6062 §5.3).
 
         Only when the ``create_permission`` setting is on; before the allocation exists the
@@ -452,17 +481,19 @@ class TurnClient:
             return [Log(f"TURN: CreatePermission for {peer_host} will follow the allocation")]
         return []
 
-    def connect_peer(self, peer: Address, now: float) -> list[Effect]:
+    def connect_peer(self, peer: Address, now: float) -> Step[Notification]:
         """RFC 6062 §4.3 active path: ask the server to connect out to ``peer``."""
         if self._state is not TurnState.ALLOCATED:
-            self.notifications.append(
-                PeerBindFailed(None, "no allocation to connect from", peer=peer)
-            )
-            return [Log(f"TURN: cannot Connect to {peer}: no allocation", "warning")]
+            self._notices.append(PeerBindFailed(None, "no allocation to connect from", peer=peer))
+            return self._step([Log(f"TURN: cannot Connect to {peer}: no allocation", "warning")])
         txn = _Transaction(_Kind.CONNECT, self.control_conn, authenticated=True, peer=peer)
-        return [Log(f"TURN: asking the server to connect to {peer}"), *self._send(txn, now)]
+        return self._step([Log(f"TURN: asking the server to connect to {peer}"),
+                           *self._send(txn, now)])  # fmt: skip
 
-    def release(self, now: float) -> list[Effect]:
+    def release(self, now: float) -> Step[Notification]:
+        return self._step(self._release(now))
+
+    def _release(self, now: float) -> list[Effect]:
         """Give the allocation back at hang-up: Refresh with LIFETIME 0 (RFC 5766 §7.1), then
         close the control connection when it is answered."""
         state = self._state
@@ -472,7 +503,7 @@ class TurnClient:
             # Failed or expired: there is nothing to give back, and the owner, which is
             # hanging up, still hears that the allocation is over.
             self._state = TurnState.RELEASED
-            self.notifications.append(Released())
+            self._notices.append(Released())
             return [Log(f"TURN: nothing to release (allocation {state.name.lower()})")]
         effects = self._stop_everything()
         if state is TurnState.ALLOCATED:
@@ -482,19 +513,20 @@ class TurnClient:
             return effects + self._send(txn, now)
         self._state = TurnState.RELEASED
         effects += self._close_control()
-        self.notifications.append(Released())
+        self._notices.append(Released())
         effects.append(Log("TURN: released before any allocation existed"))
         return effects
 
     # -- events --------------------------------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        """Take an event for one of this client's connections or timers."""
+    def handle(self, event: Event, now: float) -> Step[Notification]:
+        """Take an event of one of this client's connections or timers."""
+        return self._step(self._handle(event, now))
+
+    def _handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, TimerFired):
-            return self._on_timer(event.timer, now) if self.owns_timer(event.timer) else []
+            return self._on_timer(event.timer, now)
         if isinstance(event, Connected | ConnectFailed | Received | Closed):
-            if not self.owns_conn(event.conn):
-                return []
             if event.conn == self.control_conn:
                 return self._on_control_event(event, now)
             if event.conn in self._data:
@@ -545,7 +577,7 @@ class TurnClient:
         if self._state is TurnState.RELEASING:
             effects = self._stop_everything()
             self._state = TurnState.RELEASED
-            self.notifications.append(Released())
+            self._notices.append(Released())
             return [*effects, Log(f"TURN: control connection {how} while releasing")]
         return []
 
@@ -670,8 +702,7 @@ class TurnClient:
         # connection relays raw bytes; whatever followed it in this read is the peer's.
         early = dc.splitter.take_buffered()
         del self._data[dc.conn]
-        self._handed_over.add(dc.conn)
-        self.notifications.append(PeerConnected(dc.conn, dc.peer, early, dc.connection_id))
+        self._notices.append(PeerConnected(dc.conn, dc.peer, early, dc.connection_id))
         extra = f", {len(early)} early bytes" if early else ""
         return [Log(f"TURN: {dc.conn} bound to peer {dc.peer}: now a raw pipe{extra}")]
 
@@ -685,7 +716,7 @@ class TurnClient:
         if close:
             # RFC 6062 §4.3: on a ConnectionBind error the client closes the data connection.
             effects.append(Close(dc.conn))
-        self.notifications.append(PeerBindFailed(dc.connection_id, reason, dc.peer, code))
+        self._notices.append(PeerBindFailed(dc.connection_id, reason, dc.peer, code))
         effects.append(Log(f"TURN: binding peer {dc.peer} failed: {reason}", "warning"))
         return effects
 
@@ -746,8 +777,8 @@ class TurnClient:
             StartTimer(self._txn_timer(tid), self.settings.transaction_timeout),
         ]
 
-    def _txn_timer(self, tid: bytes) -> TimerId:
-        return f"{self._p}txn:{tid.hex()}"
+    def _txn_timer(self, tid: bytes) -> TransactionTimer:
+        return TransactionTimer(self.prefix, tid)
 
     def _authentic(self, message: Message) -> bool:
         """RFC 5389 §10.2.3: MESSAGE-INTEGRITY present and right with the long-term key."""
@@ -843,20 +874,20 @@ class TurnClient:
             lifetime = attr.value if attr is not None else self.settings.lifetime
             if lifetime == 0:
                 return self._expire("the server answered a Refresh with LIFETIME 0")
-            self.notifications.append(Refreshed(lifetime))
+            self._notices.append(Refreshed(lifetime))
             return self._arm_lifetime(lifetime, now)
         if kind is _Kind.RELEASE:
             effects = self._stop_everything() + self._close_control()
             self._state = TurnState.RELEASED
-            self.notifications.append(Released())
+            self._notices.append(Released())
             return [*effects, Log("TURN: allocation released")]
         if kind is _Kind.PERMISSION:
-            self.notifications.append(PermissionCreated(txn.peer_hosts))
+            self._notices.append(PermissionCreated(txn.peer_hosts))
             return [Log(f"TURN: permission for {', '.join(txn.peer_hosts)} installed")]
         if kind is _Kind.CONNECT:
             cid = message.get(stun.ConnectionId)
             if cid is None:
-                self.notifications.append(
+                self._notices.append(
                     PeerBindFailed(None, "Connect Success without CONNECTION-ID", txn.peer)
                 )
                 return [Log("TURN: Connect Success without CONNECTION-ID", "warning")]
@@ -892,15 +923,15 @@ class TurnClient:
         if kind is _Kind.RELEASE:
             effects = self._stop_everything() + self._close_control()
             self._state = TurnState.RELEASED
-            self.notifications.append(Released())
+            self._notices.append(Released())
             return [*effects, Log(f"TURN: release answered {text}; closing anyway", "warning")]
         if kind is _Kind.PERMISSION:
-            self.notifications.append(PermissionFailed(txn.peer_hosts, code, reason))
+            self._notices.append(PermissionFailed(txn.peer_hosts, code, reason))
             hosts = ", ".join(txn.peer_hosts)
             return [Log(f"TURN: CreatePermission for {hosts} failed: {text}", "warning")]
         if kind is _Kind.CONNECT:
             why = _CONNECT_EXPLANATIONS.get(code) if code is not None else None
-            self.notifications.append(PeerBindFailed(None, reason, txn.peer, code))
+            self._notices.append(PeerBindFailed(None, reason, txn.peer, code))
             detail = f"{text}" + (f" — {why}" if why else "")
             return [Log(f"TURN: Connect to {txn.peer} refused: {detail}", "warning")]
         dc = self._data.get(txn.conn)
@@ -921,7 +952,7 @@ class TurnClient:
         self._state = TurnState.ALLOCATED
         self.relayed = Address(relayed.address, relayed.port)
         self.mapped = Address(mapped.address, mapped.port) if mapped is not None else None
-        self.notifications.append(Allocated(self.relayed, self.mapped, lifetime))
+        self._notices.append(Allocated(self.relayed, self.mapped, lifetime))
         effects: list[Effect] = [Log(f"TURN: relay allocated at {self.relayed} for {lifetime} s")]
         if self.settings.refresh_after_allocate:
             # The lab's CMS refreshes at once (PROTOCOL.md §10 row 5).
@@ -954,9 +985,9 @@ class TurnClient:
         self._permission_timer_running = True
         return [StartTimer(self._permission_timer, self.settings.permission_refresh)]
 
-    def _on_timer(self, timer: TimerId, now: float) -> list[Effect]:
-        if timer.startswith(f"{self._p}txn:"):
-            return self._on_transaction_timeout(bytes.fromhex(timer[len(self._p) + 4 :]))
+    def _on_timer(self, timer: object, now: float) -> list[Effect]:
+        if isinstance(timer, TransactionTimer):
+            return self._on_transaction_timeout(timer.transaction_id)
         if self._state is not TurnState.ALLOCATED:
             return []
         if timer == self._refresh_timer:
@@ -1023,13 +1054,13 @@ class TurnClient:
     ) -> list[Effect]:
         effects = self._stop_everything() + self._close_control()
         self._state = TurnState.FAILED
-        self.notifications.append(AllocationFailed(code, reason))
+        self._notices.append(AllocationFailed(code, reason))
         effects.append(Log(f"TURN: {log_text or 'allocation failed: ' + reason}", "error"))
         return effects
 
     def _expire(self, reason: str) -> list[Effect]:
         effects = self._stop_everything() + self._close_control()
         self._state = TurnState.EXPIRED
-        self.notifications.append(Expired(reason))
+        self._notices.append(Expired(reason))
         effects.append(Log(f"TURN: allocation lost: {reason}", "error"))
         return effects

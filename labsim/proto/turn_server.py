@@ -34,7 +34,7 @@ import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, Never, get_args
 
 import annotated_types as at
 
@@ -59,9 +59,10 @@ from labsim.proto.events import (
     StartTimer,
     StopTimer,
     TimerFired,
-    TimerId,
     Unlisten,
 )
+from labsim.proto.machine import Step
+from labsim.proto.router import Solo
 from labsim.proto.settings import (
     SETTINGS_CONFIG,
     Count,
@@ -354,6 +355,25 @@ class _Credentials:
     key: bytes
 
 
+@dataclass(frozen=True)
+class ExpiryTimer:
+    """An allocation's lifetime (RFC 5766 §5)."""
+
+    allocation: int
+    """The allocation's number (its relay port may be given to another allocation later)."""
+
+
+@dataclass(frozen=True)
+class BindTimer:
+    """RFC 6062 §5.3: a peer connection waits 30 s for its ConnectionBind."""
+
+    connection_id: int
+    """The peer connection's CONNECTION-ID."""
+
+
+ServerTimer = ExpiryTimer | BindTimer
+
+
 @dataclass
 class _Allocation:
     ident: int
@@ -373,8 +393,9 @@ class _Allocation:
     permissions: dict[str, float] = field(default_factory=dict)  # peer IP -> expiry
     peers: dict[int, _Peer] = field(default_factory=dict)  # CONNECTION-ID -> peer
 
-    timer: TimerId = ""
-    """Its expiry timer's full name (prefix included), set when it is created."""
+    @property
+    def timer(self) -> ExpiryTimer:
+        return ExpiryTimer(self.ident)
 
 
 @dataclass
@@ -425,10 +446,11 @@ _Handler = Callable[[_Client, Message, _Credentials, float], list[Effect]]
 
 
 class TurnServer:
-    """Expressway-E's TURN server (RFC 5766 + RFC 6062) as an :class:`~labsim.proto.events.Actor`.
+    """Expressway-E's TURN server (RFC 5766 + RFC 6062), a protocol machine
+    (:mod:`labsim.proto.machine`) with no notices: it answers its clients itself.
 
     ``name`` and ``host`` are the actor's; it listens on ``host:settings.port`` and relays on
-    ``host:<relay port>``.
+    ``host:<relay port>``. :meth:`actor` runs it alone (a test's or a benchmark's TURN server).
     """
 
     def __init__(
@@ -438,8 +460,7 @@ class TurnServer:
         self.name = name
         self.host = host
         self.settings = settings or TurnServerSettings()
-        #: Prefix of the timer and connection names this machine makes, so that an actor
-        #: composed of several machines can route events (see :meth:`wants`).
+        #: Prefix of the connections this machine opens (RFC 6062 Connect to a peer).
         self.prefix = prefix
         self._layout = self.settings.resolved_layout
         self._rng = random.Random(self.settings.seed)
@@ -451,7 +472,8 @@ class TurnServer:
         self._ports: dict[int, _Allocation] = {}
         self._allocations: dict[int, _Allocation] = {}
         self._nonces: dict[str, float] = {}  # nonce -> time issued
-        self._timers: dict[TimerId, tuple[str, int]] = {}
+        self._timers: set[ServerTimer] = set()
+        """The timers running."""
         self._next_ident = 1
         self._handlers: dict[int, _Handler] = {
             Method.ALLOCATE: self._on_allocate,
@@ -487,33 +509,17 @@ class TurnServer:
             for _, a in sorted(self._ports.items())
         ]
 
-    def wants(self, event: Event) -> bool:
-        """Whether ``event`` is this machine's, for an actor that composes several machines
-        (Expressway-E = SIP proxy + TURN server): route ``Started`` to all, the rest here when
-        this returns True."""
-        match event:
-            case Started():
-                return True
-            case Listening(address=address) | ListenFailed(address=address):
-                return address == self._address or (
-                    address.host == self.host and address.port in self._ports
-                )
-            case Accepted(local=local):
-                return local == self._address or (
-                    local.host == self.host and local.port in self._ports
-                )
-            case Connected(conn=conn) | ConnectFailed(conn=conn):
-                return conn in self._peers or conn.startswith(f"{self.prefix}:")
-            case Received(conn=conn) | Closed(conn=conn):
-                return conn in self._clients or conn in self._peers
-            case TimerFired(timer=timer):
-                return timer in self._timers
-        return False  # pragma: no cover - the match is exhaustive
+    def actor(self) -> Solo:
+        """This server alone as an actor (named and placed as the server is)."""
+        return Solo(self.name, self.host, self)
 
-    # -- the Actor interface -------------------------------------------------------------------
+    # -- the machine interface -----------------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        """Take one event at ``now`` (seconds); return the effects in order."""
+    def handle(self, event: Event, now: float) -> Step[Never]:
+        """Take one event at ``now`` (seconds); the effects in order, no notices."""
+        return Step(tuple(self._handle(event, now)))
+
+    def _handle(self, event: Event, now: float) -> list[Effect]:
         # Cases are tried in order: Received first, as almost every event is bytes (a relay
         # moves each read through here), then the events of every allocation.
         match event:
@@ -919,7 +925,6 @@ class TurnServer:
             transaction_id=msg.transaction_id,
             request=msg,
             lifetime=self._lifetime(msg),
-            timer=self._timer(f"expire:{self._next_ident}"),
         )
         self._next_ident += 1
         self._allocations[alloc.ident] = alloc
@@ -948,7 +953,7 @@ class TurnServer:
         alloc.success = self._build(
             alloc.request.success(), self._layout.allocate, values, alloc.key
         )
-        self._timers[alloc.timer] = ("expire", alloc.ident)
+        self._timers.add(alloc.timer)
         transport = TRANSPORT_NAMES.get(alloc.transport, "?")
         return [
             Log(
@@ -1157,11 +1162,11 @@ class TurnServer:
         client.peer = peer
         peer.state = _PeerState.BOUND
         peer.data_conn = conn
-        self._timers.pop(self._timer(f"bind:{peer.cid}"), None)
+        self._timers.discard(BindTimer(peer.cid))
         values: dict[str, Attribute] = {"CONNECTION-ID": ConnectionId(peer.cid)}
         data = self._build(msg.success(), self._layout.connection_bind, values, auth.key)
         out: list[Effect] = [
-            StopTimer(self._timer(f"bind:{peer.cid}")),
+            StopTimer(BindTimer(peer.cid)),
             Log(
                 f"ConnectionBind 0x{peer.cid:08x}: {conn} piped to peer {peer.remote} "
                 "(RFC 6062 §5.4)"
@@ -1222,7 +1227,7 @@ class TurnServer:
                     f"ConnectionBind 0x{peer.cid:08x}: reset",
                     "warning",
                 ),
-                StopTimer(self._timer(f"bind:{peer.cid}")),
+                StopTimer(BindTimer(peer.cid)),
                 Close(peer.conn, reset=True),
             ]
         peer.buffer += data
@@ -1254,7 +1259,7 @@ class TurnServer:
         self._remove_peer(peer)
         return [
             Log(f"peer {peer.remote} {how} before ConnectionBind 0x{peer.cid:08x}"),
-            StopTimer(self._timer(f"bind:{peer.cid}")),
+            StopTimer(BindTimer(peer.cid)),
         ]
 
     def _drop_client(self, client: _Client, *, reset: bool) -> list[Effect]:
@@ -1280,7 +1285,8 @@ class TurnServer:
         every peer and data connection it has."""
         out: list[Effect] = [Log(f"allocation {alloc.relay} of {alloc.username!r} deleted: {why}")]
         timer = alloc.timer
-        if self._timers.pop(timer, None) is not None:
+        if timer in self._timers:
+            self._timers.discard(timer)
             out.append(StopTimer(timer))
         if alloc.transport == TRANSPORT_TCP:
             out.append(Unlisten(alloc.relay))
@@ -1289,7 +1295,7 @@ class TurnServer:
             if peer.state is _PeerState.CONNECTING:
                 continue  # closed when (if) Connected arrives
             if peer.state is _PeerState.PENDING:
-                out.append(StopTimer(self._timer(f"bind:{peer.cid}")))
+                out.append(StopTimer(BindTimer(peer.cid)))
             if not peer.closed_early:  # a peer that closed already gets no Close
                 out.append(Close(peer.conn))
             if peer.data_conn is not None:
@@ -1308,26 +1314,22 @@ class TurnServer:
 
     # -- timers --------------------------------------------------------------------------------
 
-    def _timer(self, name: str) -> TimerId:
-        return f"{self.prefix}:{name}"
-
     def _start_bind_timer(self, peer: _Peer) -> StartTimer:
-        timer = self._timer(f"bind:{peer.cid}")
-        self._timers[timer] = ("bind", peer.cid)
+        timer = BindTimer(peer.cid)
+        self._timers.add(timer)
         return StartTimer(timer, self.settings.bind_timeout)
 
-    def _on_timer(self, timer: TimerId) -> list[Effect]:
-        what = self._timers.pop(timer, None)
-        if what is None:
+    def _on_timer(self, timer: object) -> list[Effect]:
+        if not isinstance(timer, ExpiryTimer | BindTimer) or timer not in self._timers:
             return []
-        kind, ident = what
-        if kind == "expire":
-            alloc = self._allocations.get(ident)
+        self._timers.discard(timer)
+        if isinstance(timer, ExpiryTimer):
+            alloc = self._allocations.get(timer.allocation)
             if alloc is None:
                 return []
             why = f"expired after {alloc.lifetime} s without Refresh (RFC 5766 §5)"
             return self._delete_allocation(alloc, why)
-        peer = self._cids.get(ident)
+        peer = self._cids.get(timer.connection_id)
         if peer is None or peer.state is not _PeerState.PENDING:
             return []
         self._remove_peer(peer)
@@ -1359,7 +1361,7 @@ class TurnServer:
         self._peers.pop(peer.conn, None)
         self._cids.pop(peer.cid, None)
         peer.allocation.peers.pop(peer.cid, None)
-        self._timers.pop(self._timer(f"bind:{peer.cid}"), None)
+        self._timers.discard(BindTimer(peer.cid))
 
     def _wrong_user(
         self, conn: ConnId, msg: Message, alloc: _Allocation, auth: _Credentials
