@@ -73,7 +73,7 @@ from labsim.trace import Trace
 
 port, low, high, until = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 settings = TurnServerSettings(port=port, relay_ports=(low, high), permission_policy="rfc")
-LiveNetwork([TurnServer("expressway_e", "127.0.0.1", settings)], Trace()).run(until=until)
+LiveNetwork([TurnServer("expressway_e", "127.0.0.1", settings).actor()], Trace()).run(until=until)
 """
 
 

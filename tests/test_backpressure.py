@@ -72,7 +72,7 @@ def _flood(host: str, result: dict[str, object]) -> None:
 
 async def test_a_reader_that_stops_holds_the_writer_back() -> None:
     settings = TurnServerSettings(port=PORT, relay_ports=(34796, 34799))
-    net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings)], Trace())
+    net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings).actor()], Trace())
     result: dict[str, object] = {}
     # Expressway-E's address in this run's loopback block.
     host = net.loopback_of("10.48.54.229")
@@ -106,7 +106,7 @@ async def test_an_outside_clients_first_allocate_is_traced_as_stun() -> None:
     # so the first Allocate of coturn's or the bench's client showed as "TCP data, 36 bytes".
     port = PORT + 10
     settings = TurnServerSettings(port=port, relay_ports=(port + 1, port + 2))
-    net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings)], Trace())
+    net = LiveNetwork([TurnServer("expressway_e", "10.48.54.229", settings).actor()], Trace())
     done = threading.Event()
     host = net.loopback_of("10.48.54.229")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from sipmessage import Request, Via
 
 from labsim.actors.cms import Cms
+from labsim.actors.common import UaTimer
 from labsim.actors.expressway_c import ExpresswayC
 from labsim.actors.lab import Lab, SkypeClientSettings
 from labsim.actors.skype_client import SkypeClient
@@ -91,7 +92,7 @@ def test_a_refusal_with_a_malformed_diagnostics_header_is_still_acknowledged() -
     client.handle(
         Connected("sip:1", Address("192.168.1.100", 40000), Address("192.168.1.252", 5060)), 0
     )
-    client.handle(TimerFired("call"), 0)
+    client.handle(TimerFired(UaTimer.CALL), 0)
     assert client.invite is not None
     refusal = sip.build_response(
         client.invite,
@@ -103,7 +104,7 @@ def test_a_refusal_with_a_malformed_diagnostics_header_is_still_acknowledged() -
     (ack,) = sent_sip(effects)
     assert isinstance(ack, Request) and ack.method == "ACK"
     assert sip.via_branch(sip.top_via(ack)) == sip.via_branch(sip.top_via(client.invite))
-    assert any(isinstance(e, StartTimer) and e.timer == "finish" for e in effects)
+    assert any(isinstance(e, StartTimer) and e.timer is UaTimer.FINISH for e in effects)
     # The outcome reads the same bytes from a trace without raising.
     trace = Trace()
     trace.opened(0, 1, "skype_client", Address("192.168.1.100", 40000), "skype_edge",

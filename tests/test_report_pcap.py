@@ -411,7 +411,7 @@ def run_lab(
     board = Board()
     actors: list[Actor] = [
         TurnServer("expressway_e", EXPE_IP,
-                   TurnServerSettings(port=turn_port, relay_ports=relays)),
+                   TurnServerSettings(port=turn_port, relay_ports=relays)).actor(),
         CmsLike(CMS_IP, TurnClientSettings(), board, server=Address(EXPE_IP, turn_port),
                 hangup_after=hangup_after, peer_host=EDGE_IP),
         SkypePeer(EDGE_IP, board),

@@ -48,7 +48,7 @@ def lab(
     server_settings = TurnServerSettings(port=TURN_PORT, relay_ports=RELAYS, **(server or {}))
     client_settings = TurnClientSettings(**(client or {}))
     actors: list[Actor] = [
-        TurnServer("expressway_e", EXPE, server_settings),
+        TurnServer("expressway_e", EXPE, server_settings).actor(),
         CmsLike(
             CMS,
             client_settings,

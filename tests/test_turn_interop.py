@@ -84,7 +84,7 @@ def _serve(
 
     def run() -> None:
         trace = Trace()
-        LiveNetwork([TurnServer("expressway_e", host, settings)], trace).run(
+        LiveNetwork([TurnServer("expressway_e", host, settings).actor()], trace).run(
             until=until, stop=lambda _t: finished.is_set()
         )
         out["trace"] = trace

@@ -22,8 +22,6 @@ from labsim.proto.events import (
     Event,
     Send,
     Started,
-    StartTimer,
-    TimerFired,
 )
 from labsim.proto.turn_client import TurnClientSettings
 from labsim.proto.turn_server import TurnServer, TurnServerSettings
@@ -64,13 +62,14 @@ class Nuisance:
 class DelayedCms(CmsLike):
     """CMS that starts allocating only after the nuisance connections are in."""
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        if isinstance(event, Started):
-            return [StartTimer("go", 0.3)]
-        if isinstance(event, TimerFired) and event.timer == "go":
-            self.started_at = now
-            return self.client.start(now) + self._notifications(now)
-        return super().handle(event, now)
+    def _start(self, now: float) -> list[Effect]:
+        return self.router.run(self.clock, self.clock.start("go", 0.3))
+
+    def _on_timer(self, timer: str, now: float) -> list[Effect]:
+        if timer != "go":
+            return super()._on_timer(timer, now)
+        self.started_at = now
+        return self.router.run(self.client, self.client.start(now))
 
 
 def open_fds() -> int:
@@ -93,7 +92,7 @@ def test_misbehaving_clients_do_not_delay_an_allocation() -> None:
         EXPE,
         TurnServerSettings(port=PORT, relay_ports=(44100, 44109)),
     )
-    actors: list[Actor] = [server, nuisance, cms]
+    actors: list[Actor] = [server.actor(), nuisance, cms]
     trace = Trace()
     LiveNetwork(actors, trace).run(until=10.0, stop=lambda _t: board.relayed is not None)
     assert nuisance.connected == IDLE + 2

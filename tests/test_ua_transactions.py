@@ -48,20 +48,20 @@ class Clock:
     def __init__(self, actor: Cms | SkypeClient) -> None:
         self.actor = actor
         self.now = 0.0
-        self.timers: dict[str, float] = {}
+        self.timers: dict[UaTimer, float] = {}
 
     def feed(self, effects: list[Effect]) -> list[Effect]:
         for effect in effects:
-            if isinstance(effect, StartTimer) and UaTimer.of(effect.timer) is not None:
+            if isinstance(effect, StartTimer) and isinstance(effect.timer, UaTimer):
                 self.timers[effect.timer] = self.now + effect.delay
-            elif isinstance(effect, StopTimer):
+            elif isinstance(effect, StopTimer) and isinstance(effect.timer, UaTimer):
                 self.timers.pop(effect.timer, None)
         return effects
 
     def handle(self, event: Event) -> list[Effect]:
         return self.feed(self.actor.handle(event, self.now))
 
-    def fire(self, only: UaTimer | None = None) -> tuple[str, list[Effect]]:
+    def fire(self, only: UaTimer | None = None) -> tuple[UaTimer, list[Effect]]:
         """Advance to the earliest running timer (or ``only``) and fire it."""
         name = only or min(self.timers, key=lambda n: self.timers[n])
         self.now = self.timers.pop(name)
@@ -222,7 +222,7 @@ def test_cms_glare_491_both_ways_and_its_retry_in_0_to_2_s() -> None:
     assert isinstance(ack, Request) and ack.method == "ACK"
     assert sip.via_branch(sip.top_via(ack)) == sip.via_branch(sip.top_via(ours))
     assert cms.state is CmsState.GLARE_WAIT
-    (delay,) = [e.delay for e in effects if isinstance(e, StartTimer) and e.timer == "491-retry"]
+    (delay,) = [e.delay for e in effects if isinstance(e, StartTimer) and e.timer is UaTimer.GLARE]
     assert 0.0 <= delay <= 2.0
     name, effects = clock.fire()
     assert name == UaTimer.GLARE
@@ -283,7 +283,7 @@ def client_calling() -> tuple[SkypeClient, Clock, Request]:
     edge = Address("192.168.1.252", 5060)
     clock.handle(Connected("sip:1", Address("192.168.1.100", 40000), edge))
     clock.timers.pop(UaTimer.CALL)
-    effects = clock.handle(TimerFired("call"))  # the runtime names timers with strings
+    effects = clock.handle(TimerFired(UaTimer.CALL))
     (request,) = sent_sip(effects)
     assert isinstance(request, Request) and client.state is ClientState.CALLING
     assert StartTimer(UaTimer.TIMER_B, 32.0) in effects
@@ -339,7 +339,7 @@ def test_timer_b_follows_t1() -> None:
     settings = SkypeClientSettings(sip_timers=SipTimers(t1=0.25, t2=2.0))
     client = SkypeClient(Lab(skype_client=settings))
     client.handle(Started(), 0)
-    effects = client.handle(TimerFired("call"), 0)
+    effects = client.handle(TimerFired(UaTimer.CALL), 0)
     assert StartTimer(UaTimer.TIMER_B, 16.0) in effects
 
 
@@ -359,7 +359,7 @@ def test_client_glare_491_both_ways_and_its_retry_in_2_1_to_4_s() -> None:
         Received("sip:1", sip.encode(sip.build_response(ours, 491, "Request Pending")))
     )
     assert summaries(effects) == ["ACK"] and client.state is ClientState.GLARE_WAIT
-    (delay,) = [e.delay for e in effects if isinstance(e, StartTimer) and e.timer == "491-retry"]
+    (delay,) = [e.delay for e in effects if isinstance(e, StartTimer) and e.timer is UaTimer.GLARE]
     assert 2.1 <= delay <= 4.0
     assert "we chose the Call-ID, RFC 3261 §14.1" in logs(effects)
     name, effects = clock.fire(UaTimer.GLARE)

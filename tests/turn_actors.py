@@ -4,7 +4,9 @@ Skype-side peer that connects to the relayed address. Test code, not the call's 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Never
 
 from labsim.proto.events import (
     Accepted,
@@ -13,7 +15,6 @@ from labsim.proto.events import (
     Closed,
     Connect,
     Connected,
-    ConnectFailed,
     Effect,
     Event,
     Log,
@@ -23,10 +24,13 @@ from labsim.proto.events import (
     StartTimer,
     TimerFired,
 )
+from labsim.proto.machine import Step, Timers
+from labsim.proto.router import Router
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
     Expired,
+    Notification,
     PeerConnected,
     Released,
     TurnClient,
@@ -72,9 +76,22 @@ class Board:
     done: bool = False
 
 
+class _Pipe:
+    """The data connection once the client hands it over: its bytes go to ``take``."""
+
+    def __init__(self, take: Callable[[bytes], list[Effect]]) -> None:
+        self.take = take
+
+    def handle(self, event: Event, now: float) -> Step[Never]:
+        if isinstance(event, Received):
+            return Step(tuple(self.take(event.data)))
+        return Step()
+
+
 class CmsLike:
     """Owns a TurnClient; once the pipe is up, answers ICE checks and sends its own, then
-    releases the allocation when ``hangup_after`` seconds have passed."""
+    releases the allocation when ``hangup_after`` seconds have passed. Wired as the call's
+    actors are: machines behind a :class:`Router`."""
 
     def __init__(
         self, host: str, settings: TurnClientSettings, board: Board, *, server: Address,
@@ -87,48 +104,49 @@ class CmsLike:
         self.peer_host = peer_host
         self.pipe: str | None = None
         self.splitter = Rfc4571Splitter()
+        self.clock: Timers[str] = Timers()
+        self.link = _Pipe(self._pipe_bytes)
+        self.router = Router(on_started=self._start)
+        self.router.add(self.client, self._notification)
+        self.router.add(self.clock, self._on_timer)
+        self.router.add(self.link)
 
     def handle(self, event: Event, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        if isinstance(event, Started):
-            effects += self.client.start(now)
-            if self.hangup_after is not None:
-                effects.append(StartTimer("hangup", self.hangup_after))
-        elif isinstance(event, TimerFired) and event.timer == "hangup":
-            effects += self.client.release(now)
-        elif isinstance(event, TimerFired) and self.client.owns_timer(event.timer):
-            effects += self.client.handle(event, now)
-        elif isinstance(event, (Connected, ConnectFailed, Received, Closed)) and (
-            self.client.owns_conn(event.conn)
-        ):
-            effects += self.client.handle(event, now)
-        elif isinstance(event, Received) and event.conn == self.pipe:
-            effects += self._pipe_bytes(event.data)
-        effects += self._notifications(now)
+        return self.router.handle(event, now)
+
+    def _start(self, now: float) -> list[Effect]:
+        effects = self.router.run(self.client, self.client.start(now))
+        if self.hangup_after is not None:
+            effects += self.router.run(self.clock, self.clock.start("hangup", self.hangup_after))
         return effects
 
-    def _notifications(self, now: float) -> list[Effect]:
+    def _on_timer(self, timer: str, now: float) -> list[Effect]:
+        return self.router.run(self.client, self.client.release(now))  # "hangup"
+
+    def _notification(self, note: Notification, now: float) -> list[Effect]:
         effects: list[Effect] = []
-        for note in self.client.poll():
-            if isinstance(note, Allocated):
-                self.board.relayed = note.relayed
-                if self.peer_host is not None:
-                    effects += self.client.create_permission(self.peer_host, now)
-            elif isinstance(note, AllocationFailed):
-                self.board.allocation_failed = note
-                self.board.done = True
-            elif isinstance(note, PeerConnected):
-                self.pipe = note.conn
-                effects.append(Log(f"pipe to {note.peer} up"))
-                # CMS nominates: its check carries USE-CANDIDATE (PROTOCOL.md §10).
-                effects.append(Send(note.conn, ice_check(b"cms-check-01", True), "rfc4571"))
-                effects += self._pipe_bytes(note.early_data)
-            elif isinstance(note, Released):
-                self.board.released = True
-                self.board.done = True
-            elif isinstance(note, Expired):
-                self.board.expired = True
-                self.board.done = True
+        if isinstance(note, Allocated):
+            self.board.relayed = note.relayed
+            if self.peer_host is not None:
+                effects += self.router.run(
+                    self.client, self.client.create_permission(self.peer_host, now)
+                )
+        elif isinstance(note, AllocationFailed):
+            self.board.allocation_failed = note
+            self.board.done = True
+        elif isinstance(note, PeerConnected):
+            self.pipe = note.conn
+            self.router.give(note.conn, self.link)
+            effects.append(Log(f"pipe to {note.peer} up"))
+            # CMS nominates: its check carries USE-CANDIDATE (PROTOCOL.md §10).
+            effects.append(Send(note.conn, ice_check(b"cms-check-01", True), "rfc4571"))
+            effects += self._pipe_bytes(note.early_data)
+        elif isinstance(note, Released):
+            self.board.released = True
+            self.board.done = True
+        elif isinstance(note, Expired):
+            self.board.expired = True
+            self.board.done = True
         return effects
 
     def _pipe_bytes(self, data: bytes) -> list[Effect]:

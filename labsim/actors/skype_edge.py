@@ -133,6 +133,11 @@ class SkypeEdge(ProxyElement):
         self.relay = MediaRelay(self.media_address, settings.relay_port, settings.connect_timeout)
         self.router.add(self.relay)
 
+    @property
+    def relay_target(self) -> Address | None:
+        """Where the Edge relays the client's media (CMS's relay candidate), once known."""
+        return self.relay.target
+
     def on_forwarded(self, notice: ResponseForwarded, now: float) -> list[Effect]:
         # Only the answer CMS gives the client's INVITE, on its way to the client: the client's
         # own answer to a reINVITE names the Edge's relay candidate, not CMS's.
