@@ -227,12 +227,12 @@ def test_scenario_check_attributes_are_the_ones_the_ice_machine_fills_in() -> No
 def test_an_actor_that_raises_fails_the_run_whatever_the_outcome(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from labsim.actors.skype_edge import SkypeEdge
+    from labsim.actors.skype_edge import MediaRelay
 
-    def broken(self: SkypeEdge, conn: str) -> list[object]:
+    def broken(self: MediaRelay, conn: str) -> list[object]:
         raise RuntimeError("edge bug")
 
-    monkeypatch.setattr(SkypeEdge, "_client_media", broken)
+    monkeypatch.setattr(MediaRelay, "_client_media", broken)
     result = run_scenario(load(LAB), "virtual")
     assert any("skype_edge raised RuntimeError: edge bug" in f for f in result.failures)
     assert any(log.level == "error" and "edge bug" in log.text for log in result.trace.logs)
