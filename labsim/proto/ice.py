@@ -39,20 +39,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from labsim.proto.events import (
-    Address,
-    Close,
-    Closed,
-    Connect,
-    Connected,
-    ConnectFailed,
-    ConnId,
-    Effect,
-    Event,
-    Log,
-    Received,
-    Send,
-)
+from labsim.proto import events as ev
+from labsim.proto.events import Address, ConnId, Effect, Event
 from labsim.proto.machine import Step
 from labsim.proto.settings import SettingError, TextForm
 from labsim.wire import WireError, stun
@@ -316,13 +304,13 @@ class CheckLink:
     def connect(self, conn: ConnId, remote: Address) -> Step[LinkNotice]:
         """Open the connection (the Skype client's media connection); :class:`LinkUp` follows."""
         self.conn, self.checks = conn, None
-        return Step((Connect(conn, remote),))
+        return Step((ev.Connect(conn, remote),))
 
     def begin(self, conn: ConnId, checks: CheckStream, early: bytes = b"") -> Step[LinkNotice]:
         """Run ``checks`` on ``conn`` (opened here, or handed over with the ``early`` bytes that
         came with it): our check first, RFC 5245 §7.1.2 has each agent send its own."""
         self.conn, self.checks = conn, checks
-        effects: list[Effect] = [Send(conn, checks.request(), "rfc4571")]
+        effects: list[Effect] = [ev.Send(conn, checks.request(), "rfc4571")]
         if not early:
             return Step(tuple(effects))
         more = self._feed(conn, checks, early)
@@ -331,18 +319,18 @@ class CheckLink:
     def close(self) -> Step[LinkNotice]:
         """Close the connection, if there is one."""
         conn, self.conn = self.conn, None
-        return Step() if conn is None else Step((Close(conn),))
+        return Step() if conn is None else Step((ev.Close(conn),))
 
     def handle(self, event: Event, now: float) -> Step[LinkNotice]:
         match event:
-            case Connected(remote=remote):
+            case ev.Connected(remote=remote):
                 return Step((), (LinkUp(remote),))
-            case ConnectFailed(reason=reason):
+            case ev.ConnectFailed(reason=reason):
                 self.conn = None
                 return Step((), (LinkFailed(reason),))
-            case Received(conn=conn, data=data) if self.checks is not None:
+            case ev.Received(conn=conn, data=data) if self.checks is not None:
                 return self._feed(conn, self.checks, data)
-            case Closed(reset=reset):
+            case ev.Closed(reset=reset):
                 # The checks stay readable (the pair CMS names in its reINVITE).
                 self.conn = None
                 return Step((), (LinkClosed(reset),))
@@ -351,15 +339,15 @@ class CheckLink:
     def _feed(self, conn: ConnId, checks: CheckStream, data: bytes) -> Step[LinkNotice]:
         was_valid = checks.valid
         out, notices = checks.feed(data)
-        effects: list[Effect] = [Send(conn, frame, "rfc4571") for frame in out]
+        effects: list[Effect] = [ev.Send(conn, frame, "rfc4571") for frame in out]
         for notice in notices:
             if isinstance(notice, CheckFailed):
-                effects.append(Log(f"ICE: {notice.reason}", "warning"))
+                effects.append(ev.Log(f"ICE: {notice.reason}", "warning"))
             elif isinstance(notice, CheckAnswered):
-                effects.append(Log("ICE: our check answered"))
+                effects.append(ev.Log("ICE: our check answered"))
             elif isinstance(notice, CheckReceived):
-                effects.append(Log(f"ICE: {self.peer}'s check answered"))
+                effects.append(ev.Log(f"ICE: {self.peer}'s check answered"))
         if not checks.valid or was_valid:
             return Step(tuple(effects))
-        effects.append(Log("ICE: candidate pair valid in both directions"))
+        effects.append(ev.Log("ICE: candidate pair valid in both directions"))
         return Step(tuple(effects), (PairValid(),))

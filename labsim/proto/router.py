@@ -50,28 +50,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from labsim.proto.events import (
-    Accepted,
-    Address,
-    Close,
-    Closed,
-    Connect,
-    Connected,
-    ConnectFailed,
-    ConnId,
-    Effect,
-    Event,
-    Listen,
-    ListenFailed,
-    Listening,
-    Received,
-    Started,
-    StartTimer,
-    StopTimer,
-    TimerFired,
-    TimerId,
-    Unlisten,
-)
+from labsim.proto import events as ev
+from labsim.proto.events import Address, ConnId, Effect, Event, TimerId
 from labsim.proto.machine import Machine, Step
 
 N = TypeVar("N")
@@ -114,15 +94,15 @@ class Router:
     def owner(self, event: Event) -> _AnyMachine | None:
         """The machine ``event`` belongs to, or None."""
         match event:
-            case Listening(address=address) | ListenFailed(address=address):
+            case ev.Listening(address=address) | ev.ListenFailed(address=address):
                 return self._addresses.get(address)
-            case Accepted(local=local):
+            case ev.Accepted(local=local):
                 return self._addresses.get(local)
-            case Connected(conn=conn) | ConnectFailed(conn=conn) | Received(conn=conn):
+            case ev.Connected(conn=conn) | ev.ConnectFailed(conn=conn) | ev.Received(conn=conn):
                 return self._conns.get(conn)
-            case Closed(conn=conn):
+            case ev.Closed(conn=conn):
                 return self._conns.get(conn)
-            case TimerFired(timer=timer):
+            case ev.TimerFired(timer=timer):
                 return self._timers.get(timer)
         return None
 
@@ -137,17 +117,17 @@ class Router:
         """Learn what ``machine`` owns from the effects it emitted, in order."""
         for effect in effects:
             match effect:
-                case Connect(conn=conn):
+                case ev.Connect(conn=conn):
                     self._take(self._conns, conn, machine, "connection")
-                case Listen(address=address):
+                case ev.Listen(address=address):
                     self._take(self._addresses, address, machine, "address")
-                case StartTimer(timer=timer):
+                case ev.StartTimer(timer=timer):
                     self._take(self._timers, timer, machine, "timer")
-                case Close(conn=conn):
+                case ev.Close(conn=conn):
                     self._drop(self._conns, conn, machine)
-                case Unlisten(address=address):
+                case ev.Unlisten(address=address):
                     self._drop(self._addresses, address, machine)
-                case StopTimer(timer=timer):
+                case ev.StopTimer(timer=timer):
                     self._drop(self._timers, timer, machine)
 
     @staticmethod
@@ -173,7 +153,7 @@ class Router:
         """The actor's whole turn for ``event``: the owning machine's effects, the owner's
         reactions to its notices, then to the notices of commands run meanwhile."""
         effects: list[Effect] = []
-        if isinstance(event, Started):
+        if isinstance(event, ev.Started):
             for each in list(self._machines):
                 effects += self._deliver(each, event, now)
             if self._on_started is not None:
@@ -182,11 +162,11 @@ class Router:
             machine = self.owner(event)
             if machine is not None:
                 match event:
-                    case Closed(conn=conn) | ConnectFailed(conn=conn):
+                    case ev.Closed(conn=conn) | ev.ConnectFailed(conn=conn):
                         del self._conns[conn]
-                    case TimerFired(timer=timer):
+                    case ev.TimerFired(timer=timer):
                         del self._timers[timer]
-                    case Accepted(conn=conn):
+                    case ev.Accepted(conn=conn):
                         self._take(self._conns, conn, machine, "connection")
                 effects += self._deliver(machine, event, now)
         while self._later:
