@@ -11,7 +11,7 @@ with one :data:`Event` and the current time in seconds, and carries out the retu
 
 Addresses are **lab addresses** (10.48.54.229:3478, 192.168.1.252:53577 …): what the actors
 believe, what goes into STUN attributes, SDP and the capture. A live runtime maps them onto
-loopback addresses (10.48.54.229 -> 127.48.54.229) and back; actors never see the difference.
+loopback addresses (each run claims a block, 127.A.B.0/24) and back; actors never see it.
 
 Connections are named by :data:`ConnId` strings. An actor names the connections it opens
 (:class:`Connect`), never with a ``/``; the accepting actor gets the connection's one name
