@@ -14,7 +14,6 @@ the ICE checks crossing the relay, as Wireshark does on the peer leg (PROTOCOL.m
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -212,12 +211,18 @@ class MessageRecord:
         return facts if isinstance(facts, StunFacts) else None
 
     @property
+    def framed(self) -> bool:
+        """Whether it went on the wire as an RFC 4571 frame (its 2-byte length stripped from
+        ``data``): a message of ``rfc4571`` framing, or framed STUN a relay carried. Opaque
+        bytes after a framing fault carry no prefix."""
+        if self.framing == "rfc4571":
+            return not (self.protocol == "TCP" and self._error is not None)
+        return self.framing == "raw" and self.protocol == "STUN"
+
+    @property
     def wire_size(self) -> int:
         """Bytes it took on the wire: an RFC 4571 frame's 2-byte length counted."""
-        framed = self.framing == "rfc4571" or self.framing == "raw" and self.protocol == "STUN"
-        if framed and not (self.protocol == "TCP" and self._error is not None):
-            return self.size + 2  # (opaque bytes after a framing fault carry no prefix)
-        return self.size
+        return self.size + 2 if self.framed else self.size
 
     @property
     def delivered(self) -> bool:
@@ -244,7 +249,7 @@ class MessageRecord:
     def is_kind(self, kind: Kind | str) -> bool:
         """Whether it is this kind of message (``Binding Request``, ``INVITE``, ``200``)."""
         if isinstance(kind, str):
-            kind = _kind(kind)
+            kind = parse_kind(kind)
         return kind.matches(self.protocol, self.facts)
 
     def _decode(self) -> None:
@@ -260,11 +265,6 @@ class MessageRecord:
 
     def __repr__(self) -> str:
         return f"MessageRecord({self.t:.6f}, {self.src}->{self.dst}, {self.summary!r}, {self.fate})"
-
-
-@functools.lru_cache(maxsize=256)
-def _kind(text: str) -> Kind:
-    return parse_kind(text)
 
 
 #: Opaque relayed data is kept only this far: a relay moving gigabytes must not grow the trace
@@ -330,19 +330,14 @@ class _Direction:
     """One direction of one connection: how its bytes are cut (one splitter, used for the
     trace and the fault rules alike), what went on the wire, what arrived."""
 
-    __slots__ = ("framing", "splitter", "sniff", "fed", "wire", "delivered", "pending",
+    __slots__ = ("framing", "splitter", "wire", "delivered", "pending",
                  "last_raw", "lost_framing", "last_end")  # fmt: skip
 
     def __init__(self) -> None:
         self.framing = ""
         self.splitter: StreamSplitter | None = None
-        #: ``raw`` framing: still looking for RFC 4571-framed STUN (the ICE checks a relay
-        #: carries); off after the first write that is anything else.
-        self.sniff = False
         #: Bytes written on the wire in this direction so far.
         self.wire = 0
-        #: Bytes handed to the splitter so far (== ``wire`` while nothing was dropped).
-        self.fed = 0
         #: Bytes the receiver has read so far.
         self.delivered = 0
         #: Records on the wire, not yet read by the receiver, in order (made on first use: a
@@ -448,7 +443,6 @@ class Trace:
             direction.framing = framing
             if not direction.lost_framing:
                 direction.splitter = splitter_for(framing)
-                direction.sniff = framing == "raw"
         return direction
 
     def _ends(self, conn: int, from_client: bool) -> tuple[str, str, Address, Address]:
@@ -466,7 +460,6 @@ class Trace:
         for the trace and the fault rules alike. An incomplete message stays buffered here
         until its last byte is sent, so a rule always decides on a whole message."""
         direction = self._direction(conn, from_client, framing)
-        direction.fed += len(data)
         ends = self._ends(conn, from_client)
         units: list[Unit] = []
         splitter = direction.splitter
@@ -507,7 +500,7 @@ class Trace:
             else:
                 if not bad and _stun_frame_start(stream[len(stream) - splitter.buffered :]):
                     return units  # all framed STUN so far; a partial one waits for its end
-            direction.splitter, direction.sniff = None, False
+            direction.splitter = None  # not framed STUN (any more): opaque from here
             rest = stream[pos:]
             if rest:
                 record("TCP", rest, rest, summary=f"TCP data, {len(rest)} bytes")
@@ -558,7 +551,6 @@ class Trace:
             # The common case, first: one whole STUN message per send (a TURN server answers
             # every request with one). The splitter would only copy it.
             direction.splitter.offset += len(data)
-            direction.fed += len(data)
             direction.wire += len(data)
             one = MessageRecord(t, conn, *self._ends(conn, from_client), "STUN", data, framing)
             one.wire_end = direction.wire
@@ -576,7 +568,6 @@ class Trace:
                 # Bulk relayed data, sniffing over, nothing else recorded on this connection
                 # since the previous write: grow that record instead of adding one per write (a
                 # relay moving gigabytes in 64 KiB writes would otherwise keep one per write).
-                direction.fed += len(data)
                 direction.wire += len(data)
                 last.size += len(data)
                 last.wire_end = direction.last_end = direction.wire
@@ -744,7 +735,7 @@ class Trace:
     def find(self, kind: str | Kind) -> list[MessageRecord]:
         """Every hop of every message of this kind (``Binding Request``, ``INVITE``, ``200``;
         see :func:`labsim.wire.facts.parse_kind`), dropped ones included."""
-        wanted = _kind(kind) if isinstance(kind, str) else kind
+        wanted = parse_kind(kind) if isinstance(kind, str) else kind
         return [m for m in self.messages if wanted.matches(m.protocol, m.facts)]
 
 

@@ -18,7 +18,6 @@ It walks the call's steps in order and stops at the first that did not happen:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from labsim.report.outcome import (
@@ -33,7 +32,7 @@ from labsim.report.outcome import (
 from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
 from labsim.vocabulary import Verdict
 from labsim.wire.address import Address
-from labsim.wire.facts import Kind, SipFacts, parse_kind
+from labsim.wire.facts import SipFacts, parse_kind
 
 #: Setup (INVITE → the reINVITE's ACK) slower than this is worth a word.
 SLOW_SETUP = 1.0
@@ -94,7 +93,7 @@ class _View:
         """STUN hops of this kind (``Allocate Success Response``; typed, see
         :func:`labsim.wire.facts.parse_kind`); ``delivered=True``: only those that reached
         ``dst``."""
-        wanted = _kinds(kind)
+        wanted = parse_kind(kind)
         return [
             m for m in self.trace.messages
             if m.protocol == "STUN" and wanted.matches("STUN", m.facts)
@@ -110,11 +109,6 @@ class _View:
         return next((h for h in hops if h.dst == actor and h.delivered), None)
 
 
-@functools.lru_cache(maxsize=64)
-def _kinds(text: str) -> Kind:
-    return parse_kind(text)
-
-
 def _hop(m: MessageRecord) -> str:
     return f"{m.src} → {m.dst}"
 
@@ -123,17 +117,14 @@ def where_lost(journeys: list[Journey], to: str) -> str:
     """Where messages that never reached ``to`` ended, from their journeys' last hops:
     "all 3 crossed cms → expressway_e and were dropped on expressway_e → skype_edge (fault
     rule 1)"."""
-    ends: dict[tuple[str, str, str, int | None], int] = {}
+    ends: dict[tuple[str, str, str, int | None], list[Journey]] = {}
     for journey in journeys:
         last = journey.last
-        key = (last.src, last.dst, last.fate, last.rule)
-        ends[key] = ends.get(key, 0) + 1
+        ends.setdefault((last.src, last.dst, last.fate, last.rule), []).append(journey)
     parts = []
-    for (src, dst, fate, rule), count in ends.items():
-        crossed = [
-            _hop(h) for h in next(j for j in journeys if j.last.src == src
-                                  and j.last.dst == dst).hops[:-1]
-        ]  # fmt: skip
+    for (src, dst, fate, rule), ended in ends.items():
+        count = len(ended)
+        crossed = [_hop(h) for h in ended[0].hops[:-1]]
         what = {
             "dropped": f"dropped on {src} → {dst}" + (f" (fault rule {rule})" if rule else ""),
             "lost": f"lost with the connection {src} → {dst}",

@@ -14,6 +14,7 @@ never against its summary text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -319,9 +320,11 @@ class KindError(ValueError):
 _SIP_TOKEN = frozenset("!%'*+-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_`abcdefghijklmnopqrstuvwxyz~")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_kind(text: str, protocol: str | None = None) -> Kind:
     """The :class:`Kind` a fault rule's text names. ``protocol`` narrows it (``SIP``, ``STUN``,
-    ``TCP``); without it the text decides. Raises :class:`KindError` with a suggestion."""
+    ``TCP``); without it the text decides. Raises :class:`KindError` with a suggestion.
+    Cached: reports and tests ask for the same few kinds over every message."""
     words = text.split()
     if not words:
         raise KindError("an empty message kind: name one, e.g. 'Binding Request' or 'INVITE'")
