@@ -257,7 +257,14 @@ def trace_to_json(
         )  # fmt: skip
         for m in trace.messages
     ]
+    known: dict[str, Any] = {}
+    for key, value in (extra or {}).items():
+        if key in CORE_KEYS:
+            raise ValueError(f"extra key {key!r} would replace the trace's own")
+        if key in RunJson.model_fields:
+            known[key] = _jsonable(value)  # documented: validated with the rest
     run = RunJson(
+        **known,
         version=VERSION,
         scenario=scenario,
         outcome=outcome,
@@ -279,15 +286,6 @@ def trace_to_json(
         logs=[_copy(LogJson, g) for g in trace.logs],
         faults=[_copy(FaultJson, f) for f in trace.faults],
     )
-    known = {}
-    for key, value in (extra or {}).items():
-        if key in CORE_KEYS:
-            raise ValueError(f"extra key {key!r} would replace the trace's own")
-        if key in RunJson.model_fields:
-            known[key] = _jsonable(value)
-    if known:
-        run = run.model_copy(update=known)
-        RunJson.model_validate(run.model_dump())  # the documented keys keep their types
     out: dict[str, Any] = run.model_dump(mode="json")
     for key in _RUN_EXTRAS:
         if key not in known:

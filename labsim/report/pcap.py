@@ -88,12 +88,8 @@ def wire_payload(message: MessageRecord) -> bytes | None:
     with zero bytes to its recorded size."""
     if message.fate == "dropped":
         return None  # a fault rule took it before it reached the wire
-    if message.relayed and message.protocol == "STUN":
-        return frame_rfc4571(message.data)  # a framed check a relay carried, prefix and all
-    if message.framing == "rfc4571" and (message.protocol != "TCP" or message.error is None):
-        # A whole frame the splitter cut out (STUN or other framed data). A record with an
-        # error is what followed a framing fault: raw bytes, no prefix stripped.
-        return frame_rfc4571(message.data)
+    if message.framed:
+        return frame_rfc4571(message.data)  # the length prefix the trace strips
     data = message.data
     if len(data) < message.size:
         data = data + bytes(message.size - len(data))
