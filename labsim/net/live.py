@@ -66,7 +66,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from labsim.net.faults import BlockHow, FaultPlan, Reachability
+from labsim.net.faults import BlockHow, FaultPlan
 from labsim.net.model import (
     EPHEMERAL_FIRST,
     EPHEMERAL_LAST,
@@ -328,8 +328,9 @@ class LiveNetwork:
         #: ``blocked`` pairs (client actor, server actor) are black-holed, as a firewall that
         #: drops the SYN does (``ConnectFailed("timeout")`` after the connect timeout);
         #: ``refused`` ones get a RST at once; so do the ``block`` rules of ``faults``.
-        reach = Reachability(blocked or (), refused or (), faults or None)
-        self.runtime = Runtime(actors, trace, self, faults=faults, reach=reach)
+        self.runtime = Runtime(
+            actors, trace, self, faults=faults, blocked=blocked or (), refused=refused or ()
+        )
         #: One-way latency added between two actors (either order), on top of loopback's own:
         #: bytes and closes reach the receiver that much later, in order.
         self.link_latency = dict(link_latency or {})

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from labsim.net.fault_exec import FaultExecutor
@@ -80,7 +80,8 @@ class Runtime:
         transport: Transport,
         *,
         faults: FaultPlan | None = None,
-        reach: Reachability | None = None,
+        blocked: Iterable[tuple[str, str]] = (),
+        refused: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.trace = trace
         self.transport = transport
@@ -98,7 +99,9 @@ class Runtime:
         self.writes = Writes(transport)
         #: The scenario's network fault rules (None: a healthy network).
         self.faults = FaultExecutor(faults, self) if faults else None
-        self.reach = reach if reach is not None else Reachability(plan=faults or None)
+        #: Which connects get through: ``blocked`` pairs (client actor, server actor) are
+        #: black-holed, ``refused`` ones get a RST, and so do the ``block`` rules of ``faults``.
+        self.reach = Reachability(blocked, refused, faults or None)
         #: (actor name, exception) for every actor exception, in order (also in the trace).
         self.errors: list[tuple[str, BaseException]] = []
         self.stopping = False

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import simpy
 
-from labsim.net.faults import BlockHow, FaultPlan, Reachability
+from labsim.net.faults import BlockHow, FaultPlan
 from labsim.net.model import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, StopWhen
 from labsim.net.runtime import Runtime
 from labsim.net.transport import Handle
@@ -102,8 +102,9 @@ class VirtualNetwork:
         self.env = simpy.Environment()
         self.latency = latency
         self.link_latency = dict(link_latency or {})
-        reach = Reachability(blocked or (), refused or (), faults or None)
-        self.runtime = Runtime(actors, trace, self, faults=faults, reach=reach)
+        self.runtime = Runtime(
+            actors, trace, self, faults=faults, blocked=blocked or (), refused=refused or ()
+        )
         self.trace = trace
         self._listeners: dict[Address, _Listener] = {}
         self._ports_in_use: set[tuple[str, int]] = set()
