@@ -609,10 +609,23 @@ class Trace:
         record.fate, record.rule = "dropped", rule
         self._add(record)
 
-    def hold(self, unit: Unit, rule: int, seconds: float) -> None:
-        """A fault rule delays a unit of :meth:`cut`; :meth:`wire` follows when it is let go."""
+    def hold(self, unit: Unit, rule: int, seconds: float, t: float | None = None) -> None:
+        """A fault rule delays a unit of :meth:`cut`; :meth:`wire` follows when it is let go,
+        or :meth:`never_sent` when its connection or the run ends first."""
         record = unit[0]
         record.rule, record.delay = rule, seconds
+        if t is not None:
+            record.sent_t = t
+
+    def never_sent(self, unit: Unit, t: float, fate: Fate) -> None:
+        """A held unit that never went on the wire: its connection closed while it was held
+        (``lost``), or the run ended first (``in-flight``). Its sender did send it: the record
+        keeps it."""
+        record = unit[0]
+        record.t = record.sent_t
+        record.fate = fate
+        record.fate_t = t if fate != "in-flight" else None
+        self._add(record)
 
     def _put(self, record: MessageRecord, direction: _Direction, t: float) -> None:
         record.t = t

@@ -16,9 +16,17 @@ OUTCOMES: tuple[OutcomeName, ...] = get_args(OutcomeName)
 
 #: The diagnosis's verdicts, in the order of the call's steps (``labsim.report.diagnose``).
 Verdict = Literal[
-    "healthy", "stale-nonce-recovered", "glare-recovered", "slow-network", "presenter-not-allowed",
-    "turn-auth-failed", "tcp-relay-unsupported", "relay-unreachable", "permission-missing",
-    "connection-bind-missing", "one-way-binding", "allocation-expired", "media-path-lost",
-    "no-sip-path", "call-rejected", "unknown",
+    # the call worked
+    "healthy", "stale-nonce-recovered", "glare-recovered", "recovered", "slow-network",
+    # the first failure, in call order
+    "no-sip-path", "presenter-not-allowed", "call-rejected", "turn-port-refused",
+    "turn-port-blocked", "no-turn-server", "turn-auth-failed", "tcp-relay-unsupported",
+    "turn-no-capacity", "turn-error", "turn-no-answer", "ack-lost", "relay-refused",
+    "relay-unreachable", "permission-missing", "connection-bind-failed",
+    "connection-bind-missing", "ice-not-started", "one-way-binding", "reinvite-missing",
+    "reinvite-lost", "allocation-expired", "refresh-refused", "media-path-lost",
+    "hang-up-incomplete", "message-lost", "message-delayed",
+    # nothing found explains it
+    "unknown",
 ]  # fmt: skip
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)

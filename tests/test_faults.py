@@ -114,9 +114,12 @@ def test_delay_holds_a_message_and_what_follows_it_on_the_connection(clock: Cloc
 
 
 @pytest.mark.parametrize("clock", CLOCKS)
-@pytest.mark.parametrize(("how", "reason"), [("refuse", "refused"), ("blackhole", "timeout")])
+@pytest.mark.parametrize(
+    ("how", "reason", "verdict"),
+    [("refuse", "refused", "relay-refused"), ("blackhole", "timeout", "relay-unreachable")],
+)
 def test_block_refuses_or_black_holes_connects_to_a_port_range(
-    clock: Clock, how: str, reason: str
+    clock: Clock, how: str, reason: str, verdict: str
 ) -> None:
     sc = lab(
         "actors: {skype_client: {ice_timeout: 7.0}}\n"
@@ -129,7 +132,8 @@ def test_block_refuses_or_black_holes_connects_to_a_port_range(
         24000,
         reason,
     )
-    assert result.diagnosis.verdict == "relay-unreachable"
+    # A RST and unanswered SYNs are different evidence, and different verdicts.
+    assert result.diagnosis.verdict == verdict
 
 
 @pytest.mark.parametrize("clock", CLOCKS)
@@ -164,7 +168,7 @@ RULE_FAULTS = [
      "stun: Binding Success Response}}]"),
     ("one-way-binding", "faults: [{drop: {from: skype_edge, to: skype_client, "
      "stun: Binding Success Response}}]"),
-    ("relay-unreachable", "faults: [{block: {from: skype_edge, to: expressway_e, "
+    ("relay-refused", "faults: [{block: {from: skype_edge, to: expressway_e, "
      "ports: [24000, 29999], how: refuse}}]"),
     ("relay-unreachable", "faults: [{block: {from: skype_edge, to: expressway_e, "
      "ports: [24000, 29999]}}]\nactors: {skype_client: {ice_timeout: 8.0}}"),

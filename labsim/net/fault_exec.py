@@ -29,6 +29,8 @@ class FaultExecutor:
     def __init__(self, plan: FaultPlan, runtime: Runtime) -> None:
         self.plan = plan
         self.runtime = runtime
+        #: Ends a delay holds data on (closed ones too: their data still waits).
+        self.holding: dict[int, End] = {}
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -115,15 +117,16 @@ class FaultExecutor:
                 release = now + hit.rule.seconds
                 if held:
                     release = max(release, held[-1].release)
-                trace.hold(unit, hit.number, release - now)
+                trace.hold(unit, hit.number, release - now, now)
                 self.note(now, "delayed", hit, src, dst, end.link.gid, record.summary)
                 if held is None:
                     held = end.held = []
+                    self.holding[id(end)] = end
                 held.append(Held(release, unit))
                 runtime.transport.later(release - now, self.release, end)
             elif held:
                 # TCP order: behind the held bytes.
-                trace.hold(unit, 0, held[-1].release - now)
+                trace.hold(unit, 0, held[-1].release - now, now)
                 held.append(Held(held[-1].release, unit))
         if passing:
             runtime.writes.queue(end, b"".join(passing))
@@ -150,6 +153,18 @@ class FaultExecutor:
             elif runtime.transport.alive(end) and (end.open or held):
                 runtime.trace.wire(item.unit, now)
                 runtime.transport.write(end, item.unit[1])
+            else:
+                runtime.trace.never_sent(item.unit, now, "lost")
+
+    def settle(self) -> None:
+        """The run is over: what a delay still holds never went on the wire."""
+        now = self.runtime.transport.now()
+        for end in self.holding.values():
+            for item in end.held or ():
+                if item.unit is not None:
+                    self.runtime.trace.never_sent(item.unit, now, "in-flight")
+            end.held = None
+        self.holding.clear()
 
     # -- connects ------------------------------------------------------------------------------
 

@@ -146,6 +146,8 @@ class Runtime:
         """End of run: stop timers, listeners and connects of every actor (not traced)."""
         self.stopping = True
         transport = self.transport
+        if self.faults is not None:
+            self.faults.settle()
         for st in self.actors.values():
             for end in st.ends.values():
                 end.open = False  # left open in the trace: the run ended, not the connection

@@ -1,38 +1,35 @@
 """What went wrong in a run, and what to do about it on the real systems, in plain words.
 
-The diagnosis reads the trace's messages, connections and refused connects — what captures
-at each hop would show — and nothing else: not the scenario, not the fault rules (their
-:class:`~labsim.trace.FaultRecord` entries are for the reader of the ladder), not the actors'
-log lines. An injected fault must be found the way an engineer finds it in a real capture:
-from what is missing, refused, reset or answered with an error, and in which direction.
+The diagnosis reasons from evidence (:mod:`labsim.report.evidence`): what was sent, on which
+hop, what became of it and who received it; error answers; connects that never opened;
+connections that ended under the call; steps an actor never took; and who ended the call,
+when and why. It reads nothing else: not the scenario, not the fault rules' words, not the
+actors' logs, so it holds for faults nobody wrote yet.
 
-It walks the call's steps in order and stops at the first that did not happen:
+The verdicts are data: :data:`RULES`, in call order, each a predicate over one anomaly (and the
+evidence around it) with its words: what happened, the likely cause, what to check on the real
+systems. The choice:
 
-1. **SIP INVITE** — the applicationsharing INVITE reaches CMS and is answered 2xx;
-2. **TURN allocation** — CMS gets a TCP relay from Expressway-E (RFC 6062 §4.1);
-3. **relay connection** — the Skype side connects to the relayed address, Expressway-E
-   announces it (ConnectionAttempt) and CMS binds it (ConnectionBind, RFC 6062 §4.3-4.4);
-4. **ICE checks** — RFC 4571-framed Binding requests answered in both directions;
-5. **reINVITE** — the sharing is confirmed, and the media path stays up until the hang-up.
+* the call reached sharing, ended as planned (the user's BYE, answered) and nothing that
+  happened on the way broke it → ``healthy`` when nothing happened at all, else the name of
+  what recovered (``stale-nonce-recovered``, ``glare-recovered``, ``recovered``) or
+  ``slow-network``. Never ``healthy`` when anything departed from the healthy call;
+* otherwise the first failure in call order (:data:`~labsim.report.evidence.STEPS`, then time)
+  is the verdict, found by the first rule that matches it; the other failures are listed
+  under "also", what recovered under "recovered";
+* no failure found although the call did not work → ``unknown``, with every anomaly found.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from labsim.report.outcome import (
-    SipHop,
-    SipMessages,
-    first_invite,
-    reinvite_refusal,
-    reinvites,
-    sip_messages,
-    status_text,
-)
-from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
+from labsim.report.evidence import Anomaly, Evidence, Step, gather, lines
+from labsim.report.outcome import outcome
+from labsim.trace import ConnectionRecord, Trace
 from labsim.vocabulary import Verdict
-from labsim.wire.address import Address
-from labsim.wire.facts import SipFacts, parse_kind
+from labsim.wire.facts import SipFacts
 
 #: Setup (INVITE → the reINVITE's ACK) slower than this is worth a word.
 SLOW_SETUP = 1.0
@@ -45,651 +42,630 @@ class Diagnosis:
     verdict: Verdict
     """One of :data:`~labsim.vocabulary.VERDICTS`."""
     step: str
-    """The step of the call where it stopped (or ``call up`` when it did not)."""
+    """The step of the call where it failed (``call up`` when it did not)."""
     summary: str
     """One sentence."""
     evidence: tuple[str, ...] = ()
-    """What the messages show, each with its direction."""
+    """The facts behind the verdict: message, hop, count and time."""
     cause: str = ""
     """The likely cause."""
     advice: tuple[str, ...] = ()
     """What to check or change on the real systems."""
+    ended: str = ""
+    """Who ended the call, when and why."""
+    also: tuple[str, ...] = ()
+    """Other failures, after the first in call order."""
+    recovered: tuple[str, ...] = ()
+    """What departed from the healthy call without breaking it, and why it did not."""
 
     def text(self) -> str:
         lines = [f"Diagnosis: {self.verdict} (step: {self.step})", f"  {self.summary}"]
-        if self.evidence:
-            lines.append("  Evidence:")
-            lines += [f"    - {e}" for e in self.evidence]
+        sections = (
+            ("Evidence", self.evidence), ("Recovered on the way", self.recovered),
+            ("Also wrong (after the first failure)", self.also),
+        )  # fmt: skip
+        for title, items in sections[:1]:
+            if items:
+                lines.append(f"  {title}:")
+                lines += [f"    - {e}" for e in items]
+        if self.ended:
+            lines.append(f"  Ended: {self.ended}")
         if self.cause:
             lines.append(f"  Likely cause: {self.cause}")
         if self.advice:
             lines.append("  Check:")
             lines += [f"    - {a}" for a in self.advice]
+        for title, items in sections[1:]:
+            if items:
+                lines.append(f"  {title}:")
+                lines += [f"    - {e}" for e in items]
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "verdict": self.verdict, "step": self.step, "summary": self.summary,
             "evidence": list(self.evidence), "cause": self.cause, "advice": list(self.advice),
+            "ended": self.ended, "also": list(self.also), "recovered": list(self.recovered),
         }  # fmt: skip
 
 
-@dataclass
-class _View:
-    """The trace, indexed for the questions the diagnosis asks."""
+# -- the words of error codes -------------------------------------------------------------------
 
-    trace: Trace
-    caller: str
-    callee: str
-    turn: str
-    sip_msgs: SipMessages = field(default_factory=list)
+#: STUN/TURN error codes (RFC 5389 §15.6, RFC 5766 §15, RFC 6062 §6.3) and what they mean here.
+STUN_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("Bad Request", "the request is malformed"),
+    401: ("Unauthorized", "the credentials (long-term, RFC 5389 §10.2) are not accepted"),
+    403: ("Forbidden", "the server's policy refuses the request (an address or user it will "
+                       "not serve)"),
+    420: ("Unknown Attribute", "the server does not understand a required attribute"),
+    437: ("Allocation Mismatch", "the server holds no allocation for this 5-tuple (it "
+                                 "expired or was never made; RFC 5766 §7.2)"),
+    438: ("Stale Nonce", "the nonce expired; the client must retry with the new one"),
+    441: ("Wrong Credentials", "the credentials differ from the allocation's (RFC 5766 §4)"),
+    442: ("Unsupported Transport Protocol", "the server does not relay that transport (TCP "
+                                            "relays need RFC 6062)"),
+    446: ("Connection Already Exists", "a connection to that peer exists already (RFC 6062 "
+                                       "§5.2)"),
+    447: ("Connection Timeout or Failure", "the server could not connect to the peer, or the "
+                                           "peer connection to bind is gone (RFC 6062 §5.2, "
+                                           "§5.4)"),
+    486: ("Allocation Quota Reached", "this user holds as many allocations as allowed"),
+    500: ("Server Error", "the server failed"),
+    508: ("Insufficient Capacity", "the server has no relay port or capacity left"),
+}  # fmt: skip
 
-    def __post_init__(self) -> None:
-        self.sip_msgs = sip_messages(self.trace)
-
-    def stun(self, kind: str, src: str | None = None, dst: str | None = None,
-             relayed: bool | None = False, delivered: bool | None = None,
-             ) -> list[MessageRecord]:  # fmt: skip
-        """STUN hops of this kind (``Allocate Success Response``; typed, see
-        :func:`labsim.wire.facts.parse_kind`); ``delivered=True``: only those that reached
-        ``dst``."""
-        wanted = parse_kind(kind)
-        return [
-            m for m in self.trace.messages
-            if m.protocol == "STUN" and wanted.matches("STUN", m.facts)
-            and (src is None or m.src == src) and (dst is None or m.dst == dst)
-            and (relayed is None or m.relayed == relayed)
-            and (delivered is None or m.delivered == delivered)
-        ]  # fmt: skip
-
-    def reached(self, record: MessageRecord, actor: str) -> MessageRecord | None:
-        """The hop of ``record``'s message that was delivered to ``actor``, if any."""
-        journey = record.journey
-        hops = journey.hops if journey is not None else [record]
-        return next((h for h in hops if h.dst == actor and h.delivered), None)
-
-
-def _hop(m: MessageRecord) -> str:
-    return f"{m.src} → {m.dst}"
-
-
-def where_lost(journeys: list[Journey], to: str) -> str:
-    """Where messages that never reached ``to`` ended, from their journeys' last hops:
-    "all 3 crossed cms → expressway_e and were dropped on expressway_e → skype_edge (fault
-    rule 1)"."""
-    ends: dict[tuple[str, str, str, int | None], list[Journey]] = {}
-    for journey in journeys:
-        last = journey.last
-        ends.setdefault((last.src, last.dst, last.fate, last.rule), []).append(journey)
-    parts = []
-    for (src, dst, fate, rule), ended in ends.items():
-        count = len(ended)
-        crossed = [_hop(h) for h in ended[0].hops[:-1]]
-        what = {
-            "dropped": f"dropped on {src} → {dst}" + (f" (fault rule {rule})" if rule else ""),
-            "lost": f"lost with the connection {src} → {dst}",
-            "in-flight": f"still in flight on {src} → {dst} when the run ended",
-            "outside": f"handed to a peer outside the run on {src} → {dst}",
-            "delivered": f"delivered to {dst}, which did not pass it on",
-        }[fate]
-        lead = "all" if count == len(journeys) and count > 1 else ""
-        lead = f"{lead} {count}".strip() if len(journeys) > 1 else "it"
-        via = f" crossed {', '.join(crossed)} and" if crossed else ""
-        verb = "was" if lead == "it" or count == 1 else "were"
-        parts.append(f"{lead}{via} {verb} {what}")
-    return "; ".join(parts)
+#: SIP statuses (RFC 3261 §21) and what a refusal of the share means.
+SIP_STATUSES: dict[int, str] = {
+    403: "the far end forbids the session (policy, or the meeting's roles)",
+    404: "the far end does not know the address",
+    408: "the far end gave up waiting",
+    480: "the far end is not available now",
+    481: "the far end knows no such dialog or transaction",
+    486: "the far end is busy",
+    488: "the far end does not accept the offered session (SDP: media kind, candidates or "
+         "attributes it cannot use, RFC 3261 §21.4.26)",
+    491: "both ends re-offered at once (glare) and the retry never completed (RFC 3261 §14.1)",
+    500: "the far end failed while handling the request",
+    503: "the far end is out of service or capacity (RFC 3261 §21.5.4)",
+    603: "the far end declined the session (RFC 3261 §21.6.2)",
+}  # fmt: skip
 
 
-def _relay_address(view: _View) -> Address | None:
-    for record in view.stun("Allocate Success Response", src=view.turn, dst=view.callee):
-        facts = record.stun_facts
-        if facts is not None and facts.relayed is not None:
-            return facts.relayed
+def stun_phrase(code: int | None) -> str:
+    if code is None:
+        return ""
+    return f"{code} {STUN_ERRORS.get(code, ('', ''))[0]}".rstrip()
+
+
+# -- the verdict table ------------------------------------------------------------------------
+
+Words = str | Callable[[Anomaly, Evidence], str]
+Match = Callable[[Anomaly, Evidence], bool]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One verdict: the anomaly it explains, and its words. Templates name the anomaly's
+    fields: ``{sender}``, ``{kind}``, ``{where}`` (its hop), ``{code}``, ``{phrase}``, and the
+    call's ``{caller}``, ``{callee}``, ``{turn}``, ``{relay}``."""
+
+    verdict: Verdict
+    when: Match
+    summary: Words
+    cause: Words
+    advice: tuple[str, ...] = ()
+
+
+def _is(
+    *what: str, step: Step | None = None, methods: tuple[str, ...] = (),
+    codes: tuple[int, ...] = (), how: tuple[str, ...] = (), kinds: tuple[str, ...] = (),
+) -> Match:  # fmt: skip
+    def match(a: Anomaly, ev: Evidence) -> bool:
+        return (
+            (not what or a.what in what) and (step is None or a.step == step)
+            and (not methods or a.method in methods) and (not codes or a.code in codes)
+            and (not how or a.how in how) and (not kinds or a.kind in kinds)
+        )  # fmt: skip
+
+    return match
+
+
+def _and(*matches: Match) -> Match:
+    return lambda a, ev: all(m(a, ev) for m in matches)
+
+
+def _diag_21002(a: Anomaly, ev: Evidence) -> bool:
+    return isinstance(a.facts, SipFacts) and a.facts.diagnostics_code == 21002
+
+
+def _final_answer(a: Anomaly, ev: Evidence) -> bool:
+    return a.kind.endswith("(INVITE)") and not a.kind.startswith("1")
+
+
+def _expiry(ev: Evidence) -> tuple[ConnectionRecord, int, float] | None:
+    """The callee's TURN connection closed by the TURN server once the allocation's lifetime
+    ran out after its last successful Allocate or Refresh (RFC 5766 §5)."""
+    granted = [
+        (r.fate_t or r.t, f.lifetime) for r, f in ev.stun
+        if f.method in ("Allocate", "Refresh") and f.is_success and r.dst == ev.callee
+        and r.delivered and f.lifetime
+    ]  # fmt: skip
+    if not granted:
+        return None
+    last, lifetime = max(granted)
+    assert lifetime is not None
+    for c in ev.trace.connections.values():
+        if (
+            {c.client, c.server} == {ev.callee, ev.turn} and c.closed_by == ev.turn
+            and c.closed is not None and c.closed >= last + lifetime - 1.0
+        ):  # fmt: skip
+            return c, lifetime, last
     return None
+
+
+def _expired(a: Anomaly, ev: Evidence) -> bool:
+    return (
+        a.step == "call up"
+        and a.what in ("closed", "lost", "held")
+        and (_expiry(ev) is not None)
+        and (a.what == "closed" or a.method == "Refresh")
+    )
+
+
+def _expiry_summary(a: Anomaly, ev: Evidence) -> str:
+    found = _expiry(ev)
+    assert found is not None
+    c, lifetime, last = found
+    return (
+        f"The relay allocation expired: its lifetime ({lifetime} s) ran out after the last "
+        f"successful Allocate or Refresh (t={last:.1f} s), and {ev.turn} closed {ev.callee}'s "
+        f"TURN connection at t={c.closed or 0:.1f} s, and the media path with it."
+    )
+
+
+def _expiry_cause(a: Anomaly, ev: Evidence) -> str:
+    refreshes = [
+        r for r, f in ev.stun
+        if f.method == "Refresh" and f.is_request and r.src == ev.callee and r.hop == 0
+        and f.lifetime != 0
+    ]  # fmt: skip
+    lost = [r for r in refreshes if r.journey is not None and not r.journey.reached(ev.turn)]
+    if refreshes and lost:
+        where = lost[0].journey.last if lost[0].journey is not None else lost[0]
+        return (
+            f"{ev.callee} did refresh ({len(refreshes)} Refresh Request(s)), but "
+            f"{len(lost)} never reached {ev.turn}: lost on {where.src} → {where.dst}; the "
+            "allocation was never extended (RFC 5766 §7)"
+        )
+    if refreshes:
+        return (
+            f"{ev.callee}'s Refresh Requests reached {ev.turn} but none extended the "
+            "allocation (see their answers)"
+        )
+    return (
+        f"{ev.callee} sent no Refresh before the lifetime ended (RFC 5766 §7: the client "
+        "refreshes before expiry)"
+    )
+
+
+def _refused_sip(a: Anomaly, ev: Evidence) -> str:
+    facts = a.facts
+    diag = f" ({facts.diagnostics})" if isinstance(facts, SipFacts) and facts.diagnostics else ""
+    what = "the sharing INVITE" if a.kind.endswith("(INVITE)") else "the sharing reINVITE"
+    return f"{a.sender} refused {what}: {a.kind.split(' (')[0]}{diag}."
+
+
+def _sip_meaning(a: Anomaly, ev: Evidence) -> str:
+    return SIP_STATUSES.get(a.code or 0, "the far end refused the session; the status and any "
+                                         "ms-diagnostics say why")  # fmt: skip
+
+
+def _stun_meaning(a: Anomaly, ev: Evidence) -> str:
+    return f"{stun_phrase(a.code)}: {STUN_ERRORS.get(a.code or 0, ('', 'see RFC 5389 §15.6'))[1]}"
+
+
+def _lost_words(noun: str) -> Words:
+    def words(a: Anomaly, ev: Evidence) -> str:
+        verb = "held" if a.what == "held" else "lost"
+        return f"{noun}: {a.sender}'s {a.kind} was {verb} on {a.where}."
+
+    return words
+
+
+#: Every verdict, in call order; the first whose predicate matches the first failure wins.
+RULES: tuple[Rule, ...] = (
+    # -- the INVITE and its answer
+    Rule("presenter-not-allowed", _and(_is("error"), _diag_21002),
+         "The Skype meeting refuses to let CMS share: attendees cannot share in this "
+         "conference (ms-diagnostics 21002, component ASMCU).",
+         "the Skype for Business meeting lets only presenters share, and CMS joined as an "
+         "attendee",
+         ("in the Skype meeting, right-click the CMS participant and choose Make Presenter",
+          "or change the meeting options so that everyone can present",
+          "CMS's logs show the same ms-diagnostics-public line")),
+    Rule("call-rejected", _is("error", methods=("INVITE",)), _refused_sip, _sip_meaning,
+         ("the logs of the end that answered, at that time",
+          "the SIP status meaning (RFC 3261 §21) and any ms-diagnostics in the answer")),
+    Rule("no-sip-path", _is("lost", "held", "connect-failed", "closed", step="SIP INVITE"),
+         _lost_words("The sharing INVITE never got through"),
+         "a SIP hop cannot forward it: a missing connection (the traversal zone between "
+         "Expressway-C and Expressway-E), a routing rule, or a firewall on the SIP ports",
+         ("the traversal zone status on Expressway-C and Expressway-E (Active)",
+          "the search rules and dial plan that route the meeting's domain to CMS",
+          "TCP 5060/5061 and the traversal port (7001) through the firewalls")),
+    Rule("no-sip-path", _and(_is("lost", "held", step="SIP answer"), _final_answer),
+         _lost_words("The answer to the INVITE never got back"),
+         "the answer is lost on the way back (Record-Route / Via handling on a hop, or a "
+         "one-way SIP path)",
+         ("SIP logs of each hop for the 200 OK", "the traversal zone in both directions")),
+    Rule("ack-lost", _is("lost", "held", step="SIP answer", kinds=("ACK",)),
+         "{callee}'s 200 OK was never acknowledged: the ACK was {how_lost} on {where}, so "
+         "{callee} kept resending its 200 OK and, 64·T1 after it, ended the call (RFC 3261 "
+         "§13.3.1.4).",
+         "the ACK goes end to end through every proxy of the Record-Route; one hop does not "
+         "forward it (a Record-Route/Route mismatch, a proxy that lost the dialog, a one-way "
+         "SIP path)",
+         ("the ACK on each hop of the SIP path (Expressway-C's and Expressway-E's logs)",
+          "the Record-Route headers of the 200 OK and the Route headers of the ACK",
+          "the traversal zone in both directions")),
+    # -- TURN
+    Rule("turn-port-refused", _is("connect-failed", step="TURN allocation", how=("refused",)),
+         "{callee} cannot reach the TURN server: its TCP connect was refused (RST).",
+         "nothing listens on the TURN port: the TURN service is off, or listens on another "
+         "port or address",
+         ("Expressway-E: Configuration > Traversal > TURN: TURN services On, TCP port 3478",
+          "CMS /turnServers: serverAddress and tcpPortNumberOverride",
+          "a firewall that rejects (RST) TCP 3478 from CMS")),
+    Rule("turn-port-blocked",
+         _is("connect-failed", step="TURN allocation", how=("timeout", "unreachable")),
+         "{callee} cannot reach the TURN server: its TCP connect got no answer at all.",
+         "a firewall between CMS and Expressway-E silently drops TCP to the TURN port "
+         "(SYNs unanswered), or the address is wrong",
+         ("the firewall between CMS and Expressway-E: TCP 3478 from CMS's address",
+          "CMS /turnServers serverAddress (Expressway-E's internal address)")),
+    Rule("no-turn-server", _is("missing", step="TURN allocation"),
+         "{callee} never asked a TURN server for a relay, so its answer offers no relay "
+         "candidate the Skype side can reach.",
+         "CMS has no TURN server configured (or its TURN configuration is not applied to "
+         "this call); the Skype side cannot reach CMS's own address",
+         ("CMS API /turnServers: a TURN server of type expressway with serverAddress, "
+          "clientAddress, username and password",
+          "the 200 OK's SDP: a=candidate lines, is there one of typ relay?")),
+    Rule("turn-auth-failed",
+         _is("error", step="TURN allocation", methods=("Allocate",), codes=(401, 441)),
+         "{turn} rejects {callee}'s TURN credentials: its authenticated Allocate is answered "
+         "{phrase}.",
+         "CMS's TURN username or password differs from the Expressway-E local "
+         "authentication database entry (long-term credentials, RFC 5389 §10.2)",
+         ("CMS /turnServers username and password",
+          "Expressway-E: Configuration > Authentication > Devices > Local database",
+          "the realm CMS uses matches Expressway-E's (TANDBERG by default)")),
+    Rule("tcp-relay-unsupported", _is("error", methods=("Allocate",), codes=(442,)),
+         "{turn} refuses TCP relays: Allocate answered {phrase}.",
+         "Expressway-E before X8.9 has no TCP TURN (RFC 6062); CMS needs it for Skype "
+         "content sharing",
+         ("upgrade Expressway-E to X8.9 or later (TCP TURN for CMS-Skype content)",
+          "Configuration > Traversal > TURN: TURN services on, TCP enabled")),
+    Rule("turn-no-capacity", _is("error", methods=("Allocate",), codes=(486, 508)),
+         "{turn} has no relay to give: Allocate answered {phrase}.",
+         _stun_meaning,
+         ("Expressway-E: Status > TURN relays in use, and the licensed relay count",
+          "the relay port range (Configuration > Traversal > TURN) against the calls it must "
+          "carry", "stale allocations of earlier calls (CMS should release them with a "
+          "Refresh of lifetime 0)")),
+    Rule("turn-error", _is("error", step="TURN allocation"),
+         "{turn} refuses {callee}'s allocation: Allocate answered {phrase}.", _stun_meaning,
+         ("Expressway-E's TURN logs at that time", "Expressway-E TURN status and policy")),
+    Rule("turn-no-answer", _is("lost", "held", step="TURN allocation"),
+         _lost_words("The TURN allocation never completed"),
+         "TURN requests or answers are lost between CMS and Expressway-E (TCP 3478)",
+         ("captures on both sides of the firewall between CMS and Expressway-E, TCP 3478",)),
+    # -- the relay connection
+    Rule("relay-refused", _is("connect-failed", step="relay connection", how=("refused",)),
+         "The Skype side's connect to {callee}'s relay candidate {relay} was refused (RST).",
+         "nothing accepts on that relayed address: the allocation is gone, Expressway-E does "
+         "not listen on that port, or a firewall rejects the connect",
+         ("Expressway-E: TURN relays in use: is the allocation still there?",
+          "a firewall in front of Expressway-E that rejects TCP to the relay range "
+          "(default 24000-29999)")),
+    Rule("relay-unreachable", _is("connect-failed", step="relay connection"),
+         "The Skype side cannot reach {callee}'s relay candidate {relay}: its TCP connect got "
+         "no answer.",
+         "a firewall drops TCP to the Expressway-E relay port range in front of the Skype "
+         "Edge's address, or the advertised relay address is not reachable (a static NAT "
+         "address not forwarded to Expressway-E)",
+         ("the firewall between the Skype Edge and Expressway-E: TCP to the TURN relay range "
+          "(default 24000-29999) on Expressway-E's public address",
+          "Expressway-E's static NAT setting: the relayed address CMS advertises must be the "
+          "public address the firewall forwards to Expressway-E",
+          "which address CMS advertised as relay candidate (NAT / dual NIC)")),
+    Rule("permission-missing", _is("closed", step="relay connection", how=("reset",)),
+         "{turn} rejects the peer's connection to the relay: there is no permission for its "
+         "address.",
+         "the TURN server enforces permissions for incoming TCP connections (RFC 6062 §5.3) "
+         "and CMS installed none for the Skype Edge's address",
+         ("whether CMS sends CreatePermission for the remote candidate's address",
+          "the Expressway-E version and its permission handling for TCP relays")),
+    Rule("permission-missing", _is("error", methods=("CreatePermission",)),
+         "{turn} refused {callee}'s CreatePermission ({phrase}), so the peer's connection to "
+         "the relay cannot be accepted.", _stun_meaning,
+         ("Expressway-E's TURN logs for the CreatePermission",
+          "the peer address CMS asks for (the Skype Edge's relay address)")),
+    Rule("connection-bind-failed", _is("error", methods=("ConnectionBind", "Connect")),
+         "{turn} refused {callee}'s ConnectionBind ({phrase}), so the peer's data never "
+         "flowed.", _stun_meaning,
+         ("Expressway-E's TURN logs for the ConnectionBind and the peer connection",
+          "time between the ConnectionAttempt and the ConnectionBind (Expressway-E waits "
+          "30 s, RFC 6062 §5.4)")),
+    Rule("connection-bind-missing", _is("lost", "held", "missing", "closed",
+                                        step="relay connection"),
+         lambda a, ev: (
+             f"The peer's connection to the relay was never bound: {a.sender}'s {a.kind} "
+             f"{'was held on ' + a.where if a.what == 'held' else 'was lost on ' + a.where}."
+             if a.what in ("lost", "held")
+             else f"The peer's connection to the relay was never bound: {a.line}."
+         ),
+         "the ConnectionAttempt / ConnectionBind exchange of RFC 6062 §4.3-4.4 did not "
+         "complete: CMS must open a new connection to Expressway-E's TURN port and bind the "
+         "peer's connection on it, within 30 s",
+         ("TCP 3478 from CMS to Expressway-E for a second (data) connection",
+          "CMS's TURN logs for the ConnectionAttempt",
+          "CMS software version (TCP TURN support for Skype content)")),
+    # -- ICE
+    Rule("ice-not-started", _is("missing", step="ICE checks"),
+         "{sender} never sent a connectivity check on the relay path.",
+         "that end did not start ICE on the candidate pair (no usable candidate, or its "
+         "media connection failed)",
+         ("the SDP candidates of both ends", "the end's logs for its media connection")),
+    Rule("one-way-binding", _is("lost", "held", "error", step="ICE checks"),
+         lambda a, ev: (
+             f"The ICE checks fail one way: {a.sender}'s {a.kind}s are "
+             f"{'held' if a.what == 'held' else 'lost'} on {a.where}, so the candidate pair "
+             "never becomes valid both ways and no reINVITE confirms the sharing."
+         ),
+         "STUN binding traffic is lost one way on the media path (a firewall or ALG that "
+         "passes the TCP connection but drops framed STUN one way); the lab document's check: "
+         "there must be a Binding Request and a Binding Success Response in each direction",
+         ("capture on Expressway-E's relay port and CMS's data connection: look for "
+          "00 6c 00 01 (Binding Request) and 01 01 (Binding Success Response) both ways",
+          "firewall / ALG inspection between the Skype Edge and Expressway-E",
+          "the Skype Edge's media relay logs")),
+    # -- the reINVITE
+    Rule("reinvite-missing", _is("missing", step="reINVITE"),
+         "The checks succeeded both ways, but no reINVITE followed.",
+         "the controlling ICE agent did not re-offer (RFC 5245 §9.1.3)",
+         ("the ICE roles of both ends", "the logs of the controlling end")),
+    Rule("call-rejected", _is("error", step="reINVITE"), _refused_sip, _sip_meaning,
+         ("the logs of the end that answered the reINVITE",
+          "the SIP status meaning (RFC 3261 §21)")),
+    Rule("reinvite-lost", _is("lost", "held", step="reINVITE"),
+         _lost_words("The sharing reINVITE never completed"),
+         "a SIP hop does not carry the in-dialog request or its answer (Record-Route, a "
+         "one-way SIP path)",
+         ("the reINVITE, its 200 OK and its ACK on each hop of the SIP path",
+          "the Record-Route of the first 200 OK")),
+    # -- the call up
+    Rule("allocation-expired", _expired, _expiry_summary, _expiry_cause,
+         ("CMS's TURN logs for Refresh failures (438 Stale Nonce, 401)",
+          "the allocation lifetime Expressway-E grants", "TCP 3478 between CMS and "
+          "Expressway-E for the Refresh requests")),
+    Rule("refresh-refused", _is("error", methods=("Refresh",)),
+         "{turn} refused {callee}'s Refresh ({phrase}): the allocation is gone or will not "
+         "be extended.", _stun_meaning,
+         ("Expressway-E's TURN logs at that time (a restart loses every allocation)",
+          "CMS's TURN logs for the Refresh")),
+    Rule("media-path-lost", _is("closed"),
+         lambda a, ev: f"The media path broke under the call: {a.line}.",
+         "the TCP session through the firewall or Expressway-E ended under the call (an idle "
+         "timeout, a firewall state flush, a restart)",
+         ("firewall TCP idle timeouts on the relay range (keepalives every few seconds must "
+          "pass)", "Expressway-E TURN logs at that time")),
+    # -- the hang-up
+    Rule("hang-up-incomplete", _is("lost", "held", step="hang-up"),
+         _lost_words("The hang-up did not complete"),
+         "a SIP hop does not carry the BYE or its answer, so one end keeps a call the other "
+         "ended (until its own timers run out)",
+         ("the BYE and its 200 OK on each hop of the SIP path",)),
+    # -- anything else
+    Rule("message-lost", _is("lost"), _lost_words("A message was lost"),
+         "the hop shown does not carry that message", ("captures on both ends of that hop",)),
+    Rule("message-delayed", _is("held"), _lost_words("A message was held up"),
+         "the hop shown delays traffic longer than the timers that guard it",
+         ("latency and queuing on that hop",)),
+    Rule("call-rejected", _is("error"), _refused_sip, _sip_meaning, ()),
+)  # fmt: skip
+
+
+def _slots(a: Anomaly, ev: Evidence) -> dict[str, object]:
+    return {
+        "sender": a.sender, "kind": a.kind, "where": a.where, "code": a.code,
+        "phrase": stun_phrase(a.code) if a.what == "error" and a.method not in (
+            "INVITE", "BYE") else a.kind,
+        "how_lost": "held" if a.what == "held" else ("dropped" if a.how == "dropped" else a.how),
+        "caller": ev.caller, "callee": ev.callee, "turn": ev.turn, "relay": ev.relay or "?",
+    }  # fmt: skip
+
+
+def _words(words: Words, a: Anomaly, ev: Evidence) -> str:
+    return words(a, ev) if callable(words) else words.format(**_slots(a, ev))
+
+
+def rule_for(a: Anomaly, ev: Evidence) -> Rule | None:
+    return next((r for r in RULES if r.when(a, ev)), None)
+
+
+# -- the choice ------------------------------------------------------------------------------
 
 
 def diagnose(
     trace: Trace, *, caller: str = "skype_client", callee: str = "cms",
-    turn: str = "expressway_e",
+    turn: str = "expressway_e", end: float | None = None, deadline: bool = False,
 ) -> Diagnosis:  # fmt: skip
-    """The verdict on one run, from its trace alone."""
-    view = _View(trace, caller, callee, turn)
-    return (
-        _sip_invite(view)
-        or _turn(view)
-        or _relay_connection(view)
-        or _ice(view)
-        or _reinvite(view)
-        or _call_up(view)
-    )
-
-
-# -- step 1: the INVITE ------------------------------------------------------------------------
-
-
-def _invite_of(view: _View) -> SipHop | None:
-    return first_invite(view.sip_msgs, view.caller)
-
-
-def _sip_invite(view: _View) -> Diagnosis | None:
-    first = _invite_of(view)
-    if first is None:
-        return Diagnosis("unknown", "SIP INVITE", f"{view.caller} sent no INVITE.")
-    record, invite = first
-    journey = record.journey
-    hops = journey.hops if journey is not None else [record]
-    finals = [
-        (r, f) for r, f in view.sip_msgs
-        if r.dst == view.caller and r.delivered and f.status is not None and f.status >= 200
-        and f.answers(invite)
-    ]  # fmt: skip
-    if not any(r.dst == view.callee and r.delivered for r in hops):
-        evidence = [
-            f"{view.caller}'s INVITE (t={record.t:.3f} s) never reached {view.callee}: "
-            + where_lost([journey] if journey is not None else [], view.callee)
-        ]
-        evidence += [
-            f"{r.client} could not connect to {r.server_addr}: {r.reason}"
-            for r in view.trace.refused
-        ]
-        if finals:
-            evidence.append(f"{view.caller} got {status_text(finals[0][1])} back")
+    """The verdict on one run, from its trace alone (``end``: when the run stopped;
+    ``deadline``: whether the scenario's deadline stopped it)."""
+    ev = gather(trace, caller=caller, callee=callee, turn=turn, end=end, deadline=deadline)
+    result = outcome(trace, caller=caller, callee=callee)
+    ending = ev.ending
+    assert ending is not None
+    ended = ending.line
+    established = result.name == "sharing-established"
+    ended_well = ending.planned or (ending.how == "deadline" and established)
+    failing = [a for a in ev.anomalies if not a.recovered]
+    if established and ended_well:
+        # What broke nothing: a closed media path does break the call, whatever the end.
+        broke = [a for a in failing if a.what == "closed" or a.what == "error"]
+        if not broke:
+            return _working(ev, ended, failing)
+        failing = broke
+    recovered = tuple(lines(a for a in ev.anomalies if a.recovered))
+    if not failing:
+        slow = _slow(ev)
+        if slow is not None:
+            return _slow_diagnosis(ev, slow, ended, recovered, working=False)
         return Diagnosis(
-            "no-sip-path", "SIP INVITE",
-            f"The sharing INVITE never reached {view.callee}.",
-            tuple(evidence),
-            "a SIP hop cannot forward it: a missing connection (the traversal zone between "
-            "Expressway-C and Expressway-E), a routing rule, or a firewall on the SIP ports",
-            ("the traversal zone status on Expressway-C and Expressway-E (Active)",
-             "the search rules and dial plan that route the meeting's domain to CMS",
-             "TCP 5060/5061 and the traversal port (7001) through the firewalls"),
+            "unknown", _first_missing_step(ev, result.name),
+            f"The call did not work ({result.name}: {result.reason}), and no lost message, "
+            "error answer, failed connect or closed connection explains it.",
+            tuple(lines(ev.anomalies)) or ("no anomaly found in the messages",),
+            "not found from the messages alone", ("the logs of the end that gave up",),
+            ended=ended, recovered=recovered,
         )  # fmt: skip
-    if not finals:
-        if view.stun("Allocate Request", src=view.callee, dst=view.turn):
-            stuck = _turn(view)  # CMS answers only once it has a relay
-            if stuck is not None:
-                return stuck
-        answers = [
-            (r, f) for r, f in view.sip_msgs
-            if f.status is not None and f.status >= 200 and f.answers(invite)
-            and r.src == view.callee
-        ]  # fmt: skip
-        reached = next(r for r in hops if r.dst == view.callee and r.delivered)
-        evidence = [f"{view.callee} got the INVITE (t={reached.fate_t or reached.t:.3f} s)"]
-        if answers:
-            lost = [r.journey for r, _ in answers if r.journey is not None]
-            evidence.append(
-                f"{view.callee} sent {len(answers)} final answer(s) ({status_text(answers[0][1])})"
-                f", none reached {view.caller}: {where_lost(lost, view.caller)}"
-            )
-        else:
-            evidence.append(f"{view.callee} sent no final answer")
-        return Diagnosis(
-            "no-sip-path", "SIP INVITE", f"The INVITE got no final answer back to {view.caller}.",
-            tuple(evidence),
-            "the answer is lost on the way back (Record-Route / Via handling on a hop, or a "
-            "one-way SIP path)",
-            ("SIP logs of each hop for the 200 OK", "the traversal zone in both directions"),
-        )  # fmt: skip
-    final = finals[0][1]
-    assert final.status is not None
-    if final.status >= 300:
-        return _refused(view, final, "SIP INVITE", "the INVITE")
-    return None
-
-
-def _refused(view: _View, response: SipFacts, step: str, what: str) -> Diagnosis:
-    text = f"{what} was answered {status_text(response)}"
-    diag = response.diagnostics
-    evidence = [text + (f" with ms-diagnostics-public {diag}" if diag else "")]
-    if response.diagnostics_code == 21002:
-        return Diagnosis(
-            "presenter-not-allowed", step,
-            "The Skype meeting refuses to let CMS share: attendees cannot share in this "
-            "conference (ms-diagnostics 21002, component ASMCU).",
-            tuple(evidence),
-            "the Skype for Business meeting lets only presenters share, and CMS joined as an "
-            "attendee",
-            ("in the Skype meeting, right-click the CMS participant and choose Make Presenter",
-             "or change the meeting options so that everyone can present",
-             "CMS's logs show the same ms-diagnostics-public line"),
-        )  # fmt: skip
-    return Diagnosis(
-        "call-rejected", step, f"{text[0].upper()}{text[1:]}.", tuple(evidence),
-        "the far end refused the session; the status and any ms-diagnostics say why",
-        ("the logs of the end that answered", "the SIP status meaning (RFC 3261 §21)"),
-    )  # fmt: skip
-
-
-# -- step 2: TURN ------------------------------------------------------------------------------
-
-
-def _turn(view: _View) -> Diagnosis | None:
-    cms, turn = view.callee, view.turn
-    successes = view.stun("Allocate Success Response", src=turn, dst=cms, delivered=True)
-    errors = view.stun("Allocate Error Response", src=turn, dst=cms, delivered=True)
-    requests = view.stun("Allocate Request", src=cms, dst=turn)
-    if successes:
-        return None
-    step = "TURN allocation"
-    if not requests:
-        refused = [r for r in view.trace.refused if r.client == cms]
-        evidence = [f"{cms} could not connect to {r.server_addr}: {r.reason}" for r in refused]
-        return Diagnosis(
-            "unknown", step, f"{cms} sent no Allocate Request to {turn}.",
-            tuple(evidence) or (f"no TURN traffic from {cms}",),
-            "CMS cannot reach the TURN server, or has no TURN server configured",
-            ("CMS /turnServers (serverAddress, clientAddress, type expressway)",
-             "TCP 3478 from CMS to Expressway-E"),
-        )  # fmt: skip
-    codes = [(e, e.stun_facts.error if e.stun_facts else None) for e in errors]
-    unsupported = [e for e, code in codes if code == 442]
-    if unsupported:
-        return Diagnosis(
-            "tcp-relay-unsupported", step,
-            f"{turn} refuses TCP relays: Allocate Error 442 (Unsupported Transport Protocol).",
-            (f"{cms} → {turn}: Allocate Request TCP (REQUESTED-TRANSPORT 6, RFC 6062)",
-             f"{turn} → {cms}: {unsupported[0].summary}"),
-            "Expressway-E before X8.9 has no TCP TURN (RFC 6062); CMS needs it for Skype "
-            "content sharing",
-            ("upgrade Expressway-E to X8.9 or later (TCP TURN for CMS-Skype content)",
-             "Configuration > Traversal > TURN: TURN services on, TCP enabled"),
-        )  # fmt: skip
-    authed = [r for r in requests if r.stun_facts is not None and r.stun_facts.username]
-    auth_errors = [e for e, code in codes if code in (401, 431)]
-    if authed and len(auth_errors) > len(requests) - len(authed):
-        return Diagnosis(
-            "turn-auth-failed", step,
-            f"{turn} rejects CMS's TURN credentials: every Allocate with MESSAGE-INTEGRITY is "
-            "answered 401.",
-            (f"{cms} → {turn}: {authed[0].summary}",
-             f"{turn} → {cms}: {auth_errors[-1].summary}",
-             f"{len(authed)} authenticated Allocate(s), no Allocate Success Response"),
-            "CMS's TURN username or password differs from the Expressway-E local "
-            "authentication database entry (long-term credentials, RFC 5389 §10.2)",
-            ("CMS /turnServers username and password",
-             "Expressway-E: Configuration > Authentication > Devices > Local database",
-             f"the realm CMS uses matches Expressway-E's ({_realm(view) or 'TANDBERG'})"),
-        )  # fmt: skip
-    if not codes:
-        answers = view.stun("Allocate", src=turn, dst=cms)
-        answers = [a for a in answers if a.stun_facts is not None and not a.stun_facts.is_request]
-        journeys = [r.journey for r in requests if r.journey is not None]
-        if answers:
-            lost = [a.journey for a in answers if a.journey is not None]
-            where = (
-                f"{turn} answered {len(answers)} time(s) ({answers[0].summary}); none reached "
-                f"{cms}: {where_lost(lost, cms)}"
-            )
-        elif not any(j.reached(turn) for j in journeys):
-            where = f"none reached {turn}: {where_lost(journeys, turn)}"
-        else:
-            where = f"{turn} got them and never answered"
-        return Diagnosis(
-            "unknown", step, f"{cms}'s Allocate Requests got no answer back.",
-            (f"{cms} → {turn}: {len(requests)} Allocate Request(s)", where),
-            "TURN requests or answers are lost between CMS and Expressway-E (TCP 3478)",
-            ("captures on both sides of the firewall between CMS and Expressway-E, TCP 3478",),
-        )  # fmt: skip
-    return Diagnosis(
-        "unknown", step, f"{cms} got no TURN allocation; the last answer: {codes[-1][0].summary}.",
-        tuple(f"{turn} → {cms}: {e.summary}" for e, _ in codes),
-        "the TURN server refuses the allocation",
-        ("Expressway-E TURN status and capacity (relay count)",),
-    )  # fmt: skip
-
-
-def _realm(view: _View) -> str | None:
-    for record in view.stun("Allocate Error Response", src=view.turn):
-        facts = record.stun_facts
-        if facts is not None and facts.realm:
-            return facts.realm
-    return None
-
-
-# -- step 3: the relay connection ----------------------------------------------------------------
-
-
-def _relay_connection(view: _View) -> Diagnosis | None:
-    cms, turn = view.callee, view.turn
-    relay = _relay_address(view)
-    step = "relay connection"
-    binds = view.stun("ConnectionBind Success Response", src=turn, dst=cms, delivered=True)
-    if binds:
-        return None
-    announced = view.stun("ConnectionAttempt", src=turn, dst=cms)
-    attempts = [a for a in announced if a.delivered]
-    to_relay: list[ConnectionRecord] = [
-        c for c in view.trace.connections.values() if relay is not None and c.server_addr == relay
-    ]
-    refused = [r for r in view.trace.refused if relay is not None and r.server_addr == relay]
-    if attempts:
-        bind_requests = view.stun("ConnectionBind Request", src=cms, dst=turn)
-        if any(r.delivered for r in bind_requests):
-            return None  # a bind reached the server; the checks' step tells the rest
-        peer = to_relay[0] if to_relay else None
-        lost = [r.journey for r in bind_requests if r.journey is not None]
-        evidence = [
-            f"{turn} → {cms}: {attempts[0].summary} (t={attempts[0].t:.3f} s)",
-            f"{cms} sent {_count(len(lost), 'ConnectionBind Request')} on a new connection; "
-            f"none reached {turn}: {where_lost(lost, turn)}"
-            if lost else f"no ConnectionBind Request from {cms} on a new connection",
-        ]  # fmt: skip
-        if peer is not None and peer.closed is not None:
-            evidence.append(
-                f"{turn} closed the peer connection from {peer.client_addr} "
-                f"{peer.closed - attempts[0].t:.1f} s after the ConnectionAttempt"
-            )
-        return Diagnosis(
-            "connection-bind-missing", step,
-            f"{cms} never bound the peer's connection: no ConnectionBind after the "
-            "ConnectionAttempt, so the relay never carried media.",
-            tuple(evidence),
-            "CMS did not open the data connection to Expressway-E's TURN port (RFC 6062 §4.3), "
-            "or could not: Expressway-E closes the peer connection 30 s after the "
-            "ConnectionAttempt when no bind comes",
-            ("TCP 3478 from CMS to Expressway-E for a second (data) connection",
-             "CMS's TURN logs for the ConnectionAttempt",
-             "CMS software version (TCP TURN support for Skype content)"),
-        )  # fmt: skip
-    if refused:
-        r = refused[0]
-        return Diagnosis(
-            "relay-unreachable", step,
-            f"The Skype side cannot connect to CMS's relay candidate {relay}: {r.reason}.",
-            (f"{r.client} → {r.server_addr}: TCP connect {r.reason} at t={r.t:.3f} s",
-             f"no ConnectionAttempt from {turn} to {cms}"),
-            "a firewall blocks the Expressway-E relay port range in front of the Skype Edge's "
-            "address, or Expressway-E is not listening there",
-            ("the firewall between the Skype Edge and Expressway-E: TCP to the TURN relay "
-             "range (default 24000-29999) on Expressway-E's public address",
-             "Expressway-E: Configuration > Traversal > TURN, relay port range",
-             "which address CMS advertised as relay candidate (NAT / dual NIC)"),
-        )  # fmt: skip
-    reset = [c for c in to_relay if c.reset and c.closed_by == turn]
-    if reset:
-        c = reset[0]
-        perms = view.stun("CreatePermission Request", src=cms, dst=turn)
-        evidence = [
-            f"{c.client} connected to the relay {c.server_addr} from {c.client_addr}; {turn} "
-            f"reset it at t={c.closed or 0:.3f} s",
-            f"no ConnectionAttempt from {turn} to {cms}",
-        ]
-        evidence.append(
-            f"{cms} created no permission (no CreatePermission Request)"
-            if not perms
-            else f"{cms}'s CreatePermission did not cover {c.client_addr.host}"
-        )
-        return Diagnosis(
-            "permission-missing", step,
-            f"{turn} rejects the peer's connection to the relay: there is no permission for "
-            f"{c.client_addr.host}.",
-            tuple(evidence),
-            "the TURN server enforces permissions for incoming TCP connections (RFC 6062 §5.3) "
-            "and CMS installed none for the Skype Edge's address",
-            ("whether CMS sends CreatePermission for the remote candidate's address",
-             "the Expressway-E version and its permission handling for TCP relays"),
-        )  # fmt: skip
-    if not to_relay:
-        return Diagnosis(
-            "relay-unreachable", step,
-            f"Nobody connected to CMS's relay candidate {relay}.",
-            (f"no TCP connection to {relay}", f"no ConnectionAttempt from {turn} to {cms}"),
-            "the Skype side did not get, or could not use, the relay candidate from CMS's answer",
-            ("the 200 OK's SDP: a=candidate ... typ relay with Expressway-E's public address",
-             "the Skype Edge's media relay to the Expressway-E relay range"),
-        )  # fmt: skip
-    peer = to_relay[0]
-    lost = [a.journey for a in announced if a.journey is not None]
-    evidence = [
-        f"{peer.client} connected to the relay {peer.server_addr} from {peer.client_addr} "
-        f"at t={peer.opened:.3f} s",
-        f"{turn} sent {len(lost)} ConnectionAttempt(s) for it; none reached {cms}: "
-        f"{where_lost(lost, cms)}"
-        if lost
-        else f"{turn} sent no ConnectionAttempt to {cms}",
-        f"so {cms} never bound it",
-    ]
-    if peer.closed is not None:
-        evidence.append(
-            f"{peer.closed_by} closed that connection {peer.closed - peer.opened:.1f} s later"
-        )
-    return Diagnosis(
-        "connection-bind-missing", step,
-        f"The peer's connection to the relay was never bound: {cms} got no ConnectionAttempt "
-        "for it.",
-        tuple(evidence),
-        "the ConnectionAttempt indication (RFC 6062 §4.3) is lost between Expressway-E and "
-        "CMS, or Expressway-E does not send it",
-        ("CMS's TURN control connection to Expressway-E (TCP 3478): is it still up?",
-         "Expressway-E's TURN logs for the incoming peer connection"),
-    )  # fmt: skip
-
-
-# -- step 4: ICE checks -------------------------------------------------------------------------
-
-
-def _direction(view: _View, sender: str, answerer: str) -> tuple[bool, list[str]]:
-    """Whether ``sender``'s checks were answered by ``answerer`` and the answers came back,
-    with the evidence: how many were sent, where the lost ones ended."""
-    requests = view.stun("Binding Request", src=sender)
-    if not requests:
-        return False, [f"{sender} sent no connectivity check"]
-    journeys = [r.journey for r in requests if r.journey is not None]
-    delivered = [j for j in journeys if j.reached(answerer)]
-    if not delivered:
-        what = f"{sender} sent {_count(len(journeys), 'check')} (Binding Request)"
-        return False, [f"{what}; none reached {answerer}: {where_lost(journeys, answerer)}"]
-    first = min(h.fate_t or h.t for j in delivered for h in j.hops if h.dst == answerer)
-    answers = [a for a in view.stun("Binding Success Response", src=answerer) if a.t >= first]
-    if not answers:
-        return False, [
-            f"{_count(len(delivered), 'check')} of {sender} reached {answerer}, which sent no "
-            "Binding Success Response"
-        ]
-    back = [a.journey for a in answers if a.journey is not None]
-    if not any(j.reached(sender) for j in back):
-        what = f"{answerer} answered {sender}'s checks {_count(len(back), 'time')}"
-        return False, [f"{what}; none reached {sender}: {where_lost(back, sender)}"]
-    return True, [f"{sender}'s checks were answered by {answerer} and the answers got back"]
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _ice(view: _View) -> Diagnosis | None:
-    cms, client = view.callee, view.caller
-    forward_ok, forward = _direction(view, cms, client)
-    back_ok, backward = _direction(view, client, cms)
-    if forward_ok and back_ok:
-        return None
-    step = "ICE checks"
-    if not forward_ok and not back_ok and not view.stun("Binding Request", relayed=None):
-        return Diagnosis(
-            "unknown", step, "No connectivity checks were sent at all.", (*forward, *backward),
-            "neither end started ICE on the relay", ("the SDP candidates of both ends",),
-        )  # fmt: skip
-    which = (
-        f"{client} → {cms} works, {cms} → {client} does not"
-        if back_ok
-        else f"{cms} → {client} works, {client} → {cms} does not"
-        if forward_ok
-        else "neither direction completes"
+    first = failing[0]
+    rule = rule_for(first, ev)
+    assert rule is not None  # the table ends with a rule for every kind of anomaly
+    same = [a for a in failing if rule_for(a, ev) is rule]
+    others = [a for a in failing if a not in same]
+    also = tuple(
+        f"[{rule_for(a, ev).verdict if rule_for(a, ev) else 'unknown'}] {a.line}"  # type: ignore[union-attr]
+        for a in others
     )
     return Diagnosis(
-        "one-way-binding", step,
-        f"The ICE checks succeed in one direction only ({which}): the candidate pair never "
-        "becomes valid both ways, so no reINVITE confirms the sharing.",
-        (*forward, *backward),
-        "STUN binding traffic is lost one way on the media path (a firewall or ALG that "
-        "passes the TCP connection but drops framed STUN one way); the lab document's check: "
-        "there must be a Binding Request and a Binding Success Response in each direction",
-        ("capture on Expressway-E's relay port and CMS's data connection: look for "
-         "00 6c 00 01 (Binding Request) and 01 01 (Binding Success Response) both ways",
-         "firewall / ALG inspection between the Skype Edge and Expressway-E",
-         "the Skype Edge's media relay logs"),
+        rule.verdict, first.step, _words(rule.summary, first, ev),
+        tuple(a.line for a in same), _words(rule.cause, first, ev), rule.advice,
+        ended=ended, also=also, recovered=recovered,
     )  # fmt: skip
 
 
-# -- step 5: the reINVITE and the call ----------------------------------------------------------
-
-
-def _reinvite(view: _View) -> Diagnosis | None:
-    refused = reinvite_refusal(view.sip_msgs, view.caller, view.callee)
-    if refused is not None:
-        sender, answer = refused
-        return _refused(view, answer, "reINVITE", f"{sender}'s sharing reINVITE")
-    first = _invite_of(view)
-    assert first is not None
-    if not reinvites(view.sip_msgs, first[1].call_id, view.caller, view.callee):
-        return Diagnosis(
-            "unknown", "reINVITE", "The checks succeeded both ways, but no reINVITE followed.",
-            (), "the controlling agent did not re-offer", ("ICE roles of both ends",),
-        )  # fmt: skip
-    return None
-
-
-def _call_up(view: _View) -> Diagnosis:
-    cms, turn, client = view.callee, view.turn, view.caller
-    first = _invite_of(view)
-    assert first is not None
-    acks = [r for r, f in view.sip_msgs if f.method == "ACK" and r.dst in (client, cms)]
-    setup = (acks[-1].t - first[0].t) if acks else 0.0
-    bye = next((r for r, f in view.sip_msgs if f.method == "BYE"), None)
-    end = bye.t if bye is not None else float("inf")
-    data = [
-        c for c in view.trace.connections.values()
-        if {c.client, c.server} == {cms, turn} and c.id != _control_id(view)
-        and c.opened <= end
-    ]  # fmt: skip
-    lost = [c for c in data if c.closed is not None and c.closed < end and c.closed_by != cms]
-    if lost:
-        c = lost[0]
-        closed = c.closed if c.closed is not None else end
-        refreshes = [
-            r for r in view.stun("Refresh Request", src=cms, dst=turn)
-            if r.stun_facts is not None and r.stun_facts.lifetime != 0
-        ]  # fmt: skip
-        allocated = view.stun("Allocate Success Response", src=turn, dst=cms, delivered=True)
-        facts = allocated[0].stun_facts if allocated else None
-        lifetime = facts.lifetime if facts is not None else None
-        last_refresh = max([allocated[0].t, *(r.t for r in refreshes)]) if allocated else 0.0
-        if (
-            lifetime is not None and c.closed_by == turn
-            and closed >= last_refresh + lifetime - 1.0
-        ):  # fmt: skip
-            return Diagnosis(
-                "allocation-expired", "call up",
-                f"The relay allocation expired {lifetime} s after its last refresh: "
-                f"{turn} closed CMS's data connection at t={closed:.1f} s and the media path "
-                "with it.",
-                (f"{turn} → {cms}: Allocate Success Response lifetime: {lifetime}",
-                 f"{cms} → {turn}: {len(refreshes)} Refresh Request(s), the last at "
-                 f"t={last_refresh:.1f} s",
-                 f"{turn} closed the data connection at t={closed:.1f} s (RFC 5766 §5: an "
-                 "allocation expires without Refresh)"),
-                "CMS stopped refreshing its TURN allocation (RFC 5766 §7: Refresh before the "
-                "lifetime ends)",
-                ("CMS's TURN logs for Refresh failures (438 Stale Nonce, 401)",
-                 "the allocation lifetime Expressway-E grants"),
-            )  # fmt: skip
-        who = c.closed_by or "?"
-        return Diagnosis(
-            "media-path-lost", "call up",
-            f"The sharing was established, then the relay's data connection was "
-            f"{'reset' if c.reset else 'closed'} by {who} at t={closed:.3f} s, before the "
-            "hang-up.",
-            (f"data connection {c.client_addr} ↔ {c.server_addr}: "
-             f"{'RST' if c.reset else 'FIN'} by {who} at t={closed:.3f} s",
-             f"the call was still up ({f'BYE at t={end:.3f} s' if bye else 'no BYE yet'})"),
-            "the TCP session through the firewall or Expressway-E ended under the call (an "
-            "idle timeout, a firewall state flush, a restart)",
-            ("firewall TCP idle timeouts on the relay range (keepalives every few seconds "
-             "must pass)", "Expressway-E TURN logs at that time"),
-        )  # fmt: skip
-    stale = [
-        e for e in view.trace.messages
-        if (e.src, e.dst) == (turn, cms) and e.stun_facts is not None
-        and e.stun_facts.error == 438
-    ]  # fmt: skip
-    glare = [
-        (r, f) for r, f in view.sip_msgs
-        if f.status == 491 and f.cseq_method == "INVITE" and r.delivered and r.dst in (client, cms)
-    ]  # fmt: skip
+def _working(ev: Evidence, ended: str, tolerated: list[Anomaly]) -> Diagnosis:
+    """The call reached sharing and ended as planned: healthy, or the name of what recovered."""
+    recovered = [a for a in ev.anomalies if a.recovered]
+    notes = lines(recovered) + [
+        f"{a.line} — no consequence in this run: the call reached sharing and ended as planned"
+        for a in tolerated
+    ]
+    glare = [a for a in recovered if a.code == 491]
+    stale = [a for a in recovered if a.code == 438]
+    setup = _setup(ev)
     if glare:
-        evidence = []
-        for record, _ in glare:
-            loser = record.dst
-            evidence.append(
-                f"{loser} got 491 Request Pending to its reINVITE at "
-                f"t={record.fate_t or record.t:.3f} s (the other end's crossed it)"
-            )
-            retry = next(
-                (r for r, f in view.sip_msgs
-                 if f.method == "INVITE" and f.to_tag is not None and r.src == loser
-                 and r.t > record.t),
-                None,
-            )  # fmt: skip
-            if retry is not None:
-                evidence.append(
-                    f"{loser} sent its reINVITE again {retry.t - record.t:.2f} s later "
-                    f"(t={retry.t:.3f} s)"
-                )
-        evidence.append(f"setup took {setup:.3f} s (INVITE to the reINVITE's ACK)")
         return Diagnosis(
             "glare-recovered", "call up",
             "The sharing works; on the way both ends re-offered at the same moment (glare), "
             "one got 491 and retried after a random wait, as RFC 3261 §14.1 says.",
-            tuple(evidence),
+            (*notes, f"setup took {setup:.3f} s (INVITE to the reINVITE's ACK)"),
             "both user agents send the post-ICE reINVITE (RFC 5245 §9.1.3 gives it to the "
             "controlling agent alone)",
             ("which side sends the reINVITE on each end (ICE role); the retry wait (2.1-4 s "
              "for the side that chose the Call-ID, 0-2 s for the other) adds to setup",),
+            ended=ended,
         )  # fmt: skip
-    links = _link_round_trips(view)
-    slow = {k: v for k, v in links.items() if v > SLOW_LINK}
-    if setup > SLOW_SETUP or slow:
-        worst = sorted(slow.items(), key=lambda kv: -kv[1])
-        return Diagnosis(
-            "slow-network", "call up",
-            f"The sharing works, but setup took {setup:.3f} s (INVITE to the reINVITE's ACK).",
-            tuple(f"round trip {a} ↔ {b}: {rtt * 1000:.0f} ms (a request and its 100 Trying)"
-                  for (a, b), rtt in worst),  # fmt: skip
-            "latency on the links shown; ICE and TURN each add round trips over them",
-            ("the network path between the actors with the slowest round trip",),
-        )  # fmt: skip
-    method = stale[0].stun_facts.method if stale and stale[0].stun_facts else ""
-    recovered = stale and view.stun(f"{method} Success Response", src=turn, dst=cms)
-    if stale and any(r.t > stale[0].t for r in recovered or ()):
+    if stale:
         return Diagnosis(
             "stale-nonce-recovered", "call up",
             "The sharing works; on the way CMS's nonce went stale and it retried.",
-            (f"{turn} → {cms}: {stale[0].summary} at t={stale[0].t:.3f} s",
-             f"{cms} retried with the new nonce and the request succeeded"),
+            tuple(notes),
             "Expressway-E's nonce lifetime is shorter than the time between CMS's requests; "
             "CMS recovers as RFC 5389 §10.2.4 says (438 then a retry)",
             ("nothing to fix; if 438s are frequent, compare the nonce lifetime with CMS's "
              "refresh interval",),
+            ended=ended,
         )  # fmt: skip
+    held = [a for a in recovered + tolerated if a.what == "held"]
+    if held and len(held) == len(recovered + tolerated):
+        # Only delays, within every timer: a slow path, named message by message.
+        links = _slow(ev) or []
+        return Diagnosis(
+            "slow-network", held[0].step,
+            f"The sharing works, but setup took {setup:.3f} s: messages were held on the way "
+            "(within every timer).",
+            (*notes, *(f"round trip {a} ↔ {b}: {rtt * 1000:.0f} ms (a request and its 100 "
+                       "Trying)" for (a, b), rtt in links)),
+            "delay on the hops shown; ICE and TURN each add round trips over them",
+            ("latency and queuing on the hops named",),
+            ended=ended,
+        )  # fmt: skip
+    if notes:
+        first = (recovered + tolerated)[0]
+        return Diagnosis(
+            "recovered", first.step,
+            f"The sharing works, but not everything went right on the way: {len(notes)} "
+            "departure(s) from the healthy call, none of which broke it.",
+            tuple(notes),
+            "a fault on the path that the protocols absorbed (a retransmission, a message "
+            "nobody waited for, a delay within the timers)",
+            ("the hop named in each line, before it costs more than a retransmission",),
+            ended=ended,
+        )  # fmt: skip
+    slow = _slow(ev)
+    if slow is not None:
+        return _slow_diagnosis(ev, slow, ended, (), working=True)
     return Diagnosis(
-        "healthy",
-        "call up",
+        "healthy", "call up",
         f"The sharing call worked: relay, ConnectionBind, checks both ways and the reINVITE "
-        f"(setup {setup * 1000:.1f} ms).",
+        f"(setup {setup * 1000:.1f} ms), and nothing departed from the healthy call.",
+        ended=ended,
+    )  # fmt: skip
+
+
+def _slow_diagnosis(
+    ev: Evidence, slow: list[tuple[tuple[str, str], float]], ended: str,
+    recovered: tuple[str, ...], *, working: bool,
+) -> Diagnosis:  # fmt: skip
+    setup = _setup(ev)
+    lead = (
+        f"The sharing works, but setup took {setup:.3f} s (INVITE to the reINVITE's ACK)."
+        if working
+        else "Nothing was lost or refused, but the links are slow and the call did not work."
     )
+    return Diagnosis(
+        "slow-network", "call up", lead,
+        tuple(f"round trip {a} ↔ {b}: {rtt * 1000:.0f} ms (a request and its 100 Trying)"
+              for (a, b), rtt in slow),
+        "latency on the links shown; ICE and TURN each add round trips over them",
+        ("the network path between the actors with the slowest round trip",),
+        ended=ended, recovered=recovered,
+    )  # fmt: skip
 
 
-def _control_id(view: _View) -> int | None:
-    first = view.stun("Allocate Request", src=view.callee, dst=view.turn)
-    return first[0].connection if first else None
+def _setup(ev: Evidence) -> float:
+    if ev.invite_record is None:
+        return 0.0
+    acks = [
+        r for r, f in ev.sip
+        if f.method == "ACK" and r.dst in (ev.caller, ev.callee) and r.delivered
+    ]  # fmt: skip
+    return (acks[-1].t - ev.invite_record.t) if acks else 0.0
 
 
-def _link_round_trips(view: _View) -> dict[tuple[str, str], float]:
+def _slow(ev: Evidence) -> list[tuple[tuple[str, str], float]] | None:
+    links = _link_round_trips(ev)
+    slow = sorted(((k, v) for k, v in links.items() if v > SLOW_LINK), key=lambda kv: -kv[1])
+    if slow or _setup(ev) > SLOW_SETUP:
+        return slow
+    return None
+
+
+def _first_missing_step(ev: Evidence, outcome_name: str) -> str:
+    return {
+        "no-answer": "SIP INVITE", "call-rejected": "SIP answer", "turn-failed":
+        "TURN allocation", "ice-failed": "ICE checks", "call-failed": "reINVITE",
+    }.get(outcome_name, "call up")  # fmt: skip
+
+
+def _link_round_trips(ev: Evidence) -> dict[tuple[str, str], float]:
     """Per SIP link: the time from a request sent on it to the 100 Trying coming back."""
     out: dict[tuple[str, str], float] = {}
     sent: dict[tuple[str, str, str], float] = {}
-    for record, facts in view.sip_msgs:
+    for record, facts in ev.sip:
         if facts.method == "INVITE":
             sent.setdefault((record.src, record.dst, facts.branch), record.t)
         elif facts.status == 100:

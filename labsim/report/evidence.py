@@ -1,0 +1,707 @@
+"""What departed from the healthy call, read from a trace: the evidence the diagnosis reasons on.
+
+Every item is a fact about messages and connections, with its message, hop, count and time
+(DESIGN.md: the trace is the truth). Nothing here reads the scenario, the fault rules' words or
+the actors' log lines: what a record's ``fate`` says (dropped by rule N, lost with its
+connection, still in flight) is what a capture on both sides of that hop would show.
+
+An :class:`Anomaly` is one of:
+
+* ``lost`` — messages whose journey ended before their destination, grouped by sender, kind
+  and the hop where they ended (and how: dropped by a rule, lost with a connection, in flight
+  at the end);
+* ``held`` — messages a fault rule held on a hop before they went on the wire;
+* ``error`` — an error answer: a STUN error response (not the first 401 of an unauthenticated
+  request, the normal challenge of RFC 5389 §10.2), a SIP final response of 300 or more (not a
+  401/407 challenge);
+* ``connect-failed`` — a TCP connect that never opened: refused (RST) or unanswered (SYNs
+  dropped) or unreachable;
+* ``closed`` — a connection reset or closed under the call, before its hang-up;
+* ``missing`` — a step the healthy call takes next that its actor never took (CMS got the
+  ConnectionAttempt and sent no ConnectionBind): said only of what the actor's first hops
+  show it never sent.
+
+Each anomaly belongs to a :data:`Step` of the call, and says whether it *recovered* (a
+retransmission got through, a 438 was retried, a 491 was retried) or why it had no
+consequence, when that is so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from labsim.trace import ConnectionRecord, Journey, MessageRecord, RefusedRecord, Trace
+from labsim.wire.address import Address
+from labsim.wire.facts import SipFacts, StunFacts
+
+#: The call's steps, in call order (the TechNote's order; the diagnosis's verdict is the first
+#: failure in this order).
+Step = Literal[
+    "SIP INVITE", "TURN allocation", "SIP answer", "relay connection", "ICE checks",
+    "reINVITE", "call up", "hang-up",
+]  # fmt: skip
+STEPS: tuple[Step, ...] = get_args(Step)
+
+AnomalyWhat = Literal["lost", "held", "error", "connect-failed", "closed", "missing"]
+
+#: A connect that never opened: ``refused`` (an RST came back: nothing listens there, or a
+#: firewall rejects), ``timeout`` (the SYNs got no answer: a firewall drops them) or
+#: ``unreachable`` (no route).
+ConnectHow = Literal["refused", "timeout", "unreachable"]
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    what: AnomalyWhat
+    step: Step
+    t: float
+    """When it first happened."""
+    line: str
+    """The fact, in words, with message, hop, count and time."""
+    kind: str = ""
+    """The message's name as people say it: ``ACK``, ``200 OK (INVITE)``, ``reINVITE``,
+    ``Binding Request``, ``Allocate Error Response 401``."""
+    method: str = ""
+    """STUN method, or the SIP method of the transaction (``INVITE``, ``BYE``)."""
+    sender: str = ""
+    hop: tuple[str, str] | None = None
+    """Where it happened: the hop a message was lost or held on, the two ends of a
+    connection."""
+    code: int | None = None
+    """A STUN error code or a SIP status."""
+    count: int = 1
+    rule: int | None = None
+    how: str = ""
+    """``lost``: the fate; ``connect-failed``: :data:`ConnectHow`; ``closed``: reset or
+    closed."""
+    recovered: str = ""
+    """Empty: it had consequences. Otherwise why it did not: what recovered it."""
+    records: tuple[MessageRecord, ...] = field(default=(), repr=False, compare=False)
+    facts: SipFacts | StunFacts | None = field(default=None, repr=False, compare=False)
+    connection: ConnectionRecord | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.hop[0]} → {self.hop[1]}" if self.hop else ""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Who ended the call, when and why."""
+
+    who: str | None
+    """The actor that ended it; None when nobody did (the run's deadline, or the call never
+    started)."""
+    t: float
+    how: Literal["BYE", "reset", "deadline", "finished"]
+    why: str
+    """In words."""
+    planned: bool
+    """The user's own hang-up (a BYE without a Reason, answered): the end of a healthy call."""
+    record: MessageRecord | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def line(self) -> str:
+        if self.how == "BYE":
+            return f"{self.who} ended the call with BYE at t={self.t:.3f} s: {self.why}"
+        if self.how == "reset":
+            return f"the call ended at t={self.t:.3f} s: {self.why}"
+        if self.how == "deadline":
+            return f"nobody ended the call: the run's deadline stopped it at t={self.t:.3f} s"
+        return f"the call ended at t={self.t:.3f} s: {self.why}"
+
+
+@dataclass
+class Evidence:
+    """The trace, read once for the diagnosis: the call's messages named, and what departed
+    from the healthy call."""
+
+    trace: Trace
+    caller: str
+    callee: str
+    turn: str
+    end: float
+    """When the run stopped."""
+    stopped_by_deadline: bool
+    sip: list[tuple[MessageRecord, SipFacts]] = field(default_factory=list)
+    stun: list[tuple[MessageRecord, StunFacts]] = field(default_factory=list)
+    invite: SipFacts | None = None
+    invite_record: MessageRecord | None = None
+    relay: Address | None = None
+    """The relayed address the TURN server gave the callee (XOR-RELAYED-ADDRESS)."""
+    turn_server: Address | None = None
+    """The address the callee reached the TURN server at."""
+    anomalies: list[Anomaly] = field(default_factory=list)
+    ending: Ending | None = None
+
+    # -- naming --------------------------------------------------------------------------------
+
+    def name(self, record: MessageRecord) -> str:
+        """The message's name as people say it."""
+        facts = record.facts
+        if isinstance(facts, SipFacts):
+            invite = self.invite
+            if facts.method is not None:
+                if facts.method == "INVITE" and facts.to_tag is not None:
+                    return "reINVITE"
+                return facts.method
+            what = f"{facts.status} {facts.reason}".rstrip()
+            method = facts.cseq_method
+            if method == "INVITE" and invite is not None and not facts.answers(invite):
+                method = "reINVITE"
+            return f"{what} ({method})"
+        if isinstance(facts, StunFacts):
+            base = f"{facts.method} {facts.cls}"
+            return f"{base} {facts.error}" if facts.error is not None else base
+        return "relayed data" if record.relayed else "TCP data"
+
+    def step_of(self, record: MessageRecord) -> Step:
+        facts = record.facts
+        if isinstance(facts, SipFacts):
+            method = facts.method or facts.cseq_method
+            if method == "BYE":
+                return "hang-up"
+            if method in ("INVITE", "ACK", "CANCEL") and self._in_reinvite(facts):
+                return "reINVITE"
+            if method == "ACK" or (facts.status is not None and facts.status >= 200):
+                return "SIP answer"
+            return "SIP INVITE"
+        if isinstance(facts, StunFacts):
+            method = facts.method
+            if method == "Allocate":
+                return "TURN allocation"
+            if method == "Refresh":
+                return "hang-up" if facts.lifetime == 0 else "call up"
+            if method in ("CreatePermission", "ConnectionAttempt", "ConnectionBind", "Connect"):
+                return "relay connection"
+            if method == "Binding" and facts.cls != "Indication":
+                return "ICE checks"
+        return "call up"
+
+    def _in_reinvite(self, facts: SipFacts) -> bool:
+        """An INVITE transaction other than the call's first: a reINVITE, its answers, its
+        ACK."""
+        invite = self.invite
+        if invite is None:
+            return facts.to_tag is not None and facts.method == "INVITE"
+        if facts.call_id != invite.call_id:
+            return False
+        return (facts.from_tag, facts.cseq) != (invite.from_tag, invite.cseq)
+
+    def sent(self, kind: str, by: str) -> list[MessageRecord]:
+        """First hops (what ``by`` itself sent) of messages named ``kind``."""
+        return [
+            r for r in self.trace.messages
+            if r.src == by and r.hop == 0 and self.name(r) == kind
+        ]  # fmt: skip
+
+    def delivered(self, kind: str, to: str) -> list[MessageRecord]:
+        return [
+            r for r in self.trace.messages
+            if r.dst == to and r.delivered and self.name(r) == kind
+        ]  # fmt: skip
+
+
+def gather(
+    trace: Trace, *, caller: str = "skype_client", callee: str = "cms",
+    turn: str = "expressway_e", end: float | None = None, deadline: bool = False,
+) -> Evidence:  # fmt: skip
+    """Read ``trace`` for the diagnosis: ``end`` is when the run stopped (default: its last
+    event), ``deadline`` whether the scenario's deadline stopped it."""
+    last = max([0.0, *(m.fate_t or m.t for m in trace.messages)])
+    ev = Evidence(trace, caller, callee, turn, end if end is not None else last, deadline)
+    for record in trace.messages:
+        facts = record.facts
+        if isinstance(facts, SipFacts):
+            ev.sip.append((record, facts))
+            if (
+                ev.invite is None and record.src == caller and facts.method == "INVITE"
+                and facts.to_tag is None
+            ):  # fmt: skip
+                ev.invite, ev.invite_record = facts, record
+        elif isinstance(facts, StunFacts):
+            ev.stun.append((record, facts))
+            if (
+                ev.relay is None and facts.method == "Allocate" and facts.is_success
+                and record.dst == callee and facts.relayed is not None
+            ):  # fmt: skip
+                ev.relay = facts.relayed
+            if ev.turn_server is None and record.src == callee and record.dst == turn:
+                ev.turn_server = record.dst_addr
+    ev.ending = _ending(ev)
+    found = [
+        *_losses(ev), *_held(ev), *_stun_errors(ev), *_sip_errors(ev), *_connects(ev),
+        *_closed(ev), *_missing(ev),
+    ]  # fmt: skip
+    ev.anomalies = sorted(found, key=lambda a: (STEPS.index(a.step), a.t))
+    return ev
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 or noun.endswith('s') else 's'}"
+
+
+def _plural(n: int, noun: str) -> str:
+    if n == 1:
+        return f"{'an' if noun[:1] in 'AEIOU' else 'a'} {noun}"
+    if noun.endswith(")"):
+        head, _, tail = noun.partition(" (")
+        return f"{n} {head}s ({tail}"
+    return f"{n} {noun}s"
+
+
+# -- lost and held messages -----------------------------------------------------------------------
+
+
+def _identity(ev: Evidence, record: MessageRecord) -> tuple[object, ...]:
+    """What makes a later message the same one sent again: a SIP message's transaction and
+    kind; a STUN message's kind and its two ends (ICE and TURN send a new transaction when
+    they try again)."""
+    facts = record.facts
+    if isinstance(facts, SipFacts):
+        return (ev.name(record), facts.call_id, facts.from_tag, facts.cseq, facts.cseq_method)
+    return (ev.name(record), record.src)
+
+
+def _fate_words(last: MessageRecord) -> str:
+    hop = f"{last.src} → {last.dst}"
+    match last.fate:
+        case "dropped":
+            rule = f" (fault rule {last.rule})" if last.rule else ""
+            return f"dropped on {hop}{rule}"
+        case "lost":
+            return f"lost on {hop} with its connection (reset, cut or closed by the receiver)"
+        case "in-flight":
+            return f"still in flight on {hop} when the run ended"
+        case "outside":
+            return f"handed to a peer outside the run on {hop}"
+    return f"delivered on {hop}"
+
+
+def _why_harmless(ev: Evidence, record: MessageRecord) -> str:
+    """Why losing this message costs nothing, when that holds by what it is."""
+    facts = record.facts
+    if isinstance(facts, SipFacts) and facts.status is not None and facts.status < 200:
+        return (
+            "no consequence: on TCP nothing waits for a provisional answer (RFC 3261 "
+            "§17.1.1.2: Timer A runs only on unreliable transports)"
+        )
+    if isinstance(facts, StunFacts) and facts.method == "Binding" and facts.cls == "Indication":
+        return "no consequence: a keepalive (RFC 5245 §10); the next one follows"
+    return ""
+
+
+def _losses(ev: Evidence) -> list[Anomaly]:
+    groups: dict[tuple[str, str, str, str, str, int | None], list[Journey]] = {}
+    for journey in ev.trace.journeys:
+        last = journey.last
+        if last.fate == "delivered":
+            continue
+        first = journey.first
+        key = (journey.sender, ev.name(first), last.src, last.dst, last.fate, last.rule)
+        groups.setdefault(key, []).append(journey)
+    out = []
+    for (sender, kind, src, dst, fate, rule), journeys in groups.items():
+        first = journeys[0].first
+        n = len(journeys)
+        crossed = [f"{h.src} → {h.dst}" for h in journeys[0].hops[:-1]]
+        conn = ev.trace.connections.get(first.connection)
+        on = f" on {conn.name}" if conn is not None and conn.name else ""
+        lead = f"{sender} sent {_plural(n, kind)}{on}"
+        lead += f" (first at t={first.sent_t:.3f} s)" if n > 1 else f" at t={first.sent_t:.3f} s"
+        via = f"crossed {', '.join(crossed)} and " if crossed else ""
+        verb = ("all " if n > 1 else "") + via + ("were " if n > 1 else "was ")
+        if n > 1 and not via:
+            verb = "all were "
+        line = f"{lead}; {'it ' if n == 1 else ''}{verb}{_fate_words(journeys[0].last)}"
+        recovered = _why_harmless(ev, first)
+        if not recovered:
+            recovered = _resent_through(ev, journeys, (src, dst))
+        out.append(Anomaly(
+            "lost", ev.step_of(first), first.sent_t, line, kind=kind, method=_method(first),
+            sender=sender, hop=(src, dst), count=n, rule=rule, how=fate,
+            recovered=recovered, records=tuple(j.first for j in journeys),
+            facts=_facts(first),
+        ))  # fmt: skip
+    return out
+
+
+def _resent_through(ev: Evidence, journeys: list[Journey], hop: tuple[str, str]) -> str:
+    """Whether the same message, sent again later, crossed the hop where these ended."""
+    ident = _identity(ev, journeys[0].first)
+    after = max(j.last.t for j in journeys)
+    for record in ev.trace.messages:
+        if (
+            record.t > after and (record.src, record.dst) == hop and record.delivered
+            and _identity(ev, record.journey.first if record.journey else record) == ident
+        ):  # fmt: skip
+            return (
+                f"recovered: sent again, it crossed {hop[0]} → {hop[1]} at "
+                f"t={record.fate_t or record.t:.3f} s"
+            )
+    return ""
+
+
+def _held(ev: Evidence) -> list[Anomaly]:
+    groups: dict[tuple[str, str, str, str, int, float], list[MessageRecord]] = {}
+    for record in ev.trace.messages:
+        if record.delay > 0 and record.rule is not None:
+            journey = record.journey
+            first = journey.first if journey is not None else record
+            key = (first.src, ev.name(first), record.src, record.dst, record.rule, record.delay)
+            groups.setdefault(key, []).append(record)
+    out = []
+    for (sender, kind, src, dst, rule, delay), records in groups.items():
+        r = records[0]
+        arrived = (
+            f"delivered at t={r.fate_t:.3f} s" if r.fate_t is not None and r.delivered
+            else _fate_words(r)
+        )  # fmt: skip
+        n = len(records)
+        line = (
+            f"{sender}'s {kind if n == 1 else _plural(n, kind)} {'was' if n == 1 else 'were'} "
+            f"held {delay:g} s on {src} → {dst} (fault rule {rule}): sent at "
+            f"t={r.sent_t:.3f} s, {arrived}; what followed on that connection waited behind "
+            "it (TCP keeps order)"
+        )
+        out.append(Anomaly(
+            "held", ev.step_of(r), r.sent_t, line, kind=kind, method=_method(r), sender=sender,
+            hop=(src, dst), count=n, rule=rule, how=f"{delay:g}", records=tuple(records),
+            facts=_facts(r),
+        ))  # fmt: skip
+    return out
+
+
+def _method(record: MessageRecord) -> str:
+    facts = record.facts
+    if isinstance(facts, SipFacts):
+        return facts.method or facts.cseq_method
+    if isinstance(facts, StunFacts):
+        return facts.method
+    return ""
+
+
+def _facts(record: MessageRecord) -> SipFacts | StunFacts | None:
+    facts = record.facts
+    return facts if isinstance(facts, SipFacts | StunFacts) else None
+
+
+# -- error answers ----------------------------------------------------------------------------
+
+
+def _stun_errors(ev: Evidence) -> list[Anomaly]:
+    requests = {
+        f.transaction_id: (r, f) for r, f in ev.stun if f.is_request and r.hop == 0
+    }  # fmt: skip
+    out = []
+    for record, facts in ev.stun:
+        if not facts.is_error or record.hop != 0 or facts.error is None:
+            continue
+        asked = requests.get(facts.transaction_id)
+        if facts.error == 401 and asked is not None and not asked[1].username:
+            continue  # the challenge (RFC 5389 §10.2.1): the client asks again with credentials
+        where = f"{record.src} → {record.dst}"
+        line = f"{record.src} answered {record.dst}'s {facts.method} Request with error "
+        line += f"{facts.error} at t={record.t:.3f} s ({where}"
+        line += ", delivered)" if record.delivered else f", then {_fate_words(record)})"
+        recovered = ""
+        if facts.error == 438:
+            retry = next(
+                (r for r, f in ev.stun
+                 if f.method == facts.method and f.is_success and r.src == record.src
+                 and r.dst == record.dst and r.t > record.t and r.delivered),
+                None,
+            )  # fmt: skip
+            if retry is not None:
+                recovered = (
+                    f"recovered: {record.dst} asked again with the new nonce (RFC 5389 "
+                    f"§10.2.4) and the {facts.method} succeeded at t={retry.t:.3f} s"
+                )
+        step: Step = ev.step_of(record)
+        out.append(Anomaly(
+            "error", step, record.t, line, kind=ev.name(record), method=facts.method,
+            sender=record.src, hop=(record.src, record.dst), code=facts.error,
+            recovered=recovered, records=(record,), facts=facts,
+        ))  # fmt: skip
+    return out
+
+
+def _sip_errors(ev: Evidence) -> list[Anomaly]:
+    out = []
+    for record, facts in ev.sip:
+        status = facts.status
+        if status is None or status < 300 or status in (401, 407):
+            continue
+        journey = record.journey
+        if journey is not None and journey.first is not record:
+            continue  # its first hop names it
+        answered = journey.last.dst if journey is not None else record.dst
+        kind = ev.name(record)
+        diag = f" ({facts.diagnostics})" if facts.diagnostics else ""
+        line = (
+            f"{record.src} answered {kind.split(' (')[-1].rstrip(')')} with {facts.status} "
+            f"{facts.reason}{diag} at t={record.t:.3f} s"
+        )
+        reached = journey.reached(answered) if journey is not None else record.delivered
+        if not reached:
+            line += (
+                f" (it never reached the asker: {_fate_words(journey.last if journey else record)})"  # noqa: E501
+            )
+        recovered = ""
+        if status == 491:
+            # Glare is over once either end's retry is answered 2xx (RFC 3261 §14.1).
+            done = next(
+                (r for r, f in ev.sip
+                 if f.status is not None and 200 <= f.status < 300 and f.cseq_method == "INVITE"
+                 and r.t > record.t and r.delivered and r.dst in (ev.caller, ev.callee)
+                 and ev._in_reinvite(f)),
+                None,
+            )  # fmt: skip
+            if done is not None:
+                recovered = (
+                    f"recovered: glare (RFC 3261 §14.1); a retried reINVITE was answered "
+                    f"{done.sip_facts.status if done.sip_facts else 200} at "
+                    f"t={done.fate_t or done.t:.3f} s"
+                )
+        out.append(Anomaly(
+            "error", ev.step_of(record), record.t, line, kind=kind,
+            method=facts.cseq_method, sender=record.src, hop=(record.src, answered),
+            code=status, recovered=recovered, records=(record,), facts=facts,
+        ))  # fmt: skip
+    return out
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+def connect_how(refused: RefusedRecord) -> ConnectHow:
+    how = getattr(refused, "how", None)
+    for known in get_args(ConnectHow):
+        if how == known:
+            return known  # type: ignore[no-any-return]
+    reason = refused.reason.lower()
+    if "timeout" in reason or "timed out" in reason:
+        return "timeout"
+    if "refused" in reason or "reset" in reason:
+        return "refused"
+    return "unreachable"
+
+
+def _connects(ev: Evidence) -> list[Anomaly]:
+    out = []
+    for refused in ev.trace.refused:
+        how = connect_how(refused)
+        target = refused.server_addr
+        server = _actor_at(ev, target)
+        if ev.relay is not None and target == ev.relay:
+            step: Step = "relay connection"
+            what = f"the relay address {target} ({ev.callee}'s relay candidate)"
+        elif refused.client == ev.callee and (server == ev.turn or target.port == 3478):
+            step = "TURN allocation"
+            what = f"the TURN server {target}"
+        elif refused.client == ev.callee:
+            step = "TURN allocation"
+            what = str(target)
+        elif server in (ev.caller, ev.callee) or target.port in (5060, 5061, 7001):
+            step = "SIP INVITE"
+            what = str(target)
+        else:
+            step = "relay connection"
+            what = str(target)
+        words = {
+            "refused": "was refused: a TCP RST came back (nothing listens there, or a firewall "
+            "rejects)",
+            "timeout": "got no answer: its SYNs went unanswered until the connect timed out "
+            "(a firewall drops them)",
+            "unreachable": f"failed: {refused.reason}",
+        }[how]
+        started = getattr(refused, "started", refused.t)
+        line = f"{refused.client}'s TCP connect to {what} {words} (t={started:.3f} s"
+        line += f" to {refused.t:.3f} s)" if refused.t != started else ")"
+        out.append(Anomaly(
+            "connect-failed", step, refused.t, line, kind="TCP connect",
+            sender=refused.client, hop=(refused.client, server or str(target)), how=how,
+        ))  # fmt: skip
+    return out
+
+
+def _actor_at(ev: Evidence, address: Address) -> str | None:
+    for c in ev.trace.connections.values():
+        if c.server_addr == address:
+            return c.server
+    for r, _ in ev.sip:
+        if r.dst_addr == address:
+            return r.dst
+    return None
+
+
+def _hang_up_t(ev: Evidence) -> float:
+    ending = ev.ending
+    return ending.t if ending is not None and ending.how == "BYE" else ev.end
+
+
+def _closed(ev: Evidence) -> list[Anomaly]:
+    """Connections that ended under the call: reset, or closed by someone before the first
+    BYE (a call's own teardown closes them after it)."""
+    stop = _hang_up_t(ev)
+    bound = next(
+        (r.fate_t or r.t for r, f in ev.stun
+         if f.method == "ConnectionBind" and f.is_success and r.dst == ev.callee and r.delivered),
+        None,
+    )  # fmt: skip
+    out = []
+    for c in ev.trace.connections.values():
+        if c.closed is None or c.closed >= stop:
+            continue
+        if not c.reset and c.closed_by in (ev.caller, ev.callee):
+            continue  # an end closing its own connection (its session is over)
+        ends = (c.client, c.server)
+        if bound is not None and c.closed > bound:
+            step: Step = "call up"  # the relay had carried the call by then
+            what = f"the connection {c.name or c.id} ({c.client} → {c.server})"
+            if ev.relay is not None and c.server_addr == ev.relay:
+                what = f"the peer connection to the relay {c.server_addr} (from {c.client_addr})"
+        elif ev.relay is not None and c.server_addr == ev.relay:
+            step = "relay connection"
+            what = f"the peer connection to the relay {c.server_addr} (from {c.client_addr})"
+        elif set(ends) == {ev.callee, ev.turn}:
+            step = "call up"
+            what = f"{ev.callee}'s TURN connection {c.name or c.id}"
+        elif any(r.connection == c.id for r, _ in ev.sip):
+            step = "SIP INVITE"
+            what = f"the SIP connection {c.client} → {c.server}"
+        else:
+            step = "call up"
+            what = f"the connection {c.name or c.id} ({c.client} → {c.server})"
+        how = "reset (RST)" if c.reset else "closed (FIN)"
+        line = f"{what} was {how} by {c.closed_by or '?'} at t={c.closed:.3f} s"
+        out.append(Anomaly(
+            "closed", step, c.closed, line, kind="TCP connection", sender=c.closed_by or "",
+            hop=(c.client, c.server), how="reset" if c.reset else "closed", connection=c,
+        ))  # fmt: skip
+    return out
+
+
+# -- steps never taken ------------------------------------------------------------------------
+
+
+def _missing(ev: Evidence) -> list[Anomaly]:
+    out: list[Anomaly] = []
+    cms, turn = ev.callee, ev.turn
+    invite = ev.invite_record
+    journey = invite.journey if invite is not None else None
+    got_invite = next(
+        (h for h in (journey.hops if journey is not None else []) if h.dst == cms and h.delivered),
+        None,
+    )
+    stun_from_cms = [r for r, f in ev.stun if r.src == cms and r.hop == 0 and f.method != "Binding"]
+    tried_turn = any(r.client == cms for r in ev.trace.refused) or any(
+        c.client == cms and c.server == turn for c in ev.trace.connections.values()
+    )
+    if got_invite is not None and not stun_from_cms and not tried_turn:
+        out.append(Anomaly(
+            "missing", "TURN allocation", got_invite.fate_t or got_invite.t,
+            f"{cms} got the INVITE at t={got_invite.fate_t or got_invite.t:.3f} s and never "
+            f"asked {turn} for a relay: no TCP connection to a TURN server, no Allocate "
+            "Request",
+            kind="Allocate Request", method="Allocate", sender=cms,
+        ))  # fmt: skip
+    attempts = [r for r, f in ev.stun if f.method == "ConnectionAttempt" and r.dst == cms
+                and r.delivered]  # fmt: skip
+    binds = [r for r, f in ev.stun if f.method == "ConnectionBind" and f.is_request
+             and r.src == cms and r.hop == 0]  # fmt: skip
+    if attempts and not binds:
+        a = attempts[0]
+        out.append(Anomaly(
+            "missing", "relay connection", a.fate_t or a.t,
+            f"{cms} got the ConnectionAttempt at t={a.fate_t or a.t:.3f} s and sent no "
+            f"ConnectionBind Request (no new connection to {turn} for the peer's data, "
+            "RFC 6062 §4.3)",
+            kind="ConnectionBind Request", method="ConnectionBind", sender=cms,
+        ))  # fmt: skip
+    bound = [r for r, f in ev.stun if f.method == "ConnectionBind" and f.is_success
+             and r.dst == cms and r.delivered]  # fmt: skip
+    if bound:
+        t0 = bound[0].fate_t or bound[0].t
+        for end in (ev.callee, ev.caller):
+            checks = [r for r, f in ev.stun if f.method == "Binding" and f.is_request
+                      and r.src == end and r.hop == 0]  # fmt: skip
+            if not checks:
+                out.append(Anomaly(
+                    "missing", "ICE checks", t0,
+                    f"{end} sent no connectivity check (Binding Request) after the relay "
+                    f"connection was bound at t={t0:.3f} s",
+                    kind="Binding Request", method="Binding", sender=end,
+                ))  # fmt: skip
+    answered = _checks_answered(ev)
+    if {ev.caller, ev.callee} <= set(answered):
+        reinvites = [r for r, f in ev.sip if f.method == "INVITE" and f.to_tag is not None
+                     and r.hop == 0]  # fmt: skip
+        if not reinvites:
+            t = max(answered.values())
+            out.append(Anomaly(
+                "missing", "reINVITE", t,
+                f"the checks succeeded both ways (by t={t:.3f} s) and neither end sent the "
+                "reINVITE that confirms the media route (RFC 5245 §9.1.3, MS-ICE2)",
+                kind="reINVITE", method="INVITE",
+            ))  # fmt: skip
+    return out
+
+
+def _checks_answered(ev: Evidence) -> dict[str, float]:
+    """Who got a Binding Success Response back, and when first."""
+    out: dict[str, float] = {}
+    for r, f in ev.stun:
+        if f.method == "Binding" and f.is_success and r.delivered and r.dst in (
+            ev.caller, ev.callee
+        ):  # fmt: skip
+            out.setdefault(r.dst, r.fate_t or r.t)
+    return out
+
+
+# -- the end of the call --------------------------------------------------------------------
+
+
+def _ending(ev: Evidence) -> Ending:
+    invite = ev.invite
+    byes = [
+        (r, f) for r, f in ev.sip
+        if f.method == "BYE" and r.hop == 0 and r.src in (ev.caller, ev.callee)
+        and (invite is None or f.call_id == invite.call_id)
+    ]  # fmt: skip
+    if byes:
+        record, facts = byes[0]
+        answered = any(
+            r.dst == record.src and r.delivered and f.status is not None and f.status >= 200
+            and f.cseq_method == "BYE" and f.call_id == facts.call_id
+            for r, f in ev.sip
+        )  # fmt: skip
+        if facts.cause:
+            why = f"Reason: {facts.cause}"
+        else:
+            why = "a hang-up (no Reason header: the user's own)"
+        if not answered:
+            why += "; the BYE got no answer back"
+        # When its sender sent it (a delay on the wire does not move the hang-up).
+        return Ending(record.src, record.sent_t, "BYE", why, not facts.cause and answered, record)
+    sip_conns = {r.connection for r, _ in ev.sip}
+    resets = sorted(
+        (c for c in ev.trace.connections.values()
+         if c.id in sip_conns and c.closed is not None and c.reset),
+        key=lambda c: c.closed or 0.0,
+    )  # fmt: skip
+    if resets:
+        c = resets[0]
+        return Ending(
+            c.closed_by, c.closed or 0.0, "reset",
+            f"the SIP connection {c.client} → {c.server} was reset by {c.closed_by}", False,
+        )  # fmt: skip
+    if ev.stopped_by_deadline:
+        return Ending(None, ev.end, "deadline", "the run's deadline", False)
+    return Ending(None, ev.end, "finished", "no dialog to end (no BYE was needed)", False)
+
+
+def lines(anomalies: Iterable[Anomaly]) -> list[str]:
+    return [a.line + (f" — {a.recovered}" if a.recovered else "") for a in anomalies]
