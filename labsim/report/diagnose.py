@@ -264,9 +264,17 @@ def _stun_meaning(a: Anomaly, ev: Evidence) -> str:
     return f"{stun_phrase(a.code)}: {STUN_ERRORS.get(a.code or 0, ('', 'see RFC 5389 §15.6'))[1]}"
 
 
-def _lost_words(noun: str) -> Words:
+def _lost_words(noun: str, late: str = "") -> Words:
+    """``noun`` when the message was lost; ``late`` (default the same) when a delay made it
+    arrive after the call had moved on."""
+
     def words(a: Anomaly, ev: Evidence) -> str:
-        verb = "held" if a.what == "held" else "lost"
+        if a.what == "held":
+            return (
+                f"{late or noun}: {a.sender}'s {a.kind} was held {a.how} s on {a.where}, "
+                "longer than the call waited for it."
+            )
+        verb = "dropped" if a.how == "dropped" else "lost"
         return f"{noun}: {a.sender}'s {a.kind} was {verb} on {a.where}."
 
     return words
@@ -287,14 +295,16 @@ RULES: tuple[Rule, ...] = (
          ("the logs of the end that answered, at that time",
           "the SIP status meaning (RFC 3261 §21) and any ms-diagnostics in the answer")),
     Rule("no-sip-path", _is("lost", "held", "connect-failed", "closed", step="SIP INVITE"),
-         _lost_words("The sharing INVITE never got through"),
+         _lost_words("The sharing INVITE never got through",
+                     "The sharing INVITE got through too late"),
          "a SIP hop cannot forward it: a missing connection (the traversal zone between "
          "Expressway-C and Expressway-E), a routing rule, or a firewall on the SIP ports",
          ("the traversal zone status on Expressway-C and Expressway-E (Active)",
           "the search rules and dial plan that route the meeting's domain to CMS",
           "TCP 5060/5061 and the traversal port (7001) through the firewalls")),
     Rule("no-sip-path", _and(_is("lost", "held", step="SIP answer"), _final_answer),
-         _lost_words("The answer to the INVITE never got back"),
+         _lost_words("The answer to the INVITE never got back",
+                     "The answer to the INVITE came back too late"),
          "the answer is lost on the way back (Record-Route / Via handling on a hop, or a "
          "one-way SIP path)",
          ("SIP logs of each hop for the 200 OK", "the traversal zone in both directions")),
@@ -357,7 +367,8 @@ RULES: tuple[Rule, ...] = (
          "{turn} refuses {callee}'s allocation: Allocate answered {phrase}.", _stun_meaning,
          ("Expressway-E's TURN logs at that time", "Expressway-E TURN status and policy")),
     Rule("turn-no-answer", _is("lost", "held", step="TURN allocation"),
-         _lost_words("The TURN allocation never completed"),
+         _lost_words("The TURN allocation never completed",
+                     "The TURN allocation did not complete in time"),
          "TURN requests or answers are lost between CMS and Expressway-E (TCP 3478)",
          ("captures on both sides of the firewall between CMS and Expressway-E, TCP 3478",)),
     # -- the relay connection
@@ -439,7 +450,8 @@ RULES: tuple[Rule, ...] = (
          ("the logs of the end that answered the reINVITE",
           "the SIP status meaning (RFC 3261 §21)")),
     Rule("reinvite-lost", _is("lost", "held", step="reINVITE"),
-         _lost_words("The sharing reINVITE never completed"),
+         _lost_words("The sharing reINVITE never completed",
+                     "The sharing reINVITE did not complete in time"),
          "a SIP hop does not carry the in-dialog request or its answer (Record-Route, a "
          "one-way SIP path)",
          ("the reINVITE, its 200 OK and its ACK on each hop of the SIP path",
@@ -462,12 +474,12 @@ RULES: tuple[Rule, ...] = (
           "pass)", "Expressway-E TURN logs at that time")),
     # -- the hang-up
     Rule("hang-up-incomplete", _is("lost", "held", step="hang-up"),
-         _lost_words("The hang-up did not complete"),
+         _lost_words("The hang-up did not complete", "The hang-up completed late"),
          "a SIP hop does not carry the BYE or its answer, so one end keeps a call the other "
          "ended (until its own timers run out)",
          ("the BYE and its 200 OK on each hop of the SIP path",)),
     # -- anything else
-    Rule("message-lost", _is("lost"), _lost_words("A message was lost"),
+    Rule("message-lost", _is("lost"), _lost_words("A message was lost", "A message was held up"),
          "the hop shown does not carry that message", ("captures on both ends of that hop",)),
     Rule("message-delayed", _is("held"), _lost_words("A message was held up"),
          "the hop shown delays traffic longer than the timers that guard it",

@@ -345,30 +345,42 @@ def _resent_through(ev: Evidence, journeys: list[Journey], hop: tuple[str, str])
 
 
 def _held(ev: Evidence) -> list[Anomaly]:
-    groups: dict[tuple[str, str, str, str, int, float], list[MessageRecord]] = {}
+    """Messages a fault rule held, grouped by sender, kind, hop and rule; what waited behind
+    them on the same connection (TCP order) is counted with them, not as faults of its own."""
+    groups: dict[tuple[str, str, str, str, int], list[MessageRecord]] = {}
+    behind: dict[int, list[MessageRecord]] = {}
     for record in ev.trace.messages:
-        if record.delay > 0 and record.rule is not None:
-            journey = record.journey
-            first = journey.first if journey is not None else record
-            key = (first.src, ev.name(first), record.src, record.dst, record.rule, record.delay)
-            groups.setdefault(key, []).append(record)
+        if record.delay <= 0 or record.rule is None:
+            continue
+        if record.rule == 0:
+            behind.setdefault(record.connection, []).append(record)
+            continue
+        journey = record.journey
+        first = journey.first if journey is not None else record
+        key = (first.src, ev.name(first), record.src, record.dst, record.rule)
+        groups.setdefault(key, []).append(record)
     out = []
-    for (sender, kind, src, dst, rule, delay), records in groups.items():
+    for (sender, kind, src, dst, rule), records in groups.items():
         r = records[0]
         arrived = (
             f"delivered at t={r.fate_t:.3f} s" if r.fate_t is not None and r.delivered
             else _fate_words(r)
         )  # fmt: skip
         n = len(records)
+        what = f"{sender}'s {kind}" if n == 1 else f"{n} of {sender}'s {kind}s"
         line = (
-            f"{sender}'s {kind if n == 1 else _plural(n, kind)} {'was' if n == 1 else 'were'} "
-            f"held {delay:g} s on {src} → {dst} (fault rule {rule}): sent at "
-            f"t={r.sent_t:.3f} s, {arrived}; what followed on that connection waited behind "
-            "it (TCP keeps order)"
+            f"{what} {'was' if n == 1 else 'were'} held {max(x.delay for x in records):g} s on "
+            f"{src} → {dst} (fault rule {rule}): sent at t={r.sent_t:.3f} s, {arrived}"
         )
+        waited = [b for b in behind.get(r.connection, []) if (b.src, b.dst) == (src, dst)]
+        if waited:
+            line += (
+                f"; {count(len(waited), 'more message')} on that connection waited behind it "
+                "(TCP keeps order)"
+            )
         out.append(Anomaly(
             "held", ev.step_of(r), r.sent_t, line, kind=kind, method=_method(r), sender=sender,
-            hop=(src, dst), count=n, rule=rule, how=f"{delay:g}", records=tuple(records),
+            hop=(src, dst), count=n, rule=rule, how=f"{r.delay:g}", records=tuple(records),
             facts=_facts(r),
         ))  # fmt: skip
     return out
