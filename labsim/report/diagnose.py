@@ -140,7 +140,21 @@ def stun_phrase(code: int | None) -> str:
 # -- the verdict table ------------------------------------------------------------------------
 
 Words = str | Callable[[Anomaly, Evidence], str]
-Match = Callable[[Anomaly, Evidence], bool]
+
+
+@dataclass(frozen=True)
+class On:
+    """What evidence a verdict explains: a predicate over one anomaly (and the evidence
+    around it) that says itself in words, for the table in docs/diagnosis.md."""
+
+    test: Callable[[Anomaly, Evidence], bool]
+    words: str
+
+    def __call__(self, a: Anomaly, ev: Evidence) -> bool:
+        return self.test(a, ev)
+
+    def __and__(self, other: On) -> On:
+        return On(lambda a, ev: self(a, ev) and other(a, ev), f"{self.words}, {other.words}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,7 @@ class Rule:
     call's ``{caller}``, ``{callee}``, ``{turn}``, ``{relay}``."""
 
     verdict: Verdict
-    when: Match
+    when: On
     summary: Words
     cause: Words
     advice: tuple[str, ...] = ()
@@ -159,7 +173,7 @@ class Rule:
 def _is(
     *what: str, step: Step | None = None, methods: tuple[str, ...] = (),
     codes: tuple[int, ...] = (), how: tuple[str, ...] = (), kinds: tuple[str, ...] = (),
-) -> Match:  # fmt: skip
+) -> On:  # fmt: skip
     def match(a: Anomaly, ev: Evidence) -> bool:
         return (
             (not what or a.what in what) and (step is None or a.step == step)
@@ -167,19 +181,23 @@ def _is(
             and (not how or a.how in how) and (not kinds or a.kind in kinds)
         )  # fmt: skip
 
-    return match
+    parts = [" or ".join(what) if what else "any anomaly"]
+    parts += [f"of {' or '.join(kinds)}"] if kinds else []
+    parts += [f"on {' or '.join(methods)}"] if methods else []
+    parts += [f"code {' or '.join(map(str, codes))}"] if codes else []
+    parts += [f"({' or '.join(how)})"] if how else []
+    parts += [f"in step {step}"] if step else []
+    return On(match, " ".join(parts))
 
 
-def _and(*matches: Match) -> Match:
-    return lambda a, ev: all(m(a, ev) for m in matches)
-
-
-def _diag_21002(a: Anomaly, ev: Evidence) -> bool:
-    return isinstance(a.facts, SipFacts) and a.facts.diagnostics_code == 21002
-
-
-def _final_answer(a: Anomaly, ev: Evidence) -> bool:
-    return a.kind.endswith("(INVITE)") and not a.kind.startswith("1")
+_DIAG_21002 = On(
+    lambda a, ev: isinstance(a.facts, SipFacts) and a.facts.diagnostics_code == 21002,
+    "with ms-diagnostics 21002",
+)
+_FINAL_ANSWER = On(
+    lambda a, ev: a.kind.endswith("(INVITE)") and not a.kind.startswith("1"),
+    "the INVITE's final answer",
+)
 
 
 def _expiry(ev: Evidence) -> tuple[ConnectionRecord, int, float] | None:
@@ -203,13 +221,15 @@ def _expiry(ev: Evidence) -> tuple[ConnectionRecord, int, float] | None:
     return None
 
 
-def _expired(a: Anomaly, ev: Evidence) -> bool:
-    return (
-        a.step == "call up"
-        and a.what in ("closed", "lost", "held")
-        and (_expiry(ev) is not None)
-        and (a.what == "closed" or a.method == "Refresh")
-    )
+_EXPIRED = On(
+    lambda a, ev: (
+        a.step == "call up" and (a.what == "closed" or (a.what in ("lost", "held")
+                                                         and a.method == "Refresh"))
+        and _expiry(ev) is not None
+    ),
+    "closed, or a lost or held Refresh, in step call up, when the TURN server closed the "
+    "callee's TURN connection once the allocation's lifetime ran out",
+)  # fmt: skip
 
 
 def _expiry_summary(a: Anomaly, ev: Evidence) -> str:
@@ -238,9 +258,11 @@ def _expiry_cause(a: Anomaly, ev: Evidence) -> str:
             "allocation was never extended (RFC 5766 §7)"
         )
     if refreshes:
+        last = max(r.t for r in refreshes)
         return (
-            f"{ev.callee}'s Refresh Requests reached {ev.turn} but none extended the "
-            "allocation (see their answers)"
+            f"{ev.callee} sent no Refresh after t={last:.3f} s (its last, which reached "
+            f"{ev.turn}), so the allocation ran out (RFC 5766 §7: the client refreshes before "
+            "expiry)"
         )
     return (
         f"{ev.callee} sent no Refresh before the lifetime ended (RFC 5766 §7: the client "
@@ -283,7 +305,7 @@ def _lost_words(noun: str, late: str = "") -> Words:
 #: Every verdict, in call order; the first whose predicate matches the first failure wins.
 RULES: tuple[Rule, ...] = (
     # -- the INVITE and its answer
-    Rule("presenter-not-allowed", _and(_is("error"), _diag_21002),
+    Rule("presenter-not-allowed", _is("error") & _DIAG_21002,
          "The Skype meeting refuses to let CMS share: attendees cannot share in this "
          "conference (ms-diagnostics 21002, component ASMCU).",
          "the Skype for Business meeting lets only presenters share, and CMS joined as an "
@@ -291,7 +313,7 @@ RULES: tuple[Rule, ...] = (
          ("in the Skype meeting, right-click the CMS participant and choose Make Presenter",
           "or change the meeting options so that everyone can present",
           "CMS's logs show the same ms-diagnostics-public line")),
-    Rule("call-rejected", _is("error", methods=("INVITE",)), _refused_sip, _sip_meaning,
+    Rule("call-rejected", _is("error", step="SIP answer"), _refused_sip, _sip_meaning,
          ("the logs of the end that answered, at that time",
           "the SIP status meaning (RFC 3261 §21) and any ms-diagnostics in the answer")),
     Rule("no-sip-path", _is("lost", "held", "connect-failed", "closed", step="SIP INVITE"),
@@ -302,7 +324,7 @@ RULES: tuple[Rule, ...] = (
          ("the traversal zone status on Expressway-C and Expressway-E (Active)",
           "the search rules and dial plan that route the meeting's domain to CMS",
           "TCP 5060/5061 and the traversal port (7001) through the firewalls")),
-    Rule("no-sip-path", _and(_is("lost", "held", step="SIP answer"), _final_answer),
+    Rule("no-sip-path", _is("lost", "held", step="SIP answer") & _FINAL_ANSWER,
          _lost_words("The answer to the INVITE never got back",
                      "The answer to the INVITE came back too late"),
          "the answer is lost on the way back (Record-Route / Via handling on a hop, or a "
@@ -457,7 +479,7 @@ RULES: tuple[Rule, ...] = (
          ("the reINVITE, its 200 OK and its ACK on each hop of the SIP path",
           "the Record-Route of the first 200 OK")),
     # -- the call up
-    Rule("allocation-expired", _expired, _expiry_summary, _expiry_cause,
+    Rule("allocation-expired", _EXPIRED, _expiry_summary, _expiry_cause,
          ("CMS's TURN logs for Refresh failures (438 Stale Nonce, 401)",
           "the allocation lifetime Expressway-E grants", "TCP 3478 between CMS and "
           "Expressway-E for the Refresh requests")),
@@ -522,7 +544,7 @@ def diagnose(
     ended = ending.line
     established = result.name == "sharing-established"
     ended_well = ending.planned or (ending.how == "deadline" and established)
-    failing = [a for a in ev.anomalies if not a.recovered]
+    failing = unrecovered = [a for a in ev.anomalies if not a.recovered]
     if established and ended_well:
         # What broke nothing: a closed media path does break the call, whatever the end.
         broke = [a for a in failing if a.what == "closed" or a.what == "error"]
@@ -545,7 +567,9 @@ def diagnose(
     first = failing[0]
     rule = rule_for(first, ev)
     assert rule is not None  # the table ends with a rule for every kind of anomaly
-    same = [a for a in failing if rule_for(a, ev) is rule]
+    # The verdict's evidence: every anomaly its rule explains (a lost Refresh belongs to an
+    # expired allocation even where the call went on around it).
+    same = sorted((a for a in unrecovered if rule_for(a, ev) is rule), key=lambda a: a.t)
     others = [a for a in failing if a not in same]
     also = tuple(
         f"[{rule_for(a, ev).verdict if rule_for(a, ev) else 'unknown'}] {a.line}"  # type: ignore[union-attr]
@@ -686,3 +710,17 @@ def _link_round_trips(ev: Evidence) -> dict[tuple[str, str], float]:
                 a, b = sorted((record.dst, record.src))
                 out[(a, b)] = max(out.get((a, b), 0.0), record.t - t0)
     return out
+
+
+def verdict_table() -> str:
+    """The verdict table as Markdown, for docs/diagnosis.md (a test keeps it current):
+    ``python -m labsim.report.diagnose``."""
+    rows = ["| # | verdict | the first failure it explains | likely cause |", "|---|---|---|---|"]
+    for n, rule in enumerate(RULES, start=1):
+        cause = rule.cause if isinstance(rule.cause, str) else "(worked out from the evidence)"
+        rows.append(f"| {n} | `{rule.verdict}` | {rule.when.words} | {cause} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(verdict_table(), end="")

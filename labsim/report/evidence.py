@@ -367,7 +367,7 @@ def _held(ev: Evidence) -> list[Anomaly]:
             else _fate_words(r)
         )  # fmt: skip
         n = len(records)
-        what = f"{sender}'s {kind}" if n == 1 else f"{n} of {sender}'s {kind}s"
+        what = f"{sender}'s {kind}" if n == 1 else f"{sender}'s {_plural(n, kind)}"
         line = (
             f"{what} {'was' if n == 1 else 'were'} held {max(x.delay for x in records):g} s on "
             f"{src} → {dst} (fault rule {rule}): sent at t={r.sent_t:.3f} s, {arrived}"
