@@ -48,12 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The tests' TURN client and port helpers: one client for the tests and the bench.
 from tests.stun_client import (  # noqa: E402
     KEY,
-    PASSWORD,
-    REALM,
     TIMEOUT,
-    USER,
     Control,
     authed,
+    coturn_command,
     free_port,
     free_range,
     wait_listening,
@@ -148,15 +146,7 @@ def coturn(workdir: Path, lifetime: float) -> Iterator[Server]:
         raise RuntimeError("turnserver not found: apt-get install coturn")
     port = free_port()
     relays = free_range(RELAY_PORTS, HOST, avoid=port)
-    log = workdir / "turnserver.log"
-    cmd = [
-        turnserver, "-n", "--listening-ip", HOST, "--relay-ip", HOST,
-        "--listening-port", str(port), "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}",
-        "-r", REALM, "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
-        "--min-port", str(relays.start), "--max-port", str(relays.stop - 1), "--fingerprint",
-        "--userdb", str(workdir / "turndb.sqlite"), "--log-file", str(log), "--simple-log",
-        "--no-stdout-log", "--pidfile", str(workdir / "turnserver.pid"),
-    ]  # fmt: skip
+    cmd = coturn_command(turnserver, HOST, port, relays, workdir)
     # `timeout` bounds its life even if this script is killed before the finally runs; it
     # forwards our SIGTERM to turnserver, whose own pid (for VmHWM) is in its pid file.
     proc = subprocess.Popen(

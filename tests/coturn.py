@@ -21,7 +21,7 @@ from pathlib import Path
 from labsim.net.live import LoopbackBlock, claim_block
 
 from .conftest import require_tool
-from .stun_client import PASSWORD, REALM, USER, free_port, free_range, wait_listening
+from .stun_client import coturn_command, free_port, free_range, wait_listening
 
 MAX_LOG_BYTES = 5 * 1024 * 1024
 
@@ -45,14 +45,7 @@ def coturn(workdir: Path, *extra: str, start_timeout: float = 10.0) -> Iterator[
         port = free_port(host)
         relays = free_range(20, host, avoid=port)
         log = workdir / "turnserver.log"
-        cmd = [
-            turnserver, "-n", "--listening-ip", host, "--relay-ip", host,
-            "--listening-port", str(port), "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}",
-            "-r", REALM, "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
-            "--min-port", str(relays.start), "--max-port", str(relays.stop - 1), "--fingerprint",
-            "--userdb", str(workdir / "turndb.sqlite"), "--log-file", str(log), "--simple-log",
-            "--no-stdout-log", "--pidfile", str(workdir / "turnserver.pid"), *extra,
-        ]  # fmt: skip
+        cmd = [*coturn_command(turnserver, host, port, relays, workdir), *extra]
         proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

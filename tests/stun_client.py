@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import time
+from pathlib import Path
 
 from labsim.wire import stun
 from labsim.wire.framing import StunSplitter
@@ -19,6 +20,22 @@ KEY = stun.long_term_key(USER, REALM, PASSWORD)
 TIMEOUT = 5.0
 #: ``SO_LINGER`` on with timeout 0: close() sends RST.
 LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def coturn_command(
+    turnserver: str, host: str, port: int, relays: range, workdir: Path
+) -> list[str]:
+    """The coturn command line of PROTOCOL.md §11: long-term credentials, TCP and UDP on
+    ``host:port`` only, relays in ``relays``, loopback peers allowed; its user database, log
+    (``turnserver.log``) and pid file (``turnserver.pid``) in ``workdir``."""
+    return [
+        turnserver, "-n", "--listening-ip", host, "--relay-ip", host,
+        "--listening-port", str(port), "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}",
+        "-r", REALM, "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
+        "--min-port", str(relays.start), "--max-port", str(relays.stop - 1), "--fingerprint",
+        "--userdb", str(workdir / "turndb.sqlite"), "--log-file", str(workdir / "turnserver.log"),
+        "--simple-log", "--no-stdout-log", "--pidfile", str(workdir / "turnserver.pid"),
+    ]  # fmt: skip
 
 
 def wait_listening(

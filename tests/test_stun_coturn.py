@@ -19,8 +19,8 @@ from labsim.wire import stun
 from labsim.wire.framing import frame_rfc4571
 from labsim.wire.stun import Class, Message, Method
 
-from .coturn import PASSWORD, REALM, USER, coturn
-from .stun_client import Control, authed
+from .coturn import coturn
+from .stun_client import PASSWORD, REALM, USER, Control, authed
 
 pytestmark = pytest.mark.coturn
 TIMEOUT = 5.0

@@ -201,6 +201,14 @@ def new_client(
     ))  # fmt: skip
 
 
+def challenged(client: Owned) -> Message:
+    """Start the client and answer its first Allocate with the lab's 401: returns the
+    authenticated Allocate it sends then, not answered yet."""
+    client.start(0.0)
+    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
+    return only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+
+
 def allocate(client: Owned, conn: str = CTL) -> tuple[list[Message], list[Effect]]:
     """Start the client and play the lab's allocation; returns the requests (first Allocate,
     authenticated Allocate) and the effects after the Allocate success."""
@@ -367,9 +375,7 @@ def test_keepalive_interval_settings() -> None:
 
 def test_allocate_438_retries_with_the_new_nonce_then_gives_up() -> None:
     client = new_client(max_stale_nonce_retries=2)
-    client.start(0.0)
-    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
-    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    second = challenged(client)
     effects = client.handle(Received(CTL, stale(second)), 0.1)
     third = only_request(effects)
     assert third.method == Method.ALLOCATE and third.transaction_id != second.transaction_id
@@ -387,9 +393,7 @@ def test_allocate_438_retries_with_the_new_nonce_then_gives_up() -> None:
 
 def test_allocate_438_then_success() -> None:
     client = new_client()
-    client.start(0.0)
-    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
-    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    second = challenged(client)
     third = only_request(client.handle(Received(CTL, stale(second)), 0.1))
     client.handle(Received(CTL, allocate_success(third)), 0.2)
     assert client.poll() == [Allocated(RELAY, CMS, 600)]
@@ -412,9 +416,7 @@ def test_refresh_438_retries_with_the_new_nonce() -> None:
 
 def test_wrong_password_is_cms_ice_failure_4() -> None:
     client = new_client(password="not-the-password")
-    client.start(0.0)
-    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
-    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    second = challenged(client)
     assert not second.verify_integrity(KEY)
     effects = client.handle(Received(CTL, challenge(second)), 0.1)
     assert requests(effects) == []
@@ -438,9 +440,7 @@ def test_allocate_errors_fail_with_code_and_reason(
     code: int, reason: str, explanation: str
 ) -> None:
     client = new_client()
-    client.start(0.0)
-    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
-    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    second = challenged(client)
     answer = second.error(code, [stun.MessageIntegrity(), stun.Fingerprint()]).encode(KEY)
     effects = client.handle(Received(CTL, answer), 0.1)
     assert client.poll() == [AllocationFailed(code, reason)]
@@ -451,9 +451,7 @@ def test_allocate_errors_fail_with_code_and_reason(
 
 def test_the_442_log_line() -> None:
     client = new_client()
-    client.start(0.0)
-    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
-    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    second = challenged(client)
     effects = client.handle(Received(CTL, error(second, 442)), 0.1)
     assert (
         "Allocate refused: 442 Unsupported Transport Protocol — the TURN server has no TCP "
@@ -463,9 +461,7 @@ def test_the_442_log_line() -> None:
 
 def test_a_bad_message_integrity_is_not_trusted() -> None:
     client = new_client()
-    client.start(0.0)
-    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
-    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    second = challenged(client)
     forged = allocate_success(second, key=stun.long_term_key("turn", REALM, "forged"))
     effects = client.handle(Received(CTL, forged), 0.1)
     assert client.poll() == [] and client.state is TurnState.ALLOCATING
@@ -702,9 +698,7 @@ def test_two_clients_do_not_claim_each_others_connections() -> None:
 
 def test_release_after_a_failed_allocation_still_reports_released() -> None:
     client = new_client(password="not-the-password")
-    client.start(0.0)
-    first = only_request(client.handle(Connected(CTL, CMS, SERVER), 0.0))
-    second = only_request(client.handle(Received(CTL, challenge(first)), 0.0))
+    second = challenged(client)
     client.handle(Received(CTL, challenge(second)), 0.1)
     assert client.state is TurnState.FAILED and len(client.poll()) == 1
     effects = client.release(1.0)

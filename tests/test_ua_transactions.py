@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sipmessage import Request, Response, Via
 
-from labsim.actors.cms import Cms, CmsState
+from labsim.actors.cms import Cms
 from labsim.actors.common import UaTimer
 from labsim.actors.lab import Lab, SkypeClientSettings
-from labsim.actors.skype_client import ClientState, SkypeClient
+from labsim.actors.skype_client import SkypeClient
 from labsim.net.virtual import VirtualNetwork
 from labsim.proto.events import (
     Accepted,
@@ -29,7 +29,7 @@ from labsim.proto.events import (
     StopTimer,
     TimerFired,
 )
-from labsim.proto.sip_ua_state import SipTimers, UaEvent
+from labsim.proto.sip_ua_state import SipTimers, UaEvent, UaState
 from labsim.run import Cast, blocked_pairs, build, fault_plan, run_scenario
 from labsim.scenario import Scenario, library_dir, load, loads
 from labsim.trace import MessageRecord, Trace
@@ -95,11 +95,11 @@ def cms_answering() -> tuple[Cms, Clock, Response]:
     clock.handle(Started())
     clock.handle(Accepted("in:1", Address("10.48.54.230", 5060), Address("10.48.54.228", 40001)))
     answers = summaries(clock.handle(Received("in:1", sip.encode(routed_invite()))))
-    assert answers == ["100 Trying"] and cms.state is CmsState.PROCEEDING
+    assert answers == ["100 Trying"] and cms.state is UaState.PROCEEDING
     effects = clock.feed(cms._answer(clock.now))
     (ok,) = sent_sip(effects)
     assert isinstance(ok, Response) and ok.code == 200
-    assert cms.state is CmsState.ACCEPTED
+    assert cms.state is UaState.ACCEPTED
     return cms, clock, ok
 
 
@@ -142,7 +142,7 @@ def test_cms_resends_its_200_at_t1_doubling_to_t2_then_ends_with_bye_after_64_t1
         "no ACK for the 200 OK to the INVITE after 32 s (64·T1, RFC 3261 §13.3.1.4): "
         "ending the dialog with BYE"
     ) in logs(effects)
-    assert cms.state is CmsState.TERMINATING
+    assert cms.state is UaState.TERMINATING
     assert set(clock.timers) == {UaTimer.TIMER_F}  # the retransmissions stopped with the BYE
 
 
@@ -161,36 +161,36 @@ def test_the_ack_stops_the_retransmissions_and_lets_the_held_reinvite_go() -> No
     effects = clock.handle(Received("in:1", sip.encode(ack_of(ok))))
     assert StopTimer(UaTimer.RETRANSMIT_2XX) in effects and StopTimer(UaTimer.ACK_WAIT) in effects
     assert summaries(effects) == ["INVITE"]  # the held reINVITE, now
-    assert cms.state is CmsState.REINVITING
+    assert cms.state is UaState.REINVITING
     assert set(clock.timers) == {UaTimer.TIMER_B}
     # A repeated ACK acknowledges nothing pending any more: absorbed, logged, no state change.
     again = clock.handle(Received("in:1", sip.encode(ack_of(ok))))
     assert sent_sip(again) == [] and "acknowledges nothing pending" in logs(again)
-    assert cms.state is CmsState.REINVITING
+    assert cms.state is UaState.REINVITING
 
 
 def test_a_bye_before_the_ack_ends_the_call_and_the_retransmissions() -> None:
     cms, clock, ok = cms_answering()
     effects = clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "BYE", 2))))
     assert summaries(effects) == ["200 OK"]
-    assert cms.state is CmsState.TERMINATED
+    assert cms.state is UaState.TERMINATED
     assert set(clock.timers) <= {UaTimer.FINISH}  # no SIP timer left running
 
 
 def test_reinvite_timer_b_ends_the_dialog_with_bye_and_timer_f_ends_the_bye() -> None:
     cms, clock, ok = cms_answering()
     clock.handle(Received("in:1", sip.encode(ack_of(ok))))
-    assert cms.state is CmsState.CONFIRMED
+    assert cms.state is UaState.CONFIRMED
     start = clock.now
     (reinvite,) = sent_sip(clock.feed(cms.send_reoffer()))
     assert isinstance(reinvite, Request) and sip.to_tag(reinvite) == "abc"
     name, effects = clock.fire()
     assert name == UaTimer.TIMER_B and clock.now - start == 32.0
-    assert summaries(effects) == ["BYE"] and cms.state is CmsState.TERMINATING
+    assert summaries(effects) == ["BYE"] and cms.state is UaState.TERMINATING
     assert "Timer B" in logs(effects) and "§14.1: the UAC terminates the dialog" in logs(effects)
     name, effects = clock.fire()
     assert name == UaTimer.TIMER_F and clock.now - start == 64.0
-    assert cms.state is CmsState.TERMINATED
+    assert cms.state is UaState.TERMINATED
     assert "no answer to our BYE within 32 s (Timer F" in logs(effects)
 
 
@@ -201,7 +201,7 @@ def test_a_provisional_answer_stops_timer_b_of_the_reinvite() -> None:
     assert isinstance(reinvite, Request)
     trying = sip.build_response(reinvite, 100)
     effects = clock.handle(Received("in:1", sip.encode(trying)))
-    assert StopTimer(UaTimer.TIMER_B) in effects and cms.state is CmsState.REINVITING
+    assert StopTimer(UaTimer.TIMER_B) in effects and cms.state is UaState.REINVITING
     assert UaTimer.TIMER_B not in clock.timers
 
 
@@ -214,14 +214,14 @@ def test_cms_glare_491_both_ways_and_its_retry_in_0_to_2_s() -> None:
     theirs = in_dialog_request(ok, "INVITE", 2)
     effects = clock.handle(Received("in:1", sip.encode(theirs)))
     assert summaries(effects) == ["491 Request Pending"]
-    assert cms.state is CmsState.REINVITING
+    assert cms.state is UaState.REINVITING
     # Ours gets 491 too: ACK hop by hop, then wait 0-2 s (the client owns the Call-ID).
     busy = sip.build_response(ours, 491, "Request Pending")
     effects = clock.handle(Received("in:1", sip.encode(busy)))
     (ack,) = sent_sip(effects)
     assert isinstance(ack, Request) and ack.method == "ACK"
     assert sip.via_branch(sip.top_via(ack)) == sip.via_branch(sip.top_via(ours))
-    assert cms.state is CmsState.GLARE_WAIT
+    assert cms.state is UaState.GLARE_WAIT
     (delay,) = [e.delay for e in effects if isinstance(e, StartTimer) and e.timer is UaTimer.GLARE]
     assert 0.0 <= delay <= 2.0
     name, effects = clock.fire()
@@ -230,7 +230,7 @@ def test_cms_glare_491_both_ways_and_its_retry_in_0_to_2_s() -> None:
     assert isinstance(retry, Request) and retry.method == "INVITE"
     assert sip.cseq(retry).sequence > sip.cseq(ours).sequence
     assert sip.via_branch(sip.top_via(retry)) != sip.via_branch(sip.top_via(ours))
-    assert cms.state is CmsState.REINVITING
+    assert cms.state is UaState.REINVITING
 
 
 def test_a_peer_reinvite_during_the_491_wait_goes_first() -> None:
@@ -241,9 +241,9 @@ def test_a_peer_reinvite_during_the_491_wait_goes_first() -> None:
     clock.handle(Received("in:1", sip.encode(sip.build_response(ours, 491, "Request Pending"))))
     effects = clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "INVITE", 3))))
     assert StopTimer(UaTimer.GLARE) in effects and summaries(effects) == ["200 OK"]
-    assert cms.state is CmsState.REINVITE_ACCEPTED
+    assert cms.state is UaState.REINVITE_ACCEPTED
     effects = clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "ACK", 3))))
-    assert cms.shared and cms.state is CmsState.CONFIRMED
+    assert cms.shared and cms.state is UaState.CONFIRMED
     assert sent_sip(effects) == []  # sharing is on: our own reINVITE is no longer needed
 
 
@@ -251,14 +251,14 @@ def test_requests_out_of_order_or_outside_the_dialog_are_answered_not_obeyed() -
     cms, clock, ok = cms_answering()
     clock.handle(Received("in:1", sip.encode(ack_of(ok))))
     clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "INVITE", 5))))
-    assert cms.state is CmsState.REINVITE_ACCEPTED
+    assert cms.state is UaState.REINVITE_ACCEPTED
     # A second reINVITE while our 200 to the first waits for its ACK: 491 (§14.2).
     effects = clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "INVITE", 6))))
     assert summaries(effects) == ["491 Request Pending"]
     # §12.2.2: a lower CSeq than the last is out of order.
     effects = clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "BYE", 4))))
     assert summaries(effects) == ["500 Server Internal Error"]
-    assert cms.state is CmsState.REINVITE_ACCEPTED
+    assert cms.state is UaState.REINVITE_ACCEPTED
 
 
 def test_a_second_reinvite_before_our_answer_to_the_first_gets_500_with_retry_after() -> None:
@@ -266,7 +266,7 @@ def test_a_second_reinvite_before_our_answer_to_the_first_gets_500_with_retry_af
     cms_tag = sip.to_tag(dialog_ok)
     first = reinvite_to_client(client, cms_tag, 2)
     effects = clock.handle(Received("sip:1", sip.encode(first)))
-    assert "held" in logs(effects) and client.state is ClientState.REINVITE_RECEIVED
+    assert "held" in logs(effects) and client.state is UaState.REINVITE_RECEIVED
     effects = clock.handle(Received("sip:1", sip.encode(reinvite_to_client(client, cms_tag, 3))))
     (no,) = sent_sip(effects)
     assert isinstance(no, Response) and no.code == 500
@@ -285,7 +285,7 @@ def client_calling() -> tuple[SkypeClient, Clock, Request]:
     clock.timers.pop(UaTimer.CALL)
     effects = clock.handle(TimerFired(UaTimer.CALL))
     (request,) = sent_sip(effects)
-    assert isinstance(request, Request) and client.state is ClientState.CALLING
+    assert isinstance(request, Request) and client.state is UaState.CALLING
     assert StartTimer(UaTimer.TIMER_B, 32.0) in effects
     return client, clock, request
 
@@ -301,7 +301,7 @@ def client_confirmed() -> tuple[SkypeClient, Clock, Response]:
         content_type="application/sdp", body=cms._body(version=2),
     )  # fmt: skip
     effects = clock.handle(Received("sip:1", sip.encode(ok)))
-    assert summaries(effects) == ["ACK"] and client.state is ClientState.CONFIRMED
+    assert summaries(effects) == ["ACK"] and client.state is UaState.CONFIRMED
     return client, clock, ok
 
 
@@ -319,7 +319,7 @@ def test_invite_timer_b_fails_the_call_attempt() -> None:
     client, clock, _ = client_calling()
     name, effects = clock.fire()
     assert (name, clock.now) == (UaTimer.TIMER_B, 32.0)
-    assert client.state is ClientState.TERMINATED
+    assert client.state is UaState.TERMINATED
     assert (
         "no response to the sharing INVITE within 32 s (Timer B, 64·T1, RFC 3261 §17.1.1.2): "
         "the call attempt fails"
@@ -331,7 +331,7 @@ def test_invite_timer_b_fails_the_call_attempt() -> None:
 def test_the_edges_100_trying_stops_invite_timer_b() -> None:
     client, clock, request = client_calling()
     effects = clock.handle(Received("sip:1", sip.encode(sip.build_response(request, 100))))
-    assert StopTimer(UaTimer.TIMER_B) in effects and client.state is ClientState.CALLING
+    assert StopTimer(UaTimer.TIMER_B) in effects and client.state is UaState.CALLING
     assert UaTimer.TIMER_B not in clock.timers
 
 
@@ -346,26 +346,26 @@ def test_timer_b_follows_t1() -> None:
 def test_a_retransmitted_2xx_is_acked_again_without_a_state_change() -> None:
     client, clock, ok = client_confirmed()
     effects = clock.handle(Received("sip:1", sip.encode(ok)))
-    assert summaries(effects) == ["ACK"] and client.state is ClientState.CONFIRMED
+    assert summaries(effects) == ["ACK"] and client.state is UaState.CONFIRMED
 
 
 def test_client_glare_491_both_ways_and_its_retry_in_2_1_to_4_s() -> None:
     client, clock, ok = client_confirmed()
     (ours,) = sent_sip(clock.feed(client.send_reoffer()))
-    assert isinstance(ours, Request) and client.state is ClientState.REINVITING
+    assert isinstance(ours, Request) and client.state is UaState.REINVITING
     effects = clock.handle(Received("sip:1", sip.encode(reinvite_to_client(client, "cmstag", 2))))
     assert summaries(effects) == ["491 Request Pending"]
     effects = clock.handle(
         Received("sip:1", sip.encode(sip.build_response(ours, 491, "Request Pending")))
     )
-    assert summaries(effects) == ["ACK"] and client.state is ClientState.GLARE_WAIT
+    assert summaries(effects) == ["ACK"] and client.state is UaState.GLARE_WAIT
     (delay,) = [e.delay for e in effects if isinstance(e, StartTimer) and e.timer is UaTimer.GLARE]
     assert 2.1 <= delay <= 4.0
     assert "we chose the Call-ID, RFC 3261 §14.1" in logs(effects)
     name, effects = clock.fire(UaTimer.GLARE)
     (retry,) = sent_sip(effects)
     assert isinstance(retry, Request) and sip.cseq(retry).sequence > sip.cseq(ours).sequence
-    assert client.state is ClientState.REINVITING
+    assert client.state is UaState.REINVITING
 
 
 def test_a_bye_for_no_dialog_gets_481_and_moves_nothing() -> None:
@@ -377,7 +377,7 @@ def test_a_bye_for_no_dialog_gets_481_and_moves_nothing() -> None:
     )  # fmt: skip
     effects = clock.handle(Received("sip:1", sip.encode(bye)))
     assert summaries(effects) == ["481 Call/Transaction Does Not Exist"]
-    assert client.state is ClientState.CALLING
+    assert client.state is UaState.CALLING
 
 
 # -- whole calls in virtual time ----------------------------------------------------------------
@@ -442,8 +442,8 @@ def test_the_lab_call_retransmits_nothing_and_both_tables_end() -> None:
     trace = Trace()
     VirtualNetwork(cast.all(), trace).run(30, stop=lambda _t: cast.finished())
     assert len(invite_oks(trace, "cms")) == len(invite_oks(trace, "skype_client")) == 1
-    assert cast.cms.state is CmsState.TERMINATED
-    assert cast.skype_client.state is ClientState.TERMINATED
+    assert cast.cms.state is UaState.TERMINATED
+    assert cast.skype_client.state is UaState.TERMINATED
     assert [e for _, e, _ in cast.cms.machine.history] == [
         UaEvent.RECV_INVITE, UaEvent.SEND_2XX, UaEvent.RECV_ACK, UaEvent.SEND_REINVITE,
         UaEvent.RECV_1XX, UaEvent.RECV_2XX, UaEvent.RECV_BYE,
@@ -482,8 +482,8 @@ def test_glare_both_ends_send_a_reinvite_both_get_491_and_cms_retries_first() ->
     assert cast.skype_client.shared and cast.cms.shared
     events = [e for _, e, _ in cast.skype_client.machine.history]
     assert UaEvent.RECV_491 in events and UaEvent.TIMER_491 not in events
-    assert cast.cms.machine.history.count((CmsState.GLARE_WAIT, UaEvent.TIMER_491,
-                                           CmsState.REINVITING))  # fmt: skip
+    assert cast.cms.machine.history.count((UaState.GLARE_WAIT, UaEvent.TIMER_491,
+                                           UaState.REINVITING))  # fmt: skip
     from labsim.report.outcome import outcome
 
     assert outcome(trace).name == "sharing-established"
@@ -530,14 +530,14 @@ def test_a_cancel_of_the_held_reinvite_gets_200_and_487() -> None:
     client, clock, ok = client_confirmed()
     held = reinvite_to_client(client, sip.to_tag(ok), 2)
     clock.handle(Received("sip:1", sip.encode(held)))
-    assert client.state is ClientState.REINVITE_RECEIVED
+    assert client.state is UaState.REINVITE_RECEIVED
     cancel = sip.build_request(
         "CANCEL", held.uri, via=[sip.top_via(held)], from_addr=sip.from_address(held),
         to_addr=sip.to_address(held), call_id=sip.call_id(held), cseq=2,
     )  # fmt: skip
     effects = clock.handle(Received("sip:1", sip.encode(cancel)))
     assert summaries(effects) == ["200 OK", "487 Request Terminated"]  # RFC 3261 §9.2
-    assert client.state is ClientState.CONFIRMED
+    assert client.state is UaState.CONFIRMED
     again = clock.handle(Received("sip:1", sip.encode(cancel)))
     assert summaries(again) == ["481 Call/Transaction Does Not Exist"]
     # The hop-by-hop ACK of the 487 ends that transaction quietly.

@@ -23,7 +23,6 @@ its post-ICE reINVITE waits (§14.1).
 from __future__ import annotations
 
 import random
-from enum import StrEnum, auto
 
 from sipmessage import Request, Response
 
@@ -41,7 +40,7 @@ from labsim.proto.ice import (
     PairValid,
 )
 from labsim.proto.sip_dialog import Dialog
-from labsim.proto.sip_ua_state import Table, UaEvent
+from labsim.proto.sip_ua_state import Table, UaEvent, UaState, dialog_transitions
 from labsim.proto.turn_client import (
     Allocated,
     AllocationFailed,
@@ -55,28 +54,12 @@ from labsim.proto.turn_client import (
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
 
-
-class CmsState(StrEnum):
-    """CMS's SIP state: the sharing dialog and the INVITE transaction in it."""
-
-    IDLE = auto()
-    PROCEEDING = auto()
-    ACCEPTED = auto()
-    CONFIRMED = auto()
-    REINVITING = auto()
-    GLARE_WAIT = auto()
-    REINVITE_RECEIVED = auto()
-    REINVITE_ACCEPTED = auto()
-    TERMINATING = auto()
-    TERMINATED = auto()
-
-
-_S, _E = CmsState, UaEvent
+_S, _E = UaState, UaEvent
 
 #: Every transition of CMS (rule 1 of :mod:`labsim.proto.sip_ua_state`). ACCEPTED is RFC 6026's
 #: name for an INVITE server transaction whose 2xx waits for its ACK; CMS sends no reINVITE and
 #: no BYE from there (§14.1, §15) but takes the caller's BYE. CMS never refuses a reINVITE.
-CMS_TABLE: Table[CmsState] = Table(
+CMS_TABLE: Table[UaState] = Table(
     "cms",
     _S.IDLE,
     _S.TERMINATED,
@@ -94,45 +77,7 @@ CMS_TABLE: Table[CmsState] = Table(
             _E.ACK_TIMEOUT: _S.TERMINATING,
             _E.RECV_BYE: _S.TERMINATED,
         },
-        _S.CONFIRMED: {
-            _E.SEND_REINVITE: _S.REINVITING,
-            _E.RECV_REINVITE: _S.REINVITE_RECEIVED,
-            _E.SEND_BYE: _S.TERMINATING,
-            _E.RECV_BYE: _S.TERMINATED,
-        },
-        _S.REINVITING: {
-            _E.RECV_1XX: _S.REINVITING,
-            _E.RECV_2XX: _S.CONFIRMED,
-            _E.RECV_491: _S.GLARE_WAIT,
-            _E.RECV_ERROR: _S.CONFIRMED,
-            _E.TIMER_B: _S.TERMINATING,
-            _E.SEND_BYE: _S.TERMINATING,
-            _E.RECV_BYE: _S.TERMINATED,
-        },
-        _S.GLARE_WAIT: {
-            _E.TIMER_491: _S.REINVITING,
-            _E.RECV_REINVITE: _S.REINVITE_RECEIVED,
-            _E.SEND_BYE: _S.TERMINATING,
-            _E.RECV_BYE: _S.TERMINATED,
-        },
-        _S.REINVITE_RECEIVED: {
-            _E.SEND_2XX: _S.REINVITE_ACCEPTED,
-            _E.SEND_BYE: _S.TERMINATING,
-            _E.RECV_BYE: _S.TERMINATED,
-        },
-        _S.REINVITE_ACCEPTED: {
-            _E.TIMER_2XX: _S.REINVITE_ACCEPTED,
-            _E.RECV_ACK: _S.CONFIRMED,
-            _E.ACK_TIMEOUT: _S.TERMINATING,
-            _E.SEND_BYE: _S.TERMINATING,
-            _E.RECV_BYE: _S.TERMINATED,
-        },
-        _S.TERMINATING: {
-            _E.RECV_BYE_ANSWER: _S.TERMINATED,
-            _E.TIMER_F: _S.TERMINATED,
-            _E.RECV_BYE: _S.TERMINATED,
-        },
-        _S.TERMINATED: {},
+        **dialog_transitions(refuses_reinvite=False),
     },
     {
         _S.IDLE: "in the meeting, no sharing call",
@@ -149,7 +94,7 @@ CMS_TABLE: Table[CmsState] = Table(
 )
 
 
-class Cms(UserAgent[CmsState]):
+class Cms(UserAgent[UaState]):
     branch_tag = "cms"
 
     def __init__(self, lab: Lab, name: str = "cms") -> None:
@@ -217,7 +162,7 @@ class Cms(UserAgent[CmsState]):
             if self.invite is not None and sip.call_id(invite) == sip.call_id(self.invite):
                 # The same INVITE again. §17.2.1: while proceeding, the last provisional answer
                 # goes out again; once answered, the transaction absorbs it.
-                if self.state is CmsState.PROCEEDING:
+                if self.state is UaState.PROCEEDING:
                     return self.reply(conn, sip.build_response(invite, 100))
                 return [Log("the INVITE again: absorbed, it is answered (RFC 3261 §17.2.1)")]
             busy = sip.build_response(invite, 486, to_tag=self.tag)

@@ -56,10 +56,11 @@ class ProxyElement:
     :attr:`router` (after the proxy, so ``Started`` reaches the proxy first) and may override
     :meth:`start` (their own first effects) and :meth:`on_forwarded`."""
 
-    def __init__(self, name: str, host: str, settings: ProxySettings, ports: tuple[int, ...]):
+    def __init__(self, name: str, settings: ProxySettings) -> None:
         self.name = name
-        self.host = host
-        self.transport = SipTransport(host, ports)
+        self.host = settings.host
+        # It listens on every port its Via and Record-Route name, so Route values lead back to it.
+        self.transport = SipTransport(settings.host, (settings.port, *settings.other_ports))
         self.proxy = SipProxy(name, settings, self.transport)
         self.router = Router(on_started=self.start)
         self.router.add(self.proxy, self.on_forwarded)

@@ -22,10 +22,7 @@ class ExpresswayC(ProxyElement):
         self.traversal = Address(expe.address, expe.traversal_port)
         self.cms = lab.sip("cms")
         routes = ((lab.cms_domain, self.cms), (lab.skype_domain, self.traversal))
-        super().__init__(
-            name, settings.address, ProxySettings(settings.address, settings.sip_port, routes),
-            (settings.sip_port,),
-        )  # fmt: skip
+        super().__init__(name, ProxySettings(settings.address, settings.sip_port, routes))
         self.settings = settings
 
     def start(self, now: float) -> list[Effect]:

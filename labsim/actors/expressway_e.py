@@ -25,10 +25,9 @@ class ExpresswayE(ProxyElement):
             (lab.skype_domain, lab.sip("skype_edge")),
         )
         super().__init__(
-            name, settings.address,
+            name,
             ProxySettings(settings.address, settings.sip_port, routes, (settings.traversal_port,)),
-            (settings.sip_port, settings.traversal_port),
-        )  # fmt: skip
+        )
         self.settings = settings
         self.turn = TurnServer(name, settings.address, settings.turn)
         self.router.add(self.turn)

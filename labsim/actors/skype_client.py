@@ -18,8 +18,6 @@ the dialog-creating INVITE, then either end of reINVITEs and BYE (the shared par
 
 from __future__ import annotations
 
-from enum import StrEnum, auto
-
 from sipmessage import Request, Response, Via
 
 from labsim.actors.common import Refusal, UaTimer, UserAgent, diag_suffix
@@ -39,95 +37,44 @@ from labsim.proto.ice import (
 )
 from labsim.proto.sip_dialog import Dialog
 from labsim.proto.sip_transport import ConnectionLost, SendFailed
-from labsim.proto.sip_ua_state import Table, UaEvent
+from labsim.proto.sip_ua_state import (
+    Table,
+    UaEvent,
+    UaState,
+    dialog_transitions,
+    from_every_state,
+)
 from labsim.wire import WireError, sip
 from labsim.wire.sdp import Candidate
 
 MEDIA = "media"
 
 
-class ClientState(StrEnum):
-    """The Skype client's SIP state: its sharing dialog and the INVITE transaction in it."""
-
-    IDLE = auto()
-    CALLING = auto()
-    CONFIRMED = auto()
-    REINVITING = auto()
-    GLARE_WAIT = auto()
-    REINVITE_RECEIVED = auto()
-    REINVITE_ACCEPTED = auto()
-    TERMINATING = auto()
-    TERMINATED = auto()
-
-
-_C, _E = ClientState, UaEvent
+_C, _E = UaState, UaEvent
 
 #: Every transition of the Skype client (rule 1 of :mod:`labsim.proto.sip_ua_state`). A
 #: failure of the transport ends the dialog from any state: nothing more can be sent.
-CLIENT_TABLE: Table[ClientState] = Table(
+CLIENT_TABLE: Table[UaState] = Table(
     "skype_client",
     _C.IDLE,
     _C.TERMINATED,
-    {
-        _C.IDLE: {
-            _E.SEND_INVITE: _C.CALLING,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
+    from_every_state(
+        {
+            _C.IDLE: {
+                _E.SEND_INVITE: _C.CALLING,
+            },
+            _C.CALLING: {
+                _E.RECV_1XX: _C.CALLING,
+                _E.RECV_2XX: _C.CONFIRMED,
+                _E.RECV_ERROR: _C.TERMINATED,
+                _E.BAD_2XX: _C.TERMINATED,
+                _E.TIMER_B: _C.TERMINATED,
+            },
+            **dialog_transitions(refuses_reinvite=True),
         },
-        _C.CALLING: {
-            _E.RECV_1XX: _C.CALLING,
-            _E.RECV_2XX: _C.CONFIRMED,
-            _E.RECV_ERROR: _C.TERMINATED,
-            _E.BAD_2XX: _C.TERMINATED,
-            _E.TIMER_B: _C.TERMINATED,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
-        },
-        _C.CONFIRMED: {
-            _E.SEND_REINVITE: _C.REINVITING,
-            _E.RECV_REINVITE: _C.REINVITE_RECEIVED,
-            _E.SEND_BYE: _C.TERMINATING,
-            _E.RECV_BYE: _C.TERMINATED,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
-        },
-        _C.REINVITING: {
-            _E.RECV_1XX: _C.REINVITING,
-            _E.RECV_2XX: _C.CONFIRMED,
-            _E.RECV_491: _C.GLARE_WAIT,
-            _E.RECV_ERROR: _C.CONFIRMED,
-            _E.TIMER_B: _C.TERMINATING,
-            _E.SEND_BYE: _C.TERMINATING,
-            _E.RECV_BYE: _C.TERMINATED,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
-        },
-        _C.GLARE_WAIT: {
-            _E.TIMER_491: _C.REINVITING,
-            _E.RECV_REINVITE: _C.REINVITE_RECEIVED,
-            _E.SEND_BYE: _C.TERMINATING,
-            _E.RECV_BYE: _C.TERMINATED,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
-        },
-        _C.REINVITE_RECEIVED: {
-            _E.SEND_2XX: _C.REINVITE_ACCEPTED,
-            _E.SEND_ERROR: _C.CONFIRMED,
-            _E.SEND_BYE: _C.TERMINATING,
-            _E.RECV_BYE: _C.TERMINATED,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
-        },
-        _C.REINVITE_ACCEPTED: {
-            _E.TIMER_2XX: _C.REINVITE_ACCEPTED,
-            _E.RECV_ACK: _C.CONFIRMED,
-            _E.ACK_TIMEOUT: _C.TERMINATING,
-            _E.SEND_BYE: _C.TERMINATING,
-            _E.RECV_BYE: _C.TERMINATED,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
-        },
-        _C.TERMINATING: {
-            _E.RECV_BYE_ANSWER: _C.TERMINATED,
-            _E.TIMER_F: _C.TERMINATED,
-            _E.RECV_BYE: _C.TERMINATED,
-            _E.TRANSPORT_ERROR: _C.TERMINATED,
-        },
-        _C.TERMINATED: {},
-    },
+        _E.TRANSPORT_ERROR,
+        _C.TERMINATED,
+    ),
     {
         _C.IDLE: "in the meeting's A/V call, not sharing yet",
         _C.CALLING: "sharing INVITE sent, no final answer yet (Timer B until the first answer)",
@@ -142,7 +89,7 @@ CLIENT_TABLE: Table[ClientState] = Table(
 )
 
 
-class SkypeClient(UserAgent[ClientState]):
+class SkypeClient(UserAgent[UaState]):
     branch_tag = "sc"
     #: The client generated the Call-ID (RFC 3261 §14.1: its 491 retry waits 2.1-4 s).
     owns_call_id = True
@@ -233,7 +180,7 @@ class SkypeClient(UserAgent[ClientState]):
     @property
     def invite_pending(self) -> bool:
         """The sharing INVITE waits for its final answer."""
-        return self.state is ClientState.CALLING
+        return self.state is UaState.CALLING
 
     def _call(self) -> list[Effect]:
         if not self.allows(UaEvent.SEND_INVITE):

@@ -124,10 +124,7 @@ class SkypeEdge(ProxyElement):
         #: Toward Expressway-E (the federation route) and toward the client.
         self.expressway_e, self.client = lab.sip("expressway_e"), lab.sip("skype_client")
         routes = ((lab.cms_domain, self.expressway_e), (lab.skype_domain, self.client))
-        super().__init__(
-            name, settings.address, ProxySettings(settings.address, settings.sip_port, routes),
-            (settings.sip_port,),
-        )  # fmt: skip
+        super().__init__(name, ProxySettings(settings.address, settings.sip_port, routes))
         self.settings = settings
         self.media_address = Address(settings.address, settings.media_port)
         self.relay = MediaRelay(self.media_address, settings.relay_port, settings.connect_timeout)

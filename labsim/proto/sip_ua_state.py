@@ -4,12 +4,13 @@ Rules (h11's, adapted):
 
 1. Every transition of a user agent lives in its table: ``state × event -> next state``. The
    Skype client's table is in :mod:`labsim.actors.skype_client`, CMS's in
-   :mod:`labsim.actors.cms`; this module holds what both use: the events, the table type, the
-   machine that walks it, the SIP timer settings, and the Mermaid renderer that draws each
-   table for ``docs/``.
-2. This module does not know which role a UA plays. The events are the same for both ends:
-   what the UA sends, what it receives, which timer fired. Which of them a UA may see in which
-   state is its table's business.
+   :mod:`labsim.actors.cms`; this module holds what both use: the states, the events, the
+   transitions of a confirmed dialog, the table type, the machine that walks it, the SIP timer
+   settings, and the Mermaid renderer that draws each table for ``docs/``.
+2. This module does not know which role a UA plays. The states and events are the same for
+   both ends: what the UA sends, what it receives, which timer fired. Which of them a UA may
+   see in which state is its table's business; once the dialog is confirmed, both ends move
+   alike (:func:`dialog_transitions`).
 3. Nothing else moves the state. A UA asks :meth:`Machine.allows` before it acts; an event the
    table does not allow in the current state is handled explicitly by the UA (answered as
    RFC 3261 says, or logged), never by moving the state. :meth:`Machine.fire` on an event the
@@ -31,10 +32,28 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import StrEnum, auto
 from typing import Generic, TypeVar
 
 from labsim.proto.settings import SETTINGS_CONFIG, PositiveSeconds, SettingError
+
+
+class UaState(StrEnum):
+    """A user agent's SIP state: its dialog and the INVITE transaction in it. The caller (UAC)
+    passes CALLING before the dialog exists, the callee (UAS) PROCEEDING and ACCEPTED; from
+    CONFIRMED on, the states are the dialog's and the same at both ends."""
+
+    IDLE = auto()
+    CALLING = auto()
+    PROCEEDING = auto()
+    ACCEPTED = auto()
+    CONFIRMED = auto()
+    REINVITING = auto()
+    GLARE_WAIT = auto()
+    REINVITE_RECEIVED = auto()
+    REINVITE_ACCEPTED = auto()
+    TERMINATING = auto()
+    TERMINATED = auto()
 
 
 class UaEvent(StrEnum):
@@ -132,6 +151,69 @@ DISALLOWED: Mapping[UaEvent, str] = {
 
 
 S = TypeVar("S", bound=StrEnum)
+Transitions = dict[S, dict[UaEvent, S]]
+
+
+def dialog_transitions(*, refuses_reinvite: bool) -> Transitions[UaState]:
+    """The transitions of a confirmed dialog, from CONFIRMED to TERMINATED: the same at both
+    ends, since either may send or receive a reINVITE (§14) or BYE (§15).
+
+    ``refuses_reinvite``: whether the UA may answer the peer's reINVITE with an error (§14.2).
+    """
+    s, e = UaState, UaEvent
+    received = {e.SEND_2XX: s.REINVITE_ACCEPTED}
+    if refuses_reinvite:
+        received[e.SEND_ERROR] = s.CONFIRMED
+    return {
+        s.CONFIRMED: {
+            e.SEND_REINVITE: s.REINVITING,
+            e.RECV_REINVITE: s.REINVITE_RECEIVED,
+            e.SEND_BYE: s.TERMINATING,
+            e.RECV_BYE: s.TERMINATED,
+        },
+        s.REINVITING: {
+            e.RECV_1XX: s.REINVITING,
+            e.RECV_2XX: s.CONFIRMED,
+            e.RECV_491: s.GLARE_WAIT,
+            e.RECV_ERROR: s.CONFIRMED,
+            e.TIMER_B: s.TERMINATING,
+            e.SEND_BYE: s.TERMINATING,
+            e.RECV_BYE: s.TERMINATED,
+        },
+        s.GLARE_WAIT: {
+            e.TIMER_491: s.REINVITING,
+            e.RECV_REINVITE: s.REINVITE_RECEIVED,
+            e.SEND_BYE: s.TERMINATING,
+            e.RECV_BYE: s.TERMINATED,
+        },
+        s.REINVITE_RECEIVED: {
+            **received,
+            e.SEND_BYE: s.TERMINATING,
+            e.RECV_BYE: s.TERMINATED,
+        },
+        s.REINVITE_ACCEPTED: {
+            e.TIMER_2XX: s.REINVITE_ACCEPTED,
+            e.RECV_ACK: s.CONFIRMED,
+            e.ACK_TIMEOUT: s.TERMINATING,
+            e.SEND_BYE: s.TERMINATING,
+            e.RECV_BYE: s.TERMINATED,
+        },
+        s.TERMINATING: {
+            e.RECV_BYE_ANSWER: s.TERMINATED,
+            e.TIMER_F: s.TERMINATED,
+            e.RECV_BYE: s.TERMINATED,
+        },
+        s.TERMINATED: {},
+    }
+
+
+def from_every_state(transitions: Transitions[S], event: UaEvent, target: S) -> Transitions[S]:
+    """``transitions`` with ``event`` leading to ``target`` from every other state, after the
+    state's own events (a failure that ends the dialog whatever it was doing)."""
+    return {
+        state: moves if state == target else {**moves, event: target}
+        for state, moves in transitions.items()
+    }
 
 
 class TransitionRefused(Exception):
@@ -143,10 +225,10 @@ class TransitionRefused(Exception):
 class Table(Generic[S]):
     """One UA's transitions: ``transitions[state][event]`` is the next state.
 
-    Every state of the enum has an entry (an empty one for the final state), as in h11, so a
-    state nobody can leave is visible. Checked when built: targets are states of the same enum,
-    the final state has no way out, every state is reachable from the initial one and can
-    reach the final one.
+    Every state the UA can be in has an entry (an empty one for the final state), as in h11, so
+    a state nobody can leave is visible. Checked when built: the initial and final states and
+    every target have an entry, the final state has no way out, every state is reachable from
+    the initial one and can reach the final one.
     """
 
     name: str
@@ -157,11 +239,13 @@ class Table(Generic[S]):
     """One line per state for the diagrams."""
 
     def __post_init__(self) -> None:
-        states = set(type(self.initial))
-        if set(self.transitions) != states:
-            missing = sorted(states - set(self.transitions))
-            extra = sorted(str(s) for s in set(self.transitions) - states)
-            raise ValueError(f"{self.name}: states without an entry {missing}, unknown {extra}")
+        states = set(self.transitions)
+        used = {self.initial, self.final} | {
+            t for moves in self.transitions.values() for t in moves.values()
+        }
+        if not used <= states:
+            missing = sorted(str(s) for s in used - states)
+            raise ValueError(f"{self.name}: states without an entry {missing}")
         for source, moves in self.transitions.items():
             for event, target in moves.items():
                 if target not in states or not isinstance(event, UaEvent):
@@ -202,7 +286,7 @@ class Table(Generic[S]):
         """The table as a Mermaid ``stateDiagram-v2`` (one arrow per pair of states, the
         events that take it one per line)."""
         lines = ["stateDiagram-v2", f"    [*] --> {self.initial.name}"]
-        for state in type(self.initial):
+        for state in self.transitions:
             text = self.descriptions.get(state)
             if text:
                 lines.append(f"    {state.name} : {state.name}<br/>{text}")

@@ -438,6 +438,8 @@ def _role(client: _Client) -> _Role:
 
 
 _Handler = Callable[[_Client, Message, _Credentials, float], list[Effect]]
+#: A request on the client's existing allocation, handed that allocation once it is checked.
+_AllocationHandler = Callable[[_Client, _Allocation, Message, _Credentials, float], list[Effect]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,9 +479,9 @@ class TurnServer:
         self._next_ident = 1
         self._handlers: dict[int, _Handler] = {
             Method.ALLOCATE: self._on_allocate,
-            Method.REFRESH: self._on_refresh,
-            Method.CREATE_PERMISSION: self._on_create_permission,
-            Method.CONNECT: self._on_connect,
+            Method.REFRESH: self._with_allocation(self._on_refresh),
+            Method.CREATE_PERMISSION: self._with_allocation(self._on_create_permission),
+            Method.CONNECT: self._with_allocation(self._on_connect),
         }
         # Attributes every response of this server carries with the same value. Attributes are
         # frozen, so one instance serves every message (building them anew was a visible share
@@ -986,13 +988,8 @@ class TurnServer:
     # -- Refresh (RFC 5766 §7.2) -----------------------------------------------------------------
 
     def _on_refresh(
-        self, client: _Client, msg: Message, auth: _Credentials, now: float
+        self, client: _Client, alloc: _Allocation, msg: Message, auth: _Credentials, now: float
     ) -> list[Effect]:
-        alloc = client.allocation
-        if alloc is None:
-            return self._reject(client.conn, msg, 437, "Refresh without an allocation", auth.key)
-        if alloc.username != auth.username:
-            return self._wrong_user(client.conn, msg, alloc, auth)
         lifetime = self._lifetime(msg)
         data = self._build(
             msg.success(), self._layout.refresh, {"LIFETIME": Lifetime(lifetime)}, auth.key
@@ -1011,14 +1008,9 @@ class TurnServer:
     # -- CreatePermission (RFC 5766 §9.2) ------------------------------------------------------
 
     def _on_create_permission(
-        self, client: _Client, msg: Message, auth: _Credentials, now: float
+        self, client: _Client, alloc: _Allocation, msg: Message, auth: _Credentials, now: float
     ) -> list[Effect]:
-        alloc = client.allocation
         conn = client.conn
-        if alloc is None:
-            return self._reject(conn, msg, 437, "CreatePermission without an allocation", auth.key)
-        if alloc.username != auth.username:
-            return self._wrong_user(conn, msg, alloc, auth)
         peers = msg.get_all(XorPeerAddress)
         if not peers:
             return self._reject(
@@ -1052,14 +1044,9 @@ class TurnServer:
     # -- Connect (RFC 6062 §5.2) -----------------------------------------------------------------
 
     def _on_connect(
-        self, client: _Client, msg: Message, auth: _Credentials, now: float
+        self, client: _Client, alloc: _Allocation, msg: Message, auth: _Credentials, now: float
     ) -> list[Effect]:
-        alloc = client.allocation
         conn = client.conn
-        if alloc is None:
-            return self._reject(conn, msg, 437, "Connect without an allocation", auth.key)
-        if alloc.username != auth.username:
-            return self._wrong_user(conn, msg, alloc, auth)
         if alloc.transport != TRANSPORT_TCP:
             return self._reject(conn, msg, 400, "Connect on a UDP allocation", auth.key)
         target = msg.get(XorPeerAddress)
@@ -1362,6 +1349,21 @@ class TurnServer:
         self._cids.pop(peer.cid, None)
         peer.allocation.peers.pop(peer.cid, None)
         self._timers.discard(BindTimer(peer.cid))
+
+    def _with_allocation(self, handler: _AllocationHandler) -> _Handler:
+        """``handler`` called with the client's allocation, once there is one (else 437) and
+        the requesting user created it (else 441)."""
+
+        def checked(client: _Client, msg: Message, auth: _Credentials, now: float) -> list[Effect]:
+            alloc = client.allocation
+            if alloc is None:
+                why = f"{msg.method_name} without an allocation"
+                return self._reject(client.conn, msg, 437, why, auth.key)
+            if alloc.username != auth.username:
+                return self._wrong_user(client.conn, msg, alloc, auth)
+            return handler(client, alloc, msg, auth, now)
+
+        return checked
 
     def _wrong_user(
         self, conn: ConnId, msg: Message, alloc: _Allocation, auth: _Credentials

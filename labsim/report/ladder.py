@@ -27,6 +27,7 @@ of appearance; a refused connect to an address no actor holds gets a column name
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from rich.text import Text
 
@@ -101,39 +102,30 @@ class _Row:
         return "".join(self.chars).rstrip()
 
 
-def render_ladder(
-    trace: Trace,
-    actors: list[str],
-    *,
-    width: int | None = None,
-    relayed: bool = True,
-    show_data: bool = True,
-    logs: bool = True,
-    ascii: bool = False,
-) -> str:
-    """The ladder as plain text, one line per row, no line longer than ``width`` (120).
+class LadderOptions(TypedDict, total=False):
+    """What the ladder shows, the same for :func:`render_ladder` and :func:`render_ladder_rich`:
+    no line longer than ``width`` (None: 120); ``relayed=False`` leaves out the messages decoded
+    from relayed bytes, ``show_data=False`` the opaque TCP data rows, ``logs=False`` the actors'
+    log notes; ``ascii=True`` draws with ASCII characters only."""
 
-    ``relayed=False`` leaves out the messages decoded from relayed bytes, ``show_data=False``
-    the opaque TCP data rows, ``logs=False`` the actors' log notes; ``ascii=True`` draws with
-    ASCII characters only."""
-    rows = _Ladder(trace, actors, width, relayed, show_data, logs, ascii).rows()
+    width: int | None
+    relayed: bool
+    show_data: bool
+    logs: bool
+    ascii: bool
+
+
+def render_ladder(trace: Trace, actors: list[str], **options: Unpack[LadderOptions]) -> str:
+    """The ladder as plain text, one line per row (:class:`LadderOptions` say what it shows)."""
+    rows = _Ladder(trace, actors, **options).rows()
     return "\n".join(row.text() for row in rows) + "\n"
 
 
-def render_ladder_rich(
-    trace: Trace,
-    actors: list[str],
-    *,
-    width: int | None = None,
-    relayed: bool = True,
-    show_data: bool = True,
-    logs: bool = True,
-    ascii: bool = False,
-) -> Text:
+def render_ladder_rich(trace: Trace, actors: list[str], **options: Unpack[LadderOptions]) -> Text:
     """The same rows as :func:`render_ladder`, coloured by kind (SIP, STUN, errors, TCP
     events …), for ``rich.console.Console.print``; ``.plain`` equals the plain ladder."""
     out = Text()
-    for row in _Ladder(trace, actors, width, relayed, show_data, logs, ascii).rows():
+    for row in _Ladder(trace, actors, **options).rows():
         line = row.text()
         text = Text(line)
         for start, end, style in row.spans:
@@ -184,11 +176,12 @@ class _Ladder:
         self,
         trace: Trace,
         actors: list[str],
-        width: int | None,
-        relayed: bool,
-        show_data: bool,
-        logs: bool,
-        ascii: bool,
+        *,
+        width: int | None = None,
+        relayed: bool = True,
+        show_data: bool = True,
+        logs: bool = True,
+        ascii: bool = False,
     ) -> None:
         self.trace = trace
         self.width = DEFAULT_WIDTH if width is None else width

@@ -37,7 +37,7 @@ import binascii
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple, Self
+from typing import ClassVar, Generic, NamedTuple, Self, TypeVar, overload
 
 from labsim.wire.errors import SdpError
 
@@ -910,6 +910,43 @@ def _attribute_text(name: str, value: object) -> str:
     return name if value is None else f"{name}:{value}"
 
 
+_T = TypeVar("_T")
+
+
+class _Attribute(Generic[_T]):
+    """A read-only property: a section's first ``a=<name>`` value, parsed, or None when absent
+    (one line per attribute the sections expose instead of a getter each)."""
+
+    def __init__(self, name: str, parse: Callable[[str], _T]) -> None:
+        self.name, self.parse = name, parse
+
+    @overload
+    def __get__(self, section: None, owner: type[_Section]) -> Self: ...
+    @overload
+    def __get__(self, section: _Section, owner: type[_Section]) -> _T | None: ...
+    def __get__(self, section: _Section | None, owner: type[_Section]) -> _T | None | Self:
+        if section is None:
+            return self
+        value = section.attribute(self.name)
+        return None if value is None else self.parse(value)
+
+
+class _EveryAttribute(Generic[_T]):
+    """A read-only property: every ``a=<name>`` value of a section, parsed, in order."""
+
+    def __init__(self, name: str, parse: Callable[[str], _T]) -> None:
+        self.name, self.parse = name, parse
+
+    @overload
+    def __get__(self, section: None, owner: type[_Section]) -> Self: ...
+    @overload
+    def __get__(self, section: _Section, owner: type[_Section]) -> list[_T]: ...
+    def __get__(self, section: _Section | None, owner: type[_Section]) -> list[_T] | Self:
+        if section is None:
+            return self
+        return [self.parse(value) for value in section.attributes(self.name)]
+
+
 class _Section:
     """Shared by the session part and the media sections: ordered lines plus accessors."""
 
@@ -1082,54 +1119,24 @@ class MediaDescription(_Section):
         """Replace the ``m=`` line (e.g. with the selected candidate's port in a reINVITE)."""
         return self.set_line("m", media)
 
-    @property
-    def candidates(self) -> list[Candidate]:
-        """Every ``a=candidate`` in order."""
-        return [Candidate.parse(v) for v in self.attributes("candidate")]
-
-    @property
-    def remote_candidates(self) -> RemoteCandidates | None:
-        """``a=remote-candidates``, present in the offer after ICE completes (RFC 5245 §9.1.2.2)."""
-        value = self.attribute("remote-candidates")
-        return None if value is None else RemoteCandidates.parse(value)
-
-    @property
-    def crypto(self) -> list[Crypto]:
-        """Every ``a=crypto`` in order (RFC 4568: one per offered suite/key)."""
-        return [Crypto.parse(v) for v in self.attributes("crypto")]
-
-    @property
-    def rtpmaps(self) -> list[RtpMap]:
-        """Every ``a=rtpmap`` in order."""
-        return [RtpMap.parse(v) for v in self.attributes("rtpmap")]
-
-    @property
-    def rtcp(self) -> Rtcp | None:
-        value = self.attribute("rtcp")
-        return None if value is None else Rtcp.parse(value)
-
-    @property
-    def ice_ufrag(self) -> str | None:
-        """Media-level ``a=ice-ufrag`` (MS-ICE2 puts the credentials on each media line)."""
-        return self.attribute("ice-ufrag")
-
-    @property
-    def ice_pwd(self) -> str | None:
-        return self.attribute("ice-pwd")
-
-    @property
-    def setup(self) -> str | None:
-        """``a=setup`` (RFC 4145 §4): active, passive, actpass or holdconn."""
-        return self.attribute("setup")
-
-    @property
-    def connection_mode(self) -> str | None:
-        """``a=connection`` (RFC 4145 §5): new or existing."""
-        return self.attribute("connection")
-
-    @property
-    def mid(self) -> str | None:
-        return self.attribute("mid")
+    #: Every ``a=candidate`` in order.
+    candidates = _EveryAttribute("candidate", Candidate.parse)
+    #: ``a=remote-candidates``, present in the offer after ICE completes (RFC 5245 §9.1.2.2).
+    remote_candidates = _Attribute("remote-candidates", RemoteCandidates.parse)
+    #: Every ``a=crypto`` in order (RFC 4568: one per offered suite/key).
+    crypto = _EveryAttribute("crypto", Crypto.parse)
+    #: Every ``a=rtpmap`` in order.
+    rtpmaps = _EveryAttribute("rtpmap", RtpMap.parse)
+    rtcp = _Attribute("rtcp", Rtcp.parse)
+    #: Media-level ``a=ice-ufrag`` and ``a=ice-pwd`` (MS-ICE2 puts the credentials on each
+    #: media line).
+    ice_ufrag = _Attribute("ice-ufrag", str)
+    ice_pwd = _Attribute("ice-pwd", str)
+    #: ``a=setup`` (RFC 4145 §4): active, passive, actpass or holdconn.
+    setup = _Attribute("setup", str)
+    #: ``a=connection`` (RFC 4145 §5): new or existing.
+    connection_mode = _Attribute("connection", str)
+    mid = _Attribute("mid", str)
 
     @property
     def applicationsharing(self) -> ApplicationSharing | None:

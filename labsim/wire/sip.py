@@ -747,21 +747,21 @@ def content_type(msg: SipMessage) -> MediaType | None:
 
 def content_length(msg: SipMessage) -> int | None:
     """The Content-Length header's value (RFC 3261 §20.14), or None when absent."""
-    value = msg.headers.get("Content-Length")
-    if value is None:
-        return None
-    if not _DIGITS.fullmatch(value.strip()):
-        raise SipError(f"Content-Length: not a number: {value[:40]!r}")
-    return int(value)
+    return _number_header(msg, "Content-Length")
 
 
 def max_forwards(msg: SipMessage) -> int | None:
     """The Max-Forwards value (RFC 3261 §20.22), or None when absent."""
-    value = msg.headers.get("Max-Forwards")
+    return _number_header(msg, "Max-Forwards")
+
+
+def _number_header(msg: SipMessage, name: str) -> int | None:
+    """A header whose value is a decimal number (1*DIGIT, RFC 3261 §25.1), or None when absent."""
+    value = msg.headers.get(name)
     if value is None:
         return None
     if not _DIGITS.fullmatch(value.strip()):
-        raise SipError(f"Max-Forwards: not a number: {value[:40]!r}")
+        raise SipError(f"{name}: not a number: {value[:40]!r}")
     return int(value)
 
 
