@@ -1,0 +1,303 @@
+"""Errors Expressway-E's TURN server gives on purpose (``turn.errors``), and its static NAT.
+
+The server machine is driven event by event with the harness of ``test_turn_server``; every
+answer is decoded as CMS would decode it: method, class, code, reason phrase, MESSAGE-INTEGRITY
+with the requester's key, FINGERPRINT. tshark reads the same bytes back as the independent judge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+
+from labsim.proto.events import Address, Close, Listen, Listening, Log, Started, TimerFired
+from labsim.proto.settings import SettingError
+from labsim.proto.turn_server import (
+    INJECTABLE_METHODS,
+    BindTimer,
+    InjectableCode,
+    InjectedError,
+    TurnServer,
+    TurnServerSettings,
+)
+from labsim.wire.stun import (
+    Class,
+    ConnectionId,
+    ErrorCode,
+    Lifetime,
+    Message,
+    MessageIntegrity,
+    Method,
+    Nonce,
+    Realm,
+    XorPeerAddress,
+    XorRelayedAddress,
+    decode,
+)
+
+from .pcapwriter import TcpConversation, write_pcap
+from .test_turn_server import (
+    CMS,
+    EXPE,
+    KEY,
+    PEER,
+    RELAY,
+    Lab,
+    allocate_request,
+    attempt_cid,
+    authed,
+    error_code,
+    only_stun,
+    sends,
+    timer_of,
+)
+
+#: The reason phrases of RFC 5389 §15.6, RFC 5766 §15 and RFC 6062 §6.3, written out here so
+#: the codec's table is checked against the RFCs rather than against itself.
+REASONS = {
+    403: "Forbidden",
+    437: "Allocation Mismatch",
+    438: "Stale Nonce",
+    441: "Wrong Credentials",
+    442: "Unsupported Transport Protocol",
+    446: "Connection Already Exists",
+    447: "Connection Timeout or Failure",
+    486: "Allocation Quota Reached",
+    508: "Insufficient Capacity",
+}
+CODES: tuple[InjectableCode, ...] = get_args(InjectableCode)
+
+
+def lab_with(*errors: InjectedError, **settings: Any) -> Lab:
+    return Lab(errors=errors, **settings)
+
+
+def reason(msg: Message) -> str:
+    attr = msg.get(ErrorCode)
+    assert attr is not None
+    return attr.reason
+
+
+def check_signed_error(msg: Message, method: int, code: int) -> None:
+    """An error response as the server signs those to authenticated requests."""
+    assert msg.method == method and msg.cls is Class.ERROR, msg.summary()
+    assert error_code(msg) == code and reason(msg) == REASONS[code]
+    assert msg.verify_fingerprint()
+    if code == 438:
+        # RFC 5389 §10.2.2: a fresh NONCE and the REALM, no MESSAGE-INTEGRITY (the lab layout).
+        assert msg.get(Realm) == Realm("TANDBERG") and msg.get(Nonce) is not None
+        assert MessageIntegrity not in msg
+    else:
+        assert MessageIntegrity in msg and msg.verify_integrity(KEY)
+
+
+def test_the_reason_phrases_are_the_rfcs() -> None:
+    assert set(CODES) == set(REASONS)
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_an_allocate_error_is_answered_before_anything_is_allocated(code: InjectableCode) -> None:
+    lab = lab_with(InjectedError("Allocate", code))
+    lab.accept("in:ctl")
+    challenge = lab.challenge("in:ctl")  # the unauthenticated Allocate is not counted: 401
+    assert error_code(challenge) == 401
+    effects = lab.request("in:ctl", allocate_request())
+    reply = only_stun(effects, "in:ctl")
+    check_signed_error(reply, Method.ALLOCATE, code)
+    assert not any(isinstance(e, Listen) for e in effects)
+    assert lab.server.allocations() == []
+    assert "answered" in "\n".join(e.text for e in effects if isinstance(e, Log))
+
+
+def test_a_stale_nonce_answer_brings_a_new_nonce_that_works() -> None:
+    lab = lab_with(InjectedError("Allocate", 438, nth=1))
+    lab.accept("in:ctl")
+    lab.challenge("in:ctl")
+    old = lab.nonce
+    reply = only_stun(lab.request("in:ctl", allocate_request()), "in:ctl")
+    check_signed_error(reply, Method.ALLOCATE, 438)
+    nonce = reply.get(Nonce)
+    assert nonce is not None and nonce.value != old
+    lab.nonce = nonce.value
+    success = only_stun(lab.request("in:ctl", allocate_request()), "in:ctl")
+    assert success.cls is Class.SUCCESS and success.verify_integrity(KEY)
+
+
+def test_nth_counts_authenticated_requests_of_one_kind_over_the_server() -> None:
+    lab = lab_with(InjectedError("Allocate", 508, nth=(2,)))
+    assert lab.allocate("in:c1").cls is Class.SUCCESS
+    lab.accept("in:c2", Address(CMS.host, CMS.port + 1))
+    lab.challenge("in:c2")
+    check_signed_error(
+        only_stun(lab.request("in:c2", allocate_request()), "in:c2"), Method.ALLOCATE, 508
+    )
+    lab.accept("in:c3")
+    lab.challenge("in:c3")
+    assert only_stun(lab.request("in:c3", allocate_request()), "in:c3").cls is Class.SUCCESS
+
+
+def test_a_refresh_error_leaves_the_allocation_as_it_was() -> None:
+    lab = lab_with(InjectedError("Refresh", 437, nth=2))
+    lab.allocate()
+    refresh = Message.request(Method.REFRESH, [Lifetime(600)])
+    assert only_stun(lab.request("in:ctl", refresh), "in:ctl").cls is Class.SUCCESS
+    before = lab.server.allocations()
+    lab.now += 100.0
+    effects = lab.request("in:ctl", Message.request(Method.REFRESH, [Lifetime(600)]))
+    check_signed_error(only_stun(effects, "in:ctl"), Method.REFRESH, 437)
+    # Nothing refreshed: the expiry is where the first Refresh put it.
+    assert lab.server.allocations() == before
+    third = lab.request("in:ctl", Message.request(Method.REFRESH, [Lifetime(600)]))
+    assert only_stun(third, "in:ctl").cls is Class.SUCCESS
+
+
+def test_a_create_permission_error_installs_no_permission() -> None:
+    lab = lab_with(InjectedError("CreatePermission", 403), permission_policy="rfc")
+    lab.allocate()
+    request = Message.request(Method.CREATE_PERMISSION, [XorPeerAddress(PEER.host, 0)])
+    check_signed_error(
+        only_stun(lab.request("in:ctl", request), "in:ctl"), Method.CREATE_PERMISSION, 403
+    )
+    assert lab.server.allocations()[0].permissions == ()
+    # So the peer's connection is reset at once (RFC 6062 §5.3) and CMS hears nothing.
+    effects = lab.peer_connects()
+    assert Close("in:peer", reset=True) in effects and sends(effects, "in:ctl") == []
+
+
+@pytest.mark.parametrize("code", [446, 447, 403, 508])
+def test_a_connection_bind_error_is_answered_then_the_connection_closed(
+    code: InjectableCode,
+) -> None:
+    lab = lab_with(InjectedError("ConnectionBind", code))
+    lab.allocate()
+    effects = lab.peer_connects()
+    cid = attempt_cid(effects)
+    bind_timer = timer_of(effects, BindTimer)
+    effects = lab.bind("in:data", cid, extra=b"\x00\x6c early client bytes")
+    check_signed_error(only_stun(effects, "in:data"), Method.CONNECTION_BIND, code)
+    assert effects[-1] == Close("in:data")
+    # No pipe: neither side's bytes go anywhere; the peer waits for its bind timer (§5.3).
+    assert sends(effects, "in:peer") == []
+    assert lab.send("in:data", b"late") == []
+    assert lab.send("in:peer", b"peer bytes") == []
+    lab.now += 30.0
+    assert Close("in:peer") in lab.feed(TimerFired(bind_timer.timer))
+
+
+def test_a_stale_nonce_on_connection_bind_keeps_the_connection_for_the_retry() -> None:
+    lab = lab_with(InjectedError("ConnectionBind", 438, nth=1))
+    lab.allocate()
+    cid = attempt_cid(lab.peer_connects())
+    effects = lab.bind("in:data", cid)
+    reply = only_stun(effects, "in:data")
+    check_signed_error(reply, Method.CONNECTION_BIND, 438)
+    assert not any(isinstance(e, Close) for e in effects)
+    nonce = reply.get(Nonce)
+    assert nonce is not None
+    lab.nonce = nonce.value
+    retry = authed(Message.request(Method.CONNECTION_BIND, [ConnectionId(cid)]), lab.nonce)
+    assert only_stun(lab.send("in:data", retry), "in:data").cls is Class.SUCCESS
+
+
+def test_connect_errors_too() -> None:
+    lab = lab_with(InjectedError("Connect", 447))
+    lab.allocate()
+    connect = Message.request(Method.CONNECT, [XorPeerAddress(PEER.host, PEER.port)])
+    effects = lab.request("in:ctl", connect)
+    check_signed_error(only_stun(effects, "in:ctl"), Method.CONNECT, 447)
+    assert len(effects) == 2  # the log and the answer: no connection is opened
+
+
+def test_without_errors_nothing_changes() -> None:
+    assert TurnServerSettings().errors == ()
+    lab = Lab()
+    assert lab.allocate().cls is Class.SUCCESS
+
+
+def test_bad_settings_name_their_key() -> None:
+    with pytest.raises(SettingError) as bad_code:
+        InjectedError("Allocate", 401)  # type: ignore[arg-type]
+    assert bad_code.value.where == ("code",)
+    with pytest.raises(SettingError) as bad_request:
+        InjectedError("Binding", 403)  # type: ignore[arg-type]
+    assert bad_request.value.where == ("request",)
+    with pytest.raises(SettingError) as bad_nth:
+        InjectedError("Refresh", 437, nth=(0,))
+    assert bad_nth.value.where == ("nth",)
+    assert set(INJECTABLE_METHODS) == {
+        "Allocate", "Refresh", "CreatePermission", "Connect", "ConnectionBind"
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Static NAT: the relay is advertised at the public address
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_relay_is_advertised_at_the_public_address_and_opened_at_the_own() -> None:
+    lab = Lab(auto_listen=False)
+    lab.server = TurnServer("expressway_e", EXPE, TurnServerSettings(), public_host="198.51.100.10")
+    lab.feed(Started())
+    lab.feed(Listening(lab.server.address))
+    lab.accept("in:ctl")
+    lab.challenge("in:ctl")
+    assert lab.request("in:ctl", allocate_request()) == [Listen(RELAY)]
+    effects = lab.feed(Listening(RELAY))
+    success = only_stun(effects, "in:ctl")
+    assert success.get(XorRelayedAddress) == XorRelayedAddress("198.51.100.10", RELAY.port)
+    assert success.verify_integrity(KEY) and success.verify_fingerprint()
+    assert "advertised as 198.51.100.10:24000" in "\n".join(
+        e.text for e in effects if isinstance(e, Log)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# tshark reads every injected error as the error it is
+# ---------------------------------------------------------------------------------------------
+
+
+def injected_answers() -> list[bytes]:
+    """The bytes of one injected error of each code (Allocate) and of each other request."""
+    out: list[bytes] = []
+    for code in CODES:
+        lab = lab_with(InjectedError("Allocate", code))
+        lab.accept("in:ctl")
+        lab.challenge("in:ctl")
+        out += [s.data for s in sends(lab.request("in:ctl", allocate_request()), "in:ctl")]
+    lab = lab_with(InjectedError("Refresh", 437), InjectedError("CreatePermission", 403),
+                   InjectedError("ConnectionBind", 447))  # fmt: skip
+    lab.allocate()
+    refresh = Message.request(Method.REFRESH, [Lifetime(600)])
+    out += [s.data for s in sends(lab.request("in:ctl", refresh), "in:ctl")]
+    permission = Message.request(Method.CREATE_PERMISSION, [XorPeerAddress(PEER.host, 0)])
+    out += [s.data for s in sends(lab.request("in:ctl", permission), "in:ctl")]
+    cid = attempt_cid(lab.peer_connects())
+    out += [s.data for s in sends(lab.bind("in:data", cid), "in:data")]
+    return out
+
+
+@pytest.mark.tshark
+def test_tshark_reads_the_injected_errors(tmp_path: Path) -> None:
+    from .test_tshark import run_tshark
+
+    answers = injected_answers()
+    assert len(answers) == len(CODES) + 3
+    conversations = [
+        TcpConversation((CMS.host, 41000 + n), (EXPE, 3478)).send(False, raw)
+        for n, raw in enumerate(answers)
+    ]
+    path = tmp_path / "errors.pcap"
+    write_pcap(path, conversations)
+    rows = run_tshark(path)
+    assert len(rows) == len(answers)
+    for row, raw in zip(rows, answers, strict=True):
+        message = decode(raw)
+        code = error_code(message)
+        info = row["_ws.col.Info"]
+        assert info == message.summary()
+        assert "Error Response" in info and f"error-code: {code} " in info
+        assert info.endswith(REASONS[code]) or f" {REASONS[code]}" in info
+        assert row["_ws.malformed"] == ""
+        assert row["stun.att.crc32.status"] == "1"
