@@ -38,6 +38,9 @@ from labsim.wire.stun import (
 )
 
 from .pcapwriter import TcpConversation, write_pcap
+from .test_turn_flow import CLOCKS
+from .test_turn_flow import lab as flow
+from .test_turn_flow import summaries as flow_summaries
 from .test_turn_server import (
     CMS,
     EXPE,
@@ -301,3 +304,78 @@ def test_tshark_reads_the_injected_errors(tmp_path: Path) -> None:
         assert info.endswith(REASONS[code]) or f" {REASONS[code]}" in info
         assert row["_ws.malformed"] == ""
         assert row["stun.att.crc32.status"] == "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# CMS's TURN client against these answers, on both clocks
+# ---------------------------------------------------------------------------------------------
+
+
+def errors(*entries: InjectedError) -> dict[str, Any]:
+    return {"errors": entries}
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+@pytest.mark.parametrize("code", [403, 437, 441, 442, 486, 508])
+def test_an_allocate_error_leaves_the_client_without_a_relay(
+    clock: str, code: InjectableCode
+) -> None:
+    trace, board = flow(clock, server=errors(InjectedError("Allocate", code)), with_peer=False)
+    failed = board.allocation_failed
+    assert failed is not None and failed.code == code and failed.reason == REASONS[code]
+    assert board.relayed is None
+    # The client gives up: its control connection is closed, by the client.
+    control = next(c for c in trace.connections.values() if c.client == "cms")
+    assert control.closed is not None and control.closed_by == "cms"
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_a_stale_nonce_on_allocate_is_retried_once_with_the_new_nonce(clock: str) -> None:
+    trace, board = flow(clock, server=errors(InjectedError("Allocate", 438, nth=1)))
+    lines = flow_summaries(trace)
+    stale = next(i for i, s in enumerate(lines) if "438 (Stale Nonce)" in s)
+    assert lines[stale + 1].startswith("Allocate Request")
+    assert lines[stale + 2].startswith("Allocate Success Response")
+    assert board.relayed is not None and board.checks_answered == 1 and board.released
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_a_refresh_437_is_the_allocation_lost(clock: str) -> None:
+    # The lab's Refresh right after the Allocate is the first one.
+    trace, board = flow(
+        clock, server=errors(InjectedError("Refresh", 437, nth=1)), hangup_after=None,
+        with_peer=False,
+    )  # fmt: skip
+    assert board.expired and not board.released
+    assert any("437 (Allocation Mismatch)" in s for s in flow_summaries(trace))
+    # RFC 5766 §7.3: the client takes the allocation as deleted and closes its control
+    # connection, which deletes the allocation on the server too.
+    control = next(c for c in trace.connections.values() if c.client == "cms")
+    assert control.closed_by == "cms"
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_a_create_permission_403_leaves_the_peer_unpermitted(clock: str) -> None:
+    trace, board = flow(
+        clock,
+        server={"permission_policy": "rfc", **errors(InjectedError("CreatePermission", 403))},
+        client={"create_permission": True},
+        hangup_after=None,
+        stop=lambda _t, b: b.peer_closed is not None,
+    )
+    lines = flow_summaries(trace)
+    assert any("CreatePermission Error Response error-code: 403" in s for s in lines)
+    assert board.peer_reset and not any(s.startswith("ConnectionAttempt") for s in lines)
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_a_connection_bind_447_leaves_no_pipe(clock: str) -> None:
+    trace, board = flow(
+        clock, server=errors(InjectedError("ConnectionBind", 447)), hangup_after=2.0
+    )
+    lines = flow_summaries(trace)
+    assert any("ConnectionBind Error Response error-code: 447" in s for s in lines)
+    assert "ConnectionBind Success Response" not in lines
+    assert board.cms_pipe_bytes == b"" and board.checks_answered == 0
+    data = [c for c in trace.connections.values() if c.client == "cms"][1]
+    assert data.closed is not None
