@@ -170,8 +170,10 @@ class CmsSettings:
     """a=ice-ufrag of the answer."""
     ice_pwd: IcePwd = "Hh3uY7pQ1wE5rT9iO2aS6dF0"
     """a=ice-pwd of the answer."""
-    turn: TurnClientSettings = field(default_factory=TurnClientSettings)
-    """CMS's TURN client (its server is Expressway-E at its TURN port)."""
+    turn: TurnClientSettings | None = field(default_factory=TurnClientSettings)
+    """CMS's TURN client (its server is Expressway-E at its TURN port). null: no TURN server
+    configured (CMS's /turnServers empty): CMS allocates nothing and answers with its host
+    candidates only, which the Skype side cannot reach."""
     sip_timers: SipTimers = field(default_factory=SipTimers)
     """T1 and T2 (RFC 3261 §17.1.1.1): the 200 OK's retransmissions and the wait for its ACK,
     Timer B of the reINVITE, Timer F of the BYE."""
