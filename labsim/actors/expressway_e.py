@@ -30,5 +30,9 @@ class ExpresswayE(ProxyElement):
             (settings.sip_port, settings.traversal_port),
         )  # fmt: skip
         self.settings = settings
-        self.turn = TurnServer(name, settings.address, settings.turn)
+        nat = settings.nat
+        self.turn = TurnServer(
+            name, settings.address, settings.turn,
+            public_host=nat.public_address if nat is not None else None,
+        )  # fmt: skip
         self.router.add(self.turn)

@@ -40,6 +40,7 @@ __all__ = [
     "Lab",
     "SkypeClientSettings",
     "SkypeEdgeSettings",
+    "StaticNat",
     "UaSide",
     "domain_of",
 ]
@@ -125,6 +126,22 @@ class SkypeEdgeSettings:
 
 
 @dataclass(frozen=True)
+class StaticNat:
+    """A static NAT in front of Expressway-E's external interface (Expressway's "static NAT
+    mode"): the Skype side reaches Expressway-E at a public address the firewall forwards."""
+
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    public_address: IPv4
+    """The public address mapped to Expressway-E (Expressway: the IPv4 static NAT address).
+    The TURN server advertises it in XOR-RELAYED-ADDRESS, so CMS's relay candidate names it and
+    the Skype Edge connects there."""
+    relay_ports_forwarded: bool = True
+    """Whether the firewall forwards TCP to the relay range (turn.relay_ports) on the public
+    address to Expressway-E; false: connects there are dropped and time out."""
+
+
+@dataclass(frozen=True)
 class ExpresswayESettings:
     """Expressway-E: SIP proxy towards the Skype Edge, traversal server, TURN server."""
 
@@ -138,6 +155,9 @@ class ExpresswayESettings:
     """Traversal zone port: Expressway-C opens the traversal connection here."""
     turn: TurnServerSettings = field(default_factory=TurnServerSettings)
     """The TURN server."""
+    nat: StaticNat | None = None
+    """A static NAT in front of Expressway-E; null (the lab): none, the relay is advertised at
+    Expressway-E's own address, which the Skype Edge reaches directly."""
 
 
 @dataclass(frozen=True)
