@@ -20,6 +20,7 @@ from labsim.actors.skype_client import SkypeClient
 from labsim.actors.skype_edge import SkypeEdge
 from labsim.net.faults import Block, Cut, Delay, Drop, FaultPlan, MessageMatch, Rule
 from labsim.net.live import LiveNetwork
+from labsim.net.nat import StaticNat
 from labsim.net.virtual import VirtualNetwork
 from labsim.report.diagnose import Diagnosis, diagnose
 from labsim.report.outcome import Outcome, outcome
@@ -87,6 +88,16 @@ def blocked_pairs(sc: Scenario) -> set[tuple[str, str]]:
     return {(a, b) for a in ACTORS for b in ACTORS if a != b and not sc.can_connect(a, b)}
 
 
+def static_nats(sc: Scenario) -> list[StaticNat]:
+    """The scenario's static NAT in front of Expressway-E, as the runtimes apply it: its relay
+    range forwarded to Expressway-E's own address, or nothing forwarded."""
+    expe = sc.actors.expressway_e
+    if expe.nat is None:
+        return []
+    ports = expe.turn.relay_ports if expe.nat.relay_ports_forwarded else None
+    return [StaticNat(expe.nat.public_address, expe.address, ports)]
+
+
 @dataclass
 class RunResult:
     scenario: Scenario
@@ -122,13 +133,14 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     if clock == "virtual":
         net = VirtualNetwork(
             cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked,
-            faults=fault_plan(sc),
+            faults=fault_plan(sc), nat=static_nats(sc),
         )  # fmt: skip
     else:
         # Loopback has its own (tiny) latency; only the scenario's per-link ones are added.
         net = LiveNetwork(
-            cast.all(), trace, blocked=blocked, link_latency=links, faults=fault_plan(sc)
-        )
+            cast.all(), trace, blocked=blocked, link_latency=links, faults=fault_plan(sc),
+            nat=static_nats(sc),
+        )  # fmt: skip
     net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
     ended: Literal["finished", "deadline"] = "finished" if cast.finished() else "deadline"

@@ -201,6 +201,12 @@ class Actors(_Model):
                     alternatives=[(owner[address], "address")],
                 )
             owner[address] = name
+        nat = self.expressway_e.nat
+        if nat is not None and nat.public_address in owner:
+            raise _At(
+                ("expressway_e", "nat", "public_address"),
+                f"{nat.public_address} is {owner[nat.public_address]}'s address, not a public one",
+            )
         return self
 
 

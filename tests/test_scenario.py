@@ -77,7 +77,7 @@ def test_the_lab_file_restates_the_defaults() -> None:
     assert lab.actors.expressway_e.turn.realm == "TANDBERG"
     assert lab.actors.skype_edge.relay_port == 53577
     assert lab.actors.cms.turn == TurnClientSettings()
-    assert lab.actors.cms.turn.lifetime == 600
+    assert lab.actors.cms.turn is not None and lab.actors.cms.turn.lifetime == 600
 
 
 def test_the_lab_file_expects_the_lab_capture() -> None:
@@ -166,6 +166,7 @@ def test_a_child_overrides_one_nested_value(tmp_path: Path) -> None:
         """,
     )
     scenario = load(child)
+    assert scenario.actors.cms.turn is not None
     assert scenario.actors.cms.turn.password == "wrong"
     # Everything else comes from the parent, siblings of the overridden key included ...
     assert scenario.actors.cms.turn.username == "turn"
@@ -724,7 +725,10 @@ def written(data: object, settings: object, where: str) -> None:
         for key, value in data.items():
             written(value, getattr(settings, key), f"{where}.{key}")
     elif isinstance(data, list):
-        assert list(settings) == data, where  # type: ignore[call-overload]
+        items = list(settings)  # type: ignore[call-overload]
+        assert len(items) == len(data), where
+        for index, (item, value) in enumerate(zip(data, items, strict=True)):
+            written(item, value, f"{where}[{index}]")
     else:
         assert settings == data, where
 

@@ -106,11 +106,14 @@ class Cms(UserAgent[UaState]):
         # The host that will connect to the relay: the Edge, or the client when it has its
         # own path to Expressway-E.
         peer = client.address if client.direct_path else lab.skype_edge.address
-        self.turn = TurnClient(
-            settings.turn, random.Random(settings.seed + 1),
-            server=Address(expe.address, expe.turn.port),
-            permission_peers=(peer,) if settings.turn.create_permission else (),
-        )  # fmt: skip
+        #: None when no TURN server is configured.
+        self.turn: TurnClient | None = None
+        if settings.turn is not None:
+            self.turn = TurnClient(
+                settings.turn, random.Random(settings.seed + 1),
+                server=Address(expe.address, expe.turn.port),
+                permission_peers=(peer,) if settings.turn.create_permission else (),
+            )  # fmt: skip
         self.contact = f"<sip:meeting@{settings.address}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
         self.invite_conn: ConnId | None = None
@@ -118,7 +121,8 @@ class Cms(UserAgent[UaState]):
         #: The ICE checks on the RFC 6062 data connection the TURN client hands over.
         self.link = CheckLink("the Skype side")
         self.relayed: Address | None = None
-        self.router.add(self.turn, self._turn_news)
+        if self.turn is not None:
+            self.router.add(self.turn, self._turn_news)
         self.router.add(self.link, self._on_link)
 
     @property
@@ -182,6 +186,12 @@ class Cms(UserAgent[UaState]):
                     *self.reply(conn, bad)]  # fmt: skip
         self.fire(UaEvent.RECV_INVITE)
         self.invite, self.invite_conn = invite, conn
+        if self.turn is None:
+            # No TURN server to ask: the answer carries the host candidates alone, a private
+            # address the Skype side has no route to.
+            return [*effects, Log("applicationsharing offer: no TURN server configured, "
+                                  "answering with host candidates only", "warning"),
+                    *self._answer(now)]  # fmt: skip
         return [*effects, Log("applicationsharing offer: asking Expressway-E for a TCP relay"),
                 *self.router.run(self.turn, self.turn.start(now))]  # fmt: skip
 
@@ -245,7 +255,7 @@ class Cms(UserAgent[UaState]):
 
     def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
         effects: list[Effect] = [Log(why, level), *self.router.run(self.link, self.link.close())]
-        if self.invite is None:  # no call, so no allocation was ever asked for
+        if self.invite is None or self.turn is None:  # no allocation was ever asked for
             return [*effects, *self.done("call ended")]
         # Released ends this side (_turn_news).
         return [*effects, *self.router.run(self.turn, self.turn.release(now))]

@@ -29,5 +29,9 @@ class ExpresswayE(ProxyElement):
             ProxySettings(settings.address, settings.sip_port, routes, (settings.traversal_port,)),
         )
         self.settings = settings
-        self.turn = TurnServer(name, settings.address, settings.turn)
+        nat = settings.nat
+        self.turn = TurnServer(
+            name, settings.address, settings.turn,
+            public_host=nat.public_address if nat is not None else None,
+        )  # fmt: skip
         self.router.add(self.turn)

@@ -40,6 +40,7 @@ __all__ = [
     "Lab",
     "SkypeClientSettings",
     "SkypeEdgeSettings",
+    "StaticNat",
     "UaSide",
     "domain_of",
 ]
@@ -125,6 +126,22 @@ class SkypeEdgeSettings:
 
 
 @dataclass(frozen=True)
+class StaticNat:
+    """A static NAT in front of Expressway-E's external interface (Expressway's "static NAT
+    mode"): the Skype side reaches Expressway-E at a public address the firewall forwards."""
+
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    public_address: IPv4
+    """The public address mapped to Expressway-E (Expressway: the IPv4 static NAT address).
+    The TURN server advertises it in XOR-RELAYED-ADDRESS, so CMS's relay candidate names it and
+    the Skype Edge connects there."""
+    relay_ports_forwarded: bool = True
+    """Whether the firewall forwards TCP to the relay range (turn.relay_ports) on the public
+    address to Expressway-E; false: connects there are dropped and time out."""
+
+
+@dataclass(frozen=True)
 class ExpresswayESettings:
     """Expressway-E: SIP proxy towards the Skype Edge, traversal server, TURN server."""
 
@@ -138,6 +155,9 @@ class ExpresswayESettings:
     """Traversal zone port: Expressway-C opens the traversal connection here."""
     turn: TurnServerSettings = field(default_factory=TurnServerSettings)
     """The TURN server."""
+    nat: StaticNat | None = None
+    """A static NAT in front of Expressway-E; null (the lab): none, the relay is advertised at
+    Expressway-E's own address, which the Skype Edge reaches directly."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +190,10 @@ class CmsSettings:
     """a=ice-ufrag of the answer."""
     ice_pwd: IcePwd = "Hh3uY7pQ1wE5rT9iO2aS6dF0"
     """a=ice-pwd of the answer."""
-    turn: TurnClientSettings = field(default_factory=TurnClientSettings)
-    """CMS's TURN client (its server is Expressway-E at its TURN port)."""
+    turn: TurnClientSettings | None = field(default_factory=TurnClientSettings)
+    """CMS's TURN client (its server is Expressway-E at its TURN port). null: no TURN server
+    configured (CMS's /turnServers empty): CMS allocates nothing and answers with its host
+    candidates only, which the Skype side cannot reach."""
     sip_timers: SipTimers = field(default_factory=SipTimers)
     """T1 and T2 (RFC 3261 §17.1.1.1): the 200 OK's retransmissions and the wait for its ACK,
     Timer B of the reINVITE, Timer F of the BYE."""

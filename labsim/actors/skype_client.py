@@ -304,12 +304,15 @@ class SkypeClient(UserAgent[UaState]):
             self.remote = appsharing.parse(response.body)
         except WireError as exc:
             return [*effects, *self._give_up(f"answer without usable SDP: {exc}", now)]
-        relay = self.remote.relay()
+        # The relay candidate, or without one what else CMS offers to connect to (its host
+        # address): tried as offered, so a candidate nobody can reach fails visibly.
+        relay = self.remote.passive()
         if relay is None:
-            return [*effects, *self._give_up("CMS offers no relay candidate: no media path", now)]
+            why = "CMS offers no candidate to connect to: no media path"
+            return [*effects, *self._give_up(why, now)]
         target = Address(relay.address, relay.port) if s.direct_path else self.edge_media
         self._relay = Address(relay.address, relay.port)
-        return [*effects, Log(f"media via {target} to CMS's relay {self._relay}"),
+        return [*effects, Log(f"media via {target} to CMS's {relay.type} candidate {self._relay}"),
                 *self._open_media(target),
                 self.start_timer(UaTimer.ICE, s.ice_timeout)]  # fmt: skip
 

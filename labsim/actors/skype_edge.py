@@ -9,8 +9,9 @@ Edge's media port, and the Edge opens one from its own address (the lab's
 Simplification, on purpose: a real A/V Edge is told the destination through MS-TURN (its
 Allocate and Set Active Destination, PROTOCOL.md §5.2), a protocol that never reaches the
 Expressway leg. Here the Edge learns it by reading the answer SDP it forwards (the first relay
-candidate of the m=applicationsharing section); the bytes on every leg the lab captured stay
-the same.
+candidate of the m=applicationsharing section, else the first passive candidate: CMS's private
+host address, which the Edge has no route to); the bytes on every leg the lab captured stay the
+same.
 """
 
 from __future__ import annotations
@@ -148,11 +149,11 @@ class SkypeEdge(ProxyElement):
         ):
             return []
         try:
-            relay = appsharing.parse(response.body).relay()
+            target = appsharing.parse(response.body).passive()
         except WireError:
             return []
-        if relay is not None:
-            self.relay.target = Address(relay.address, relay.port)
+        if target is not None:
+            self.relay.target = Address(target.address, target.port)
         return []
 
     def start(self, now: float) -> list[Effect]:

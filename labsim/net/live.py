@@ -77,6 +77,7 @@ from labsim.net.model import (
     Link,
     StopWhen,
 )
+from labsim.net.nat import StaticNat
 from labsim.net.runtime import Runtime
 from labsim.net.transport import Handle
 from labsim.proto.events import Actor, Address, Connect, ConnId
@@ -321,6 +322,7 @@ class LiveNetwork:
         refused: set[tuple[str, str]] | None = None,
         link_latency: Mapping[tuple[str, str], float] | None = None,
         faults: FaultPlan | None = None,
+        nat: Sequence[StaticNat] = (),
     ) -> None:
         if any(v < 0 for v in (link_latency or {}).values()):
             raise ValueError("latencies must not be negative")
@@ -329,8 +331,9 @@ class LiveNetwork:
         #: drops the SYN does (``ConnectFailed("timeout")`` after the connect timeout);
         #: ``refused`` ones get a RST at once; so do the ``block`` rules of ``faults``.
         self.runtime = Runtime(
-            actors, trace, self, faults=faults, blocked=blocked or (), refused=refused or ()
-        )
+            actors, trace, self, faults=faults, blocked=blocked or (), refused=refused or (),
+            nat=nat,
+        )  # fmt: skip
         #: One-way latency added between two actors (either order), on top of loopback's own:
         #: bytes and closes reach the receiver that much later, in order.
         self.link_latency = dict(link_latency or {})

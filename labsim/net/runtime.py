@@ -29,6 +29,7 @@ Rules it keeps (the contract of :mod:`labsim.proto.events`):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import traceback
@@ -38,6 +39,7 @@ from typing import Any
 from labsim.net.fault_exec import FaultExecutor
 from labsim.net.faults import FaultPlan, Reachability
 from labsim.net.model import EXTERNAL, NETWORK, ActorState, End, Link, StopWhen
+from labsim.net.nat import StaticNat
 from labsim.net.transport import Handle, Transport
 from labsim.net.writes import Writes
 from labsim.proto.events import (
@@ -82,8 +84,11 @@ class Runtime:
         faults: FaultPlan | None = None,
         blocked: Iterable[tuple[str, str]] = (),
         refused: Iterable[tuple[str, str]] = (),
+        nat: Iterable[StaticNat] = (),
     ) -> None:
         self.trace = trace
+        #: Public address -> the static NAT in front of an actor (labsim.net.nat).
+        self.nat = {n.public: n for n in nat}
         self.transport = transport
         self.actors: dict[str, ActorState] = {}
         for actor in actors:
@@ -282,6 +287,14 @@ class Runtime:
         else:
             st.gone.discard(conn)
             remote = effect.remote
+            nat = self.nat.get(remote.host)
+            if nat is not None:
+                inside = nat.translate(remote)
+                if inside is None:  # no forwarding rule: the NAT drops the SYN
+                    st.connecting[conn] = self.transport.connect(st, effect, "blackhole")
+                    return
+                effect = dataclasses.replace(effect, remote=inside)
+                remote = inside
             target = self.owner_of_host.get(remote.host)
             verdict = self.reach.check(st.name, target, remote.port)
             how = None

@@ -36,6 +36,7 @@ import simpy
 
 from labsim.net.faults import BlockHow, FaultPlan
 from labsim.net.model import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, StopWhen
+from labsim.net.nat import StaticNat
 from labsim.net.runtime import Runtime
 from labsim.net.transport import Handle
 from labsim.proto.events import Actor, Address, Connect, ConnId
@@ -96,6 +97,7 @@ class VirtualNetwork:
         blocked: set[tuple[str, str]] | None = None,
         refused: set[tuple[str, str]] | None = None,
         faults: FaultPlan | None = None,
+        nat: Sequence[StaticNat] = (),
     ) -> None:
         if latency < 0 or any(v < 0 for v in (link_latency or {}).values()):
             raise ValueError("latencies must not be negative")
@@ -103,8 +105,9 @@ class VirtualNetwork:
         self.latency = latency
         self.link_latency = dict(link_latency or {})
         self.runtime = Runtime(
-            actors, trace, self, faults=faults, blocked=blocked or (), refused=refused or ()
-        )
+            actors, trace, self, faults=faults, blocked=blocked or (), refused=refused or (),
+            nat=nat,
+        )  # fmt: skip
         self.trace = trace
         self._listeners: dict[Address, _Listener] = {}
         self._ports_in_use: set[tuple[str, int]] = set()

@@ -134,6 +134,14 @@ class RemoteShare:
             None,
         )  # fmt: skip
 
+    def passive(self) -> Candidate | None:
+        """The candidate a peer opens its connection to: the passive relay candidate when there
+        is one, else the first passive candidate of component 1 (CMS's host candidate when it
+        has no relay); only a passive candidate accepts connections (RFC 6544 §4.5)."""
+        return self.relay() or next(
+            (c for c in self.candidates if c.component == 1 and c.tcptype == "passive"), None
+        )
+
 
 @functools.lru_cache(maxsize=256)
 def parse(body: bytes) -> RemoteShare:

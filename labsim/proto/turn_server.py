@@ -200,6 +200,19 @@ LAYOUTS: dict[str, Layout] = {
 PermissionPolicy = Literal["lab", "rfc"]
 BindFailure = Literal["reset", "answer"]
 
+#: The requests an injected error may answer, by their Wireshark names, and their methods.
+InjectableRequest = Literal["Allocate", "Refresh", "CreatePermission", "Connect", "ConnectionBind"]
+INJECTABLE_METHODS: dict[str, Method] = {
+    "Allocate": Method.ALLOCATE,
+    "Refresh": Method.REFRESH,
+    "CreatePermission": Method.CREATE_PERMISSION,
+    "Connect": Method.CONNECT,
+    "ConnectionBind": Method.CONNECTION_BIND,
+}
+#: The codes an injected error may carry: the TURN errors of RFC 5389 §15.6, RFC 5766 §15 and
+#: RFC 6062 §6.3 a server gives an authenticated request (401 and 400 have their own causes).
+InjectableCode = Literal[403, 437, 438, 441, 442, 446, 447, 486, 508]
+
 #: The placeholders :meth:`Message.encode` fills in (RFC 5389 §15.4, §15.5); frozen, so shared.
 _INTEGRITY = MessageIntegrity()
 _FINGERPRINT = Fingerprint()
@@ -208,6 +221,52 @@ _FINGERPRINT = Fingerprint()
 # ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InjectedError:
+    """One kind of TURN request the server answers with a chosen error instead of doing it.
+
+    It applies once the request has authenticated (a request that gets 401 or 438 for its
+    credentials is not counted) and before anything else: no allocation, refresh, permission,
+    connection or bind is made. The answer is the server's usual error response: ERROR-CODE with
+    the RFC's reason phrase, MESSAGE-INTEGRITY with the requester's key, FINGERPRINT; 438 comes
+    with a fresh NONCE and the REALM as every 438 does (RFC 5389 §10.2.2). A ConnectionBind that
+    gets an error other than 438 has its connection closed after the answer (RFC 6062 §5.4).
+    """
+
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    request: InjectableRequest
+    """Allocate, Refresh (the release at hang-up, LIFETIME 0, is a Refresh too),
+    CreatePermission, Connect or ConnectionBind."""
+    code: InjectableCode
+    """403 Forbidden, 437 Allocation Mismatch, 438 Stale Nonce, 441 Wrong Credentials, 442
+    Unsupported Transport Protocol, 446 Connection Already Exists, 447 Connection Timeout or
+    Failure, 486 Allocation Quota Reached or 508 Insufficient Capacity."""
+    nth: Annotated[int, at.Ge(1)] | tuple[Annotated[int, at.Ge(1)], ...] | None = None
+    """Only the n-th authenticated request of that kind (1-based, counted over the whole
+    server), or those listed; null: every one."""
+
+    def __post_init__(self) -> None:
+        if self.request not in INJECTABLE_METHODS:
+            raise SettingError(("request",), f"must be one of {', '.join(INJECTABLE_METHODS)}")
+        if self.code not in get_args(InjectableCode):
+            codes = ", ".join(map(str, get_args(InjectableCode)))
+            raise SettingError(("code",), f"must be one of {codes}")
+        if any(n < 1 for n in self.occurrences()):
+            raise SettingError(("nth",), "occurrences count from 1")
+
+    def occurrences(self) -> tuple[int, ...]:
+        """The occurrences it answers; empty: every one."""
+        if self.nth is None:
+            return ()
+        return (self.nth,) if isinstance(self.nth, int) else tuple(self.nth)
+
+    def applies(self, method: int, count: int) -> bool:
+        """Whether it answers the ``count``-th authenticated request of ``method``."""
+        wanted = self.occurrences()
+        return INJECTABLE_METHODS[self.request] == method and (not wanted or count in wanted)
 
 
 @dataclass(frozen=True)
@@ -282,6 +341,10 @@ class TurnServerSettings:
     (PROTOCOL.md §1.6)."""
     listen_attempts: Annotated[int, at.Ge(1)] = 8
     """Relay ports tried for one Allocate when the runtime cannot listen, before 508."""
+    errors: tuple[InjectedError, ...] = ()
+    """Requests answered with a chosen error instead of being done, e.g. [{request: Allocate,
+    code: 508}] or [{request: Refresh, code: 437, nth: 2}]; the first entry that applies
+    answers. Empty (the lab): none."""
     seed: int = 6062
     """Seed of the random numbers (nonces, CONNECTION-IDs, transaction IDs): runs repeat."""
 
@@ -452,15 +515,18 @@ class TurnServer:
     (:mod:`labsim.proto.machine`) with no notices: it answers its clients itself.
 
     ``name`` and ``host`` are the actor's; it listens on ``host:settings.port`` and relays on
-    ``host:<relay port>``. :meth:`actor` runs it alone (a test's or a benchmark's TURN server).
+    ``host:<relay port>``. ``public_host``: the address a static NAT in front of the host
+    maps to it; XOR-RELAYED-ADDRESS then names it instead of ``host`` (peers reach the relay
+    through the NAT). :meth:`actor` runs it alone (a test's or a benchmark's TURN server).
     """
 
     def __init__(
         self, name: str, host: str, settings: TurnServerSettings | None = None,
-        prefix: str = "turn",
+        prefix: str = "turn", public_host: str | None = None,
     ) -> None:  # fmt: skip
         self.name = name
         self.host = host
+        self.public_host = public_host
         self.settings = settings or TurnServerSettings()
         #: Prefix of the connections this machine opens (RFC 6062 Connect to a peer).
         self.prefix = prefix
@@ -476,6 +542,8 @@ class TurnServer:
         self._nonces: dict[str, float] = {}  # nonce -> time issued
         self._timers: set[ServerTimer] = set()
         """The timers running."""
+        self._authenticated: dict[int, int] = {}
+        """Method -> authenticated requests of it so far (what ``errors``' nth counts)."""
         self._next_ident = 1
         self._handlers: dict[int, _Handler] = {
             Method.ALLOCATE: self._on_allocate,
@@ -747,7 +815,29 @@ class TurnServer:
                 auth.key,
                 extra={"UNKNOWN-ATTRIBUTES": UnknownAttributes(tuple(unknown))},
             )
+        injected = self._injected(msg.method)
+        if injected is not None:
+            return self._answer_injected(client.conn, msg, injected, auth, now)
         return handler(client, msg, auth, now)
+
+    # -- injected errors (the errors setting) --------------------------------------------------
+
+    def _injected(self, method: int) -> InjectedError | None:
+        """Count one more authenticated request of ``method``; the error that answers it."""
+        count = self._authenticated.get(method, 0) + 1
+        self._authenticated[method] = count
+        return next((e for e in self.settings.errors if e.applies(method, count)), None)
+
+    def _answer_injected(
+        self, conn: ConnId, msg: Message, error: InjectedError, auth: _Credentials, now: float
+    ) -> list[Effect]:
+        count = self._authenticated[msg.method]
+        why = f"{msg.method_name} #{count} answered {error.code} by the errors setting"
+        if error.code == 438:
+            # RFC 5389 §10.2.2: a 438 carries a fresh NONCE and the REALM, as any stale nonce
+            # gets (the layout's stale_nonce row).
+            return self._reject_auth(conn, msg, _Reject(438, why), now)
+        return self._reject(conn, msg, error.code, why, auth.key)
 
     def _on_malformed(self, conn: ConnId, raw: bytes, exc: StunError) -> list[Effect]:
         method, cls = split_type(int.from_bytes(raw[:2], "big"))
@@ -950,17 +1040,22 @@ class TurnServer:
         values: dict[str, Attribute] = {
             "LIFETIME": Lifetime(alloc.lifetime),
             "XOR-MAPPED-ADDRESS": XorMappedAddress(alloc.client.host, alloc.client.port),
-            "XOR-RELAYED-ADDRESS": XorRelayedAddress(alloc.relay.host, alloc.relay.port),
+            # Behind a static NAT, the address peers reach the relay at (RFC 5766 §6.2 lets the
+            # server name any address it relays from; Expressway-E's static NAT mode does so).
+            "XOR-RELAYED-ADDRESS": XorRelayedAddress(
+                self.public_host or alloc.relay.host, alloc.relay.port
+            ),
         }
         alloc.success = self._build(
             alloc.request.success(), self._layout.allocate, values, alloc.key
         )
         self._timers.add(alloc.timer)
         transport = TRANSPORT_NAMES.get(alloc.transport, "?")
+        nat = f" (advertised as {self.public_host}:{alloc.relay.port})" if self.public_host else ""
         return [
             Log(
                 f"{transport} allocation for {alloc.username!r} at {alloc.client}: relay "
-                f"{alloc.relay}, lifetime {alloc.lifetime} s"
+                f"{alloc.relay}{nat}, lifetime {alloc.lifetime} s"
             ),
             Send(alloc.control, alloc.success, protocol="stun"),
             StartTimer(alloc.timer, float(alloc.lifetime)),
@@ -1134,6 +1229,16 @@ class TurnServer:
             extra = {"UNKNOWN-ATTRIBUTES": UnknownAttributes(tuple(unknown))}
             why = "unknown comprehension-required attributes (RFC 5389 §7.3.1)"
             return self._bind_failed(client, msg, 420, why, auth.key, extra)
+        injected = self._injected(Method.CONNECTION_BIND)
+        if injected is not None:
+            answer = self._answer_injected(conn, msg, injected, auth, now)
+            if injected.code == 438:
+                return answer  # the client retries with the new nonce on this connection
+            # RFC 6062 §5.4: a failed ConnectionBind leaves no data connection; the server
+            # closes it after the answer (the client must close it too, §4.3). The peer
+            # connection stays pending until its bind timer (§5.3).
+            del self._clients[conn]
+            return [*answer, Close(conn)]
         cid_attr = msg.get(ConnectionId)
         if cid_attr is None:
             return self._bind_failed(client, msg, 400, "no CONNECTION-ID", auth.key)
