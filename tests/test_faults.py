@@ -26,15 +26,9 @@ CLOCKS: tuple[Clock, ...] = ("virtual", "live")
 #: 600 s allocation lifetime): checked in virtual time here, live by `labsim test --clock live`.
 LIVE_TOO_LONG = {"allocation-expiry", "turn-refresh-437"}
 
+
 #: Library scenarios that state no diagnosis yet: the diagnosis is being rewritten, and its
 #: verdicts for these faults will be written into them then.
-DIAGNOSIS_PENDING = {
-    "turn-allocate-508", "turn-refresh-437", "turn-connectionbind-447",
-    "turn-createpermission-403", "cms-no-turn-server", "static-nat-public-address",
-    "static-nat-not-forwarded",
-}  # fmt: skip
-
-
 def lab(extra: str, hold: float = 1.0) -> Scenario:
     return variant(extra, hold=hold)
 
@@ -234,7 +228,7 @@ def test_the_library_covers_every_fault_of_the_issue() -> None:
     } <= names  # fmt: skip
     for name, sc in library():
         assert sc.description
-        assert sc.expect.diagnosis is not None or name in DIAGNOSIS_PENDING, name
+        assert sc.expect.diagnosis is not None, name
 
 
 @pytest.mark.parametrize("name", [name for name, _ in library()])

@@ -62,7 +62,7 @@ class Diagnosis:
         lines = [f"Diagnosis: {self.verdict} (step: {self.step})", f"  {self.summary}"]
         sections = (
             ("Evidence", self.evidence), ("Recovered on the way", self.recovered),
-            ("Also wrong (after the first failure)", self.also),
+            ("Also found after the first failure (often its consequences)", self.also),
         )  # fmt: skip
         for title, items in sections[:1]:
             if items:
@@ -168,6 +168,8 @@ class Rule:
     summary: Words
     cause: Words
     advice: tuple[str, ...] = ()
+    context: Callable[[Evidence], list[str]] | None = None
+    """Evidence lines beyond the anomalies: facts of the call that tell causes apart."""
 
 
 def _is(
@@ -268,6 +270,23 @@ def _expiry_cause(a: Anomaly, ev: Evidence) -> str:
         f"{ev.callee} sent no Refresh before the lifetime ended (RFC 5766 §7: the client "
         "refreshes before expiry)"
     )
+
+
+def _relay_address_lines(ev: Evidence) -> list[str]:
+    """Where the relayed address points: Expressway-E's own address, or another one (a
+    static NAT's public address) that only a NAT or firewall can forward to it."""
+    relay, server = ev.relay, ev.turn_server
+    if relay is None:
+        return [f"{ev.callee} got no relayed address from {ev.turn}"]
+    if server is None or relay.host == server.host:
+        return [f"the relayed address {relay} is {ev.turn}'s own address (where {ev.callee} "
+                "reached its TURN port)"]  # fmt: skip
+    return [
+        f"the relayed address {relay} (XOR-RELAYED-ADDRESS) is not the address {ev.callee} "
+        f"reached {ev.turn}'s TURN port at ({server.host}): {ev.turn} advertises another "
+        "address, a static NAT's public one; only a NAT or firewall that forwards it (and "
+        "the relay port range) to Expressway-E makes it reachable"
+    ]
 
 
 def _refused_sip(a: Anomaly, ev: Evidence) -> str:
@@ -400,7 +419,7 @@ RULES: tuple[Rule, ...] = (
          "not listen on that port, or a firewall rejects the connect",
          ("Expressway-E: TURN relays in use: is the allocation still there?",
           "a firewall in front of Expressway-E that rejects TCP to the relay range "
-          "(default 24000-29999)")),
+          "(default 24000-29999)"), context=lambda ev: _relay_address_lines(ev)),
     Rule("relay-unreachable", _is("connect-failed", step="relay connection"),
          "The Skype side cannot reach {callee}'s relay candidate {relay}: its TCP connect got "
          "no answer.",
@@ -411,7 +430,8 @@ RULES: tuple[Rule, ...] = (
           "(default 24000-29999) on Expressway-E's public address",
           "Expressway-E's static NAT setting: the relayed address CMS advertises must be the "
           "public address the firewall forwards to Expressway-E",
-          "which address CMS advertised as relay candidate (NAT / dual NIC)")),
+          "which address CMS advertised as relay candidate (NAT / dual NIC)"),
+         context=lambda ev: _relay_address_lines(ev)),
     Rule("permission-missing", _is("closed", step="relay connection", how=("reset",)),
          "{turn} rejects the peer's connection to the relay: there is no permission for its "
          "address.",
@@ -575,9 +595,10 @@ def diagnose(
         f"[{rule_for(a, ev).verdict if rule_for(a, ev) else 'unknown'}] {a.line}"  # type: ignore[union-attr]
         for a in others
     )
+    context = rule.context(ev) if rule.context is not None else []
     return Diagnosis(
         rule.verdict, first.step, _words(rule.summary, first, ev),
-        tuple(a.line for a in same), _words(rule.cause, first, ev), rule.advice,
+        (*(a.line for a in same), *context), _words(rule.cause, first, ev), rule.advice,
         ended=ended, also=also, recovered=recovered,
     )  # fmt: skip
 

@@ -516,12 +516,13 @@ def _connects(ev: Evidence) -> list[Anomaly]:
         elif refused.client == ev.callee:
             step = "TURN allocation"
             what = str(target)
-        elif server in (ev.caller, ev.callee) or target.port in (5060, 5061, 7001):
+        elif target.port in (5060, 5061, 7001):
             step = "SIP INVITE"
             what = str(target)
         else:
             step = "relay connection"
-            what = str(target)
+            owner = _host_of(ev, target.host)
+            what = f"{target} ({owner}'s own address)" if owner else str(target)
         words = {
             "refused": "was refused: a TCP RST came back (nothing listens there, or a firewall "
             "rejects)",
@@ -537,6 +538,16 @@ def _connects(ev: Evidence) -> list[Anomaly]:
             sender=refused.client, hop=(refused.client, server or str(target)), how=how,
         ))  # fmt: skip
     return out
+
+
+def _host_of(ev: Evidence, host: str) -> str | None:
+    """The actor whose address ``host`` is, from the connections it made or took."""
+    for c in ev.trace.connections.values():
+        if c.client_addr.host == host:
+            return c.client
+        if c.server_addr.host == host:
+            return c.server
+    return None
 
 
 def _actor_at(ev: Evidence, address: Address) -> str | None:
