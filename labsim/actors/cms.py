@@ -238,10 +238,10 @@ class Cms(UserAgent[UaState]):
     def reoffer_body(self) -> bytes:
         return self._body(version=3, remote=self._peer_candidate())
 
-    def on_reoffer_refused(self, why: str, now: float) -> list[Effect]:
+    def on_reoffer_refused(self, why: str, now: float, cause: int) -> list[Effect]:
         # The content session cannot be used: CMS logs the refusal (with its
         # ms-diagnostics-public, where engineers look for 21002) and hangs it up.
-        return self.hang_up(f"{why}: ending the content session with BYE", now, "warning")
+        return self.hang_up(f"{why}: ending the content session with BYE", now, "warning", cause)
 
     def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
         effects: list[Effect] = [Log(why, level), *self.router.run(self.link, self.link.close())]

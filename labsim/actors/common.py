@@ -268,10 +268,10 @@ class UserAgent(Generic[S]):
         ``why`` is the sentence for the record."""
         raise NotImplementedError
 
-    def on_reoffer_refused(self, why: str, now: float) -> list[Effect]:
+    def on_reoffer_refused(self, why: str, now: float, cause: int) -> list[Effect]:
         """Our reINVITE was refused: without its new media route the sharing cannot work, so
         the lab's UAs end the dialog."""
-        return self.hang_up(f"{why}: ending the dialog with BYE", now, "warning")
+        return self.hang_up(f"{why}: ending the dialog with BYE", now, "warning", cause)
 
     def session_over(self) -> list[Effect]:
         """This end has sent BYE (RFC 3261 §15.1.1: the session is over from then on)."""
@@ -312,7 +312,7 @@ class UserAgent(Generic[S]):
             f"no response to our reINVITE within {self.timers.timer_b:g} s (Timer B, 64·T1, "
             "RFC 3261 §17.1.1.2); §14.1: the UAC terminates the dialog: ending it with BYE"
         )
-        return [Log(why, "warning"), *self._send_bye()]
+        return [Log(why, "warning"), *self._send_bye(408, why.split("; ")[0])]
 
     # -- our 2xx until its ACK (RFC 3261 §13.3.1.4) ---------------------------------------------
 
@@ -358,7 +358,8 @@ class UserAgent(Generic[S]):
             f"no ACK for the {sip.summary(accepted.response)} to the {what} after "
             f"{self.timers.ack_wait:g} s (64·T1, RFC 3261 §13.3.1.4): ending the dialog with BYE"
         )
-        return [self.stop_timer(UaTimer.RETRANSMIT_2XX), Log(why, "warning"), *self._send_bye()]
+        return [self.stop_timer(UaTimer.RETRANSMIT_2XX), Log(why, "warning"),
+                *self._send_bye(408, why)]  # fmt: skip
 
     def on_ack(self, request: Request, now: float) -> list[Effect]:
         """An ACK: of our pending 2xx (the table moves on), of an error answer of ours
@@ -493,7 +494,7 @@ class UserAgent(Generic[S]):
                         f"{delay:.2f} s ({owner} chose the Call-ID, RFC 3261 §14.1)"),
                     self.start_timer(UaTimer.GLARE, delay)]  # fmt: skip
         why = f"reINVITE refused: {sip.summary(response)}{diag_suffix(response)}"
-        return effects + self.on_reoffer_refused(why, now)
+        return effects + self.on_reoffer_refused(why, now, code)
 
     def on_reinvite(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         """The peer's reINVITE in our dialog: taken on when the table allows, else answered
@@ -574,21 +575,30 @@ class UserAgent(Generic[S]):
 
     # -- BYE (RFC 3261 §15) ----------------------------------------------------------------------
 
-    def hang_up(self, why: str, now: float, level: str = "info") -> list[Effect]:
-        """End the dialog with BYE, saying why, when the table allows it."""
+    def hang_up(
+        self, why: str, now: float, level: str = "info", cause: int | None = None
+    ) -> list[Effect]:
+        """End the dialog with BYE, saying why, when the table allows it. ``cause``: the BYE
+        ends the call for a reason other than the user's hang-up, said on the wire in a
+        Reason header (RFC 3326) with ``why`` as its text."""
         if self.allows(UaEvent.SEND_BYE):
             self.fire(UaEvent.SEND_BYE)
-            return [Log(why, level), *self._send_bye()]
+            return [Log(why, level), *self._send_bye(cause, why)]
         if self.machine.ended or self._bye is not None:
             return []  # already over, or our BYE is out
         return [Log(f"{why}; no BYE in state {self.state.name} (RFC 3261 §15: none before the "
                     "dialog exists, nor from the callee before the ACK of its 2xx)",
                     "warning")]  # fmt: skip
 
-    def _send_bye(self) -> list[Effect]:
+    def _send_bye(self, cause: int | None = None, why: str = "") -> list[Effect]:
         dialog = self.dialog
         assert dialog is not None  # the table allows BYE only in a dialog
-        self._bye = dialog.request("BYE", self.branch())
+        # RFC 3326 §2: a BYE may say why the session ends; a capture then shows whose timer
+        # or which refusal ended the call. The user's own hang-up carries none (the lab's).
+        # The sentence without its "ending the dialog with BYE" tail: the BYE says that.
+        why = why.split(": ending ")[0].split(": giving ")[0]
+        extra = () if cause is None else (("Reason", sip.reason_header(cause, why)),)
+        self._bye = dialog.request("BYE", self.branch(), extra_headers=extra)
         return [*self.session_over(), *self.send_sip(self._bye, dialog.next_hop()),
                 self.start_timer(UaTimer.TIMER_F, self.timers.timer_f)]  # fmt: skip
 

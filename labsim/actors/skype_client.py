@@ -334,8 +334,8 @@ class SkypeClient(UserAgent[UaState]):
             self._side(2), connection=self.reinvite_connection, remote=self._relay
         )
 
-    def on_reoffer_refused(self, why: str, now: float) -> list[Effect]:
-        return self._give_up(why, now)
+    def on_reoffer_refused(self, why: str, now: float, cause: int) -> list[Effect]:
+        return self._give_up(why, now, cause)
 
     def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
         self._held_reinvite = None
@@ -350,9 +350,11 @@ class SkypeClient(UserAgent[UaState]):
     def _close_media(self) -> list[Effect]:
         return self.router.run(self.media, self.media.close())
 
-    def _give_up(self, why: str, now: float) -> list[Effect]:
-        """The sharing session cannot get media: hang up (BYE) rather than hold a dead call."""
-        return self.hang_up(f"{why}: giving the sharing session up with BYE", now, "warning")
+    def _give_up(self, why: str, now: float, cause: int = 408) -> list[Effect]:
+        """The sharing session cannot get media: hang up (BYE) rather than hold a dead call.
+        The BYE says why (RFC 3326 Reason; 408: a wait ran out, else the refusal's status)."""
+        return self.hang_up(f"{why}: giving the sharing session up with BYE", now, "warning",
+                            cause)  # fmt: skip
 
     # -- media ---------------------------------------------------------------------------------
 

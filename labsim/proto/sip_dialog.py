@@ -113,6 +113,7 @@ class Dialog:
         body: bytes = b"",
         content_type: str | None = None,
         cseq: int | None = None,
+        extra_headers: tuple[tuple[str, str], ...] = (),
     ) -> Request:
         """§12.2.1.1: a request inside the dialog. ACK passes the INVITE's ``cseq``."""
         if cseq is None:
@@ -130,4 +131,5 @@ class Dialog:
             route=self.route_set,
             content_type=content_type,
             body=body,
+            extra_headers=extra_headers,
         )

@@ -59,6 +59,9 @@ class SipFactsJson(_Out):
     media: list[str] = Field(description="The SDP's m= media kinds, in order.")
     diagnostics: str = Field(description="ms-diagnostics-public (else ms-diagnostics) text.")
     diagnostics_code: int | None
+    cause: str = Field(
+        default="", description="The Reason header (RFC 3326): why a BYE ends the call."
+    )
 
 
 class StunFactsJson(_Out):

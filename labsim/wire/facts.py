@@ -58,6 +58,9 @@ class SipFacts:
     """ms-diagnostics-public (else ms-diagnostics) text (``21002;reason=…``), empty without."""
     diagnostics_code: int | None = None
     """Its code (21002: attendees cannot share), when it parses."""
+    cause: str = ""
+    """The Reason header (RFC 3326), empty without: why a BYE ends the call (``SIP ;cause=408
+    ;text="..."``); a user's hang-up has none."""
 
     def answers(self, request: SipFacts) -> bool:
         """Whether this response answers ``request`` (same Call-ID, From tag and CSeq; CSeq
@@ -202,6 +205,7 @@ def sip_facts(msg: sip.SipMessage) -> SipFacts:
         media=media,
         diagnostics=sip.diagnostics_text(msg),
         diagnostics_code=code,
+        cause=sip.reason_text(msg),
     )
 
 

@@ -876,6 +876,20 @@ def diagnostics_text(msg: SipMessage) -> str:
     return str(found) if found else ""
 
 
+def reason_header(cause: int, text: str) -> str:
+    """A Reason header value (RFC 3326 §2): ``SIP ;cause=408 ;text="..."``. The text is made
+    safe for a quoted-string of plain ASCII (RFC 3261 §25.1): ``·`` and ``§`` are spelled out,
+    other characters, quotes and backslashes are left out."""
+    text = text.replace("·", "*").replace("§", "s").replace("→", "->")
+    safe = "".join(c for c in text if " " <= c <= "~" and c not in '"\\')
+    return f'SIP ;cause={cause} ;text="{safe[:200]}"'
+
+
+def reason_text(msg: SipMessage) -> str:
+    """The Reason header (RFC 3326) as it stands, "" without one: why a BYE ended a call."""
+    return (msg.headers.get("Reason") or "").strip()
+
+
 # --------------------------------------------------------------------------------------------
 # Formatting (see the module docstring for why not str() of the sipmessage values)
 
