@@ -70,7 +70,7 @@ CLIENT_TABLE: Table[UaState] = Table(
                 _E.BAD_2XX: _C.TERMINATED,
                 _E.TIMER_B: _C.TERMINATED,
             },
-            **dialog_transitions(refuses_reinvite=True),
+            **dialog_transitions(),
         },
         _E.TRANSPORT_ERROR,
         _C.TERMINATED,
@@ -108,7 +108,7 @@ class SkypeClient(UserAgent[UaState]):
         self.target = lab.cms.user
         #: The meeting's policy refuses CMS's sharing reINVITE (an attendee may not share:
         #: 403 with ms-diagnostics-public 21002, PROTOCOL.md §5.4); None: answered 200.
-        self.refuse_reinvite = Refusal() if settings.cms_role == "attendee" else None
+        self.meeting_policy = Refusal() if settings.cms_role == "attendee" else None
         self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.address}"
         self.contact = f"<sip:alice@{settings.address}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
@@ -327,7 +327,11 @@ class SkypeClient(UserAgent[UaState]):
         body = appsharing.build(
             self._side(2), connection=self.reinvite_connection, remote=self._relay
         )
-        return self.answer_reoffer(conn, request, body, self.contact, now, self.refuse_reinvite)
+        return self.answer_reoffer(conn, request, body, self.contact, now)
+
+    def reinvite_refusal(self) -> Refusal | None:
+        # The refuse_reinvite setting first, for the reINVITEs it names; then the meeting.
+        return super().reinvite_refusal() or self.meeting_policy
 
     def reoffer_body(self) -> bytes:
         return appsharing.build(
