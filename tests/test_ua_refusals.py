@@ -14,7 +14,18 @@ from sipmessage import Request, Response
 from labsim.actors.cms import Cms
 from labsim.actors.common import UaTimer
 from labsim.actors.lab import CmsSettings, Lab, SipRefusal, SkypeClientSettings
-from labsim.proto.events import Accepted, Address, Connect, Effect, Received, Started
+from labsim.actors.skype_client import SkypeClient
+from labsim.proto.events import (
+    Accepted,
+    Address,
+    Connect,
+    Connected,
+    Effect,
+    Received,
+    Started,
+    StartTimer,
+    TimerFired,
+)
 from labsim.proto.settings import SettingError
 from labsim.proto.sip_ua_state import UaEvent, UaState
 from labsim.run import Clock as RunClock
@@ -239,8 +250,6 @@ def test_answering_481_drops_the_dialog_at_the_refusing_end() -> None:
 
 
 def test_the_meeting_policy_answers_what_refuse_reinvite_leaves() -> None:
-    from labsim.actors.skype_client import SkypeClient
-
     settings = SkypeClientSettings(cms_role="attendee", refuse_reinvite=SipRefusal(491, nth=1))
     client = SkypeClient(Lab(skype_client=settings))
     client._reinvites_taken = 1
@@ -344,3 +353,68 @@ def test_a_481_to_the_reinvite_ends_both_ends_without_bye(clock: RunClock) -> No
 def test_the_scenario_knobs_reach_the_actors() -> None:
     sc = variant("actors: {cms: {refuse_invite: {status: 486}}}")
     assert sc.actors.cms.refuse_invite == SipRefusal(486)
+
+
+# -- 503 with Retry-After: one more try (skype_client.retry_after_503) ----------------------------
+
+
+def client_retrying() -> tuple[SkypeClient, Clock, Request]:
+    """A client with retry_after_503 that has sent its sharing INVITE."""
+    client = SkypeClient(Lab(skype_client=SkypeClientSettings(retry_after_503=True)))
+    clock = Clock(client)
+    clock.handle(Started())
+    edge = Address("192.168.1.252", 5060)
+    clock.handle(Connected("sip:1", Address("192.168.1.100", 40000), edge))
+    clock.timers.pop(UaTimer.CALL)
+    (first,) = sent_sip(clock.handle(TimerFired(UaTimer.CALL)))
+    assert isinstance(first, Request)
+    return client, clock, first
+
+
+def test_the_client_retries_once_after_a_503s_retry_after() -> None:
+    client, clock, first = client_retrying()
+    busy = sip.build_response(
+        first, 503, to_tag="x", extra_headers=[("Retry-After", "5 (maintenance)")]
+    )
+    effects = clock.handle(Received("sip:1", sip.encode(busy)))
+    assert summaries(effects) == ["ACK"] and client.state is UaState.RETRY_WAIT
+    assert StartTimer(UaTimer.RETRY_AFTER, 5) in effects
+    assert "trying once more in 5 s (Retry-After, RFC 3261 §21.5.4)" in logs(effects)
+    name, effects = clock.fire()
+    assert (name, clock.now) == (UaTimer.RETRY_AFTER, 5.0)
+    (retry,) = sent_sip(effects)
+    assert isinstance(retry, Request) and retry.method == "INVITE"
+    assert sip.call_id(retry) == sip.call_id(first) and sip.from_tag(retry) == client.tag
+    assert sip.cseq(retry).sequence == 2 and sip.to_tag(retry) is None
+    assert sip.via_branch(sip.top_via(retry)) != sip.via_branch(sip.top_via(first))
+    assert client.state is UaState.CALLING and UaTimer.TIMER_B in clock.timers
+    # Once only: a second 503 ends the attempt.
+    busy = sip.build_response(retry, 503, to_tag="y", extra_headers=[("Retry-After", "5")])
+    effects = clock.handle(Received("sip:1", sip.encode(busy)))
+    assert summaries(effects) == ["ACK"] and client.state is UaState.TERMINATED
+
+
+def test_a_503_without_retry_after_is_not_retried() -> None:
+    client, clock, first = client_retrying()
+    effects = clock.handle(Received("sip:1", sip.encode(sip.build_response(first, 503))))
+    assert summaries(effects) == ["ACK"] and client.state is UaState.TERMINATED
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_the_retry_after_a_503_reaches_cms_and_the_sharing_is_set_up(clock: RunClock) -> None:
+    from labsim.run import run_scenario
+
+    sc = variant(
+        "actors:\n"
+        "  cms: {refuse_invite: {status: 503, retry_after: 1, nth: 1}}\n"
+        "  skype_client: {retry_after_503: true}\n",
+        hold=1.0,
+    )
+    result = run_scenario(sc, clock)
+    trace = result.trace
+    assert result.ended == "finished"
+    first, retry = sip_sent(trace, "skype_client", "INVITE")[:2]
+    assert (sip.cseq(first).sequence, sip.cseq(retry).sequence) == (1, 2)
+    assert len(sip_sent(trace, "cms", "503 Service Unavailable")) == 1
+    established = {log.actor for log in trace.logs if log.text.startswith("sharing established")}
+    assert established == {"skype_client", "cms"}

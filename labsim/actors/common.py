@@ -118,11 +118,14 @@ class UaTimer(Enum):
     """RFC 3261 §14.1: the randomized wait before a reINVITE refused with 491 is retried."""
     TIMER_F = "timer-f"
     """RFC 3261 §17.1.2.2: no answer to our BYE within 64·T1."""
+    RETRY_AFTER = "retry-after"
+    """The Skype client: RFC 3261 §21.5.4, the wait a 503's Retry-After asked for before the
+    INVITE goes again (``retry_after_503``)."""
 
 
 #: The timers of the dialog's transactions, all stopped when the dialog ends.
 SIP_TIMERS = (UaTimer.TIMER_B, UaTimer.RETRANSMIT_2XX, UaTimer.ACK_WAIT, UaTimer.GLARE,
-              UaTimer.TIMER_F)  # fmt: skip
+              UaTimer.TIMER_F, UaTimer.RETRY_AFTER)  # fmt: skip
 
 S = TypeVar("S", bound=StrEnum)
 

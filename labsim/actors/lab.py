@@ -146,6 +146,10 @@ class SkypeClientSettings:
     once, CMS retries); for the reINVITEs it names it comes before cms_role. null: the
     reINVITE is answered 200 (or 403 for an attendee). After any refusal but 491 the end that
     sent the reINVITE ends the dialog with BYE (Reason: the status), or without BYE after 481."""
+    retry_after_503: bool = False
+    """A 503 Service Unavailable with Retry-After to the sharing INVITE: send the INVITE once
+    more after that many seconds (RFC 3261 §21.5.4; same Call-ID and tag, next CSeq). false:
+    the call attempt is over, as after any other refusal."""
     sip_timers: SipTimers = field(default_factory=SipTimers)
     """T1 and T2 (RFC 3261 §17.1.1.1): Timer B of the INVITE and reINVITE, Timer F of the BYE,
     the retransmissions of a 2xx and the wait for its ACK."""

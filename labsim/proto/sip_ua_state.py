@@ -45,6 +45,7 @@ class UaState(StrEnum):
 
     IDLE = auto()
     CALLING = auto()
+    RETRY_WAIT = auto()
     PROCEEDING = auto()
     ACCEPTED = auto()
     CONFIRMED = auto()
@@ -65,6 +66,11 @@ class UaEvent(StrEnum):
     """The UA sends the dialog-creating INVITE (Timer B starts)."""
     BAD_2XX = "2xx without Contact"
     """A 2xx that cannot create a dialog (no remote target, §12.1.2): the attempt fails."""
+    RECV_503_RETRY = "503 with Retry-After / ACK, start the retry timer"
+    """503 Service Unavailable with Retry-After to our INVITE, and the UA tries once more
+    after that time (§21.5.4, §20.33; a setting)."""
+    TIMER_RETRY_AFTER = "Retry-After over / INVITE again"
+    """The Retry-After wait is over: the INVITE is sent again, next CSeq, new branch."""
 
     # -- answers to our INVITE or reINVITE (§13.2.2, §14.1) -----------------------------------
     RECV_1XX = "1xx / stop Timer B"
@@ -133,6 +139,9 @@ class UaEvent(StrEnum):
 DISALLOWED: Mapping[UaEvent, str] = {
     UaEvent.SEND_INVITE: "not sent: one sharing INVITE per run",
     UaEvent.BAD_2XX: "a repeat of the answer: ignored",
+    UaEvent.RECV_503_RETRY: "a repeated error answer: the hop-by-hop ACK again (§17.1.1.3); "
+    "a second 503 after the retry ends the attempt",
+    UaEvent.TIMER_RETRY_AFTER: "cannot fire: the timer runs only while waiting to retry",
     UaEvent.RECV_1XX: "ignored (a provisional answer after the final one, or to nothing)",
     UaEvent.RECV_2XX: "a retransmitted 2xx: ACKed again (§13.3.1.4), state unchanged",
     UaEvent.RECV_491: "a repeated error answer: the hop-by-hop ACK again (§17.1.1.3)",
