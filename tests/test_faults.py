@@ -27,8 +27,6 @@ CLOCKS: tuple[Clock, ...] = ("virtual", "live")
 LIVE_TOO_LONG = {"allocation-expiry", "turn-refresh-437"}
 
 
-#: Library scenarios that state no diagnosis yet: the diagnosis is being rewritten, and its
-#: verdicts for these faults will be written into them then.
 def lab(extra: str, hold: float = 1.0) -> Scenario:
     return variant(extra, hold=hold)
 

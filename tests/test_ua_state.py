@@ -104,6 +104,17 @@ def test_the_tables_say_what_rfc_3261_asks_of_each_end() -> None:
     assert CLIENT_TABLE.transitions[s.GLARE_WAIT][e.TIMER_491] == s.REINVITING
     assert CMS_TABLE.transitions[s.REINVITING][e.RECV_491] == s.GLARE_WAIT
     assert CMS_TABLE.transitions[s.GLARE_WAIT][e.TIMER_491] == s.REINVITING
+    # §14.1: after any other error to a reINVITE the session is as it was; 481 and 408 end the
+    # dialog (§12.2.1.2), 408 with BYE as after Timer B. Either end may refuse (a setting).
+    for table in (CLIENT_TABLE, CMS_TABLE):
+        assert table.transitions[s.REINVITING][e.RECV_ERROR] == s.CONFIRMED
+        assert table.transitions[s.REINVITING][e.RECV_481] == s.TERMINATED
+        assert table.transitions[s.REINVITING][e.RECV_408] == s.TERMINATING
+        assert table.transitions[s.REINVITE_RECEIVED][e.SEND_ERROR] == s.CONFIRMED
+        assert table.transitions[s.REINVITE_RECEIVED][e.SEND_481] == s.TERMINATED
+    # §13.2.2.3: a refused INVITE makes no dialog; §13.3.1: CMS is back where it was.
+    assert CLIENT_TABLE.transitions[s.CALLING][e.RECV_ERROR] == s.TERMINATED
+    assert CMS_TABLE.transitions[s.PROCEEDING][e.SEND_ERROR] == s.IDLE
     # No reINVITE of ours while the peer's is unanswered, in either UA.
     assert e.SEND_REINVITE not in CLIENT_TABLE.transitions[s.REINVITE_RECEIVED]
     assert e.SEND_REINVITE not in CMS_TABLE.transitions[s.REINVITE_ACCEPTED]

@@ -26,7 +26,7 @@ import random
 
 from sipmessage import Request, Response
 
-from labsim.actors.common import UserAgent
+from labsim.actors.common import Refusal, UaTimer, UserAgent
 from labsim.actors.lab import Lab
 from labsim.proto import appsharing
 from labsim.proto.events import Address, Close, ConnId, Effect, Log
@@ -58,7 +58,8 @@ _S, _E = UaState, UaEvent
 
 #: Every transition of CMS (rule 1 of :mod:`labsim.proto.sip_ua_state`). ACCEPTED is RFC 6026's
 #: name for an INVITE server transaction whose 2xx waits for its ACK; CMS sends no reINVITE and
-#: no BYE from there (§14.1, §15) but takes the caller's BYE. CMS never refuses a reINVITE.
+#: no BYE from there (§14.1, §15) but takes the caller's BYE. An INVITE it refuses
+#: (``refuse_invite``) makes no dialog (§13.3.1), so CMS is back in IDLE, ready for another.
 CMS_TABLE: Table[UaState] = Table(
     "cms",
     _S.IDLE,
@@ -69,6 +70,7 @@ CMS_TABLE: Table[UaState] = Table(
         },
         _S.PROCEEDING: {
             _E.SEND_2XX: _S.ACCEPTED,
+            _E.SEND_ERROR: _S.IDLE,
             _E.RECV_CANCEL: _S.TERMINATED,
         },
         _S.ACCEPTED: {
@@ -77,11 +79,12 @@ CMS_TABLE: Table[UaState] = Table(
             _E.ACK_TIMEOUT: _S.TERMINATING,
             _E.RECV_BYE: _S.TERMINATED,
         },
-        **dialog_transitions(refuses_reinvite=False),
+        **dialog_transitions(),
     },
     {
         _S.IDLE: "in the meeting, no sharing call",
-        _S.PROCEEDING: "INVITE answered 100, asking Expressway-E for a TCP relay",
+        _S.PROCEEDING: "INVITE answered 100, asking Expressway-E for a TCP relay (or refusing "
+        "it: refuse_invite)",
         _S.ACCEPTED: "200 OK sent, resent at T1 doubling to T2 until its ACK (64·T1 at most)",
         _S.CONFIRMED: "dialog up, no INVITE transaction in progress",
         _S.REINVITING: "our post-ICE reINVITE waits for its final answer",
@@ -117,6 +120,10 @@ class Cms(UserAgent[UaState]):
         self.contact = f"<sip:meeting@{settings.address}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
         self.invite_conn: ConnId | None = None
+        self._invites_taken = 0
+        """INVITEs taken on so far (``refuse_invite.nth`` counts them)."""
+        self._refused: Response | None = None
+        """Our error answer to the last INVITE refused (sent again for a repeat, §17.2.1)."""
         self.offer: appsharing.RemoteShare | None = None
         #: The ICE checks on the RFC 6062 data connection the TURN client hands over.
         self.link = CheckLink("the Skype side")
@@ -162,6 +169,13 @@ class Cms(UserAgent[UaState]):
                 *self.end("the INVITE was cancelled: 487 (RFC 3261 §9.2)", now)]  # fmt: skip
 
     def _new_call(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
+        refused = self._refused
+        if refused is not None and (sip.call_id(refused), sip.cseq(refused).sequence) == (
+            sip.call_id(invite),
+            sip.cseq(invite).sequence,
+        ):
+            # §17.2.1: the INVITE again after our final error answer: that answer again.
+            return self.reply(conn, refused)
         if not self.allows(UaEvent.RECV_INVITE):
             if self.invite is not None and sip.call_id(invite) == sip.call_id(self.invite):
                 # The same INVITE again. §17.2.1: while proceeding, the last provisional answer
@@ -186,6 +200,14 @@ class Cms(UserAgent[UaState]):
                     *self.reply(conn, bad)]  # fmt: skip
         self.fire(UaEvent.RECV_INVITE)
         self.invite, self.invite_conn = invite, conn
+        self._invites_taken += 1
+        setting = self.settings.refuse_invite
+        if setting is not None and setting.applies(self._invites_taken):
+            return [*effects, *self._refuse_call(conn, invite, Refusal.of(setting))]
+        if self._refused is not None:
+            # A call after a refused one: CMS has work again until this one ends.
+            self.finished = False
+            effects.append(self.stop_timer(UaTimer.FINISH))
         if self.turn is None:
             # No TURN server to ask: the answer carries the host candidates alone, a private
             # address the Skype side has no route to.
@@ -194,6 +216,19 @@ class Cms(UserAgent[UaState]):
                     *self._answer(now)]  # fmt: skip
         return [*effects, Log("applicationsharing offer: asking Expressway-E for a TCP relay"),
                 *self.router.run(self.turn, self.turn.start(now))]  # fmt: skip
+
+    def _refuse_call(self, conn: ConnId, invite: Request, refusal: Refusal) -> list[Effect]:
+        """The final error answer the ``refuse_invite`` setting asks for, before any TURN
+        request: no dialog is made (RFC 3261 §13.3.1), the caller's ACK ends the server
+        transaction (§17.2.1) and CMS is back in IDLE. It finishes unless another INVITE
+        comes (a caller may try again after a 503's Retry-After, §21.5.4)."""
+        self.fire(UaEvent.SEND_ERROR)
+        no = refusal.response(invite, to_tag=self.tag)
+        self._refused = no
+        self._refused_cseq = sip.cseq(invite).sequence
+        self.invite = self.invite_conn = None
+        why = f"sharing INVITE refused: {sip.summary(no)} (refuse_invite)"
+        return [*self.reply(conn, no), *self.done(why)]
 
     def _body(self, *, version: int, remote: Address | None = None) -> bytes:
         s = self.settings

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from sipmessage import Request, Response
 
-from labsim.actors.lab import CallSettings, CmsSettings, SkypeClientSettings, UaSide
+from labsim.actors.lab import CallSettings, CmsSettings, SipRefusal, SkypeClientSettings, UaSide
 from labsim.proto import appsharing
 from labsim.proto.events import Address, ConnId, Effect, Event, Log
 from labsim.proto.machine import Timers
@@ -37,12 +37,29 @@ ATTENDEES_CANNOT_SHARE = sip.MsDiagnostics(
 
 @dataclass(frozen=True)
 class Refusal:
-    """How an end refuses the peer's sharing reINVITE: a final error response with an
-    ``ms-diagnostics-public`` header (the public variant crosses the Edge, MS-SIPRE)."""
+    """How an end refuses the peer's INVITE or reINVITE: a final error response, with an
+    ``ms-diagnostics-public`` header (the public variant crosses the Edge, MS-SIPRE) or a
+    Retry-After (RFC 3261 §20.33) when it has one. The default is the Skype meeting's refusal
+    of an attendee's sharing."""
 
     code: int = 403
     reason: str = "Forbidden"
     diagnostics: sip.MsDiagnostics | None = ATTENDEES_CANNOT_SHARE
+    retry_after: int | None = None
+
+    @classmethod
+    def of(cls, setting: SipRefusal) -> Refusal:
+        """The refusal a ``refuse_invite`` / ``refuse_reinvite`` setting asks for."""
+        return cls(setting.status, setting.phrase, None, setting.retry_after)
+
+    def response(self, request: Request, to_tag: str | None = None) -> Response:
+        extra: list[tuple[str, str]] = []
+        if self.diagnostics is not None:
+            extra.append(("ms-diagnostics-public", str(self.diagnostics)))
+        if self.retry_after is not None:
+            extra.append(("Retry-After", str(self.retry_after)))
+        return sip.build_response(request, self.code, self.reason, to_tag=to_tag,
+                                  extra_headers=extra)  # fmt: skip
 
 
 def diag_suffix(response: Response) -> str:
@@ -102,11 +119,14 @@ class UaTimer(Enum):
     """RFC 3261 §14.1: the randomized wait before a reINVITE refused with 491 is retried."""
     TIMER_F = "timer-f"
     """RFC 3261 §17.1.2.2: no answer to our BYE within 64·T1."""
+    RETRY_AFTER = "retry-after"
+    """The Skype client: RFC 3261 §21.5.4, the wait a 503's Retry-After asked for before the
+    INVITE goes again (``retry_after_503``)."""
 
 
 #: The timers of the dialog's transactions, all stopped when the dialog ends.
 SIP_TIMERS = (UaTimer.TIMER_B, UaTimer.RETRANSMIT_2XX, UaTimer.ACK_WAIT, UaTimer.GLARE,
-              UaTimer.TIMER_F)  # fmt: skip
+              UaTimer.TIMER_F, UaTimer.RETRY_AFTER)  # fmt: skip
 
 S = TypeVar("S", bound=StrEnum)
 
@@ -197,6 +217,9 @@ class UserAgent(Generic[S]):
         self._accepted: _Accepted | None = None
         self._refused_cseq = -1
         """CSeq of the last INVITE we answered with an error (its hop-by-hop ACK is quiet)."""
+        self._refusal_setting = settings.refuse_reinvite
+        self._reinvites_taken = 0
+        """The peer's reINVITEs taken on so far (``refuse_reinvite.nth`` counts them)."""
         self._bye: Request | None = None
 
     @property
@@ -465,6 +488,8 @@ class UserAgent(Generic[S]):
         event = (
             UaEvent.RECV_2XX if code < 300
             else UaEvent.RECV_491 if code == 491
+            else UaEvent.RECV_481 if code == 481
+            else UaEvent.RECV_408 if code == 408
             else UaEvent.RECV_ERROR
         )  # fmt: skip
         if not self.allows(event):
@@ -495,6 +520,17 @@ class UserAgent(Generic[S]):
                         f"{delay:.2f} s ({owner} chose the Call-ID, RFC 3261 §14.1)"),
                     self.start_timer(UaTimer.GLARE, delay)]  # fmt: skip
         why = f"reINVITE refused: {sip.summary(response)}{diag_suffix(response)}"
+        if event is UaEvent.RECV_481:
+            # §12.2.1.2, §14.1: the peer has no such dialog; ours ends here, without BYE.
+            return effects + self.end(f"{why}: the peer has no such dialog, so ours is over "
+                                      "(RFC 3261 §12.2.1.2)", now, "warning")  # fmt: skip
+        if event is UaEvent.RECV_408:
+            # §14.1: a 408 is treated as a timeout of the reINVITE: the UAC terminates the
+            # dialog, with BYE as after Timer B.
+            why += ": RFC 3261 §14.1, the UAC terminates the dialog: ending it with BYE"
+            return [*effects, Log(why, "warning"), *self._send_bye(408, why)]
+        # §14.1: any other error leaves the session as it was before the reINVITE; the lab's
+        # UAs cannot share without the new media route and end the dialog (Reason: the status).
         return effects + self.on_reoffer_refused(why, now, code)
 
     def on_reinvite(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
@@ -509,6 +545,7 @@ class UserAgent(Generic[S]):
             effects.append(self.stop_timer(UaTimer.GLARE))
             self._reoffer_held = True
         self.fire(UaEvent.RECV_REINVITE)
+        self._reinvites_taken += 1
         assert self.dialog is not None  # in_dialog() held
         self.dialog.refresh_target(request)  # §12.2.2: a target refresh request
         return effects + self.on_peer_reoffer(conn, request, now)
@@ -536,29 +573,32 @@ class UserAgent(Generic[S]):
         return [Log(f"reINVITE answered {code} {reason}: {why}"),
                 *self.reply(conn, no)]  # fmt: skip
 
+    def reinvite_refusal(self) -> Refusal | None:
+        """How to answer the peer's reINVITE just taken on: the ``refuse_reinvite`` setting
+        when it names this one, else None (200)."""
+        setting = self._refusal_setting
+        if setting is not None and setting.applies(self._reinvites_taken):
+            return Refusal.of(setting)
+        return None
+
     def answer_reoffer(
-        self,
-        conn: ConnId,
-        request: Request,
-        body: bytes,
-        contact: str,
-        now: float,
-        refusal: Refusal | None = None,
+        self, conn: ConnId, request: Request, body: bytes, contact: str, now: float
     ) -> list[Effect]:
-        """Answer the peer's reINVITE we took on: ``refusal`` when the policy says no (§14.2:
-        the session stays as it was), else 200 with ``body``."""
+        """Answer the peer's reINVITE we took on: an error when :meth:`reinvite_refusal` says
+        so (§14.2: the session stays as it was; 481: this end has no dialog any more), else
+        200 with ``body``."""
+        refusal = self.reinvite_refusal()
         if refusal is not None:
-            self.fire(UaEvent.SEND_ERROR)
-            extra = []
-            if refusal.diagnostics is not None:
-                extra.append(("ms-diagnostics-public", str(refusal.diagnostics)))
-            no = sip.build_response(request, refusal.code, refusal.reason, extra_headers=extra)
+            no = refusal.response(request)
             self._refused_cseq = sip.cseq(request).sequence
-            return [
-                Log(f"refusing the reINVITE: {refusal.code} {refusal.reason}{diag_suffix(no)}"),
-                *self.reply(conn, no),
-                *self.release_held(),
-            ]
+            said = f"refusing the reINVITE: {sip.summary(no)}{diag_suffix(no)}"
+            if refusal.code == 481:
+                # §12.2.2: 481 says this end has no such dialog; so it is over here too.
+                self.fire(UaEvent.SEND_481)
+                return [Log(said), *self.reply(conn, no),
+                        *self.end("the dialog is dropped: reINVITE answered 481", now)]  # fmt: skip
+            self.fire(UaEvent.SEND_ERROR)
+            return [Log(said), *self.reply(conn, no), *self.release_held()]
         ok = sip.build_response(
             request, 200, record_route=(), contact=contact,
             content_type=appsharing.CONTENT_TYPE, body=body,

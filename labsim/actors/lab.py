@@ -13,12 +13,15 @@ own (:mod:`labsim.proto.turn_server`, :mod:`labsim.proto.turn_client`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
+
+import annotated_types as at
 
 from labsim.proto.events import Address
 from labsim.proto.ice import CheckAttribute, IceCredentials, IcePwd, IceUfrag
 from labsim.proto.settings import (
     SETTINGS_CONFIG,
+    Count,
     IPv4,
     Port,
     PositiveSeconds,
@@ -29,6 +32,7 @@ from labsim.proto.settings import (
 from labsim.proto.sip_ua_state import SipTimers
 from labsim.proto.turn_client import TurnClientSettings
 from labsim.proto.turn_server import TurnServerSettings
+from labsim.wire import sip
 
 __all__ = [
     "ACTOR_NAMES",
@@ -40,6 +44,7 @@ __all__ = [
     "Lab",
     "SkypeClientSettings",
     "SkypeEdgeSettings",
+    "SipRefusal",
     "StaticNat",
     "UaSide",
     "domain_of",
@@ -56,6 +61,54 @@ UaSide = Literal["cms", "skype_client"]
 def domain_of(uri: str) -> str:
     """The host part of a SIP URI: the domain the proxies route on (``cms.lab``)."""
     return uri.split("@", 1)[-1].split(";", 1)[0].split(":", 1)[0]
+
+
+ErrorStatus = Annotated[int, at.Interval(ge=400, le=699)]
+"""A SIP final error status (RFC 3261 §21.4-§21.6: 4xx, 5xx, 6xx)."""
+
+
+@dataclass(frozen=True)
+class SipRefusal:
+    """A final error answer a user agent gives an INVITE or reINVITE instead of accepting it
+    (RFC 3261 §21), e.g. {status: 488} or {status: 503, retry_after: 5, nth: 1}."""
+
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    status: ErrorStatus
+    """The status code, 400-699: 403, 486, 488, 491 (a reINVITE: the peer retries, §14.1),
+    481 (a reINVITE: this end has lost the dialog), 500, 503, 603 ..."""
+    reason: str | None = None
+    """The reason phrase; null: RFC 3261 §21's for the status (a status §21 does not define
+    needs one)."""
+    retry_after: Count | None = None
+    """Seconds in a Retry-After header (RFC 3261 §20.33; with 503: when the service is back);
+    null: no Retry-After."""
+    nth: Annotated[int, at.Ge(1)] | None = None
+    """Which request gets this answer, counting from 1 the INVITEs (or the peer's reINVITEs)
+    this end takes on; null: every one."""
+
+    def __post_init__(self) -> None:
+        if self.reason is None and self.status not in sip.DEFAULT_REASONS:
+            raise SettingError(
+                ("reason",),
+                f"RFC 3261 §21 defines no reason phrase for {self.status}: give one",
+                alternatives=[("status",)],
+            )
+        if self.reason is not None and (
+            not self.reason.strip() or any(not " " <= c <= "~" for c in self.reason)
+        ):  # fmt: skip
+            # §25.1: Reason-Phrase is text without CR or LF; kept to printable ASCII so a
+            # capture shows what was written.
+            raise SettingError(("reason",), f"{self.reason!r} is not a one-line ASCII phrase")
+
+    @property
+    def phrase(self) -> str:
+        """The reason phrase on the wire."""
+        return self.reason if self.reason is not None else sip.DEFAULT_REASONS[self.status]
+
+    def applies(self, count: int) -> bool:
+        """Whether the ``count``-th request (from 1) gets this answer."""
+        return self.nth is None or self.nth == count
 
 
 @dataclass(frozen=True)
@@ -89,6 +142,15 @@ class SkypeClientSettings:
     share, so CMS's sharing reINVITE is refused with 403 and ms-diagnostics-public:
     21002;reason="Attendees cannot share in this conference";component="ASMCU" (PROTOCOL.md
     §5.4; the fix on a real meeting: Make Presenter)."""
+    refuse_reinvite: SipRefusal | None = None
+    """Answer CMS's reINVITE with this error (e.g. {status: 488}; {status: 491, nth: 1}: glare
+    once, CMS retries); for the reINVITEs it names it comes before cms_role. null: the
+    reINVITE is answered 200 (or 403 for an attendee). After any refusal but 491 the end that
+    sent the reINVITE ends the dialog with BYE (Reason: the status), or without BYE after 481."""
+    retry_after_503: bool = False
+    """A 503 Service Unavailable with Retry-After to the sharing INVITE: send the INVITE once
+    more after that many seconds (RFC 3261 §21.5.4; same Call-ID and tag, next CSeq). false:
+    the call attempt is over, as after any other refusal."""
     sip_timers: SipTimers = field(default_factory=SipTimers)
     """T1 and T2 (RFC 3261 §17.1.1.1): Timer B of the INVITE and reINVITE, Timer F of the BYE,
     the retransmissions of a 2xx and the wait for its ACK."""
@@ -194,6 +256,13 @@ class CmsSettings:
     """CMS's TURN client (its server is Expressway-E at its TURN port). null: no TURN server
     configured (CMS's /turnServers empty): CMS allocates nothing and answers with its host
     candidates only, which the Skype side cannot reach."""
+    refuse_invite: SipRefusal | None = None
+    """Answer the sharing INVITE with this error after 100 Trying, before any TURN request
+    (e.g. {status: 488}, {status: 503, retry_after: 5}); no dialog is made, the caller ACKs
+    and the call is over (RFC 3261 §13.2.2.3, §17.1.1.3). null: accept it."""
+    refuse_reinvite: SipRefusal | None = None
+    """Answer the Skype client's reINVITE (call.reinvite_from: skype_client or both) with this
+    error; null: 200."""
     sip_timers: SipTimers = field(default_factory=SipTimers)
     """T1 and T2 (RFC 3261 §17.1.1.1): the 200 OK's retransmissions and the wait for its ACK,
     Timer B of the reINVITE, Timer F of the BYE."""

@@ -67,10 +67,14 @@ CLIENT_TABLE: Table[UaState] = Table(
                 _E.RECV_1XX: _C.CALLING,
                 _E.RECV_2XX: _C.CONFIRMED,
                 _E.RECV_ERROR: _C.TERMINATED,
+                _E.RECV_503_RETRY: _C.RETRY_WAIT,
                 _E.BAD_2XX: _C.TERMINATED,
                 _E.TIMER_B: _C.TERMINATED,
             },
-            **dialog_transitions(refuses_reinvite=True),
+            _C.RETRY_WAIT: {
+                _E.TIMER_RETRY_AFTER: _C.CALLING,
+            },
+            **dialog_transitions(),
         },
         _E.TRANSPORT_ERROR,
         _C.TERMINATED,
@@ -78,6 +82,8 @@ CLIENT_TABLE: Table[UaState] = Table(
     {
         _C.IDLE: "in the meeting's A/V call, not sharing yet",
         _C.CALLING: "sharing INVITE sent, no final answer yet (Timer B until the first answer)",
+        _C.RETRY_WAIT: "503 with Retry-After: the INVITE goes again after it, once "
+        "(retry_after_503)",
         _C.CONFIRMED: "dialog up, no INVITE transaction in progress",
         _C.REINVITING: "our reINVITE waits for its final answer",
         _C.GLARE_WAIT: "our reINVITE got 491: retry in 2.1-4 s (we own the Call-ID)",
@@ -108,7 +114,7 @@ class SkypeClient(UserAgent[UaState]):
         self.target = lab.cms.user
         #: The meeting's policy refuses CMS's sharing reINVITE (an attendee may not share:
         #: 403 with ms-diagnostics-public 21002, PROTOCOL.md §5.4); None: answered 200.
-        self.refuse_reinvite = Refusal() if settings.cms_role == "attendee" else None
+        self.meeting_policy = Refusal() if settings.cms_role == "attendee" else None
         self.call_id = f"{self.rng.getrandbits(64):016x}@{settings.address}"
         self.contact = f"<sip:alice@{settings.address}:{settings.sip_port};transport=tcp>"
         self.invite: Request | None = None
@@ -119,6 +125,8 @@ class SkypeClient(UserAgent[UaState]):
         self._held_reinvite: tuple[ConnId, Request] | None = None
         """CMS's reINVITE, waiting for our own check to succeed (REINVITE_RECEIVED)."""
         self._relay = Address("0.0.0.0", 0)
+        self._retried = False
+        """The INVITE went again after a 503 (once only, retry_after_503)."""
         self._ack: tuple[Request, Address] | None = None
         """The ACK of the first INVITE's final answer and where it went (sent again for a
         repeated answer)."""
@@ -175,6 +183,8 @@ class SkypeClient(UserAgent[UaState]):
                 return self._give_up(why, now)
             case UaTimer.TIMER_B if self.invite_pending:
                 return self._invite_timer_b(now)
+            case UaTimer.RETRY_AFTER:
+                return self._call()
         return self.on_sip_timer(timer, now) or []
 
     @property
@@ -183,10 +193,17 @@ class SkypeClient(UserAgent[UaState]):
         return self.state is UaState.CALLING
 
     def _call(self) -> list[Effect]:
-        if not self.allows(UaEvent.SEND_INVITE):
+        """The sharing INVITE, or its one retry after a 503's Retry-After (§21.5.4): the
+        same Call-ID and From tag, the next CSeq, a new branch (a new transaction)."""
+        if self.allows(UaEvent.TIMER_RETRY_AFTER):
+            self.fire(UaEvent.TIMER_RETRY_AFTER)
+            self._retried = True
+        elif self.allows(UaEvent.SEND_INVITE):
+            self.fire(UaEvent.SEND_INVITE)
+        else:
             return [Log(f"no sharing INVITE in state {self.state.name}", "warning")]
         s = self.settings
-        self.fire(UaEvent.SEND_INVITE)
+        cseq = 2 if self._retried else 1
         body = appsharing.build(self._side(1))
         self.invite = sip.build_request(
             "INVITE",
@@ -195,14 +212,17 @@ class SkypeClient(UserAgent[UaState]):
             from_addr=f"<{s.user}>;tag={self.tag}",
             to_addr=f"<{self.target}>",
             call_id=self.call_id,
-            cseq=1,
+            cseq=cseq,
             contact=self.contact,
             content_type=appsharing.CONTENT_TYPE,
             body=body,
         )
         # RFC 3261 §17.1.1.2: Timer B (64·T1) until the first answer; the Edge's 100 Trying
         # normally stops it within a round trip.
-        return [Log("sharing: new INVITE with m=applicationsharing"),
+        what = (
+            "again, after the 503's Retry-After" if self._retried else "with m=applicationsharing"
+        )
+        return [Log(f"sharing: new INVITE {what}"),
                 *self.send_sip(self.invite, self.edge),
                 self.start_timer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
 
@@ -262,7 +282,7 @@ class SkypeClient(UserAgent[UaState]):
         if sip.call_id(response) != self.call_id or sip.from_tag(response) != self.tag:
             return [Log(f"stray {sip.summary(response)} dropped", "warning")]
         method, seq = sip.cseq(response).method, sip.cseq(response).sequence
-        if method == "INVITE" and self.invite is not None and seq == 1:
+        if method == "INVITE" and self.invite is not None and seq == sip.cseq(self.invite).sequence:
             return self._invite_answer(response, now)
         return self.on_dialog_response(response, now)
 
@@ -283,11 +303,18 @@ class SkypeClient(UserAgent[UaState]):
         assert self.invite is not None  # checked by the caller
         s = self.settings
         if response.code >= 300:
-            self.fire(UaEvent.RECV_ERROR)
             # §17.1.1.3: the ACK for a non-2xx goes hop by hop, with the INVITE's branch.
             ack = sip.build_failure_ack(self.invite, response)
             self._ack = (ack, self.edge)
             why = f"sharing refused: {sip.summary(response)}{diag_suffix(response)}"
+            wait = self._retry_after(response)
+            if wait is not None:
+                self.fire(UaEvent.RECV_503_RETRY)
+                return [*self.send_sip(ack, self.edge),
+                        Log(f"{why}: trying once more in {wait} s (Retry-After, RFC 3261 "
+                            "§21.5.4)"),
+                        self.start_timer(UaTimer.RETRY_AFTER, wait)]  # fmt: skip
+            self.fire(UaEvent.RECV_ERROR)
             return [*self.send_sip(ack, self.edge), *self.end(why, now)]
         try:
             dialog = Dialog.as_uac(self.invite, response, self.contact)
@@ -297,7 +324,7 @@ class SkypeClient(UserAgent[UaState]):
             return self.end(f"unusable 2xx: {exc}", now, "warning")
         self.fire(UaEvent.RECV_2XX)
         self.dialog = dialog
-        ack = dialog.request("ACK", self.branch(), cseq=1)
+        ack = dialog.request("ACK", self.branch(), cseq=sip.cseq(self.invite).sequence)
         self._ack = (ack, dialog.next_hop())
         effects = self.send_sip(ack, dialog.next_hop())
         try:
@@ -316,6 +343,15 @@ class SkypeClient(UserAgent[UaState]):
                 *self._open_media(target),
                 self.start_timer(UaTimer.ICE, s.ice_timeout)]  # fmt: skip
 
+    def _retry_after(self, response: Response) -> int | None:
+        """Seconds to wait before the one retry a 503 with Retry-After allows (§20.33:
+        delta-seconds, an optional comment and parameters after it), or None: no retry."""
+        if response.code != 503 or not self.settings.retry_after_503 or self._retried:
+            return None
+        value = (response.headers.get("Retry-After") or "").strip()
+        digits = value.split(";", 1)[0].split("(", 1)[0].strip()
+        return int(digits) if digits.isascii() and digits.isdigit() else None
+
     def on_peer_reoffer(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         if self.checks is None or not self.checks.valid:
             # RFC 5245 §9.2.2.3 / MS-ICE2: the controlled agent takes the pair the
@@ -330,7 +366,11 @@ class SkypeClient(UserAgent[UaState]):
         body = appsharing.build(
             self._side(2), connection=self.reinvite_connection, remote=self._relay
         )
-        return self.answer_reoffer(conn, request, body, self.contact, now, self.refuse_reinvite)
+        return self.answer_reoffer(conn, request, body, self.contact, now)
+
+    def reinvite_refusal(self) -> Refusal | None:
+        # The refuse_reinvite setting first, for the reINVITEs it names; then the meeting.
+        return super().reinvite_refusal() or self.meeting_policy
 
     def reoffer_body(self) -> bytes:
         return appsharing.build(

@@ -45,6 +45,7 @@ class UaState(StrEnum):
 
     IDLE = auto()
     CALLING = auto()
+    RETRY_WAIT = auto()
     PROCEEDING = auto()
     ACCEPTED = auto()
     CONFIRMED = auto()
@@ -65,6 +66,11 @@ class UaEvent(StrEnum):
     """The UA sends the dialog-creating INVITE (Timer B starts)."""
     BAD_2XX = "2xx without Contact"
     """A 2xx that cannot create a dialog (no remote target, §12.1.2): the attempt fails."""
+    RECV_503_RETRY = "503 with Retry-After / ACK, start the retry timer"
+    """503 Service Unavailable with Retry-After to our INVITE, and the UA tries once more
+    after that time (§21.5.4, §20.33; a setting)."""
+    TIMER_RETRY_AFTER = "Retry-After over / INVITE again"
+    """The Retry-After wait is over: the INVITE is sent again, next CSeq, new branch."""
 
     # -- answers to our INVITE or reINVITE (§13.2.2, §14.1) -----------------------------------
     RECV_1XX = "1xx / stop Timer B"
@@ -74,7 +80,14 @@ class UaEvent(StrEnum):
     RECV_491 = "491 / ACK, start the retry timer"
     """491 Request Pending to our reINVITE: glare, retry after a random delay (§14.1)."""
     RECV_ERROR = "3xx-6xx / ACK"
-    """Any other final error answer; the ACK goes hop by hop (§17.1.1.3)."""
+    """Any other final error answer; the ACK goes hop by hop (§17.1.1.3). To a reINVITE: the
+    session stays as it was before it (§14.1)."""
+    RECV_481 = "481 / ACK"
+    """481 Call/Transaction Does Not Exist to our reINVITE: the peer has no such dialog, so
+    ours is over (§12.2.1.2, §14.1); no BYE, which would only draw another 481."""
+    RECV_408 = "408 / ACK, BYE"
+    """408 Request Timeout to our reINVITE: as if Timer B had fired, the UAC terminates the
+    dialog (§12.2.1.2, §14.1), with BYE since the peer may still hold it."""
     TIMER_B = "Timer B"
     """No answer at all within 64·T1 (§17.1.1.2): a timeout, treated as 408 (§8.1.3.1)."""
     TRANSPORT_ERROR = "transport error"
@@ -90,7 +103,11 @@ class UaEvent(StrEnum):
     SEND_2XX = "send 2xx"
     """The UA accepts: its 2xx is retransmitted from T1 doubling to T2 until the ACK."""
     SEND_ERROR = "send 3xx-6xx"
-    """The UA refuses the peer's reINVITE; the session stays as it was (§14.2)."""
+    """The UA refuses the peer's INVITE (no dialog is made, §13.3.1) or reINVITE (the session
+    stays as it was, §14.2)."""
+    SEND_481 = "send 481"
+    """The UA answers the peer's reINVITE 481 Call/Transaction Does Not Exist: it no longer
+    has the dialog (§12.2.2), so the dialog is over at this end too."""
     TIMER_2XX = "retransmit timer / 2xx again"
     """The retransmission timer of an unacknowledged 2xx fired (§13.3.1.4)."""
     RECV_ACK = "ACK"
@@ -122,10 +139,15 @@ class UaEvent(StrEnum):
 DISALLOWED: Mapping[UaEvent, str] = {
     UaEvent.SEND_INVITE: "not sent: one sharing INVITE per run",
     UaEvent.BAD_2XX: "a repeat of the answer: ignored",
+    UaEvent.RECV_503_RETRY: "a repeated error answer: the hop-by-hop ACK again (§17.1.1.3); "
+    "a second 503 after the retry ends the attempt",
+    UaEvent.TIMER_RETRY_AFTER: "cannot fire: the timer runs only while waiting to retry",
     UaEvent.RECV_1XX: "ignored (a provisional answer after the final one, or to nothing)",
     UaEvent.RECV_2XX: "a retransmitted 2xx: ACKed again (§13.3.1.4), state unchanged",
     UaEvent.RECV_491: "a repeated error answer: the hop-by-hop ACK again (§17.1.1.3)",
     UaEvent.RECV_ERROR: "a repeated error answer: the hop-by-hop ACK again (§17.1.1.3)",
+    UaEvent.RECV_481: "a repeated error answer: the hop-by-hop ACK again (§17.1.1.3)",
+    UaEvent.RECV_408: "a repeated error answer: the hop-by-hop ACK again (§17.1.1.3)",
     UaEvent.TIMER_B: "cannot fire: the timer is stopped when its transaction ends",
     UaEvent.TRANSPORT_ERROR: "logged",
     UaEvent.RECV_INVITE: "the same INVITE again: 100 Trying again while proceeding "
@@ -133,6 +155,7 @@ DISALLOWED: Mapping[UaEvent, str] = {
     UaEvent.RECV_CANCEL: "200 to the CANCEL, no other effect: the final answer is out (§9.2)",
     UaEvent.SEND_2XX: "not sent: no INVITE is waiting for an answer",
     UaEvent.SEND_ERROR: "not sent: no INVITE is waiting for an answer",
+    UaEvent.SEND_481: "not sent: no reINVITE is waiting for an answer",
     UaEvent.TIMER_2XX: "cannot fire: the timer is stopped by the ACK",
     UaEvent.RECV_ACK: "absorbed and logged: it acknowledges nothing pending (§17.2.1)",
     UaEvent.ACK_TIMEOUT: "cannot fire: the timer is stopped by the ACK",
@@ -154,16 +177,11 @@ S = TypeVar("S", bound=StrEnum)
 Transitions = dict[S, dict[UaEvent, S]]
 
 
-def dialog_transitions(*, refuses_reinvite: bool) -> Transitions[UaState]:
+def dialog_transitions() -> Transitions[UaState]:
     """The transitions of a confirmed dialog, from CONFIRMED to TERMINATED: the same at both
-    ends, since either may send or receive a reINVITE (§14) or BYE (§15).
-
-    ``refuses_reinvite``: whether the UA may answer the peer's reINVITE with an error (§14.2).
-    """
+    ends, since either may send or receive a reINVITE (§14) or BYE (§15), and either may
+    refuse the other's reINVITE (§14.2; a setting of each end)."""
     s, e = UaState, UaEvent
-    received = {e.SEND_2XX: s.REINVITE_ACCEPTED}
-    if refuses_reinvite:
-        received[e.SEND_ERROR] = s.CONFIRMED
     return {
         s.CONFIRMED: {
             e.SEND_REINVITE: s.REINVITING,
@@ -176,6 +194,8 @@ def dialog_transitions(*, refuses_reinvite: bool) -> Transitions[UaState]:
             e.RECV_2XX: s.CONFIRMED,
             e.RECV_491: s.GLARE_WAIT,
             e.RECV_ERROR: s.CONFIRMED,
+            e.RECV_481: s.TERMINATED,
+            e.RECV_408: s.TERMINATING,
             e.TIMER_B: s.TERMINATING,
             e.SEND_BYE: s.TERMINATING,
             e.RECV_BYE: s.TERMINATED,
@@ -187,7 +207,9 @@ def dialog_transitions(*, refuses_reinvite: bool) -> Transitions[UaState]:
             e.RECV_BYE: s.TERMINATED,
         },
         s.REINVITE_RECEIVED: {
-            **received,
+            e.SEND_2XX: s.REINVITE_ACCEPTED,
+            e.SEND_ERROR: s.CONFIRMED,
+            e.SEND_481: s.TERMINATED,
             e.SEND_BYE: s.TERMINATING,
             e.RECV_BYE: s.TERMINATED,
         },

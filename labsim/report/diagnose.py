@@ -610,7 +610,7 @@ def _working(ev: Evidence, ended: str, tolerated: list[Anomaly]) -> Diagnosis:
         f"{a.line} — no consequence in this run: the call reached sharing and ended as planned"
         for a in tolerated
     ]
-    glare = [a for a in recovered if a.code == 491]
+    glare = [a for a in recovered if a.code == 491 and "glare (" in a.recovered]
     stale = [a for a in recovered if a.code == 438]
     setup = _setup(ev)
     if glare:

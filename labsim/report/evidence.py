@@ -453,8 +453,8 @@ def _sip_errors(ev: Evidence) -> list[Anomaly]:
         kind = ev.name(record)
         diag = f" ({facts.diagnostics})" if facts.diagnostics else ""
         line = (
-            f"{record.src} answered {kind.split(' (')[-1].rstrip(')')} with {facts.status} "
-            f"{facts.reason}{diag} at t={record.t:.3f} s"
+            f"{record.src} answered {answered}'s {kind.split(' (')[-1].rstrip(')')} with "
+            f"{facts.status} {facts.reason}{diag} at t={record.t:.3f} s"
         )
         reached = journey.reached(answered) if journey is not None else record.delivered
         if not reached:
@@ -471,7 +471,20 @@ def _sip_errors(ev: Evidence) -> list[Anomaly]:
                  and ev._in_reinvite(f)),
                 None,
             )  # fmt: skip
-            if done is not None:
+            # Glare is two reINVITEs crossing; a 491 with no reINVITE of the answerer's own
+            # pending is a refusal the asker recovered from all the same.
+            crossed = any(
+                f.method == "INVITE" and f.to_tag is not None and r.hop == 0
+                and r.src == record.src and r.t <= record.t
+                for r, f in ev.sip
+            )  # fmt: skip
+            if done is not None and not crossed:
+                recovered = (
+                    f"recovered: {record.src} answered 491 though no reINVITE of its own was "
+                    f"pending (no glare); {answered} tried again after the random wait of RFC "
+                    f"3261 §14.1 and the retry was answered at t={done.fate_t or done.t:.3f} s"
+                )
+            elif done is not None:
                 recovered = (
                     f"recovered: glare (RFC 3261 §14.1); a retried reINVITE was answered "
                     f"{done.sip_facts.status if done.sip_facts else 200} at "
@@ -623,7 +636,13 @@ def _missing(ev: Evidence) -> list[Anomaly]:
     tried_turn = any(r.client == cms for r in ev.trace.refused) or any(
         c.client == cms and c.server == turn for c in ev.trace.connections.values()
     )
-    if got_invite is not None and not stun_from_cms and not tried_turn:
+    # Only a callee that accepted the INVITE owes a relay: one that refused it allocates none.
+    accepted = ev.invite is not None and any(
+        r.src == cms and r.hop == 0 and f.status is not None and 200 <= f.status < 300
+        and f.answers(ev.invite)
+        for r, f in ev.sip
+    )  # fmt: skip
+    if got_invite is not None and accepted and not stun_from_cms and not tried_turn:
         out.append(Anomaly(
             "missing", "TURN allocation", got_invite.fate_t or got_invite.t,
             f"{cms} got the INVITE at t={got_invite.fate_t or got_invite.t:.3f} s and never "
