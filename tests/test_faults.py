@@ -124,12 +124,34 @@ def test_block_refuses_or_black_holes_connects_to_a_port_range(
     )
     result = run_scenario(sc, clock)
     [refused] = result.trace.refused
-    assert (refused.client, refused.server_addr.port, refused.reason) == (
+    assert (refused.client, refused.server_addr.port, refused.reason, refused.how) == (
         "skype_edge",
         24000,
         reason,
+        reason,  # the typed value: refuse is a RST (refused), blackhole silence (timeout)
     )
+    # It started (its first SYN) when the Edge's Connect was carried out, before it failed.
+    assert refused.started is not None and refused.started <= refused.t
+    [blocked] = [f for f in result.trace.faults if f.action == "blocked"]
+    assert blocked.t == refused.started and blocked.number == 1
     assert result.diagnosis.verdict == "relay-unreachable"
+    assert result.trace.unmatched_rules == []
+
+
+def test_a_blackholed_connect_fails_at_its_timeout_a_refused_one_after_a_round_trip() -> None:
+    def refused(how: str) -> tuple[float, float]:
+        sc = lab(
+            "actors: {skype_client: {ice_timeout: 7.0}}\nlatency: 0.01\n"
+            f"faults: [{{block: {{to: expressway_e, ports: [24000, 29999], how: {how}}}}}]"
+        )
+        [record] = run_scenario(sc, "virtual").trace.refused
+        assert record.started is not None
+        return record.started, record.t
+
+    start, end = refused("refuse")
+    assert end - start == pytest.approx(0.02)  # the RST comes back after one round trip
+    start, end = refused("blackhole")
+    assert end - start > 1.0  # the SYNs went unanswered until the connect's own timeout
 
 
 @pytest.mark.parametrize("clock", CLOCKS)
