@@ -361,7 +361,8 @@ class FaultRuleRecord:
     """How many messages it dropped or delayed, connects it blocked, connections it cut."""
     matched: int | None = None
     """Drop and delay rules: messages its hop, protocol, kind and connection matched, before
-    ``nth`` and ``probability`` chose (None for block and cut rules)."""
+    ``nth`` and ``probability`` chose; cut rules: connections it was armed on (None for block
+    rules: a block that matches a connect acts on it)."""
     probability: float = 1.0
 
     def unmatched(self) -> str:
@@ -374,6 +375,11 @@ class FaultRuleRecord:
                 f"{head} acted on none of the {self.matched} messages it matched: with "
                 f"probability {self.probability:g} a rule may act zero times (change the seed "
                 "to draw again)"
+            )
+        if self.matched and self.action == "cut":
+            return (
+                f"{head} matched {self.matched} connections and cut none: each closed, or the "
+                "run ended, first"
             )
         if self.matched:
             return f"{head} matched {self.matched} messages, none of the occurrences it names"

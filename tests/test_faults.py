@@ -224,12 +224,14 @@ def test_a_rule_whose_occurrence_or_chance_never_comes_says_so() -> None:
         "  - drop: {from: skype_client, to: skype_edge, sip: INVITE, nth: 3}\n"
         "  - drop: {from: skype_edge, to: expressway_e, sip: INVITE, probability: 0.01}\n"
         "  - drop: {from: skype_edge, to: cms, sip: INVITE, probability: 0.5}\n"
+        "  - cut: {from: cms, to: expressway_e, connection: 1, after: 500}\n"
     )
     rules = run_scenario(sc, "virtual").trace.fault_rules
-    assert [(r.acted, r.matched) for r in rules] == [(0, 1), (0, 1), (0, 0)]
+    assert [(r.acted, r.matched) for r in rules] == [(0, 1), (0, 1), (0, 0), (0, 1)]
     assert rules[0].unmatched().endswith("matched 1 messages, none of the occurrences it names")
     assert "with probability 0.01 a rule may act zero times" in rules[1].unmatched()
     assert rules[2].unmatched().endswith("matched nothing (even before its probability 0.5)")
+    assert "matched 1 connections and cut none" in rules[3].unmatched()
 
 
 def test_labsim_run_warns_of_a_rule_that_matched_nothing_and_test_fails_it(

@@ -34,6 +34,8 @@ class FaultExecutor:
         self.runtime = runtime
         #: How often each rule acted (dropped, delayed, blocked, cut), by its index.
         self.acted = [0] * len(plan.rules)
+        #: Cut rules: how many connections each was armed on.
+        self.armed = [0] * len(plan.rules)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -44,6 +46,7 @@ class FaultExecutor:
         for hit in self.plan.cuts(client, server, link.number):
             rule = hit.rule
             assert isinstance(rule, Cut)
+            self.armed[hit.number - 1] += 1
             if rule.after is not None:
                 self.runtime.transport.later(rule.after, self.cut, link, hit)
             elif rule.after_bytes is not None:
@@ -178,6 +181,8 @@ class FaultExecutor:
             chance = rule.match.probability if isinstance(rule, Drop | Delay) else 1.0
             acted = self.acted[number - 1]
             words, action, matched = rule.words(), _action(rule), plan.matched(number)
+            if isinstance(rule, Cut):
+                matched = self.armed[number - 1]
             records.append(FaultRuleRecord(number, words, action, acted, matched, chance))
         self.runtime.trace.fault_rules = records
 

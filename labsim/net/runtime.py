@@ -252,6 +252,7 @@ class Runtime:
             return
         if effect.conn in st.connecting:  # the actor gives up on its connect
             self.transport.cancel_connect(st.connecting.pop(effect.conn))
+            self._connect_started.pop((st.name, effect.conn), None)
             st.gone.add(effect.conn)
         else:
             self._unknown_conn(st, effect, now)

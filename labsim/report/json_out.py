@@ -193,7 +193,7 @@ class FaultRuleJson(_Out):
     acted: int = Field(description="Messages dropped or delayed, connects blocked, cuts.")
     matched: int | None = Field(
         description="drop and delay: messages the rule matched before nth and probability "
-        "chose; null for block and cut."
+        "chose; cut: connections it was armed on; null for block."
     )
     probability: float
     warning: str | None = Field(description="Why it never acted, in words; null: it acted.")
