@@ -217,8 +217,6 @@ def require_loopback(host: str) -> str:
     return host
 
 
-# Every connect checks both ends; ipaddress parsing costs more than the rest of the check.
-@functools.lru_cache(maxsize=256)
 def _failure_of(exc: OSError) -> ConnectFailure:
     """How a connect that raised ``exc`` failed: a RST (``ECONNREFUSED``, or one that reset
     the handshake), silence until the kernel gave up (``ETIMEDOUT``: Linux's
@@ -231,6 +229,8 @@ def _failure_of(exc: OSError) -> ConnectFailure:
     return "unreachable"
 
 
+# Every connect checks both ends; ipaddress parsing costs more than the rest of the check.
+@functools.lru_cache(maxsize=256)
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
