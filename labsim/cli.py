@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from labsim import __version__
 from labsim.wire import WireError
@@ -166,6 +167,9 @@ def run(
         f"outcome [bold]{result.outcome.name}[/bold] - {result.outcome.reason}"
     )
     console.print(result.diagnosis.text(), markup=False)
+    for rule in result.trace.unmatched_rules:
+        # A rule that never acted left the call healthy where the user meant a fault.
+        console.print(f"[yellow]warning:[/yellow] {escape(rule.unmatched())}")
     if pcap_file is not None:
         write_pcapng(result.trace, pcap_file)
         console.print(f"capture: {pcap_file}")

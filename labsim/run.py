@@ -165,6 +165,11 @@ def check(
     verdict = sc.expect.diagnosis
     if verdict is not None and diagnosis is not None and diagnosis.verdict != verdict:
         failures.append(f"diagnosis {diagnosis.verdict!r}, expected {verdict!r}")
+    if sc.expect.unmatched_faults == "error":
+        failures += [
+            f"{rule.unmatched()}: fix the rule, or allow it with expect.unmatched_faults: allowed"
+            for rule in trace.unmatched_rules
+        ]
     for want in sc.expect.messages:
         kind = want.parsed()
         found = [

@@ -483,6 +483,13 @@ class Expect(_Model):
     diagnosis: Diagnosis | None = Field(
         default=None, description="The diagnosis the report must give (its identifier); null: any."
     )
+    unmatched_faults: Literal["error", "allowed"] = Field(
+        default="error",
+        description="A rule of faults: that never acted (dropped, delayed, blocked or cut "
+        "nothing) is most often a typo (a hop whose actors share no connection, a kind that "
+        "never crosses it) and leaves the healthy call: error fails the scenario; allowed only "
+        "reports it (a probability below 1 may act zero times).",
+    )
 
 
 def _no_default(schema: dict[str, Any]) -> None:

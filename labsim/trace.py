@@ -276,15 +276,37 @@ RAW_KEEP = 256
 RAW_MERGE = 16 * 1024 * 1024
 
 
+#: How a connect that never opened failed (:attr:`RefusedRecord.how`):
+#:
+#: * ``refused``: a RST answered the SYN (nothing listens there, the service is off, or a
+#:   firewall rejects; RFC 9293 §3.10.7.1);
+#: * ``timeout``: the SYNs got no answer and the client gave up (a firewall that drops them);
+#: * ``unreachable``: there is no route to the address, so no SYN could leave.
+ConnectFailure = Literal["refused", "timeout", "unreachable"]
+CONNECT_FAILURES: tuple[ConnectFailure, ...] = ("refused", "timeout", "unreachable")
+
+
 @dataclass
 class RefusedRecord:
     """A connection attempt that never opened (refused, timed out, blocked)."""
 
     t: float
+    """When the connect failed: the RST came back, or the client gave up."""
     client: str
     client_host: str
     server_addr: Address
     reason: str
+    """The failure in words, as the connecting actor was told."""
+    how: ConnectFailure = "timeout"
+    """How it failed, typed: ``refused`` (a RST came back), ``timeout`` (the SYNs got no
+    answer) or ``unreachable`` (no route: no SYN could leave)."""
+    started: float | None = None
+    """When the connect started (its first SYN); None: not recorded (taken as ``t``)."""
+
+    @property
+    def began(self) -> float:
+        """When the first SYN left."""
+        return self.t if self.started is None else self.started
 
 
 @dataclass
@@ -319,6 +341,51 @@ class FaultRecord:
     connection: int | None = None
     summary: str = ""
     """The message dropped or delayed (empty for connects and cuts)."""
+    number: int = 0
+    """The rule's number in the scenario's ``faults:`` (1-based; 0: not known)."""
+
+
+@dataclass
+class FaultRuleRecord:
+    """One rule of the scenario's ``faults:`` and how often it acted in the run. A rule that
+    never acted is most often a mistake of the scenario (a hop whose two actors share no
+    connection, a kind of message that never crosses that hop, a rule an earlier one
+    shadows), and the run was then the healthy call: reports say so."""
+
+    number: int
+    """1-based, in the order of ``faults:``."""
+    rule: str
+    """The rule in words."""
+    action: Literal["drop", "delay", "block", "cut"]
+    acted: int = 0
+    """How many messages it dropped or delayed, connects it blocked, connections it cut."""
+    matched: int | None = None
+    """Drop and delay rules: messages its hop, protocol, kind and connection matched, before
+    ``nth`` and ``probability`` chose; cut rules: connections it was armed on (None for block
+    rules: a block that matches a connect acts on it)."""
+    probability: float = 1.0
+
+    def unmatched(self) -> str:
+        """Why it never acted, in words ("" when it did)."""
+        if self.acted:
+            return ""
+        head = f"fault rule {self.number} ({self.rule})"
+        if self.probability < 1.0 and self.matched:
+            return (
+                f"{head} acted on none of the {self.matched} messages it matched: with "
+                f"probability {self.probability:g} a rule may act zero times (change the seed "
+                "to draw again)"
+            )
+        if self.matched and self.action == "cut":
+            return (
+                f"{head} matched {self.matched} connections and cut none: each closed, or the "
+                "run ended, first"
+            )
+        if self.matched:
+            return f"{head} matched {self.matched} messages, none of the occurrences it names"
+        if self.probability < 1.0:
+            return f"{head} matched nothing (even before its probability {self.probability:g})"
+        return f"{head} matched nothing"
 
 
 TimelineRecord = (
@@ -376,6 +443,8 @@ class Trace:
     refused: list[RefusedRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
+    #: The scenario's fault rules and how often each acted (written when the run ends).
+    fault_rules: list[FaultRuleRecord] = field(default_factory=list)
     #: Every record in the order it happened, for renderers that interleave them.
     timeline: list[TimelineRecord] = field(default_factory=list)
     _directions: dict[tuple[int, bool], _Direction] = field(default_factory=dict, repr=False)
@@ -396,6 +465,11 @@ class Trace:
         if self._log:
             self.link()
         return self._journeys
+
+    @property
+    def unmatched_rules(self) -> list[FaultRuleRecord]:
+        """The fault rules that never acted in the run (see :class:`FaultRuleRecord`)."""
+        return [r for r in self.fault_rules if not r.acted]
 
     # -- written by the runtimes ---------------------------------------------------------------
 
@@ -421,8 +495,18 @@ class Trace:
         record.closed, record.closed_by, record.reset = t, by, reset
         self.timeline.append(ClosedRecord(t, record))
 
-    def refuse(self, t: float, client: str, client_host: str, server: Address, reason: str) -> None:
-        record = RefusedRecord(t, client, client_host, server, reason)
+    def refuse(
+        self, t: float, client: str, client_host: str, server: Address, reason: str, *,
+        how: ConnectFailure | None = None, started: float | None = None,
+    ) -> None:  # fmt: skip
+        """A connect failed at ``t`` (it started at ``started``). ``how`` may be left out only
+        when ``reason`` is itself one of the typed words (``refused``, ``timeout``,
+        ``unreachable``)."""
+        if how is None:
+            if reason not in CONNECT_FAILURES:
+                raise ValueError(f"say how the connect to {server} failed ({reason!r})")
+            how = CONNECT_FAILURES[CONNECT_FAILURES.index(reason)]
+        record = RefusedRecord(t, client, client_host, server, reason, how, started)
         self.refused.append(record)
         self.timeline.append(record)
 

@@ -55,6 +55,8 @@ def test_rules_that_match_nothing_change_no_byte_and_no_time() -> None:
     ruled = run_scenario(lab("faults:" + rules), "virtual").trace
     assert messages(ruled) == messages(plain)
     assert ruled.faults == []
+    # ... and each of them is known to have done nothing.
+    assert [r.number for r in ruled.unmatched_rules] == list(range(1, 2 * len(HOPS) + 1))
 
 
 @pytest.mark.parametrize("clock", CLOCKS)
@@ -127,13 +129,35 @@ def test_block_refuses_or_black_holes_connects_to_a_port_range(
     )
     result = run_scenario(sc, clock)
     [refused] = result.trace.refused
-    assert (refused.client, refused.server_addr.port, refused.reason) == (
+    assert (refused.client, refused.server_addr.port, refused.reason, refused.how) == (
         "skype_edge",
         24000,
         reason,
+        reason,  # the typed value: refuse is a RST (refused), blackhole silence (timeout)
     )
+    # It started (its first SYN) when the Edge's Connect was carried out, before it failed.
+    assert refused.started is not None and refused.started <= refused.t
+    [blocked] = [f for f in result.trace.faults if f.action == "blocked"]
+    assert blocked.t == refused.started and blocked.number == 1
     # A RST and unanswered SYNs are different evidence, and different verdicts.
     assert result.diagnosis.verdict == verdict
+    assert result.trace.unmatched_rules == []
+
+
+def test_a_blackholed_connect_fails_at_its_timeout_a_refused_one_after_a_round_trip() -> None:
+    def refused(how: str) -> tuple[float, float]:
+        sc = lab(
+            "actors: {skype_client: {ice_timeout: 7.0}}\nlatency: 0.01\n"
+            f"faults: [{{block: {{to: expressway_e, ports: [24000, 29999], how: {how}}}}}]"
+        )
+        [record] = run_scenario(sc, "virtual").trace.refused
+        assert record.started is not None
+        return record.started, record.t
+
+    start, end = refused("refuse")
+    assert end - start == pytest.approx(0.02)  # the RST comes back after one round trip
+    start, end = refused("blackhole")
+    assert end - start > 1.0  # the SYNs went unanswered until the connect's own timeout
 
 
 @pytest.mark.parametrize("clock", CLOCKS)
@@ -157,6 +181,93 @@ def test_cut_resets_both_ends_after_a_time_or_after_bytes(clock: Clock) -> None:
     assert sum(m.wire_size for m in on_wire) == 100
     assert on_wire[-1].fate == "lost" and on_wire[-1].error
     assert result.trace.connections[data.id].closed_by == "network"
+
+
+# -- rules that never act --------------------------------------------------------------------------
+
+#: Two rules: one on a hop whose actors share no connection (the Expressway-C never talks to the
+#: Skype Edge), one that acts (the ACK of CMS's 200 OK, on the hop it crosses).
+TYPO = (
+    "faults:\n"
+    "  - drop: {from: expressway_c, to: skype_edge, sip: INVITE}\n"
+    "  - drop: {from: expressway_c, to: cms, sip: ACK}\n"
+    "  - drop: {from: expressway_c, to: cms, stun: Binding Request}\n"
+    "  - block: {from: cms, to: skype_edge}\n"
+)
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+def test_a_rule_that_never_acts_is_reported_and_fails_the_scenario(clock: Clock) -> None:
+    result = run_scenario(lab(TYPO + "expect: {outcome: call-failed}\n"), clock)
+    rules = result.trace.fault_rules
+    # The ACK is dropped each time CMS resends its 200 OK.
+    assert [(r.number, r.action, r.acted > 0) for r in rules] == [
+        (1, "drop", False), (2, "drop", True), (3, "drop", False), (4, "block", False)
+    ]  # fmt: skip
+    assert [r.number for r in result.trace.unmatched_rules] == [1, 3, 4]
+    assert rules[0].unmatched() == (
+        "fault rule 1 (drop expressway_c → skype_edge SIP 'INVITE') matched nothing"
+    )
+    assert rules[1].unmatched() == ""
+    # The ACK did what the user meant: the call fails. The scenario still fails, on the rest.
+    assert result.outcome.name == "call-failed"
+    assert [f.split(":")[0] for f in result.failures] == [
+        "fault rule 1 (drop expressway_c → skype_edge SIP 'INVITE') matched nothing",
+        "fault rule 3 (drop expressway_c → cms STUN 'Binding Request') matched nothing",
+        "fault rule 4 (block (blackhole) cms → skype_edge) matched nothing",
+    ]
+    assert all(f.endswith("expect.unmatched_faults: allowed") for f in result.failures)
+    allowed = lab(TYPO + "expect: {outcome: call-failed, unmatched_faults: allowed}\n")
+    again = run_scenario(allowed, clock)
+    assert again.failures == [] and len(again.trace.unmatched_rules) == 3
+
+
+def test_a_rule_whose_occurrence_or_chance_never_comes_says_so() -> None:
+    sc = lab(
+        "faults:\n"
+        "  - drop: {from: skype_client, to: skype_edge, sip: INVITE, nth: 3}\n"
+        "  - drop: {from: skype_edge, to: expressway_e, sip: INVITE, probability: 0.01}\n"
+        "  - drop: {from: skype_edge, to: cms, sip: INVITE, probability: 0.5}\n"
+        "  - cut: {from: cms, to: expressway_e, connection: 1, after: 500}\n"
+    )
+    rules = run_scenario(sc, "virtual").trace.fault_rules
+    assert [(r.acted, r.matched) for r in rules] == [(0, 1), (0, 1), (0, 0), (0, 1)]
+    assert rules[0].unmatched().endswith("matched 1 messages, none of the occurrences it names")
+    assert "with probability 0.01 a rule may act zero times" in rules[1].unmatched()
+    assert rules[2].unmatched().endswith("matched nothing (even before its probability 0.5)")
+    assert "matched 1 connections and cut none" in rules[3].unmatched()
+
+
+def test_labsim_run_warns_of_a_rule_that_matched_nothing_and_test_fails_it(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        f"extends: {library_dir() / 'ack-lost.yaml'}\nclock: virtual\n"
+        "faults: [{drop: {from: expressway_c, to: cms, sip: ACK}}, "
+        "{drop: {from: expressway_c, to: cms, stun: Binding Request}}]\n"
+        "expect: {outcome: call-failed}\n"
+    )
+    out = tmp_path / "run.json"
+    ran = CliRunner().invoke(main, ["run", str(typo), "-q", "--json", str(out)])
+    assert ran.exit_code == 1, ran.output
+    assert (
+        "warning: fault rule 2 (drop expressway_c → cms STUN 'Binding Request') matched nothing"
+        in ran.output
+    )
+    data = json.loads(out.read_text())
+    assert [(r["number"], r["acted"] > 0, r["warning"]) for r in data["fault_rules"]] == [
+        (1, True, None),
+        (2, False, "fault rule 2 (drop expressway_c → cms STUN 'Binding Request') matched nothing"),
+    ]
+    assert {f["number"] for f in data["faults"]} == {1}
+    tested = CliRunner().invoke(main, ["test", str(typo)])
+    assert tested.exit_code == 1 and "0 passed, 1 failed" in tested.output
+    assert "fault rule 2 (drop expressway_c → cms STUN 'Binding Request') matched nothing" in (
+        tested.output
+    )
 
 
 # -- the diagnosis of faults injected by rules alone, into the healthy lab -----------------------
@@ -193,6 +304,7 @@ def test_a_fault_injected_by_rules_alone_gets_the_right_diagnosis(verdict: str, 
     result = run_scenario(lab(rules, hold=2.0), "virtual")
     assert result.diagnosis.verdict == verdict, result.diagnosis.text()
     assert result.trace.faults, "the rule did something"
+    assert result.trace.unmatched_rules == []
     text = result.diagnosis.text()
     assert "fault 1:" not in text, "the diagnosis must not read the fault records"
 

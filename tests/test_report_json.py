@@ -29,7 +29,7 @@ def small_trace() -> Trace:
     trace.sent(0.75, 1, False, ERROR_401, "stun")
     trace.sent(1.0, 1, False, frame_rfc4571(CHECK) + bytes(400), "raw")
     trace.log(1.1, "cms", "giving up", "warning")
-    trace.refuse(1.2, "cms", CMS.host, Address(EXPE.host, 24000), "refused")
+    trace.refuse(1.2, "cms", CMS.host, Address(EXPE.host, 24000), "refused", started=1.1)
     trace.closed(1.5, 1, "expressway_e", reset=True)
     return trace
 
@@ -38,7 +38,7 @@ def test_shape_and_values() -> None:
     data = trace_to_json(small_trace(), scenario="sharing-call", outcome="sharing-failed")
     assert list(data) == [
         "version", "scenario", "outcome", "diagnosis", "connections", "messages", "journeys",
-        "refused", "logs", "faults",
+        "refused", "logs", "faults", "fault_rules",
     ]  # fmt: skip
     assert (data["version"], data["scenario"], data["outcome"], data["diagnosis"]) == (
         2, "sharing-call", "sharing-failed", None
@@ -69,8 +69,8 @@ def test_shape_and_values() -> None:
     assert raw["facts"] == {"kind": "data", "framed": False, "error": None}
     assert [j["hops"][0]["message"] for j in data["journeys"]] == [0, 1, 2, 3]
     assert data["refused"] == [{
-        "t": 1.2, "client": "cms", "client_host": "10.48.54.230",
-        "server_addr": "10.48.54.229:24000", "reason": "refused",
+        "t": 1.2, "started": 1.1, "client": "cms", "client_host": "10.48.54.230",
+        "server_addr": "10.48.54.229:24000", "how": "refused", "reason": "refused",
     }]  # fmt: skip
     assert data["logs"] == [{"t": 1.1, "actor": "cms", "level": "warning", "text": "giving up"}]
     RunJson.model_validate(data)

@@ -310,6 +310,88 @@ def test_refused_and_timed_out_connects(tmp_path: Path) -> None:
     assert (lone.flags, lone.dst) == (SYN, Address(EXPE_IP, 24001))
 
 
+def test_a_timed_out_connect_retransmits_its_syn_as_linux_does(tmp_path: Path) -> None:
+    trace = Trace()
+    # Started at 1 s, given up at 9 s: SYNs at 1, then 2, 4, 8 (1, 3, 7 s after the first;
+    # the next would be 15 s after it, when the connect had already given up).
+    trace.refuse(9.0, "skype_edge", EDGE_IP, Address(EXPE_IP, 24000), "timeout", started=1.0)
+    # Given up at exactly 3 s after its start: the retransmission due then never left.
+    trace.refuse(13.0, "cms", CMS_IP, Address(EXPE_IP, 3478), "timeout", started=10.0)
+    trace.refuse(20.0, "skype_edge", EDGE_IP, Address(EXPE_IP, 24001), "refused", started=19.99)
+    trace.refuse(21.0, "cms", CMS_IP, Address(EXPE_IP, 24002), "no route", how="unreachable")
+    segs = read(pcap_of(trace, tmp_path))
+    to = {
+        a: [x for x in segs if a in (x.dst, x.src)] for a in {x.dst for x in segs if x.flags == SYN}
+    }
+    relay = to[Address(EXPE_IP, 24000)]
+    assert [round(x.ts - LAB_CAPTURE_START, 6) for x in relay] == [1.0, 2.0, 4.0, 8.0]
+    assert {(x.flags, x.seq, x.src) for x in relay} == {(SYN, relay[0].seq, relay[0].src)}
+    assert [round(x.ts - LAB_CAPTURE_START, 6) for x in to[Address(EXPE_IP, 3478)]] == [
+        10.0, 11.0
+    ]  # fmt: skip
+    syn, rst = to[Address(EXPE_IP, 24001)]
+    assert (syn.flags, rst.flags, rst.ack) == (SYN, RST | ACK, syn.seq + 1)
+    # The SYN when the connect started, the RST when it came back.
+    assert (round(syn.ts - LAB_CAPTURE_START, 6), round(rst.ts - LAB_CAPTURE_START, 6)) == (
+        19.99, 20.0
+    )  # fmt: skip
+    assert [x.flags for x in to[Address(EXPE_IP, 24002)]] == [SYN]
+
+
+def test_a_refusal_needs_to_say_how_it_failed() -> None:
+    with pytest.raises(ValueError, match="say how"):
+        Trace().refuse(1.0, "cms", CMS_IP, Address(EXPE_IP, 3478), "Connection reset by peer")
+
+
+# -- tshark on the captures of blocked connects ---------------------------------------------------
+
+#: The Skype Edge's SYNs to Expressway-E's relay range (CMS's relay candidate).
+RELAY_SYNS = "tcp.flags.syn == 1 && tcp.flags.ack == 0 && tcp.dstport in {24000..29999}"
+
+
+def relay_blocked(how: str, clock: str, tmp_path: Path) -> Path:
+    """``relay-ports-blocked.yaml``, with the firewall rejecting or dropping, as a capture."""
+    from labsim.run import run_scenario
+    from labsim.scenario import library_dir, loads
+
+    library = library_dir() / "relay-ports-blocked.yaml"
+    rule = "{block: {from: skype_edge, to: expressway_e, ports: [24000, 29999], how: %s}}"
+    sc = loads(f"extends: {library}\nfaults: [{rule % how}]\n", source="blocked.yaml")
+    result = run_scenario(sc, clock)  # type: ignore[arg-type]
+    assert result.outcome.name == "ice-failed" and result.trace.unmatched_rules == []
+    [refused] = result.trace.refused
+    assert refused.how == ("refused" if how == "refuse" else "timeout")
+    return pcap_of(result.trace, tmp_path)
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize("clock", ["virtual", "live"])
+def test_tshark_sees_a_blackholed_connect_retransmit_its_syn(clock: str, tmp_path: Path) -> None:
+    path = relay_blocked("blackhole", clock, tmp_path)
+    fields = ["frame.time_epoch", "tcp.stream", "tcp.seq_raw", "tcp.analysis.retransmission"]
+    out = tshark(path, "-Y", RELAY_SYNS, "-T", "fields", *(a for f in fields for a in ("-e", f)))
+    rows = [r.split("\t") for r in out]
+    # The Edge's connect gives up after 5 s: its SYN, then the retransmissions 1 and 3 s later.
+    assert len(rows) >= 2
+    assert len({(stream, seq) for _, stream, seq, _ in rows}) == 1  # one connect, one ISN
+    assert [flag for *_, flag in rows] == ["", *["1"] * (len(rows) - 1)]
+    first = float(rows[0][0])
+    gaps = [round(float(t) - first, 3) for t, *_ in rows]
+    assert gaps == [0.0, 1.0, 3.0, 7.0, 15.0][: len(rows)]
+    # Nothing answers: no RST from the relay range.
+    assert tshark(path, "-Y", "tcp.flags.reset == 1 && tcp.srcport in {24000..29999}") == []
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize("clock", ["virtual", "live"])
+def test_tshark_sees_a_refused_connect_answered_by_a_reset(clock: str, tmp_path: Path) -> None:
+    path = relay_blocked("refuse", clock, tmp_path)
+    relay = "tcp.dstport in {24000..29999} || tcp.srcport in {24000..29999}"
+    rows = tshark(path, "-Y", relay, "-T", "fields", "-e", "tcp.flags.str",
+                  "-e", "tcp.analysis.retransmission")  # fmt: skip
+    assert [r.split("\t") for r in rows] == [["··········S·", ""], ["·······A·R··", ""]]
+
+
 # -- tshark on hand-made traces -------------------------------------------------------------------
 
 

@@ -323,6 +323,8 @@ def test_connect_to_a_port_nobody_listens_on_is_refused(kind: str) -> None:
     assert (refused.client, refused.client_host, refused.server_addr, refused.reason) == (
         "client", CLIENT_HOST, target, "refused"
     )  # fmt: skip
+    assert refused.how == "refused"  # a RST came back
+    assert refused.started is not None and refused.started <= refused.t
     assert trace.connections == {}
 
 
@@ -595,6 +597,10 @@ def test_virtual_blocked_pair_times_out() -> None:
     assert client.of(ConnectFailed) == [ConnectFailed("c", Address(SERVER_HOST, 5061), "timeout")]
     assert client.time_of(ConnectFailed) == 3.0
     assert server.of(Accepted) == [] and trace.refused[0].reason == "timeout"
+    # Typed: the SYN got no answer; it left at the Connect (0) and the connect gave up at 3 s.
+    assert (trace.refused[0].how, trace.refused[0].started, trace.refused[0].t) == (
+        "timeout", 0.0, 3.0
+    )  # fmt: skip
 
 
 def test_virtual_refused_pair_and_ephemeral_ports() -> None:
@@ -651,6 +657,17 @@ def test_each_live_run_maps_lab_hosts_into_a_loopback_block_of_its_own() -> None
     with pytest.raises(ValueError, match="IPv6"):
         LiveNetwork([Recorder("a", "2001:db8::1")], Trace())
     one.run(0.01)
+
+
+def test_live_connect_to_a_host_with_no_loopback_address_is_unreachable() -> None:
+    # A lab IPv6 host no actor has cannot be mapped into the run's block: no route, no SYN.
+    target = Address("2001:db8::7", 5061)
+    client = Client(target, [b"x"])
+    trace = LiveNetwork([client], Trace()).run(3.0, stop=lambda _: client.done)
+    [failed] = client.of(ConnectFailed)
+    assert failed.reason.startswith("unreachable")
+    [refused] = trace.refused
+    assert (refused.how, refused.server_addr) == ("unreachable", target)
 
 
 def test_live_rejects_off_loopback_externals_and_maps_any_lab_addresses() -> None:
@@ -773,7 +790,7 @@ async def test_live_connect_timeout() -> None:
     assert client.of(ConnectFailed) == [ConnectFailed("c", target, "timeout")]
     # Not before its timeout (how soon after is the loop's business, not a test's).
     assert client.time_of(ConnectFailed) >= 0.3
-    assert trace.refused[0].reason == "timeout"
+    assert trace.refused[0].reason == "timeout" and trace.refused[0].how == "timeout"
 
 
 class Idler(Recorder):

@@ -8,16 +8,19 @@
 * a cut resets both ends of a connection at a time after it opened, or once N bytes went one
   way (the rest of the cut write never leaves);
 * every decision is a :class:`~labsim.trace.FaultRecord` (for the reader: the diagnosis never
-  reads them) and, for a message, its fate in the trace (dropped by rule N, held d seconds).
+  reads them) and, for a message, its fate in the trace (dropped by rule N, held d seconds);
+* when the run ends, every rule goes into the trace with how often it acted
+  (:class:`~labsim.trace.FaultRuleRecord`), so a rule that never acted (a typo'd hop or kind:
+  the run was the healthy call) is reported rather than silently passed over.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from labsim.net.faults import Cut, Delay, Drop, FaultPlan, Hit
+from labsim.net.faults import Block, Cut, Delay, Drop, FaultPlan, Hit
 from labsim.net.model import NETWORK, CutBudget, End, Held, Link
-from labsim.trace import FaultRecord
+from labsim.trace import FaultRecord, FaultRuleRecord
 
 if TYPE_CHECKING:
     from labsim.net.runtime import Runtime
@@ -31,6 +34,10 @@ class FaultExecutor:
         self.runtime = runtime
         #: Ends a delay holds data on (closed ones too: their data still waits).
         self.holding: dict[int, End] = {}
+        #: How often each rule acted (dropped, delayed, blocked, cut), by its index.
+        self.acted = [0] * len(plan.rules)
+        #: Cut rules: how many connections each was armed on.
+        self.armed = [0] * len(plan.rules)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -41,6 +48,7 @@ class FaultExecutor:
         for hit in self.plan.cuts(client, server, link.number):
             rule = hit.rule
             assert isinstance(rule, Cut)
+            self.armed[hit.number - 1] += 1
             if rule.after is not None:
                 self.runtime.transport.later(rule.after, self.cut, link, hit)
             elif rule.after_bytes is not None:
@@ -172,4 +180,31 @@ class FaultExecutor:
         self, now: float, action: str, hit: Hit, src: str, dst: str, conn: int | None,
         summary: str = "",
     ) -> None:  # fmt: skip
-        self.runtime.trace.fault(FaultRecord(now, action, hit.words(), src, dst, conn, summary))
+        """A rule acted: its record in the trace, and one more to its count."""
+        self.acted[hit.number - 1] += 1
+        self.runtime.trace.fault(
+            FaultRecord(now, action, hit.words(), src, dst, conn, summary, hit.number)
+        )
+
+    # -- the end of the run --------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Write every rule, with how often it acted, into the trace."""
+        plan = self.plan
+        records = []
+        for number, rule in enumerate(plan.rules, 1):
+            chance = rule.match.probability if isinstance(rule, Drop | Delay) else 1.0
+            acted = self.acted[number - 1]
+            words, action, matched = rule.words(), _action(rule), plan.matched(number)
+            if isinstance(rule, Cut):
+                matched = self.armed[number - 1]
+            records.append(FaultRuleRecord(number, words, action, acted, matched, chance))
+        self.runtime.trace.fault_rules = records
+
+
+def _action(rule: Drop | Delay | Block | Cut) -> Literal["drop", "delay", "block", "cut"]:
+    if isinstance(rule, Drop):
+        return "drop"
+    if isinstance(rule, Delay):
+        return "delay"
+    return "block" if isinstance(rule, Block) else "cut"

@@ -22,11 +22,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from labsim.trace import ConnectFailure
 from labsim.wire.facts import Facts, Kind
 
 #: How a blocked connect fails: a RST at once (``refuse``, a firewall that rejects), or
 #: nothing at all until the connect times out (``blackhole``, a firewall that drops the SYN).
 BlockHow = Literal["refuse", "blackhole"]
+
+#: What the trace records for a connect a block stops (:attr:`labsim.trace.RefusedRecord.how`):
+#: a rejecting firewall's RST reads as ``refused``, a dropping one's silence as ``timeout``.
+FAILS_AS: dict[BlockHow, ConnectFailure] = {"refuse": "refused", "blackhole": "timeout"}
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,12 @@ class FaultPlan:
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    def matched(self, number: int) -> int | None:
+        """Drop and delay rules: how many messages rule ``number`` (1-based) matched before its
+        ``nth`` and ``probability`` chose; None for block and cut rules."""
+        rule = self.rules[number - 1]
+        return self._seen[number - 1] if isinstance(rule, Drop | Delay) else None
 
     # -- connections ---------------------------------------------------------------------------
 

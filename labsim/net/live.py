@@ -66,7 +66,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from labsim.net.faults import BlockHow, FaultPlan
+from labsim.net.faults import FAILS_AS, BlockHow, FaultPlan
 from labsim.net.model import (
     EPHEMERAL_FIRST,
     EPHEMERAL_LAST,
@@ -81,7 +81,7 @@ from labsim.net.nat import StaticNat
 from labsim.net.runtime import Runtime
 from labsim.net.transport import Handle
 from labsim.proto.events import Actor, Address, Connect, ConnId
-from labsim.trace import Trace
+from labsim.trace import ConnectFailure, Trace
 
 #: Bytes taken from a socket per read.
 READ_SIZE = 64 * 1024
@@ -216,6 +216,18 @@ def require_loopback(host: str) -> str:
     if not _is_loopback(host):
         raise NonLoopbackError(f"{host} is not a loopback address: the live runtime stays on lo")
     return host
+
+
+def _failure_of(exc: OSError) -> ConnectFailure:
+    """How a connect that raised ``exc`` failed: a RST (``ECONNREFUSED``, or one that reset
+    the handshake), silence until the kernel gave up (``ETIMEDOUT``: Linux's
+    ``tcp_syn_retries`` ran out), or no route (``ENETUNREACH``, ``EHOSTUNREACH``, an address
+    that cannot be used)."""
+    if exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET):
+        return "refused"
+    if exc.errno == errno.ETIMEDOUT:
+        return "timeout"
+    return "unreachable"
 
 
 # Every connect checks both ends; ipaddress parsing costs more than the rest of the check.
@@ -629,7 +641,7 @@ class LiveNetwork:
         out = _Outgoing(st, effect.conn, effect.remote)
         out.local_port = effect.local_port
         if blocked == "refuse":
-            self.soon(self._fail, out, "refused")
+            self.soon(self._fail, out, FAILS_AS[blocked], "refused")
             return out
         if blocked == "blackhole":
             # Nothing goes on the wire: the loopback would answer at once, a firewall would not.
@@ -640,14 +652,14 @@ class LiveNetwork:
             try:
                 target = (self._real_host(effect.remote.host), effect.remote.port)
             except ValueError as exc:
-                self.soon(self._fail, out, f"unreachable: {exc}")
+                self.soon(self._fail, out, "unreachable", f"unreachable: {exc}")
                 return out
         out.task = self._spawn(self._connect(out, target, effect.timeout))
         return out
 
     async def _black_hole(self, out: _Outgoing, timeout: float) -> None:
         await asyncio.sleep(timeout)
-        self._fail(out, "timeout")
+        self._fail(out, FAILS_AS["blackhole"], "timeout")
 
     def cancel_connect(self, handle: object) -> None:
         assert isinstance(handle, _Outgoing)
@@ -657,9 +669,9 @@ class LiveNetwork:
     def _attempt_live(self, out: _Outgoing) -> bool:
         return out.st.alive and out.st.connecting.get(out.conn) is out
 
-    def _fail(self, out: _Outgoing, reason: str) -> None:
+    def _fail(self, out: _Outgoing, how: ConnectFailure, reason: str) -> None:
         if self._attempt_live(out):
-            self.runtime.connect_failed(out.st, out.conn, out.remote, reason)
+            self.runtime.connect_failed(out.st, out.conn, out.remote, how, reason)
 
     def _client_socket(self, family: int, source: str, wanted: int = 0) -> socket.socket:
         """A socket bound to the actor's loopback address and ``wanted`` port, or else the next
@@ -697,6 +709,7 @@ class LiveNetwork:
     async def _connect(self, out: _Outgoing, target: _RealAddr, timeout: float) -> None:
         assert self._loop is not None
         sock: socket.socket | None = None
+        how: ConnectFailure
         try:
             source = require_loopback(self._loopback_of[out.st.host])
             require_loopback(target[0])
@@ -724,13 +737,14 @@ class LiveNetwork:
             await self._loop.create_connection(lambda: _Stream(self, out), sock=connected)
             return
         except TimeoutError:
-            reason = "timeout"
+            how, reason = "timeout", "timeout"
         except ConnectionRefusedError:
-            reason = "refused"
+            how, reason = "refused", "refused"
         except NonLoopbackError as exc:
-            reason = f"refused by labsim: {exc}"
+            # labsim will not send a SYN off the loopback: for the run there is no route.
+            how, reason = "unreachable", f"refused by labsim: {exc}"
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            how, reason = _failure_of(exc), exc.strerror or str(exc)
         finally:
             if sock is not None:
                 sock.close()
@@ -738,7 +752,7 @@ class LiveNetwork:
                 del self._outgoing[out.key]
                 # Failed or cancelled before our end existed: an accepted end waits in vain.
                 self._forget_halfway(out.key, client_first=False)
-        self._fail(out, reason)
+        self._fail(out, how, reason)
 
     # -- connections ---------------------------------------------------------------------------
 

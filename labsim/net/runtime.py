@@ -66,7 +66,7 @@ from labsim.proto.events import (
     TimerId,
     Unlisten,
 )
-from labsim.trace import Trace
+from labsim.trace import ConnectFailure, Trace
 from labsim.wire import stun
 
 logger = logging.getLogger("labsim.net")
@@ -115,6 +115,9 @@ class Runtime:
         self._names: dict[str, int] = {}
         self._stop_when: StopWhen | None = None
         self._started = False
+        #: When each connect in flight started, by (actor, its name for it): a connect that
+        #: fails is recorded with its start (the first SYN) as well as its end.
+        self._connect_started: dict[tuple[str, ConnId], float] = {}
         self._apply_table: dict[type, Callable[[ActorState, Any, float], None]] = {
             Send: self._do_send,
             Close: self._do_close,
@@ -148,8 +151,11 @@ class Runtime:
             self.transport.stop()
 
     def release_all(self) -> None:
-        """End of run: stop timers, listeners and connects of every actor (not traced)."""
+        """End of run: stop timers, listeners and connects of every actor (not traced); the
+        fault rules go into the trace with how often each acted."""
         self.stopping = True
+        if self.faults is not None:
+            self.faults.finish()
         transport = self.transport
         if self.faults is not None:
             self.faults.settle()
@@ -253,6 +259,7 @@ class Runtime:
             return
         if effect.conn in st.connecting:  # the actor gives up on its connect
             self.transport.cancel_connect(st.connecting.pop(effect.conn))
+            self._connect_started.pop((st.name, effect.conn), None)
             st.gone.add(effect.conn)
         else:
             self._unknown_conn(st, effect, now)
@@ -302,6 +309,7 @@ class Runtime:
                 how, hit = verdict
                 if hit is not None and self.faults is not None:
                     self.faults.note(now, "blocked", hit, st.name, target or str(remote), None)
+            self._connect_started[(st.name, conn)] = now
             st.connecting[conn] = self.transport.connect(st, effect, how)
 
     def _do_listen(self, st: ActorState, effect: Listen, now: float) -> None:
@@ -389,12 +397,18 @@ class Runtime:
     def connected(self, end: End) -> None:
         st = end.st
         st.connecting.pop(end.conn, None)
+        self._connect_started.pop((st.name, end.conn), None)
         st.ends[end.conn] = end
         self.deliver(st, Connected(end.conn, end.local, end.remote))
 
-    def connect_failed(self, st: ActorState, conn: ConnId, remote: Address, reason: str) -> None:
+    def connect_failed(
+        self, st: ActorState, conn: ConnId, remote: Address, how: ConnectFailure, reason: str
+    ) -> None:
+        """A connect failed: ``how``, typed, for the trace; ``reason``, words, for the actor."""
         st.connecting.pop(conn, None)
-        self.trace.refuse(self.transport.now(), st.name, st.host, remote, reason)
+        now = self.transport.now()
+        started = self._connect_started.pop((st.name, conn), now)
+        self.trace.refuse(now, st.name, st.host, remote, reason, how=how, started=started)
         self.deliver(st, ConnectFailed(conn, remote, reason))
 
     def received(self, end: End, data: bytes) -> None:

@@ -34,13 +34,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 import simpy
 
-from labsim.net.faults import BlockHow, FaultPlan
+from labsim.net.faults import FAILS_AS, BlockHow, FaultPlan
 from labsim.net.model import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, StopWhen
 from labsim.net.nat import StaticNat
 from labsim.net.runtime import Runtime
 from labsim.net.transport import Handle
 from labsim.proto.events import Actor, Address, Connect, ConnId
-from labsim.trace import Trace
+from labsim.trace import ConnectFailure, Trace
 
 
 class _Pending:
@@ -199,10 +199,11 @@ class VirtualNetwork:
             effect.remote.host
         )  # fmt: skip
         round_trip = self._latency(st.name, target) + self._latency(target, st.name)
-        if blocked == "refuse":  # a firewall's RST comes back after a round trip
-            self.later(min(round_trip, effect.timeout), self._fail, pending, "refused")
-        elif blocked == "blackhole":
-            self.later(effect.timeout, self._fail, pending, "timeout")  # the SYN is black-holed
+        if blocked is not None:
+            # refuse: a firewall's RST comes back after a round trip; blackhole: the SYN and
+            # every retransmission of it vanish, and the connect times out.
+            wait = min(round_trip, effect.timeout) if blocked == "refuse" else effect.timeout
+            self.later(wait, self._fail, pending, FAILS_AS[blocked])
         elif round_trip > effect.timeout:
             self.later(effect.timeout, self._fail, pending, "timeout")
         else:
@@ -218,10 +219,12 @@ class VirtualNetwork:
     def _free_port(self, address: Address) -> None:
         self._ports_in_use.discard((address.host, address.port))
 
-    def _fail(self, pending: _Pending, reason: str) -> None:
+    def _fail(self, pending: _Pending, how: ConnectFailure) -> None:
         self._free_port(pending.local)
         if self._attempt_live(pending):
-            self.runtime.connect_failed(pending.st, pending.conn, pending.remote, reason)
+            # The words the actor gets are the typed value itself: a virtual connect fails
+            # only by a RST or by silence.
+            self.runtime.connect_failed(pending.st, pending.conn, pending.remote, how, how)
 
     def _syn_arrives(self, pending: _Pending) -> None:
         if not self._attempt_live(pending):

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from labsim.trace import ConnectionRecord, Journey, MessageRecord, RefusedRecord, Trace
+from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
 from labsim.wire.address import Address
 from labsim.wire.facts import SipFacts, StunFacts
 
@@ -45,11 +45,6 @@ Step = Literal[
 STEPS: tuple[Step, ...] = get_args(Step)
 
 AnomalyWhat = Literal["lost", "held", "error", "connect-failed", "closed", "missing"]
-
-#: A connect that never opened: ``refused`` (an RST came back: nothing listens there, or a
-#: firewall rejects), ``timeout`` (the SYNs got no answer: a firewall drops them) or
-#: ``unreachable`` (no route).
-ConnectHow = Literal["refused", "timeout", "unreachable"]
 
 
 @dataclass(frozen=True)
@@ -74,8 +69,8 @@ class Anomaly:
     count: int = 1
     rule: int | None = None
     how: str = ""
-    """``lost``: the fate; ``connect-failed``: :data:`ConnectHow`; ``closed``: reset or
-    closed."""
+    """``lost``: the fate; ``connect-failed``: :data:`labsim.trace.ConnectFailure`;
+    ``closed``: reset or closed."""
     recovered: str = ""
     """Empty: it had consequences. Otherwise why it did not: what recovered it."""
     records: tuple[MessageRecord, ...] = field(default=(), repr=False, compare=False)
@@ -501,23 +496,10 @@ def _sip_errors(ev: Evidence) -> list[Anomaly]:
 # -- connections --------------------------------------------------------------------------------
 
 
-def connect_how(refused: RefusedRecord) -> ConnectHow:
-    how = getattr(refused, "how", None)
-    for known in get_args(ConnectHow):
-        if how == known:
-            return known  # type: ignore[no-any-return]
-    reason = refused.reason.lower()
-    if "timeout" in reason or "timed out" in reason:
-        return "timeout"
-    if "refused" in reason or "reset" in reason:
-        return "refused"
-    return "unreachable"
-
-
 def _connects(ev: Evidence) -> list[Anomaly]:
     out = []
     for refused in ev.trace.refused:
-        how = connect_how(refused)
+        how = refused.how
         target = refused.server_addr
         server = _actor_at(ev, target)
         if ev.relay is not None and target == ev.relay:
@@ -543,7 +525,7 @@ def _connects(ev: Evidence) -> list[Anomaly]:
             "(a firewall drops them)",
             "unreachable": f"failed: {refused.reason}",
         }[how]
-        started = getattr(refused, "started", refused.t)
+        started = refused.began
         line = f"{refused.client}'s TCP connect to {what} {words} (t={started:.3f} s"
         line += f" to {refused.t:.3f} s)" if refused.t != started else ")"
         out.append(Anomaly(

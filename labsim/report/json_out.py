@@ -33,7 +33,7 @@ VERSION: Literal[2] = 2
 #: Keys the output always has; ``extra`` may not replace them.
 CORE_KEYS = (
     "version", "scenario", "outcome", "diagnosis", "connections", "messages", "journeys",
-    "refused", "logs", "faults",
+    "refused", "logs", "faults", "fault_rules",
 )  # fmt: skip
 
 
@@ -155,11 +155,18 @@ class JourneyJson(_Out):
 
 
 class RefusedJson(_Out):
-    t: float
+    """A connect that never opened."""
+
+    t: float = Field(description="When it failed: the RST came back, or the client gave up.")
+    started: float = Field(description="When it started (its first SYN).")
     client: str
     client_host: str
     server_addr: str
-    reason: str
+    how: Literal["refused", "timeout", "unreachable"] = Field(
+        description="refused: a RST answered (nothing listens, a firewall rejects); timeout: "
+        "the SYNs got no answer (a firewall drops them); unreachable: no route."
+    )
+    reason: str = Field(description="The failure in words, as the connecting actor was told.")
 
 
 class LogJson(_Out):
@@ -173,10 +180,26 @@ class FaultJson(_Out):
     t: float
     action: str = Field(description="dropped, delayed, blocked or cut.")
     rule: str
+    number: int = Field(description="The rule's number in the scenario's faults: (1-based).")
     src: str
     dst: str
     connection: int | None
     summary: str
+
+
+class FaultRuleJson(_Out):
+    """One rule of the scenario's faults: and how often it acted."""
+
+    number: int = Field(description="1-based, in the order of faults:.")
+    rule: str = Field(description="The rule in words.")
+    action: Literal["drop", "delay", "block", "cut"]
+    acted: int = Field(description="Messages dropped or delayed, connects blocked, cuts.")
+    matched: int | None = Field(
+        description="drop and delay: messages the rule matched before nth and probability "
+        "chose; cut: connections it was armed on; null for block."
+    )
+    probability: float
+    warning: str | None = Field(description="Why it never acted, in words; null: it acted.")
 
 
 class RunJson(_Out):
@@ -195,6 +218,9 @@ class RunJson(_Out):
     refused: list[RefusedJson]
     logs: list[LogJson]
     faults: list[FaultJson] = Field(description="What each injected fault rule did.")
+    fault_rules: list[FaultRuleJson] = Field(
+        description="Every rule of the scenario's faults: with how often it acted."
+    )
     # Written by `labsim run --json` (absent when a tool calls trace_to_json without them):
     clock: Literal["live", "virtual"] | None = Field(default=None, description="The clock.")
     reason: str | None = Field(default=None, description="The outcome, in one sentence.")
@@ -285,9 +311,12 @@ def trace_to_json(
             )
             for j in trace.journeys
         ],
-        refused=[_copy(RefusedJson, r) for r in trace.refused],
+        refused=[_copy(RefusedJson, r, started=r.began) for r in trace.refused],
         logs=[_copy(LogJson, g) for g in trace.logs],
         faults=[_copy(FaultJson, f) for f in trace.faults],
+        fault_rules=[
+            _copy(FaultRuleJson, r, warning=r.unmatched() or None) for r in trace.fault_rules
+        ],
     )
     out: dict[str, Any] = run.model_dump(mode="json")
     for key in _RUN_EXTRAS:

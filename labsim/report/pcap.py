@@ -18,8 +18,12 @@ connections and messages, not segments, so the segments are rebuilt here:
   as in the lab capture, where a 44-byte STUN message is a 98-byte frame. IP lengths and the IP
   and TCP checksums are computed (dpkt fills them in when the frame is built). MAC addresses
   derive from the IP addresses;
-* a refused connect becomes a SYN answered by RST|ACK; one that timed out or was blocked, a
-  lone SYN.
+* a connect that never opened starts with its SYN at ``RefusedRecord.started``. A ``refused``
+  one is answered by RST|ACK when it failed; one that timed out (a firewall that drops SYNs) is
+  followed by the SYN's retransmissions, as Linux sends them: the same sequence number after
+  1, 3, 7, 15 … s (an initial RTO of 1 s, doubled each time: RFC 6298 §2.1 and §5.5; at most
+  ``tcp_syn_retries`` = 6), as many as left before the connect gave up, so Wireshark flags
+  them ``tcp.analysis.retransmission``; an ``unreachable`` one is a lone SYN.
 
 What the payload bytes are, per message record (see :func:`wire_payload`):
 
@@ -73,6 +77,12 @@ SNAPLEN = 65535
 WINDOW = 65535
 #: How long after a segment its receiver's ACK is stamped (seconds).
 ACK_DELAY = 0.0001
+#: The first SYN's retransmission timeout: 1 s (RFC 6298 §2.1; Linux's TCP_TIMEOUT_INIT),
+#: doubled after each retransmission (RFC 6298 §5.5, Linux's exponential backoff).
+SYN_RTO = 1.0
+#: How many times Linux retransmits an unanswered SYN before connect() fails on its own
+#: (``net.ipv4.tcp_syn_retries``, default 6: the last at 63 s, the failure at 127 s).
+SYN_RETRIES = 6
 
 _SYN, _ACK, _PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH
 _FIN, _RST = dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST
@@ -94,6 +104,21 @@ def wire_payload(message: MessageRecord) -> bytes | None:
     if len(data) < message.size:
         data = data + bytes(message.size - len(data))
     return data
+
+
+def syn_times(started: float, failed: float) -> list[float]:
+    """When a connect that got no answer sent its SYNs: the first at ``started``, then Linux's
+    retransmissions at 1, 3, 7, 15 … s after it (:data:`SYN_RTO`, doubled each time, at most
+    :data:`SYN_RETRIES`), those before the connect gave up at ``failed``."""
+    times = [started]
+    at, rto = started, SYN_RTO
+    for _ in range(SYN_RETRIES):
+        at += rto
+        rto *= 2
+        if at >= failed:
+            break
+        times.append(at)
+    return times
 
 
 def write_pcapng(
@@ -328,14 +353,18 @@ class _Builder:
     def _refused(self, record: RefusedRecord, port: int, index: int) -> None:
         client = Address(record.client_host, port)
         isn = _isn("refused", index)
-        self.add(record.t, _packet(self.hosts, client, record.server_addr, isn, 0, _SYN, b""))
-        if record.reason.startswith("refused"):
-            # No listener: the server's TCP answers the SYN with RST|ACK (RFC 793 §3.4, "Reset
-            # Generation", group 1). A timeout or a block leaves the SYN unanswered.
+        began = record.began
+        times = syn_times(began, record.t) if record.how == "timeout" else [began]
+        for t in times:
+            # Every retransmission repeats the first SYN, sequence number included.
+            self.add(t, _packet(self.hosts, client, record.server_addr, isn, 0, _SYN, b""))
+        if record.how == "refused":
+            # Nothing listens, or a firewall rejects: the SYN is answered with RST|ACK
+            # (RFC 9293 §3.10.7.1), which the client got when the connect failed.
             packet = _packet(
                 self.hosts, record.server_addr, client, 0, (isn + 1) % _SEQ_MOD, _RST | _ACK, b""
             )
-            self.add(record.t + ACK_DELAY, packet)
+            self.add(max(record.t, began + ACK_DELAY), packet)
 
     def _next_times(self) -> list[float]:
         """For each timeline record of a connection, the time of that connection's next record:
