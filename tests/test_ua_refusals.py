@@ -29,6 +29,7 @@ from labsim.proto.events import (
 from labsim.proto.settings import SettingError
 from labsim.proto.sip_ua_state import UaEvent, UaState
 from labsim.run import Clock as RunClock
+from labsim.run import RunResult
 from labsim.scenario import ScenarioError, load, loads
 from labsim.trace import Trace
 from labsim.wire import sip
@@ -271,6 +272,17 @@ def sip_sent(trace: Trace, src: str, summary: str) -> list[sip.SipMessage]:
     ]  # fmt: skip
 
 
+def run_library(name: str, clock: RunClock, outcome: str) -> RunResult:
+    """Run a library scenario; it must meet its own expectations and end with ``outcome``."""
+    from labsim.run import run_scenario
+    from labsim.scenario import library_dir
+
+    result = run_scenario(load(library_dir() / f"{name}.yaml"), clock)
+    assert result.passed, result.failures
+    assert result.outcome.name == outcome and result.ended == "finished"
+    return result
+
+
 @pytest.mark.parametrize("clock", CLOCKS)
 @pytest.mark.parametrize(
     ("name", "status"),
@@ -279,12 +291,7 @@ def sip_sent(trace: Trace, src: str, summary: str) -> list[sip.SipMessage]:
 def test_a_refused_invite_ends_the_call_with_no_dialog(
     name: str, status: int, clock: RunClock
 ) -> None:
-    from labsim.run import run_scenario
-    from labsim.scenario import library_dir
-
-    result = run_scenario(load(library_dir() / f"{name}.yaml"), clock)
-    assert result.passed, result.failures
-    assert result.outcome.name == "call-rejected" and result.ended == "finished"
+    result = run_library(name, clock, "call-rejected")
     (no,) = sip_sent(result.trace, "cms", f"{status} {sip.DEFAULT_REASONS[status]}")
     if status == 503:
         assert no.headers.get("Retry-After") == "5"
@@ -301,24 +308,14 @@ def test_a_refused_invite_ends_the_call_with_no_dialog(
 def test_a_refused_reinvite_is_followed_by_bye_with_its_status(
     name: str, status: int, clock: RunClock
 ) -> None:
-    from labsim.run import run_scenario
-    from labsim.scenario import library_dir
-
-    result = run_scenario(load(library_dir() / f"{name}.yaml"), clock)
-    assert result.passed, result.failures
-    assert result.outcome.name == "call-rejected" and result.ended == "finished"
+    result = run_library(name, clock, "call-rejected")
     (bye,) = sip_sent(result.trace, "cms", "BYE")
     assert sip.reason_text(bye).startswith(f"SIP ;cause={status} ;")
 
 
 @pytest.mark.parametrize("clock", CLOCKS)
 def test_491_once_the_retry_after_the_random_wait_sets_sharing_up(clock: RunClock) -> None:
-    from labsim.run import run_scenario
-    from labsim.scenario import library_dir
-
-    result = run_scenario(load(library_dir() / "reinvite-491-once.yaml"), clock)
-    assert result.passed, result.failures
-    assert result.outcome.name == "sharing-established"
+    result = run_library("reinvite-491-once", clock, "sharing-established")
     trace = result.trace
     first, retry = sip_sent(trace, "cms", "INVITE")
     assert sip.cseq(retry).sequence > sip.cseq(first).sequence

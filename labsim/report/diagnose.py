@@ -305,6 +305,11 @@ def _stun_meaning(a: Anomaly, ev: Evidence) -> str:
     return f"{stun_phrase(a.code)}: {STUN_ERRORS.get(a.code or 0, ('', 'see RFC 5389 §15.6'))[1]}"
 
 
+def _verb(a: Anomaly) -> str:
+    """How a lost message ended on its hop: dropped (a rule took it), else lost."""
+    return "dropped" if a.how == "dropped" else "lost"
+
+
 def _lost_words(noun: str, late: str = "") -> Words:
     """``noun`` when the message was lost; ``late`` (default the same) when a delay made it
     arrive after the call had moved on."""
@@ -315,8 +320,7 @@ def _lost_words(noun: str, late: str = "") -> Words:
                 f"{late or noun}: {a.sender}'s {a.kind} was held {a.how} s on {a.where}, "
                 "longer than the call waited for it."
             )
-        verb = "dropped" if a.how == "dropped" else "lost"
-        return f"{noun}: {a.sender}'s {a.kind} was {verb} on {a.where}."
+        return f"{noun}: {a.sender}'s {a.kind} was {_verb(a)} on {a.where}."
 
     return words
 
@@ -454,7 +458,7 @@ RULES: tuple[Rule, ...] = (
                                         step="relay connection"),
          lambda a, ev: (
              f"The peer's connection to the relay was never bound: {a.sender}'s {a.kind} "
-             f"{'was held on ' + a.where if a.what == 'held' else 'was lost on ' + a.where}."
+             f"was {'held' if a.what == 'held' else _verb(a)} on {a.where}."
              if a.what in ("lost", "held")
              else f"The peer's connection to the relay was never bound: {a.line}."
          ),
@@ -473,7 +477,7 @@ RULES: tuple[Rule, ...] = (
     Rule("one-way-binding", _is("lost", "held", "error", step="ICE checks"),
          lambda a, ev: (
              f"The ICE checks fail one way: {a.sender}'s {a.kind}s are "
-             f"{'held' if a.what == 'held' else 'lost'} on {a.where}, so the candidate pair "
+             f"{'held' if a.what == 'held' else _verb(a)} on {a.where}, so the candidate pair "
              "never becomes valid both ways and no reINVITE confirms the sharing."
          ),
          "STUN binding traffic is lost one way on the media path (a firewall or ALG that "

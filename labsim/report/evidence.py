@@ -605,6 +605,12 @@ def _closed(ev: Evidence) -> list[Anomaly]:
 # -- steps never taken ------------------------------------------------------------------------
 
 
+def _never(step: Step, t: float, line: str, kind: str, sender: str = "") -> Anomaly:
+    """A step never taken: ``kind`` is what its actor never sent."""
+    method = "INVITE" if kind == "reINVITE" else kind.split()[0]
+    return Anomaly("missing", step, t, line, kind=kind, method=method, sender=sender)
+
+
 def _missing(ev: Evidence) -> list[Anomaly]:
     out: list[Anomaly] = []
     cms, turn = ev.callee, ev.turn
@@ -625,26 +631,34 @@ def _missing(ev: Evidence) -> list[Anomaly]:
         for r, f in ev.sip
     )  # fmt: skip
     if got_invite is not None and accepted and not stun_from_cms and not tried_turn:
-        out.append(Anomaly(
-            "missing", "TURN allocation", got_invite.fate_t or got_invite.t,
-            f"{cms} got the INVITE at t={got_invite.fate_t or got_invite.t:.3f} s and never "
-            f"asked {turn} for a relay: no TCP connection to a TURN server, no Allocate "
-            "Request",
-            kind="Allocate Request", method="Allocate", sender=cms,
-        ))  # fmt: skip
+        out.append(
+            _never(
+                "TURN allocation",
+                got_invite.fate_t or got_invite.t,
+                f"{cms} got the INVITE at t={got_invite.fate_t or got_invite.t:.3f} s and never "
+                f"asked {turn} for a relay: no TCP connection to a TURN server, no Allocate "
+                "Request",
+                "Allocate Request",
+                cms,
+            )
+        )
     attempts = [r for r, f in ev.stun if f.method == "ConnectionAttempt" and r.dst == cms
                 and r.delivered]  # fmt: skip
     binds = [r for r, f in ev.stun if f.method == "ConnectionBind" and f.is_request
              and r.src == cms and r.hop == 0]  # fmt: skip
     if attempts and not binds:
         a = attempts[0]
-        out.append(Anomaly(
-            "missing", "relay connection", a.fate_t or a.t,
-            f"{cms} got the ConnectionAttempt at t={a.fate_t or a.t:.3f} s and sent no "
-            f"ConnectionBind Request (no new connection to {turn} for the peer's data, "
-            "RFC 6062 §4.3)",
-            kind="ConnectionBind Request", method="ConnectionBind", sender=cms,
-        ))  # fmt: skip
+        out.append(
+            _never(
+                "relay connection",
+                a.fate_t or a.t,
+                f"{cms} got the ConnectionAttempt at t={a.fate_t or a.t:.3f} s and sent no "
+                f"ConnectionBind Request (no new connection to {turn} for the peer's data, "
+                "RFC 6062 §4.3)",
+                "ConnectionBind Request",
+                cms,
+            )
+        )
     bound = [r for r, f in ev.stun if f.method == "ConnectionBind" and f.is_success
              and r.dst == cms and r.delivered]  # fmt: skip
     if bound:
@@ -653,24 +667,31 @@ def _missing(ev: Evidence) -> list[Anomaly]:
             checks = [r for r, f in ev.stun if f.method == "Binding" and f.is_request
                       and r.src == end and r.hop == 0]  # fmt: skip
             if not checks:
-                out.append(Anomaly(
-                    "missing", "ICE checks", t0,
-                    f"{end} sent no connectivity check (Binding Request) after the relay "
-                    f"connection was bound at t={t0:.3f} s",
-                    kind="Binding Request", method="Binding", sender=end,
-                ))  # fmt: skip
+                out.append(
+                    _never(
+                        "ICE checks",
+                        t0,
+                        f"{end} sent no connectivity check (Binding Request) after the relay "
+                        f"connection was bound at t={t0:.3f} s",
+                        "Binding Request",
+                        end,
+                    )
+                )
     answered = _checks_answered(ev)
     if {ev.caller, ev.callee} <= set(answered):
         reinvites = [r for r, f in ev.sip if f.method == "INVITE" and f.to_tag is not None
                      and r.hop == 0]  # fmt: skip
         if not reinvites:
             t = max(answered.values())
-            out.append(Anomaly(
-                "missing", "reINVITE", t,
-                f"the checks succeeded both ways (by t={t:.3f} s) and neither end sent the "
-                "reINVITE that confirms the media route (RFC 5245 §9.1.3, MS-ICE2)",
-                kind="reINVITE", method="INVITE",
-            ))  # fmt: skip
+            out.append(
+                _never(
+                    "reINVITE",
+                    t,
+                    f"the checks succeeded both ways (by t={t:.3f} s) and neither end sent the "
+                    "reINVITE that confirms the media route (RFC 5245 §9.1.3, MS-ICE2)",
+                    "reINVITE",
+                )
+            )
     return out
 
 
