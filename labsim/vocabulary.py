@@ -24,7 +24,8 @@ Verdict = Literal[
     "turn-no-capacity", "turn-error", "turn-no-answer", "ack-lost", "relay-refused",
     "relay-unreachable", "permission-missing", "connection-bind-failed",
     "connection-bind-missing", "ice-not-started", "one-way-binding", "reinvite-missing",
-    "reinvite-lost", "allocation-expired", "refresh-refused", "media-path-lost",
+    "reinvite-lost", "allocation-expired", "refresh-refused", "sip-connection-lost",
+    "media-path-lost",
     "hang-up-incomplete", "message-lost", "message-delayed",
     # nothing found explains it
     "unknown",

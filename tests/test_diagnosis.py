@@ -142,3 +142,19 @@ def test_the_healthy_call_says_who_hung_up() -> None:
     d = result.diagnosis
     assert d.verdict == "healthy" and not d.evidence and not d.also
     assert d.ended.startswith("skype_client ended the call with BYE") and "hang-up" in d.ended
+
+
+@pytest.mark.parametrize(
+    ("cut", "verdict", "words"),
+    [
+        ("{from: skype_edge, to: expressway_e, connection: 1, after: 0.3}",
+         "sip-connection-lost", "the SIP connection skype_edge/sip:1"),
+        ("{from: cms, to: expressway_e, connection: 2, after: 0.3}",
+         "media-path-lost", "cms/turn:data:1"),
+    ],
+)  # fmt: skip
+def test_a_cut_connection_is_named_by_what_it_carried(cut: str, verdict: str, words: str) -> None:
+    result = run_scenario(variant(f"deadline: 60\nfaults:\n  - cut: {cut}\n"), "virtual")
+    d = result.diagnosis
+    assert d.verdict == verdict, d.text()
+    assert any(words in e and "by the network" in e for e in d.evidence), d.text()

@@ -512,6 +512,13 @@ RULES: tuple[Rule, ...] = (
          "be extended.", _stun_meaning,
          ("Expressway-E's TURN logs at that time (a restart loses every allocation)",
           "CMS's TURN logs for the Refresh")),
+    Rule("sip-connection-lost", _is("closed", step="call up", kinds=("SIP connection",)),
+         lambda a, ev: f"A SIP connection broke under the call: {a.line}.",
+         "the TCP session of a SIP hop ended under the call (a firewall's idle timeout or "
+         "state flush, a restart); in-dialog requests (reINVITE, BYE) need a new connection "
+         "and whatever was on the wire is lost",
+         ("firewall TCP idle timeouts on the SIP ports (5060/5061, the traversal zone 7001)",
+          "the logs of the two ends of that hop at that time")),
     Rule("media-path-lost", _is("closed"),
          lambda a, ev: f"The media path broke under the call: {a.line}.",
          "the TCP session through the firewall or Expressway-E ended under the call (an idle "

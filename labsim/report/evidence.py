@@ -576,8 +576,15 @@ def _closed(ev: Evidence) -> list[Anomaly]:
         if not c.reset and c.closed_by in (ev.caller, ev.callee):
             continue  # an end closing its own connection (its session is over)
         ends = (c.client, c.server)
-        if bound is not None and c.closed > bound:
-            step: Step = "call up"  # the relay had carried the call by then
+        carried_sip = any(r.connection == c.id for r, _ in ev.sip)
+        kind = "TCP connection"
+        if carried_sip:
+            # A SIP hop's connection: the call's signalling, whatever the step.
+            kind = "SIP connection"
+            step: Step = "call up" if bound is not None and c.closed > bound else "SIP INVITE"
+            what = f"the SIP connection {c.name or c.id} ({c.client} → {c.server})"
+        elif bound is not None and c.closed > bound:
+            step = "call up"  # the relay had carried the call by then
             what = f"the connection {c.name or c.id} ({c.client} → {c.server})"
             if ev.relay is not None and c.server_addr == ev.relay:
                 what = f"the peer connection to the relay {c.server_addr} (from {c.client_addr})"
@@ -587,16 +594,15 @@ def _closed(ev: Evidence) -> list[Anomaly]:
         elif set(ends) == {ev.callee, ev.turn}:
             step = "call up"
             what = f"{ev.callee}'s TURN connection {c.name or c.id}"
-        elif any(r.connection == c.id for r, _ in ev.sip):
-            step = "SIP INVITE"
-            what = f"the SIP connection {c.client} → {c.server}"
         else:
             step = "call up"
             what = f"the connection {c.name or c.id} ({c.client} → {c.server})"
         how = "reset (RST)" if c.reset else "closed (FIN)"
-        line = f"{what} was {how} by {c.closed_by or '?'} at t={c.closed:.3f} s"
+        # A fault rule's cut is the network's doing, not either end's.
+        by = "the network (a cut on the path)" if c.closed_by == "network" else c.closed_by
+        line = f"{what} was {how} by {by or '?'} at t={c.closed:.3f} s"
         out.append(Anomaly(
-            "closed", step, c.closed, line, kind="TCP connection", sender=c.closed_by or "",
+            "closed", step, c.closed, line, kind=kind, sender=c.closed_by or "",
             hop=(c.client, c.server), how="reset" if c.reset else "closed", connection=c,
         ))  # fmt: skip
     return out
