@@ -1,0 +1,100 @@
+"""Hostile input the SIP codecs must survive (issue 12, first part): inputs that took seconds
+or minutes now end in a typed error, in time that grows at most linearly with their size.
+
+The growth is judged by two sizes in one run (the best of three timings of each, so a busy
+machine slows both alike), never by an absolute time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from labsim.wire import WireError, sip
+from labsim.wire.framing import SipSplitter
+
+HEAD = (
+    "Via: SIP/2.0/TCP 10.48.54.2;branch=z9hG4bK1\r\nFrom: <sip:a@lab>;tag=1\r\n"
+    "Call-ID: x\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n"
+)
+
+
+def best_of_three(run: Callable[[], None]) -> float:
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def growth(make: Callable[[int], bytes], parse: Callable[[bytes], object], n: int) -> float:
+    """How much longer a typed failure takes on an input 10 times larger."""
+
+    def fails(data: bytes) -> Callable[[], None]:
+        def run() -> None:
+            with pytest.raises(WireError):
+                parse(data)
+
+        return run
+
+    small, big = make(n), make(10 * n)
+    return best_of_three(fails(big)) / max(best_of_three(fails(small)), 1e-6)
+
+
+def splitter_feed(data: bytes) -> object:
+    return SipSplitter(max_header=len(data) + 1).feed(data)
+
+
+SLOW_INPUTS: dict[str, tuple[Callable[[int], bytes], Callable[[bytes], object], int]] = {
+    # The splitter's Content-Length search backtracked: 19.6 s at 1,600 spaces.
+    "splitter: l: + spaces + CR X": (
+        lambda n: b"INVITE sip:b@lab SIP/2.0\r\nl:" + b" " * n + b"\rX\r\n\r\n",
+        splitter_feed,
+        20_000,
+    ),
+    # sipmessage's URI grammar is quadratic: 19 s for 32,000 digits; refused by length now.
+    "parser: tel: Request-URI": (
+        lambda n: f"INVITE tel:+{'1' * n}! SIP/2.0\r\nTo: <sip:b@lab>\r\n{HEAD}\r\n".encode(),
+        sip.parse_message,
+        3_200,
+    ),
+    "parser: tel: in To": (
+        lambda n: f"INVITE sip:b@lab SIP/2.0\r\nTo: <tel:+{'1' * n}!>\r\n{HEAD}\r\n".encode(),
+        sip.parse_message,
+        1_600,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SLOW_INPUTS))
+def test_a_known_slow_input_fails_typed_in_linear_time(name: str) -> None:
+    make, parse, n = SLOW_INPUTS[name]
+    # Linear growth is 10x; quadratic would be 100x and the old splitter's far more. The
+    # margin absorbs timer noise on small inputs.
+    assert growth(make, parse, n) < 40
+
+
+def test_a_content_length_of_thousands_of_digits_is_a_framing_error_not_a_value_error() -> None:
+    digits = b"1" * 4301  # past Python's int() digit limit, which raises a bare ValueError
+    with pytest.raises(WireError, match="Content-Length"):
+        SipSplitter().feed(b"INVITE sip:b@lab SIP/2.0\r\nContent-Length: " + digits + b"\r\n\r\n")
+    with pytest.raises(WireError):
+        sip.parse_message(
+            f"INVITE sip:b@lab SIP/2.0\r\nTo: <sip:b@lab>\r\n{HEAD}".replace(
+                "Content-Length: 0", "Content-Length: " + "1" * 4301
+            ).encode()
+            + b"\r\n"
+        )
+
+
+def test_the_splitter_still_reads_content_length_as_rfc_3261_writes_it() -> None:
+    # Compact form, any case, white space around the colon and the value (sipp pads it).
+    for line in (b"Content-Length: 3", b"l:3", b"CONTENT-LENGTH :   3  ", b"content-length:\t3"):
+        splitter = SipSplitter()
+        out = splitter.feed(b"MESSAGE sip:b@lab SIP/2.0\r\n" + line + b"\r\n\r\nabcNEXT")
+        assert [bytes(m) for m in out] == [
+            b"MESSAGE sip:b@lab SIP/2.0\r\n" + line + b"\r\n\r\nabc"
+        ], line
