@@ -144,8 +144,11 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
     ended: Literal["finished", "deadline"] = "finished" if cast.finished() else "deadline"
-    diagnosis = diagnose(trace, end=min(net.now(), sc.deadline), deadline=ended == "deadline")
-    result = RunResult(sc, clock, trace, outcome(trace), diagnosis, wall, ended)
+    result_of = outcome(trace)
+    diagnosis = diagnose(
+        trace, end=min(net.now(), sc.deadline), deadline=ended == "deadline", result=result_of
+    )
+    result = RunResult(sc, clock, trace, result_of, diagnosis, wall, ended)
     result.failures = check(sc, result.trace, result.outcome, result.diagnosis)
     # An actor that raised is a bug in labsim, whatever the outcome: never a passing run.
     result.failures += [

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from labsim.report.evidence import Anomaly, Evidence, Step, gather, lines
-from labsim.report.outcome import outcome
-from labsim.trace import ConnectionRecord, Trace
+from labsim.report.outcome import Outcome, outcome
+from labsim.trace import Trace
 from labsim.vocabulary import Verdict
 from labsim.wire.facts import SipFacts
 
@@ -60,25 +60,12 @@ class Diagnosis:
 
     def text(self) -> str:
         lines = [f"Diagnosis: {self.verdict} (step: {self.step})", f"  {self.summary}"]
-        sections = (
-            ("Evidence", self.evidence), ("Recovered on the way", self.recovered),
-            ("Also found after the first failure (often its consequences)", self.also),
-        )  # fmt: skip
-        for title, items in sections[:1]:
-            if items:
-                lines.append(f"  {title}:")
-                lines += [f"    - {e}" for e in items]
-        if self.ended:
-            lines.append(f"  Ended: {self.ended}")
-        if self.cause:
-            lines.append(f"  Likely cause: {self.cause}")
-        if self.advice:
-            lines.append("  Check:")
-            lines += [f"    - {a}" for a in self.advice]
-        for title, items in sections[1:]:
-            if items:
-                lines.append(f"  {title}:")
-                lines += [f"    - {e}" for e in items]
+        lines += _section("Evidence", self.evidence)
+        lines += [f"  Ended: {self.ended}"] if self.ended else []
+        lines += [f"  Likely cause: {self.cause}"] if self.cause else []
+        lines += _section("Check", self.advice)
+        lines += _section("Recovered on the way", self.recovered)
+        lines += _section("Also found after the first failure (often its consequences)", self.also)
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, object]:
@@ -87,6 +74,10 @@ class Diagnosis:
             "evidence": list(self.evidence), "cause": self.cause, "advice": list(self.advice),
             "ended": self.ended, "also": list(self.also), "recovered": list(self.recovered),
         }  # fmt: skip
+
+
+def _section(title: str, items: tuple[str, ...]) -> list[str]:
+    return [f"  {title}:", *(f"    - {item}" for item in items)] if items else []
 
 
 # -- the words of error codes -------------------------------------------------------------------
@@ -202,32 +193,11 @@ _FINAL_ANSWER = On(
 )
 
 
-def _expiry(ev: Evidence) -> tuple[ConnectionRecord, int, float] | None:
-    """The callee's TURN connection closed by the TURN server once the allocation's lifetime
-    ran out after its last successful Allocate or Refresh (RFC 5766 §5)."""
-    granted = [
-        (r.fate_t or r.t, f.lifetime) for r, f in ev.stun
-        if f.method in ("Allocate", "Refresh") and f.is_success and r.dst == ev.callee
-        and r.delivered and f.lifetime
-    ]  # fmt: skip
-    if not granted:
-        return None
-    last, lifetime = max(granted)
-    assert lifetime is not None
-    for c in ev.trace.connections.values():
-        if (
-            {c.client, c.server} == {ev.callee, ev.turn} and c.closed_by == ev.turn
-            and c.closed is not None and c.closed >= last + lifetime - 1.0
-        ):  # fmt: skip
-            return c, lifetime, last
-    return None
-
-
 _EXPIRED = On(
     lambda a, ev: (
         a.step == "call up" and (a.what == "closed" or (a.what in ("lost", "held")
                                                          and a.method == "Refresh"))
-        and _expiry(ev) is not None
+        and ev.expiry is not None
     ),
     "closed, or a lost or held Refresh, in step call up, when the TURN server closed the "
     "callee's TURN connection once the allocation's lifetime ran out",
@@ -235,9 +205,9 @@ _EXPIRED = On(
 
 
 def _expiry_summary(a: Anomaly, ev: Evidence) -> str:
-    found = _expiry(ev)
+    found = ev.expiry
     assert found is not None
-    c, lifetime, last = found
+    c, lifetime, last = found.connection, found.lifetime, found.last
     return (
         f"The relay allocation expired: its lifetime ({lifetime} s) ran out after the last "
         f"successful Allocate or Refresh (t={last:.1f} s), and {ev.turn} closed {ev.callee}'s "
@@ -565,11 +535,14 @@ def rule_for(a: Anomaly, ev: Evidence) -> Rule | None:
 def diagnose(
     trace: Trace, *, caller: str = "skype_client", callee: str = "cms",
     turn: str = "expressway_e", end: float | None = None, deadline: bool = False,
+    result: Outcome | None = None,
 ) -> Diagnosis:  # fmt: skip
     """The verdict on one run, from its trace alone (``end``: when the run stopped;
-    ``deadline``: whether the scenario's deadline stopped it)."""
+    ``deadline``: whether the scenario's deadline stopped it; ``result``: the run's outcome,
+    when the caller has it already)."""
     ev = gather(trace, caller=caller, callee=callee, turn=turn, end=end, deadline=deadline)
-    result = outcome(trace, caller=caller, callee=callee)
+    if result is None:
+        result = outcome(trace, caller=caller, callee=callee)
     ending = ev.ending
     assert ending is not None
     ended = ending.line
@@ -600,11 +573,12 @@ def diagnose(
     assert rule is not None  # the table ends with a rule for every kind of anomaly
     # The verdict's evidence: every anomaly its rule explains (a lost Refresh belongs to an
     # expired allocation even where the call went on around it).
-    same = sorted((a for a in unrecovered if rule_for(a, ev) is rule), key=lambda a: a.t)
-    others = [a for a in failing if a not in same]
+    ruled = {id(a): rule_for(a, ev) for a in unrecovered}
+    same = sorted((a for a in unrecovered if ruled[id(a)] is rule), key=lambda a: a.t)
     also = tuple(
-        f"[{rule_for(a, ev).verdict if rule_for(a, ev) else 'unknown'}] {a.line}"  # type: ignore[union-attr]
-        for a in others
+        f"[{other.verdict if other is not None else 'unknown'}] {a.line}"
+        for a in failing
+        if (other := ruled[id(a)]) is not rule
     )
     context = rule.context(ev) if rule.context is not None else []
     return Diagnosis(
@@ -621,7 +595,7 @@ def _working(ev: Evidence, ended: str, tolerated: list[Anomaly]) -> Diagnosis:
         f"{a.line} — no consequence in this run: the call reached sharing and ended as planned"
         for a in tolerated
     ]
-    glare = [a for a in recovered if a.code == 491 and "glare (" in a.recovered]
+    glare = [a for a in recovered if a.glare]
     stale = [a for a in recovered if a.code == 438]
     setup = _setup(ev)
     if glare:

@@ -73,6 +73,8 @@ class Anomaly:
     ``closed``: reset or closed."""
     recovered: str = ""
     """Empty: it had consequences. Otherwise why it did not: what recovered it."""
+    glare: bool = False
+    """A 491 to a reINVITE that crossed one of the answerer's own (RFC 3261 §14.1)."""
     records: tuple[MessageRecord, ...] = field(default=(), repr=False, compare=False)
     facts: SipFacts | StunFacts | None = field(default=None, repr=False, compare=False)
     connection: ConnectionRecord | None = field(default=None, repr=False, compare=False)
@@ -108,6 +110,17 @@ class Ending:
         return f"the call ended at t={self.t:.3f} s: {self.why}"
 
 
+@dataclass(frozen=True)
+class Expiry:
+    """An allocation that ran out (RFC 5766 §5): the TURN server closed the callee's TURN
+    connection once ``lifetime`` had passed since the last successful Allocate or Refresh."""
+
+    connection: ConnectionRecord
+    lifetime: int
+    last: float
+    """When the last lifetime was granted."""
+
+
 @dataclass
 class Evidence:
     """The trace, read once for the diagnosis: the call's messages named, and what departed
@@ -130,6 +143,8 @@ class Evidence:
     """The address the callee reached the TURN server at."""
     anomalies: list[Anomaly] = field(default_factory=list)
     ending: Ending | None = None
+    expiry: Expiry | None = None
+    """The callee's allocation ran out, and the TURN server closed its connection."""
 
     # -- naming --------------------------------------------------------------------------------
 
@@ -185,19 +200,6 @@ class Evidence:
             return False
         return (facts.from_tag, facts.cseq) != (invite.from_tag, invite.cseq)
 
-    def sent(self, kind: str, by: str) -> list[MessageRecord]:
-        """First hops (what ``by`` itself sent) of messages named ``kind``."""
-        return [
-            r for r in self.trace.messages
-            if r.src == by and r.hop == 0 and self.name(r) == kind
-        ]  # fmt: skip
-
-    def delivered(self, kind: str, to: str) -> list[MessageRecord]:
-        return [
-            r for r in self.trace.messages
-            if r.dst == to and r.delivered and self.name(r) == kind
-        ]  # fmt: skip
-
 
 def gather(
     trace: Trace, *, caller: str = "skype_client", callee: str = "cms",
@@ -226,6 +228,7 @@ def gather(
             if ev.turn_server is None and record.src == callee and record.dst == turn:
                 ev.turn_server = record.dst_addr
     ev.ending = _ending(ev)
+    ev.expiry = _expiry(ev)
     found = [
         *_losses(ev), *_held(ev), *_stun_errors(ev), *_sip_errors(ev), *_connects(ev),
         *_closed(ev), *_missing(ev),
@@ -456,7 +459,7 @@ def _sip_errors(ev: Evidence) -> list[Anomaly]:
             line += (
                 f" (it never reached the asker: {_fate_words(journey.last if journey else record)})"  # noqa: E501
             )
-        recovered = ""
+        recovered, crossed = "", False
         if status == 491:
             # Glare is over once either end's retry is answered 2xx (RFC 3261 §14.1).
             done = next(
@@ -488,7 +491,8 @@ def _sip_errors(ev: Evidence) -> list[Anomaly]:
         out.append(Anomaly(
             "error", ev.step_of(record), record.t, line, kind=kind,
             method=facts.cseq_method, sender=record.src, hop=(record.src, answered),
-            code=status, recovered=recovered, records=(record,), facts=facts,
+            code=status, recovered=recovered, glare=status == 491 and crossed,
+            records=(record,), facts=facts,
         ))  # fmt: skip
     return out
 
@@ -606,6 +610,25 @@ def _closed(ev: Evidence) -> list[Anomaly]:
             hop=(c.client, c.server), how="reset" if c.reset else "closed", connection=c,
         ))  # fmt: skip
     return out
+
+
+def _expiry(ev: Evidence) -> Expiry | None:
+    granted = [
+        (r.fate_t or r.t, f.lifetime) for r, f in ev.stun
+        if f.method in ("Allocate", "Refresh") and f.is_success and r.dst == ev.callee
+        and r.delivered and f.lifetime
+    ]  # fmt: skip
+    if not granted:
+        return None
+    last, lifetime = max(granted)
+    assert lifetime is not None
+    for c in ev.trace.connections.values():
+        if (
+            {c.client, c.server} == {ev.callee, ev.turn} and c.closed_by == ev.turn
+            and c.closed is not None and c.closed >= last + lifetime - 1.0
+        ):  # fmt: skip
+            return Expiry(c, lifetime, last)
+    return None
 
 
 # -- steps never taken ------------------------------------------------------------------------
