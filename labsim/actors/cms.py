@@ -286,7 +286,7 @@ class Cms(UserAgent[UaState]):
     def on_reoffer_refused(self, why: str, now: float, cause: int) -> list[Effect]:
         # The content session cannot be used: CMS logs the refusal (with its
         # ms-diagnostics-public, where engineers look for 21002) and hangs it up.
-        return self.hang_up(f"{why}: ending the content session with BYE", now, "warning", cause)
+        return self.hang_up(why, now, "warning", cause, "ending the content session with BYE")
 
     def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
         effects: list[Effect] = [Log(why, level), *self.router.run(self.link, self.link.close())]

@@ -295,7 +295,7 @@ class UserAgent(Generic[S]):
     def on_reoffer_refused(self, why: str, now: float, cause: int) -> list[Effect]:
         """Our reINVITE was refused: without its new media route the sharing cannot work, so
         the lab's UAs end the dialog."""
-        return self.hang_up(f"{why}: ending the dialog with BYE", now, "warning", cause)
+        return self.hang_up(why, now, "warning", cause)
 
     def session_over(self) -> list[Effect]:
         """This end has sent BYE (RFC 3261 §15.1.1: the session is over from then on)."""
@@ -323,8 +323,8 @@ class UserAgent(Generic[S]):
             case UaTimer.TIMER_F:
                 return self._timer_f(now)
             case UaTimer.HOLD:
-                return self.hang_up(f"hold time over ({self.hold:g} s): ending the call with BYE",
-                                    now)  # fmt: skip
+                return self.hang_up(f"hold time over ({self.hold:g} s)", now,
+                                    ending="ending the call with BYE")  # fmt: skip
         return None
 
     def _timer_b(self, now: float) -> list[Effect]:
@@ -334,9 +334,10 @@ class UserAgent(Generic[S]):
         self.fire(UaEvent.TIMER_B)
         why = (
             f"no response to our reINVITE within {self.timers.timer_b:g} s (Timer B, 64·T1, "
-            "RFC 3261 §17.1.1.2); §14.1: the UAC terminates the dialog: ending it with BYE"
+            "RFC 3261 §17.1.1.2)"
         )
-        return [Log(why, "warning"), *self._send_bye(408, why.split("; ")[0])]
+        return [Log(f"{why}; §14.1: the UAC terminates the dialog: ending it with BYE",
+                    "warning"), *self._send_bye(408, why)]  # fmt: skip
 
     # -- our 2xx until its ACK (RFC 3261 §13.3.1.4) ---------------------------------------------
 
@@ -380,9 +381,10 @@ class UserAgent(Generic[S]):
         what = "INVITE" if accepted.initial else "reINVITE"
         why = (
             f"no ACK for the {sip.summary(accepted.response)} to the {what} after "
-            f"{self.timers.ack_wait:g} s (64·T1, RFC 3261 §13.3.1.4): ending the dialog with BYE"
+            f"{self.timers.ack_wait:g} s (64·T1, RFC 3261 §13.3.1.4)"
         )
-        return [self.stop_timer(UaTimer.RETRANSMIT_2XX), Log(why, "warning"),
+        return [self.stop_timer(UaTimer.RETRANSMIT_2XX),
+                Log(f"{why}: ending the dialog with BYE", "warning"),
                 *self._send_bye(408, why)]  # fmt: skip
 
     def on_ack(self, request: Request, now: float) -> list[Effect]:
@@ -527,8 +529,9 @@ class UserAgent(Generic[S]):
         if event is UaEvent.RECV_408:
             # §14.1: a 408 is treated as a timeout of the reINVITE: the UAC terminates the
             # dialog, with BYE as after Timer B.
-            why += ": RFC 3261 §14.1, the UAC terminates the dialog: ending it with BYE"
-            return [*effects, Log(why, "warning"), *self._send_bye(408, why)]
+            return [*effects, Log(f"{why}: RFC 3261 §14.1, the UAC terminates the dialog: "
+                                  "ending it with BYE", "warning"),
+                    *self._send_bye(408, why)]  # fmt: skip
         # §14.1: any other error leaves the session as it was before the reINVITE; the lab's
         # UAs cannot share without the new media route and end the dialog (Reason: the status).
         return effects + self.on_reoffer_refused(why, now, code)
@@ -617,14 +620,15 @@ class UserAgent(Generic[S]):
     # -- BYE (RFC 3261 §15) ----------------------------------------------------------------------
 
     def hang_up(
-        self, why: str, now: float, level: str = "info", cause: int | None = None
-    ) -> list[Effect]:
-        """End the dialog with BYE, saying why, when the table allows it. ``cause``: the BYE
-        ends the call for a reason other than the user's hang-up, said on the wire in a
-        Reason header (RFC 3326) with ``why`` as its text."""
+        self, why: str, now: float, level: str = "info", cause: int | None = None,
+        ending: str = "ending the dialog with BYE",
+    ) -> list[Effect]:  # fmt: skip
+        """End the dialog with BYE when the table allows it, logging ``why: ending``.
+        ``cause``: the BYE ends the call for a reason other than the user's hang-up, said on
+        the wire in a Reason header (RFC 3326) whose text is ``why``."""
         if self.allows(UaEvent.SEND_BYE):
             self.fire(UaEvent.SEND_BYE)
-            return [Log(why, level), *self._send_bye(cause, why)]
+            return [Log(f"{why}: {ending}", level), *self._send_bye(cause, why)]
         if self.machine.ended or self._bye is not None:
             return []  # already over, or our BYE is out
         return [Log(f"{why}; no BYE in state {self.state.name} (RFC 3261 §15: none before the "
@@ -636,8 +640,6 @@ class UserAgent(Generic[S]):
         assert dialog is not None  # the table allows BYE only in a dialog
         # RFC 3326 §2: a BYE may say why the session ends; a capture then shows whose timer
         # or which refusal ended the call. The user's own hang-up carries none (the lab's).
-        # The sentence without its "ending the dialog with BYE" tail: the BYE says that.
-        why = why.split(": ending ")[0].split(": giving ")[0]
         extra = () if cause is None else (("Reason", sip.reason_header(cause, why)),)
         self._bye = dialog.request("BYE", self.branch(), extra_headers=extra)
         return [*self.session_over(), *self.send_sip(self._bye, dialog.next_hop()),

@@ -396,8 +396,7 @@ class SkypeClient(UserAgent[UaState]):
     def _give_up(self, why: str, now: float, cause: int = 408) -> list[Effect]:
         """The sharing session cannot get media: hang up (BYE) rather than hold a dead call.
         The BYE says why (RFC 3326 Reason; 408: a wait ran out, else the refusal's status)."""
-        return self.hang_up(f"{why}: giving the sharing session up with BYE", now, "warning",
-                            cause)  # fmt: skip
+        return self.hang_up(why, now, "warning", cause, "giving the sharing session up with BYE")
 
     # -- media ---------------------------------------------------------------------------------
 
