@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from labsim.report.outcome import first_invite
 from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
 from labsim.wire.address import Address
 from labsim.wire.facts import SipFacts, StunFacts
@@ -213,11 +214,6 @@ def gather(
         facts = record.facts
         if isinstance(facts, SipFacts):
             ev.sip.append((record, facts))
-            if (
-                ev.invite is None and record.src == caller and facts.method == "INVITE"
-                and facts.to_tag is None
-            ):  # fmt: skip
-                ev.invite, ev.invite_record = facts, record
         elif isinstance(facts, StunFacts):
             ev.stun.append((record, facts))
             if (
@@ -227,6 +223,9 @@ def gather(
                 ev.relay = facts.relayed
             if ev.turn_server is None and record.src == callee and record.dst == turn:
                 ev.turn_server = record.dst_addr
+    first = first_invite(ev.sip, caller)
+    if first is not None:
+        ev.invite_record, ev.invite = first
     ev.ending = _ending(ev)
     ev.expiry = _expiry(ev)
     found = [

@@ -224,7 +224,9 @@ def _content_length_values(head: bytes) -> list[bytes]:
     values = []
     for line in head.split(b"\n"):
         colon = line.find(b":")
-        if colon < 0 or colon > 32:  # no header name is longer; skip a long line at once
+        # "Content-Length" with white space around it fits in 32 bytes: a line whose colon
+        # comes later holds another header, skipped without looking at its name.
+        if colon < 0 or colon > 32:
             continue
         if line[:colon].strip(b" \t").lower() in _CONTENT_LENGTH_NAMES:
             value = line[colon + 1 :]
