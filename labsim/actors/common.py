@@ -232,6 +232,15 @@ class UserAgent(Generic[S]):
     def fire(self, event: UaEvent) -> None:
         self.machine.fire(event)
 
+    def fire_timer(self, event: UaEvent, waiting: object, stale: str) -> list[Effect] | None:
+        """A dialog timer fired: take its transition and return None, or, when the table has
+        moved on (the answer came, or the call ended, before the timer was stopped), the log
+        line that says the timer was stale. ``waiting`` is what the timer guards (None: gone)."""
+        if waiting is None or not self.allows(event):
+            return [Log(f"{stale}: ignored", "warning")]
+        self.fire(event)
+        return None
+
     def branch(self) -> str:
         """A new RFC 3261 §8.1.1.7 branch: magic cookie, a counter, random bits."""
         self._branches += 1
@@ -329,9 +338,8 @@ class UserAgent(Generic[S]):
 
     def _timer_b(self, now: float) -> list[Effect]:
         """Timer B of our reINVITE (the Skype client handles its INVITE's itself)."""
-        if not self.allows(UaEvent.TIMER_B):
-            return [Log("Timer B fired with no INVITE waiting: ignored", "warning")]
-        self.fire(UaEvent.TIMER_B)
+        if stale := self.fire_timer(UaEvent.TIMER_B, True, "Timer B fired with no INVITE waiting"):
+            return stale
         why = (
             f"no response to our reINVITE within {self.timers.timer_b:g} s (Timer B, 64·T1, "
             "RFC 3261 §17.1.1.2)"
@@ -357,9 +365,12 @@ class UserAgent(Generic[S]):
 
     def _retransmit_2xx(self, now: float) -> list[Effect]:
         accepted = self._accepted
-        if accepted is None or not self.allows(UaEvent.TIMER_2XX):
-            return [Log("2xx retransmission timer fired with no 2xx waiting: ignored", "warning")]
-        self.fire(UaEvent.TIMER_2XX)
+        stale = self.fire_timer(
+            UaEvent.TIMER_2XX, accepted, "2xx retransmission timer fired with no 2xx waiting"
+        )
+        if stale is not None:
+            return stale
+        assert accepted is not None  # fire_timer said it is waiting
         what = sip.summary(accepted.response)
         effects = self.reply(accepted.conn, accepted.response)
         interval = self.timers.next_interval(accepted.interval)
@@ -374,9 +385,12 @@ class UserAgent(Generic[S]):
 
     def _ack_timeout(self, now: float) -> list[Effect]:
         accepted = self._accepted
-        if accepted is None or not self.allows(UaEvent.ACK_TIMEOUT):
-            return [Log("ACK wait timer fired with no 2xx waiting: ignored", "warning")]
-        self.fire(UaEvent.ACK_TIMEOUT)
+        stale = self.fire_timer(
+            UaEvent.ACK_TIMEOUT, accepted, "ACK wait timer fired with no 2xx waiting"
+        )
+        if stale is not None:
+            return stale
+        assert accepted is not None  # fire_timer said it is waiting
         self._accepted = None
         what = "INVITE" if accepted.initial else "reINVITE"
         why = (
@@ -646,9 +660,8 @@ class UserAgent(Generic[S]):
                 self.start_timer(UaTimer.TIMER_F, self.timers.timer_f)]  # fmt: skip
 
     def _timer_f(self, now: float) -> list[Effect]:
-        if not self.allows(UaEvent.TIMER_F):
-            return [Log("Timer F fired with no BYE waiting: ignored", "warning")]
-        self.fire(UaEvent.TIMER_F)
+        if stale := self.fire_timer(UaEvent.TIMER_F, True, "Timer F fired with no BYE waiting"):
+            return stale
         why = (
             f"no answer to our BYE within {self.timers.timer_f:g} s (Timer F, RFC 3261 "
             "§17.1.2.2): the dialog is over all the same"
