@@ -20,6 +20,7 @@ from typing import Literal
 
 from labsim.wire import WireError, sip, stun
 from labsim.wire.address import Address
+from labsim.wire.errors import FramingError
 from labsim.wire.facts import DataFacts, Facts, Kind, SipFacts, StunFacts, facts_of, parse_kind
 from labsim.wire.framing import (
     Rfc4571Splitter,
@@ -573,8 +574,8 @@ class Trace:
                 splitter = direction.splitter = Rfc4571Splitter()
             try:
                 frames, bad = splitter.feed(stream), False
-            except WireError:
-                frames, bad = [], True
+            except FramingError as exc:
+                frames, bad = list(exc.messages), True
             pos = 0
             for frame in frames:
                 if not stun.is_stun(frame):

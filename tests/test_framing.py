@@ -232,3 +232,66 @@ def test_protocol_switch_after_a_known_message() -> None:
     # Without the limit the same bytes are (rightly) garbage for a STUN splitter.
     with pytest.raises(FramingError):
         StunSplitter().feed(response + raw)
+
+
+def run_until_error(splitter: StreamSplitter, pieces: list[bytes]) -> tuple[list[bytes], bool]:
+    """Every message the splitter delivers, whether it returned them or handed them over with
+    its FramingError, and whether it failed."""
+    out: list[bytes] = []
+    for piece in pieces:
+        try:
+            out += splitter.feed(piece)
+        except FramingError as exc:
+            out += exc.messages
+            return out, True
+    return out, False
+
+
+# Bytes that each splitter refuses at once, and a splitter for them.
+GARBAGE_CASES = {
+    # Top bits 11: neither STUN nor ChannelData (RFC 5766 §11).
+    "stun": (StunSplitter, b"\xc0\x00\x00\x00"),
+    # A frame longer than the limit (RFC 4571 §2's 16-bit length, lowered to 1,000).
+    "rfc4571": (lambda: Rfc4571Splitter(max_frame=1000), b"\xff\xff"),
+    # A header block with no Content-Length (RFC 3261 §18.3).
+    "sip": (SipSplitter, b"INVITE sip:a SIP/2.0\r\nVia: x\r\n\r\n"),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(GARBAGE_CASES)),
+    st.lists(st.integers(0, 5), max_size=6),
+    st.lists(st.integers(0, 10_000), max_size=12),
+    st.booleans(),
+)
+def test_every_message_before_garbage_is_delivered_whatever_the_chunking(
+    kind: str, picks: list[int], cuts: list[int], garbage: bool
+) -> None:
+    make, bad = GARBAGE_CASES[kind]
+    if kind == "stun":
+        pool = STUN_VECTORS
+    elif kind == "rfc4571":
+        pool = [bytes([i]) * (i * 37) for i in range(6)]
+    else:
+        pool = [SIP_INVITE, SIP_ACK, SIP_200]
+    wanted = [pool[i % len(pool)] for i in picks]
+    framed = [frame_rfc4571(m) for m in wanted] if kind == "rfc4571" else wanted
+    stream = b"".join(framed) + (bad if garbage else b"")
+    # One read and any chunking deliver the same messages, then fail the same way.
+    whole, failed_whole = run_until_error(make(), [stream])
+    cut, failed_cut = run_until_error(make(), split_at(stream, cuts))
+    assert whole == cut == wanted
+    assert failed_whole == failed_cut == garbage
+
+
+def test_the_messages_of_a_failed_read_are_handed_over_once() -> None:
+    splitter = StunSplitter()
+    good = STUN_VECTORS[0]
+    with pytest.raises(FramingError) as info:
+        splitter.feed(good + good + b"\xc0\x00\x00\x00")
+    assert info.value.messages == (good, good)
+    # Later calls raise again but deliver nothing twice.
+    with pytest.raises(FramingError) as again:
+        splitter.feed(good)
+    assert again.value.messages == ()

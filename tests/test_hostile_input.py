@@ -98,3 +98,41 @@ def test_the_splitter_still_reads_content_length_as_rfc_3261_writes_it() -> None
         assert [bytes(m) for m in out] == [
             b"MESSAGE sip:b@lab SIP/2.0\r\n" + line + b"\r\n\r\nabc"
         ], line
+
+
+# -- the messages before garbage reach the machines ----------------------------------------------
+
+
+def test_the_sip_transport_delivers_the_message_before_garbage_then_resets() -> None:
+    from labsim.proto.events import Accepted, Address, Close, Received
+    from labsim.proto.sip_transport import ConnectionLost, Incoming, SipTransport
+
+    transport = SipTransport("10.48.54.229", (5060,))
+    peer = Address("10.48.54.228", 40000)
+    transport.handle(Accepted("sip:1", Address("10.48.54.229", 5060), peer), 0.0)
+    ack = (
+        "ACK sip:meeting@cms.lab SIP/2.0\r\n"
+        + HEAD.replace("INVITE", "ACK")
+        + "To: <sip:meeting@cms.lab>\r\n\r\n"
+    ).encode()
+    garbage = b"INVITE sip:a SIP/2.0\r\nVia: x\r\n\r\n"  # no Content-Length (RFC 3261 §18.3)
+    step = transport.handle(Received("sip:1", ack + garbage), 0.0)
+    incoming = [n for n in step.notices if isinstance(n, Incoming)]
+    assert [sip.summary(n.message) for n in incoming] == ["ACK"]
+    assert any(isinstance(n, ConnectionLost) for n in step.notices)
+    assert Close("sip:1", reset=True) in step.effects
+
+
+def test_the_turn_server_answers_the_request_before_garbage_then_resets() -> None:
+    from labsim.proto.events import Close
+    from labsim.wire.stun import Class, Lifetime, Message, Method
+
+    from .test_turn_server import Lab, authed, stun
+
+    lab = Lab()
+    lab.allocate("in:ctl")
+    refresh = authed(Message.request(Method.REFRESH, [Lifetime(600)]), lab.nonce, "turn", "secret")
+    effects = lab.send("in:ctl", refresh + b"\xc0garbage")
+    answers = stun(effects, "in:ctl")
+    assert [(a.method, a.cls) for a in answers] == [(Method.REFRESH, Class.SUCCESS)]
+    assert Close("in:ctl", reset=True) in effects

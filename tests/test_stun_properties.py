@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import struct
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -86,3 +87,19 @@ def test_mutated_vectors_raise_only_stun_errors(data: st.DataObject) -> None:
     msg.summary()
     msg.verify_integrity(KEY)
     msg.verify_fingerprint()
+
+
+@given(st.integers(0x4000, 0x7FFF), st.binary(max_size=40), st.booleans())
+def test_channel_data_encodes_back_to_the_bytes_it_came_from(
+    channel: int, data: bytes, padded: bool
+) -> None:
+    # RFC 5766 §11.5 pads ChannelData on TCP; a frame that came unpadded (from UDP, or a peer
+    # that breaks the rule) is reproduced as it came, not mended.
+    frame = struct.pack("!HH", channel, len(data)) + data
+    if padded:
+        frame += bytes(-len(data) % 4)
+    assert stun.ChannelData.decode(frame).encode() == frame
+    # A frame built here is padded on TCP and not on UDP.
+    built = stun.ChannelData(channel, data)
+    assert len(built.encode()) == 4 + len(data) + (-len(data) % 4)
+    assert built.encode(stream=False) == struct.pack("!HH", channel, len(data)) + data

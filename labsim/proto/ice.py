@@ -44,6 +44,7 @@ from labsim.proto.events import Address, ConnId, Effect, Event
 from labsim.proto.machine import Step
 from labsim.proto.settings import SettingError, TextForm
 from labsim.wire import WireError, stun
+from labsim.wire.errors import FramingError
 from labsim.wire.framing import Rfc4571Splitter, frame_rfc4571
 
 #: Names a check layout may use, the attributes :class:`CheckStream` knows how to fill in;
@@ -188,10 +189,12 @@ class CheckStream:
         """Take bytes from the stream; return framed answers to send and what happened."""
         out: list[bytes] = []
         notices: list[IceNotice] = []
+        lost: FramingError | None = None
         try:
             frames = self._splitter.feed(data)
-        except WireError as exc:
-            return out, [CheckFailed(f"framing lost: {exc}")]
+        except FramingError as exc:
+            # The checks before the bad bytes arrived whole: answer them, then report the loss.
+            frames, lost = list(exc.messages), exc
         for frame in frames:
             if not stun.is_stun(frame):
                 notices.append(MediaFrame(frame))
@@ -207,6 +210,8 @@ class CheckStream:
                 notices.append(CheckFailed(f"{message.summary()} with a bad FINGERPRINT dropped"))
                 continue
             self._message(message, out, notices)
+        if lost is not None:
+            notices.append(CheckFailed(f"framing lost: {lost}"))
         return out, notices
 
     def _message(self, message: stun.Message, out: list[bytes], notices: list[IceNotice]) -> None:

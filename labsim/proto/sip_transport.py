@@ -48,6 +48,7 @@ from labsim.proto.events import (
 )
 from labsim.proto.machine import Step
 from labsim.wire import WireError, sip
+from labsim.wire.errors import FramingError
 from labsim.wire.framing import SipSplitter
 
 
@@ -144,13 +145,12 @@ class SipTransport:
 
     def _received(self, conn: ConnId, data: bytes, notices: list[Notice]) -> list[Effect]:
         state = self._conns[conn]
+        lost: FramingError | None = None
         try:
             frames = state.splitter.feed(data)
-        except WireError as exc:
-            del self._conns[conn]
-            notices.append(ConnectionLost(conn, state.remote, True))
-            return [Log(f"SIP framing error from {state.remote}: {exc}", "error"),
-                    Close(conn, reset=True)]  # fmt: skip
+        except FramingError as exc:
+            # The whole messages before the bad bytes arrived intact: they are delivered first.
+            frames, lost = list(exc.messages), exc
         effects: list[Effect] = []
         for frame in frames:
             try:
@@ -160,6 +160,11 @@ class SipTransport:
                 effects.append(Log(f"bad SIP message from {state.remote}: {exc}", "error"))
                 continue
             notices.append(Incoming(conn, message, state.remote))
+        if lost is not None:
+            del self._conns[conn]
+            notices.append(ConnectionLost(conn, state.remote, True))
+            effects += [Log(f"SIP framing error from {state.remote}: {lost}", "error"),
+                        Close(conn, reset=True)]  # fmt: skip
         return effects
 
     # -- sending -------------------------------------------------------------------------------

@@ -582,19 +582,13 @@ class TurnClient:
         return []
 
     def _on_control_bytes(self, data: bytes, now: float) -> list[Effect]:
+        garbage: FramingError | None = None
         try:
             frames = self._ctl_splitter.feed(data)
         except FramingError as exc:
-            effects: list[Effect] = [
-                Log(f"TURN: control connection carries no valid STUN ({exc})", "error")
-            ]
-            effects += self._close_control(reset=True)
-            if self._state in _BEFORE_ALLOCATION:
-                return effects + self._fail_allocation(None, f"garbage from the server: {exc}")
-            if self._state is TurnState.ALLOCATED:
-                return effects + self._expire(f"garbage on the control connection: {exc}")
-            return effects
-        effects = []
+            # The whole messages before the garbage arrived intact: handle them first.
+            frames, garbage = list(exc.messages), exc
+        effects: list[Effect] = []
         for frame in frames:
             if not self._ctl_open:
                 break
@@ -604,6 +598,14 @@ class TurnClient:
                 effects.append(Log(f"TURN: undecodable message ignored ({exc})", "warning"))
                 continue
             effects += self._on_control_message(message, now)
+        if garbage is None or not self._ctl_open:
+            return effects
+        effects.append(Log(f"TURN: control connection carries no valid STUN ({garbage})", "error"))
+        effects += self._close_control(reset=True)
+        if self._state in _BEFORE_ALLOCATION:
+            return effects + self._fail_allocation(None, f"garbage from the server: {garbage}")
+        if self._state is TurnState.ALLOCATED:
+            return effects + self._expire(f"garbage on the control connection: {garbage}")
         return effects
 
     def _on_control_message(self, message: Message, now: float) -> list[Effect]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Literal, Never, get_args
@@ -735,11 +735,12 @@ class TurnServer:
                 if client.conn not in self._clients or _role(client) is not _Role.CONTROL:
                     return out
                 data = b""  # it just became a control connection: split what is buffered
-            for raw in client.splitter.feed(data):
-                if client.conn not in self._clients:
-                    break
-                out += self._on_control_message(client, raw, now)
+            out += self._on_control_messages(client, client.splitter.feed(data), now)
         except FramingError as exc:
+            # The whole messages before the garbage arrived intact: they are answered first.
+            out += self._on_control_messages(client, exc.messages, now)
+            if client.conn not in self._clients:
+                return out
             # Garbage on this connection: only this one is reset; other connections keep their
             # own splitters and state.
             out += [
@@ -747,6 +748,16 @@ class TurnServer:
                 Close(client.conn, reset=True),
             ]
             out += self._drop_client(client, reset=True)
+        return out
+
+    def _on_control_messages(
+        self, client: _Client, messages: Sequence[bytes], now: float
+    ) -> list[Effect]:
+        out: list[Effect] = []
+        for raw in messages:
+            if client.conn not in self._clients:
+                break
+            out += self._on_control_message(client, raw, now)
         return out
 
     def _on_undetermined_bytes(self, client: _Client, data: bytes, now: float) -> list[Effect]:

@@ -32,7 +32,23 @@ class StunError(WireError):
 
 
 class FramingError(WireError):
-    """A byte stream that cannot be split into messages (garbage, oversize, truncated at EOF)."""
+    """A byte stream that cannot be split into messages (garbage, oversize, truncated at EOF).
+
+    ``messages`` holds the whole messages the same call completed before the fault, in order:
+    they arrived intact and the receiver handles them before it closes the stream, so one read
+    or two make no difference to what is delivered.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        offset: int | None = None,
+        line: int | None = None,
+        messages: tuple[bytes, ...] = (),
+    ) -> None:
+        super().__init__(message, offset=offset, line=line)
+        self.messages = messages
 
 
 class SipError(WireError):

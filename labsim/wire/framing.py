@@ -49,8 +49,11 @@ class StreamSplitter:
         connection turns into a raw pipe after the ConnectionBind response), the rest is then
         taken with :meth:`take_buffered`.
 
-        After a :class:`FramingError` the stream is unusable: every later call raises it again
-        (the receiver should close the connection).
+        A :class:`FramingError` carries in ``messages`` the whole messages this call completed
+        before the fault: whatever the chunking, every message that precedes bad bytes is
+        delivered (h11 likewise hands over each event before the one that fails). After it the
+        stream is unusable: every later call raises it again, with no messages (the receiver
+        should close the connection).
         """
         if self._failed is not None:
             raise self._failed
@@ -64,10 +67,11 @@ class StreamSplitter:
                     break
                 end, is_message = step
                 if is_message:
-                    out.append(bytes(self._buf[pos:end]))
+                    out.append(self._payload(self._buf, pos, end))
                 pos = end
         except FramingError as exc:
-            self._failed = exc
+            self._failed = FramingError(exc.reason, offset=exc.offset)
+            exc.messages = tuple(out)
             raise
         finally:
             if pos:
@@ -97,6 +101,10 @@ class StreamSplitter:
         more bytes are needed. ``is_message`` False skips bytes that are not a message (a SIP
         keep-alive)."""
         raise NotImplementedError
+
+    def _payload(self, buf: bytearray, start: int, end: int) -> bytes:
+        """What a message is handed over as: its bytes (a framing may strip a prefix)."""
+        return bytes(buf[start:end])
 
     def _error(self, message: str, pos: int) -> FramingError:
         return FramingError(message, offset=self.offset + pos)
@@ -185,11 +193,8 @@ class Rfc4571Splitter(StreamSplitter):
         super().__init__()
         self.max_frame = max_frame
 
-    def feed(
-        self, data: bytes | bytearray | memoryview, *, max_messages: int | None = None
-    ) -> list[bytes]:
-        framed = super().feed(data, max_messages=max_messages)
-        return [frame[2:] for frame in framed]
+    def _payload(self, buf: bytearray, start: int, end: int) -> bytes:
+        return bytes(buf[start + 2 : end])
 
     def _next_end(self, pos: int) -> tuple[int, bool] | None:
         buf = self._buf

@@ -1351,6 +1351,8 @@ class ChannelData:
     channel: int
     data: bytes
     padding: bytes | None = field(default=None, compare=False, repr=False)
+    """The padding as it came on the wire (b"": none came), so a decoded frame encodes back
+    to its own bytes; None for a frame built here, padded with zeros on TCP."""
 
     def encode(self, *, stream: bool = True) -> bytes:
         if not CHANNEL_MIN <= self.channel <= CHANNEL_MAX:
@@ -1360,7 +1362,9 @@ class ChannelData:
         frame = struct.pack("!HH", self.channel, len(self.data)) + self.data
         if stream:
             pad = _pad_length(len(self.data))
-            keep = self.padding is not None and len(self.padding) == pad
+            # A frame that came unpadded (a peer breaking RFC 5766 §11.5's MUST, or one copied
+            # from UDP) goes out as it came: labsim reproduces bytes, it does not mend them.
+            keep = self.padding is not None and len(self.padding) in (pad, 0)
             frame += self.padding if keep and self.padding is not None else bytes(pad)
         return frame
 
@@ -1392,7 +1396,7 @@ class ChannelData:
                 f"{len(extra)} bytes after ChannelData of length {length}",
                 offset=base_offset + 4 + length,
             )
-        return cls(channel, buf[4 : 4 + length], extra if extra else None)
+        return cls(channel, buf[4 : 4 + length], extra)
 
 
 def decode_control(data: bytes | bytearray | memoryview) -> Message | ChannelData:
