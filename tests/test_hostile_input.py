@@ -136,3 +136,53 @@ def test_the_turn_server_answers_the_request_before_garbage_then_resets() -> Non
     answers = stun(effects, "in:ctl")
     assert [(a.method, a.cls) for a in answers] == [(Method.REFRESH, Class.SUCCESS)]
     assert Close("in:ctl", reset=True) in effects
+
+
+# -- caches bounded by bytes -------------------------------------------------------------------
+
+
+def test_distinct_large_messages_are_not_kept_by_the_parser_caches() -> None:
+    import gc
+    import tracemalloc
+
+    def message(i: int) -> bytes:
+        body = b"x" * 200_000 + str(i).encode()
+        head = HEAD.replace("Content-Length: 0", f"Content-Length: {len(body)}")
+        head = head.replace("1 INVITE", "1 MESSAGE")
+        return (
+            f"MESSAGE sip:a@lab SIP/2.0\r\n{head}To: <sip:a@lab>\r\n"
+            "Content-Type: text/plain\r\n\r\n"
+        ).encode() + body
+
+    sip.parse_message(message(-1))  # warm the header caches with the small values
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(150):  # 30 MB of distinct messages
+            sip.parse_message(message(i))
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # lru_cache(512) keyed by whole messages kept all 150 (30 MB).
+    assert kept < 2_000_000, kept
+
+
+def test_every_codec_cache_has_a_byte_bound() -> None:
+    import functools
+    import inspect
+
+    from labsim.proto import appsharing
+    from labsim.wire import facts, stun
+    from labsim.wire.cache import SizedCache
+
+    # Keyed by a STUN type's bits (16 at most): bounded by their domain, not by peers.
+    by_domain = {"message_type", "split_type"}
+    for module in (sip, stun, facts, appsharing):
+        for name, value in inspect.getmembers(module):
+            # functools.lru_cache bounds entries, not bytes: a codec fed by peers uses cached().
+            if isinstance(value, functools._lru_cache_wrapper):
+                assert name in by_domain, f"{module.__name__}.{name}"
+            if isinstance(value, SizedCache):
+                assert value.max_bytes <= 8 * 1024 * 1024, f"{module.__name__}.{name}"

@@ -16,11 +16,11 @@ UNSURE points; the layouts here follow its examples.
 from __future__ import annotations
 
 import base64
-import functools
 from dataclasses import dataclass
 
 from labsim.proto.events import Address
 from labsim.wire import SdpError
+from labsim.wire.cache import cached
 from labsim.wire.sdp import (
     Candidate,
     Connection,
@@ -143,7 +143,7 @@ class RemoteShare:
         )
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256, max_key=16 * 1024)
 def parse(body: bytes) -> RemoteShare:
     """Read the application-sharing section; :class:`SdpError` when there is none or it lacks
     ICE credentials. Cached: the Edge and the client read the same answer (RemoteShare is

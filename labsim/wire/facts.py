@@ -14,7 +14,6 @@ never against its summary text.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -23,6 +22,7 @@ from sipmessage import Request
 
 from labsim.wire import WireError, sip, stun
 from labsim.wire.address import Address
+from labsim.wire.cache import cached
 
 #: What a message is on the wire: SIP, STUN (or ChannelData, decoded by the STUN codec), an
 #: RFC 4571 frame that is not STUN (``framed``), or opaque TCP data.
@@ -324,7 +324,7 @@ class KindError(ValueError):
 _SIP_TOKEN = frozenset("!%'*+-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_`abcdefghijklmnopqrstuvwxyz~")
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256, max_key=256)
 def parse_kind(text: str, protocol: str | None = None) -> Kind:
     """The :class:`Kind` a fault rule's text names. ``protocol`` narrows it (``SIP``, ``STUN``,
     ``TCP``); without it the text decides. Raises :class:`KindError` with a suggestion.

@@ -30,7 +30,6 @@ formatters that quote only what the grammar requires.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from typing import Final, Generic, NamedTuple, TypeVar
 from sipmessage import URI, Address, CSeq, MediaType, Request, Response, Via, grammar
 from sipmessage.message import COMPACT_FORMS, Headers
 
+from labsim.wire.cache import cached
 from labsim.wire.errors import SipError
 
 __all__ = [
@@ -277,7 +277,7 @@ class _Field(NamedTuple):
     value: str  # unfolded, without the surrounding white space
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256, max_key=64)
 def _name_key(name: str) -> str | None:
     """The lower-case full name of a header name (compact form expanded), None when the name
     is not a token. Cached: a call uses a few dozen names."""
@@ -354,7 +354,7 @@ def _check_start_line(text: str, line: int, has_ctl: bool = True) -> tuple[str, 
     return f"{method} {uri} SIP/2.0", method
 
 
-@functools.lru_cache(maxsize=1024)
+@cached(maxsize=1024, max_key=1024)
 def _header_line(text: str) -> tuple[str, str, str] | None:
     """(name, key, value) of a line holding one whole header (the usual case); None for a
     continuation line or a line that is not a header (the caller names the fault).
@@ -420,22 +420,22 @@ def _split_fields(lines: list[str], first: int, has_ctl: bool = True) -> list[_F
 # lower Via values come back dozens of times per call. sipmessage's parsers take ~20 us each.
 # sipmessage's values are frozen dataclasses, so one parsed value can serve every message
 # that carries the same text (proxies and user agents read the same headers on every hop).
-@functools.lru_cache(maxsize=4096)
+@cached(maxsize=4096, max_key=512)
 def _parse_vias(value: str) -> tuple[Via, ...]:
     return tuple(Via.parse_many(value))
 
 
-@functools.lru_cache(maxsize=4096)
+@cached(maxsize=4096, max_key=512)
 def _parse_addresses(value: str) -> tuple[Address, ...]:
     return tuple(Address.parse_many(value))
 
 
-@functools.lru_cache(maxsize=4096)
+@cached(maxsize=4096, max_key=512)
 def _parse_address(value: str) -> Address:
     return Address.parse(value)
 
 
-@functools.lru_cache(maxsize=1024)
+@cached(maxsize=1024, max_key=512)
 def _parse_cseq(value: str) -> CSeq:
     return CSeq.parse(value)
 
@@ -448,13 +448,13 @@ def _address_ok(value: str, many: bool) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1024)
+@cached(maxsize=1024, max_key=512)
 def _media_type_ok(value: str) -> bool:
     MediaType.parse(value)
     return True
 
 
-@functools.lru_cache(maxsize=1024)
+@cached(maxsize=1024, max_key=512)
 def _parse_uri(value: str) -> URI:
     return URI.parse(value)
 
@@ -466,7 +466,7 @@ _TYPED: Final = frozenset(
 )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=4096)
+@cached(maxsize=4096, max_key=512)
 def _value_ok(key: str, name: str, value: str) -> bool:
     """The checks of one header value that depend on nothing else in the message.
 
@@ -611,7 +611,7 @@ class _Parsed:
 
 # A message crosses four hops and is parsed by each receiver, the trace and the outcome: the
 # same bytes come back several times, and every object cached here is immutable or copied out.
-@functools.lru_cache(maxsize=512)
+@cached(maxsize=512, max_key=16 * 1024)
 def _parsed(data: bytes) -> _Parsed:
     # RFC 3261 §7.5: ignore CRLFs before the start line (stream keep-alives); line numbers still
     # count them, so they match the bytes the caller holds.

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 from typing import ClassVar, Self, TypeVar
 
+from labsim.wire.cache import cached
 from labsim.wire.errors import StunError
 
 MAGIC_COOKIE = 0x2112A442
@@ -406,7 +407,7 @@ class _Text(Attribute):
         return cls(text)
 
 
-@functools.lru_cache(maxsize=4096)
+@cached(maxsize=4096, max_key=64)
 def _canonical_ip(address: str) -> str:
     """Python's canonical text of an address (cached: a server sees the same few addresses);
     a bad address is kept as given and reported by encode_value, where it matters."""
@@ -435,7 +436,7 @@ def _display_ip(address: str) -> str:
     return str(ip)
 
 
-@functools.lru_cache(maxsize=4096)
+@cached(maxsize=4096, max_key=64)
 def _family_and_bytes(address: str) -> tuple[int, bytes] | None:
     # Cached: parsing text addresses dominated encoding a TURN response; a run sees few.
     try:
@@ -445,7 +446,7 @@ def _family_and_bytes(address: str) -> tuple[int, bytes] | None:
     return (1 if ip.version == 4 else 2), ip.packed
 
 
-@functools.lru_cache(maxsize=4096)
+@cached(maxsize=4096, max_key=16)
 def _ip_text(packed: bytes) -> str:
     return str(ipaddress.ip_address(packed))
 
@@ -1030,7 +1031,7 @@ def saslprep(text: str) -> str:
     return normalized
 
 
-@functools.lru_cache(maxsize=1024)
+@cached(maxsize=1024, max_key=1024)
 def long_term_key(username: str, realm: str, password: str) -> bytes:
     """RFC 5389 §15.4: key = MD5(username ":" realm ":" SASLprep(password)).
 
@@ -1040,7 +1041,7 @@ def long_term_key(username: str, realm: str, password: str) -> bytes:
     return hashlib.md5(material, usedforsecurity=False).digest()
 
 
-@functools.lru_cache(maxsize=1024)
+@cached(maxsize=1024, max_key=256)
 def short_term_key(password: str) -> bytes:
     """RFC 5389 §15.4: key = SASLprep(password); for ICE the remote peer's ice-pwd."""
     return saslprep(password).encode("utf-8")
@@ -1066,7 +1067,7 @@ _IPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x36 for b in range(256)))
 _OPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x5C for b in range(256)))
 
 
-@functools.lru_cache(maxsize=1024)
+@cached(maxsize=1024, max_key=128)
 def _hmac_sha1_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     """SHA-1 states that have absorbed ``key XOR ipad`` and ``key XOR opad`` (RFC 2104 §2).
 
