@@ -123,24 +123,8 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     clock = clock or sc.clock
     cast = build(sc)
     trace = Trace()
-    blocked = blocked_pairs(sc)
     start = time.perf_counter()
-    net: VirtualNetwork | LiveNetwork
-    links: dict[tuple[str, str], float] = {}
-    for link in sc.links:
-        x, y = link.between
-        links[(x, y)] = links[(y, x)] = link.latency
-    if clock == "virtual":
-        net = VirtualNetwork(
-            cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked,
-            faults=fault_plan(sc), nat=static_nats(sc),
-        )  # fmt: skip
-    else:
-        # Loopback has its own (tiny) latency; only the scenario's per-link ones are added.
-        net = LiveNetwork(
-            cast.all(), trace, blocked=blocked, link_latency=links, faults=fault_plan(sc),
-            nat=static_nats(sc),
-        )  # fmt: skip
+    net = network(sc, cast, trace, clock)
     net.run(sc.deadline, stop=lambda _t: cast.finished())
     wall = time.perf_counter() - start
     ended: Literal["finished", "deadline"] = "finished" if cast.finished() else "deadline"
@@ -156,6 +140,26 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
         for name, exc in net.errors
     ]
     return result
+
+
+def network(sc: Scenario, cast: Cast, trace: Trace, clock: Clock) -> VirtualNetwork | LiveNetwork:
+    """The network ``sc`` runs ``cast`` on: its links, blocked pairs, faults and NATs, on the
+    virtual or the live clock (tests drive a live one themselves next to peers of their own)."""
+    links: dict[tuple[str, str], float] = {}
+    for link in sc.links:
+        x, y = link.between
+        links[(x, y)] = links[(y, x)] = link.latency
+    blocked = blocked_pairs(sc)
+    if clock == "virtual":
+        return VirtualNetwork(
+            cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked,
+            faults=fault_plan(sc), nat=static_nats(sc),
+        )  # fmt: skip
+    # Loopback has its own (tiny) latency; only the scenario's per-link ones are added.
+    return LiveNetwork(
+        cast.all(), trace, blocked=blocked, link_latency=links, faults=fault_plan(sc),
+        nat=static_nats(sc),
+    )  # fmt: skip
 
 
 def check(
