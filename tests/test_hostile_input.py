@@ -77,6 +77,51 @@ def test_a_known_slow_input_fails_typed_in_linear_time(name: str) -> None:
     assert growth(make, parse, n) < 40
 
 
+def fed_in_pieces(
+    head_pad: int, body: int, piece: int, *, head_whole: bool = False
+) -> Callable[[], None]:
+    """Feeding one message in ``piece``-byte reads: the splitter must not search the header
+    block again from its start on each read (a 60 KB header and a 1 MiB body fed byte by byte
+    took about 71 s)."""
+    head = (
+        b"MESSAGE sip:b@lab SIP/2.0\r\nX-Pad: " + b"a" * head_pad
+        + b"\r\nContent-Length: %d\r\n\r\n" % body
+    )  # fmt: skip
+    data = memoryview(head + b"b" * body)
+
+    def run() -> None:
+        splitter = SipSplitter(max_header=len(head) + 1, max_body=body + 1)
+        out = []
+        start = len(head) if head_whole else 0
+        if head_whole:
+            out += splitter.feed(data[:start])
+        for i in range(start, len(data), piece):
+            out += splitter.feed(data[i : i + piece])
+        assert len(out) == 1 and len(out[0]) == len(data)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("what", "n", "make"),
+    [
+        ("a header block fed byte by byte", 3_000, lambda n: fed_in_pieces(n, 0, 1)),
+        # Header and body grow together: searching the header again for every body byte made
+        # this quadratic.
+        (
+            "a body fed byte by byte behind as large a header",
+            6_000,
+            lambda n: fed_in_pieces(n, n, 1, head_whole=True),
+        ),
+    ],
+)
+def test_a_message_in_many_reads_is_split_in_linear_time(
+    what: str, n: int, make: Callable[[int], Callable[[], None]]
+) -> None:
+    ratio = best_of_three(make(10 * n)) / max(best_of_three(make(n)), 1e-6)
+    assert ratio < 40, (what, ratio)
+
+
 def test_a_content_length_of_thousands_of_digits_is_a_framing_error_not_a_value_error() -> None:
     digits = b"1" * 4301  # past Python's int() digit limit, which raises a bare ValueError
     with pytest.raises(WireError, match="Content-Length"):

@@ -253,25 +253,49 @@ class SipSplitter(StreamSplitter):
         self.max_header = max_header
         self.max_body = max_body
         self.keepalives = 0
+        # What is known of the message waiting at the start of the buffer, so that a message
+        # arriving in many small reads is not searched again from its first byte on each:
+        # how far its header block was searched for the empty line, and, once found, its
+        # whole length. Both are offsets from the message's first byte (h11 likewise resumes
+        # its search for the end of the headers where the last one stopped).
+        self._searched = 0
+        self._length: int | None = None
+
+    def take_buffered(self) -> bytes:
+        self._searched, self._length = 0, None
+        return super().take_buffered()
 
     def _next_end(self, pos: int) -> tuple[int, bool] | None:
         buf = self._buf
+        if self._length is not None:
+            # Only the message carried over from an earlier read can be waiting at pos: feed
+            # starts at 0 and every message it completes resets this.
+            end = pos + self._length
+            if len(buf) < end:
+                return None
+            self._searched, self._length = 0, None
+            return end, True
         # RFC 5626 §3.5.1: CRLF keep-alives may come between messages; they are not messages.
         if buf[pos : pos + 2] == b"\r\n":
             self.keepalives += 1
             return pos + 2, False
         if len(buf) - pos < 2:
             return None
-        # Only the header block is scanned again when a long body arrives in pieces: it is
-        # bounded by max_header, so feeding stays linear in the body size.
-        head_end = buf.find(b"\r\n\r\n", pos, pos + self.max_header + 4)
+        # Resume 3 bytes back: the empty line may straddle the two reads.
+        start = pos + max(0, self._searched - 3)
+        head_end = buf.find(b"\r\n\r\n", start, pos + self.max_header + 4)
         if head_end < 0:
             if len(buf) - pos > self.max_header:
                 raise self._error(f"no end of SIP headers within {self.max_header} bytes", pos)
+            self._searched = len(buf) - pos
             return None
         head_end += 4
         end = head_end + self._content_length(bytes(buf[pos:head_end]), pos)
-        return (end, True) if len(buf) >= end else None
+        if len(buf) < end:
+            self._length = end - pos
+            return None
+        self._searched = 0
+        return end, True
 
     def _content_length(self, head: bytes, pos: int) -> int:
         values = _content_length_values(head)
