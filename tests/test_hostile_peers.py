@@ -49,6 +49,8 @@ EXPE, EDGE = "10.48.54.229", "192.168.1.252"
 #: Setup under attack may take this many times the setup alone (same test, same machine).
 SETUP_RATIO = 3.0
 PEER = Path(__file__).with_name("hostile_peer.py")
+#: The lab's relay ports start here (expressway_e.turn.relay_ports).
+RELAY_LOW = 24000
 
 
 def scenario() -> Scenario:
@@ -58,6 +60,9 @@ def scenario() -> Scenario:
     return variant(
         f"actors: {{expressway_e: {{turn: {{users: {users}}}}}}}\n"
         "links: [{between: [skype_edge, expressway_e], latency: 0.02}]\n"
+        # CMS learns of the peer's connection 0.3 s late, so the foreign ConnectionBind arrives
+        # while that connection still waits for its bind (RFC 6062 §5.3).
+        "faults: [{delay: {from: expressway_e, to: cms, stun: ConnectionAttempt, by: 0.3}}]\n"
         "call: {hold: 2}\n",
         name="hostile.yaml",
     )
@@ -102,32 +107,39 @@ async def _stun_exchange(
             return stun.decode(frames[0])
 
 
-async def _foreign_bind(host: str, port: int, trace: Trace, answers: list[str]) -> None:
-    """ConnectionBind as another user, naming the CONNECTION-ID Expressway-E gave CMS."""
+async def _foreign_bind(
+    host: str, port: int, trace: Trace, connection_id: int, answers: list[str]
+) -> None:
+    """ConnectionBind as another user, naming the CONNECTION-ID Expressway-E gives CMS, while
+    the peer's connection waits for its bind. The server's numbers are seeded (runs repeat), so
+    the run alone told us the id; the Skype Edge's connection to the relay says when."""
     deadline = time.monotonic() + 5
-    connection_id: stun.ConnectionId | None = None
-    while connection_id is None and time.monotonic() < deadline:
-        for record in trace.find("ConnectionAttempt Indication"):
-            connection_id = stun.decode(record.data).get(stun.ConnectionId)
+    while time.monotonic() < deadline and not any(
+        c.client == "skype_edge" and c.server == "expressway_e" and c.server_addr.port >= RELAY_LOW
+        for c in list(trace.connections.values())
+    ):
         await asyncio.sleep(0.001)
-    if connection_id is None:
-        answers.append("no ConnectionAttempt seen")
-        return
+    # The nonce, from an Allocate's 401 on a connection of its own: with the default
+    # bind_failure (reset, as coturn) an unauthenticated ConnectionBind gets no challenge.
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
     try:
-        request = stun.Message.request(stun.Method.CONNECTION_BIND, [connection_id])
-        challenge = await _stun_exchange(reader, writer, request.encode())
-        nonce = challenge.get(stun.Nonce) if challenge is not None else None
-        if nonce is None:
-            answers.append("no challenge")
-            return
-        user, password = MALLORY
-        signed = stun.Message.request(
-            stun.Method.CONNECTION_BIND,
-            [connection_id, stun.Username(user), stun.Realm("TANDBERG"), stun.Nonce(nonce.value),
-             stun.MessageIntegrity(), stun.Fingerprint()],
-        )  # fmt: skip
-        key = stun.long_term_key(user, "TANDBERG", password)
+        allocate = stun.Message.request(stun.Method.ALLOCATE, [stun.RequestedTransport(6)])
+        challenge = await _stun_exchange(reader, writer, allocate.encode())
+    finally:
+        writer.close()
+    nonce = challenge.get(stun.Nonce) if challenge is not None else None
+    if nonce is None:
+        answers.append("no challenge")
+        return
+    user, password = MALLORY
+    signed = stun.Message.request(
+        stun.Method.CONNECTION_BIND,
+        [stun.ConnectionId(connection_id), stun.Username(user), stun.Realm("TANDBERG"),
+         stun.Nonce(nonce.value), stun.MessageIntegrity(), stun.Fingerprint()],
+    )  # fmt: skip
+    key = stun.long_term_key(user, "TANDBERG", password)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
+    try:
         answer = await _stun_exchange(reader, writer, signed.encode(key=key))
         answers.append("closed" if answer is None else answer.summary())
     except (OSError, TimeoutError) as exc:
@@ -136,13 +148,13 @@ async def _foreign_bind(host: str, port: int, trace: Trace, answers: list[str]) 
         writer.close()
 
 
-async def _run(sc: Scenario, *, hostile: bool) -> Run:
+async def _run(sc: Scenario, *, bind_as_mallory: int | None = None) -> Run:
     cast = build(sc)
     net = network(sc, cast, Trace(), "live")
     assert isinstance(net, LiveNetwork)
     turn, edge = net.loopback_of(EXPE), net.loopback_of(EDGE)  # claims the run's block now
     peer = None
-    if hostile:
+    if bind_as_mallory is not None:
         args = [turn, "3478", edge, "5060", str(IDLE), str(GARBAGE), str(HALF_HEADERS)]
         peer = await asyncio.create_subprocess_exec(
             sys.executable, str(PEER), *args,
@@ -165,7 +177,8 @@ async def _run(sc: Scenario, *, hostile: bool) -> Run:
     else:
         await asyncio.sleep(0.02)  # the run's listeners are up
         peer.stdin.write(b"go\n")
-        bind = asyncio.create_task(_foreign_bind(turn, 3478, net.trace, answers))
+        assert bind_as_mallory is not None
+        bind = asyncio.create_task(_foreign_bind(turn, 3478, net.trace, bind_as_mallory, answers))
         await asyncio.wait_for(run, timeout=sc.deadline + 10)
         await asyncio.wait_for(bind, timeout=10)
         peer.stdin.write(b"stop\n")
@@ -189,8 +202,11 @@ async def test_the_call_succeeds_while_hostile_peers_hammer_expressway_e_and_the
     try:
         sc = scenario()
         fds_before = open_fds()
-        alone = await _run(sc, hostile=False)
-        attacked = await _run(sc, hostile=True)
+        alone = await _run(sc)
+        attempt = stun.decode(alone.trace.find("ConnectionAttempt Indication")[0].data)
+        connection_id = attempt.get(stun.ConnectionId)
+        assert connection_id is not None
+        attacked = await _run(sc, bind_as_mallory=connection_id.value)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     peers = attacked.peers
@@ -199,11 +215,15 @@ async def test_the_call_succeeds_while_hostile_peers_hammer_expressway_e_and_the
         kind: sum(1 for t in times if t < attacked.ended)
         for kind, times in peers["closed_at"].items()
     }
+    refusals = [
+        log.text for log in attacked.trace.logs
+        if "ConnectionBind" in log.text and "refused" in log.text
+    ]  # fmt: skip
     print(
         f"hostile peers: setup alone {alone.setup * 1000:.1f} ms, under attack "
         f"{attacked.setup * 1000:.1f} ms (x{ratio:.2f}); peers opened {peers['opened']}, closed by "
         f"the server during the call {during}; foreign ConnectionBind: "
-        f"{attacked.bind_answers}; fds before {fds_before}, after {attacked.fds_after}"
+        f"{attacked.bind_answers} {refusals}; fds before {fds_before}, after {attacked.fds_after}"
     )
     assert alone.outcome == attacked.outcome == "sharing-established"
     # Every hostile connection reached the servers.
@@ -215,8 +235,12 @@ async def test_the_call_succeeds_while_hostile_peers_hammer_expressway_e_and_the
     # the SIP message that frames but does not parse is dropped alone.
     assert during.get("garbage") == GARBAGE and during.get("slow-sip-framing") == 1, during
     assert not during.get("slow-sip-uri"), during
-    # The foreign ConnectionBind never binds CMS's peer connection.
+    # The foreign ConnectionBind never binds CMS's peer connection, which waits for its bind:
+    # it names a connection of another user's allocation (441 Wrong Credentials, RFC 5766 §6.2
+    # / RFC 6062 §5.4). CMS binds it afterwards.
     assert attacked.bind_answers and not any("Success" in a for a in attacked.bind_answers)
+    assert any("is not the allocation's" in text for text in refusals), refusals
+    assert refusals, attacked.bind_answers
     assert ratio < SETUP_RATIO, ratio
     # Nothing leaks: every socket of both runs is closed, and no task is left.
     assert attacked.fds_after <= fds_before, (fds_before, attacked.fds_after)
