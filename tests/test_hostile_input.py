@@ -231,3 +231,43 @@ def test_every_codec_cache_has_a_byte_bound() -> None:
                 assert name in by_domain, f"{module.__name__}.{name}"
             if isinstance(value, SizedCache):
                 assert value.max_bytes <= 8 * 1024 * 1024, f"{module.__name__}.{name}"
+
+
+def test_a_sip_peer_that_stalls_inside_a_message_is_reset_after_64_t1() -> None:
+    from labsim.proto.events import (
+        Accepted,
+        Address,
+        Close,
+        Received,
+        StartTimer,
+        StopTimer,
+        TimerFired,
+    )
+    from labsim.proto.sip_transport import (
+        INCOMPLETE_TIMEOUT,
+        ConnectionLost,
+        Incoming,
+        IncompleteTimer,
+        SipTransport,
+    )
+
+    transport = SipTransport("10.48.54.229", (5060,))
+    local, peer = Address("10.48.54.229", 5060), Address("192.168.1.252", 40000)
+    whole = (
+        "ACK sip:meeting@cms.lab SIP/2.0\r\n" + HEAD.replace("INVITE", "ACK")
+        + "To: <sip:meeting@cms.lab>\r\n\r\n"
+    ).encode()  # fmt: skip
+    timer = IncompleteTimer("sip:1")
+    transport.handle(Accepted("sip:1", local, peer), 0.0)
+    # Part of a message starts the wait; the rest stops it and the message goes up.
+    first = transport.handle(Received("sip:1", whole[:30]), 0.0)
+    assert StartTimer(timer, INCOMPLETE_TIMEOUT) in first.effects
+    rest = transport.handle(Received("sip:1", whole[30:]), 1.0)
+    assert StopTimer(timer) in rest.effects
+    assert [type(n) for n in rest.notices] == [Incoming]
+    # Half a message, then silence: reset when the wait is over.
+    transport.handle(Received("sip:1", whole[:30]), 2.0)
+    step = transport.handle(TimerFired(timer), 2.0 + INCOMPLETE_TIMEOUT)
+    assert Close("sip:1", reset=True) in step.effects
+    assert [type(n) for n in step.notices] == [ConnectionLost]
+    assert "still incomplete after 32 s" in " ".join(str(e) for e in step.effects)

@@ -44,6 +44,8 @@ from labsim.proto.events import (
     Received,
     Send,
     Started,
+    StartTimer,
+    StopTimer,
     TimerFired,
 )
 from labsim.proto.machine import Step
@@ -82,6 +84,19 @@ class ConnectionLost:
 
 Notice = Incoming | SendFailed | ConnectionLost
 
+#: Seconds a SIP message may take to arrive whole once its first byte is in: 64·T1, the longest
+#: any RFC 3261 transaction waits (§17.1.1.2). A peer that sends part of a message and stalls
+#: would otherwise hold its connection and up to a header block of buffer for ever (web servers
+#: bound the same wait: nginx's client_header_timeout).
+INCOMPLETE_TIMEOUT = 32.0
+
+
+@dataclass(frozen=True)
+class IncompleteTimer:
+    """The wait for the rest of a SIP message on ``conn``."""
+
+    conn: ConnId
+
 
 @dataclass
 class _Conn:
@@ -89,6 +104,8 @@ class _Conn:
     open: bool
     splitter: SipSplitter = field(default_factory=SipSplitter)
     queue: list[sip.SipMessage] = field(default_factory=list)
+    waiting: bool = False
+    """Whether an :class:`IncompleteTimer` runs for it."""
 
 
 class SipTransport:
@@ -99,12 +116,19 @@ class SipTransport:
     """
 
     def __init__(
-        self, host: str, ports: tuple[int, ...], *, prefix: str = "sip", timeout: float = 5.0
+        self,
+        host: str,
+        ports: tuple[int, ...],
+        *,
+        prefix: str = "sip",
+        timeout: float = 5.0,
+        incomplete_timeout: float = INCOMPLETE_TIMEOUT,
     ) -> None:
         self.host = host
         self.ports = ports
         self.prefix = prefix
         self.timeout = timeout
+        self.incomplete_timeout = incomplete_timeout
         self._conns: dict[ConnId, _Conn] = {}
         self._count = 0
 
@@ -139,8 +163,10 @@ class SipTransport:
                 state = self._conns.pop(conn, None)
                 if state is not None:
                     notices.append(ConnectionLost(conn, state.remote, reset))
-            case TimerFired():
-                pass  # the transport starts no timers
+                    if state.waiting:
+                        effects.append(StopTimer(IncompleteTimer(conn)))
+            case TimerFired(timer=IncompleteTimer(conn=conn)):
+                effects += self._incomplete(conn, notices)
         return Step(tuple(effects), tuple(notices))
 
     def _received(self, conn: ConnId, data: bytes, notices: list[Notice]) -> list[Effect]:
@@ -161,10 +187,36 @@ class SipTransport:
                 continue
             notices.append(Incoming(conn, message, state.remote))
         if lost is not None:
-            del self._conns[conn]
-            notices.append(ConnectionLost(conn, state.remote, True))
-            effects += [Log(f"SIP framing error from {state.remote}: {lost}", "error"),
-                        Close(conn, reset=True)]  # fmt: skip
+            return effects + self._reset(conn, f"SIP framing error from {state.remote}: {lost}",
+                                         notices)  # fmt: skip
+        if state.splitter.buffered and not state.waiting:
+            state.waiting = True
+            effects.append(StartTimer(IncompleteTimer(conn), self.incomplete_timeout))
+        elif not state.splitter.buffered and state.waiting:
+            state.waiting = False
+            effects.append(StopTimer(IncompleteTimer(conn)))
+        return effects
+
+    def _incomplete(self, conn: ConnId, notices: list[Notice]) -> list[Effect]:
+        state = self._conns.get(conn)
+        if state is None or not state.waiting:
+            return []  # closed meanwhile
+        state.waiting = False
+        if not state.splitter.buffered:
+            return []
+        why = (
+            f"{state.splitter.buffered} bytes of a SIP message from {state.remote} still "
+            f"incomplete after {self.incomplete_timeout:g} s"
+        )
+        return self._reset(conn, why, notices)
+
+    def _reset(self, conn: ConnId, why: str, notices: list[Notice]) -> list[Effect]:
+        """Give the connection up: RFC 3261 §18.3, no next message can be found on it."""
+        state = self._conns.pop(conn)
+        notices.append(ConnectionLost(conn, state.remote, True))
+        effects: list[Effect] = [Log(f"{why}: reset", "error"), Close(conn, reset=True)]
+        if state.waiting:
+            effects.append(StopTimer(IncompleteTimer(conn)))
         return effects
 
     # -- sending -------------------------------------------------------------------------------
