@@ -72,13 +72,21 @@ def _uclient(flags: list[str], host: str, port: int) -> subprocess.CompletedProc
 
 
 def _serve(
-    host: str, port: int, relays: range, until: float, finished: threading.Event
+    host: str,
+    port: int,
+    relays: range,
+    until: float,
+    finished: threading.Event,
+    relay_to_self: bool = False,
 ) -> tuple[threading.Thread, dict[str, Trace]]:
     """Our TURN server on loopback address ``host`` (its lab address too) in a thread with its
     own event loop, until ``finished`` is set (checked at the server's next event) or
     ``until`` seconds."""
     settings = TurnServerSettings(
-        port=port, relay_ports=(relays.start, relays.stop - 1), permission_policy="rfc"
+        port=port,
+        relay_ports=(relays.start, relays.stop - 1),
+        permission_policy="rfc",
+        relay_to_self=relay_to_self,
     )
     out: dict[str, Trace] = {}
 
@@ -100,7 +108,9 @@ def _lost(output: str) -> int:
     return int(match.group(1))
 
 
-def _against_ours(flags: list[str]) -> tuple[subprocess.CompletedProcess[str], Trace]:
+def _against_ours(
+    flags: list[str], relay_to_self: bool = False
+) -> tuple[subprocess.CompletedProcess[str], Trace]:
     # A block of our own for the server (a loopback lab host is its own address), as coturn
     # gets one: its port and relay range cannot be taken by a parallel test meanwhile.
     with claim_block() as block:
@@ -108,7 +118,7 @@ def _against_ours(flags: list[str]) -> tuple[subprocess.CompletedProcess[str], T
         port = free_port(host)
         relays = free_range(40, host, avoid=port)
         finished = threading.Event()
-        thread, out = _serve(host, port, relays, until=40.0, finished=finished)
+        thread, out = _serve(host, port, relays, 40.0, finished, relay_to_self)
         try:
             wait_listening(host, port, "our TURN server", 5.0)
             result = _uclient(flags, host, port)
@@ -121,8 +131,11 @@ def _against_ours(flags: list[str]) -> tuple[subprocess.CompletedProcess[str], T
 
 
 def test_turnutils_uclient_tcp_relay_against_our_server() -> None:
-    """-T: client to client through Connect + ConnectionBind; 4 clients, 10 messages each."""
-    result, trace = _against_ours(["-T", "-m", "4", "-n", "10", "-l", "120"])
+    """-T: client to client through Connect + ConnectionBind; 4 clients, 10 messages each.
+    Each client Connects to another client's relay on this same server, which the default
+    policy refuses (403, relay_to_self); coturn allows it with --allow-loopback-peers."""
+    flags = ["-T", "-m", "4", "-n", "10", "-l", "120"]
+    result, trace = _against_ours(flags, relay_to_self=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-2000:]
     assert _lost(output) == 0, output[-2000:]

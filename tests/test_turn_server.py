@@ -37,6 +37,7 @@ from labsim.proto.turn_server import (
     LAYOUTS,
     BindTimer,
     ExpiryTimer,
+    IdleTimer,
     Layout,
     TurnServer,
     TurnServerSettings,
@@ -225,7 +226,8 @@ def names(msg: Message) -> list[str]:
 
 def test_the_whole_passive_flow() -> None:
     lab = Lab()
-    assert lab.accept("in:ctl") == []
+    # A connection without an allocation is watched by the idle timer (coturn: 60 s).
+    assert lab.accept("in:ctl") == [StartTimer(IdleTimer("in:ctl"), 60.0)]
 
     # Allocate -> 401 with realm and nonce.
     challenge = lab.challenge("in:ctl")
@@ -236,7 +238,7 @@ def test_the_whole_passive_flow() -> None:
     # Authenticated Allocate: the relay listener first, the answer once it listens.
     lab.auto_listen = False
     effects = lab.request("in:ctl", allocate_request())
-    assert effects == [Listen(RELAY)]
+    assert effects == [StopTimer(IdleTimer("in:ctl")), Listen(RELAY)]
     effects = lab.feed(Listening(RELAY))
     success = only_stun(effects, "in:ctl")
     assert success.method == Method.ALLOCATE and success.cls is Class.SUCCESS
@@ -367,8 +369,8 @@ def test_lab_layout_sizes_and_phrases() -> None:
         "MESSAGE-INTEGRITY",
         "FINGERPRINT",
     ]
-    # The lab 401's MI: keyed with the request's user when known, else the first user's.
-    assert m401.verify_integrity(KEY) and m401.verify_fingerprint()
+    # The lab 401's MI is keyed with a secret of the server's: no user's key verifies it.
+    assert not m401.verify_integrity(KEY) and m401.verify_fingerprint()
 
 
 def test_coturn_layout_orders() -> None:
@@ -445,11 +447,12 @@ def test_keys_follow_password_changes_and_users() -> None:
     )
     assert reply.cls is Class.SUCCESS
     assert reply.verify_integrity(long_term_key("other", "TANDBERG", "pass2"))
-    # And the 401 challenge of the lab layout carries an MI keyed by the request's user.
+    # And the 401 challenge of the lab layout carries an MI that the named user's key does not
+    # verify (it would let anyone test that user's password offline).
     bare = Message.request(Method.REFRESH, [Username("other"), Fingerprint()])
     challenge = only_stun(lab.send("in:ctl2", bare.encode()), "in:ctl2")
-    assert error_code(challenge) == 401
-    assert challenge.verify_integrity(long_term_key("other", "TANDBERG", "pass2"))
+    assert error_code(challenge) == 401 and MessageIntegrity in challenge
+    assert not challenge.verify_integrity(long_term_key("other", "TANDBERG", "pass2"))
 
 
 def test_unknown_user_and_wrong_realm_get_401() -> None:
@@ -637,7 +640,7 @@ def test_relay_ports_go_lowest_first_and_listen_failure_moves_on() -> None:
     lab = Lab(auto_listen=False)
     lab.accept("in:a")
     lab.challenge("in:a")
-    assert lab.request("in:a", allocate_request()) == [Listen(RELAY)]
+    assert lab.request("in:a", allocate_request()) == [StopTimer(IdleTimer("in:a")), Listen(RELAY)]
     effects = lab.feed(ListenFailed(RELAY, "address in use"))
     assert effects[-1] == Listen(Address(EXPE, 24001))
     ok = only_stun(lab.feed(Listening(Address(EXPE, 24001))), "in:a")

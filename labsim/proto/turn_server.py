@@ -29,6 +29,8 @@ Like every machine below ``labsim/net`` it does no IO and reads no clock: time c
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -213,6 +215,11 @@ INJECTABLE_METHODS: dict[str, Method] = {
 #: RFC 6062 §6.3 a server gives an authenticated request (401 and 400 have their own causes).
 InjectableCode = Literal[403, 437, 438, 441, 442, 446, 447, 486, 508]
 
+#: A stateless NONCE: hex of its issue time in milliseconds, a salt, then the HMAC.
+_NONCE_TIME_DIGITS = 12
+_NONCE_SALT_DIGITS = 4
+NONCE_MIN_LENGTH = _NONCE_TIME_DIGITS + _NONCE_SALT_DIGITS + 16
+
 #: The placeholders :meth:`Message.encode` fills in (RFC 5389 §15.4, §15.5); frozen, so shared.
 _INTEGRITY = MessageIntegrity()
 _FINGERPRINT = Fingerprint()
@@ -313,26 +320,68 @@ class TurnServerSettings:
     """Seconds before a NONCE turns stale and gets 438 Stale Nonce (RFC 5389 §10.2: server
     policy)."""
     nonce_length: int = 52
-    """NONCE characters (52 in the lab; RFC 5389 §15.8 allows fewer than 128)."""
+    """NONCE characters (52 in the lab; RFC 5389 §15.8 allows fewer than 128). Nonces are
+    stateless (the server keeps none): lowercase hex of the issue time in milliseconds (12
+    digits), a random salt (4) and an HMAC-SHA256 of both and the client's IP address (the
+    rest, at least 16), keyed with a secret the server draws once from its ``seed``; so at
+    least 32."""
     tcp_relay: bool = True
     """false: a TCP Allocate gets 442 Unsupported Transport Protocol, as on Expressway before
     X8.9 (PROTOCOL.md §6.1)."""
     permission_policy: PermissionPolicy = "lab"
-    """lab: a peer may connect to a relayed port without a permission (the lab capture shows
-    no CreatePermission). rfc: without one the peer's connection is accepted and reset at once
-    and no ConnectionAttempt is sent (RFC 6062 §5.3, as coturn does)."""
+    """lab: a peer may connect to a relayed port without a permission, which RFC 6062 §5.3
+    forbids: the default only because the lab capture shows no CreatePermission and its
+    Expressway-E relayed anyway (PROTOCOL.md §10). rfc: without one the peer's connection is
+    accepted and reset at once and no ConnectionAttempt is sent (RFC 6062 §5.3, as coturn
+    does); pair it with ``cms.turn.create_permission: true``."""
     connect_installs_permission: bool = False
     """Whether Connect installs a permission for its peer. RFC 6062 §5.2 says nothing of
     permissions and coturn's Connect installs none (PROTOCOL.md §11), hence false."""
     forbidden_peers: tuple[str, ...] = ()
-    """Peer IPs refused by local policy: CreatePermission and Connect get 403 (RFC 5766 §9.2)."""
+    """Peer addresses or networks (``192.0.2.9``, ``192.0.2.0/24``) refused by local policy:
+    CreatePermission and Connect get 403 (RFC 5766 §9.2, RFC 6062 §5.2) and a peer connecting
+    from one is reset."""
+    allowed_peers: tuple[str, ...] = ()
+    """Peer addresses or networks that alone are allowed (the rest as forbidden_peers);
+    empty: any peer not forbidden. forbidden_peers wins where both match."""
+    relay_to_self: bool = False
+    """false: CreatePermission and Connect naming this server's own address (or its public
+    one) with its TURN port or a port of its relay range get 403 (RFC 5766 §9.2, RFC 6062
+    §5.2: local policy), so a client cannot make the server connect to itself or loop one
+    relay into another. true: allowed, as coturn with --allow-loopback-peers allows
+    (turnutils_uclient -T connects two clients' relays of one server)."""
+    max_permissions: Annotated[int, at.Ge(1)] = 1024
+    """Permissions (peer IPs) one allocation holds at once; a CreatePermission that would add
+    one more gets 508 Insufficient Capacity (RFC 5766 §9.2 leaves the limit to the server,
+    §15 defines 508). Refreshing a held permission always works. coturn holds 1024 per
+    allocation and answers 500 past it."""
     bind_timeout: PositiveSeconds = 30.0
     """Seconds a peer connection waits for its ConnectionBind before it is closed (RFC 6062
     §5.3: 30)."""
     connect_timeout: PositiveSeconds = 30.0
     """Seconds a Connect waits for the peer (RFC 6062 §5.2: at least 30)."""
     early_data_limit: Count = 256 * 1024
-    """Peer bytes buffered before the ConnectionBind; past that the peer is reset."""
+    """Peer bytes buffered before the ConnectionBind, per peer connection; past that the peer
+    is reset (RFC 6062 §5.3 buffers them; a simulator cannot shrink a TCP window)."""
+    early_data_total: Count = 1024 * 1024
+    """Peer bytes buffered before their ConnectionBinds, all peer connections of one
+    allocation together; the peer whose bytes would pass it is reset."""
+    max_pending_peers: Annotated[int, at.Ge(1)] = 32
+    """Peer connections one allocation holds waiting for their ConnectionBind (RFC 6062 §5.3)
+    or for a Connect to complete (§5.2); one more peer connecting to the relay is reset
+    without a ConnectionAttempt, one more Connect gets 508 Insufficient Capacity (RFC 5766
+    §15). RFC 6062 sets no number; the lab has one."""
+    idle_timeout: PositiveSeconds = 60.0
+    """Seconds a connection to the TURN port may stay without an allocation (and not be a
+    bound data connection) before the server closes it: one that never sends, stalls half
+    way through a STUN header, or only sends Binding requests. It runs from the accept and
+    again when the connection's allocation goes; a live allocation's lifetime governs its
+    control connection instead. RFC 5389 §7.2.2 lets the server close a connection it deems
+    timed out; coturn closes one not allocated within 60 s (--max-allocate-timeout)."""
+    max_idle_connections: Annotated[int, at.Ge(1)] = 1000
+    """Connections to the TURN port held at once without an allocation (those idle_timeout
+    watches); one more is reset at once (RFC 5389 §7.2.2 does not oblige a server to keep
+    connections)."""
     bind_failure: BindFailure = "reset"
     """A ConnectionBind that fails: reset the connection without an answer (coturn,
     PROTOCOL.md §11) or answer it with the STUN error (RFC 6062 §5.4: 400, or 401/438)."""
@@ -361,8 +410,18 @@ class TurnServerSettings:
                 ("relay_ports",), f"the relay range {low}-{high} holds the TURN port {self.port}",
                 alternatives=[("port",)],
             )  # fmt: skip
-        if not 1 <= self.nonce_length <= 127:
-            raise SettingError(("nonce_length",), "a NONCE is 1-127 characters (RFC 5389 §15.8)")
+        if not NONCE_MIN_LENGTH <= self.nonce_length <= 127:
+            raise SettingError(
+                ("nonce_length",),
+                f"a stateless NONCE is {NONCE_MIN_LENGTH}-127 characters: time, salt and an "
+                "HMAC of at least 16 (RFC 5389 §15.8 allows up to 127)",
+            )
+        for key in ("forbidden_peers", "allowed_peers"):
+            for i, text in enumerate(getattr(self, key)):
+                try:
+                    ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    raise SettingError((key, i), f"{text!r} is no IP address or network") from None
         if self.max_lifetime < self.default_lifetime:
             raise SettingError(
                 ("max_lifetime",), f"below default_lifetime ({self.default_lifetime})",
@@ -434,7 +493,16 @@ class BindTimer:
     """The peer connection's CONNECTION-ID."""
 
 
-ServerTimer = ExpiryTimer | BindTimer
+@dataclass(frozen=True)
+class IdleTimer:
+    """A connection to the TURN port without an allocation is closed after ``idle_timeout``
+    (RFC 5389 §7.2.2; coturn's --max-allocate-timeout)."""
+
+    conn: ConnId
+    """The connection."""
+
+
+ServerTimer = ExpiryTimer | BindTimer | IdleTimer
 
 
 @dataclass
@@ -453,8 +521,12 @@ class _Allocation:
     active: bool = False  # a TCP relay is active once the runtime listens on its port
     success: bytes | None = None  # the Allocate success, resent for a retransmission
     tried_ports: set[int] = field(default_factory=set)
-    permissions: dict[str, float] = field(default_factory=dict)  # peer IP -> expiry
+    # Peer IP -> expiry, in expiry order (every permission lasts permission_lifetime and time
+    # only grows, so a refreshed one moves to the end): the expired ones are at the front.
+    permissions: dict[str, float] = field(default_factory=dict)
     peers: dict[int, _Peer] = field(default_factory=dict)  # CONNECTION-ID -> peer
+    waiting: set[int] = field(default_factory=set)  # CONNECTION-IDs connecting or unbound
+    buffered: int = 0  # peer bytes held for ConnectionBinds, all its waiting peers together
 
     @property
     def timer(self) -> ExpiryTimer:
@@ -539,7 +611,22 @@ class TurnServer:
         self._cids: dict[int, _Peer] = {}
         self._ports: dict[int, _Allocation] = {}
         self._allocations: dict[int, _Allocation] = {}
-        self._nonces: dict[str, float] = {}  # nonce -> time issued
+        # Secrets drawn once per server, from the seeded generator so that runs repeat (a
+        # server facing real attackers would set a seed of its own): the key of the stateless
+        # nonces' HMAC, and the key of the MESSAGE-INTEGRITY the lab's 401 carries.
+        self._nonce_secret = self._rng.randbytes(32)
+        self._challenge_secret = self._rng.randbytes(32)
+        self._forbidden = tuple(
+            ipaddress.ip_network(p, strict=False) for p in self.settings.forbidden_peers
+        )
+        self._allowed = tuple(
+            ipaddress.ip_network(p, strict=False) for p in self.settings.allowed_peers
+        )
+        self._own_hosts = frozenset(
+            ipaddress.ip_address(h) for h in (host, public_host) if h is not None
+        )
+        self._idle: set[ConnId] = set()
+        """Connections to the TURN port with an IdleTimer running (no allocation, not bound)."""
         self._timers: set[ServerTimer] = set()
         """The timers running."""
         self._authenticated: dict[int, int] = {}
@@ -643,9 +730,9 @@ class TurnServer:
         out: list[Effect] = [Log(f"cannot listen on relay {address}: {reason}", "warning")]
         port = self._free_port(even=False, exclude=alloc.tried_ports)
         if port is None or len(alloc.tried_ports) >= self.settings.listen_attempts:
-            self._forget_allocation(alloc)
             why = f"no relay port could be opened after {len(alloc.tried_ports)} tries"
-            return out + self._reject(alloc.control, alloc.request, 508, why, alloc.key)
+            out += self._reject(alloc.control, alloc.request, 508, why, alloc.key)
+            return out + self._forget_allocation(alloc)
         alloc.relay = Address(self.host, port)
         self._ports[port] = alloc
         return [*out, Listen(alloc.relay)]
@@ -660,9 +747,20 @@ class TurnServer:
             # the first message tells which. ChannelData is refused: TCP allocations never use
             # it (RFC 6062 §3, PROTOCOL.md §3.2) and UDP ones are bookkeeping only here, and a
             # non-STUN first byte (an HTTP request) then fails at once.
+            if len(self._idle) >= self.settings.max_idle_connections:
+                # Each connection without an allocation holds state until its idle timer; past
+                # the cap a flood of them is refused instead of growing it.
+                return [
+                    Log(
+                        f"connection from {remote}: {len(self._idle)} connections without an "
+                        "allocation held (max_idle_connections), reset",
+                        "warning",
+                    ),
+                    Close(conn, reset=True),
+                ]
             splitter = StunSplitter(allow_channel_data=False)
             self._clients[conn] = _Client(conn, remote, splitter)
-            return []
+            return [self._start_idle_timer(conn)]
         alloc = self._ports.get(local.port)
         if alloc is None or not alloc.active or alloc.transport != TRANSPORT_TCP:
             return [
@@ -674,6 +772,23 @@ class TurnServer:
     def _on_peer_accepted(
         self, alloc: _Allocation, conn: ConnId, remote: Address, now: float
     ) -> list[Effect]:
+        refusal = self._peer_refusal(remote.host, None)
+        if refusal is not None:
+            # coturn checks its peer policy on incoming peer connections too.
+            return [
+                Log(f"peer connection from {remote} to {alloc.relay}: {refusal}, reset", "warning"),
+                Close(conn, reset=True),
+            ]
+        if len(alloc.waiting) >= self.settings.max_pending_peers:
+            return [
+                Log(
+                    f"peer connection from {remote} to {alloc.relay}: {len(alloc.waiting)} "
+                    "peer connections already wait for their ConnectionBind "
+                    "(max_pending_peers), reset",
+                    "warning",
+                ),
+                Close(conn, reset=True),
+            ]
         out: list[Effect] = []
         permitted = self._has_permission(alloc, remote.host, now)
         if not permitted:
@@ -745,6 +860,7 @@ class TurnServer:
             # own splitters and state.
             out += [
                 Log(f"garbage on {client.conn} from {client.remote}: {exc}; reset", "warning"),
+                *self._stop_idle_timer(client.conn),
                 Close(client.conn, reset=True),
             ]
             out += self._drop_client(client, reset=True)
@@ -811,9 +927,9 @@ class TurnServer:
         handler = self._handlers.get(msg.method)
         if handler is None:
             return self._reject(client.conn, msg, 400, f"{msg.method_name} is not supported here")
-        auth = self._authenticate(msg, now)
+        auth = self._authenticate(msg, client.remote.host, now)
         if isinstance(auth, _Reject):
-            return self._reject_auth(client.conn, msg, auth, now)
+            return self._reject_auth(client, msg, auth, now)
         unknown = msg.unknown_comprehension_required()
         if unknown:
             # RFC 5389 §7.3.1: after authentication, unknown comprehension-required attributes.
@@ -828,7 +944,7 @@ class TurnServer:
             )
         injected = self._injected(msg.method)
         if injected is not None:
-            return self._answer_injected(client.conn, msg, injected, auth, now)
+            return self._answer_injected(client, msg, injected, auth, now)
         return handler(client, msg, auth, now)
 
     # -- injected errors (the errors setting) --------------------------------------------------
@@ -840,15 +956,15 @@ class TurnServer:
         return next((e for e in self.settings.errors if e.applies(method, count)), None)
 
     def _answer_injected(
-        self, conn: ConnId, msg: Message, error: InjectedError, auth: _Credentials, now: float
+        self, client: _Client, msg: Message, error: InjectedError, auth: _Credentials, now: float
     ) -> list[Effect]:
         count = self._authenticated[msg.method]
         why = f"{msg.method_name} #{count} answered {error.code} by the errors setting"
         if error.code == 438:
             # RFC 5389 §10.2.2: a 438 carries a fresh NONCE and the REALM, as any stale nonce
             # gets (the layout's stale_nonce row).
-            return self._reject_auth(conn, msg, _Reject(438, why), now)
-        return self._reject(conn, msg, error.code, why, auth.key)
+            return self._reject_auth(client, msg, _Reject(438, why), now)
+        return self._reject(client.conn, msg, error.code, why, auth.key)
 
     def _on_malformed(self, conn: ConnId, raw: bytes, exc: StunError) -> list[Effect]:
         method, cls = split_type(int.from_bytes(raw[:2], "big"))
@@ -878,14 +994,15 @@ class TurnServer:
 
     # -- authentication (RFC 5389 §10.2.2) ------------------------------------------------------
 
-    def _authenticate(self, msg: Message, now: float) -> _Credentials | _Reject:
+    def _authenticate(self, msg: Message, host: str, now: float) -> _Credentials | _Reject:
+        """``msg``'s long-term credentials, from a client at IP ``host``."""
         if MessageIntegrity not in msg:
             return _Reject(401, "no MESSAGE-INTEGRITY: challenge with realm and nonce")
         username, realm, nonce = msg.get(Username), msg.get(Realm), msg.get(Nonce)
         if username is None or realm is None or nonce is None:
             return _Reject(400, "MESSAGE-INTEGRITY without USERNAME, REALM and NONCE")
         # RFC 5389 §10.2.2 checks the nonce before the username and the integrity.
-        if not self._nonce_valid(nonce.value, now):
+        if not self._nonce_valid(nonce.value, host, now):
             return _Reject(438, "stale or unknown nonce")
         if realm.value != self.settings.realm:
             return _Reject(401, f"realm {realm.value!r} is not {self.settings.realm!r}")
@@ -900,62 +1017,65 @@ class TurnServer:
             )
         return _Credentials(username.value, key)
 
-    def _nonce_valid(self, nonce: str, now: float) -> bool:
-        issued = self._nonces.get(nonce)
-        return issued is not None and now - issued <= self.settings.nonce_lifetime
+    # Nonces are stateless (coturn's are too): the server keeps none, so unauthenticated
+    # requests cost no memory however many come. A nonce carries its issue time and a salt in
+    # clear and an HMAC over both and the client's IP, keyed with the server's secret: only
+    # this server can make one, it is checked without a table, and it turns stale by its own
+    # time (RFC 5389 §10.2: "the server MAY ... limit the nonce's validity"; §15.8: a NONCE
+    # is opaque, under 128 characters). The IP, not the port: the client reuses the control
+    # connection's nonce on its new data connections (RFC 6062 §5.4; PROTOCOL.md §11).
 
-    def _new_nonce(self, now: float) -> str:
-        lifetime = self.settings.nonce_lifetime
-        # Forget nonces that are stale anyway, so the table stays bounded. They were issued in
-        # time order and the dict keeps insertion order: only the front can be stale, so this
-        # costs nothing per call (a full scan made thousands of allocations quadratic).
-        nonces = self._nonces
-        while nonces:
-            oldest, issued = next(iter(nonces.items()))
-            if now - issued <= lifetime:
-                break
-            del nonces[oldest]
+    def _nonce_mac(self, head: str, host: str, digits: int) -> str:
+        mac = hmac.new(self._nonce_secret, f"{head}|{host}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:digits]
+
+    def _nonce_valid(self, nonce: str, host: str, now: float) -> bool:
         length = self.settings.nonce_length
-        while True:
-            # Hex digits, one 4-bit draw each, in one call.
-            nonce = format(self._rng.getrandbits(4 * length), f"0{length}x")
-            if nonce not in nonces:
-                nonces[nonce] = now
-                return nonce
+        if len(nonce) != length:
+            return False
+        head = nonce[: _NONCE_TIME_DIGITS + _NONCE_SALT_DIGITS]
+        if not hmac.compare_digest(
+            nonce[len(head) :], self._nonce_mac(head, host, length - len(head))
+        ):
+            return False
+        # The HMAC matched, so the time field is the one this server wrote: plain hex.
+        issued = int(head[:_NONCE_TIME_DIGITS], 16) / 1000
+        return 0 <= now - issued <= self.settings.nonce_lifetime
 
-    def _reject_auth(self, conn: ConnId, msg: Message, reject: _Reject, now: float) -> list[Effect]:
+    def _new_nonce(self, host: str, now: float) -> str:
+        # Milliseconds, rounded down (so a nonce is never younger than its time says); the salt
+        # tells apart nonces issued in the same millisecond (a 438 brings a new one).
+        issued = format(max(0, int(now * 1000)), f"0{_NONCE_TIME_DIGITS}x")
+        salt = format(self._rng.getrandbits(4 * _NONCE_SALT_DIGITS), f"0{_NONCE_SALT_DIGITS}x")
+        head = issued + salt
+        return head + self._nonce_mac(head, host, self.settings.nonce_length - len(head))
+
+    def _reject_auth(
+        self, client: _Client, msg: Message, reject: _Reject, now: float
+    ) -> list[Effect]:
+        conn, host = client.conn, client.remote.host
         if reject.code == 400:
             return self._reject(conn, msg, 400, reject.why)
         # 401 reuses a still valid nonce the client sent (coturn does); 438 needs a fresh one.
         sent = msg.get(Nonce)
-        if reject.code != 438 and sent is not None and self._nonce_valid(sent.value, now):
+        if reject.code != 438 and sent is not None and self._nonce_valid(sent.value, host, now):
             nonce = sent.value
         else:
-            nonce = self._new_nonce(now)
+            nonce = self._new_nonce(host, now)
         values: dict[str, Attribute] = {"NONCE": Nonce(nonce), "REALM": self._realm}
         layout = self._layout.stale_nonce if reject.code == 438 else self._layout.challenge
         if msg.method in (Method.ALLOCATE, Method.REFRESH):
             values["LIFETIME"] = Lifetime(self._lifetime(msg))
-        data = self._build(msg.error(reject.code), layout, values, self._challenge_key(msg))
+        # The lab's 401 carries a MESSAGE-INTEGRITY (its size says so, PROTOCOL.md §10) whose
+        # key cannot be known. RFC 5389 §10.2.2 says a 401 SHOULD NOT carry one: the client
+        # has no shared key yet. Keying it with a user's long-term key would hand anyone who
+        # asks an offline test of that user's password; a key of the server's own that nobody
+        # knows gives the same bytes and length and tells nothing.
+        data = self._build(msg.error(reject.code), layout, values, self._challenge_secret)
         return [
             Log(f"{msg.method_name} on {conn}: {reject.code}, {reject.why} (RFC 5389 §10.2.2)"),
             Send(conn, data, protocol="stun"),
         ]
-
-    def _challenge_key(self, msg: Message) -> bytes | None:
-        """The key of the MESSAGE-INTEGRITY a challenge carries when the layout has one.
-
-        The lab's 401 carries an MI (its size says so) whose key cannot be known; this server
-        uses the long-term key of the request's USERNAME when that user exists, else of the first
-        configured user. A client cannot verify it before it has authenticated anyway.
-        """
-        username = msg.get(Username)
-        users = self.settings.users
-        if username is not None and username.value in users:
-            return long_term_key(username.value, self.settings.realm, users[username.value])
-        for user, password in users.items():
-            return long_term_key(user, self.settings.realm, password)
-        return None
 
     # -- Allocate (RFC 5766 §6.2, RFC 6062 §5.1) -------------------------------------------------
 
@@ -1033,11 +1153,14 @@ class TurnServer:
         self._allocations[alloc.ident] = alloc
         self._ports[port] = alloc
         client.allocation = alloc
+        # From now on the allocation's lifetime governs the connection, not the idle timer.
+        out = self._stop_idle_timer(conn)
         if transport == TRANSPORT_TCP:
             # The relayed transport address is a listening TCP socket (RFC 6062 §5.1); answer
             # once the runtime says it listens (Listening), so no dead port is advertised.
-            return [Listen(alloc.relay)]
+            return [*out, Listen(alloc.relay)]
         return [
+            *out,
             Log(
                 f"UDP relay {alloc.relay} for {client.remote}: bookkeeping only "
                 "(the runtimes carry TCP only; no UDP socket is opened)"
@@ -1126,22 +1249,63 @@ class TurnServer:
             if ipaddress.ip_address(peer.address).version != self._family:
                 why = f"peer {peer.address} is not of the relay's address family (RFC 6156 §6.2)"
                 return self._reject(conn, msg, 443, why, auth.key)
-            if peer.address in self.settings.forbidden_peers:
-                why = f"peer {peer.address} is forbidden by local policy (RFC 5766 §9.2)"
+            refusal = self._peer_refusal(peer.address, peer.port)
+            if refusal is not None:
+                why = f"peer {peer.address}:{peer.port}: {refusal} (RFC 5766 §9.2)"
                 return self._reject(conn, msg, 403, why, auth.key)
-        for ip, expiry in list(alloc.permissions.items()):
-            if expiry <= now:
-                del alloc.permissions[ip]
+        permissions = alloc.permissions
+        self._expire_permissions(alloc, now)
+        # RFC 5766 §9.2: all or nothing; only IPs not yet permitted take room.
+        ips = dict.fromkeys(p.address for p in peers)
+        new = sum(1 for ip in ips if ip not in permissions)
+        if new and len(permissions) + new > self.settings.max_permissions:
+            why = (
+                f"allocation {alloc.relay} holds {len(permissions)} permissions, "
+                f"max_permissions {self.settings.max_permissions} (RFC 5766 §9.2, §15)"
+            )
+            return self._reject(conn, msg, 508, why, auth.key)
         lifetime = self.settings.permission_lifetime
-        for peer in peers:
-            # RFC 5766 §8: a permission covers the IP only, the port is ignored.
-            alloc.permissions[peer.address] = now + lifetime
+        for ip in ips:
+            # RFC 5766 §8: a permission covers the IP only, the port is ignored. Popped first,
+            # so a refreshed permission moves to the end and the dict stays in expiry order.
+            permissions.pop(ip, None)
+            permissions[ip] = now + lifetime
         data = self._build(msg.success(), self._layout.create_permission, {}, auth.key)
-        ips = ", ".join(sorted({p.address for p in peers}))
         return [
-            Log(f"permission for {ips} on {alloc.relay} for {lifetime:g} s"),
+            Log(f"permission for {', '.join(sorted(ips))} on {alloc.relay} for {lifetime:g} s"),
             Send(conn, data, protocol="stun"),
         ]
+
+    def _expire_permissions(self, alloc: _Allocation, now: float) -> None:
+        # Only the front can have expired (the dict is in expiry order): each request pays for
+        # the permissions that expired since, never for those still held (a scan of them all
+        # made CreatePermission slower with every permission held).
+        permissions = alloc.permissions
+        while permissions:
+            ip, expiry = next(iter(permissions.items()))
+            if expiry > now:
+                return
+            del permissions[ip]
+
+    def _peer_refusal(self, ip: str, port: int | None) -> str | None:
+        """Why local policy refuses peer ``ip`` (and ``port``, where one is named), else None.
+
+        RFC 5766 §9.2 and RFC 6062 §5.2 answer such a peer 403 Forbidden; coturn refuses a
+        forbidden peer's incoming connection too.
+        """
+        address = ipaddress.ip_address(ip)
+        if any(address in net for net in self._forbidden):
+            return "forbidden by local policy (forbidden_peers)"
+        if self._allowed and not any(address in net for net in self._allowed):
+            return "not among the allowed peers (allowed_peers)"
+        if port is not None and not self.settings.relay_to_self:
+            low, high = self.settings.relay_ports
+            own = address in self._own_hosts or address.is_unspecified
+            if own and (port == self.settings.port or low <= port <= high):
+                # A peer that is this server's TURN port or one of its relays would have the
+                # server connect to itself: one relay looped into another, or into its own.
+                return "this TURN server's own port (relay_to_self is off)"
+        return None
 
     def _has_permission(self, alloc: _Allocation, ip: str, now: float) -> bool:
         expiry = alloc.permissions.get(ip)
@@ -1160,12 +1324,26 @@ class TurnServer:
             why = "Connect without a usable XOR-PEER-ADDRESS (RFC 6062 §5.2)"
             return self._reject(conn, msg, 400, why, auth.key)
         remote = Address(target.address, target.port)
-        if target.address in self.settings.forbidden_peers:
-            why = f"peer {remote} is forbidden by local policy (RFC 6062 §5.2)"
+        refusal = self._peer_refusal(target.address, target.port)
+        if refusal is not None:
+            why = f"peer {remote}: {refusal} (RFC 6062 §5.2)"
             return self._reject(conn, msg, 403, why, auth.key)
         if any(p.remote == remote for p in alloc.peers.values()):
             why = f"a connection to {remote} already exists or is in progress (RFC 6062 §5.2)"
             return self._reject(conn, msg, 446, why, auth.key)
+        if len(alloc.waiting) >= self.settings.max_pending_peers:
+            why = (
+                f"{len(alloc.waiting)} peer connections of {alloc.relay} wait for their "
+                "ConnectionBind or Connect (max_pending_peers; RFC 5766 §15)"
+            )
+            return self._reject(conn, msg, 508, why, auth.key)
+        installs = self.settings.connect_installs_permission
+        if installs:
+            self._expire_permissions(alloc, now)
+            permissions = alloc.permissions
+            if remote.host not in permissions and len(permissions) >= self.settings.max_permissions:
+                why = f"Connect would install permission {len(permissions) + 1} (max_permissions)"
+                return self._reject(conn, msg, 508, why, auth.key)
         cid = self._new_cid()
         peer = _Peer(
             f"{self.prefix}:peer:{cid:08x}",
@@ -1178,7 +1356,8 @@ class TurnServer:
         )
         self._add_peer(peer)
         out: list[Effect] = []
-        if self.settings.connect_installs_permission:
+        if installs:
+            alloc.permissions.pop(remote.host, None)  # to the end: expiry order
             alloc.permissions[remote.host] = now + self.settings.permission_lifetime
             out.append(Log(f"Connect installs a permission for {remote.host} (setting)"))
         # RFC 6062 §5.2 wants the connection to start from the relayed address; the runtime
@@ -1229,11 +1408,11 @@ class TurnServer:
             return self._bind_failed(client, None, 400, f"malformed ConnectionBind: {exc}", None)
         if not msg.verify_fingerprint() and Fingerprint in msg:
             return self._bind_failed(client, msg, 400, "bad FINGERPRINT", None)
-        auth = self._authenticate(msg, now)
+        auth = self._authenticate(msg, client.remote.host, now)
         if isinstance(auth, _Reject):
             if self.settings.bind_failure == "answer" and auth.code != 400:
                 # The RFC 5389 §10.2.2 answer (401 challenge or 438 with a nonce).
-                return self._reject_auth(conn, msg, auth, now)
+                return self._reject_auth(client, msg, auth, now)
             return self._bind_failed(client, msg, auth.code, auth.why, None)
         unknown = msg.unknown_comprehension_required()
         if unknown:
@@ -1242,14 +1421,14 @@ class TurnServer:
             return self._bind_failed(client, msg, 420, why, auth.key, extra)
         injected = self._injected(Method.CONNECTION_BIND)
         if injected is not None:
-            answer = self._answer_injected(conn, msg, injected, auth, now)
+            answer = self._answer_injected(client, msg, injected, auth, now)
             if injected.code == 438:
                 return answer  # the client retries with the new nonce on this connection
             # RFC 6062 §5.4: a failed ConnectionBind leaves no data connection; the server
             # closes it after the answer (the client must close it too, §4.3). The peer
             # connection stays pending until its bind timer (§5.3).
             del self._clients[conn]
-            return [*answer, Close(conn)]
+            return [*answer, *self._stop_idle_timer(conn), Close(conn)]
         cid_attr = msg.get(ConnectionId)
         if cid_attr is None:
             return self._bind_failed(client, msg, 400, "no CONNECTION-ID", auth.key)
@@ -1265,11 +1444,14 @@ class TurnServer:
         client.peer = peer
         peer.state = _PeerState.BOUND
         peer.data_conn = conn
+        peer.allocation.waiting.discard(peer.cid)
         self._timers.discard(BindTimer(peer.cid))
         values: dict[str, Attribute] = {"CONNECTION-ID": ConnectionId(peer.cid)}
         data = self._build(msg.success(), self._layout.connection_bind, values, auth.key)
         out: list[Effect] = [
             StopTimer(BindTimer(peer.cid)),
+            # A bound data connection lives as long as its peer's (RFC 6062 §5.5).
+            *self._stop_idle_timer(conn),
             Log(
                 f"ConnectionBind 0x{peer.cid:08x}: {conn} piped to peer {peer.remote} "
                 "(RFC 6062 §5.4)"
@@ -1280,6 +1462,7 @@ class TurnServer:
             # RFC 6062 §5.4: data the peer sent before the bind goes out right after it.
             out.append(Log(f"delivering {len(peer.buffer)} peer bytes buffered before the bind"))
             out.append(Send(conn, bytes(peer.buffer), protocol="raw"))
+            peer.allocation.buffered -= len(peer.buffer)
             peer.buffer.clear()
         if peer.closed_early:
             out.append(Log(f"peer {peer.remote} had closed before the bind: closing {conn}"))
@@ -1304,6 +1487,7 @@ class TurnServer:
         # coturn resets the connection without a STUN answer (PROTOCOL.md §11).
         out: list[Effect] = [
             Log(f"ConnectionBind on {client.conn} refused ({code}: {why}): reset", "warning"),
+            *self._stop_idle_timer(client.conn),
             Close(client.conn, reset=True),
         ]
         del self._clients[client.conn]
@@ -1320,20 +1504,29 @@ class TurnServer:
     def _on_peer_bytes(self, peer: _Peer, data: bytes) -> list[Effect]:
         if peer.state is _PeerState.BOUND and peer.data_conn is not None:
             return [Send(peer.data_conn, data, protocol="raw")]
+        alloc = peer.allocation
+        over = None
         if len(peer.buffer) + len(data) > self.settings.early_data_limit:
+            over = f"over {self.settings.early_data_limit} bytes (early_data_limit)"
+        elif alloc.buffered + len(data) > self.settings.early_data_total:
+            over = (
+                f"bytes that would take the allocation's peers past "
+                f"{self.settings.early_data_total} (early_data_total)"
+            )
+        if over is not None:
             # RFC 6062 §5.3 buffers (shrinking the TCP window); a simulator cannot push back on
             # the sender, so past the bound the peer is reset instead of growing memory.
             self._remove_peer(peer)
             return [
                 Log(
-                    f"peer {peer.remote} sent over {self.settings.early_data_limit} bytes before "
-                    f"ConnectionBind 0x{peer.cid:08x}: reset",
+                    f"peer {peer.remote} sent {over} before ConnectionBind 0x{peer.cid:08x}: reset",
                     "warning",
                 ),
                 StopTimer(BindTimer(peer.cid)),
                 Close(peer.conn, reset=True),
             ]
         peer.buffer += data
+        alloc.buffered += len(data)
         return []
 
     # -- closing -------------------------------------------------------------------------------
@@ -1368,6 +1561,9 @@ class TurnServer:
     def _drop_client(self, client: _Client, *, reset: bool) -> list[Effect]:
         """Forget a TURN-port connection that is gone, and what hangs on it."""
         self._clients.pop(client.conn, None)
+        idle = self._stop_idle_timer(client.conn)
+        if idle:
+            return idle  # no allocation and no peer hang on it
         if client.role is _Role.DATA and client.peer is not None:
             peer = client.peer
             self._remove_peer(peer)
@@ -1404,16 +1600,26 @@ class TurnServer:
             if peer.data_conn is not None:
                 self._clients.pop(peer.data_conn, None)
                 out.append(Close(peer.data_conn))
-        self._forget_allocation(alloc)
-        return out
+        return out + self._forget_allocation(alloc)
 
-    def _forget_allocation(self, alloc: _Allocation) -> None:
+    def _forget_allocation(self, alloc: _Allocation) -> list[Effect]:
+        """Drop ``alloc`` from the tables; its control connection, if still open, is idle
+        again (its idle timer restarts)."""
         self._allocations.pop(alloc.ident, None)
         if self._ports.get(alloc.relay.port) is alloc:
             del self._ports[alloc.relay.port]
         owner = self._clients.get(alloc.control)
         if owner is not None and owner.allocation is alloc:
             owner.allocation = None
+            if len(self._idle) < self.settings.max_idle_connections:
+                return [self._start_idle_timer(owner.conn)]
+            # Over the cap (connections idle meanwhile): this one goes rather than wait.
+            del self._clients[owner.conn]
+            return [
+                Log(f"{owner.conn} lost its allocation, max_idle_connections held: closed"),
+                Close(owner.conn),
+            ]
+        return []
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -1422,10 +1628,26 @@ class TurnServer:
         self._timers.add(timer)
         return StartTimer(timer, self.settings.bind_timeout)
 
+    def _start_idle_timer(self, conn: ConnId) -> StartTimer:
+        timer = IdleTimer(conn)
+        self._idle.add(conn)
+        self._timers.add(timer)
+        return StartTimer(timer, self.settings.idle_timeout)
+
+    def _stop_idle_timer(self, conn: ConnId) -> list[Effect]:
+        """The StopTimer of ``conn``'s idle timer if it runs, else nothing."""
+        if conn not in self._idle:
+            return []
+        self._idle.discard(conn)
+        self._timers.discard(IdleTimer(conn))
+        return [StopTimer(IdleTimer(conn))]
+
     def _on_timer(self, timer: object) -> list[Effect]:
-        if not isinstance(timer, ExpiryTimer | BindTimer) or timer not in self._timers:
+        if not isinstance(timer, ExpiryTimer | BindTimer | IdleTimer) or timer not in self._timers:
             return []
         self._timers.discard(timer)
+        if isinstance(timer, IdleTimer):
+            return self._on_idle(timer.conn)
         if isinstance(timer, ExpiryTimer):
             alloc = self._allocations.get(timer.allocation)
             if alloc is None:
@@ -1447,6 +1669,24 @@ class TurnServer:
             out.append(Close(peer.conn))
         return out
 
+    def _on_idle(self, conn: ConnId) -> list[Effect]:
+        self._idle.discard(conn)
+        client = self._clients.pop(conn, None)
+        if client is None:
+            return []
+        # Only connections without an allocation and not bound run this timer (it is stopped
+        # when either comes), so nothing else hangs on this one.
+        half = client.splitter.buffered
+        stalled = f", {half} bytes of an unfinished message held" if half else ""
+        return [
+            Log(
+                f"{conn} from {client.remote}: no allocation within "
+                f"{self.settings.idle_timeout:g} s{stalled}: closed (RFC 5389 §7.2.2)",
+                "warning",
+            ),
+            Close(conn),
+        ]
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _new_cid(self) -> int:
@@ -1459,11 +1699,16 @@ class TurnServer:
         self._peers[peer.conn] = peer
         self._cids[peer.cid] = peer
         peer.allocation.peers[peer.cid] = peer
+        peer.allocation.waiting.add(peer.cid)  # connecting or waiting for its bind
 
     def _remove_peer(self, peer: _Peer) -> None:
         self._peers.pop(peer.conn, None)
         self._cids.pop(peer.cid, None)
-        peer.allocation.peers.pop(peer.cid, None)
+        alloc = peer.allocation
+        alloc.peers.pop(peer.cid, None)
+        alloc.waiting.discard(peer.cid)
+        alloc.buffered -= len(peer.buffer)
+        peer.buffer.clear()
         self._timers.discard(BindTimer(peer.cid))
 
     def _with_allocation(self, handler: _AllocationHandler) -> _Handler:
