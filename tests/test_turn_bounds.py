@@ -103,14 +103,18 @@ def test_the_401_integrity_verifies_with_no_users_key_and_keeps_its_length() -> 
     assert len(bare.data) == 176  # the lab row (PROTOCOL.md §10)
 
 
-def test_the_401_integrity_key_is_the_servers_own_and_repeats_with_its_seed() -> None:
-    def challenge(seed: int) -> bytes:
-        lab = Lab(seed=seed)
+def test_the_401_integrity_key_is_random_per_server_or_repeats_with_its_seed() -> None:
+    def challenge(seed: int, *, from_seed: bool) -> bytes:
+        lab = Lab(seed=seed, secrets_from_seed=from_seed)
         lab.accept("in:ctl")
         return sends(lab.send("in:ctl", FIRST_ALLOCATE))[0].data
 
-    assert challenge(1) == challenge(1)
-    assert challenge(1) != challenge(2)
+    # By default nobody can guess it: two servers with the same seed differ.
+    assert challenge(1, from_seed=False) != challenge(1, from_seed=False)
+    assert len(challenge(1, from_seed=False)) == len(challenge(1, from_seed=True))
+    # From the seed, on request: every byte repeats.
+    assert challenge(1, from_seed=True) == challenge(1, from_seed=True)
+    assert challenge(1, from_seed=True) != challenge(2, from_seed=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,16 +237,31 @@ def test_closed_connections_stop_their_idle_timers() -> None:
     assert effects[-2:] == [StopTimer(IdleTimer("in:b")), Close("in:b", reset=True)]
 
 
-def test_connections_without_an_allocation_are_capped() -> None:
+def test_connections_without_an_allocation_are_capped_by_resetting_the_oldest() -> None:
     lab = Lab(max_idle_connections=2)
     lab.accept("in:a", Address("203.0.113.9", 1))
     lab.accept("in:b", Address("203.0.113.9", 2))
+    # One more: the one idle the longest goes, the newcomer is watched (a flood of idle
+    # connections must not lock a real client out).
     effects = lab.accept("in:c", Address("203.0.113.9", 3))
-    assert effects[-1] == Close("in:c", reset=True) and "max_idle_connections" in logs(effects)
-    assert lab.send("in:c", FIRST_ALLOCATE) == []  # never taken
-    # A connection that allocates leaves the count: room for one more.
-    lab.allocate("in:a", Address("203.0.113.9", 1))
+    assert StopTimer(IdleTimer("in:a")) in effects and Close("in:a", reset=True) in effects
+    assert effects[-1] == StartTimer(IdleTimer("in:c"), 60.0)
+    assert "max_idle_connections" in logs(effects)
+    assert lab.send("in:a", FIRST_ALLOCATE) == []  # forgotten
+    # A connection that allocates leaves the count (in:e takes in:b's place, then allocates):
+    # room for one more, nobody reset.
+    lab.allocate("in:e")
     assert lab.accept("in:d", Address("203.0.113.9", 4)) == [StartTimer(IdleTimer("in:d"), 60.0)]
+
+
+def test_a_real_client_gets_its_allocation_through_a_flood_of_idle_connections() -> None:
+    lab = Lab(max_idle_connections=10)
+    for i in range(100):
+        lab.accept(f"in:flood{i}", Address("203.0.113.9", 1000 + i))
+    lab.allocate("in:cms")  # connects after the flood and allocates at once
+    for i in range(100, 200):
+        lab.accept(f"in:flood{i}", Address("203.0.113.9", 1000 + i))
+    assert lab.server._clients["in:cms"].allocation is not None
 
 
 # ---------------------------------------------------------------------------------------------

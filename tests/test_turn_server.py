@@ -398,7 +398,7 @@ def test_custom_layout_and_no_software(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_runs_are_repeatable() -> None:
     def run() -> list[bytes]:
-        lab = Lab()
+        lab = Lab(secrets_from_seed=True)
         lab.allocate()
         return [s.data for s in sends(lab.peer_connects())] + [lab.nonce.encode()]
 

@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import ipaddress
 import random
+import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -380,8 +381,9 @@ class TurnServerSettings:
     timed out; coturn closes one not allocated within 60 s (--max-allocate-timeout)."""
     max_idle_connections: Annotated[int, at.Ge(1)] = 1000
     """Connections to the TURN port held at once without an allocation (those idle_timeout
-    watches); one more is reset at once (RFC 5389 §7.2.2 does not oblige a server to keep
-    connections)."""
+    watches); with one more, the one idle the longest is reset (RFC 5389 §7.2.2 does not
+    oblige a server to keep connections). Evicting the oldest rather than refusing the newest
+    keeps a flood of idle connections from locking real clients out."""
     bind_failure: BindFailure = "reset"
     """A ConnectionBind that fails: reset the connection without an answer (coturn,
     PROTOCOL.md §11) or answer it with the STUN error (RFC 6062 §5.4: 400, or 401/438)."""
@@ -395,7 +397,15 @@ class TurnServerSettings:
     code: 508}] or [{request: Refresh, code: 437, nth: 2}]; the first entry that applies
     answers. Empty (the lab): none."""
     seed: int = 6062
-    """Seed of the random numbers (nonces, CONNECTION-IDs, transaction IDs): runs repeat."""
+    """Seed of the random numbers (nonce salts, CONNECTION-IDs, transaction IDs): runs repeat,
+    all but the server's secrets unless secrets_from_seed."""
+    secrets_from_seed: bool = False
+    """false: the server's two secrets (the key of the stateless nonces' HMAC and the key of
+    the MESSAGE-INTEGRITY the lab's 401 carries) come from the operating system's random
+    source, new for every server, so nobody can forge a nonce or learn anything from the 401;
+    a run's nonces and integrity values then differ from run to run (their sizes do not).
+    true: they come from ``seed`` too, so every byte of a virtual run repeats (for comparing
+    captures byte for byte); anyone who knows the seed can then forge nonces."""
 
     def __post_init__(self) -> None:
         # What a scenario's types cannot say, checked here so that code constructing settings
@@ -611,11 +621,12 @@ class TurnServer:
         self._cids: dict[int, _Peer] = {}
         self._ports: dict[int, _Allocation] = {}
         self._allocations: dict[int, _Allocation] = {}
-        # Secrets drawn once per server, from the seeded generator so that runs repeat (a
-        # server facing real attackers would set a seed of its own): the key of the stateless
-        # nonces' HMAC, and the key of the MESSAGE-INTEGRITY the lab's 401 carries.
-        self._nonce_secret = self._rng.randbytes(32)
-        self._challenge_secret = self._rng.randbytes(32)
+        # Secrets drawn once per server: the key of the stateless nonces' HMAC, and the key of
+        # the MESSAGE-INTEGRITY the lab's 401 carries (never a user's: with one, a single
+        # unauthenticated Allocate let anyone test that user's passwords offline).
+        draw = self._rng.randbytes if self.settings.secrets_from_seed else secrets.token_bytes
+        self._nonce_secret = draw(32)
+        self._challenge_secret = draw(32)
         self._forbidden = tuple(
             ipaddress.ip_network(p, strict=False) for p in self.settings.forbidden_peers
         )
@@ -625,7 +636,8 @@ class TurnServer:
         self._own_hosts = frozenset(
             ipaddress.ip_address(h) for h in (host, public_host) if h is not None
         )
-        self._idle: set[ConnId] = set()
+        #: Connections watched by their idle timer, oldest first (a dict keeps the order).
+        self._idle: dict[ConnId, None] = {}
         """Connections to the TURN port with an IdleTimer running (no allocation, not bound)."""
         self._timers: set[ServerTimer] = set()
         """The timers running."""
@@ -747,20 +759,9 @@ class TurnServer:
             # the first message tells which. ChannelData is refused: TCP allocations never use
             # it (RFC 6062 §3, PROTOCOL.md §3.2) and UDP ones are bookkeeping only here, and a
             # non-STUN first byte (an HTTP request) then fails at once.
-            if len(self._idle) >= self.settings.max_idle_connections:
-                # Each connection without an allocation holds state until its idle timer; past
-                # the cap a flood of them is refused instead of growing it.
-                return [
-                    Log(
-                        f"connection from {remote}: {len(self._idle)} connections without an "
-                        "allocation held (max_idle_connections), reset",
-                        "warning",
-                    ),
-                    Close(conn, reset=True),
-                ]
             splitter = StunSplitter(allow_channel_data=False)
             self._clients[conn] = _Client(conn, remote, splitter)
-            return [self._start_idle_timer(conn)]
+            return self._start_idle_timer(conn)
         alloc = self._ports.get(local.port)
         if alloc is None or not alloc.active or alloc.transport != TRANSPORT_TCP:
             return [
@@ -1611,14 +1612,7 @@ class TurnServer:
         owner = self._clients.get(alloc.control)
         if owner is not None and owner.allocation is alloc:
             owner.allocation = None
-            if len(self._idle) < self.settings.max_idle_connections:
-                return [self._start_idle_timer(owner.conn)]
-            # Over the cap (connections idle meanwhile): this one goes rather than wait.
-            del self._clients[owner.conn]
-            return [
-                Log(f"{owner.conn} lost its allocation, max_idle_connections held: closed"),
-                Close(owner.conn),
-            ]
+            return self._start_idle_timer(owner.conn)
         return []
 
     # -- timers --------------------------------------------------------------------------------
@@ -1628,17 +1622,37 @@ class TurnServer:
         self._timers.add(timer)
         return StartTimer(timer, self.settings.bind_timeout)
 
-    def _start_idle_timer(self, conn: ConnId) -> StartTimer:
+    def _start_idle_timer(self, conn: ConnId) -> list[Effect]:
+        """Watch ``conn`` until it allocates or binds. Past ``max_idle_connections`` the one
+        idle the longest is reset to make room: refusing the newest instead would let a flood
+        of idle connections lock every real client out (a client sends its Allocate at once,
+        so it leaves this set long before it is the oldest)."""
+        out: list[Effect] = []
+        while len(self._idle) >= self.settings.max_idle_connections:
+            oldest = next(iter(self._idle))
+            out += self._stop_idle_timer(oldest)
+            client = self._clients.pop(oldest, None)
+            remote = f" from {client.remote}" if client is not None else ""
+            out += [
+                Log(
+                    f"{oldest}{remote}: the oldest of {self.settings.max_idle_connections} "
+                    "connections without an allocation (max_idle_connections), reset to make "
+                    "room",
+                    "warning",
+                ),
+                Close(oldest, reset=True),
+            ]
         timer = IdleTimer(conn)
-        self._idle.add(conn)
+        self._idle[conn] = None
         self._timers.add(timer)
-        return StartTimer(timer, self.settings.idle_timeout)
+        out.append(StartTimer(timer, self.settings.idle_timeout))
+        return out
 
     def _stop_idle_timer(self, conn: ConnId) -> list[Effect]:
         """The StopTimer of ``conn``'s idle timer if it runs, else nothing."""
         if conn not in self._idle:
             return []
-        self._idle.discard(conn)
+        del self._idle[conn]
         self._timers.discard(IdleTimer(conn))
         return [StopTimer(IdleTimer(conn))]
 
@@ -1670,7 +1684,7 @@ class TurnServer:
         return out
 
     def _on_idle(self, conn: ConnId) -> list[Effect]:
-        self._idle.discard(conn)
+        self._idle.pop(conn, None)
         client = self._clients.pop(conn, None)
         if client is None:
             return []
