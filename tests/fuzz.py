@@ -151,8 +151,13 @@ class Note:
     what: str
     target: str | None = None
     cuts: tuple[int, ...] = ()
+    every: int = 0
+    """``# chunks: every N``: pieces of N bytes (for long inputs fed in small pieces)."""
     variant: int = 0
     xfail: str | None = None
+    growth: str | None = None
+    """``# growth: prefix``: judge the time against the input's first eighth, fed the same
+    way (for a self-similar input whose cost per byte grows with its size)."""
 
 
 def note_of(path: Path) -> Note:
@@ -166,16 +171,20 @@ def note_of(path: Path) -> Note:
     for line in lines:
         text = line.lstrip("#").strip()
         key, sep, value = text.partition(":")
-        if sep and key in ("target", "chunks", "variant", "xfail"):
+        if sep and key in ("target", "chunks", "variant", "xfail", "growth"):
             fields[key] = value.strip()
         elif text:
             what.append(text)
+    chunks = fields.get("chunks", "").split()
+    every = int(chunks[1]) if chunks[:1] == ["every"] else 0
     return Note(
         " ".join(what),
         fields.get("target"),
-        tuple(int(c) for c in fields.get("chunks", "").split()),
+        () if every else tuple(int(c) for c in chunks),
+        every,
         int(fields.get("variant", "0")),
         fields.get("xfail"),
+        fields.get("growth"),
     )
 
 
@@ -296,6 +305,29 @@ def stun_length_fields(data: bytes) -> list[int]:
     return out
 
 
+def fix_stun_length(buf: bytearray) -> None:
+    """The header's length says what follows the header (a STUN message or ChannelData)."""
+    if len(buf) >= 4 and buf[0] & 0xC0 == 0x40:
+        buf[2:4] = min(len(buf) - 4, 0xFFFF).to_bytes(2, "big")
+    elif len(buf) >= stun.HEADER_LENGTH:
+        del buf[stun.HEADER_LENGTH + 0xFFFC :]
+        buf += bytes(-len(buf) % 4)
+        buf[2:4] = (len(buf) - stun.HEADER_LENGTH).to_bytes(2, "big")
+
+
+_CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)([ \t]*:[ \t]*)\d*")
+
+
+def fix_content_length(buf: bytearray) -> None:
+    """Content-Length says the body's size (the first one; a second is left as it is)."""
+    head, sep, body = bytes(buf).partition(b"\r\n\r\n")
+    if sep:
+        fixed = _CONTENT_LENGTH.sub(
+            lambda m: m.group(1) + m.group(2) + str(len(body)).encode(), head, count=1
+        )
+        buf[:] = fixed + sep + body
+
+
 class Mutator:
     """Seeded havoc over a list of seeds: the same seed gives the same inputs everywhere."""
 
@@ -307,6 +339,7 @@ class Mutator:
         text: bool,
         tokens: Sequence[bytes] = (),
         length_fields: Callable[[bytes], list[int]] | None = None,
+        fixup: Callable[[bytearray], None] | None = None,
     ) -> None:
         if not seeds:
             raise ValueError("no seeds")
@@ -315,6 +348,9 @@ class Mutator:
         self.text = text
         self.tokens = (*_BYTES_TOKENS, *tokens)
         self.length_fields = length_fields
+        #: Makes a mutant's outer length agree with its size again, half of the time: most
+        #: mutants would otherwise stop at the first length check, never reaching the rest.
+        self.fixup = fixup
         ops: list[tuple[Callable[[bytearray], None], int]] = [
             (self._flip_bits, 4),
             (self._set_bytes, 3),
@@ -352,6 +388,8 @@ class Mutator:
                 op(buf)
             if len(buf) > MAX_INPUT:
                 del buf[MAX_INPUT:]
+        if self.fixup is not None and rng.random() < 0.5:
+            self.fixup(buf)
         return bytes(buf)
 
     def next(self) -> bytes:
@@ -622,8 +660,16 @@ def _rfc4571_splitter(variant: int) -> StreamSplitter:
 def _stream(
     rng: random.Random, m: Mutator, pick: Callable[[], bytes], join: Callable[[bytes], bytes]
 ) -> bytes:
-    stream = b"".join(join(pick()) for _ in range(rng.randint(1, 4)))
-    return m.mutate(stream)
+    """1-4 messages, each mutated (length fixed up, half of the time) or not, framed, and the
+    stream itself mutated when none of them was."""
+    parts, mutated = [], False
+    for _ in range(rng.randint(1, 4)):
+        item = pick()
+        if rng.random() < 0.5:
+            item, mutated = m.mutate(item)[:0xFFFF], True
+        parts.append(join(item))
+    stream = b"".join(parts)
+    return stream if mutated and rng.random() < 0.5 else m.mutate(stream)
 
 
 def _channel_frames(rng: random.Random, s: Seeds) -> list[bytes]:
@@ -653,11 +699,14 @@ def _targets() -> dict[str, Target]:
         text: bool,
         tokens: Sequence[bytes] = (),
         fields: Callable[[bytes], list[int]] | None = None,
+        fixup: Callable[[bytearray], None] | None = None,
     ) -> Callable[[random.Random], Mutator]:
         def make(rng: random.Random) -> Mutator:
             items = pool()
             auto = _auto_tokens(items) if text else ()
-            return Mutator(rng, items, text=text, tokens=(*tokens, *auto), length_fields=fields)
+            return Mutator(
+                rng, items, text=text, tokens=(*tokens, *auto), length_fields=fields, fixup=fixup
+            )
 
         return make
 
@@ -691,25 +740,29 @@ def _targets() -> dict[str, Target]:
 
     wire = (WireError,)
     fields = stun_length_fields
+    stun_fix, sip_fix = fix_stun_length, fix_content_length
     return {
-        "stun": Target("stun", wire, mut(stun_pool, False, _stun_tokens(), fields), one,
-                       _check_stun),
-        "channeldata": Target("channeldata", wire, mut(_channel_seeds, False, (), fields), one,
+        "stun": Target("stun", wire, mut(stun_pool, False, _stun_tokens(), fields, stun_fix),
+                       one, _check_stun),
+        "channeldata": Target("channeldata", wire,
+                              mut(_channel_seeds, False, (), fields, stun_fix), one,
                               _check_channel_data),
         "stun-splitter": Target(
-            "stun-splitter", wire, mut(stream_pool, False, _stun_tokens(), fields),
+            "stun-splitter", wire, mut(stream_pool, False, _stun_tokens(), fields, stun_fix),
             stun_stream, lambda c: _splitter_check(lambda: _stun_splitter(c.variant))(c),
         ),
         "rfc4571-splitter": Target(
-            "rfc4571-splitter", wire, mut(stream_pool, False, (), None), rfc4571_stream,
+            "rfc4571-splitter", wire, mut(stream_pool, False, (), fields, stun_fix),
+            rfc4571_stream,
             lambda c: _splitter_check(lambda: _rfc4571_splitter(c.variant))(c),
         ),
         "sip-splitter": Target(
-            "sip-splitter", wire, mut(lambda: seeds().sip, True, _SIP_TOKENS), sip_stream,
+            "sip-splitter", wire, mut(lambda: seeds().sip, True, _SIP_TOKENS, None, sip_fix),
+            sip_stream,
             lambda c: _splitter_check(lambda: _sip_splitter(c.variant))(c),
         ),
-        "sip": Target("sip", wire, mut(lambda: seeds().sip, True, _SIP_TOKENS), one,
-                      _check_sip, ".sip"),
+        "sip": Target("sip", wire, mut(lambda: seeds().sip, True, _SIP_TOKENS, None, sip_fix),
+                      one, _check_sip, ".sip"),
         "sdp": Target("sdp", wire, mut(lambda: seeds().sdp, True, _SDP_TOKENS), one,
                       _check_sdp, ".sdp"),
         "scenario": Target(
@@ -750,7 +803,8 @@ def regress_case(path: Path) -> tuple[str, Case, Note]:
     if name is None or name not in TARGETS:
         raise ValueError(f"{path}: no known target ({name!r}); add a '# target: NAME' line")
     data = _hex(path) if path.suffix == ".hex" else path.read_bytes()
-    return name, Case(data, note.cuts, note.variant), note
+    cuts = tuple(range(note.every, len(data), note.every)) if note.every else note.cuts
+    return name, Case(data, cuts, note.variant), note
 
 
 TARGETS: dict[str, Target] = _targets()

@@ -67,10 +67,26 @@ def _median_per_byte(name: str) -> float:
     return statistics.median(costs)
 
 
+def _best_of_three(name: str, case: Case) -> float:
+    return min(_seconds(name, case) for _ in range(3))
+
+
+#: ``growth: prefix``: the input is 8 times its first eighth; linear time is 8 times as long,
+#: quadratic 64. The margin absorbs timer noise.
+PREFIX_GROWTH_LIMIT = 24
+
+
 @pytest.mark.parametrize("path", _params())
 def test_a_regression_vector_ends_typed_in_bounded_time(path: Path) -> None:
     name, case, note = regress_case(path)
     assert note.what, f"{path.name}: say what it broke in its header or .txt note"
+    if note.growth == "prefix":
+        size = len(case.data) // 8
+        cuts = tuple(c for c in case.cuts if c < size)
+        small = Case(case.data[:size], cuts, case.variant)
+        ratio = _best_of_three(name, case) / max(_best_of_three(name, small), 1e-6)
+        assert ratio < PREFIX_GROWTH_LIMIT, f"8 times the input took {ratio:.0f} times as long"
+        return
     bound = fuzz.SLOW_FACTOR * _median_per_byte(name) * max(len(case.data), 1)
     for _ in range(3):  # a busy machine: the best of three counts
         # Accepted or the typed error: anything else raises here and fails the test.
@@ -83,6 +99,19 @@ def test_a_regression_vector_ends_typed_in_bounded_time(path: Path) -> None:
         f"{seconds:.3f} s for {len(case.data)} bytes: over {fuzz.SLOW_FACTOR}x the seeds' "
         f"time per byte ({bound:.3f} s) and {fuzz.SLOW_FLOOR} s"
     )
+
+
+def test_a_message_too_long_to_encode_is_a_stun_error_not_a_struct_error() -> None:
+    # Found next to the fuzzer (issue 12): attributes adding up past 65,535 bytes made
+    # Message.encode raise struct.error from packing the header.
+    attrs = [
+        stun.UnknownAttribute(0x8099, bytes(60_000)),
+        stun.UnknownAttribute(0x8098, b"x" * 8_000),
+    ]
+    with pytest.raises(stun.StunError, match="16-bit message length"):
+        stun.Message.request(stun.Method.BINDING, attrs).encode()
+    with pytest.raises(stun.StunError):
+        stun.Message.request(stun.Method.BINDING, [*attrs, stun.Fingerprint(None)]).encode()
 
 
 def test_every_known_escape_has_an_xfail_vector() -> None:
