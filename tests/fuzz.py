@@ -71,8 +71,10 @@ LOCAL_COUNT = 20_000
 #: The scenario target loads YAML with PyYAML's pure-Python parser (for line numbers) and a
 #: child re-reads its parent: 2-8 ms an input, so 100,000 would take minutes of CI on its own.
 #: It runs this share of the others' count (see docs/architecture.md).
-YAML_SHARE = 5
+YAML_SHARE = 10
 
+#: The scenario target's inputs stay under this (see the target).
+YAML_MAX_INPUT = 16 * 1024
 #: A slow input: time per byte this many times the target's median, and this long in all.
 SLOW_FACTOR = 1000
 SLOW_FLOOR = 0.050
@@ -340,6 +342,7 @@ class Mutator:
         tokens: Sequence[bytes] = (),
         length_fields: Callable[[bytes], list[int]] | None = None,
         fixup: Callable[[bytearray], None] | None = None,
+        max_input: int = MAX_INPUT,
     ) -> None:
         if not seeds:
             raise ValueError("no seeds")
@@ -351,6 +354,7 @@ class Mutator:
         #: Makes a mutant's outer length agree with its size again, half of the time: most
         #: mutants would otherwise stop at the first length check, never reaching the rest.
         self.fixup = fixup
+        self.max_input = max_input
         ops: list[tuple[Callable[[bytearray], None], int]] = [
             (self._flip_bits, 4),
             (self._set_bytes, 3),
@@ -386,8 +390,8 @@ class Mutator:
                 self._interesting(buf, rng.choice(fields))
             else:
                 op(buf)
-            if len(buf) > MAX_INPUT:
-                del buf[MAX_INPUT:]
+            if len(buf) > self.max_input:
+                del buf[self.max_input :]
         if self.fixup is not None and rng.random() < 0.5:
             self.fixup(buf)
         return bytes(buf)
@@ -462,7 +466,7 @@ class Mutator:
         else:
             unit = rng.choice(self.tokens)
         times = rng.choice(_RUNS)
-        times = min(times, max(1, (MAX_INPUT - len(buf)) // max(len(unit), 1)))
+        times = min(times, max(1, (self.max_input - len(buf)) // max(len(unit), 1)))
         at = self._pos(buf)
         buf[at:at] = unit * times
 
@@ -513,7 +517,7 @@ class Mutator:
 
 #: At most this many pieces per stream: a splitter looks at its whole buffer again on each
 #: read, so thousands of 1-byte reads of a long stream would cost an input milliseconds.
-MAX_PIECES = 512
+MAX_PIECES = 128
 
 
 def chunkings(rng: random.Random, size: int) -> list[int]:
@@ -700,13 +704,15 @@ def _targets() -> dict[str, Target]:
         tokens: Sequence[bytes] = (),
         fields: Callable[[bytes], list[int]] | None = None,
         fixup: Callable[[bytearray], None] | None = None,
+        max_input: int = MAX_INPUT,
     ) -> Callable[[random.Random], Mutator]:
         def make(rng: random.Random) -> Mutator:
             items = pool()
             auto = _auto_tokens(items) if text else ()
             return Mutator(
-                rng, items, text=text, tokens=(*tokens, *auto), length_fields=fields, fixup=fixup
-            )
+                rng, items, text=text, tokens=(*tokens, *auto), length_fields=fields,
+                fixup=fixup, max_input=max_input,
+            )  # fmt: skip
 
         return make
 
@@ -767,7 +773,10 @@ def _targets() -> dict[str, Target]:
                       _check_sdp, ".sdp"),
         "scenario": Target(
             "scenario", (ScenarioError,),
-            mut(lambda: [text for _, text in seeds().scenarios], True, _YAML_TOKENS),
+            # PyYAML's pure-Python scanner costs ~2 µs a byte: 16 KiB keeps an input under
+            # ~40 ms and still nests and repeats far past what a scenario holds.
+            mut(lambda: [text for _, text in seeds().scenarios], True, _YAML_TOKENS,
+                max_input=YAML_MAX_INPUT),
             scenario, _check_scenario, ".yaml",
         ),
     }  # fmt: skip
