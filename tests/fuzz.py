@@ -283,13 +283,13 @@ _YAML_TOKENS = (
 _DIGITS = re.compile(rb"\d+")
 
 
-def _auto_tokens(texts: Iterable[bytes], limit: int = 400) -> tuple[bytes, ...]:
+def _auto_tokens(texts: Iterable[bytes]) -> tuple[bytes, ...]:
     """Words of the seeds (header names, attribute names, keys, values): the mutator splices
     them in, so mutants keep looking like the protocol."""
     words: set[bytes] = set()
     for text in texts:
         words.update(w for w in re.split(rb"[\s,;<>\"]+", text) if 1 < len(w) <= 40)
-    return tuple(sorted(words)[:limit]) if len(words) <= limit else tuple(sorted(words))
+    return tuple(sorted(words))
 
 
 def stun_length_fields(data: bytes) -> list[int]:
