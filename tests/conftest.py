@@ -39,3 +39,29 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI", "").lower() == "true":
     _hypothesis_settings.load_profile("ci")
+
+
+# The fuzz tests (tests/test_fuzz.py) record their counts as a user property; the counts of a
+# target's shards are summed here, in the controller, so the lines reach the log whether the
+# tests ran in this process or in xdist workers (whose own output pytest does not show).
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    totals: dict[str, dict[str, float]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "fuzz" and isinstance(value, dict):
+                    total = totals.setdefault(str(value["target"]), {})
+                    for field, number in value.items():
+                        if isinstance(number, int | float) and field != "shard":
+                            total[field] = total.get(field, 0) + number
+    if not totals:
+        return
+    terminalreporter.section("fuzz")
+    for target, t in totals.items():
+        terminalreporter.write_line(
+            f"fuzz {target}: inputs={t['inputs']:.0f} typed_errors={t['typed_errors']:.0f} "
+            f"accepted={t['accepted']:.0f} escapes={t['escapes']:.0f} slow={t['slow']:.0f} "
+            f"known={t['known']:.0f} ({t['seconds']:.1f} s)"
+        )

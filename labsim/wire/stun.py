@@ -1058,6 +1058,10 @@ _ZEROS = [b"", b"\x00", b"\x00\x00", b"\x00\x00\x00"]
 
 
 def _header(msg_type: int, length: int, transaction_id: bytes) -> bytes:
+    # RFC 5389 §6: the length is 16 bits; more attributes than that is a StunError, not the
+    # struct.error packing it would raise.
+    if length > 0xFFFF:
+        raise StunError(f"{length} bytes of attributes do not fit the 16-bit message length")
     return _HEAD.pack(msg_type, length, MAGIC_COOKIE) + transaction_id
 
 
