@@ -536,6 +536,7 @@ def chunkings(rng: random.Random, size: int) -> list[int]:
 
 
 def cut(data: bytes, cuts: Sequence[int]) -> list[bytes]:
+    """``data`` in pieces ending at each of ``cuts`` (ascending offsets), and the rest."""
     pieces, last = [], 0
     for point in cuts:
         pieces.append(data[last:point])

@@ -18,6 +18,7 @@ from labsim.wire.framing import (
 from labsim.wire.stun import ChannelData, decode_control
 
 from .conftest import load_hex
+from .fuzz import cut
 from .strategies import messages
 
 STUN_VECTORS = [
@@ -45,13 +46,8 @@ SIP_200 = b"SIP/2.0 200 OK\r\ncontent-length :0\r\n\r\n"
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for point in points:
-        pieces.append(data[last:point])
-        last = point
-    pieces.append(data[last:])
-    return pieces
+    """``data`` cut at ``cuts`` (taken modulo its length, in any order, repeats allowed)."""
+    return cut(data, sorted({c % (len(data) + 1) for c in cuts}))
 
 
 def run(splitter: StreamSplitter, pieces: list[bytes]) -> list[bytes]:
