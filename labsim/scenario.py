@@ -40,7 +40,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -65,7 +65,17 @@ from labsim.actors.lab import (
     SkypeClientSettings,
     SkypeEdgeSettings,
 )
-from labsim.proto.settings import Count, Port, PositiveSeconds, Seconds, SettingError, Where
+from labsim.proto.settings import (
+    MIN_SECONDS,
+    Bytes,
+    Count,
+    Ordinal,
+    Port,
+    PositiveSeconds,
+    Seconds,
+    SettingError,
+    Where,
+)
 from labsim.vocabulary import OutcomeName, Verdict
 from labsim.wire.facts import FACT_FIELDS, Kind, KindError, parse_kind
 
@@ -130,8 +140,9 @@ _At = SettingError
 
 
 class _Model(BaseModel):
-    # extra="forbid": a misspelt key is an error with its line, never a silently ignored one.
-    model_config = ConfigDict(extra="forbid")
+    # extra="forbid": a misspelt key is an error with its line, never a silently ignored one;
+    # allow_inf_nan=False: a .inf or .nan time is a run without end (as in SETTINGS_CONFIG).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _distinct_ports(ports: dict[Where, int]) -> None:
@@ -258,7 +269,6 @@ Diagnosis = Verdict
 # ---------------------------------------------------------------------------------------------
 
 ProtocolName = Literal["SIP", "STUN", "TCP"]
-Ordinal = Annotated[int, Field(ge=1)]
 
 
 class _Ends(_Model):
@@ -382,7 +392,7 @@ class CutRule(_HopSpec):
     """The network resets a connection (both ends get a RST) at a time or after some bytes."""
 
     after: Seconds | None = Field(default=None, description="Seconds after the connection opened.")
-    after_bytes: Count | None = Field(
+    after_bytes: Bytes | None = Field(
         default=None,
         description="Once this many bytes went from `from` to `to` (both ways if either is null).",
     )
@@ -492,6 +502,17 @@ class Expect(_Model):
     )
 
 
+#: The longest deadline: 4 hours, simulated or wall-clock. The lab's call is over in seconds and
+#: the longest bundled scenario (an allocation left to expire) runs 800 s; every periodic timer
+#: of a run fires at most deadline / period times, so this bounds the work of a run too.
+MAX_DEADLINE: Final = 4 * 3600.0
+
+#: Periodic timer firings a run may schedule (TURN keepalives, permission refreshes): each is a
+#: message in the trace (about 36 us and 1.4 KB on the virtual clock), so 100,000 of them cost
+#: seconds and some 140 MB; the lab's call fires two.
+MAX_PERIODIC_FIRINGS: Final = 100_000
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     # The loader fills `name` from the file name, so the schema must not suggest a default.
     schema.pop("default", None)
@@ -503,7 +524,7 @@ class Scenario(_Model):
     Every key is optional; what is left out is the lab of Cisco TAC document 212580.
     """
 
-    model_config = ConfigDict(extra="forbid", title="labsim scenario")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, title="labsim scenario")
 
     name: str = Field(
         default="",
@@ -529,8 +550,10 @@ class Scenario(_Model):
         description="live: real sockets on loopback, wall-clock time. virtual: a simulated "
         "network in simulated time (a 600 s lifetime passes in milliseconds).",
     )
-    deadline: PositiveSeconds = Field(
-        default=20.0, description="Seconds (virtual or wall clock) by which the run always ends."
+    deadline: Annotated[float, Field(ge=MIN_SECONDS, le=MAX_DEADLINE)] = Field(
+        default=20.0,
+        description="Seconds (virtual or wall clock) by which the run always ends: 1 ms to 4 "
+        "hours.",
     )
     latency: Seconds = Field(
         default=0.0005,
@@ -555,7 +578,7 @@ class Scenario(_Model):
         "block connects, cut connections. Rules are tried in order; the first that matches a "
         "message decides.",
     )
-    seed: Count = Field(
+    seed: Annotated[int, Field(ge=0, lt=2**64)] = Field(
         default=0, description="Seed of the fault rules' probability draws (runs repeat)."
     )
     expect: Expect = Field(default_factory=Expect, description="What the run must show.")
@@ -575,6 +598,33 @@ class Scenario(_Model):
             if client == server:
                 raise _At(("reachability", index), f"{client} reaching itself says nothing")
         return self
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> Scenario:
+        # Each time is bounded on its own, but a periodic timer fires deadline / period times:
+        # a keepalive every 1 ms for 4 hours would be 14 million Binding Indications. The other
+        # timers cannot add up so: one-shot timeouts fire once, a 2xx is retransmitted for 64·T1
+        # with doubling intervals, stale-nonce retries each outlast nonce_lifetime (>= 1 s) and
+        # the allocation Refresh repeats at most every default_lifetime / 2 (>= 0.5 s).
+        turn = self.actors.cms.turn
+        if turn is None:
+            return self
+        periodic: list[tuple[str, float, str]] = []
+        if turn.keepalive_first is not None and turn.keepalive_interval is not None:
+            periodic.append(("keepalive_interval", turn.keepalive_interval, "a keepalive"))
+        if turn.create_permission:
+            periodic.append(("permission_refresh", turn.permission_refresh, "a CreatePermission"))
+        firings = {key: self.deadline / period for key, period, _ in periodic}
+        if sum(firings.values()) <= MAX_PERIODIC_FIRINGS:
+            return self
+        key, period, what = max(periodic, key=lambda item: firings[item[0]])
+        raise _At(
+            ("actors", "cms", "turn", key),
+            f"{what} every {period:g} s until the deadline ({self.deadline:g} s) is "
+            f"{round(firings[key]):,} timer firings, more than the {MAX_PERIODIC_FIRINGS:,} a run "
+            f"may fire: lengthen {key} or shorten the deadline",
+            alternatives=[("deadline",)],
+        )
 
     def lab(self) -> Lab:
         """The five actors' settings and the call, as the actors take them."""

@@ -64,7 +64,9 @@ from labsim.proto.events import (
 from labsim.proto.machine import Step
 from labsim.proto.router import Solo
 from labsim.proto.settings import (
+    MAX_SECONDS,
     SETTINGS_CONFIG,
+    Bytes,
     Count,
     Port,
     PositiveSeconds,
@@ -302,16 +304,16 @@ class TurnServerSettings:
     user_quota: Count = 0
     """Allocations one username may hold at once; one more gets 486 Allocation Quota Reached
     (RFC 5766 §6.2). 0: no quota."""
-    default_lifetime: Annotated[int, at.Gt(0)] = 600
+    default_lifetime: Annotated[int, at.Interval(ge=1, le=int(MAX_SECONDS))] = 600
     """Lifetime in seconds of an allocation whose request asks for none, and the least one
     gets (RFC 5766 §6.2)."""
-    max_lifetime: Annotated[int, at.Gt(0)] = 3600
+    max_lifetime: Annotated[int, at.Interval(ge=1, le=int(MAX_SECONDS))] = 3600
     """The longest lifetime in seconds granted: min(requested, this), RFC 5766 §6.2."""
     permission_lifetime: PositiveSeconds = 300.0
     """Seconds a CreatePermission lasts (RFC 5766 §8: 300, fixed)."""
-    nonce_lifetime: PositiveSeconds = 3600.0
+    nonce_lifetime: Annotated[float, at.Interval(ge=1, le=MAX_SECONDS)] = 3600.0
     """Seconds before a NONCE turns stale and gets 438 Stale Nonce (RFC 5389 §10.2: server
-    policy)."""
+    policy); at least 1 s, so stale-nonce retries cannot flood a run."""
     nonce_length: int = 52
     """NONCE characters (52 in the lab; RFC 5389 §15.8 allows fewer than 128)."""
     tcp_relay: bool = True
@@ -331,7 +333,7 @@ class TurnServerSettings:
     §5.3: 30)."""
     connect_timeout: PositiveSeconds = 30.0
     """Seconds a Connect waits for the peer (RFC 6062 §5.2: at least 30)."""
-    early_data_limit: Count = 256 * 1024
+    early_data_limit: Bytes = 256 * 1024
     """Peer bytes buffered before the ConnectionBind; past that the peer is reset."""
     bind_failure: BindFailure = "reset"
     """A ConnectionBind that fails: reset the connection without an answer (coturn,
