@@ -676,7 +676,6 @@ class _Builder:
         self.loader = loader
         self.file = file
         self.positions: dict[Loc, _Pos] = {}
-        self._open: set[int] = set()  # collection nodes being built: catches recursive aliases
 
     def build(self, node: yaml.Node, loc: Loc, key_line: int) -> Any:
         line = node.start_mark.line + 1
@@ -686,19 +685,15 @@ class _Builder:
                 return self.loader.construct_object(node, deep=True)
             except (yaml.YAMLError, ValueError) as exc:  # e.g. a date like 2024-13-45
                 raise ScenarioError(self.file, line, f"cannot read this value: {exc}") from None
-        if id(node) in self._open:
-            raise ScenarioError(self.file, line, "an alias refers to a node that contains it")
-        self._open.add(id(node))
-        try:
-            if isinstance(node, yaml.SequenceNode):
-                return [
-                    self.build(item, (*loc, index), item.start_mark.line + 1)
-                    for index, item in enumerate(node.value)
-                ]
-            assert isinstance(node, yaml.MappingNode)
-            return self._mapping(node, loc)
-        finally:
-            self._open.discard(id(node))
+        # The tree is finite and small: _Loader refused recursive aliases and any tree that
+        # expands to more than MAX_VALUES values or deeper than MAX_DEPTH levels.
+        if isinstance(node, yaml.SequenceNode):
+            return [
+                self.build(item, (*loc, index), item.start_mark.line + 1)
+                for index, item in enumerate(node.value)
+            ]
+        assert isinstance(node, yaml.MappingNode)
+        return self._mapping(node, loc)
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
         # PyYAML lets the last of two equal keys win without a word: report it instead. Keys
@@ -738,6 +733,86 @@ class _Builder:
         return key
 
 
+#: The largest scenario file: 1 MiB. The bundled ones are under 4 KB; the text is read whole,
+#: so this is also what reading a wrong path (a device, a capture) can cost.
+MAX_FILE_BYTES: Final = 1024 * 1024
+#: The most values (scalars, lists, mappings, keys included) a file may expand to, an alias
+#: counting as a copy of what it names. The bundled lab is under 150; YAML's aliases let 370
+#: bytes name a billion ("billion laughs"), which built 8 GB in two minutes before this bound.
+MAX_VALUES: Final = 10_000
+#: The deepest nesting, aliases expanded: a scenario reaches 8 levels (actors.expressway_e.turn.
+#: errors[0].nth[0]); PyYAML composes and the loader builds by recursion, so a file of
+#: thousands of brackets ended in RecursionError.
+MAX_DEPTH: Final = 32
+#: The longest chain of extends (a file, its parent, its grandparent ...): each parent is one
+#: more level of recursion and one more file read.
+MAX_EXTENDS: Final = 16
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, held to :data:`MAX_VALUES` and :data:`MAX_DEPTH` as it composes.
+
+    An alias is one node in PyYAML's tree, shared, and only becomes copies when the tree is
+    built into data; so the limits are checked here, where each alias is met, at the size and
+    height of the node it names (known: YAML names only nodes written before the alias). A
+    file that exceeds them fails at its line before anything is built.
+    """
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.values = 0
+        """Values composed so far, each alias counted as the size of the node it names."""
+        self._size: dict[yaml.Node, int] = {}
+        self._height: dict[yaml.Node, int] = {}
+        # For each collection being composed, outermost first: the height of its tallest child.
+        self._open: list[int] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # (stubs)
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            assert node is not None  # (the stubs allow None; PyYAML always returns a node)
+            if node not in self._size:
+                # The anchor is still being composed: the alias is inside what it names.
+                raise ScenarioError(self.file, line, "an alias refers to a node that contains it")
+            what = f"the alias *{event.anchor} expands the file to"
+            self._charge(self._size[node], self._height[node], line, what)
+            return node
+        before = self.values
+        self._charge(1, 1, line, "the file holds")
+        self._open.append(0)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            height = self._open.pop() + 1
+        assert node is not None
+        self._size[node] = self.values - before
+        self._height[node] = height
+        if self._open:
+            self._open[-1] = max(self._open[-1], height)
+        return node
+
+    def _charge(self, size: int, height: int, line: int, what: str) -> None:
+        """Count a node of ``size`` values and ``height`` levels placed at the current depth."""
+        self.values += size
+        if self.values > MAX_VALUES:
+            raise ScenarioError(
+                self.file,
+                line,
+                f"YAML: {what} more than {MAX_VALUES:,} values; a scenario needs far fewer",
+            )
+        if len(self._open) + height > MAX_DEPTH:
+            raise ScenarioError(
+                self.file,
+                line,
+                f"YAML: nested more than {MAX_DEPTH} levels deep; a scenario needs about 8",
+            )
+        if self._open:
+            self._open[-1] = max(self._open[-1], height)
+
+
 def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> ScenarioError:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 1
@@ -750,8 +825,11 @@ def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> ScenarioError:
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, _Pos], int]:
     """Data, positions and the line where the document starts."""
+    if len(text) > MAX_FILE_BYTES:  # characters: each is at least a byte
+        line = text.count("\n", 0, MAX_FILE_BYTES) + 1
+        raise ScenarioError(file, line, f"more than {MAX_FILE_BYTES:,} bytes; not a scenario")
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text, file)
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow
         raise ScenarioError(file, text.count("\n", 0, exc.position) + 1, f"YAML: {exc}") from None
     try:
@@ -782,10 +860,15 @@ _NOT_INHERITED = ("name", "description", "extends")
 def _read(path: Path, file: str, opened_from: tuple[str, int]) -> str:
     """The file's text; a file that cannot be read is reported where it was asked for."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as stream:
+            # One byte past the limit tells a file that is too large without reading it all.
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         where, line = opened_from
         raise ScenarioError(where, line, f"cannot read {file}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        line = raw.count(b"\n", 0, MAX_FILE_BYTES) + 1
+        raise ScenarioError(file, line, f"more than {MAX_FILE_BYTES:,} bytes; not a scenario")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -825,6 +908,10 @@ def _parse_doc(text: str, file: str, base: Path, chain: tuple[Path, ...]) -> _Do
     if resolved in chain:
         loop = " -> ".join(p.name for p in (*chain[chain.index(resolved) :], resolved))
         raise ScenarioError(file, pos.value_line, f"extends: cycle {loop}")
+    if len(chain) >= MAX_EXTENDS:
+        raise ScenarioError(
+            file, pos.value_line, f"extends: more than {MAX_EXTENDS} files extend one another"
+        )
     parent_file = str(parent_path)
     text = _read(parent_path, parent_file, (file, pos.value_line))
     parent = _parse_doc(text, parent_file, parent_path.parent, (*chain, resolved))
