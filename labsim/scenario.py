@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import re
 import sys
 import types
@@ -614,14 +615,14 @@ class Scenario(_Model):
             periodic.append(("keepalive_interval", turn.keepalive_interval, "a keepalive"))
         if turn.create_permission:
             periodic.append(("permission_refresh", turn.permission_refresh, "a CreatePermission"))
-        firings = {key: self.deadline / period for key, period, _ in periodic}
+        firings = {key: math.floor(self.deadline / period) for key, period, _ in periodic}
         if sum(firings.values()) <= MAX_PERIODIC_FIRINGS:
             return self
         key, period, what = max(periodic, key=lambda item: firings[item[0]])
         raise _At(
             ("actors", "cms", "turn", key),
             f"{what} every {period:g} s until the deadline ({self.deadline:g} s) is "
-            f"{round(firings[key]):,} timer firings, more than the {MAX_PERIODIC_FIRINGS:,} a run "
+            f"{firings[key]:,} timer firings, more than the {MAX_PERIODIC_FIRINGS:,} a run "
             f"may fire: lengthen {key} or shorten the deadline",
             alternatives=[("deadline",)],
         )
@@ -744,8 +745,8 @@ MAX_VALUES: Final = 10_000
 #: errors[0].nth[0]); PyYAML composes and the loader builds by recursion, so a file of
 #: thousands of brackets ended in RecursionError.
 MAX_DEPTH: Final = 32
-#: The longest chain of extends (a file, its parent, its grandparent ...): each parent is one
-#: more level of recursion and one more file read.
+#: The most ancestors a scenario may have through extends (its parent, the parent's parent ...):
+#: each is one more level of recursion and one more file read. The library's chains are 1 long.
 MAX_EXTENDS: Final = 16
 
 
@@ -876,7 +877,11 @@ def _read(path: Path, file: str, opened_from: tuple[str, int]) -> str:
         raise ScenarioError(file, line, f"not UTF-8 text ({exc.reason})") from None
 
 
-def _parse_doc(text: str, file: str, base: Path, chain: tuple[Path, ...]) -> _Doc:
+def _parse_doc(
+    text: str, file: str, base: Path, chain: tuple[Path, ...], ancestors: int = 0
+) -> _Doc:
+    """The document in ``text`` on top of its parents; ``chain`` holds the files already open
+    (for cycles), ``ancestors`` how many parents led here."""
     data, positions, start = _parse_yaml(text, file)
     if data is None:
         raise ScenarioError(file, start, "the file is empty; a scenario is a mapping of keys")
@@ -908,13 +913,13 @@ def _parse_doc(text: str, file: str, base: Path, chain: tuple[Path, ...]) -> _Do
     if resolved in chain:
         loop = " -> ".join(p.name for p in (*chain[chain.index(resolved) :], resolved))
         raise ScenarioError(file, pos.value_line, f"extends: cycle {loop}")
-    if len(chain) >= MAX_EXTENDS:
+    if ancestors == MAX_EXTENDS:
         raise ScenarioError(
-            file, pos.value_line, f"extends: more than {MAX_EXTENDS} files extend one another"
+            file, pos.value_line, f"extends: more than {MAX_EXTENDS} ancestors in a row"
         )
     parent_file = str(parent_path)
     text = _read(parent_path, parent_file, (file, pos.value_line))
-    parent = _parse_doc(text, parent_file, parent_path.parent, (*chain, resolved))
+    parent = _parse_doc(text, parent_file, parent_path.parent, (*chain, resolved), ancestors + 1)
     return _inherit(parent, doc)
 
 
