@@ -12,7 +12,9 @@ so the loader builds the plain data and, beside it, a table from each path (``("
 "cms", "turn", "lifetime")``) to the file and line it was written at. Pydantic reports errors by
 the same paths (``loc``), so each one maps back to a line, in the file that wrote the value even
 when it came through ``extends``. Duplicate keys, which PyYAML silently lets the last one win,
-are errors too.
+are errors too. A file is user input: its size, nesting and expansion through YAML aliases are
+bounded while PyYAML composes it (:class:`_Loader`), and every number it sets is finite and
+bounded (the settings types' own bounds, :data:`MAX_DEADLINE`, :data:`MAX_PERIODIC_FIRINGS`).
 
 ``python -m labsim.scenario --schema`` prints the JSON Schema that ``scenarios/schema.json``
 holds (editors use it to complete and check scenario files); ``python -m labsim.scenario FILE``
@@ -510,7 +512,7 @@ MAX_DEADLINE: Final = 4 * 3600.0
 
 #: Periodic timer firings a run may schedule (TURN keepalives, permission refreshes): each is a
 #: message in the trace (about 36 us and 1.4 KB on the virtual clock), so 100,000 of them cost
-#: seconds and some 140 MB; the lab's call fires two.
+#: seconds and some 140 MB; the lab's call fires one.
 MAX_PERIODIC_FIRINGS: Final = 100_000
 
 
