@@ -12,7 +12,9 @@ so the loader builds the plain data and, beside it, a table from each path (``("
 "cms", "turn", "lifetime")``) to the file and line it was written at. Pydantic reports errors by
 the same paths (``loc``), so each one maps back to a line, in the file that wrote the value even
 when it came through ``extends``. Duplicate keys, which PyYAML silently lets the last one win,
-are errors too.
+are errors too. A file is user input: its size, nesting and expansion through YAML aliases are
+bounded while PyYAML composes it (:class:`_Loader`), and every number it sets is finite and
+bounded (the settings types' own bounds, :data:`MAX_DEADLINE`, :data:`MAX_PERIODIC_FIRINGS`).
 
 ``python -m labsim.scenario --schema`` prints the JSON Schema that ``scenarios/schema.json``
 holds (editors use it to complete and check scenario files); ``python -m labsim.scenario FILE``
@@ -33,6 +35,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import re
 import sys
 import types
@@ -40,7 +43,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -65,7 +68,17 @@ from labsim.actors.lab import (
     SkypeClientSettings,
     SkypeEdgeSettings,
 )
-from labsim.proto.settings import Count, Port, PositiveSeconds, Seconds, SettingError, Where
+from labsim.proto.settings import (
+    MIN_SECONDS,
+    Bytes,
+    Count,
+    Ordinal,
+    Port,
+    PositiveSeconds,
+    Seconds,
+    SettingError,
+    Where,
+)
 from labsim.vocabulary import OutcomeName, Verdict
 from labsim.wire.facts import FACT_FIELDS, Kind, KindError, parse_kind
 
@@ -130,8 +143,9 @@ _At = SettingError
 
 
 class _Model(BaseModel):
-    # extra="forbid": a misspelt key is an error with its line, never a silently ignored one.
-    model_config = ConfigDict(extra="forbid")
+    # extra="forbid": a misspelt key is an error with its line, never a silently ignored one;
+    # allow_inf_nan=False: a .inf or .nan time is a run without end (as in SETTINGS_CONFIG).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _distinct_ports(ports: dict[Where, int]) -> None:
@@ -258,7 +272,6 @@ Diagnosis = Verdict
 # ---------------------------------------------------------------------------------------------
 
 ProtocolName = Literal["SIP", "STUN", "TCP"]
-Ordinal = Annotated[int, Field(ge=1)]
 
 
 class _Ends(_Model):
@@ -382,7 +395,7 @@ class CutRule(_HopSpec):
     """The network resets a connection (both ends get a RST) at a time or after some bytes."""
 
     after: Seconds | None = Field(default=None, description="Seconds after the connection opened.")
-    after_bytes: Count | None = Field(
+    after_bytes: Bytes | None = Field(
         default=None,
         description="Once this many bytes went from `from` to `to` (both ways if either is null).",
     )
@@ -492,6 +505,17 @@ class Expect(_Model):
     )
 
 
+#: The longest deadline: 4 hours, simulated or wall-clock. The lab's call is over in seconds and
+#: the longest bundled scenario (an allocation left to expire) runs 800 s; every periodic timer
+#: of a run fires at most deadline / period times, so this bounds the work of a run too.
+MAX_DEADLINE: Final = 4 * 3600.0
+
+#: Periodic timer firings a run may schedule (TURN keepalives, permission refreshes): each is a
+#: message in the trace (about 36 us and 1.4 KB on the virtual clock), so 100,000 of them cost
+#: seconds and some 140 MB; the lab's call fires one.
+MAX_PERIODIC_FIRINGS: Final = 100_000
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     # The loader fills `name` from the file name, so the schema must not suggest a default.
     schema.pop("default", None)
@@ -503,7 +527,7 @@ class Scenario(_Model):
     Every key is optional; what is left out is the lab of Cisco TAC document 212580.
     """
 
-    model_config = ConfigDict(extra="forbid", title="labsim scenario")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, title="labsim scenario")
 
     name: str = Field(
         default="",
@@ -529,8 +553,10 @@ class Scenario(_Model):
         description="live: real sockets on loopback, wall-clock time. virtual: a simulated "
         "network in simulated time (a 600 s lifetime passes in milliseconds).",
     )
-    deadline: PositiveSeconds = Field(
-        default=20.0, description="Seconds (virtual or wall clock) by which the run always ends."
+    deadline: Annotated[float, Field(ge=MIN_SECONDS, le=MAX_DEADLINE)] = Field(
+        default=20.0,
+        description="Seconds (virtual or wall clock) by which the run always ends: 1 ms to 4 "
+        "hours.",
     )
     latency: Seconds = Field(
         default=0.0005,
@@ -555,7 +581,7 @@ class Scenario(_Model):
         "block connects, cut connections. Rules are tried in order; the first that matches a "
         "message decides.",
     )
-    seed: Count = Field(
+    seed: Annotated[int, Field(ge=0, lt=2**64)] = Field(
         default=0, description="Seed of the fault rules' probability draws (runs repeat)."
     )
     expect: Expect = Field(default_factory=Expect, description="What the run must show.")
@@ -575,6 +601,33 @@ class Scenario(_Model):
             if client == server:
                 raise _At(("reachability", index), f"{client} reaching itself says nothing")
         return self
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> Scenario:
+        # Each time is bounded on its own, but a periodic timer fires deadline / period times:
+        # a keepalive every 1 ms for 4 hours would be 14 million Binding Indications. The other
+        # timers cannot add up so: one-shot timeouts fire once, a 2xx is retransmitted for 64·T1
+        # with doubling intervals, stale-nonce retries each outlast nonce_lifetime (>= 1 s) and
+        # the allocation Refresh repeats at most every default_lifetime / 2 (>= 0.5 s).
+        turn = self.actors.cms.turn
+        if turn is None:
+            return self
+        periodic: list[tuple[str, float, str]] = []
+        if turn.keepalive_first is not None and turn.keepalive_interval is not None:
+            periodic.append(("keepalive_interval", turn.keepalive_interval, "a keepalive"))
+        if turn.create_permission:
+            periodic.append(("permission_refresh", turn.permission_refresh, "a CreatePermission"))
+        firings = {key: math.floor(self.deadline / period) for key, period, _ in periodic}
+        if sum(firings.values()) <= MAX_PERIODIC_FIRINGS:
+            return self
+        key, period, what = max(periodic, key=lambda item: firings[item[0]])
+        raise _At(
+            ("actors", "cms", "turn", key),
+            f"{what} every {period:g} s until the deadline ({self.deadline:g} s) is "
+            f"{firings[key]:,} timer firings, more than the {MAX_PERIODIC_FIRINGS:,} a run "
+            f"may fire: lengthen {key} or shorten the deadline",
+            alternatives=[("deadline",)],
+        )
 
     def lab(self) -> Lab:
         """The five actors' settings and the call, as the actors take them."""
@@ -626,7 +679,6 @@ class _Builder:
         self.loader = loader
         self.file = file
         self.positions: dict[Loc, _Pos] = {}
-        self._open: set[int] = set()  # collection nodes being built: catches recursive aliases
 
     def build(self, node: yaml.Node, loc: Loc, key_line: int) -> Any:
         line = node.start_mark.line + 1
@@ -636,19 +688,15 @@ class _Builder:
                 return self.loader.construct_object(node, deep=True)
             except (yaml.YAMLError, ValueError) as exc:  # e.g. a date like 2024-13-45
                 raise ScenarioError(self.file, line, f"cannot read this value: {exc}") from None
-        if id(node) in self._open:
-            raise ScenarioError(self.file, line, "an alias refers to a node that contains it")
-        self._open.add(id(node))
-        try:
-            if isinstance(node, yaml.SequenceNode):
-                return [
-                    self.build(item, (*loc, index), item.start_mark.line + 1)
-                    for index, item in enumerate(node.value)
-                ]
-            assert isinstance(node, yaml.MappingNode)
-            return self._mapping(node, loc)
-        finally:
-            self._open.discard(id(node))
+        # The tree is finite and small: _Loader refused recursive aliases and any tree that
+        # expands to more than MAX_VALUES values or deeper than MAX_DEPTH levels.
+        if isinstance(node, yaml.SequenceNode):
+            return [
+                self.build(item, (*loc, index), item.start_mark.line + 1)
+                for index, item in enumerate(node.value)
+            ]
+        assert isinstance(node, yaml.MappingNode)
+        return self._mapping(node, loc)
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
         # PyYAML lets the last of two equal keys win without a word: report it instead. Keys
@@ -688,6 +736,86 @@ class _Builder:
         return key
 
 
+#: The largest scenario file: 1 MiB. The bundled ones are under 4 KB; the text is read whole,
+#: so this is also what reading a wrong path (a device, a capture) can cost.
+MAX_FILE_BYTES: Final = 1024 * 1024
+#: The most values (scalars, lists, mappings, keys included) a file may expand to, an alias
+#: counting as a copy of what it names. The bundled lab is under 150; YAML's aliases let 370
+#: bytes name a billion ("billion laughs"), which built 8 GB in two minutes before this bound.
+MAX_VALUES: Final = 10_000
+#: The deepest nesting, aliases expanded: a scenario reaches 8 levels (actors.expressway_e.turn.
+#: errors[0].nth[0]); PyYAML composes and the loader builds by recursion, so a file of
+#: thousands of brackets ended in RecursionError.
+MAX_DEPTH: Final = 32
+#: The most ancestors a scenario may have through extends (its parent, the parent's parent ...):
+#: each is one more level of recursion and one more file read. The library's chains are 1 long.
+MAX_EXTENDS: Final = 16
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, held to :data:`MAX_VALUES` and :data:`MAX_DEPTH` as it composes.
+
+    An alias is one node in PyYAML's tree, shared, and only becomes copies when the tree is
+    built into data; so the limits are checked here, where each alias is met, at the size and
+    height of the node it names (known: YAML names only nodes written before the alias). A
+    file that exceeds them fails at its line before anything is built.
+    """
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.values = 0
+        """Values composed so far, each alias counted as the size of the node it names."""
+        self._size: dict[yaml.Node, int] = {}
+        self._height: dict[yaml.Node, int] = {}
+        # For each collection being composed, outermost first: the height of its tallest child.
+        self._open: list[int] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # (stubs)
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            assert node is not None  # (the stubs allow None; PyYAML always returns a node)
+            if node not in self._size:
+                # The anchor is still being composed: the alias is inside what it names.
+                raise ScenarioError(self.file, line, "an alias refers to a node that contains it")
+            what = f"the alias *{event.anchor} expands the file to"
+            self._charge(self._size[node], self._height[node], line, what)
+            return node
+        before = self.values
+        self._charge(1, 1, line, "the file holds")
+        self._open.append(0)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            height = self._open.pop() + 1
+        assert node is not None
+        self._size[node] = self.values - before
+        self._height[node] = height
+        if self._open:
+            self._open[-1] = max(self._open[-1], height)
+        return node
+
+    def _charge(self, size: int, height: int, line: int, what: str) -> None:
+        """Count a node of ``size`` values and ``height`` levels placed at the current depth."""
+        self.values += size
+        if self.values > MAX_VALUES:
+            raise ScenarioError(
+                self.file,
+                line,
+                f"YAML: {what} more than {MAX_VALUES:,} values; a scenario needs far fewer",
+            )
+        if len(self._open) + height > MAX_DEPTH:
+            raise ScenarioError(
+                self.file,
+                line,
+                f"YAML: nested more than {MAX_DEPTH} levels deep; a scenario needs about 8",
+            )
+        if self._open:
+            self._open[-1] = max(self._open[-1], height)
+
+
 def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> ScenarioError:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 1
@@ -700,8 +828,11 @@ def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> ScenarioError:
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, _Pos], int]:
     """Data, positions and the line where the document starts."""
+    if len(text) > MAX_FILE_BYTES:  # characters: each is at least a byte
+        line = text.count("\n", 0, MAX_FILE_BYTES) + 1
+        raise ScenarioError(file, line, f"more than {MAX_FILE_BYTES:,} bytes; not a scenario")
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text, file)
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow
         raise ScenarioError(file, text.count("\n", 0, exc.position) + 1, f"YAML: {exc}") from None
     try:
@@ -732,10 +863,15 @@ _NOT_INHERITED = ("name", "description", "extends")
 def _read(path: Path, file: str, opened_from: tuple[str, int]) -> str:
     """The file's text; a file that cannot be read is reported where it was asked for."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as stream:
+            # One byte past the limit tells a file that is too large without reading it all.
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         where, line = opened_from
         raise ScenarioError(where, line, f"cannot read {file}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        line = raw.count(b"\n", 0, MAX_FILE_BYTES) + 1
+        raise ScenarioError(file, line, f"more than {MAX_FILE_BYTES:,} bytes; not a scenario")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -743,7 +879,11 @@ def _read(path: Path, file: str, opened_from: tuple[str, int]) -> str:
         raise ScenarioError(file, line, f"not UTF-8 text ({exc.reason})") from None
 
 
-def _parse_doc(text: str, file: str, base: Path, chain: tuple[Path, ...]) -> _Doc:
+def _parse_doc(
+    text: str, file: str, base: Path, chain: tuple[Path, ...], ancestors: int = 0
+) -> _Doc:
+    """The document in ``text`` on top of its parents; ``chain`` holds the files already open
+    (for cycles), ``ancestors`` how many parents led here."""
     data, positions, start = _parse_yaml(text, file)
     if data is None:
         raise ScenarioError(file, start, "the file is empty; a scenario is a mapping of keys")
@@ -775,9 +915,13 @@ def _parse_doc(text: str, file: str, base: Path, chain: tuple[Path, ...]) -> _Do
     if resolved in chain:
         loop = " -> ".join(p.name for p in (*chain[chain.index(resolved) :], resolved))
         raise ScenarioError(file, pos.value_line, f"extends: cycle {loop}")
+    if ancestors == MAX_EXTENDS:
+        raise ScenarioError(
+            file, pos.value_line, f"extends: more than {MAX_EXTENDS} ancestors in a row"
+        )
     parent_file = str(parent_path)
     text = _read(parent_path, parent_file, (file, pos.value_line))
-    parent = _parse_doc(text, parent_file, parent_path.parent, (*chain, resolved))
+    parent = _parse_doc(text, parent_file, parent_path.parent, (*chain, resolved), ancestors + 1)
     return _inherit(parent, doc)
 
 

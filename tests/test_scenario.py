@@ -274,7 +274,11 @@ def test_unknown_top_level_key_lists_what_is_known(tmp_path: Path) -> None:
     ("yaml_text", "line", "message"),
     [
         ("clock: lve\n", 1, "clock: Input should be 'live' or 'virtual' (got 'lve')"),
-        ("name: x\ndeadline: 0\n", 2, "deadline: Input should be greater than 0 (got 0)"),
+        (
+            "name: x\ndeadline: 0\n",
+            2,
+            "deadline: Input should be greater than or equal to 0.001 (got 0)",
+        ),
         # Quoted numbers are strings: YAML typed them, nothing is coerced.
         ("deadline: '20'\n", 1, "deadline: Input should be a valid number (got '20')"),
         (

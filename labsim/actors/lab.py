@@ -20,9 +20,10 @@ import annotated_types as at
 from labsim.proto.events import Address
 from labsim.proto.ice import CheckAttribute, IceCredentials, IcePwd, IceUfrag
 from labsim.proto.settings import (
+    MAX_SECONDS,
     SETTINGS_CONFIG,
-    Count,
     IPv4,
+    Ordinal,
     Port,
     PositiveSeconds,
     Seconds,
@@ -80,10 +81,10 @@ class SipRefusal:
     reason: str | None = None
     """The reason phrase; null: RFC 3261 §21's for the status (a status §21 does not define
     needs one)."""
-    retry_after: Count | None = None
-    """Seconds in a Retry-After header (RFC 3261 §20.33; with 503: when the service is back);
-    null: no Retry-After."""
-    nth: Annotated[int, at.Ge(1)] | None = None
+    retry_after: Annotated[int, at.Interval(ge=0, le=int(MAX_SECONDS))] | None = None
+    """Seconds in a Retry-After header (RFC 3261 §20.33; with 503: when the service is back),
+    at most a day; null: no Retry-After."""
+    nth: Ordinal | None = None
     """Which request gets this answer, counting from 1 the INVITEs (or the peer's reINVITEs)
     this end takes on; null: every one."""
 

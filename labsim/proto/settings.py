@@ -28,9 +28,15 @@ from typing import Annotated, Any, Final
 import annotated_types as at
 
 __all__ = [
+    "MAX_BYTES",
+    "MAX_COUNT",
+    "MAX_SECONDS",
+    "MIN_SECONDS",
     "SETTINGS_CONFIG",
+    "Bytes",
     "Count",
     "IPv4",
+    "Ordinal",
     "PositiveSeconds",
     "Port",
     "Seconds",
@@ -42,8 +48,13 @@ __all__ = [
 
 #: The ``__pydantic_config__`` of every settings type (a plain dict: pydantic reads it, nothing
 #: here imports pydantic). extra=forbid: a misspelt key is an error with its line, never a
-#: silently ignored one.
-SETTINGS_CONFIG: Final = {"extra": "forbid", "use_attribute_docstrings": True}
+#: silently ignored one. allow_inf_nan=False: YAML reads ``.inf`` and ``.nan`` as floats, and an
+#: infinite hold or deadline is a run that never ends, NaN a timer no comparison can order.
+SETTINGS_CONFIG: Final = {
+    "extra": "forbid",
+    "use_attribute_docstrings": True,
+    "allow_inf_nan": False,
+}
 
 Where = tuple[str | int, ...]
 
@@ -120,14 +131,37 @@ _IPV4 = TextForm(_ipv4, (("format", "ipv4"),))
 # RFC 3261 §19.1: sip:user@host (what the call needs: a user part and a host to route on).
 _SIP_URI = TextForm.pattern(r"sips?:[^@\s]+@[^@\s]+", "a SIP URI (sip:user@host)")
 
+# Bounds of every time, count and size a scenario can set. Scenario files are user input: the
+# virtual clock runs a timer of a microsecond or a hold of 1e9 s as faithfully as the lab's 5 s
+# keepalive, so without them one file could keep a run busy for hours or fill memory. Each is
+# far beyond what a real lab needs (docs/architecture.md, "Bounds").
+
+MIN_SECONDS: Final = 0.001
+"""The shortest positive time: 1 ms. Below it a periodic timer (a keepalive, a permission
+refresh, a retransmission) fires so often that the run does nothing else; the lab's shortest
+time is its 0.5 ms link latency, which may be 0 and is a :data:`Seconds`."""
+MAX_SECONDS: Final = 86_400.0
+"""The longest time: a day. Lifetimes and timeouts may outlast a run (a nonce that never turns
+stale in it, RFC 5766's 3600 s maximum lifetime); none needs more than a day. How long a run
+lasts is the scenario's ``deadline``, bounded on its own."""
+MAX_COUNT: Final = 1_000_000
+"""The most of anything counted (allocations, expected messages, an occurrence): Expressway-E
+holds 6000 relays at most."""
+MAX_BYTES: Final = 64 * 1024 * 1024
+"""The largest size in bytes: 64 MiB, 256 times the TURN server's default early-data buffer."""
+
 Port = Annotated[int, at.Interval(ge=1, le=65535)]
 """A TCP port."""
-Seconds = Annotated[float, at.Ge(0)]
-"""A duration in seconds, possibly 0."""
-PositiveSeconds = Annotated[float, at.Gt(0)]
-"""A duration in seconds, more than 0."""
-Count = Annotated[int, at.Ge(0)]
-"""A number of things, possibly 0."""
+Seconds = Annotated[float, at.Interval(ge=0, le=MAX_SECONDS)]
+"""A duration in seconds, 0 to a day (:data:`MAX_SECONDS`); finite (``SETTINGS_CONFIG``)."""
+PositiveSeconds = Annotated[float, at.Interval(ge=MIN_SECONDS, le=MAX_SECONDS)]
+"""A duration in seconds, 1 ms to a day (:data:`MIN_SECONDS`, :data:`MAX_SECONDS`)."""
+Count = Annotated[int, at.Interval(ge=0, le=MAX_COUNT)]
+"""A number of things, 0 to a million (:data:`MAX_COUNT`)."""
+Ordinal = Annotated[int, at.Interval(ge=1, le=MAX_COUNT)]
+"""Which one of several, counting from 1 (the n-th request, the n-th connection)."""
+Bytes = Annotated[int, at.Interval(ge=0, le=MAX_BYTES)]
+"""A size in bytes, 0 to 64 MiB (:data:`MAX_BYTES`)."""
 IPv4 = Annotated[str, _IPV4]
 """A lab address in dotted form: the live runtime binds each actor to a loopback address
 derived from it (DESIGN.md: one address per actor)."""

@@ -67,7 +67,9 @@ from labsim.proto.events import (
 from labsim.proto.machine import Step
 from labsim.proto.router import Solo
 from labsim.proto.settings import (
+    MAX_SECONDS,
     SETTINGS_CONFIG,
+    Bytes,
     Count,
     Port,
     PositiveSeconds,
@@ -310,16 +312,16 @@ class TurnServerSettings:
     user_quota: Count = 0
     """Allocations one username may hold at once; one more gets 486 Allocation Quota Reached
     (RFC 5766 §6.2). 0: no quota."""
-    default_lifetime: Annotated[int, at.Gt(0)] = 600
+    default_lifetime: Annotated[int, at.Interval(ge=1, le=int(MAX_SECONDS))] = 600
     """Lifetime in seconds of an allocation whose request asks for none, and the least one
     gets (RFC 5766 §6.2)."""
-    max_lifetime: Annotated[int, at.Gt(0)] = 3600
+    max_lifetime: Annotated[int, at.Interval(ge=1, le=int(MAX_SECONDS))] = 3600
     """The longest lifetime in seconds granted: min(requested, this), RFC 5766 §6.2."""
     permission_lifetime: PositiveSeconds = 300.0
     """Seconds a CreatePermission lasts (RFC 5766 §8: 300, fixed)."""
-    nonce_lifetime: PositiveSeconds = 3600.0
+    nonce_lifetime: Annotated[float, at.Interval(ge=1, le=MAX_SECONDS)] = 3600.0
     """Seconds before a NONCE turns stale and gets 438 Stale Nonce (RFC 5389 §10.2: server
-    policy)."""
+    policy); at least 1 s, so stale-nonce retries cannot flood a run."""
     nonce_length: int = 52
     """NONCE characters (52 in the lab; RFC 5389 §15.8 allows fewer than 128). Nonces are
     stateless (the server keeps none): lowercase hex of the issue time in milliseconds (12
@@ -351,7 +353,7 @@ class TurnServerSettings:
     §5.2: local policy), so a client cannot make the server connect to itself or loop one
     relay into another. true: allowed, as coturn with --allow-loopback-peers allows
     (turnutils_uclient -T connects two clients' relays of one server)."""
-    max_permissions: Annotated[int, at.Ge(1)] = 1024
+    max_permissions: Annotated[int, at.Interval(ge=1, le=1_000_000)] = 1024
     """Permissions (peer IPs) one allocation holds at once; a CreatePermission that would add
     one more gets 508 Insufficient Capacity (RFC 5766 §9.2 leaves the limit to the server,
     §15 defines 508). Refreshing a held permission always works. coturn holds 1024 per
@@ -361,13 +363,13 @@ class TurnServerSettings:
     §5.3: 30)."""
     connect_timeout: PositiveSeconds = 30.0
     """Seconds a Connect waits for the peer (RFC 6062 §5.2: at least 30)."""
-    early_data_limit: Count = 256 * 1024
+    early_data_limit: Bytes = 256 * 1024
     """Peer bytes buffered before the ConnectionBind, per peer connection; past that the peer
     is reset (RFC 6062 §5.3 buffers them; a simulator cannot shrink a TCP window)."""
-    early_data_total: Count = 1024 * 1024
+    early_data_total: Bytes = 1024 * 1024
     """Peer bytes buffered before their ConnectionBinds, all peer connections of one
     allocation together; the peer whose bytes would pass it is reset."""
-    max_pending_peers: Annotated[int, at.Ge(1)] = 32
+    max_pending_peers: Annotated[int, at.Interval(ge=1, le=1_000_000)] = 32
     """Peer connections one allocation holds waiting for their ConnectionBind (RFC 6062 §5.3)
     or for a Connect to complete (§5.2); one more peer connecting to the relay is reset
     without a ConnectionAttempt, one more Connect gets 508 Insufficient Capacity (RFC 5766
@@ -379,7 +381,7 @@ class TurnServerSettings:
     again when the connection's allocation goes; a live allocation's lifetime governs its
     control connection instead. RFC 5389 §7.2.2 lets the server close a connection it deems
     timed out; coturn closes one not allocated within 60 s (--max-allocate-timeout)."""
-    max_idle_connections: Annotated[int, at.Ge(1)] = 1000
+    max_idle_connections: Annotated[int, at.Interval(ge=1, le=1_000_000)] = 1000
     """Connections to the TURN port held at once without an allocation (those idle_timeout
     watches); with one more, the one idle the longest is reset (RFC 5389 §7.2.2 does not
     oblige a server to keep connections). Evicting the oldest rather than refusing the newest
