@@ -688,6 +688,12 @@ class _Builder:
                 return self.loader.construct_object(node, deep=True)
             except (yaml.YAMLError, ValueError) as exc:  # e.g. a date like 2024-13-45
                 raise ScenarioError(self.file, line, f"cannot read this value: {exc}") from None
+            except (KeyError, AttributeError, TypeError, OverflowError):
+                # PyYAML's constructors fail untyped on a value an explicit tag cannot hold
+                # (`!!bool x`: KeyError, `!!timestamp x`: AttributeError).
+                raise ScenarioError(
+                    self.file, line, f"cannot read {node.value[:40]!r} as {node.tag}"
+                ) from None
         # The tree is finite and small: _Loader refused recursive aliases and any tree that
         # expands to more than MAX_VALUES values or deeper than MAX_DEPTH levels.
         if isinstance(node, yaml.SequenceNode):
@@ -900,12 +906,12 @@ def _parse_doc(
     if not isinstance(target, str) or not target:
         raise ScenarioError(file, pos.value_line, "extends: expected the path of a scenario file")
     parent_path = base / target
-    if not parent_path.is_file() and not Path(target).is_absolute():
+    if not _is_file(parent_path) and not Path(target).is_absolute():
         # A scenario outside the repository may extend a bundled one by its name.
         bundled = library_dir() / target
-        if bundled.is_file():
+        if _is_file(bundled):
             parent_path = bundled
-    if not parent_path.is_file():
+    if not _is_file(parent_path):
         raise ScenarioError(
             file,
             pos.value_line,
@@ -923,6 +929,15 @@ def _parse_doc(
     text = _read(parent_path, parent_file, (file, pos.value_line))
     parent = _parse_doc(text, parent_file, parent_path.parent, (*chain, resolved), ancestors + 1)
     return _inherit(parent, doc)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` names a file; False for a name the system refuses (too long, a NUL),
+    where ``Path.is_file`` raises."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _subtree(positions: dict[Loc, _Pos], loc: Loc) -> dict[Loc, _Pos]:

@@ -848,13 +848,7 @@ class Known:
         )
 
 
-KNOWN: tuple[Known, ...] = (
-    Known("scenario", "OSError", "File name too long",
-          "scenario/regress-001-extends-name-too-long.yaml"),
-    Known("scenario", "RecursionError", "", "scenario/regress-002-deep-nesting.yaml"),
-    Known("scenario", "AttributeError", "groupdict", "scenario/regress-003-timestamp-tag.yaml"),
-    Known("scenario", "KeyError", "", "scenario/regress-004-bool-tag.yaml"),
-)  # fmt: skip
+KNOWN: tuple[Known, ...] = ()
 
 
 def known_escape(target: str, exc: BaseException) -> Known | None:
