@@ -240,11 +240,33 @@ def test_a_peer_reinvite_during_the_491_wait_goes_first() -> None:
     assert isinstance(ours, Request)
     clock.handle(Received("in:1", sip.encode(sip.build_response(ours, 491, "Request Pending"))))
     effects = clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "INVITE", 3))))
-    assert StopTimer(UaTimer.GLARE) in effects and summaries(effects) == ["200 OK"]
+    assert summaries(effects) == ["200 OK"] and StopTimer(UaTimer.GLARE) not in effects
     assert cms.state is UaState.REINVITE_ACCEPTED
     effects = clock.handle(Received("in:1", sip.encode(in_dialog_request(ok, "ACK", 3))))
     assert cms.shared and cms.state is UaState.CONFIRMED
-    assert sent_sip(effects) == []  # sharing is on: our own reINVITE is no longer needed
+    assert sent_sip(effects) == []
+    # Our §14.1 wait still runs; when it ends, sharing is on: our reINVITE is not needed.
+    name, effects = clock.fire()
+    assert name == UaTimer.GLARE and sent_sip(effects) == []
+
+
+def test_when_both_ends_refuse_each_others_reinvite_each_still_waits_its_491_delay() -> None:
+    """Each end refuses the other's reINVITE (491) whatever happens: the retries come one per
+    §14.1 wait, not at once after each refusal (that was a storm of thousands per second)."""
+    from labsim.run import run_scenario
+
+    from .labs import variant
+
+    sc = variant(
+        "deadline: 30\ncall: {reinvite_from: both}\n"
+        "actors: {cms: {refuse_reinvite: {status: 491}},"
+        " skype_client: {refuse_reinvite: {status: 491}}}\n"
+    )
+    trace = run_scenario(sc, "virtual").trace
+    sent = sorted(m.t for m in trace.messages if m.summary == "INVITE" and m.hop == 0)[1:]
+    # Two ends over 30 s, each waiting at least 2.1 s (the Call-ID's owner) or 0-2 s: tens,
+    # never thousands.
+    assert 4 < len(sent) < 200, len(sent)
 
 
 def test_requests_out_of_order_or_outside_the_dialog_are_answered_not_obeyed() -> None:

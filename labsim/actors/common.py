@@ -214,6 +214,9 @@ class UserAgent(Generic[S]):
         """The ACK of its 2xx, sent again for a repeated 2xx (§13.3.1.4)."""
         self._reoffer_held = False
         """A reINVITE is wanted but the table does not allow one yet (§14.1)."""
+        self._glare_carried = False
+        """A 491 wait the peer's own reINVITE came into: its timer still decides when ours is
+        sent again (on_reinvite, _glare_over)."""
         self._accepted: _Accepted | None = None
         self._refused_cseq = -1
         """CSeq of the last INVITE we answered with an error (its hop-by-hop ACK is quiet)."""
@@ -474,10 +477,19 @@ class UserAgent(Generic[S]):
                 self.start_timer(UaTimer.TIMER_B, self.timers.timer_b)]  # fmt: skip
 
     def _glare_over(self, now: float) -> list[Effect]:
-        if not self.allows(UaEvent.TIMER_491):
-            return [Log("491 retry timer fired, no retry due: ignored", "warning")]
-        return [Log("491 wait over: sending the reINVITE again (RFC 3261 §14.1)"),
-                *self._send_reinvite(UaEvent.TIMER_491)]  # fmt: skip
+        if self.allows(UaEvent.TIMER_491):
+            return [Log("491 wait over: sending the reINVITE again (RFC 3261 §14.1)"),
+                    *self._send_reinvite(UaEvent.TIMER_491)]  # fmt: skip
+        if self._glare_carried:
+            # The peer's reINVITE came during the wait (on_reinvite): ours goes now if sharing
+            # is still off, or waits for the peer's transaction to end.
+            self._glare_carried = False
+            if self.shared:
+                return [Log("491 wait over: the peer's reINVITE set sharing up meanwhile, "
+                            "ours is not needed")]  # fmt: skip
+            return [Log("491 wait over (the peer's reINVITE came meanwhile): our reINVITE "
+                        "again (RFC 3261 §14.1)"), *self.send_reoffer()]  # fmt: skip
+        return [Log("491 retry timer fired, no retry due: ignored", "warning")]
 
     @staticmethod
     def answers(response: Response, request: Request | None) -> bool:
@@ -557,10 +569,12 @@ class UserAgent(Generic[S]):
             return self._refuse_reinvite(conn, request)
         effects: list[Effect] = []
         if self.allows(UaEvent.TIMER_491):
-            # We were waiting to retry after a 491 and the peer retried first (§14.1): its
-            # transaction goes ahead, ours waits for it to end.
-            effects.append(self.stop_timer(UaTimer.GLARE))
-            self._reoffer_held = True
+            # We were waiting to retry after a 491 and the peer retried first: its transaction
+            # goes ahead, and ours still waits for our §14.1 timer ("when the timer fires,
+            # the UAC SHOULD attempt the re-INVITE once more, if it still desires"), not for
+            # the peer's transaction to end: two ends that each refuse the other's reINVITE
+            # would otherwise answer each other's refusal with a new reINVITE at once, a storm.
+            self._glare_carried = True
         self.fire(UaEvent.RECV_REINVITE)
         self._reinvites_taken += 1
         assert self.dialog is not None  # in_dialog() held
@@ -688,7 +702,7 @@ class UserAgent(Generic[S]):
         """The table has reached its final state: stop the dialog's timers, then let the
         subclass release the rest."""
         assert self.machine.ended
-        self._accepted, self._reoffer_held = None, False
+        self._accepted, self._reoffer_held, self._glare_carried = None, False, False
         return [*(self.stop_timer(t) for t in SIP_TIMERS), *self.on_ended(why, now, level)]
 
     # -- requests and responses inside the dialog ------------------------------------------------

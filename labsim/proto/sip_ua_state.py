@@ -161,7 +161,8 @@ DISALLOWED: Mapping[UaEvent, str] = {
     UaEvent.ACK_TIMEOUT: "cannot fire: the timer is stopped by the ACK",
     UaEvent.SEND_REINVITE: "held until the dialog is confirmed and no INVITE transaction is in "
     "progress (§14.1), then sent unless sharing is already on",
-    UaEvent.TIMER_491: "no retry: the peer's reINVITE came first",
+    UaEvent.TIMER_491: "the peer's reINVITE came during the wait: ours is sent now unless "
+    "sharing is on, or held until the peer's transaction ends (§14.1)",
     UaEvent.RECV_REINVITE: "491 while an INVITE transaction of ours is in progress or our 2xx "
     "is unacknowledged (§14.2, §14.1); 500 with Retry-After while the peer's earlier reINVITE "
     "is unanswered (§14.2); 481 outside a live dialog (§12.2.2)",

@@ -28,6 +28,9 @@ consequence, when that is so.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -437,8 +440,33 @@ def _stun_errors(ev: Evidence) -> list[Anomaly]:
     return out
 
 
+class _FirstAfter:
+    """The first record, in trace order, sent after a given time: one bisection over the
+    running maximum of the times (the first record whose time passes t is where that maximum
+    first passes it), instead of a scan of the whole trace for each question."""
+
+    def __init__(self, records: list[MessageRecord]) -> None:
+        self.records = records
+        self.peaks = list(itertools.accumulate((r.t for r in records), max))
+
+    def first_after(self, t: float) -> MessageRecord | None:
+        index = bisect.bisect_right(self.peaks, t)
+        return self.records[index] if index < len(self.records) else None
+
+
 def _sip_errors(ev: Evidence) -> list[Anomaly]:
     out = []
+    # What every 491 asks of the whole call, worked out once (a glare loop holds thousands):
+    # the reINVITE answers 2xx that reached an end, and when each end first sent a reINVITE.
+    retries = _FirstAfter([
+        r for r, f in ev.sip
+        if f.status is not None and 200 <= f.status < 300 and f.cseq_method == "INVITE"
+        and r.delivered and r.dst in (ev.caller, ev.callee) and ev._in_reinvite(f)
+    ])  # fmt: skip
+    first_reinvite: dict[str, float] = {}
+    for r, f in ev.sip:
+        if f.method == "INVITE" and f.to_tag is not None and r.hop == 0:
+            first_reinvite[r.src] = min(r.t, first_reinvite.get(r.src, math.inf))
     for record, facts in ev.sip:
         status = facts.status
         if status is None or status < 300 or status in (401, 407):
@@ -461,20 +489,10 @@ def _sip_errors(ev: Evidence) -> list[Anomaly]:
         recovered, crossed = "", False
         if status == 491:
             # Glare is over once either end's retry is answered 2xx (RFC 3261 §14.1).
-            done = next(
-                (r for r, f in ev.sip
-                 if f.status is not None and 200 <= f.status < 300 and f.cseq_method == "INVITE"
-                 and r.t > record.t and r.delivered and r.dst in (ev.caller, ev.callee)
-                 and ev._in_reinvite(f)),
-                None,
-            )  # fmt: skip
+            done = retries.first_after(record.t)
             # Glare is two reINVITEs crossing; a 491 with no reINVITE of the answerer's own
             # pending is a refusal the asker recovered from all the same.
-            crossed = any(
-                f.method == "INVITE" and f.to_tag is not None and r.hop == 0
-                and r.src == record.src and r.t <= record.t
-                for r, f in ev.sip
-            )  # fmt: skip
+            crossed = first_reinvite.get(record.src, math.inf) <= record.t
             if done is not None and not crossed:
                 recovered = (
                     f"recovered: {record.src} answered 491 though no reINVITE of its own was "

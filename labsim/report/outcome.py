@@ -70,8 +70,32 @@ def reinvites(messages: SipMessages, call_id: str, *ends: str) -> SipMessages:
     ]  # fmt: skip
 
 
+#: What identifies a transaction's messages: Call-ID, From tag, CSeq number, CSeq method.
+_Transaction = tuple[str | None, str | None, int | None, str | None]
+
+
+def responses_by_transaction(messages: SipMessages) -> dict[_Transaction, SipMessages]:
+    """Every response hop, by the transaction it answers (RFC 3261 §17.1.3's match of Call-ID,
+    From tag and CSeq, as :meth:`SipFacts.answers` does), in trace order: one pass, so that
+    finding a request's answers does not scan the whole trace for each request."""
+    out: dict[_Transaction, SipMessages] = {}
+    for record, facts in messages:
+        if facts.status is not None:
+            key = (facts.call_id, facts.from_tag, facts.cseq, facts.cseq_method)
+            out.setdefault(key, []).append((record, facts))
+    return out
+
+
+def answers_to(responses: dict[_Transaction, SipMessages], request: SipFacts) -> SipMessages:
+    """The hops of the responses to ``request``, in trace order."""
+    return responses.get((request.call_id, request.from_tag, request.cseq, request.method), [])
+
+
 def reinvite_refusal(
-    messages: SipMessages, caller: str = "skype_client", callee: str = "cms"
+    messages: SipMessages,
+    caller: str = "skype_client",
+    callee: str = "cms",
+    responses: dict[_Transaction, SipMessages] | None = None,
 ) -> tuple[str, SipFacts] | None:
     """Who sent a reINVITE of the call (either direction) and the error answer that came back
     to it; None when no reINVITE was refused. 491 is glare, not a refusal: the UA retries
@@ -79,13 +103,13 @@ def reinvite_refusal(
     first = first_invite(messages, caller)
     if first is None:
         return None
+    if responses is None:
+        responses = responses_by_transaction(messages)
     for record, request in reinvites(messages, first[1].call_id, caller, callee):
         sender = callee if record.dst == caller else caller
-        for r, answer in messages:
-            if (
-                r.dst == sender and r.delivered and answer.status is not None
-                and answer.status >= 300 and answer.status != 491 and answer.answers(request)
-            ):  # fmt: skip
+        for r, answer in answers_to(responses, request):
+            status = answer.status or 0
+            if r.dst == sender and r.delivered and status >= 300 and status != 491:
                 return sender, answer
     return None
 
@@ -116,15 +140,16 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
 
     # The reINVITE: an INVITE inside the call's dialog, either direction.
     sharing = reinvites(messages, invite.call_id, caller, callee)
+    responses = responses_by_transaction(messages)
+    # ACK hops delivered, by Call-ID, From tag and CSeq number (an ACK's CSeq method is ACK).
+    acks: dict[tuple[str | None, str | None, int | None], set[str]] = {}
+    for r, f in messages:
+        if f.method == "ACK" and r.delivered:
+            acks.setdefault((f.call_id, f.from_tag, f.cseq), set()).add(r.dst)
     for record, reinvite in sharing:
         answerer = record.dst
-        answered = any(f.status == 200 and f.answers(reinvite) for _, f in messages)
-        acked = any(
-            r.dst == answerer and r.delivered and f.method == "ACK"
-            and f.call_id == reinvite.call_id and f.from_tag == reinvite.from_tag
-            and f.cseq == reinvite.cseq
-            for r, f in messages
-        )  # fmt: skip
+        answered = any(f.status == 200 for _, f in answers_to(responses, reinvite))
+        acked = answerer in acks.get((reinvite.call_id, reinvite.from_tag, reinvite.cseq), ())
         if answered and acked:
             sender = callee if answerer == caller else caller
             return Outcome(
@@ -136,7 +161,7 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         errors = [r for r in trace.find(_ALLOCATE_ERROR) if r.dst == callee and r.delivered]
         why = f"; last answer: {errors[-1].summary}" if errors else ""
         return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
-    refused = reinvite_refusal(messages, caller, callee)
+    refused = reinvite_refusal(messages, caller, callee, responses)
     if refused is not None:
         answer = refused[1]
         extra = f" ({answer.diagnostics})" if answer.diagnostics else ""
