@@ -57,7 +57,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     captures.append(
                         f"dumpcap {report.nodeid.split('[')[-1].rstrip(']')}: "
                         f"{value['connections']} connections, {value['bytes']} bytes equal, "
-                        f"{value['packets']} packets captured, {value['dropped']} dropped"
+                        f"{value['packets']} packets captured ({value['segments']} TCP segments), "
+                        f"{value['dropped']} dropped"
                     )
                 if key == "fuzz" and isinstance(value, dict):
                     total = totals.setdefault(str(value["target"]), {})

@@ -19,6 +19,11 @@ lab would show them, but the live runtime decides those the scenario's firewall 
 black-holes (its blocked pairs, ``block`` faults) without putting a packet on the wire. The
 kernel may also show more than labsim's pcap around a connection's end: the run's shutdown
 aborts (RST) sockets the actors left open, which the trace does not record as closes.
+
+dumpcap says "Capturing on" before it really captures, so UDP probes to an address of the
+block no lab host gets say when it does. Runs: the lab call, and the TURN data connection cut
+by the network (RST) 0.3 s in; a cut after 100 bytes, inside a message, is the one known
+difference (xfail, strict: labsim's pcap leaves out the cut message's part that crossed).
 """
 
 from __future__ import annotations
@@ -290,27 +295,26 @@ def _start_dumpcap(dumpcap: str, prefix: str, out: Path, log: Path) -> subproces
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
         )
+    # dumpcap prints "Capturing on 'Loopback: lo'" before it has opened lo (and before it
+    # fails for want of the right), so the capture has begun once it counts a packet: UDP
+    # probes go to the block's last address (no lab host gets it; nothing listens) meanwhile.
     deadline = time.monotonic() + DUMPCAP_START
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if "Capturing on" in text:
-            break
-        if proc.poll() is not None:
-            message = (
-                f"dumpcap cannot capture on lo (root or CAP_NET_RAW is needed): {text.strip()}"
-            )
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(message)
-            pytest.skip(message)
-        time.sleep(0.02)
-    # "Capturing on" can come before packets are really taken: send UDP probes to the block's
-    # last address (no lab host gets it; nothing listens) until dumpcap counts a packet.
+    next_probe = time.monotonic()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         while time.monotonic() < deadline:
-            if re.search(r"Packets: [1-9]", log.read_text(errors="replace")):
+            text = log.read_text(errors="replace")
+            if proc.poll() is not None:
+                said = " ".join(text.split())[:300]
+                message = f"dumpcap cannot capture on lo (root or CAP_NET_RAW is needed): {said}"
+                if os.environ.get("CI", "").lower() == "true":
+                    pytest.fail(message)
+                pytest.skip(message)
+            if re.search(r"Packets: [1-9]", text):
                 return proc
-            probe.sendto(b"labsim dumpcap probe", (f"{prefix}.{PROBE_HOST}", PROBE_PORT))
-            time.sleep(0.05)
+            if "Capturing on" in text and time.monotonic() >= next_probe:
+                probe.sendto(b"labsim dumpcap probe", (f"{prefix}.{PROBE_HOST}", PROBE_PORT))
+                next_probe = time.monotonic() + 0.1  # about dumpcap's update interval
+            time.sleep(0.02)
     _stop(proc)
     pytest.fail(f"dumpcap did not start capturing within {DUMPCAP_START} s: {log.read_text()}")
 
@@ -395,7 +399,8 @@ def test_labsims_pcap_shows_what_crossed_the_sockets(
     cap = capture(variant(extra, hold=1), tmp_path)
     captured, dropped = cap.packets()
     assert captured > 0 and dropped == 0, cap.stats
-    kernel = to_lab(connections(segments(cap.kernel)), cap.lab_of)
+    kernel_segments = list(segments(cap.kernel))
+    kernel = to_lab(connections(kernel_segments), cap.lab_of)
     ours = connections(segments(cap.ours))
     assert compare(kernel, ours) == []
     opened = [c for c in kernel if c.opened]
@@ -411,11 +416,17 @@ def test_labsims_pcap_shows_what_crossed_the_sockets(
     compared = sum(len(h.stream()) for c in opened for h in c.halves.values())
     record_property(
         "dumpcap",
-        {"connections": len(opened), "bytes": compared, "packets": captured, "dropped": dropped},
+        {
+            "connections": len(opened),
+            "bytes": compared,
+            "packets": captured,
+            "dropped": dropped,
+            "segments": len(kernel_segments),
+        },
     )
     print(
         f"dumpcap: {len(opened)} connections, {compared} bytes equal, "
-        f"{captured} packets captured, {dropped} dropped"
+        f"{captured} packets captured ({len(kernel_segments)} TCP segments), {dropped} dropped"
     )
 
 
