@@ -46,16 +46,29 @@ if os.environ.get("CI", "").lower() == "true":
 # tests ran in this process or in xdist workers (whose own output pytest does not show).
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     totals: dict[str, dict[str, float]] = {}
+    captures: list[str] = []
     for reports in terminalreporter.stats.values():
         for report in reports:
             if getattr(report, "when", None) != "call":
                 continue
             for key, value in getattr(report, "user_properties", ()):
+                if key == "dumpcap" and isinstance(value, dict) and report.passed:
+                    # tests/test_dumpcap.py: a kernel capture compared with labsim's pcap.
+                    captures.append(
+                        f"dumpcap {report.nodeid.split('[')[-1].rstrip(']')}: "
+                        f"{value['connections']} connections, {value['bytes']} bytes equal, "
+                        f"{value['packets']} packets captured ({value['segments']} TCP segments), "
+                        f"{value['dropped']} dropped"
+                    )
                 if key == "fuzz" and isinstance(value, dict):
                     total = totals.setdefault(str(value["target"]), {})
                     for field, number in value.items():
                         if isinstance(number, int | float) and field != "shard":
                             total[field] = total.get(field, 0) + number
+    if captures:
+        terminalreporter.section("dumpcap")
+        for line in sorted(captures):
+            terminalreporter.write_line(line)
     if not totals:
         return
     terminalreporter.section("fuzz")
