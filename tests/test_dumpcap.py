@@ -22,8 +22,8 @@ aborts (RST) sockets the actors left open, which the trace does not record as cl
 
 dumpcap says "Capturing on" before it really captures, so UDP probes to an address of the
 block no lab host gets say when it does. Runs: the lab call, and the TURN data connection cut
-by the network (RST) 0.3 s in; a cut after 100 bytes, inside a message, is the one known
-difference (xfail, strict: labsim's pcap leaves out the cut message's part that crossed).
+by the network (RST) 0.3 s in, and a cut after 100 bytes, inside a message (the part that
+crossed shows before the RST in both).
 """
 
 from __future__ import annotations
@@ -383,14 +383,8 @@ CUT_BYTES = (
     [
         pytest.param(LAB_CALL, id="lab-call"),
         pytest.param(CUT, id="cut-after-0.3s"),
-        pytest.param(
-            CUT_BYTES, id="cut-after-100-bytes",
-            marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-                "labsim's pcap leaves out the 12 bytes of the message the cut ended inside: "
-                "the trace records them after the connection's reset, and the writer drops "
-                "data after a reset; the kernel shows they crossed before the RST"
-            )),
-        ),
+        # The cut ends inside a message: the part that crossed shows before the RST.
+        pytest.param(CUT_BYTES, id="cut-after-100-bytes"),
     ],
 )  # fmt: skip
 def test_labsims_pcap_shows_what_crossed_the_sockets(

@@ -77,6 +77,10 @@ class FaultExecutor:
             return
         now = runtime.transport.now()
         self.note(now, "cut", hit, *link.names, link.gid)
+        # Both directions lose what was not yet read; the start of a message among it crossed
+        # before the reset did, so it is recorded first (a capture shows it before the RST).
+        for from_client in (True, False):
+            runtime.trace.lost(now, link.gid, from_client)
         runtime.trace.closed(now, link.gid, NETWORK, True)
         for end in ends:
             end.outbuf = end.held = None  # not yet on the wire: lost with the connection
@@ -155,8 +159,8 @@ class FaultExecutor:
         while held and held[0].release <= now:
             item = held.pop(0)
             if item.unit is None:  # the actor's Close, held behind its data
-                runtime.trace.closed(now, end.link.gid, end.st.name, item.reset)
                 runtime.trace.lost(now, end.link.gid, not end.is_client)
+                runtime.trace.closed(now, end.link.gid, end.st.name, item.reset)
                 runtime.transport.close(end, item.reset)
             elif runtime.transport.alive(end) and (end.open or held):
                 runtime.trace.wire(item.unit, now)

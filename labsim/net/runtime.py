@@ -271,9 +271,10 @@ class Runtime:
         end.open = False
         if self.faults is not None and self.faults.hold_close(end, reset):
             return  # a delay rule holds data back: the FIN or RST goes out behind it
-        self.trace.closed(now, end.link.gid, st.name, reset)
-        # What was coming to this end and not yet read, it will never read.
+        # What was coming to this end and not yet read, it will never read; the start of a
+        # message among it crossed before the close did, so it is recorded first.
         self.trace.lost(now, end.link.gid, not end.is_client)
+        self.trace.closed(now, end.link.gid, st.name, reset)
         self.transport.close(end, reset)
 
     def _unknown_conn(self, st: ActorState, effect: Send | Close, now: float) -> None:
@@ -440,8 +441,8 @@ class Runtime:
         del st.ends[end.conn]
         st.gone.add(end.conn)
         now = self.transport.now()
+        self.trace.lost(now, end.link.gid, not end.is_client)  # crossed before the close
         self.trace.closed(now, end.link.gid, by, reset)
-        self.trace.lost(now, end.link.gid, not end.is_client)
         self.deliver(st, Closed(end.conn, reset))
 
     def write_pressure(self, end: End, paused: bool) -> None:
