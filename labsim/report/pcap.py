@@ -203,6 +203,10 @@ class _Frame:
     dropped: tuple[int, int] = (0, 0)
     """Bytes a fault rule had dropped from the client's and the server's direction before it:
     their sender counts them in its sequence numbers, their receiver never saw them."""
+    undelivered: tuple[int, int] = (0, 0)
+    """Bytes of the client's and the server's direction that went on the wire and never reached
+    the other end (lost with the connection, in flight at the end): that end's own segments
+    never acknowledge them."""
     on_wire: bool = True
     """False for a dropped message's segment: only its sender's capture point shows it."""
 
@@ -293,6 +297,7 @@ class _Tcp:
         }
         self.last_t = record.opened
         self.dropped = {True: 0, False: 0}
+        self.undelivered = {True: 0, False: 0}
         self.reset = False
         self.closer: bool | None = None
         """The side that sent the first FIN (True: the client)."""
@@ -318,6 +323,7 @@ class _Tcp:
         frame.conn, frame.from_client = self.record, from_client
         frame.message, frame.acks = message, acks
         frame.dropped = (self.dropped[True], self.dropped[False])
+        frame.undelivered = (self.undelivered[True], self.undelivered[False])
         return frame
 
     def dropped_data(self, message: MessageRecord) -> None:
@@ -374,6 +380,9 @@ class _Tcp:
             first = first or frame
             ack_t = min(t + ACK_DELAY, next_t) if final else t
             self.emit(ack_t, not from_client, _ACK, acks=message)
+        if message.fate != "delivered":
+            # Lost with its connection or still in flight: its receiver never acknowledges it.
+            self.undelivered[from_client] += len(payload)
         if self.closer is not None and from_client != self.closer and last:
             # The peer finished sending after the other side's FIN: now it closes its half.
             self._second_fin(self.last_t, next_t)
@@ -610,12 +619,14 @@ def point_frames(
             t = last[conn.id] = max(t, last.get(conn.id, t))
             # This end's own stream counts the bytes a fault dropped after they left it.
             mine = conn.client == actor
-            shift = frame.dropped[0 if mine else 1]
-            if shift:
-                if frame.from_client == mine:
-                    data = _packet(frame.segment, seq_shift=shift)
-                else:
-                    data = _packet(frame.segment, ack_shift=shift)
+            dropped = frame.dropped[0 if mine else 1]
+            if frame.from_client == mine:
+                unseen = frame.undelivered[1 if mine else 0]
+                seq_shift, ack_shift = dropped, -unseen
+            else:
+                seq_shift, ack_shift = 0, dropped
+            if seq_shift or ack_shift:
+                data = _packet(frame.segment, seq_shift=seq_shift, ack_shift=ack_shift)
         out.append((frame, start_us + round(t * 1_000_000), data))
     out.sort(key=lambda item: (item[1], item[0].order))
     return out
