@@ -27,7 +27,8 @@ connections and messages, not segments, so the segments are rebuilt here:
 
 What the payload bytes are, per message record (see :func:`wire_payload`):
 
-* a message a fault rule dropped never reached the wire and adds no segment;
+* a message a fault rule dropped never reached the wire past the rule: no segment in the
+  every-leg capture, one at its sender's capture point only (see :func:`point_frames`);
 * an RFC 4571 frame, also one a relay carried (``relayed=True``), gets back the 2-byte length
   prefix the trace strips;
 * **opaque data the trace truncated** (it keeps only the first :data:`labsim.trace.RAW_KEEP`
@@ -42,6 +43,9 @@ Each frame is timestamped ``start`` + its trace time (microseconds, the pcapng d
 resolution), frames of all connections merged into one time order; the default ``start`` is the
 lab capture's date, 2017-08-17 08:03:00 UTC. Every frame that carries a message has a pcapng
 packet comment (``opt_comment``, pcapng §3.5) naming the message as the trace decoded it.
+
+A capture point (``capture_at``) is that same layout filtered and restamped as one actor's
+interface saw it, one pcapng interface per actor (:func:`point_frames`, docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -680,11 +684,9 @@ def _write(
         )
         for name, description in interfaces
     ]
-    # The writer puts out the section header and the first interface description; the others
-    # follow it (pcapng §4.2: an interface's id is its description's place in the section).
-    pcapng.Writer(fh, snaplen=SNAPLEN, linktype=pcapng.DLT_EN10MB, shb=shb, idb=idbs[0])
-    for idb in idbs[1:]:
-        fh.write(bytes(idb))
+    # The writer puts out the section header and the interface descriptions, in order: an
+    # interface's id is its description's place in the section (pcapng §4.2).
+    pcapng.Writer(fh, snaplen=SNAPLEN, linktype=pcapng.DLT_EN10MB, shb=shb, idb=idbs)
     for frame in frames:
         opts = []
         if frame.comments:
