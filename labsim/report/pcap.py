@@ -604,7 +604,8 @@ def point_frames(
 ) -> list[tuple[_Frame, int, bytes]]:
     """The frames ``actor``'s interface saw, each with its timestamp (µs since the epoch) and
     bytes, in time order: the every-leg frames filtered and restamped (:func:`_point_time`),
-    numbered as that end numbers its connections (:attr:`_Frame.dropped`).
+    numbered as that end numbers its connections (:attr:`_Frame.dropped`,
+    :attr:`_Frame.undelivered`).
 
     A frame is never stamped before an earlier frame of its connection at this point: the
     segments of a connection are built in an order whose sequence and acknowledgement numbers
