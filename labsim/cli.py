@@ -118,6 +118,9 @@ def _scenario_path(text: str) -> Path:
 )
 @click.option("--pcap", "pcap_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the run as a pcapng capture (lab addresses).")  # fmt: skip
+@click.option("--capture-at", "capture_at", metavar="ACTOR[,ACTOR…]",
+              help="Capture --pcap at these actors' interfaces (one pcapng interface each) "
+              "rather than on every leg; overrides the scenario's capture.at.")  # fmt: skip
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the run as JSON (scenario, outcome, messages …).")  # fmt: skip
 @click.option("--no-data", is_flag=True, help="Leave opaque relayed TCP data out of the ladder.")
@@ -128,6 +131,7 @@ def run(
     scenario: str,
     clock: str | None,
     pcap_file: Path | None,
+    capture_at: str | None,
     json_file: Path | None,
     no_data: bool,
     no_logs: bool,
@@ -145,11 +149,14 @@ def run(
     from labsim.run import ACTORS, run_scenario
     from labsim.scenario import ScenarioError, load
 
+    points = _capture_points(capture_at, pcap_file)
     try:
         sc = load(_scenario_path(scenario))
     except ScenarioError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
+    if points is None:
+        points = list(sc.capture.at)
     console = Console(highlight=False, soft_wrap=True)
     result = run_scenario(sc, clock)  # type: ignore[arg-type]
     if not quiet:
@@ -171,8 +178,9 @@ def run(
         # A rule that never acted left the call healthy where the user meant a fault.
         console.print(f"[yellow]warning:[/yellow] {escape(rule.unmatched())}")
     if pcap_file is not None:
-        write_pcapng(result.trace, pcap_file)
-        console.print(f"capture: {pcap_file}")
+        write_pcapng(result.trace, pcap_file, capture_at=points, scenario=sc.name)
+        where = f"at {', '.join(points)}" if points else "every leg"
+        console.print(f"capture: {pcap_file} ({where})")
     if json_file is not None:
         write_json(
             result.trace, json_file, scenario=sc.name, outcome=result.outcome.name,
@@ -186,6 +194,30 @@ def run(
             console.print(f"[red]expectation not met:[/red] {failure}")
         sys.exit(1)
     console.print("[green]expectations met[/green]")
+
+
+def _capture_points(text: str | None, pcap_file: Path | None) -> list[str] | None:
+    """The actors ``--capture-at`` names (None: the option was not given); a bad list exits 2
+    before anything runs."""
+    from labsim.run import ACTORS
+
+    if text is None:
+        return None
+    if pcap_file is None:
+        click.echo("--capture-at says where --pcap captures: give --pcap FILE too", err=True)
+        sys.exit(2)
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in ACTORS:
+            click.echo(
+                f"--capture-at: {name!r} is not an actor; the actors are {', '.join(ACTORS)}",
+                err=True,
+            )
+            sys.exit(2)
+    if len(set(names)) != len(names):
+        click.echo(f"--capture-at: {text!r} names an actor twice", err=True)
+        sys.exit(2)
+    return names
 
 
 @main.command(name="test")

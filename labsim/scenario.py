@@ -505,6 +505,25 @@ class Expect(_Model):
     )
 
 
+class Capture(_Model):
+    """Where the run's pcapng is captured (``labsim run --pcap``)."""
+
+    at: list[ActorName] = Field(
+        default_factory=list,
+        description="The actors whose interfaces are captured, one pcapng interface each: what "
+        "each sent (stamped when it left, present even when a fault dropped it on the way) and "
+        "was delivered (stamped when it arrived), on the connections it is an end of. Empty: "
+        "every leg of the run on one interface. `labsim run --capture-at` overrides it.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Capture:
+        for index, name in enumerate(self.at):
+            if name in self.at[:index]:
+                raise _At(("at", index), f"{name} is already a capture point")
+        return self
+
+
 #: The longest deadline: 4 hours, simulated or wall-clock. The lab's call is over in seconds and
 #: the longest bundled scenario (an allocation left to expire) runs 800 s; every periodic timer
 #: of a run fires at most deadline / period times, so this bounds the work of a run too.
@@ -585,6 +604,9 @@ class Scenario(_Model):
         default=0, description="Seed of the fault rules' probability draws (runs repeat)."
     )
     expect: Expect = Field(default_factory=Expect, description="What the run must show.")
+    capture: Capture = Field(
+        default_factory=Capture, description="Where the run's pcapng is captured."
+    )
 
     @model_validator(mode="after")
     def _network(self) -> Scenario:

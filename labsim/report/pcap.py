@@ -27,7 +27,8 @@ connections and messages, not segments, so the segments are rebuilt here:
 
 What the payload bytes are, per message record (see :func:`wire_payload`):
 
-* a message a fault rule dropped never reached the wire and adds no segment;
+* a message a fault rule dropped never reached the wire past the rule: no segment in the
+  every-leg capture, one at its sender's capture point only (see :func:`point_frames`);
 * an RFC 4571 frame, also one a relay carried (``relayed=True``), gets back the 2-byte length
   prefix the trace strips;
 * **opaque data the trace truncated** (it keeps only the first :data:`labsim.trace.RAW_KEEP`
@@ -42,6 +43,9 @@ Each frame is timestamped ``start`` + its trace time (microseconds, the pcapng d
 resolution), frames of all connections merged into one time order; the default ``start`` is the
 lab capture's date, 2017-08-17 08:03:00 UTC. Every frame that carries a message has a pcapng
 packet comment (``opt_comment``, pcapng §3.5) naming the message as the trace decoded it.
+
+A capture point (``capture_at``) is that same layout filtered and restamped as one actor's
+interface saw it, one pcapng interface per actor (:func:`point_frames`, docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import dpkt
 
+from labsim import __version__
 from labsim.trace import (
     ClosedRecord,
     ConnectionRecord,
@@ -90,13 +96,14 @@ _SEQ_MOD = 1 << 32
 _NEVER = float("inf")
 
 
-def wire_payload(message: MessageRecord) -> bytes | None:
+def wire_payload(message: MessageRecord, *, dropped: bool = False) -> bytes | None:
     """The TCP payload bytes a message record stands for, or None for one a fault rule
-    dropped (it never reached the wire).
+    dropped (it never reached the wire past the rule), unless ``dropped``: the bytes its sender
+    sent all the same.
 
     RFC 4571 frames get their length prefix back; opaque data the trace truncated is padded
     with zero bytes to its recorded size."""
-    if message.fate == "dropped":
+    if message.fate == "dropped" and not dropped:
         return None  # a fault rule took it before it reached the wire
     if message.framed:
         return frame_rfc4571(message.data)  # the length prefix the trace strips
@@ -122,29 +129,95 @@ def syn_times(started: float, failed: float) -> list[float]:
 
 
 def write_pcapng(
-    trace: Trace, path: Path | str | BinaryIO, *, start: float = LAB_CAPTURE_START
+    trace: Trace,
+    path: Path | str | BinaryIO,
+    *,
+    start: float = LAB_CAPTURE_START,
+    capture_at: Sequence[str] = (),
+    scenario: str = "",
 ) -> None:
-    """Write the trace as a pcapng capture to ``path`` (a file name or a writable binary file)."""
+    """Write the trace as a pcapng capture to ``path`` (a file name or a writable binary file).
+
+    ``capture_at``: the actors whose interfaces are captured, one pcapng interface each (see
+    :func:`point_frames`); empty: every leg on one interface. ``scenario`` is named in the
+    section header."""
     frames = _Builder(trace, start).build()
+    hosts = _actor_hosts(trace)
+    if capture_at:
+        interfaces = [
+            (name, f"{name} ({hosts.get(name, 'no connection')}): what {name} sent and received")
+            for name in capture_at
+        ]
+        out = [
+            _Out(us, frame.order, iface, data, frame.comments)
+            for iface, name in enumerate(capture_at)
+            for frame, us, data in point_frames(frames, name, start)
+        ]
+        out.sort(key=lambda o: (o.us, o.order, o.iface))
+    else:
+        interfaces = [("all-legs", "every leg of the run: all actors' connections")]
+        out = [_Out(f.us, f.order, 0, f.data, f.comments) for f in frames if f.on_wire]
+    header = f"labsim {__version__}"
+    comment = f"scenario: {scenario}" if scenario else ""
     if isinstance(path, (str, Path)):
         with Path(path).open("wb") as fh:
-            _write(fh, frames)
+            _write(fh, out, interfaces, header, comment)
     else:
-        _write(path, frames)
+        _write(path, out, interfaces, header, comment)
 
 
 # -- frames --------------------------------------------------------------------------------------
 
 
 @dataclass
+class _Segment:
+    """One TCP segment's headers and payload, built into bytes per capture point (a point at
+    the end of a hop where a fault rule dropped bytes numbers that side's stream its own way)."""
+
+    src: Address
+    dst: Address
+    seq: int
+    ack: int
+    flags: int
+    payload: bytes
+    ip_id: int
+
+
+@dataclass
 class _Frame:
     us: int
-    """Timestamp, microseconds since the epoch."""
+    """Timestamp, microseconds since the epoch (every leg: when it was on the wire)."""
     order: tuple[int, int]
     """(timeline index of the record that made it, position among that record's frames): keeps
     frames of equal time in the order the trace has them."""
-    data: bytes
+    segment: _Segment
     comments: list[str] = field(default_factory=list)
+    t: float = 0.0
+    """The trace time the every-leg capture stamps it with."""
+    conn: ConnectionRecord | None = None
+    """The connection it belongs to (None: a connect that never opened)."""
+    from_client: bool = True
+    message: MessageRecord | None = None
+    """The message it carries (a data segment) ..."""
+    acks: MessageRecord | None = None
+    """... or the message it acknowledges (the receiver's ACK of it)."""
+    connector: str = ""
+    """For a connect that never opened: the actor that tried, whose capture point alone shows
+    it (the server's side is unknown: a firewall on the way may have answered or dropped)."""
+    dropped: tuple[int, int] = (0, 0)
+    """Bytes a fault rule had dropped from the client's and the server's direction before it:
+    their sender counts them in its sequence numbers, their receiver never saw them."""
+    undelivered: tuple[int, int] = (0, 0)
+    """Bytes of the client's and the server's direction that went on the wire and never reached
+    the other end (lost with the connection, in flight at the end): that end's own segments
+    never acknowledge them."""
+    on_wire: bool = True
+    """False for a dropped message's segment: only its sender's capture point shows it."""
+
+    @property
+    def data(self) -> bytes:
+        """The frame as the every-leg capture (and the receiving end) numbers it."""
+        return _packet(self.segment)
 
 
 def _mac(host: str) -> bytes:
@@ -174,9 +247,10 @@ class _Hosts:
         return value
 
 
-def _packet(
-    hosts: _Hosts, src: Address, dst: Address, seq: int, ack: int, flags: int, payload: bytes
-) -> bytes:
+def _packet(segment: _Segment, seq_shift: int = 0, ack_shift: int = 0) -> bytes:
+    src, dst, flags, payload = segment.src, segment.dst, segment.flags, segment.payload
+    seq = (segment.seq + seq_shift) % _SEQ_MOD
+    ack = (segment.ack + ack_shift) % _SEQ_MOD if flags & _ACK else segment.ack
     tcp = dpkt.tcp.TCP(
         sport=src.port, dport=dst.port, seq=seq, ack=ack, flags=flags, win=WINDOW, data=payload
     )
@@ -186,7 +260,7 @@ def _packet(
     if src_ip.version == 4:
         ip = dpkt.ip.IP(
             src=src_ip.packed, dst=dst_ip.packed, p=dpkt.ip.IP_PROTO_TCP, ttl=64,
-            id=hosts.next_id(src.host), data=tcp,
+            id=segment.ip_id, data=tcp,
         )  # fmt: skip
         ip.df = 1  # Linux sets DF on TCP (path MTU discovery)
         ip.len = 20 + 20 + len(payload)
@@ -226,18 +300,66 @@ class _Tcp:
             False: _End(record.server_addr, _isn(record.id, "server")),
         }
         self.last_t = record.opened
+        self.dropped = {True: 0, False: 0}
+        self.undelivered = {True: 0, False: 0}
         self.reset = False
         self.closer: bool | None = None
         """The side that sent the first FIN (True: the client)."""
 
-    def emit(self, t: float, from_client: bool, flags: int, payload: bytes = b"") -> _Frame:
+    def emit(
+        self,
+        t: float,
+        from_client: bool,
+        flags: int,
+        payload: bytes = b"",
+        *,
+        message: MessageRecord | None = None,
+        acks: MessageRecord | None = None,
+    ) -> _Frame:
         me, peer = self.ends[from_client], self.ends[not from_client]
         ack = peer.seq if flags & _ACK else 0
-        data = _packet(self.builder.hosts, me.address, peer.address, me.seq, ack, flags, payload)
+        ip_id = self.builder.hosts.next_id(me.address.host)
+        segment = _Segment(me.address, peer.address, me.seq, ack, flags, payload, ip_id)
         # SYN and FIN each take one sequence number (RFC 793 §3.3).
         me.seq = (me.seq + len(payload) + (1 if flags & (_SYN | _FIN) else 0)) % _SEQ_MOD
         self.last_t = max(self.last_t, t)
-        return self.builder.add(self.last_t, data)
+        frame = self.builder.add(self.last_t, segment)
+        frame.conn, frame.from_client = self.record, from_client
+        frame.message, frame.acks = message, acks
+        frame.dropped = (self.dropped[True], self.dropped[False])
+        frame.undelivered = (self.undelivered[True], self.undelivered[False])
+        return frame
+
+    def dropped_data(self, message: MessageRecord) -> None:
+        """A message a fault rule dropped after it left its sender: a segment only the sender's
+        capture point shows. Its bytes are counted in the sender's sequence space from here on
+        (:attr:`_Frame.dropped`), never in the receiver's: the fault sits between the two ends
+        and keeps each end's numbering whole, as a middlebox that removes a message from a TCP
+        stream must (SIP ALGs translate sequence numbers so)."""
+        from_client = _from_client(message, self.record)
+        if self.reset or self.ends[from_client].fin:
+            return
+        me, peer = self.ends[from_client], self.ends[not from_client]
+        payload = wire_payload(message, dropped=True)
+        assert payload is not None
+        step = _max_segment(me.address)
+        for offset in range(0, len(payload), step):
+            chunk = payload[offset : offset + step]
+            # An IP ID of its own: counting it would renumber every later frame of the host in
+            # the every-leg capture, which does not show it.
+            ip_id = _isn("ip-id-dropped", message.connection, message.t, offset) & 0xFFFF
+            segment = _Segment(
+                me.address, peer.address, me.seq, peer.seq, _PSH | _ACK, chunk, ip_id
+            )
+            frame = self.builder.add(max(message.t, self.last_t), segment)
+            frame.conn, frame.from_client, frame.message = self.record, from_client, message
+            frame.dropped = (self.dropped[True], self.dropped[False])
+            frame.on_wire = False
+            if offset == 0:
+                rule = f" {message.rule}" if message.rule is not None else ""
+                text = f" (dropped by fault rule{rule} after it left the sender)"
+                frame.comments.append(_comment(message, self.record.name) + text)
+            self.dropped[from_client] += len(chunk)
 
     def open(self) -> None:
         t = self.record.opened
@@ -257,9 +379,14 @@ class _Tcp:
         first: _Frame | None = None
         for offset in range(0, len(payload), step):
             final = offset + step >= len(payload)
-            frame = self.emit(t, from_client, _PSH | _ACK, payload[offset : offset + step])
+            chunk = payload[offset : offset + step]
+            frame = self.emit(t, from_client, _PSH | _ACK, chunk, message=message)
             first = first or frame
-            self.emit(min(t + ACK_DELAY, next_t) if final else t, not from_client, _ACK)
+            ack_t = min(t + ACK_DELAY, next_t) if final else t
+            self.emit(ack_t, not from_client, _ACK, acks=message)
+        if message.fate != "delivered":
+            # Lost with its connection or still in flight: its receiver never acknowledges it.
+            self.undelivered[from_client] += len(payload)
         if self.closer is not None and from_client != self.closer and last:
             # The peer finished sending after the other side's FIN: now it closes its half.
             self._second_fin(self.last_t, next_t)
@@ -308,8 +435,9 @@ class _Builder:
         self._index = 0
         self._sub = 0
 
-    def add(self, t: float, data: bytes) -> _Frame:
-        frame = _Frame(self.start_us + round(t * 1_000_000), (self._index, self._sub), data)
+    def add(self, t: float, segment: _Segment) -> _Frame:
+        frame = _Frame(self.start_us + round(t * 1_000_000), (self._index, self._sub), segment)
+        frame.t = t
         self._sub += 1
         self.frames.append(frame)
         return frame
@@ -332,6 +460,7 @@ class _Builder:
                 key = (record.connection, _from_client(record, tcp_or_none.record))
                 payload = wire_payload(record)
                 if payload is None:
+                    tcp_or_none.dropped_data(record)
                     continue
                 frame = tcp_or_none.data(record, payload, next_t[index], last_data[key] == index)
                 if frame is None:
@@ -357,14 +486,17 @@ class _Builder:
         times = syn_times(began, record.t) if record.how == "timeout" else [began]
         for t in times:
             # Every retransmission repeats the first SYN, sequence number included.
-            self.add(t, _packet(self.hosts, client, record.server_addr, isn, 0, _SYN, b""))
+            ip_id = self.hosts.next_id(client.host)
+            syn = _Segment(client, record.server_addr, isn, 0, _SYN, b"", ip_id)
+            self.add(t, syn).connector = record.client
         if record.how == "refused":
             # Nothing listens, or a firewall rejects: the SYN is answered with RST|ACK
             # (RFC 9293 §3.10.7.1), which the client got when the connect failed.
-            packet = _packet(
-                self.hosts, record.server_addr, client, 0, (isn + 1) % _SEQ_MOD, _RST | _ACK, b""
+            ip_id = self.hosts.next_id(record.server_addr.host)
+            rst = _Segment(
+                record.server_addr, client, 0, (isn + 1) % _SEQ_MOD, _RST | _ACK, b"", ip_id
             )
-            self.add(max(record.t, began + ACK_DELAY), packet)
+            self.add(max(record.t, began + ACK_DELAY), rst).connector = record.client
 
     def _next_times(self) -> list[float]:
         """For each timeline record of a connection, the time of that connection's next record:
@@ -437,10 +569,98 @@ class _RefusedPorts:
         return port
 
 
+# -- capture points ------------------------------------------------------------------------------
+
+
+def _point_time(frame: _Frame, actor: str) -> float | None:
+    """When ``actor``'s interface saw the frame (trace seconds), or None when it never did.
+
+    Only the connections the actor is an end of cross its interface. A message's segment is
+    there at its ``sent_t`` on the sender's side (a fault rule's hold and drop happen after it
+    left: on the hop, between the two ends) and at its delivery (``fate_t``) on the receiver's,
+    which never sees a message that was dropped, lost with its connection or still in flight.
+    The receiver's ACK of a message exists only once it was delivered; the trace records no ACK
+    times, so both ends see it at the delivery. Handshakes, FINs and RSTs keep their trace time
+    at both ends (the trace has no per-end times for them)."""
+    conn = frame.conn
+    if conn is None:
+        return frame.t if frame.connector == actor else None
+    if actor not in (conn.client, conn.server):
+        return None
+    sender = conn.client if frame.from_client else conn.server
+    message = frame.message
+    if message is not None:
+        if sender == actor:
+            return message.sent_t
+        return message.fate_t if message.fate == "delivered" else None
+    acked = frame.acks
+    if acked is not None:
+        return acked.fate_t if acked.fate == "delivered" else None
+    return frame.t
+
+
+def point_frames(
+    frames: list[_Frame], actor: str, start: float = LAB_CAPTURE_START
+) -> list[tuple[_Frame, int, bytes]]:
+    """The frames ``actor``'s interface saw, each with its timestamp (µs since the epoch) and
+    bytes, in time order: the every-leg frames filtered and restamped (:func:`_point_time`),
+    numbered as that end numbers its connections (:attr:`_Frame.dropped`,
+    :attr:`_Frame.undelivered`).
+
+    A frame is never stamped before an earlier frame of its connection at this point: the
+    segments of a connection are built in an order whose sequence and acknowledgement numbers
+    agree, and kept in it, so tshark flags nothing (a held message whose sender had heard back
+    on the connection meanwhile moves to that moment)."""
+    start_us = round(start * 1_000_000)
+    last: dict[int, float] = {}
+    out: list[tuple[_Frame, int, bytes]] = []
+    for frame in sorted(frames, key=lambda f: f.order):
+        t = _point_time(frame, actor)
+        if t is None:
+            continue
+        conn = frame.conn
+        data = frame.data
+        if conn is not None:
+            t = last[conn.id] = max(t, last.get(conn.id, t))
+            # This end's own stream counts the bytes a fault dropped after they left it.
+            mine = conn.client == actor
+            dropped = frame.dropped[0 if mine else 1]
+            if frame.from_client == mine:
+                unseen = frame.undelivered[1 if mine else 0]
+                seq_shift, ack_shift = dropped, -unseen
+            else:
+                seq_shift, ack_shift = 0, dropped
+            if seq_shift or ack_shift:
+                data = _packet(frame.segment, seq_shift=seq_shift, ack_shift=ack_shift)
+        out.append((frame, start_us + round(t * 1_000_000), data))
+    out.sort(key=lambda item: (item[1], item[0].order))
+    return out
+
+
+def _actor_hosts(trace: Trace) -> dict[str, str]:
+    """Each actor's address, as its connections show it."""
+    hosts: dict[str, str] = {}
+    for conn in trace.connections.values():
+        hosts.setdefault(conn.client, conn.client_addr.host)
+        hosts.setdefault(conn.server, conn.server_addr.host)
+    return hosts
+
+
+@dataclass
+class _Out:
+    us: int
+    order: tuple[int, int]
+    iface: int
+    data: bytes
+    comments: list[str]
+
+
 # -- pcapng blocks -------------------------------------------------------------------------------
 
 
-def _write(fh: BinaryIO, frames: list[_Frame]) -> None:
+def _write(
+    fh: BinaryIO, frames: list[_Out], interfaces: list[tuple[str, str]], appl: str, comment: str
+) -> None:
     # dpkt wants blocks in the machine's byte order (pcapng §4.1: readers handle either).
     le = sys.byteorder == "little"
     pcapng = dpkt.pcapng
@@ -449,20 +669,31 @@ def _write(fh: BinaryIO, frames: list[_Frame]) -> None:
     idb_class = pcapng.InterfaceDescriptionBlockLE if le else pcapng.InterfaceDescriptionBlock
     epb_class = pcapng.EnhancedPacketBlockLE if le else pcapng.EnhancedPacketBlock
     end = option(code=pcapng.PCAPNG_OPT_ENDOFOPT)
-    shb = shb_class(opts=[option(code=pcapng.PCAPNG_OPT_SHB_USERAPPL, data=b"labsim"), end])
-    idb = idb_class(
-        snaplen=SNAPLEN,
-        linktype=dpkt.pcapng.DLT_EN10MB,
-        opts=[option(code=pcapng.PCAPNG_OPT_IF_NAME, data=b"labsim"), end],
-    )
-    # The writer puts out the section header and the interface description.
-    pcapng.Writer(fh, snaplen=SNAPLEN, linktype=pcapng.DLT_EN10MB, shb=shb, idb=idb)
+    shb_opts = [option(code=pcapng.PCAPNG_OPT_SHB_USERAPPL, data=appl.encode())]
+    if comment:
+        shb_opts.append(option(code=pcapng.PCAPNG_OPT_COMMENT, text=comment))
+    shb = shb_class(opts=[*shb_opts, end])
+    idbs = [
+        idb_class(
+            snaplen=SNAPLEN,
+            linktype=dpkt.pcapng.DLT_EN10MB,
+            opts=[
+                option(code=pcapng.PCAPNG_OPT_IF_NAME, data=name.encode()),
+                option(code=pcapng.PCAPNG_OPT_IF_DESCRIPTION, data=description.encode()),
+                end,
+            ],
+        )
+        for name, description in interfaces
+    ]
+    # The writer puts out the section header and the interface descriptions, in order: an
+    # interface's id is its description's place in the section (pcapng §4.2).
+    pcapng.Writer(fh, snaplen=SNAPLEN, linktype=pcapng.DLT_EN10MB, shb=shb, idb=idbs)
     for frame in frames:
         opts = []
         if frame.comments:
             text = "\n".join(frame.comments)
             opts = [option(code=pcapng.PCAPNG_OPT_COMMENT, text=text), end]
-        epb = epb_class(pkt_data=frame.data, opts=opts)
+        epb = epb_class(pkt_data=frame.data, opts=opts, iface_id=frame.iface)
         # Our own integer microseconds: Writer.writepkt goes through float seconds and stamps a
         # zero timestamp with the current time.
         epb.ts_high, epb.ts_low = frame.us >> 32, frame.us & 0xFFFFFFFF
