@@ -235,7 +235,7 @@ class UserAgent(Generic[S]):
     def fire(self, event: UaEvent) -> None:
         self.machine.fire(event)
 
-    def fire_timer(self, event: UaEvent, waiting: object, stale: str) -> list[Effect] | None:
+    def fire_timer(self, event: UaEvent, stale: str, waiting: object = True) -> list[Effect] | None:
         """A dialog timer fired: take its transition and return None, or, when the table has
         moved on (the answer came, or the call ended, before the timer was stopped), the log
         line that says the timer was stale. ``waiting`` is what the timer guards (None: gone)."""
@@ -341,7 +341,7 @@ class UserAgent(Generic[S]):
 
     def _timer_b(self, now: float) -> list[Effect]:
         """Timer B of our reINVITE (the Skype client handles its INVITE's itself)."""
-        if stale := self.fire_timer(UaEvent.TIMER_B, True, "Timer B fired with no INVITE waiting"):
+        if stale := self.fire_timer(UaEvent.TIMER_B, "Timer B fired with no INVITE waiting"):
             return stale
         why = (
             f"no response to our reINVITE within {self.timers.timer_b:g} s (Timer B, 64·T1, "
@@ -369,7 +369,7 @@ class UserAgent(Generic[S]):
     def _retransmit_2xx(self, now: float) -> list[Effect]:
         accepted = self._accepted
         stale = self.fire_timer(
-            UaEvent.TIMER_2XX, accepted, "2xx retransmission timer fired with no 2xx waiting"
+            UaEvent.TIMER_2XX, "2xx retransmission timer fired with no 2xx waiting", accepted
         )
         if stale is not None:
             return stale
@@ -389,7 +389,7 @@ class UserAgent(Generic[S]):
     def _ack_timeout(self, now: float) -> list[Effect]:
         accepted = self._accepted
         stale = self.fire_timer(
-            UaEvent.ACK_TIMEOUT, accepted, "ACK wait timer fired with no 2xx waiting"
+            UaEvent.ACK_TIMEOUT, "ACK wait timer fired with no 2xx waiting", accepted
         )
         if stale is not None:
             return stale
@@ -674,7 +674,7 @@ class UserAgent(Generic[S]):
                 self.start_timer(UaTimer.TIMER_F, self.timers.timer_f)]  # fmt: skip
 
     def _timer_f(self, now: float) -> list[Effect]:
-        if stale := self.fire_timer(UaEvent.TIMER_F, True, "Timer F fired with no BYE waiting"):
+        if stale := self.fire_timer(UaEvent.TIMER_F, "Timer F fired with no BYE waiting"):
             return stale
         why = (
             f"no answer to our BYE within {self.timers.timer_f:g} s (Timer F, RFC 3261 "

@@ -37,6 +37,7 @@ __all__ = [
     "Count",
     "IPv4",
     "Ordinal",
+    "PositiveCount",
     "PositiveSeconds",
     "Port",
     "Seconds",
@@ -158,6 +159,8 @@ PositiveSeconds = Annotated[float, at.Interval(ge=MIN_SECONDS, le=MAX_SECONDS)]
 """A duration in seconds, 1 ms to a day (:data:`MIN_SECONDS`, :data:`MAX_SECONDS`)."""
 Count = Annotated[int, at.Interval(ge=0, le=MAX_COUNT)]
 """A number of things, 0 to a million (:data:`MAX_COUNT`)."""
+PositiveCount = Annotated[int, at.Interval(ge=1, le=MAX_COUNT)]
+"""A number of things, at least 1 (a limit that must let one through), at most a million."""
 Ordinal = Annotated[int, at.Interval(ge=1, le=MAX_COUNT)]
 """Which one of several, counting from 1 (the n-th request, the n-th connection)."""
 Bytes = Annotated[int, at.Interval(ge=0, le=MAX_BYTES)]

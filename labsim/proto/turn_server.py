@@ -71,7 +71,9 @@ from labsim.proto.settings import (
     SETTINGS_CONFIG,
     Bytes,
     Count,
+    Ordinal,
     Port,
+    PositiveCount,
     PositiveSeconds,
     SettingError,
 )
@@ -254,7 +256,7 @@ class InjectedError:
     """403 Forbidden, 437 Allocation Mismatch, 438 Stale Nonce, 441 Wrong Credentials, 442
     Unsupported Transport Protocol, 446 Connection Already Exists, 447 Connection Timeout or
     Failure, 486 Allocation Quota Reached or 508 Insufficient Capacity."""
-    nth: Annotated[int, at.Ge(1)] | tuple[Annotated[int, at.Ge(1)], ...] | None = None
+    nth: Ordinal | tuple[Ordinal, ...] | None = None
     """Only the n-th authenticated request of that kind (1-based, counted over the whole
     server), or those listed; null: every one."""
 
@@ -326,7 +328,7 @@ class TurnServerSettings:
     """NONCE characters (52 in the lab; RFC 5389 §15.8 allows fewer than 128). Nonces are
     stateless (the server keeps none): lowercase hex of the issue time in milliseconds (12
     digits), a random salt (4) and an HMAC-SHA256 of both and the client's IP address (the
-    rest, at least 16), keyed with a secret the server draws once from its ``seed``; so at
+    rest, at least 16), keyed with a secret of the server's (see secrets_from_seed); so at
     least 32."""
     tcp_relay: bool = True
     """false: a TCP Allocate gets 442 Unsupported Transport Protocol, as on Expressway before
@@ -353,7 +355,7 @@ class TurnServerSettings:
     §5.2: local policy), so a client cannot make the server connect to itself or loop one
     relay into another. true: allowed, as coturn with --allow-loopback-peers allows
     (turnutils_uclient -T connects two clients' relays of one server)."""
-    max_permissions: Annotated[int, at.Interval(ge=1, le=1_000_000)] = 1024
+    max_permissions: PositiveCount = 1024
     """Permissions (peer IPs) one allocation holds at once; a CreatePermission that would add
     one more gets 508 Insufficient Capacity (RFC 5766 §9.2 leaves the limit to the server,
     §15 defines 508). Refreshing a held permission always works. coturn holds 1024 per
@@ -369,7 +371,7 @@ class TurnServerSettings:
     early_data_total: Bytes = 1024 * 1024
     """Peer bytes buffered before their ConnectionBinds, all peer connections of one
     allocation together; the peer whose bytes would pass it is reset."""
-    max_pending_peers: Annotated[int, at.Interval(ge=1, le=1_000_000)] = 32
+    max_pending_peers: PositiveCount = 32
     """Peer connections one allocation holds waiting for their ConnectionBind (RFC 6062 §5.3)
     or for a Connect to complete (§5.2); one more peer connecting to the relay is reset
     without a ConnectionAttempt, one more Connect gets 508 Insufficient Capacity (RFC 5766
@@ -381,7 +383,7 @@ class TurnServerSettings:
     again when the connection's allocation goes; a live allocation's lifetime governs its
     control connection instead. RFC 5389 §7.2.2 lets the server close a connection it deems
     timed out; coturn closes one not allocated within 60 s (--max-allocate-timeout)."""
-    max_idle_connections: Annotated[int, at.Interval(ge=1, le=1_000_000)] = 1000
+    max_idle_connections: PositiveCount = 1000
     """Connections to the TURN port held at once without an allocation (those idle_timeout
     watches); with one more, the one idle the longest is reset (RFC 5389 §7.2.2 does not
     oblige a server to keep connections). Evicting the oldest rather than refusing the newest
@@ -392,7 +394,7 @@ class TurnServerSettings:
     integrity_error_code: Literal[401, 431] = 401
     """Code for a wrong MESSAGE-INTEGRITY: 401 (RFC 5389 §10.2.2) or Expressway's legacy 431
     (PROTOCOL.md §1.6)."""
-    listen_attempts: Annotated[int, at.Ge(1)] = 8
+    listen_attempts: PositiveCount = 8
     """Relay ports tried for one Allocate when the runtime cannot listen, before 508."""
     errors: tuple[InjectedError, ...] = ()
     """Requests answered with a chosen error instead of being done, e.g. [{request: Allocate,

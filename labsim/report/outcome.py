@@ -93,9 +93,9 @@ def answers_to(responses: dict[_Transaction, SipMessages], request: SipFacts) ->
 
 def reinvite_refusal(
     messages: SipMessages,
+    responses: dict[_Transaction, SipMessages],
     caller: str = "skype_client",
     callee: str = "cms",
-    responses: dict[_Transaction, SipMessages] | None = None,
 ) -> tuple[str, SipFacts] | None:
     """Who sent a reINVITE of the call (either direction) and the error answer that came back
     to it; None when no reINVITE was refused. 491 is glare, not a refusal: the UA retries
@@ -103,8 +103,6 @@ def reinvite_refusal(
     first = first_invite(messages, caller)
     if first is None:
         return None
-    if responses is None:
-        responses = responses_by_transaction(messages)
     for record, request in reinvites(messages, first[1].call_id, caller, callee):
         sender = callee if record.dst == caller else caller
         for r, answer in answers_to(responses, request):
@@ -161,7 +159,7 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         errors = [r for r in trace.find(_ALLOCATE_ERROR) if r.dst == callee and r.delivered]
         why = f"; last answer: {errors[-1].summary}" if errors else ""
         return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
-    refused = reinvite_refusal(messages, caller, callee, responses)
+    refused = reinvite_refusal(messages, responses, caller, callee)
     if refused is not None:
         answer = refused[1]
         extra = f" ({answer.diagnostics})" if answer.diagnostics else ""
