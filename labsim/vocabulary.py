@@ -27,6 +27,8 @@ Verdict = Literal[
     "reinvite-lost", "allocation-expired", "refresh-refused", "sip-connection-lost",
     "media-path-lost",
     "hang-up-incomplete", "message-lost", "message-delayed",
+    # a capture read back at one point: the fault lies past it
+    "beyond-capture",
     # nothing found explains it
     "unknown",
 ]  # fmt: skip

@@ -296,7 +296,25 @@ def _lost_words(noun: str, late: str = "") -> Words:
 
 
 #: Every verdict, in call order; the first whose predicate matches the first failure wins.
+def _beyond_summary(a: Anomaly, ev: Evidence) -> str:
+    return f"The call stopped past this capture point, in step {a.step}: {a.line}."
+
+
+def _beyond_cause(a: Anomaly, ev: Evidence) -> str:
+    path = " → ".join((ev.point or "?", *a.beyond))
+    return (
+        f"a hop of {path} lost it or its answer, or the far end never sent one: a capture at "
+        f"{ev.point} shows what left it and that nothing came back, not where it stopped; a "
+        f"capture at {a.beyond[0]} tells the next hop apart"
+    )
+
+
 RULES: tuple[Rule, ...] = (
+    # -- what a capture point cannot see (a capture read back, never a run)
+    Rule("beyond-capture", _is("beyond"), _beyond_summary, _beyond_cause,
+         ("capture at the next actor on the path named (labsim run --capture-at shows what "
+          "each point sees), then the one after, until the message is missing",
+          "the logs of the far end for the message that never came back")),
     # -- the INVITE and its answer
     Rule("presenter-not-allowed", _is("error") & _DIAG_21002,
          "The Skype meeting refuses to let CMS share: attendees cannot share in this "
@@ -535,14 +553,21 @@ def rule_for(a: Anomaly, ev: Evidence) -> Rule | None:
 def diagnose(
     trace: Trace, *, caller: str = "skype_client", callee: str = "cms",
     turn: str = "expressway_e", end: float | None = None, deadline: bool = False,
-    result: Outcome | None = None,
+    result: Outcome | None = None, sip_caller: str | None = None,
+    sip_callee: str | None = None, point: str | None = None,
 ) -> Diagnosis:  # fmt: skip
     """The verdict on one run, from its trace alone (``end``: when the run stopped;
     ``deadline``: whether the scenario's deadline stopped it; ``result``: the run's outcome,
-    when the caller has it already)."""
-    ev = gather(trace, caller=caller, callee=callee, turn=turn, end=end, deadline=deadline)
+    when the caller has it already), or on a capture read back (``sip_caller``, ``sip_callee``
+    and ``point``: see :class:`~labsim.report.evidence.Evidence`)."""
+    ev = gather(
+        trace, caller=caller, callee=callee, turn=turn, end=end, deadline=deadline,
+        sip_caller=sip_caller, sip_callee=sip_callee, point=point,
+    )  # fmt: skip
     if result is None:
-        result = outcome(trace, caller=caller, callee=callee)
+        result = outcome(
+            trace, caller=caller, callee=callee, sip_caller=sip_caller, sip_callee=sip_callee
+        )
     ending = ev.ending
     assert ending is not None
     ended = ending.line
@@ -683,7 +708,7 @@ def _setup(ev: Evidence) -> float:
         return 0.0
     acks = [
         r for r, f in ev.sip
-        if f.method == "ACK" and r.dst in (ev.caller, ev.callee) and r.delivered
+        if f.method == "ACK" and r.dst in (ev.sip_caller, ev.sip_callee) and r.delivered
     ]  # fmt: skip
     return (acks[-1].t - ev.invite_record.t) if acks else 0.0
 

@@ -33,7 +33,7 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from labsim.report.outcome import first_invite
 from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
@@ -48,7 +48,28 @@ Step = Literal[
 ]  # fmt: skip
 STEPS: tuple[Step, ...] = get_args(Step)
 
-AnomalyWhat = Literal["lost", "held", "error", "connect-failed", "closed", "missing"]
+AnomalyWhat = Literal["lost", "held", "error", "connect-failed", "closed", "missing", "beyond"]
+
+#: The SIP path of the call, caller first (DESIGN.md's picture), and the media path the checks
+#: take (the Skype client's through the Edge's media relay to Expressway-E's relay, CMS's
+#: through its TURN data connection). A capture point sees the hops that touch it; what lies
+#: past its neighbours is beyond it.
+SIP_PATH = ("skype_client", "skype_edge", "expressway_e", "expressway_c", "cms")
+MEDIA_PATH = ("skype_client", "skype_edge", "expressway_e", "cms")
+
+
+def stand_ins(point: str | None) -> tuple[str, str, str]:
+    """(media caller, SIP caller, SIP callee) as a capture at ``point`` sees them: the nearest
+    actor toward each end of the call (the end itself when the point is next to it, or is it).
+    Every leg (``point`` None), or a point off the call's paths: the ends themselves."""
+    caller, sip_caller, sip_callee = MEDIA_PATH[0], SIP_PATH[0], SIP_PATH[-1]
+    if point in MEDIA_PATH[1:]:
+        caller = MEDIA_PATH[MEDIA_PATH.index(point) - 1]
+    if point in SIP_PATH:
+        i = SIP_PATH.index(point)
+        sip_caller = SIP_PATH[max(i - 1, 0)]
+        sip_callee = SIP_PATH[min(i + 1, len(SIP_PATH) - 1)]
+    return caller, sip_caller, sip_callee
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,10 @@ class Anomaly:
     recovered: str = ""
     """Empty: it had consequences. Otherwise why it did not: what recovered it."""
     glare: bool = False
+    beyond: tuple[str, ...] = ()
+    """``beyond``: the path past the capture point where it happened, from the point's
+    neighbour to the end of the call (``expressway_c``, ``expressway_e``, ``skype_edge``,
+    ``skype_client``)."""
     """A 491 to a reINVITE that crossed one of the answerer's own (RFC 3261 §14.1)."""
     records: tuple[MessageRecord, ...] = field(default=(), repr=False, compare=False)
     facts: SipFacts | StunFacts | None = field(default=None, repr=False, compare=False)
@@ -132,11 +157,20 @@ class Evidence:
 
     trace: Trace
     caller: str
+    """The caller's end of the media path (its connectivity checks)."""
     callee: str
+    """The callee's end of the media path: the TURN client."""
     turn: str
     end: float
     """When the run stopped."""
     stopped_by_deadline: bool
+    sip_caller: str = ""
+    """The caller's end of the SIP dialog (``caller`` unless a capture point sees only the
+    proxy next to it: then that proxy, the nearest actor it sees toward the caller)."""
+    sip_callee: str = ""
+    point: str | None = None
+    """The actor whose interfaces the trace was captured at (a capture read back); None: every
+    hop of the call is in the trace (a run)."""
     sip: list[tuple[MessageRecord, SipFacts]] = field(default_factory=list)
     stun: list[tuple[MessageRecord, StunFacts]] = field(default_factory=list)
     invite: SipFacts | None = None
@@ -208,11 +242,16 @@ class Evidence:
 def gather(
     trace: Trace, *, caller: str = "skype_client", callee: str = "cms",
     turn: str = "expressway_e", end: float | None = None, deadline: bool = False,
+    sip_caller: str | None = None, sip_callee: str | None = None, point: str | None = None,
 ) -> Evidence:  # fmt: skip
     """Read ``trace`` for the diagnosis: ``end`` is when the run stopped (default: its last
-    event), ``deadline`` whether the scenario's deadline stopped it."""
+    event), ``deadline`` whether the scenario's deadline stopped it; ``sip_caller``,
+    ``sip_callee`` and ``point`` as :class:`Evidence` says."""
     last = max([0.0, *(m.fate_t or m.t for m in trace.messages)])
-    ev = Evidence(trace, caller, callee, turn, end if end is not None else last, deadline)
+    ev = Evidence(
+        trace, caller, callee, turn, end if end is not None else last, deadline,
+        sip_caller or caller, sip_callee or callee, point,
+    )  # fmt: skip
     for record in trace.messages:
         facts = record.facts
         if isinstance(facts, SipFacts):
@@ -226,14 +265,14 @@ def gather(
                 ev.relay = facts.relayed
             if ev.turn_server is None and record.src == callee and record.dst == turn:
                 ev.turn_server = record.dst_addr
-    first = first_invite(ev.sip, caller)
+    first = first_invite(ev.sip, ev.sip_caller)
     if first is not None:
         ev.invite_record, ev.invite = first
     ev.ending = _ending(ev)
     ev.expiry = _expiry(ev)
     found = [
         *_losses(ev), *_held(ev), *_stun_errors(ev), *_sip_errors(ev), *_connects(ev),
-        *_closed(ev), *_missing(ev),
+        *_closed(ev), *_missing(ev), *_beyond(ev),
     ]  # fmt: skip
     ev.anomalies = sorted(found, key=lambda a: (STEPS.index(a.step), a.t))
     return ev
@@ -295,12 +334,16 @@ def _why_harmless(ev: Evidence, record: MessageRecord) -> str:
 
 def _losses(ev: Evidence) -> list[Anomaly]:
     groups: dict[tuple[str, str, str, str, str, int | None], list[Journey]] = {}
+    stopped = _unforwarded(ev)
+    key: tuple[str, str, str, str, str, int | None]
     for journey in ev.trace.journeys:
         last = journey.last
+        key = (journey.sender, ev.name(journey.first), last.src, last.dst, last.fate, last.rule)
         if last.fate == "delivered":
-            continue
-        first = journey.first
-        key = (journey.sender, ev.name(first), last.src, last.dst, last.fate, last.rule)
+            onward = stopped.get(journey.id)
+            if onward is None:
+                continue
+            key = (journey.sender, key[1], last.dst, onward, NOT_FORWARDED, None)
         groups.setdefault(key, []).append(journey)
     out = []
     for (sender, kind, src, dst, fate, rule), journeys in groups.items():
@@ -315,7 +358,15 @@ def _losses(ev: Evidence) -> list[Anomaly]:
         verb = ("all " if n > 1 else "") + via + ("were " if n > 1 else "was ")
         if n > 1 and not via:
             verb = "all were "
-        line = f"{lead}; {'it ' if n == 1 else ''}{verb}{_fate_words(journeys[0].last)}"
+        crossed_all = journeys[0].hops if fate == NOT_FORWARDED else journeys[0].hops[:-1]
+        if fate == NOT_FORWARDED:
+            crossed = [f"{h.src} → {h.dst}" for h in crossed_all]
+            via = f"crossed {', '.join(crossed)} and " if crossed else ""
+            verb = ("all " if n > 1 else "") + via + ("were " if n > 1 else "was ")
+            words = f"never sent on by {src} toward {dst}"
+        else:
+            words = _fate_words(journeys[0].last)
+        line = f"{lead}; {'it ' if n == 1 else ''}{verb}{words}"
         recovered = _why_harmless(ev, first)
         if not recovered:
             recovered = _resent_through(ev, journeys, (src, dst))
@@ -325,6 +376,61 @@ def _losses(ev: Evidence) -> list[Anomaly]:
             recovered=recovered, records=tuple(j.first for j in journeys),
             facts=_facts(first),
         ))  # fmt: skip
+    return out
+
+
+#: The ``how`` of a message a forwarding actor got and never sent on (see :func:`_unforwarded`).
+NOT_FORWARDED = "not-forwarded"
+
+
+def _unforwarded(ev: Evidence) -> dict[int, str]:
+    """Journeys that ended delivered to an actor that forwards such messages and never sent
+    this one on, each with the actor it should have gone to next: what a capture shows where a
+    message vanished between an actor's two interfaces (or was dropped past the first, which a
+    capture of the next hop cannot tell apart). The SIP proxies (RFC 3261 §16: a request goes
+    on unless the proxy answers it; a response goes back, but ``100 Trying`` is hop by hop,
+    §16.7; the ACK of an error answer too, §17.1.1.3) and the media relays (the Edge's, and
+    Expressway-E's RFC 6062 pipe) on the call's paths. Said only where the trace shows both
+    sides of that actor: every leg, or a capture at that actor."""
+    finals: dict[tuple[object, ...], list[tuple[MessageRecord, SipFacts]]] = {}
+    for r, f in ev.sip:
+        if f.status is not None and f.status >= 200:
+            finals.setdefault((f.call_id, f.from_tag, f.cseq), []).append((r, f))
+    last_sent: dict[str, float] = {}
+    for m in ev.trace.messages:
+        last_sent[m.src] = max(last_sent.get(m.src, 0.0), m.t)
+    out: dict[int, str] = {}
+    for journey in ev.trace.journeys:
+        last = journey.last
+        at = last.dst
+        if last.fate != "delivered" or (ev.point is not None and ev.point != at):
+            continue
+        facts = last.facts
+        path: tuple[str, ...]
+        if isinstance(facts, SipFacts) and last.framing == "sip":
+            path = SIP_PATH
+            if facts.status == 100 or facts.method == "CANCEL":
+                continue
+            answers = finals.get((facts.call_id, facts.from_tag, facts.cseq), [])
+            if facts.method is not None and any(
+                r.src == at and f.cseq_method == facts.method for r, f in answers
+            ):
+                continue  # the proxy answered it itself
+            if facts.method == "ACK" and any((f.status or 0) >= 300 for _, f in answers):
+                continue  # the ACK of an error answer ends at the next hop
+        elif isinstance(facts, StunFacts) and last.framed and facts.method == "Binding":
+            path = MEDIA_PATH
+        else:
+            continue
+        if at not in path[1:-1] or last.src not in path:
+            continue
+        i = path.index(at)
+        onward = path[i + 1] if path.index(last.src) < i else path[i - 1]
+        when = last.fate_t or last.t
+        # It may be on its way still: the actor did nothing after it, and the trace ends soon.
+        if last_sent.get(at, 0.0) <= when and ev.end - when < 1.0:
+            continue
+        out[journey.id] = onward
     return out
 
 
@@ -461,7 +567,7 @@ def _sip_errors(ev: Evidence) -> list[Anomaly]:
     retries = _FirstAfter([
         r for r, f in ev.sip
         if f.status is not None and 200 <= f.status < 300 and f.cseq_method == "INVITE"
-        and r.delivered and r.dst in (ev.caller, ev.callee) and ev._in_reinvite(f)
+        and r.delivered and r.dst in (ev.sip_caller, ev.sip_callee) and ev._in_reinvite(f)
     ])  # fmt: skip
     first_reinvite: dict[str, float] = {}
     for r, f in ev.sip:
@@ -663,7 +769,11 @@ def _missing(ev: Evidence) -> list[Anomaly]:
     invite = ev.invite_record
     journey = invite.journey if invite is not None else None
     got_invite = next(
-        (h for h in (journey.hops if journey is not None else []) if h.dst == cms and h.delivered),
+        (
+            h
+            for h in (journey.hops if journey is not None else [])
+            if h.dst == ev.sip_callee and h.delivered
+        ),
         None,
     )
     stun_from_cms = [r for r, f in ev.stun if r.src == cms and r.hop == 0 and f.method != "Binding"]
@@ -672,11 +782,14 @@ def _missing(ev: Evidence) -> list[Anomaly]:
     )
     # Only a callee that accepted the INVITE owes a relay: one that refused it allocates none.
     accepted = ev.invite is not None and any(
-        r.src == cms and r.hop == 0 and f.status is not None and 200 <= f.status < 300
+        r.src == ev.sip_callee and r.hop == 0 and f.status is not None and 200 <= f.status < 300
         and f.answers(ev.invite)
         for r, f in ev.sip
     )  # fmt: skip
-    if got_invite is not None and accepted and not stun_from_cms and not tried_turn:
+    # Said only where the callee's own SIP is in the trace: a point that sees a proxy answer
+    # for it cannot tell the callee never allocated from its allocation going elsewhere.
+    sees_callee = ev.sip_callee == cms
+    if sees_callee and got_invite is not None and accepted and not stun_from_cms and not tried_turn:
         out.append(
             _never(
                 "TURN allocation",
@@ -712,7 +825,7 @@ def _missing(ev: Evidence) -> list[Anomaly]:
         for end in (ev.callee, ev.caller):
             checks = [r for r, f in ev.stun if f.method == "Binding" and f.is_request
                       and r.src == end and r.hop == 0]  # fmt: skip
-            if not checks:
+            if not checks and not _stands_in(ev, end):
                 out.append(
                     _never(
                         "ICE checks",
@@ -759,7 +872,7 @@ def _ending(ev: Evidence) -> Ending:
     invite = ev.invite
     byes = [
         (r, f) for r, f in ev.sip
-        if f.method == "BYE" and r.hop == 0 and r.src in (ev.caller, ev.callee)
+        if f.method == "BYE" and r.hop == 0 and r.src in (ev.sip_caller, ev.sip_callee)
         and (invite is None or f.call_id == invite.call_id)
     ]  # fmt: skip
     if byes:
@@ -796,3 +909,145 @@ def _ending(ev: Evidence) -> Ending:
 
 def lines(anomalies: Iterable[Anomaly]) -> list[str]:
     return [a.line + (f" — {a.recovered}" if a.recovered else "") for a in anomalies]
+
+
+# -- what lies beyond a capture point -------------------------------------------------------------
+
+
+def _stands_in(ev: Evidence, actor: str) -> bool:
+    """Whether ``actor`` is a capture point's neighbour standing for an end it cannot see."""
+    return (
+        ev.point is not None
+        and actor in (ev.caller, ev.sip_caller, ev.sip_callee)
+        and (actor not in (MEDIA_PATH[0], SIP_PATH[-1]))
+    )
+
+
+def _past(ev: Evidence, toward: str, path: tuple[str, ...]) -> tuple[str, ...]:
+    """The actors past the capture point toward ``toward`` (a neighbour), to the end of
+    ``path``."""
+    assert ev.point is not None
+    if ev.point not in path or toward not in path:
+        return (toward,)
+    i, j = path.index(ev.point), path.index(toward)
+    return path[j::-1] if j < i else path[j:]
+
+
+def _beyond_words(ev: Evidence, past: tuple[str, ...]) -> str:
+    hops = " → ".join((ev.point or "?", *past))
+    return f"past {ev.point}'s interface ({hops}), which a capture at {ev.point} does not show"
+
+
+def _beyond(ev: Evidence) -> list[Anomaly]:
+    """What a capture at one point shows stopped past it: a message that left the point
+    toward an end it cannot see and whose answer never came back (a SIP request and its final
+    response, a 2xx and its ACK, a check and its response); the call that never reached the
+    point; the relay no peer reached; the checks that never came through. Each names the path
+    past the point where the fault lies: the point cannot tell which hop of it."""
+    point = ev.point
+    if point is None:
+        return []
+    out: list[Anomaly] = []
+
+    def add(step: Step, t: float, line: str, kind: str, toward: str, path: tuple[str, ...],
+            record: MessageRecord | None = None) -> None:  # fmt: skip
+        past = _past(ev, toward, path)
+        out.append(Anomaly(
+            "beyond", step, t, f"{line}: lost {_beyond_words(ev, past)}", kind=kind,
+            method=kind.split()[0], sender=point, hop=(point, toward), beyond=past,
+            records=(record,) if record is not None else (),
+        ))  # fmt: skip
+
+    sip_ends = {ev.sip_caller, ev.sip_callee} - {point}
+    if ev.invite is None and point != SIP_PATH[0]:
+        add("SIP INVITE", 0.0, f"no sharing INVITE crossed {point}", "INVITE", ev.sip_caller,
+            SIP_PATH)  # fmt: skip
+    answers: dict[tuple[object, ...], list[MessageRecord]] = {}
+    for r, f in ev.sip:
+        if r.dst == point and f.status is not None and f.status >= 200:
+            answers.setdefault((f.call_id, f.from_tag, f.cseq, f.cseq_method), []).append(r)
+    acks = {(f.call_id, f.from_tag, f.cseq) for r, f in ev.sip
+            if r.dst == point and f.method == "ACK"}  # fmt: skip
+    for r, f in ev.sip:
+        if r.src != point or r.dst not in sip_ends or not _stands_in(ev, r.dst) or not r.delivered:
+            continue
+        when = r.fate_t or r.t
+        if f.method is not None and f.method not in ("ACK", "CANCEL"):
+            if (f.call_id, f.from_tag, f.cseq, f.method) not in answers:
+                add(ev.step_of(r), when,
+                    f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
+                    "acknowledged it; no final answer came back", ev.name(r), r.dst, SIP_PATH,
+                    r)  # fmt: skip
+        elif f.cseq_method == "INVITE" and f.status is not None and 200 <= f.status < 300:
+            if (f.call_id, f.from_tag, f.cseq) not in acks:
+                add(ev.step_of(r), when,
+                    f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
+                    "acknowledged it; no ACK came back", "ACK", r.dst, SIP_PATH, r)  # fmt: skip
+    # Checks sent toward the caller's side that got no answer back (RFC 5389 §7.3: a response
+    # carries its request's transaction ID).
+    answered = {f.transaction_id for r, f in ev.stun
+                if r.dst == point and f.method == "Binding" and not f.is_request}  # fmt: skip
+    unanswered = [
+        r for r, f in ev.stun
+        if r.src == point and r.dst == ev.caller and _stands_in(ev, ev.caller) and r.delivered
+        and f.method == "Binding" and f.is_request and f.transaction_id not in answered
+    ]  # fmt: skip
+    if unanswered:
+        first = unanswered[0]
+        add("ICE checks", first.fate_t or first.t,
+            f"{len(unanswered)} of the connectivity checks (Binding Request) that left {point} "
+            f"for {ev.caller} from t={first.t:.3f} s got no answer back", "Binding Request",
+            ev.caller, MEDIA_PATH, first)  # fmt: skip
+    _beyond_relay(ev, add)
+    return out
+
+
+def _beyond_relay(ev: Evidence, add: _Add) -> None:
+    """The relay that no peer reached, and the checks that never came through it, as a capture
+    at CMS or Expressway-E sees them."""
+    point = ev.point
+    assert point is not None
+    if not _stands_in(ev, ev.caller):
+        return
+    answered_2xx = [
+        r for r, f in ev.sip
+        if r.src == point and ev.invite is not None and f.answers(ev.invite)
+        and f.status is not None and 200 <= f.status < 300 and r.delivered
+    ]  # fmt: skip
+    if ev.relay is None or not answered_2xx:
+        return
+    peer_came = any(
+        c.server_addr.port == ev.relay.port and c.server == ev.turn
+        for c in ev.trace.connections.values()
+    ) or any(r.server_addr.port == ev.relay.port for r in ev.trace.refused)
+    attempts = [r for r, f in ev.stun if f.method == "ConnectionAttempt" and r.dst == ev.callee]
+    if not peer_came and not attempts:
+        sent = answered_2xx[0]
+        add(
+            "relay connection",
+            sent.fate_t or sent.t,
+            f"the relay {ev.relay} went out in the 200 OK at t={sent.t:.3f} s and no peer "
+            f"connection to it reached {ev.turn} (no TCP connect to the relay port, no "
+            "ConnectionAttempt, RFC 6062 §5.2)",
+            "TCP connect",
+            ev.caller,
+            MEDIA_PATH,
+            sent,
+        )
+        return
+    bound = [r for r, f in ev.stun if f.method == "ConnectionBind" and f.is_success
+             and r.dst == ev.callee and r.delivered]  # fmt: skip
+    came = any(f.method == "Binding" and f.is_request and r.src == ev.caller for r, f in ev.stun)
+    if bound and not came:
+        t0 = bound[0].fate_t or bound[0].t
+        add("ICE checks", t0,
+            f"the relay connection was bound at t={t0:.3f} s and no connectivity check "
+            f"(Binding Request) from the Skype side came through {ev.caller}", "Binding Request",
+            ev.caller, MEDIA_PATH)  # fmt: skip
+
+
+class _Add(Protocol):
+    def __call__(
+        self, step: Step, t: float, line: str, kind: str, toward: str, path: tuple[str, ...],
+        record: MessageRecord | None = None,
+    ) -> None: ...  # fmt: skip

@@ -117,27 +117,36 @@ def status_text(facts: SipFacts) -> str:
     return f"{facts.status} {facts.reason}".rstrip()
 
 
-def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") -> Outcome:
+def outcome(
+    trace: Trace, *, caller: str = "skype_client", callee: str = "cms",
+    sip_caller: str | None = None, sip_callee: str | None = None,
+) -> Outcome:  # fmt: skip
+    """What became of the call. ``caller`` and ``callee`` are the ends of the media path (the
+    callee is the TURN client); ``sip_caller`` and ``sip_callee`` the ends of the SIP dialog,
+    the same actors unless a capture point sees only the proxies next to it (then they are
+    the nearest actors it sees toward each end)."""
+    sip_caller = sip_caller or caller
+    sip_callee = sip_callee or callee
     messages = sip_messages(trace)
-    first = first_invite(messages, caller)
+    first = first_invite(messages, sip_caller)
     if first is None:
-        return Outcome("no-answer", f"{caller} sent no INVITE")
+        return Outcome("no-answer", f"{sip_caller} sent no INVITE")
     invite = first[1]
     final = next(
         (f for r, f in messages
-         if r.dst == caller and r.delivered and f.status is not None and f.status >= 200
+         if r.dst == sip_caller and r.delivered and f.status is not None and f.status >= 200
          and f.answers(invite)),
         None,
     )  # fmt: skip
     if final is None:
-        return Outcome("no-answer", f"the INVITE got no final answer back to {caller}")
+        return Outcome("no-answer", f"the INVITE got no final answer back to {sip_caller}")
     assert final.status is not None
     if final.status >= 300:
         extra = f" ({final.diagnostics})" if final.diagnostics else ""
         return Outcome("call-rejected", f"the INVITE was answered {status_text(final)}{extra}")
 
     # The reINVITE: an INVITE inside the call's dialog, either direction.
-    sharing = reinvites(messages, invite.call_id, caller, callee)
+    sharing = reinvites(messages, invite.call_id, sip_caller, sip_callee)
     responses = responses_by_transaction(messages)
     # ACK hops delivered, by Call-ID, From tag and CSeq number (an ACK's CSeq method is ACK).
     acks: dict[tuple[str | None, str | None, int | None], set[str]] = {}
@@ -149,7 +158,7 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         answered = any(f.status == 200 for _, f in answers_to(responses, reinvite))
         acked = answerer in acks.get((reinvite.call_id, reinvite.from_tag, reinvite.cseq), ())
         if answered and acked:
-            sender = callee if answerer == caller else caller
+            sender = sip_callee if answerer == sip_caller else sip_caller
             return Outcome(
                 "sharing-established",
                 f"{sender}'s reINVITE was answered 200 OK and acknowledged at {answerer}",
@@ -159,7 +168,7 @@ def outcome(trace: Trace, *, caller: str = "skype_client", callee: str = "cms") 
         errors = [r for r in trace.find(_ALLOCATE_ERROR) if r.dst == callee and r.delivered]
         why = f"; last answer: {errors[-1].summary}" if errors else ""
         return Outcome("turn-failed", f"{callee} got no TURN relay allocation{why}")
-    refused = reinvite_refusal(messages, responses, caller, callee)
+    refused = reinvite_refusal(messages, responses, sip_caller, sip_callee)
     if refused is not None:
         answer = refused[1]
         extra = f" ({answer.diagnostics})" if answer.diagnostics else ""
