@@ -656,12 +656,6 @@ def name_hosts(conns: list[Connection], given: Mapping[str, str] | None = None) 
                           f"answers Allocate requests on port {stream.receiver.port} (the TURN "
                           "server)")  # fmt: skip
                     claim(stream.sender.host, "cms", "sends Allocate requests (the TURN client)")
-    turn_hosts = {a.host for a in turn_ports}
-    for conn in conns:
-        if conn.server.host in turn_hosts and conn.server.port in relays:
-            claim(conn.client.host, "skype_edge",
-                  f"connects to the TURN server's relay port {conn.server.port} (the relay's "
-                  "peer)")  # fmt: skip
     for conn in conns:
         for stream in (conn.up, conn.down):
             for cut in cut_messages(stream)[:4]:
@@ -679,6 +673,12 @@ def name_hosts(conns: list[Connection], given: Mapping[str, str] | None = None) 
                     claim(stream.sender.host, LAB_CHAIN[vias - 1], why)
                     why = f"receives an INVITE with {vias} Via header{'s' * (vias > 1)}"
                     claim(stream.receiver.host, LAB_CHAIN[vias], why)
+    turn_hosts = {a.host for a in turn_ports}
+    for conn in conns:
+        if conn.server.host in turn_hosts and conn.server.port in relays:
+            claim(conn.client.host, "skype_edge",
+                  f"connects to the TURN server's relay port {conn.server.port} (the relay's "
+                  "peer)")  # fmt: skip
     return naming
 
 
@@ -705,8 +705,13 @@ class Capture:
     """What the reader had to skip or guess, in words."""
 
 
-def read_capture(path: Path, actors: Mapping[str, str] | None = None) -> Capture:
-    """The capture at ``path`` as a trace (see the module's docstring)."""
+def read_capture(
+    path: Path, actors: Mapping[str, str] | None = None, at: str | None = None
+) -> Capture:
+    """The capture at ``path`` as a trace (see the module's docstring). ``actors`` names hosts
+    ({address: actor}); ``at`` says at which actor's interfaces it was captured (else: the
+    one pcapng interface named after an actor, as labsim names its capture points, or the one
+    host on every connection)."""
     packets = read_packets(path)
     if not packets.segments:
         raise CaptureError(
@@ -726,10 +731,8 @@ def read_capture(path: Path, actors: Mapping[str, str] | None = None) -> Capture
         order += 1
         events.append((t - start, kind, order, payload))
 
-    hosts = {c.client.host for c in conns} | {c.server.host for c in conns}
-    on_every = [h for h in hosts if all(h in (c.client.host, c.server.host) for c in conns)]
-    point = naming.name(on_every[0]) if len(on_every) == 1 and len(conns) > 1 else None
-    point_host = on_every[0] if point is not None else None
+    point, point_host, why = _point_of(conns, naming, packets, at)
+    notes.extend(why)
     for conn in conns:
         client, server = naming.name(conn.client.host), naming.name(conn.server.host)
         if not conn.answered:
@@ -818,6 +821,35 @@ def read_capture(path: Path, actors: Mapping[str, str] | None = None) -> Capture
     return Capture(path, trace, packets, conns, naming, point, start, end, notes)
 
 
+def _point_of(
+    conns: list[Connection], naming: Naming, packets: Packets, at: str | None
+) -> tuple[str | None, str | None, list[str]]:
+    """(the capture point's actor, its host, notes): ``at`` when given; else a pcapng whose
+    one interface is named after an actor (labsim's capture points); else the one host on
+    every connection, when there are two connections or more (with one, either end may have
+    captured it)."""
+    hosts = {c.client.host for c in conns} | {c.server.host for c in conns}
+    on_every = sorted(h for h in hosts if all(h in (c.client.host, c.server.host) for c in conns))
+    by_actor = {naming.name(h): h for h in on_every}
+    named = [n for n in packets.interfaces if n in LAB_CHAIN]
+    if at is None and len(named) == 1 and len(packets.interfaces) == 1:
+        at = named[0]
+    if at is not None:
+        host = by_actor.get(at)
+        if host is None:
+            return (
+                None,
+                None,
+                [f"{at} is not an end of every connection in the capture: read as every leg"],
+            )
+        return at, host, []
+    if len(on_every) == 1 and len(conns) > 1:
+        return naming.name(on_every[0]), on_every[0], []
+    if len(conns) == 1:
+        return None, None, ["one connection: either end may have captured it (say --at ACTOR)"]
+    return None, None, []
+
+
 def _wire_total(trace: Trace, conn: int, from_client: bool) -> int:
     direction = trace._directions.get((conn, from_client))
     return direction.wire if direction is not None else 0
@@ -850,7 +882,7 @@ def describe_view(capture: Capture) -> list[str]:
         + (f", {p.other} other frames left out" if p.other else "")
     ]
     if capture.point is not None:
-        lines.append(f"captured at {capture.point}: the one host on every connection")
+        lines.append(f"captured at {capture.point} (on every connection)")
     else:
         lines.append("captured on several hosts' legs (no one host is on every connection)")
     for host, actor in sorted(capture.naming.actors.items(), key=lambda kv: kv[1]):
@@ -883,7 +915,8 @@ class CaptureDiagnosis:
         if self.capture.notes:
             lines += ["  Read with care:", *(f"    - {n}" for n in self.capture.notes)]
         if self.blind:
-            lines += [f"What {self.capture.point} cannot see:", *(f"  - {b}" for b in self.blind)]
+            where = self.capture.point or "this capture"
+            lines += [f"What {where} cannot see:", *(f"  - {b}" for b in self.blind)]
         lines.append(f"Outcome as seen here: {self.outcome.name} - {self.outcome.reason}")
         lines.append(self.diagnosis.text())
         return "\n".join(lines)
@@ -903,7 +936,19 @@ def diagnose_capture(capture: Capture) -> CaptureDiagnosis:
     of the call it cannot see are played by its nearest neighbours toward them
     (:func:`~labsim.report.evidence.stand_ins`), and what stopped past them is said as such
     (the ``beyond-capture`` verdict) rather than guessed."""
-    caller, sip_caller, sip_callee = stand_ins(capture.point)
+    trace = capture.trace
+    relays = {
+        f.relayed.port for r in trace.messages
+        if isinstance(f := r.facts, StunFacts) and f.relayed is not None and f.is_success
+    }  # fmt: skip
+    # Who connected to a relayed port: the relay's peer, the caller's end of the media path
+    # as Expressway-E sees it.
+    peer = next(
+        (c.client for c in trace.connections.values()
+         if c.server == "expressway_e" and c.server_addr.port in relays),
+        None,
+    )  # fmt: skip
+    caller, sip_caller, sip_callee = stand_ins(capture.point, peer)
     result = outcome(
         capture.trace, caller=caller, callee="cms", sip_caller=sip_caller, sip_callee=sip_callee
     )

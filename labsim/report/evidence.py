@@ -32,7 +32,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, get_args
 
 from labsim.report.outcome import first_invite
@@ -58,13 +58,17 @@ SIP_PATH = ("skype_client", "skype_edge", "expressway_e", "expressway_c", "cms")
 MEDIA_PATH = ("skype_client", "skype_edge", "expressway_e", "cms")
 
 
-def stand_ins(point: str | None) -> tuple[str, str, str]:
+def stand_ins(point: str | None, peer: str | None = None) -> tuple[str, str, str]:
     """(media caller, SIP caller, SIP callee) as a capture at ``point`` sees them: the nearest
     actor toward each end of the call (the end itself when the point is next to it, or is it).
-    Every leg (``point`` None), or a point off the call's paths: the ends themselves."""
+    Every leg (``point`` None), or a point off the call's paths: the ends themselves. ``peer``:
+    the actor seen connecting to the relay, when it is not the Edge (a Skype client that
+    reaches the relay directly)."""
     caller, sip_caller, sip_callee = MEDIA_PATH[0], SIP_PATH[0], SIP_PATH[-1]
     if point in MEDIA_PATH[1:]:
         caller = MEDIA_PATH[MEDIA_PATH.index(point) - 1]
+        if point == "expressway_e" and peer is not None:
+            caller = peer
     if point in SIP_PATH:
         i = SIP_PATH.index(point)
         sip_caller = SIP_PATH[max(i - 1, 0)]
@@ -700,8 +704,14 @@ def _closed(ev: Evidence) -> list[Anomaly]:
     for c in ev.trace.connections.values():
         if c.closed is None or c.closed >= stop:
             continue
-        if not c.reset and c.closed_by in (ev.caller, ev.callee):
-            continue  # an end closing its own connection (its session is over)
+        if (
+            not c.reset and c.closed_by in (ev.caller, ev.callee)
+            and not (ev.expiry is not None and _stands_in(ev, c.closed_by))
+        ):  # fmt: skip
+            # An end closing its own connection (its session is over); at a capture point,
+            # the actor standing for it (the TURN server closes CMS's data connection when
+            # the peer closes its own, RFC 6062 §5.5) — unless the allocation ran out.
+            continue
         ends = (c.client, c.server)
         carried_sip = any(r.connection == c.id for r, _ in ev.sip)
         kind = "TCP connection"
@@ -764,6 +774,35 @@ def _never(step: Step, t: float, line: str, kind: str, sender: str = "") -> Anom
 
 
 def _missing(ev: Evidence) -> list[Anomaly]:
+    """Steps never taken (see :func:`_never_taken`); at a capture point, one that another
+    actor never took is only what reached the point: it lies past the point."""
+    found = _never_taken(ev)
+    point = ev.point
+    if point is None:
+        return found
+    out = []
+    for a in found:
+        if a.sender == point:
+            out.append(a)
+            continue
+        toward = a.sender or ev.sip_callee
+        path = SIP_PATH if a.step in ("SIP INVITE", "SIP answer", "reINVITE") else MEDIA_PATH
+        past = _past(ev, _neighbour(ev, toward, path), path)
+        line = f"as {point} sees it, {a.line}: lost {_beyond_words(ev, past)}, or never sent"
+        out.append(replace(a, what="beyond", line=line, hop=(point, past[0]), beyond=past))
+    return out
+
+
+def _neighbour(ev: Evidence, actor: str, path: tuple[str, ...]) -> str:
+    """The point's neighbour on ``path`` toward ``actor``."""
+    point = ev.point
+    if point not in path or actor not in path or actor == point:
+        return actor
+    i = path.index(point)
+    return path[i + 1] if path.index(actor) > i else path[i - 1]
+
+
+def _never_taken(ev: Evidence) -> list[Anomaly]:
     out: list[Anomaly] = []
     cms, turn = ev.callee, ev.turn
     invite = ev.invite_record
@@ -983,6 +1022,24 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
                 add(ev.step_of(r), when,
                     f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
                     "acknowledged it; no ACK came back", "ACK", r.dst, SIP_PATH, r)  # fmt: skip
+    # An ACK sent on toward the answerer, after which its 2xx kept coming back: the answerer
+    # retransmits its 2xx until an ACK reaches it (RFC 3261 §13.3.1.4), so this one did not.
+    oks: dict[tuple[object, ...], list[float]] = {}
+    for r, f in ev.sip:
+        if r.dst == point and f.status is not None and 200 <= f.status < 300:
+            oks.setdefault((f.call_id, f.from_tag, f.cseq), []).append(r.t)
+    for r, f in ev.sip:
+        if (
+            r.src == point and f.method == "ACK" and r.delivered and _stands_in(ev, r.dst)
+            and any(t > r.t for t in oks.get((f.call_id, f.from_tag, f.cseq), []))
+        ):  # fmt: skip
+            again = sum(t > r.t for t in oks[(f.call_id, f.from_tag, f.cseq)])
+            add(ev.step_of(r), r.fate_t or r.t,
+                f"the ACK left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
+                f"acknowledged it, yet the 200 OK it acknowledges came back {again} more "
+                "time(s) (RFC 3261 §13.3.1.4: resent until an ACK reaches its sender)", "ACK",
+                r.dst, SIP_PATH, r)  # fmt: skip
+            break
     # Checks sent toward the caller's side that got no answer back (RFC 5389 §7.3: a response
     # carries its request's transaction ID).
     answered = {f.transaction_id for r, f in ev.stun
@@ -999,6 +1056,38 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
             f"for {ev.caller} from t={first.t:.3f} s got no answer back", "Binding Request",
             ev.caller, MEDIA_PATH, first)  # fmt: skip
     _beyond_relay(ev, add)
+    return out + _unanswered_stun(ev)
+
+
+#: How long a STUN client over TCP waits for a response (RFC 5389 §7.2.2: Ti, 39.5 s).
+STUN_TCP_TIMEOUT = 39.5
+
+
+def _unanswered_stun(ev: Evidence) -> list[Anomaly]:
+    """TURN requests the capture point sent that got no response: a capture at the client
+    shows them leave and nothing come back (a run records where they were lost). Said once
+    the client's wait (:data:`STUN_TCP_TIMEOUT`) is over, or the connection ended first."""
+    point = ev.point
+    out: list[Anomaly] = []
+    answered = {f.transaction_id for r, f in ev.stun if r.dst == point and not f.is_request}
+    for r, f in ev.stun:
+        if (
+            r.src != point or not f.is_request or f.method == "Binding"
+            or f.transaction_id in answered
+        ):  # fmt: skip
+            continue
+        conn = ev.trace.connections.get(r.connection)
+        ended = conn is not None and conn.closed is not None
+        if ev.end - r.t < STUN_TCP_TIMEOUT and not ended:
+            continue
+        out.append(Anomaly(
+            "lost", ev.step_of(r), r.t,
+            f"{point} sent a {ev.name(r)} to {r.dst} at t={r.t:.3f} s and got no response: "
+            f"it or its response was lost between {point} and {r.dst}, or {r.dst} did not "
+            "answer (a capture at one end cannot tell which)",
+            kind=ev.name(r), method=f.method, sender=point, hop=(point, r.dst), how="unanswered",
+            records=(r,), facts=f,
+        ))  # fmt: skip
     return out
 
 
