@@ -701,8 +701,21 @@ def _closed(ev: Evidence) -> list[Anomaly]:
         None,
     )  # fmt: skip
     out = []
+    # When the peers closed their connections to the relay (RFC 6062 §5.5: the TURN server
+    # then closes the data connection bound to each, a consequence, not a second event).
+    peer_closed = [
+        c.closed for c in ev.trace.connections.values()
+        if ev.relay is not None and c.server_addr.port == ev.relay.port and c.server == ev.turn
+        and c.closed is not None and not c.reset and c.closed_by == c.client
+    ]  # fmt: skip
     for c in ev.trace.connections.values():
         if c.closed is None or c.closed >= stop:
+            continue
+        if (
+            ev.expiry is None and not c.reset and c.closed_by == ev.turn
+            and set((c.client, c.server)) == {ev.callee, ev.turn}
+            and any(t <= c.closed <= t + 1.0 for t in peer_closed)
+        ):  # fmt: skip
             continue
         if (
             not c.reset and c.closed_by in (ev.caller, ev.callee)
@@ -1056,7 +1069,34 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
             f"for {ev.caller} from t={first.t:.3f} s got no answer back", "Binding Request",
             ev.caller, MEDIA_PATH, first)  # fmt: skip
     _beyond_relay(ev, add)
+    _beyond_hang_up(ev, add)
     return out + _unanswered_stun(ev)
+
+
+#: How long after the far side closed its media a capture must go on for a missing BYE to
+#: count: a UA sends its BYE as it closes its media (RFC 3261 §15.1.1).
+HANG_UP_WAIT = 5.0
+
+
+def _beyond_hang_up(ev: Evidence, add: _Add) -> None:
+    """The far side closed its media path and no BYE crossed the point after it: the hang-up
+    was lost past the point (or never sent)."""
+    point = ev.point
+    if point is None or ev.expiry is not None or not _stands_in(ev, ev.caller):
+        return
+    closes = sorted(
+        c.closed for c in ev.trace.connections.values()
+        if c.closed is not None and not c.reset and ev.caller in (c.client, c.server)
+        and c.closed_by == ev.caller and not any(r.connection == c.id for r, _ in ev.sip)
+    )  # fmt: skip
+    if not closes or ev.end - closes[0] < HANG_UP_WAIT:
+        return
+    t0 = closes[0]
+    if any(f.method == "BYE" and r.t >= t0 - HANG_UP_WAIT for r, f in ev.sip):
+        return
+    add("hang-up", t0,
+        f"{ev.caller} closed the media path at t={t0:.3f} s and no BYE crossed {point} in "
+        f"the {ev.end - t0:.0f} s after", "BYE", ev.sip_caller, SIP_PATH)  # fmt: skip
 
 
 #: How long a STUN client over TCP waits for a response (RFC 5389 §7.2.2: Ti, 39.5 s).
@@ -1103,7 +1143,21 @@ def _beyond_relay(ev: Evidence, add: _Add) -> None:
         if r.src == point and ev.invite is not None and f.answers(ev.invite)
         and f.status is not None and 200 <= f.status < 300 and r.delivered
     ]  # fmt: skip
-    if ev.relay is None or not answered_2xx:
+    if not answered_2xx:
+        return
+    if (
+        point == ev.turn
+        and not any(r.src == ev.callee for r, _ in ev.stun)
+        and not any(ev.callee in (c.client, c.server) for c in ev.trace.connections.values())
+    ):
+        sent = answered_2xx[0]
+        add("TURN allocation", sent.fate_t or sent.t,
+            f"the INVITE was answered 200 OK (it left {point} at t={sent.t:.3f} s) and no TCP "
+            f"connection or Allocate from {ev.callee} reached {point}: {ev.callee} did not "
+            "allocate, or its connect to the TURN port was dropped or refused on the way",
+            "Allocate Request", ev.callee, MEDIA_PATH)  # fmt: skip
+        return
+    if ev.relay is None:
         return
     peer_came = any(
         c.server_addr.port == ev.relay.port and c.server == ev.turn
