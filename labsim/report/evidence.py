@@ -1041,16 +1041,23 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
     for r, f in ev.sip:
         if r.dst == point and f.status is not None and 200 <= f.status < 300:
             oks.setdefault((f.call_id, f.from_tag, f.cseq), []).append(r.t)
+    # The round trip past the point: the INVITE leaving it to its first 2xx coming back. A
+    # 2xx resent later than that after the ACK left crossed no ACK on the way.
+    asked = {(f.call_id, f.from_tag, f.cseq): r.t for r, f in reversed(ev.sip)
+             if r.src == point and f.method == "INVITE"}  # fmt: skip
     for r, f in ev.sip:
-        if (
-            r.src == point and f.method == "ACK" and r.delivered and _stands_in(ev, r.dst)
-            and any(t > r.t for t in oks.get((f.call_id, f.from_tag, f.cseq), []))
-        ):  # fmt: skip
-            again = sum(t > r.t for t in oks[(f.call_id, f.from_tag, f.cseq)])
+        key = (f.call_id, f.from_tag, f.cseq)
+        if r.src != point or f.method != "ACK" or not r.delivered or not _stands_in(ev, r.dst):
+            continue
+        came = oks.get(key, [])
+        rtt = came[0] - asked[key] if came and key in asked else 0.0
+        again = sum(t > r.t + rtt for t in came)
+        if again:
             add(ev.step_of(r), r.fate_t or r.t,
                 f"the ACK left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
                 f"acknowledged it, yet the 200 OK it acknowledges came back {again} more "
-                "time(s) (RFC 3261 §13.3.1.4: resent until an ACK reaches its sender)", "ACK",
+                f"time(s), later than the {rtt * 1000:.0f} ms round trip past {point} (RFC "
+                "3261 §13.3.1.4: resent until an ACK reaches its sender)", "ACK",
                 r.dst, SIP_PATH, r)  # fmt: skip
             break
     # Checks sent toward the caller's side that got no answer back (RFC 5389 §7.3: a response
