@@ -276,8 +276,9 @@ def _stun_meaning(a: Anomaly, ev: Evidence) -> str:
 
 
 def _verb(a: Anomaly) -> str:
-    """How a lost message ended on its hop: dropped (a rule took it), else lost."""
-    return "dropped" if a.how == "dropped" else "lost"
+    """How a lost message ended on its hop: dropped (a rule took it), left unanswered by its
+    receiver, else lost."""
+    return {"dropped": "dropped", "unanswered": "left unanswered"}.get(a.how, "lost")
 
 
 def _lost_words(noun: str, late: str = "") -> Words:

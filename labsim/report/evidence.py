@@ -353,24 +353,24 @@ def _losses(ev: Evidence) -> list[Anomaly]:
     for (sender, kind, src, dst, fate, rule), journeys in groups.items():
         first = journeys[0].first
         n = len(journeys)
-        crossed = [f"{h.src} → {h.dst}" for h in journeys[0].hops[:-1]]
+        unforwarded = fate == NOT_FORWARDED
+        hops = journeys[0].hops if unforwarded else journeys[0].hops[:-1]
+        crossed = [f"{h.src} → {h.dst}" for h in hops]
         conn = ev.trace.connections.get(first.connection)
         on = f" on {conn.name}" if conn is not None and conn.name else ""
         lead = f"{sender} sent {_plural(n, kind)}{on}"
         lead += f" (first at t={first.sent_t:.3f} s)" if n > 1 else f" at t={first.sent_t:.3f} s"
-        via = f"crossed {', '.join(crossed)} and " if crossed else ""
-        verb = ("all " if n > 1 else "") + via + ("were " if n > 1 else "was ")
-        if n > 1 and not via:
-            verb = "all were "
-        crossed_all = journeys[0].hops if fate == NOT_FORWARDED else journeys[0].hops[:-1]
-        if fate == NOT_FORWARDED:
-            crossed = [f"{h.src} → {h.dst}" for h in crossed_all]
+        if unforwarded:
+            # Every hop it crossed was delivered; the actor at the end of them kept it.
+            them = "them" if n > 1 else "it"
+            line = (f"{lead}; {'all ' if n > 1 else 'it '}crossed {', '.join(crossed)}, and "
+                    f"{src} got {them} and never passed {them} on toward {dst}")  # fmt: skip
+        else:
             via = f"crossed {', '.join(crossed)} and " if crossed else ""
             verb = ("all " if n > 1 else "") + via + ("were " if n > 1 else "was ")
-            words = f"never sent on by {src} toward {dst}"
-        else:
-            words = _fate_words(journeys[0].last)
-        line = f"{lead}; {'it ' if n == 1 else ''}{verb}{words}"
+            if n > 1 and not via:
+                verb = "all were "
+            line = f"{lead}; {'it ' if n == 1 else ''}{verb}{_fate_words(journeys[0].last)}"
         recovered = _why_harmless(ev, first)
         if not recovered:
             recovered = _resent_through(ev, journeys, (src, dst))
@@ -888,6 +888,7 @@ def _never_taken(ev: Evidence) -> list[Anomaly]:
                         end,
                     )
                 )
+    out += _checks_unanswered(ev)
     answered = _checks_answered(ev)
     if {ev.caller, ev.callee} <= set(answered):
         reinvites = [r for r, f in ev.sip if f.method == "INVITE" and f.to_tag is not None
@@ -903,6 +904,35 @@ def _never_taken(ev: Evidence) -> list[Anomaly]:
                     "reINVITE",
                 )
             )
+    return out
+
+
+def _checks_unanswered(ev: Evidence) -> list[Anomaly]:
+    """Checks that reached an end of the call, to which no answer exists on any hop: what a
+    capture shows when the end never answered, or its answer was lost before the first point
+    that could see it (a run records such an answer with its fate, and says where instead).
+    RFC 5245 §7.2: an agent answers every check it gets."""
+    answers = {f.transaction_id for _, f in ev.stun if f.method == "Binding" and not f.is_request}
+    out = []
+    for end in (ev.caller, ev.callee):
+        if _stands_in(ev, end):
+            continue
+        got = [(r, f) for r, f in ev.stun if r.dst == end and r.delivered and f.method == "Binding"
+               and f.is_request and f.transaction_id not in answers]  # fmt: skip
+        if not got:
+            continue
+        first = got[0][0]
+        journey = first.journey
+        sender = journey.sender if journey is not None else first.src
+        out.append(Anomaly(
+            "lost", "ICE checks", first.fate_t or first.t,
+            f"{_plural(len(got), 'Binding Request')} from {sender} reached {end} (first at "
+            f"t={first.fate_t or first.t:.3f} s, on {first.src} → {end}) and no answer to "
+            f"{'them' if len(got) > 1 else 'it'} crossed any hop here: {end} did not answer, "
+            "or its answers were lost as they left it", kind="Binding Request",
+            method="Binding", sender=sender, hop=(first.src, end), count=len(got),
+            how="unanswered", records=tuple(r for r, _ in got), facts=got[0][1],
+        ))  # fmt: skip
     return out
 
 
