@@ -276,6 +276,71 @@ def test_command(paths: tuple[Path, ...], clock: str | None, junit_file: Path | 
     sys.exit(1 if failed else 0)
 
 
+@main.command(name="diagnose")
+@click.argument("capture_file", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--actor", "actors", multiple=True, metavar="ADDRESS=ACTOR",
+              help="Name a host (repeatable): --actor 10.48.54.230=cms. Other hosts are "
+              "named from the roles their messages show, each reason printed.")  # fmt: skip
+@click.option("--at", "at", metavar="ACTOR",
+              help="The actor at whose interfaces the capture was taken (default: the one "
+              "host on every connection, or labsim's interface name).")  # fmt: skip
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the view, the outcome and the diagnosis as JSON.")  # fmt: skip
+@click.option("--no-ladder", is_flag=True, help="Leave the ladder out.")
+@click.option("--width", type=int, help="Ladder width (default: the terminal's).")
+def diagnose_command(
+    capture_file: Path, actors: tuple[str, ...], at: str | None, json_file: Path | None,
+    no_ladder: bool, width: int | None,
+) -> None:  # fmt: skip
+    """Diagnose a capture file (pcap or pcapng: labsim's, dumpcap's, a real lab's).
+
+    Reassembles the TCP streams, finds SIP, STUN/TURN and the RFC 4571-framed checks, names
+    the actors, and runs the same diagnosis as a run, saying what the capture point cannot
+    see. Exit 0 when the call worked, 1 when the diagnosis found a failure, 2 for a file that
+    is not a readable capture or a bad option.
+    """
+    import json
+
+    from labsim.report.capture import (
+        LAB_CHAIN,
+        CaptureError,
+        diagnose_capture,
+        parse_actor_options,
+        read_capture,
+    )
+    from labsim.report.ladder import render_ladder_rich
+    from labsim.vocabulary import WORKING
+
+    if at is not None and at not in LAB_CHAIN:
+        click.echo(f"--at: {at!r} is not an actor; the actors are {', '.join(LAB_CHAIN)}", err=True)
+        sys.exit(2)
+    try:
+        named = parse_actor_options(list(actors))
+        capture = read_capture(capture_file, named, at)
+    except (ValueError, CaptureError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    result = diagnose_capture(capture)
+    console = Console(highlight=False, soft_wrap=True)
+    if not no_ladder:
+        present = {c.client for c in capture.trace.connections.values()}
+        present |= {c.server for c in capture.trace.connections.values()}
+        order = [a for a in LAB_CHAIN if a in present] + sorted(present - set(LAB_CHAIN))
+        console.print(
+            render_ladder_rich(capture.trace, order, width=width or console.width), end=""
+        )
+        console.print()
+    console.print(result.text(), markup=False)
+    if json_file is not None:
+        try:
+            json_file.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        except OSError as exc:
+            click.echo(f"error: cannot write {json_file}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
+        console.print(f"json: {json_file}")
+    sys.exit(0 if result.diagnosis.verdict in WORKING else 1)
+
+
 @main.command(name="list")
 def list_command() -> None:
     """The bundled scenarios, one line each."""

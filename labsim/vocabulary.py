@@ -33,3 +33,5 @@ Verdict = Literal[
     "unknown",
 ]  # fmt: skip
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
+#: The verdicts of a call that worked (the first group above).
+WORKING: tuple[Verdict, ...] = VERDICTS[:5]

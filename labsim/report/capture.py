@@ -121,6 +121,8 @@ class Packets:
     """pcapng interface names (labsim names its capture points' interfaces after the actor)."""
     comment: str = ""
     """The pcapng section comment (labsim puts its version and scenario there)."""
+    cut: str = ""
+    """Why reading stopped before the end of the file, if it did."""
 
 
 #: Link layers decoded (pcap LINKTYPE numbers, tcpdump.org/linktypes.html).
@@ -170,8 +172,13 @@ def read_packets(path: Path) -> Packets:
     except CaptureError:
         raise
     except (dpkt.NeedData, dpkt.UnpackError, ValueError, struct.error, IndexError) as exc:
-        where = f" after frame {out.frames}" if out.frames else ""
-        raise CaptureError(f"{path}: the capture is cut short or corrupt{where}: {exc}") from None
+        if not out.segments:
+            raise CaptureError(
+                f"{path}: not a readable capture (cut short or corrupt: {exc})"
+            ) from None
+        # A capture stopped while writing (a full disk, a killed dumpcap) holds its frames up
+        # to the cut: read those, and say so.
+        out.cut = f"the file is cut short or corrupt after frame {out.frames} ({exc})"
     return out
 
 
@@ -257,6 +264,10 @@ def _ip_of(link: str, buf: bytes) -> dpkt.ip.IP | dpkt.ip6.IP6 | None:
 
 _MOD = 1 << 32
 
+#: When a segment was captured: (seconds since the epoch, frame number), which orders the
+#: frames of one instant as the file does.
+Stamp = tuple[float, int]
+
 
 @dataclass
 class Stream:
@@ -266,8 +277,8 @@ class Stream:
     receiver: Address
     base: int | None = None
     """The sequence number of its first byte (its SYN's plus one, or the first seen)."""
-    chunks: list[tuple[float, int, bytes]] = field(default_factory=list)
-    """(capture time, offset, bytes) in stream order, each byte once."""
+    chunks: list[tuple[Stamp, int, bytes]] = field(default_factory=list)
+    """(when captured, offset, bytes) in stream order, each byte once."""
     acks: list[tuple[float, int]] = field(default_factory=list)
     """(time, offset up to which the receiver acknowledged), rising."""
     holes: list[tuple[int, int]] = field(default_factory=list)
@@ -275,7 +286,7 @@ class Stream:
     mid_start: bool = False
     """No SYN seen: the capture began after this stream started."""
     _next: int = 0
-    _waiting: dict[int, tuple[float, bytes]] = field(default_factory=dict)
+    _waiting: dict[int, tuple[Stamp, bytes]] = field(default_factory=dict)
     retransmitted: int = 0
     """Payload bytes seen again (retransmissions), taken once."""
 
@@ -287,7 +298,7 @@ class Stream:
         assert self.base is not None
         return (seq - self.base) % _MOD
 
-    def add(self, t: float, seq: int, payload: bytes) -> None:
+    def add(self, t: Stamp, seq: int, payload: bytes) -> None:
         if self.base is None:
             self.base, self.mid_start = seq, True
         at = self.offset(seq)
@@ -307,7 +318,7 @@ class Stream:
             return
         self._take(t, payload)
 
-    def _take(self, t: float, payload: bytes) -> None:
+    def _take(self, t: Stamp, payload: bytes) -> None:
         self.chunks.append((t, self._next, payload))
         self._next += len(payload)
         while self._waiting:
@@ -413,7 +424,7 @@ def reassemble(segments: list[Segment]) -> list[Connection]:
         if seg.has_ack and not seg.rst:
             peer.ack(seg.t, seg.ack)
         if seg.payload:
-            me.add(seg.t, seg.seq, seg.payload)
+            me.add((seg.t, seg.number), seg.seq, seg.payload)
         if seg.rst:
             if not conn.answered and seg.src == conn.server:
                 conn.refused_at = seg.t
@@ -441,8 +452,13 @@ class Cut:
     data: bytes
     start: int
     end: int
-    t: float
+    stamp: Stamp
+    """When its last byte was captured."""
     note: str = ""
+
+    @property
+    def t(self) -> float:
+        return self.stamp[0]
 
 
 _SIP_START = re.compile(
@@ -460,11 +476,11 @@ def cut_messages(stream: Stream) -> list[Cut]:
     buf = bytearray()
     buf_start = 0  # stream offset of buf[0]
     ends: list[int] = []  # end offset of each chunk taken so far
-    times: list[float] = []  # and its capture time
+    times: list[Stamp] = []  # and when it was captured
     resumes = {offset + length for offset, length in stream.holes}
     synced = not stream.mid_start
 
-    def time_at(end: int) -> float:
+    def time_at(end: int) -> Stamp:
         """When the byte before ``end`` was captured."""
         i = bisect.bisect_left(ends, end)
         return times[min(i, len(times) - 1)]
@@ -723,13 +739,14 @@ def read_capture(
     start = min(s.t for s in packets.segments)
     trace = Trace()
     notes: list[str] = []
-    events: list[tuple[float, int, int, object]] = []  # (t, order, kind, payload)
+    # (trace time, rank, frame number, order, payload): see the sort below.
+    events: list[tuple[float, int, int, int, object]] = []
     order = 0
 
-    def add(t: float, kind: int, payload: object) -> None:
+    def add(t: float, rank: int, payload: object, frame: int = 0) -> None:
         nonlocal order
         order += 1
-        events.append((t - start, kind, order, payload))
+        events.append((t - start, rank, frame, order, payload))
 
     point, point_host, why = _point_of(conns, naming, packets, at)
     notes.extend(why)
@@ -771,20 +788,18 @@ def read_capture(
                 got = cut.t if dst_is_point else stream.acked_at(cut.end)
                 now = got is not None and got <= cut.t
                 # What reaches the point goes before what leaves it at the same instant.
-                add(
-                    cut.t, 1 if dst_is_point else 2, ("send", conn, from_client, cut, relaying, now)
-                )
+                rank = 1 if dst_is_point else 2
+                add(cut.t, rank, ("send", conn, from_client, cut, relaying, now), cut.stamp[1])
                 if got is not None and not now:
                     add(got, 1, ("deliver", conn, from_client, cut))
         if conn.closed is not None:
             add(conn.closed, 3, ("close", conn))
     # In time order; at one instant, deliveries before sends (a relay or proxy sends on what
     # it was handed at the instant it got it, and its journey must see the delivery first),
-    # sends in capture order (a direction's messages keep their stream order).
-    events.sort(key=lambda e: (e[0], e[1], e[2]))
-    ids: dict[int, int] = {}
+    # sends in the file's frame order (a direction's messages keep their stream order).
+    events.sort(key=lambda e: e[:4])
     sizes: dict[tuple[int, bool, int], int] = {}
-    for t, _kind, _order, payload in events:
+    for t, _rank, _frame, _order, payload in events:
         assert isinstance(payload, tuple)
         what = payload[0]
         if what == "refused":
@@ -793,7 +808,6 @@ def read_capture(
                          started=started - start)  # fmt: skip
         elif what == "open":
             _, conn, client, server = payload
-            ids[conn.id] = conn.id
             name = f"{client}/{conn.client.port}"
             trace.opened(t, conn.id, client, conn.client, server, conn.server, name)
         elif what == "send":
@@ -816,6 +830,8 @@ def read_capture(
                 trace.lost(t, conn.id, False)
             trace.closed(t, conn.id, by, reset=conn.reset)
     end = max(s.t for s in packets.segments) - start
+    if packets.cut:
+        notes.append(packets.cut)
     if packets.bad:
         notes.append(f"{packets.bad} frame(s) whose headers did not parse were left out")
     return Capture(path, trace, packets, conns, naming, point, start, end, notes)

@@ -23,7 +23,7 @@ systems. The choice:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from labsim.report.evidence import Anomaly, Evidence, Step, gather, lines
 from labsim.report.outcome import Outcome, outcome
@@ -57,6 +57,9 @@ class Diagnosis:
     """Other failures, after the first in call order."""
     recovered: tuple[str, ...] = ()
     """What departed from the healthy call without breaking it, and why it did not."""
+    failure: Anomaly | None = field(default=None, repr=False, compare=False)
+    """The first failure in call order, which the verdict explains (None when the call
+    worked, or nothing explains it)."""
 
     def text(self) -> str:
         lines = [f"Diagnosis: {self.verdict} (step: {self.step})", f"  {self.summary}"]
@@ -610,7 +613,7 @@ def diagnose(
     return Diagnosis(
         rule.verdict, first.step, _words(rule.summary, first, ev),
         (*(a.line for a in same), *context), _words(rule.cause, first, ev), rule.advice,
-        ended=ended, also=also, recovered=recovered,
+        ended=ended, also=also, recovered=recovered, failure=first,
     )  # fmt: skip
 
 

@@ -278,7 +278,9 @@ def gather(
         *_losses(ev), *_held(ev), *_stun_errors(ev), *_sip_errors(ev), *_connects(ev),
         *_closed(ev), *_missing(ev), *_beyond(ev),
     ]  # fmt: skip
-    ev.anomalies = sorted(found, key=lambda a: (STEPS.index(a.step), a.t))
+    # In call order; within a step, what the trace shows before what lies past its capture
+    # point (a refusal the point sees explains the absence that follows it).
+    ev.anomalies = sorted(found, key=lambda a: (STEPS.index(a.step), a.what == "beyond", a.t))
     return ev
 
 
