@@ -33,7 +33,7 @@ from labsim.report.capture import (
 )
 from labsim.report.evidence import Anomaly
 from labsim.report.pcap import write_pcapng
-from labsim.run import RunResult, run_scenario
+from labsim.run import ACTORS, RunResult, run_scenario
 from labsim.scenario import library_dir, load
 
 LIBRARY = sorted(library_dir().glob("*.yaml"))
@@ -106,11 +106,13 @@ def test_every_library_scenario_diagnosed_from_a_capture_point(
         assert beyond.beyond and beyond.hop is not None and beyond.hop[0] == point, beyond
         assert " → ".join(beyond.beyond) in got.text()  # the path past the point, said
         assert got.blind, "a point view says what it cannot see"
-        fault = set(failure.hop or ()) | ({failure.sender} if failure.sender else set())
+        # The actors the run's fault names (a failed connect names its target's address),
+        # all on the path the capture's verdict names past the point: located.
+        named = {a for a in (*(failure.hop or ()), failure.sender) if a in ACTORS}
         on_path = _pairs((point, *beyond.beyond))
         if failure.hop is not None and frozenset(failure.hop) in on_path:
             tally.located += 1
-        elif fault <= {point, *beyond.beyond}:
+        elif named and named <= {point, *beyond.beyond}:
             tally.located += 1
         else:
             tally.elsewhere += 1

@@ -797,10 +797,13 @@ def _missing(ev: Evidence) -> list[Anomaly]:
         return found
     out = []
     for a in found:
-        if a.sender == point:
+        # Who did not act: the actor that never took the step, or the end that never
+        # answered the checks it got.
+        actor = a.hop[1] if a.how == "unanswered" and a.hop is not None else a.sender
+        if actor == point:
             out.append(a)
             continue
-        toward = a.sender or ev.sip_callee
+        toward = actor or ev.sip_callee
         path = SIP_PATH if a.step in ("SIP INVITE", "SIP answer", "reINVITE") else MEDIA_PATH
         past = _past(ev, _neighbour(ev, toward, path), path)
         line = f"as {point} sees it, {a.line}: lost {_beyond_words(ev, past)}, or never sent"
