@@ -852,12 +852,19 @@ def _point_of(
         at = named[0]
     if at is not None:
         host = by_actor.get(at)
+        unnamed = [h for h in on_every if h not in naming.actors]
+        if host is None and len(unnamed) == 1:
+            host = unnamed[0]
+            naming.why[host] = "the capture point, the one unnamed host on every connection"
+        elif host is None and len(conns) == 1 and conns[0].server.host in unnamed:
+            # One connection, neither end named by its messages: the point is taken as the
+            # side that accepted it (CMS accepts SIP; Expressway-E accepts TURN and SIP).
+            host = conns[0].server.host
+            naming.why[host] = "the capture point, taken as the side that accepted the connection"
         if host is None:
-            return (
-                None,
-                None,
-                [f"{at} is not an end of every connection in the capture: read as every leg"],
-            )
+            note = f"{at} is not an end of every connection in the capture: read as every leg"
+            return None, None, [note]
+        naming.actors[host] = at
         return at, host, []
     if len(on_every) == 1 and len(conns) > 1:
         return naming.name(on_every[0]), on_every[0], []

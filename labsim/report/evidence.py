@@ -278,9 +278,7 @@ def gather(
         *_losses(ev), *_held(ev), *_stun_errors(ev), *_sip_errors(ev), *_connects(ev),
         *_closed(ev), *_missing(ev), *_beyond(ev),
     ]  # fmt: skip
-    # In call order; within a step, what the trace shows before what lies past its capture
-    # point (a refusal the point sees explains the absence that follows it).
-    ev.anomalies = sorted(found, key=lambda a: (STEPS.index(a.step), a.what == "beyond", a.t))
+    ev.anomalies = sorted(found, key=lambda a: (STEPS.index(a.step), a.t))
     return ev
 
 
@@ -803,6 +801,9 @@ def _missing(ev: Evidence) -> list[Anomaly]:
         if actor == point:
             out.append(a)
             continue
+        if not actor and point in (SIP_PATH[0], SIP_PATH[-1]):
+            out.append(a)  # neither end took it, and the point is one of them
+            continue
         toward = actor or ev.sip_callee
         path = SIP_PATH if a.step in ("SIP INVITE", "SIP answer", "reINVITE") else MEDIA_PATH
         past = _past(ev, _neighbour(ev, toward, path), path)
@@ -1049,27 +1050,36 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
     if ev.invite is None and point != SIP_PATH[0]:
         add("SIP INVITE", 0.0, f"no sharing INVITE crossed {point}", "INVITE", ev.sip_caller,
             SIP_PATH)  # fmt: skip
-    answers: dict[tuple[object, ...], list[MessageRecord]] = {}
+    # When each final answer and each ACK reached the point: one that comes after its
+    # transaction gave up (64·T1, RFC 3261 §17.1.1.2 Timer B, §13.3.1.4 for the ACK) came too
+    # late to count, and what it answers was lost past the point for as long.
+    answers: dict[tuple[object, ...], float] = {}
+    acks: dict[tuple[object, ...], float] = {}
     for r, f in ev.sip:
         if r.dst == point and f.status is not None and f.status >= 200:
-            answers.setdefault((f.call_id, f.from_tag, f.cseq, f.cseq_method), []).append(r)
-    acks = {(f.call_id, f.from_tag, f.cseq) for r, f in ev.sip
-            if r.dst == point and f.method == "ACK"}  # fmt: skip
+            answers.setdefault((f.call_id, f.from_tag, f.cseq, f.cseq_method), r.t)
+        elif r.dst == point and f.method == "ACK":
+            acks.setdefault((f.call_id, f.from_tag, f.cseq), r.t)
     for r, f in ev.sip:
         if r.src != point or r.dst not in sip_ends or not _stands_in(ev, r.dst) or not r.delivered:
             continue
         when = r.fate_t or r.t
         if f.method is not None and f.method not in ("ACK", "CANCEL"):
-            if (f.call_id, f.from_tag, f.cseq, f.method) not in answers:
+            came = answers.get((f.call_id, f.from_tag, f.cseq, f.method))
+            if came is None or came - r.t > SIP_TIMEOUT:
+                late = "" if came is None else f" within 64·T1 (one came {came - r.t:.1f} s on)"
                 add(ev.step_of(r), when,
                     f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
-                    "acknowledged it; no final answer came back", ev.name(r), r.dst, SIP_PATH,
-                    r)  # fmt: skip
+                    f"acknowledged it; no final answer came back{late}", ev.name(r), r.dst,
+                    SIP_PATH, r)  # fmt: skip
         elif f.cseq_method == "INVITE" and f.status is not None and 200 <= f.status < 300:
-            if (f.call_id, f.from_tag, f.cseq) not in acks:
+            came = acks.get((f.call_id, f.from_tag, f.cseq))
+            if came is None or came - r.t > SIP_TIMEOUT:
+                late = "" if came is None else f" within 64·T1 (one came {came - r.t:.1f} s on)"
                 add(ev.step_of(r), when,
                     f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
-                    "acknowledged it; no ACK came back", "ACK", r.dst, SIP_PATH, r)  # fmt: skip
+                    f"acknowledged it; no ACK came back{late}", "ACK", r.dst, SIP_PATH,
+                    r)  # fmt: skip
     # An ACK sent on toward the answerer, after which its 2xx kept coming back: the answerer
     # retransmits its 2xx until an ACK reaches it (RFC 3261 §13.3.1.4), so this one did not.
     oks: dict[tuple[object, ...], list[float]] = {}
@@ -1084,9 +1094,9 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
         key = (f.call_id, f.from_tag, f.cseq)
         if r.src != point or f.method != "ACK" or not r.delivered or not _stands_in(ev, r.dst):
             continue
-        came = oks.get(key, [])
-        rtt = came[0] - asked[key] if came and key in asked else 0.0
-        again = sum(t > r.t + rtt for t in came)
+        resent = oks.get(key, [])
+        rtt = resent[0] - asked[key] if resent and key in asked else 0.0
+        again = sum(t > r.t + rtt for t in resent)
         if again:
             add(ev.step_of(r), r.fate_t or r.t,
                 f"the ACK left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
@@ -1112,7 +1122,31 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
             ev.caller, MEDIA_PATH, first)  # fmt: skip
     _beyond_relay(ev, add)
     _beyond_hang_up(ev, add)
+    _stun_retried(ev, add)
     return out + _unanswered_stun(ev)
+
+
+def _stun_retried(ev: Evidence, add: _Add) -> None:
+    """At the TURN server: an Allocate or ConnectionBind answered, and the client's next one
+    only a STUN transaction's timeout later (RFC 5389 §7.2.2: a TCP client waits 39.5 s, then
+    tries again): the answer, or the client's request after it, was lost past the point."""
+    point = ev.point
+    if point != ev.turn:
+        return
+    for method in ("Allocate", "ConnectionBind"):
+        events = [(r, f) for r, f in ev.stun if f.method == method and ev.callee in (r.src, r.dst)]
+        for (r, f), (nxt, g) in zip(events, events[1:], strict=False):
+            if (
+                r.src == point and not f.is_request and g.is_request and nxt.src == ev.callee
+                and nxt.t - r.t >= STUN_TCP_TIMEOUT - 1.0
+            ):  # fmt: skip
+                add(ev.step_of(r), r.t,
+                    f"{ev.name(r)} left {point} for {ev.callee} at t={r.t:.3f} s and "
+                    f"{ev.callee}'s next {method} Request came {nxt.t - r.t:.1f} s later, a STUN "
+                    "transaction's timeout (RFC 5389 §7.2.2: 39.5 s over TCP): the answer, or "
+                    "the request after it, was lost between them", f"{method} Request",
+                    ev.callee, MEDIA_PATH, r)  # fmt: skip
+                return
 
 
 #: How long after the far side closed its media a capture must go on for a missing BYE to
@@ -1143,6 +1177,9 @@ def _beyond_hang_up(ev: Evidence, add: _Add) -> None:
 
 #: How long a STUN client over TCP waits for a response (RFC 5389 §7.2.2: Ti, 39.5 s).
 STUN_TCP_TIMEOUT = 39.5
+#: How long a SIP transaction waits for its final answer, and a UAS for the ACK of its 2xx:
+#: 64·T1 (RFC 3261 §17.1.1.2 Timer B, §13.3.1.4).
+SIP_TIMEOUT = 32.0
 
 
 def _unanswered_stun(ev: Evidence) -> list[Anomaly]:
@@ -1199,8 +1236,12 @@ def _beyond_relay(ev: Evidence, add: _Add) -> None:
             "allocate, or its connect to the TURN port was dropped or refused on the way",
             "Allocate Request", ev.callee, MEDIA_PATH)  # fmt: skip
         return
-    if ev.relay is None:
-        return
+    refused = any(
+        f.is_error and f.method in ("CreatePermission", "Connect", "ConnectionBind")
+        and r.dst == ev.callee for r, f in ev.stun
+    )  # fmt: skip
+    if ev.relay is None or refused:
+        return  # no relay, or the point sees why no peer got through it
     peer_came = any(
         c.server_addr.port == ev.relay.port and c.server == ev.turn
         for c in ev.trace.connections.values()
