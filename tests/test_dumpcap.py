@@ -479,3 +479,43 @@ def test_holes_conflicts_and_missing_closes_and_connections_are_found() -> None:
     assert compare(ours + _conn([], isn=5), ours) == [
         f"{_name((A, B), 1)}: in the kernel's capture, not in labsim's pcap"
     ]
+
+
+# -- labsim diagnose on the kernel's capture (issue 13, part 3) ----------------------------------
+
+#: Faulted live runs: CMS's answers to the Skype client's checks dropped as they leave CMS (the
+#: client's checks never succeed), and CMS's TURN password wrong (the second Allocate is
+#: answered 401 again).
+FAULTED = {
+    "one-way-binding": "actors: {skype_client: {ice_timeout: 2.0}}\n"
+    "faults: [{drop: {from: cms, to: expressway_e, stun: Binding Success Response}}]\n",
+    "turn-auth-failed": "actors: {cms: {turn: {password: not-the-secret}}, "
+    "skype_client: {ice_timeout: 2.0}}\n",
+}
+
+
+@pytest.mark.parametrize("verdict", sorted(FAULTED))
+def test_labsim_diagnose_reads_the_kernels_capture_of_a_faulted_run(
+    tmp_path: Path, verdict: str, record_property: Callable[[str, object], None]
+) -> None:
+    from labsim.report.capture import diagnose_capture, read_capture
+    from labsim.report.diagnose import diagnose
+
+    cap = capture(variant(FAULTED[verdict], hold=1), tmp_path)
+    run = diagnose(cap.trace)
+    assert run.verdict == verdict, run.text()
+    # The kernel's capture, with loopback addresses and no --actor: every actor is named
+    # from the roles its messages show, and the diagnosis is the run's.
+    read = read_capture(cap.kernel)
+    assert set(read.naming.actors) == set(cap.lab_of), read.naming.why
+    for loopback, actor in read.naming.actors.items():
+        host = cap.lab_of[loopback]
+        assert any(
+            (c.client == actor and c.client_addr.host == host)
+            or (c.server == actor and c.server_addr.host == host)
+            for c in cap.trace.connections.values()
+        ), (loopback, actor, host)
+    got = diagnose_capture(read)
+    assert got.diagnosis.verdict == verdict, got.text()
+    assert read.point is None  # dumpcap on lo sees every leg
+    record_property("diagnose_kernel_capture", {verdict: got.diagnosis.verdict})

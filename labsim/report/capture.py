@@ -42,7 +42,7 @@ import ipaddress
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +52,7 @@ from labsim.report.diagnose import Diagnosis, diagnose
 from labsim.report.evidence import MEDIA_PATH, SIP_PATH, stand_ins
 from labsim.report.outcome import Outcome, outcome
 from labsim.trace import Trace
+from labsim.vocabulary import WORKING
 from labsim.wire import WireError, sip, stun
 from labsim.wire.address import Address
 from labsim.wire.facts import SipFacts, StunFacts, facts_of
@@ -979,6 +980,13 @@ def diagnose_capture(capture: Capture) -> CaptureDiagnosis:
         capture.trace, caller=caller, callee="cms", turn="expressway_e", end=capture.end,
         result=result, sip_caller=sip_caller, sip_callee=sip_callee, point=capture.point,
     )  # fmt: skip
+    if capture.point is not None and diagnosis.verdict in WORKING:
+        # A working call as one point saw it: what happened past it stays unknown.
+        diagnosis = replace(
+            diagnosis,
+            summary=f"{diagnosis.summary} (As far as a capture at {capture.point} shows: "
+            "see what it cannot see.)",
+        )
     return CaptureDiagnosis(
         capture, result, diagnosis, tuple(describe_view(capture)), tuple(_blind(capture))
     )
