@@ -464,3 +464,65 @@ def test_every_message_lost_or_held_on_every_hop_read_at_both_points(
         # capture"), and a few verdicts then read the late message as the fault. Bounded here
         # so that it cannot grow unseen.
         assert tally["wrong"] <= len(cases) * len(POINTS) // 10, "\n".join(wrong)
+
+
+# -- captures as customers have them ------------------------------------------------------------
+
+
+def _readdress(buf: bytes, change: dict[tuple[bytes, bytes], tuple[bytes, bytes]]) -> bytes:
+    """The frame with (src, dst) IPv4 pairs replaced as ``change`` says."""
+    eth = dpkt.ethernet.Ethernet(buf)
+    ip = eth.data
+    if isinstance(ip, dpkt.ip.IP) and (ip.src, ip.dst) in change:
+        ip.src, ip.dst = change[(ip.src, ip.dst)]
+        ip.sum = 0
+        if isinstance(ip.data, dpkt.tcp.TCP):
+            ip.data.sum = 0
+        return bytes(eth)
+    return buf
+
+
+def _ip(text: str) -> bytes:
+    return bytes(int(x) for x in text.split("."))
+
+
+@pytest.mark.parametrize("at", [None, "expressway_e"])
+def test_a_dual_homed_expressway_e_is_one_actor(tmp_path: Path, at: str | None) -> None:
+    """Expressway-E with an inside (10.48.54.229, toward CMS and Expressway-C) and an outside
+    address (192.168.1.229, toward the Edge): both are named expressway_e, and its capture
+    point is found on either."""
+    run = run_scenario(load(library_dir() / "sharing-call.yaml"), "virtual")
+    lab = tmp_path / "lab.pcapng"
+    write_pcapng(run.trace, lab, capture_at=[at] if at else None)
+    inside, outside, edge = _ip("10.48.54.229"), _ip("192.168.1.229"), _ip("192.168.1.252")
+    change = {(edge, inside): (edge, outside), (inside, edge): (outside, edge)}
+    path = tmp_path / "dual.pcap"
+    _write_pcap([(ts, _readdress(b, change)) for ts, b in _frames(lab)], path)
+    capture = read_capture(path, at=at)
+    assert capture.naming.actors["192.168.1.229"] == "expressway_e", capture.naming.why
+    assert capture.naming.actors["10.48.54.229"] == "expressway_e"
+    assert capture.point == at
+    assert diagnose_capture(capture).diagnosis.verdict == "healthy"
+
+
+def test_unrelated_tcp_is_left_out_and_tls_is_said(lab: Path, tmp_path: Path) -> None:
+    frames = _frames(lab)
+    extra = []
+    for i, payload in enumerate((b"\x16\x03\x01\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n")):
+        for seq, data in ((1000, payload), (1000 + len(payload), b"more")):
+            flags = dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH
+            port = 5061 if i == 0 else 80
+            tcp = dpkt.tcp.TCP(sport=40000 + i, dport=port, seq=seq, flags=flags, off=5, data=data)
+            src = _ip("10.48.54.230") if i == 0 else _ip("172.16.0.1")
+            ip = dpkt.ip.IP(src=src, dst=_ip("172.16.0.2"), p=6, data=tcp)
+            ip.len = 20 + len(bytes(tcp))
+            eth = dpkt.ethernet.Ethernet(src=b"\x00" * 6, dst=b"\x00" * 6, data=ip)
+            extra.append((frames[5][0], bytes(eth)))
+    path = tmp_path / "noisy.pcap"
+    _write_pcap(frames[:5] + extra + frames[5:], path)
+    capture = read_capture(path)
+    assert any("between hosts not in the call" in n for n in capture.notes), capture.notes
+    assert any("carries TLS" in n for n in capture.notes), capture.notes
+    assert "172.16.0.1" not in {c.client_addr.host for c in capture.trace.connections.values()}
+    # The TLS connection is CMS's: kept, and its unacknowledged bytes are all it departs by.
+    assert diagnose_capture(capture).diagnosis.verdict in WORKING

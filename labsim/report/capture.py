@@ -61,6 +61,10 @@ from labsim.wire.framing import SipSplitter
 #: The five actors of the call, in SIP path order (DESIGN.md's picture): the names a capture's
 #: hosts are given.
 LAB_CHAIN = SIP_PATH
+#: Actors that may have two addresses: the edge boxes in the DMZ, with an inside and an outside
+#: interface (Expressway-E's "dual network interfaces" option; the Skype Edge's internal and
+#: external edge).
+MULTI_HOMED = ("expressway_e", "skype_edge")
 
 
 class CaptureError(Exception):
@@ -290,6 +294,8 @@ class Stream:
     _waiting: dict[int, tuple[Stamp, bytes]] = field(default_factory=dict)
     retransmitted: int = 0
     """Payload bytes seen again (retransmissions), taken once."""
+    cuts: list[Cut] | None = field(default=None, repr=False)
+    """Its messages, once cut (:func:`cut_messages`)."""
 
     @property
     def length(self) -> int:
@@ -472,7 +478,14 @@ _MAX_MESSAGE = 1024 * 1024
 
 
 def cut_messages(stream: Stream) -> list[Cut]:
-    """The messages of one stream, in order (see step 3 of the module's docstring)."""
+    """The messages of one stream, in order (see step 3 of the module's docstring); cut once,
+    kept on the stream."""
+    if stream.cuts is None:
+        stream.cuts = _cut(stream)
+    return stream.cuts
+
+
+def _cut(stream: Stream) -> list[Cut]:
     out: list[Cut] = []
     buf = bytearray()
     buf_start = 0  # stream offset of buf[0]
@@ -626,8 +639,11 @@ def parse_actor_options(values: list[str]) -> dict[str, str]:
             raise ValueError(f"--actor {value!r}: {host!r} is not an IP address") from None
         if name not in LAB_CHAIN:
             raise ValueError(f"--actor {value!r}: the actors are {', '.join(LAB_CHAIN)}")
-        if name in out.values():
-            raise ValueError(f"--actor {value!r}: {name} is named twice")
+        if name in out.values() and name not in MULTI_HOMED:
+            raise ValueError(
+                f"--actor {value!r}: {name} is named twice (only {' and '.join(MULTI_HOMED)}, "
+                "the DMZ boxes, have an inside and an outside address)"
+            )
         out[host] = name
     return out
 
@@ -650,7 +666,9 @@ def name_hosts(conns: list[Connection], given: Mapping[str, str] | None = None) 
         naming.why[host] = "named on the command line"
 
     def claim(host: str, actor: str, why: str) -> None:
-        if host in naming.actors or actor in naming.actors.values():
+        if host in naming.actors:
+            return
+        if actor in naming.actors.values() and actor not in MULTI_HOMED:
             return
         naming.actors[host] = actor
         naming.why[host] = why
@@ -740,6 +758,19 @@ def read_capture(
     start = min(s.t for s in packets.segments)
     trace = Trace()
     notes: list[str] = []
+    related = [c for c in conns if not _unrelated(c, naming)]
+    if len(related) < len(conns):
+        notes.append(
+            f"{len(conns) - len(related)} TCP connection(s) between hosts not in the call, "
+            "carrying no SIP or STUN, left out"
+        )
+    conns = related or conns
+    for conn in conns:
+        if any(_is_tls(s) for s in (conn.up, conn.down)):
+            notes.append(
+                f"{conn.client} → {conn.server} carries TLS (SIP over TLS, port 5061?): its "
+                "messages are encrypted and cannot be read; capture SIP over TCP, or decrypt"
+            )
     # (trace time, rank, frame number, order, payload): see the sort below.
     events: list[tuple[float, int, int, int, object]] = []
     order = 0
@@ -749,7 +780,7 @@ def read_capture(
         order += 1
         events.append((t - start, rank, frame, order, payload))
 
-    point, point_host, why = _point_of(conns, naming, packets, at)
+    point, point_hosts, why = _point_of(conns, naming, packets, at)
     notes.extend(why)
     for conn in conns:
         client, server = naming.name(conn.client.host), naming.name(conn.server.host)
@@ -779,7 +810,7 @@ def read_capture(
                     f"{stream.sender} → {stream.receiver}: the capture starts after this "
                     "connection opened"
                 )
-            dst_is_point = point_host is not None and stream.receiver.host == point_host
+            dst_is_point = stream.receiver.host in point_hosts
             relaying = _relays(stream, naming)
             for cut in cut_messages(stream):
                 if cut.kind == "data" and cut.note == "keepalive":
@@ -840,38 +871,61 @@ def read_capture(
 
 def _point_of(
     conns: list[Connection], naming: Naming, packets: Packets, at: str | None
-) -> tuple[str | None, str | None, list[str]]:
-    """(the capture point's actor, its host, notes): ``at`` when given; else a pcapng whose
-    one interface is named after an actor (labsim's capture points); else the one host on
-    every connection, when there are two connections or more (with one, either end may have
-    captured it)."""
-    hosts = {c.client.host for c in conns} | {c.server.host for c in conns}
-    on_every = sorted(h for h in hosts if all(h in (c.client.host, c.server.host) for c in conns))
-    by_actor = {naming.name(h): h for h in on_every}
+) -> tuple[str | None, set[str], list[str]]:
+    """(the capture point's actor, its addresses, notes): ``at`` when given; else a pcapng
+    whose one interface is named after an actor (labsim's capture points); else the one actor
+    on every connection, when there are two connections or more (with one, either end may
+    have captured it). An actor may be on a connection by either of its addresses (a
+    dual-homed Expressway-E)."""
+    ends = [{naming.name(c.client.host), naming.name(c.server.host)} for c in conns]
+    on_every = set.intersection(*ends) if ends else set()
     named = [n for n in packets.interfaces if n in LAB_CHAIN]
     if at is None and len(named) == 1 and len(packets.interfaces) == 1:
         at = named[0]
-    if at is not None:
-        host = by_actor.get(at)
+    if at is None:
+        if len(on_every) == 1 and len(conns) > 1:
+            at = next(iter(on_every))
+            return at, _hosts_of(naming, conns, at), []
+        if len(conns) == 1:
+            return None, set(), ["one connection: either end may have captured it (say --at)"]
+        return None, set(), []
+    if at not in on_every:
         unnamed = [h for h in on_every if h not in naming.actors]
-        if host is None and len(unnamed) == 1:
+        if len(unnamed) == 1:
             host = unnamed[0]
             naming.why[host] = "the capture point, the one unnamed host on every connection"
-        elif host is None and len(conns) == 1 and conns[0].server.host in unnamed:
+        elif len(conns) == 1 and conns[0].server.host in unnamed:
             # One connection, neither end named by its messages: the point is taken as the
             # side that accepted it (CMS accepts SIP; Expressway-E accepts TURN and SIP).
             host = conns[0].server.host
             naming.why[host] = "the capture point, taken as the side that accepted the connection"
-        if host is None:
+        else:
             note = f"{at} is not an end of every connection in the capture: read as every leg"
-            return None, None, [note]
+            return None, set(), [note]
         naming.actors[host] = at
-        return at, host, []
-    if len(on_every) == 1 and len(conns) > 1:
-        return naming.name(on_every[0]), on_every[0], []
-    if len(conns) == 1:
-        return None, None, ["one connection: either end may have captured it (say --at ACTOR)"]
-    return None, None, []
+    return at, _hosts_of(naming, conns, at), []
+
+
+def _hosts_of(naming: Naming, conns: list[Connection], actor: str) -> set[str]:
+    hosts = {c.client.host for c in conns} | {c.server.host for c in conns}
+    return {h for h in hosts if naming.name(h) == actor}
+
+
+def _unrelated(conn: Connection, naming: Naming) -> bool:
+    """Neither end is an actor of the call and nothing on it is SIP or STUN: other traffic."""
+    if conn.client.host in naming.actors or conn.server.host in naming.actors:
+        return False
+    return not any(
+        cut.kind != "data" for stream in (conn.up, conn.down) for cut in cut_messages(stream)
+    )
+
+
+def _is_tls(stream: Stream) -> bool:
+    """A TLS record header at the stream's start: handshake (22), version 3.x (RFC 8446 §5.1)."""
+    if not stream.chunks:
+        return False
+    head = stream.chunks[0][2]
+    return len(head) >= 3 and head[0] == 22 and head[1] == 3 and head[2] <= 4
 
 
 def _wire_total(trace: Trace, conn: int, from_client: bool) -> int:
