@@ -297,10 +297,8 @@ def diagnose_command(
     Reassembles the TCP streams, finds SIP, STUN/TURN and the RFC 4571-framed checks, names
     the actors, and runs the same diagnosis as a run, saying what the capture point cannot
     see. Exit 0 when the call worked, 1 when the diagnosis found a failure, 2 for a file that
-    is not a readable capture or a bad option.
+    is not a readable capture or a bad option (and, after the report, for a file cut short).
     """
-    import json
-
     from labsim.report.capture import (
         LAB_CHAIN,
         CaptureError,
@@ -308,6 +306,7 @@ def diagnose_command(
         parse_actor_options,
         read_capture,
     )
+    from labsim.report.json_out import write_json
     from labsim.report.ladder import render_ladder_rich
     from labsim.vocabulary import WORKING
 
@@ -332,12 +331,23 @@ def diagnose_command(
         console.print()
     console.print(result.text(), markup=False)
     if json_file is not None:
+        # The run's JSON (run.schema.json: messages, journeys, fates …) of the capture's trace,
+        # with what the capture is under "capture".
+        view = {k: v for k, v in result.as_dict().items() if k not in ("outcome", "diagnosis")}
         try:
-            json_file.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+            write_json(
+                capture.trace, json_file, scenario=capture_file.name,
+                outcome=result.outcome.name, diagnosis=result.diagnosis.as_dict(),
+                extra={"capture": view, "reason": result.outcome.reason},
+            )  # fmt: skip
         except OSError as exc:
             click.echo(f"error: cannot write {json_file}: {exc.strerror or exc}", err=True)
             sys.exit(2)
         console.print(f"json: {json_file}")
+    if capture.packets.cut:
+        # As tshark does with a file cut short: everything before the cut, then exit 2.
+        click.echo(f"error: {capture_file}: {capture.packets.cut}", err=True)
+        sys.exit(2)
     sys.exit(0 if result.diagnosis.verdict in WORKING else 1)
 
 
