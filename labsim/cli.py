@@ -190,9 +190,9 @@ def level() -> Level:
 #: decomposition's ASCII letters (é → e), or "?".
 ASCII_FOR = {
     "→": "->", "←": "<-", "↔": "<->", "⇄": "<->", "—": "-", "–": "-", "…": "...", "×": "x",
-    "≤": "<=", "≥": ">=", "≠": "!=", "≈": "~", "•": "*", "·": ".", "│": "|", "─": "-",
+    "≤": "<=", "≥": ">=", "≠": "!=", "≈": "~", "•": "*", "·": "*", "│": "|", "─": "-",
     "╌": ".", "▶": ">", "◀": "<", "▷": ">", "◁": "<", "✕": "x", "✓": "v", "‘": "'", "’": "'",
-    "“": '"', "”": '"', "µ": "u", "§": "S", "°": " deg", "±": "+/-", "\u00a0": " ",
+    "“": '"', "”": '"', "µ": "u", "§": "section ", "°": " deg", "±": "+/-", "\u00a0": " ",
     "\u2009": " ", "\u202f": " ",
 }  # fmt: skip
 
@@ -343,6 +343,13 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_scenario(text: str) -> Path:
     """The scenario file ``text`` names: a file that exists, else a bundled scenario of that
     name (``sharing-call`` or ``sharing-call.yaml``); anything else is bad input, with the
@@ -355,7 +362,7 @@ def resolve_scenario(text: str) -> Path:
     found = bundled(text)
     if found is not None:
         return found
-    if path.is_dir():
+    if _is_dir(path):
         raise BadInput(f"labsim: {text} is a folder, not a scenario file")
     if path.suffix in (".yaml", ".yml") or "/" in text:
         raise _no_scenario(text, f"cannot read {text}: no such file")
@@ -601,7 +608,10 @@ def run(
             "labsim: --pcap -: standard output is a terminal; redirect it to a file or a pipe "
             "(labsim run --pcap - | tshark -r -)"
         )
-    sc = _load(resolve_scenario(scenario))
+    path = resolve_scenario(scenario)
+    sc = _load(path)
+    if say == "verbose":
+        _echo(f"scenario: {path}", err=True)
     if points is None:
         points = list(sc.capture.at)
     sinks: list[_Sink] = []
@@ -700,7 +710,7 @@ def _targets(texts: Sequence[str]) -> list[_Target]:
     found: list[_Target] = []
     for text in texts:
         path = Path(text)
-        if path.is_dir():
+        if _is_dir(path):
             files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
             found += [_Target(str(p), p) for p in files]
             if not files:
@@ -824,6 +834,8 @@ def _report_test(console: Console, ran: list[_Ran], say: Level) -> None:
     for r in ran:
         for problem in r.problems:
             console.print(f"[red]{escape(r.case.name)}:[/red] {escape(problem)}")
+        if say == "verbose" and r.case.failures:
+            console.print(r.case.output, markup=False, end="")  # the outcome and diagnosis
     errors = sum(r.case.error is not None for r in ran)
     failed = sum(bool(r.case.failures) for r in ran)
     summary = f"{len(ran) - failed - errors} passed, {failed} failed"

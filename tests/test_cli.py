@@ -164,6 +164,15 @@ def test_run_exit_1_when_the_expectation_does_not_hold(tmp_path: Path) -> None:
     assert "expectation not met: outcome 'sharing-established', expected 'turn-failed'" in (
         result.output
     )
+    tested = CliRunner().invoke(main, ["test", str(wrong), "--clock", "virtual"])
+    assert tested.exit_code == 1 and "Diagnosis: healthy" not in tested.output
+    verbose = CliRunner().invoke(main, ["test", str(wrong), "--clock", "virtual", "-v"])
+    assert verbose.exit_code == 1 and "Diagnosis: healthy" in verbose.output
+    quiet = CliRunner().invoke(main, ["test", str(wrong), "--clock", "virtual", "-q"])
+    assert quiet.output.splitlines() == [
+        "wrong: outcome 'sharing-established', expected 'turn-failed'",
+        "0 passed, 1 failed",
+    ]
 
 
 def test_run_exit_2_with_file_and_line_for_a_broken_scenario(tmp_path: Path) -> None:
@@ -240,6 +249,15 @@ def test_a_misspelt_name_gets_a_suggestion_and_a_pointer_to_list() -> None:
     far = CliRunner().invoke(main, ["run", "zzzz"])
     assert far.exit_code == 2 and "did you mean" not in far.output
     assert "no scenario file or bundled scenario called 'zzzz'" in far.output
+
+
+def test_a_name_the_file_system_refuses_is_bad_input() -> None:
+    # Path.is_dir() raises OSError (ENAMETOOLONG) for it rather than answering False.
+    long = "a" * 5000
+    for args in (["run", long], ["test", long], ["check", long + ".yaml"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args[0], result.output[-300:])
+        assert "internal error" not in result.output
 
 
 def test_a_user_file_extends_a_bundled_scenario_from_any_folder(tmp_path: Path) -> None:
@@ -457,10 +475,30 @@ def test_an_ascii_terminal_gets_ascii_not_a_crash(args: list[str], tmp_path: Pat
 
 
 def test_the_ascii_spelling_of_labsims_own_characters() -> None:
-    text = "a → b — 64·T1 … ✕ é"
-    assert text.encode("ascii", cli._ASCII_ERRORS) == b"a -> b - 64.T1 ... x e"
+    text = "a → b — 64·T1 … ✕ é §5.3"
+    assert text.encode("ascii", cli._ASCII_ERRORS) == b"a -> b - 64*T1 ... x e section 5.3"
     assert not cli.unicode_ok(type("S", (), {"encoding": "ascii"})())
     assert cli.unicode_ok(type("S", (), {"encoding": "utf-8"})())
+
+
+# --- what the docs claim -----------------------------------------------------------------------
+
+
+def test_the_architecture_says_when_extends_inherits_expect(tmp_path: Path) -> None:
+    """Issue 16 #10: docs/architecture.md said ``extends`` never inherits ``expect``; the loader
+    inherits it when the child states none (scenarios/README.md says so)."""
+    from labsim.scenario import load, loads
+
+    lab = load(LAB).expect
+    assert lab.messages  # what a child must not silently keep when it names a new outcome
+    silent = loads("extends: sharing-call.yaml\n", source=str(tmp_path / "a.yaml"), base=LAB.parent)
+    assert silent.expect == lab
+    own = loads("extends: sharing-call.yaml\nexpect: {outcome: ice-failed}\n",
+                source=str(tmp_path / "b.yaml"), base=LAB.parent)  # fmt: skip
+    assert own.expect.outcome == "ice-failed" and own.expect.messages == []
+    text = " ".join((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").split())
+    assert "never inherits `name`, `description` or `expect`" not in text
+    assert "takes the parent's `expect` only when the child states none" in text
 
 
 # --- packaging ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 The layout is the pydantic model :class:`RunJson`: the output is built through it, and the JSON
 Schema shipped with the package (``labsim/report/run.schema.json``) is generated from it
-(``python -m labsim.report.schema``; a test fails when the file is stale).
+(``labsim schema run``; a test fails when the file is stale).
 ``docs/json.md`` explains every field. Read only from the trace. Times are seconds from the
 start of the run, as the trace has them; addresses are lab addresses as ``"ip:port"``; bytes are
 lower-case hex: every byte of a STUN or SIP message, and for opaque TCP data the head the trace
@@ -336,7 +336,7 @@ def json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-#: Where the schema ships, inside the package (``python -m labsim.report.schema``).
+#: Where the schema ships, inside the package (``labsim schema run`` prints it).
 SCHEMA_PATH = Path(__file__).with_name("run.schema.json")
 
 
