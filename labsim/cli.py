@@ -242,9 +242,17 @@ def _echo(message: str = "", *, err: bool = False, nl: bool = True) -> None:
     click.echo(message, file=sys.stderr if err else sys.stdout, nl=nl)
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits 1 here, which is labsim's "an expectation failed": let the group end the
+        # command with the code of a closed pipe instead.
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _console(stderr: bool = False) -> Console:
     # soft_wrap: a line is never folded by rich; the ladder is laid out to its width already.
-    return Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=True)
+    return _Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=True)
 
 
 def _width_given(console: Console) -> bool:
@@ -522,6 +530,7 @@ class _Sink:
         self.name = "standard output" if self.to_stdout else str(path)
         self.stream: BinaryIO
         if self.to_stdout:
+            sys.stdout.flush()  # text written before goes first, not after the bytes
             self.stream = cast(BinaryIO, sys.stdout.buffer)
             return
         try:

@@ -352,6 +352,38 @@ def test_an_internal_error_exits_3_with_a_short_message(monkeypatch: pytest.Monk
     assert "internal error: ZeroDivisionError: a bug" in tested.output
 
 
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    import labsim.run
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(labsim.run, "run_scenario", interrupted)
+    result = CliRunner().invoke(main, ["run", "--clock", "virtual"])
+    assert result.exit_code == 130 and "labsim: interrupted" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["run", "--clock", "virtual"], ["run", "--clock", "virtual", "--json", "-"], ["list"],
+     ["schema"]],
+    ids=["ladder", "json", "list", "schema"],
+)  # fmt: skip
+def test_a_closed_pipe_ends_quietly_with_141(args: list[str], tmp_path: Path) -> None:
+    """``labsim run | head``: rich exits 1 on a broken pipe, labsim's "an expectation failed"."""
+    read, write = os.pipe()
+    os.close(read)  # closed before labsim writes anything: its first write fails
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "labsim", *args], stdout=write, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path, env=env(),
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert result.returncode == cli.EXIT_BROKEN_PIPE == 141, result.stderr
+    assert b"Traceback" not in result.stderr and b"Exception ignored" not in result.stderr
+
+
 def test_the_exit_codes_are_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Exit codes") :]
