@@ -506,6 +506,18 @@ def test_an_ascii_terminal_gets_ascii_not_a_crash(args: list[str], tmp_path: Pat
         assert b" |" in result.stdout  # the ladder's ASCII lifelines
 
 
+def test_data_stays_utf8_on_an_ascii_terminal(tmp_path: Path) -> None:
+    """JSON and schemas are data: never transliterated, whatever the terminal."""
+    ran = labsim("run", "one-way-binding-cms-checks", "--clock", "virtual", "--json", "-",
+                 cwd=tmp_path, PYTHONIOENCODING="ascii")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    data = json.loads(ran.stdout.decode("utf-8"))
+    assert "→" in json.dumps(data["diagnosis"], ensure_ascii=False)
+    ran.stderr.decode("ascii")  # the report beside it: ASCII
+    schema = labsim("schema", "run", cwd=tmp_path, PYTHONIOENCODING="ascii")
+    assert schema.stdout == SCHEMA_PATH.read_bytes()
+
+
 def test_the_ascii_spelling_of_labsims_own_characters() -> None:
     text = "a → b — 64·T1 … ✕ é §5.3"
     assert text.encode("ascii", cli._ASCII_ERRORS) == b"a -> b - 64*T1 ... x e section 5.3"
