@@ -16,9 +16,8 @@ are errors too. A file is user input: its size, nesting and expansion through YA
 bounded while PyYAML composes it (:class:`_Loader`), and every number it sets is finite and
 bounded (the settings types' own bounds, :data:`MAX_DEADLINE`, :data:`MAX_PERIODIC_FIRINGS`).
 
-``python -m labsim.scenario --schema`` prints the JSON Schema that ``scenarios/schema.json``
-holds (editors use it to complete and check scenario files); ``python -m labsim.scenario FILE``
-checks files.
+``labsim schema`` prints the JSON Schema that ``scenarios/schema.json`` holds (editors use it to
+complete and check scenario files); ``labsim check FILE…`` checks files (:mod:`labsim.cli`).
 
 The lab's sections (``actors:``, ``call:``) validate straight into the settings types the
 actors and protocol machines own (:mod:`labsim.actors.lab`, :mod:`labsim.proto.settings`):
@@ -31,9 +30,9 @@ per actor, an actor's listeners on distinct ports) live here, around those types
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
+import importlib.resources
 import json
 import math
 import re
@@ -93,10 +92,12 @@ __all__ = [
     "first_sentence",
     "json_schema",
     "library_dir",
+    "bundled",
+    "bundled_names",
+    "close_names",
     "list_scenarios",
     "load",
     "loads",
-    "main",
     "schema_text",
 ]
 
@@ -1140,8 +1141,40 @@ def loads(text: str, *, source: str = "<string>", base: Path | None = None) -> S
 
 
 def library_dir() -> Path:
-    """The bundled scenarios: the repository's ``scenarios/`` folder."""
-    return Path(__file__).parent.parent / "scenarios"
+    """The bundled scenarios: package data of ``labsim`` (``labsim/scenarios``), found with
+    :mod:`importlib.resources` so an installed wheel finds them as a checkout does.
+
+    In the repository ``labsim/scenarios`` is a symlink to the top-level ``scenarios/`` folder
+    (where the README, the docs and the tests name it); the path returned is resolved, so a
+    checkout reports ``scenarios/…`` in its messages. labsim is installed as files, never run
+    from a zip archive: the loader needs paths (``extends`` resolves against a folder).
+    """
+    folder = importlib.resources.files("labsim").joinpath("scenarios")
+    if not isinstance(folder, Path):  # a zip import: not how labsim is installed
+        raise RuntimeError(f"labsim's scenario library is not a folder: {folder}")
+    return folder.resolve()
+
+
+def bundled_names() -> list[str]:
+    """The names of the bundled scenarios (file names without ``.yaml``), sorted."""
+    return sorted(path.stem for path in library_dir().glob("*.yaml"))
+
+
+def bundled(name: str) -> Path | None:
+    """The bundled scenario called ``name`` (``sharing-call`` or ``sharing-call.yaml``), or
+    None when the library has none of that name."""
+    stem = name.removesuffix(".yaml")
+    if not stem or "/" in stem or "\\" in stem or stem.startswith("."):
+        return None
+    path = library_dir() / f"{stem}.yaml"
+    return path if _is_file(path) else None
+
+
+def close_names(name: str) -> list[str]:
+    """Bundled scenario names that look like ``name`` (a typo, a missing ``.yaml``), best
+    first, for a "did you mean" after a name that resolves to nothing."""
+    stem = Path(name).name.removesuffix(".yaml").removesuffix(".yml")
+    return difflib.get_close_matches(stem, bundled_names(), n=3, cutoff=0.6)
 
 
 def list_scenarios(dir: Path | None = None) -> list[tuple[Path, Scenario]]:
@@ -1175,31 +1208,13 @@ def schema_text() -> str:
     return json.dumps(json_schema(), indent=2) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m labsim.scenario --schema`` prints the schema; with files, checks them."""
-    parser = argparse.ArgumentParser(
-        prog="python -m labsim.scenario",
-        description="Check scenario files, or print the JSON Schema of scenario files.",
-    )
-    parser.add_argument("--schema", action="store_true", help="print the JSON Schema")
-    parser.add_argument("files", nargs="*", type=Path, help="scenario files to check")
-    args = parser.parse_args(argv)
-    if not args.schema and not args.files:
-        parser.print_usage(sys.stderr)
-        return 2
-    if args.schema:
-        sys.stdout.write(schema_text())
-    status = 0
-    for path in args.files:
-        try:
-            scenario = load(path)
-        except ScenarioError as exc:
-            print(exc, file=sys.stderr)
-            status = 1
-        else:
-            print(f"{path}: ok ({scenario.name})", file=sys.stderr)
-    return status
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # The checking and schema commands moved into labsim's one command line (same exit codes as
+    # every other command). This module cannot import labsim.cli (layers point down), so an old
+    # habit gets the new spelling and a failing status rather than silently printing nothing.
+    sys.stderr.write(
+        "python -m labsim.scenario is now part of labsim's command line:\n"
+        "  labsim check FILE...   check scenario files\n"
+        "  labsim schema          print the JSON Schema of scenario files\n"
+    )
+    raise SystemExit(2)

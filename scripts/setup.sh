@@ -19,4 +19,14 @@ if [ ! -x .venv/bin/python ]; then
     fi
   fi
 fi
+# Install (editable, with the test tools) only when pyproject.toml changed since the last
+# install: pip takes about 4 s even when there is nothing to do, and scripts/labsim.sh calls this
+# before every command. An editable install picks up new and changed modules by itself.
+# (rm .venv/.labsim-setup forces a reinstall.)
+stamp=.venv/.labsim-setup
+digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ -x .venv/bin/labsim ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+  exit 0
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+echo "$digest" > "$stamp"

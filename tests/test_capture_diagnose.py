@@ -370,11 +370,11 @@ def test_labsim_diagnose_exits_2_on_bad_files_without_a_traceback(
 ) -> None:
     for name, path in _bad_files(lab, tmp_path).items():
         done = subprocess.run(
-            [sys.executable, "-m", "labsim.cli", "diagnose", str(path)],
+            [sys.executable, "-m", "labsim", "diagnose", str(path)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 2, (name, done.stdout, done.stderr)
-        assert "Traceback" not in done.stderr and done.stderr.startswith("error: "), name
+        assert "Traceback" not in done.stderr and done.stderr.startswith("labsim: "), name
         assert len(done.stderr.strip().splitlines()) == 1, (name, done.stderr)
         # A file cut inside a frame is reported up to the cut, as tshark does, then exits 2.
         assert ("Diagnosis:" in done.stdout) == (name == "cut-in-a-block"), name
@@ -383,7 +383,7 @@ def test_labsim_diagnose_exits_2_on_bad_files_without_a_traceback(
 def test_labsim_diagnose_prints_the_ladder_view_and_verdict(lab: Path, tmp_path: Path) -> None:
     out = tmp_path / "d.json"
     done = subprocess.run(
-        [sys.executable, "-m", "labsim.cli", "diagnose", str(lab), "--json", str(out),
+        [sys.executable, "-m", "labsim", "diagnose", str(lab), "--json", str(out),
          "--width", "140"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -402,7 +402,7 @@ def test_labsim_diagnose_exits_1_on_a_failure_and_says_why(tmp_path: Path) -> No
     path = tmp_path / "creds.pcapng"
     write_pcapng(run.trace, path, capture_at=["cms"], scenario="wrong-turn-credentials")
     done = subprocess.run(
-        [sys.executable, "-m", "labsim.cli", "diagnose", str(path), "--no-ladder"],
+        [sys.executable, "-m", "labsim", "diagnose", str(path), "--quiet"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr

@@ -78,8 +78,7 @@ def test_shape_and_values() -> None:
 
 def test_the_shipped_schema_is_generated_from_the_model() -> None:
     assert json.loads(SCHEMA_PATH.read_text(encoding="utf-8")) == json_schema(), (
-        "labsim/report/run.schema.json is stale: python -m labsim.report.schema > "
-        "labsim/report/run.schema.json"
+        "labsim/report/run.schema.json is stale: labsim schema run > labsim/report/run.schema.json"
     )
 
 

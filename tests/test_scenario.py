@@ -41,8 +41,6 @@ from labsim.scenario import (
     list_scenarios,
     load,
     loads,
-    main,
-    schema_text,
 )
 
 SHARING_CALL = library_dir() / "sharing-call.yaml"
@@ -609,7 +607,7 @@ def test_the_schema_file_is_up_to_date() -> None:
     committed = (library_dir() / "schema.json").read_text(encoding="utf-8")
     assert committed == json.dumps(json_schema(), indent=2) + "\n", (
         "scenarios/schema.json is stale; regenerate it with "
-        "`.venv/bin/python -m labsim.scenario --schema > scenarios/schema.json`"
+        "`.venv/bin/labsim schema > scenarios/schema.json`"
     )
 
 
@@ -623,19 +621,6 @@ def test_the_schema_uses_yaml_keys_and_forbids_unknown_ones() -> None:
     assert {"from", "to"} <= set(message)
     layout = schema["$defs"]["CallSettings"]["properties"]["check_layout_cms"]["items"]
     assert "MS-IMPLEMENTATION-VERSION" in layout["enum"]
-
-
-def test_main_prints_the_schema_and_checks_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--schema"]) == 0
-    assert capsys.readouterr().out == schema_text()
-    bad = write(tmp_path, "bad.yaml", "clock: x\n")
-    assert main([str(SHARING_CALL), str(bad)]) == 1
-    err = capsys.readouterr().err
-    assert "sharing-call.yaml: ok (sharing-call)" in err
-    assert f"{bad}:1: clock:" in err
-    assert main([]) == 2
 
 
 # --- one settings model ------------------------------------------------------------------------

@@ -135,12 +135,14 @@ _LINKTYPES = {0: "null", 1: "ethernet", 12: "raw", 14: "raw", 101: "raw", 108: "
               113: "sll", 228: "ipv4", 229: "ipv6", 276: "sll2"}  # fmt: skip
 
 
-def read_packets(path: Path) -> Packets:
-    """Every TCP segment of the capture file at ``path``, in file order."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from None
+def read_packets(path: Path, data: bytes | None = None) -> Packets:
+    """Every TCP segment of the capture file at ``path`` (or of ``data``, read from it
+    already: standard input), in file order."""
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(data) < 4:
         raise CaptureError(f"{path}: not a capture file (only {len(data)} bytes)")
     magic = data[:4]
@@ -741,13 +743,14 @@ class Capture:
 
 
 def read_capture(
-    path: Path, actors: Mapping[str, str] | None = None, at: str | None = None
-) -> Capture:
+    path: Path, actors: Mapping[str, str] | None = None, at: str | None = None,
+    data: bytes | None = None,
+) -> Capture:  # fmt: skip
     """The capture at ``path`` as a trace (see the module's docstring). ``actors`` names hosts
     ({address: actor}); ``at`` says at which actor's interfaces it was captured (else: the
     one pcapng interface named after an actor, as labsim names its capture points, or the one
-    host on every connection)."""
-    packets = read_packets(path)
+    host on every connection). ``data``: the file's bytes, when read already."""
+    packets = read_packets(path, data)
     if not packets.segments:
         raise CaptureError(
             f"{path}: no TCP segment in {packets.frames} frame(s): the call runs over TCP "

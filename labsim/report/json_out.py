@@ -4,7 +4,7 @@
 
 The layout is the pydantic model :class:`RunJson`: the output is built through it, and the JSON
 Schema shipped with the package (``labsim/report/run.schema.json``) is generated from it
-(``python -m labsim.report.schema``; a test fails when the file is stale).
+(``labsim schema run``; a test fails when the file is stale).
 ``docs/json.md`` explains every field. Read only from the trace. Times are seconds from the
 start of the run, as the trace has them; addresses are lab addresses as ``"ip:port"``; bytes are
 lower-case hex: every byte of a STUN or SIP message, and for opaque TCP data the head the trace
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import io
 import json
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar
+from typing import Any, BinaryIO, Literal, TextIO, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -334,13 +336,29 @@ def json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-#: Where the schema ships, inside the package (``python -m labsim.report.schema``).
+#: Where the schema ships, inside the package (``labsim schema run`` prints it).
 SCHEMA_PATH = Path(__file__).with_name("run.schema.json")
+
+
+def json_text(
+    trace: Trace,
+    *,
+    scenario: str,
+    outcome: str,
+    diagnosis: object | None = None,
+    extra: Mapping[str, object] | None = None,
+    indent: int | None = 2,
+) -> str:
+    """:func:`trace_to_json` as text, ending with a newline (non-ASCII characters as they are:
+    write it as UTF-8, as JSON's RFC 8259 says)."""
+    data = trace_to_json(trace, scenario=scenario, outcome=outcome, diagnosis=diagnosis,
+                         extra=extra)  # fmt: skip
+    return json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
 
 
 def write_json(
     trace: Trace,
-    path: Path | str | TextIO,
+    path: Path | str | TextIO | BinaryIO,
     *,
     scenario: str,
     outcome: str,
@@ -348,14 +366,17 @@ def write_json(
     extra: Mapping[str, object] | None = None,
     indent: int | None = 2,
 ) -> None:
-    """Write :func:`trace_to_json` to ``path`` (a file name or a text file), UTF-8."""
-    data = trace_to_json(trace, scenario=scenario, outcome=outcome, diagnosis=diagnosis,
-                         extra=extra)  # fmt: skip
-    text = json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
+    """Write :func:`json_text` to ``path``: a file name, or an open file. A binary file (such as
+    ``sys.stdout.buffer``) gets UTF-8 whatever the terminal's encoding; a text file gets the
+    text as it is."""
+    text = json_text(trace, scenario=scenario, outcome=outcome, diagnosis=diagnosis,
+                     extra=extra, indent=indent)  # fmt: skip
     if isinstance(path, (str, Path)):
         Path(path).write_text(text, encoding="utf-8")
-    else:
+    elif isinstance(path, io.TextIOBase):
         path.write(text)
+    else:
+        typing.cast(BinaryIO, path).write(text.encode("utf-8"))
 
 
 def _jsonable(value: object) -> Any:

@@ -1,5 +1,6 @@
-"""Print the JSON Schema of ``labsim run --json`` (``python -m labsim.report.schema``); the
-copy shipped with the package is ``labsim/report/run.schema.json`` (a test keeps it current)."""
+"""The JSON Schema of ``labsim run --json``: ``labsim schema run`` prints it; the copy shipped
+with the package is ``labsim/report/run.schema.json`` (a test keeps it current).
+``python -m labsim.report.schema`` prints it too, for the commands that regenerate the file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import sys
 from labsim.report.json_out import json_schema
 
 
+def schema_text() -> str:
+    """The schema as committed in ``labsim/report/run.schema.json``."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
 def main() -> int:
-    sys.stdout.write(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(schema_text())
     return 0
 
 
