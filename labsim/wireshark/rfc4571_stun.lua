@@ -209,10 +209,14 @@ local function follow(key, seq, payload, payload_offset)
         state = { next_seq = nil, pending = "", in_step = false }
         directions[key] = state
     end
-    if state.next_seq ~= nil and seq ~= state.next_seq then
-        if seq < state.next_seq then
-            return {} -- a retransmission of bytes already followed
+    if state.next_seq ~= nil and seq < state.next_seq then
+        -- Bytes already followed, sent again: keep only what is new.
+        local again = state.next_seq - seq
+        if again >= #payload then
+            return {}
         end
+        payload, payload_offset, seq = payload:sub(again + 1), payload_offset + again, seq + again
+    elseif state.next_seq ~= nil and seq > state.next_seq then
         state.pending, state.in_step = "", false -- bytes missing
     end
     state.next_seq = seq + #payload
