@@ -647,8 +647,9 @@ def test_the_command_prints_the_path_and_how_to_load_it() -> None:
     assert path == plugin_path() and path.name == PLUGIN_NAME and path.is_file()
     assert path.read_text(encoding="utf-8").startswith(f"-- {PLUGIN_NAME}:")
     text = "\n".join(rest)
-    assert f"tshark -X lua_script:{path} " in text
-    assert f"cp {path} {PERSONAL_PLUGINS}" in text
+    assert f"tshark {shlex.join(tshark_arguments(path))} " in text
+    assert f"cp {shlex.quote(str(path))} {PERSONAL_PLUGINS}" in text
+    assert tshark_arguments(path) == ["-X", f"lua_script:{path}"]
     alone = CliRunner().invoke(wireshark_plugin, ["--path"])
     assert alone.exit_code == 0 and alone.output == f"{path}\n"
 
