@@ -989,6 +989,17 @@ def diagnose_command(
     sys.exit(EXIT_OK if result.diagnosis.verdict in WORKING else EXIT_FAILED)
 
 
+def _register_plugin_command() -> None:
+    """``labsim wireshark-plugin`` (labsim/wireshark/command.py), with -q/-v like every
+    command."""
+    from labsim.wireshark.command import wireshark_plugin
+
+    main.add_command(verbosity_options(wireshark_plugin))
+
+
+_register_plugin_command()
+
+
 @main.command(name="list")
 @verbosity_options
 def list_command() -> None:
