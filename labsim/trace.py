@@ -819,6 +819,11 @@ class Trace:
                 direction.pending.remove(record)
             record.fate, record.fate_t = "lost", t
 
+    def wire_bytes(self, conn: int, from_client: bool) -> int:
+        """Bytes written on the wire so far in one direction of a connection."""
+        direction = self._directions.get((conn, from_client))
+        return direction.wire if direction is not None else 0
+
     # -- read by renderers and tests -----------------------------------------------------------
 
     def sequence(self, *, relayed: bool = True) -> list[tuple[str, str, str]]:

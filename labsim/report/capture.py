@@ -6,8 +6,8 @@ The steps, each its own function:
 1. :func:`read_packets` — pcap or pcapng (any byte order, micro- or nanosecond stamps), link
    layers Ethernet (VLAN tags too), Linux cooked (``tcpdump -i any``, v1 and v2), BSD loopback
    and raw IP; IPv4 and IPv6; TCP only (everything else is counted and left out). dpkt reads the
-   file formats and headers; a file that is not a capture, or is cut short, is a
-   :class:`CaptureError`.
+   file formats and headers; a file that is not a capture is a :class:`CaptureError`, one cut
+   inside a frame keeps the frames before the cut (and says so).
 2. :func:`reassemble` — each TCP connection's two byte streams (RFC 9293 §3.4: sequence
    numbers say where each segment's bytes belong): out-of-order segments wait for the gap
    before them, retransmitted bytes are taken once, a capture that starts mid-connection starts
@@ -27,6 +27,8 @@ The steps, each its own function:
    order, with their fates (delivered once the receiver acknowledged them, or once they reached
    the capture point's own host; lost when their connection was reset first; in flight when the
    capture ended), so the evidence and the diagnosis read it as they read a run.
+6. :func:`diagnose_capture` — the run's outcome and diagnosis on that trace, with the ends the
+   capture point cannot see played by its neighbours, and what stopped past it said as such.
 
 Written here rather than taken from a library: dpkt parses headers but does not reassemble
 TCP; pyshark needs tshark at run time and hands back dissector strings, not bytes; scapy's
@@ -51,7 +53,7 @@ import dpkt
 from labsim.report.diagnose import Diagnosis, diagnose
 from labsim.report.evidence import MEDIA_PATH, SIP_PATH, stand_ins
 from labsim.report.outcome import Outcome, outcome
-from labsim.trace import Trace
+from labsim.trace import ConnectFailure, Trace
 from labsim.vocabulary import WORKING
 from labsim.wire import WireError, sip, stun
 from labsim.wire.address import Address
@@ -758,8 +760,6 @@ def read_capture(
         )
     conns = reassemble(packets.segments)
     naming = name_hosts(conns, actors)
-    start = min(s.t for s in packets.segments)
-    trace = Trace()
     notes: list[str] = []
     related = [c for c in conns if not _unrelated(c, naming)]
     if len(related) < len(conns):
@@ -768,51 +768,89 @@ def read_capture(
             "carrying no SIP or STUN, left out"
         )
     conns = related or conns
+    point, point_hosts, why = _point_of(conns, naming, packets, at)
+    notes += why + _stream_notes(conns)
+    start = min(s.t for s in packets.segments)
+    trace = _replay(_events(conns, naming, point_hosts), naming, start)
+    end = max(s.t for s in packets.segments) - start
+    if packets.cut:
+        notes.append(packets.cut)
+    if packets.bad:
+        notes.append(f"{packets.bad} frame(s) whose headers did not parse were left out")
+    return Capture(path, trace, packets, conns, naming, point, start, end, notes)
+
+
+def _stream_notes(conns: list[Connection]) -> list[str]:
+    """What the reader had to skip or take once, per stream, in words."""
+    notes = []
     for conn in conns:
         if any(_is_tls(s) for s in (conn.up, conn.down)):
             notes.append(
                 f"{conn.client} → {conn.server} carries TLS (SIP over TLS, port 5061?): its "
                 "messages are encrypted and cannot be read; capture SIP over TCP, or decrypt"
             )
-    # (trace time, rank, frame number, order, payload): see the sort below.
-    events: list[tuple[float, int, int, int, object]] = []
-    order = 0
-
-    def add(t: float, rank: int, payload: object, frame: int = 0) -> None:
-        nonlocal order
-        order += 1
-        events.append((t - start, rank, frame, order, payload))
-
-    point, point_hosts, why = _point_of(conns, naming, packets, at)
-    notes.extend(why)
-    for conn in conns:
-        client, server = naming.name(conn.client.host), naming.name(conn.server.host)
-        if not conn.answered:
-            started = conn.syns[0] if conn.syns else conn.opened
-            if conn.refused_at is not None:
-                add(conn.refused_at, 0, ("refused", conn, client, started, "refused"))
-            else:
-                failed = conn.syns[-1] if conn.syns else conn.opened
-                add(failed, 0, ("refused", conn, client, started, "timeout"))
-            continue
-        add(conn.opened, 0, ("open", conn, client, server))
         for stream in (conn.up, conn.down):
-            from_client = stream is conn.up
+            where = f"{stream.sender} → {stream.receiver}"
             if stream.retransmitted:
-                notes.append(
-                    f"{stream.sender} → {stream.receiver}: {stream.retransmitted} bytes "
-                    "retransmitted (taken once)"
-                )
+                notes.append(f"{where}: {stream.retransmitted} bytes retransmitted (taken once)")
             for offset, length in stream.holes:
                 notes.append(
-                    f"{stream.sender} → {stream.receiver}: {length} bytes at offset {offset} "
-                    "never captured (skipped; the message they held is shown as data)"
+                    f"{where}: {length} bytes at offset {offset} never captured (skipped; the "
+                    "message they held is shown as data)"
                 )
             if stream.mid_start and stream.chunks:
-                notes.append(
-                    f"{stream.sender} → {stream.receiver}: the capture starts after this "
-                    "connection opened"
-                )
+                notes.append(f"{where}: the capture starts after this connection opened")
+    return notes
+
+
+_What = Literal["refused", "open", "send", "deliver", "close"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """One thing that happened, to be replayed into the trace in order (see :func:`_events`)."""
+
+    t: float
+    """Seconds since the epoch."""
+    rank: int
+    """At one instant: connects first, then what reaches the capture point and deliveries,
+    then sends, then closes."""
+    frame: int
+    order: int
+    what: _What
+    conn: Connection
+    from_client: bool = True
+    cut: Cut | None = None
+    relaying: bool = False
+    delivered_now: bool = False
+    """A send its receiver got at the same instant (the capture point's own host)."""
+
+    def key(self) -> tuple[float, int, int, int]:
+        return self.t, self.rank, self.frame, self.order
+
+
+def _events(conns: list[Connection], naming: Naming, point_hosts: set[str]) -> list[_Event]:
+    """Every connect, message, delivery and close of the capture, in the order to replay them:
+    in time order; at one instant, deliveries before sends (a relay or proxy sends on what it
+    was handed at the instant it got it, and its journey must see the delivery first), sends
+    in the file's frame order (a direction's messages keep their stream order)."""
+    out: list[_Event] = []
+
+    def add(
+        t: float, rank: int, what: _What, conn: Connection, *, frame: int = 0,
+        from_client: bool = True, cut: Cut | None = None, relaying: bool = False,
+        delivered_now: bool = False,
+    ) -> None:  # fmt: skip
+        out.append(_Event(t, rank, frame, len(out), what, conn, from_client, cut, relaying,
+                          delivered_now))  # fmt: skip
+
+    for conn in conns:
+        if not conn.answered:
+            failed = conn.refused_at or (conn.syns[-1] if conn.syns else conn.opened)
+            add(failed, 0, "refused", conn)
+            continue
+        add(conn.opened, 0, "open", conn)
+        for stream in (conn.up, conn.down):
             dst_is_point = stream.receiver.host in point_hosts
             relaying = _relays(stream, naming)
             for cut in cut_messages(stream):
@@ -822,54 +860,52 @@ def read_capture(
                 # receiver acknowledged its last byte.
                 got = cut.t if dst_is_point else stream.acked_at(cut.end)
                 now = got is not None and got <= cut.t
-                # What reaches the point goes before what leaves it at the same instant.
-                rank = 1 if dst_is_point else 2
-                add(cut.t, rank, ("send", conn, from_client, cut, relaying, now), cut.stamp[1])
+                add(cut.t, 1 if dst_is_point else 2, "send", conn, from_client=stream is conn.up,
+                    cut=cut, relaying=relaying, delivered_now=now, frame=cut.stamp[1])  # fmt: skip
                 if got is not None and not now:
-                    add(got, 1, ("deliver", conn, from_client, cut))
+                    add(got, 1, "deliver", conn, from_client=stream is conn.up, cut=cut)
         if conn.closed is not None:
-            add(conn.closed, 3, ("close", conn))
-    # In time order; at one instant, deliveries before sends (a relay or proxy sends on what
-    # it was handed at the instant it got it, and its journey must see the delivery first),
-    # sends in the file's frame order (a direction's messages keep their stream order).
-    events.sort(key=lambda e: e[:4])
+            add(conn.closed, 3, "close", conn)
+    return sorted(out, key=_Event.key)
+
+
+def _replay(events: list[_Event], naming: Naming, start: float) -> Trace:
+    """A trace of ``events``, written through the calls the runtimes use (``opened``, ``sent``
+    with the framing each message had, ``delivered``, ``lost``, ``closed``, ``refuse``), so
+    journeys, fates and facts come out as in a run."""
+    trace = Trace()
     sizes: dict[tuple[int, bool, int], int] = {}
-    for t, _rank, _frame, _order, payload in events:
-        assert isinstance(payload, tuple)
-        what = payload[0]
-        if what == "refused":
-            _, conn, client, started, how = payload
-            trace.refuse(t, client, conn.client.host, conn.server, how,
-                         started=started - start)  # fmt: skip
-        elif what == "open":
-            _, conn, client, server = payload
+    for e in events:
+        t, conn = e.t - start, e.conn
+        client = naming.name(conn.client.host)
+        if e.what == "refused":
+            started = conn.syns[0] if conn.syns else conn.opened
+            how: ConnectFailure = "refused" if conn.refused_at is not None else "timeout"
+            trace.refuse(t, client, conn.client.host, conn.server, how, started=started - start)
+        elif e.what == "open":
+            server = naming.name(conn.server.host)
             name = f"{client}/{conn.client.port}"
             trace.opened(t, conn.id, client, conn.client, server, conn.server, name)
-        elif what == "send":
-            _, conn, from_client, cut, relaying, now = payload
-            before = _wire_total(trace, conn.id, from_client)
-            trace.sent(t, conn.id, from_client, cut.data, _framing(cut, relaying))
-            size = _wire_total(trace, conn.id, from_client) - before
-            if now:
-                trace.delivered(t, conn.id, from_client, size)
+        elif e.what == "send":
+            assert e.cut is not None
+            before = trace.wire_bytes(conn.id, e.from_client)
+            trace.sent(t, conn.id, e.from_client, e.cut.data, _framing(e.cut, e.relaying))
+            size = trace.wire_bytes(conn.id, e.from_client) - before
+            if e.delivered_now:
+                trace.delivered(t, conn.id, e.from_client, size)
             else:
-                sizes[(conn.id, from_client, cut.end)] = size
-        elif what == "deliver":
-            _, conn, from_client, cut = payload
-            trace.delivered(t, conn.id, from_client, sizes.get((conn.id, from_client, cut.end), 0))
-        elif what == "close":
-            _, conn = payload
+                sizes[(conn.id, e.from_client, e.cut.end)] = size
+        elif e.what == "deliver":
+            assert e.cut is not None
+            size = sizes.get((conn.id, e.from_client, e.cut.end), 0)
+            trace.delivered(t, conn.id, e.from_client, size)
+        else:
             by = naming.name(conn.closed_by.host) if conn.closed_by is not None else "network"
             if conn.reset:
                 trace.lost(t, conn.id, True)
                 trace.lost(t, conn.id, False)
             trace.closed(t, conn.id, by, reset=conn.reset)
-    end = max(s.t for s in packets.segments) - start
-    if packets.cut:
-        notes.append(packets.cut)
-    if packets.bad:
-        notes.append(f"{packets.bad} frame(s) whose headers did not parse were left out")
-    return Capture(path, trace, packets, conns, naming, point, start, end, notes)
+    return trace
 
 
 def _point_of(
@@ -931,11 +967,6 @@ def _is_tls(stream: Stream) -> bool:
     return len(head) >= 3 and head[0] == 22 and head[1] == 3 and head[2] <= 4
 
 
-def _wire_total(trace: Trace, conn: int, from_client: bool) -> int:
-    direction = trace._directions.get((conn, from_client))
-    return direction.wire if direction is not None else 0
-
-
 def _relays(stream: Stream, naming: Naming) -> bool:
     """Whether the stream's sender relays the framed checks it sends, as raw bytes: the TURN
     server (RFC 6062 §5.3: a data connection is a pipe), and the Skype Edge, whose media relay
@@ -969,11 +1000,6 @@ def describe_view(capture: Capture) -> list[str]:
     for host, actor in sorted(capture.naming.actors.items(), key=lambda kv: kv[1]):
         lines.append(f"{host} is {actor}: {capture.naming.why[host]}")
     return lines
-
-
-def sip_facts_of(data: bytes) -> SipFacts | None:
-    facts = facts_of("SIP", data)
-    return facts if isinstance(facts, SipFacts) else None
 
 
 # -- 6. the diagnosis ------------------------------------------------------------------------------
