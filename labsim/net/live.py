@@ -56,6 +56,7 @@ tasks than before it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import functools
 import ipaddress
@@ -418,14 +419,24 @@ class LiveNetwork:
     # -- running -------------------------------------------------------------------------------
 
     def run(self, until: float, stop: StopWhen | None = None) -> Trace:
-        """Run for ``until`` wall seconds or until ``stop(trace)``; return the trace."""
+        """Run for ``until`` wall seconds or until ``stop(trace)``; return the trace. Called
+        where an event loop already runs (a Jupyter notebook, an asyncio program), the run gets
+        a loop of its own in a thread and this call waits for it: the caller's loop cannot be
+        re-entered (``asyncio.run`` refuses), and blocking it for the call's few seconds is what
+        a synchronous call means. Inside asyncio code, ``await`` :meth:`arun` instead."""
 
         async def main() -> None:
             # The task's result stays None: asyncio.run (3.11) formats the main task's repr
             # when it restores the SIGINT handler, and a Trace result would be repr'd whole.
             await self.arun(until, stop)
 
-        asyncio.run(main())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(main())
+            return self.trace
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="labsim-live") as pool:
+            pool.submit(asyncio.run, main()).result()
         return self.trace
 
     async def arun(self, until: float, stop: StopWhen | None = None) -> Trace:
