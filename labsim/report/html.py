@@ -459,7 +459,11 @@ def _json_block(data: object) -> str:
     escapes, so no text from the run can close the block (``</script>``) or open a comment."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    # What is not printable (a bidi override, a line separator) as an escape too: the same
+    # string once parsed, but a reader of the file sees it.
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def _sha256(text: str) -> str:
