@@ -11,6 +11,7 @@ bounded in time; on a timeout the test kills that session (only what it started)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from labsim.report.pictures import printable
-from labsim.run import RunResult
+from labsim.report.mermaid import render_mermaid
+from labsim.report.pictures import ladder, printable
+from labsim.run import ACTORS, RunResult
 
 from .conftest import require_tool
-from .test_pictures import hostile_html, hostile_trace, html_of, ran
+from .test_pictures import SCENARIOS, hostile_html, hostile_trace, html_of, ran
 
 #: Seconds one Chromium run may take (it needs about one; a loaded CI machine more).
 TIMEOUT = 120
@@ -258,3 +260,65 @@ def test_the_page_on_a_1280_px_screen(tmp_path: Path) -> None:
     assert edge and 700 <= edge[0] <= 740, edge[:5]
     # The header bar, dark, across the top.
     assert rows[5][10 * bpp : 10 * bpp + 3] == b"\x1f\x2d\x3d"
+
+
+# -- the Mermaid text, read by Mermaid -----------------------------------------------------------
+
+#: Mermaid's standalone bundle, one pinned release (``.ci/run`` fetches it with ``npm pack``).
+MERMAID_JS = Path(__file__).parent.parent / "build/mermaid/package/dist/mermaid.min.js"
+FETCH_MERMAID = (
+    "mkdir -p build/mermaid && cd build/mermaid && npm pack mermaid@11.17.2 && "
+    "tar -xzf mermaid-11.17.2.tgz package/dist/mermaid.min.js"
+)
+
+#: Parses and draws each diagram with Mermaid, then writes what became of it into the page.
+MERMAID_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>
+<pre id="result">pending</pre>
+<script src="%(src)s"></script>
+<script>
+const diagrams = %(diagrams)s;
+mermaid.initialize({startOnLoad: false, securityLevel: "strict"});
+(async () => {
+  const out = [];
+  for (const [name, text] of Object.entries(diagrams)) {
+    try {
+      await mermaid.parse(text);
+      const {svg} = await mermaid.render("d" + out.length, text);
+      const drawn = document.createElement("div");
+      drawn.innerHTML = svg;
+      out.push([name, "ok", drawn.querySelectorAll(".messageText").length,
+                drawn.querySelectorAll("script, iframe, img, foreignObject script").length]);
+    } catch (e) {
+      out.push([name, "error: " + String(e).slice(0, 400), 0, 0]);
+    }
+  }
+  document.getElementById("result").textContent = JSON.stringify(out);
+})();
+</script></body></html>
+"""
+
+
+def test_mermaid_itself_reads_and_draws_the_diagrams(tmp_path: Path) -> None:
+    """Mermaid 11 (in Chromium) parses and renders the --mermaid output of runs with every
+    kind of row, and of the hostile trace: one drawn message text per arrow line, and nothing
+    from the wire became an element."""
+    if not MERMAID_JS.exists():
+        message = f"{MERMAID_JS} is missing (.ci/run fetches it: {FETCH_MERMAID})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    diagrams = {
+        name: render_mermaid(ladder(ran(name).trace, ACTORS), title=name) for name in SCENARIOS
+    }
+    diagrams["hostile"] = render_mermaid(ladder(hostile_trace(), ACTORS), title="<b>x</b>")
+    data = json.dumps(diagrams).replace("<", "\\u003c")
+    path = page_file(tmp_path, MERMAID_PAGE % {"src": MERMAID_JS.as_uri(), "diagrams": data},
+                     "mermaid.html")  # fmt: skip
+    shown = chromium(tmp_path, path.as_uri(), "--dump-dom", "--virtual-time-budget=60000")
+    results = json.loads(inner_text(shown, "result", "pre"))
+    assert [r[0] for r in results] == list(diagrams)
+    for name, status, texts, elements in results:
+        arrows = [line for line in diagrams[name].splitlines() if re.match(
+            r"    \w+(->>|-->>|-x|--x|-\)|--\))\w+: ", line)]  # fmt: skip
+        assert (name, status) == (name, "ok")
+        assert texts == len(arrows) and elements == 0, name
