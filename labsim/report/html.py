@@ -95,7 +95,10 @@ def attribute_text(attr: stun.Attribute) -> str:
     if isinstance(attr, stun.UnknownAttribute):
         return bytes(attr.value).hex()
     if len(fields) == 1:
-        return _value(values[fields[0]])
+        value = _value(values[fields[0]])
+        # Wireshark's words when they say more than the number (REQUESTED-TRANSPORT 6: TCP).
+        words = attr.info().strip()
+        return f"{value} ({words})" if words and value not in words else value
     return ", ".join(f"{name}={_value(value)}" for name, value in values.items())
 
 
@@ -172,8 +175,19 @@ def _decoded_sections(m: MessageRecord) -> list[dict[str, Any]]:
 
 
 def _facts_rows(m: MessageRecord) -> list[list[str]]:
+    """The typed fields that are set; the names of those that are not, in one last row (what
+    a fact of this protocol could say, without a screen of dashes)."""
     facts = m.facts
-    return [[f.name, _value(getattr(facts, f.name))] for f in dataclasses.fields(facts)]
+    rows, unset = [], []
+    for f in dataclasses.fields(facts):
+        value = getattr(facts, f.name)
+        if value is None or value == "" or value == ():
+            unset.append(f.name)
+        else:
+            rows.append([f.name, _value(value)])
+    if unset:
+        rows.append(["(not set)", ", ".join(unset)])
+    return rows
 
 
 def _where(actor: str, address: Address) -> str:
@@ -273,6 +287,9 @@ kbd { border: 1px solid #bbb; border-bottom-width: 2px; border-radius: 3px; padd
 #detail td { font-family: $FONT; font-size: 12px; word-break: break-all; }
 #detail pre { background: #f6f8fa; padding: 6px 8px; overflow-x: auto; white-space: pre; }
 #detail .prefix { background: #ffe7a3; }
+#detail table.cols td { white-space: nowrap; word-break: normal; }
+#detail table.cols td:last-child { white-space: normal; word-break: break-all; }
+td.t { white-space: nowrap; }
 button { font: inherit; padding: 3px 10px; border: 1px solid #8a98a8; background: #f3f5f8;
   border-radius: 4px; cursor: pointer; }
 button:focus-visible, a:focus-visible { outline: 3px solid #e0a800; outline-offset: 1px; }
@@ -304,7 +321,7 @@ SCRIPT = r"""
   }
 
   function table(head, rows) {
-    var t = el("table");
+    var t = el("table", head ? "cols" : "");
     if (head) {
       var hr = el("tr");
       head.forEach(function (h) { hr.appendChild(el("th", "", h)); });
@@ -514,6 +531,28 @@ def _diagnosis_html(diagnosis: Diagnosis | None, sections: Sequence[Section]) ->
     return out
 
 
+def _lost_html(trace: Trace) -> list[str]:
+    """The messages that never arrived, each a link to its panel: where a trainer starts."""
+    number = {id(m): i for i, m in enumerate(trace.messages, 1)}
+    lost = [m for m in trace.messages if m.fate not in ("delivered", "outside")]
+    if not lost:
+        return []
+    out = ['<section id="lost" aria-labelledby="lost-h">',
+           '<h2 id="lost-h">Messages that never arrived</h2><ul>']  # fmt: skip
+    for m in lost:
+        n = number[id(m)]
+        why = f"dropped by fault rule {m.rule}" if m.fate == "dropped" else m.fate
+        words = rule_words(trace, m.rule) if m.fate == "dropped" else ""
+        out.append(
+            f'<li><a href="#msg-{n}">{n}. {esc(printable(m.summary))}</a> at {fmt_t(m.t)} s, '
+            f"{esc(m.src)} → {esc(m.dst)}: <strong>{esc(why)}</strong>"
+            + (f" ({esc(words)})" if words else "")
+            + "</li>"
+        )
+    out += ["</ul>", "</section>"]
+    return out
+
+
 def _topology_html(topo: Topology) -> list[str]:
     out = [
         '<section id="topology" aria-labelledby="topology-h">',
@@ -532,7 +571,7 @@ def _topology_html(topo: Topology) -> list[str]:
             f'<td class="mono">{esc(link.client)} {esc(link.client_addr)}</td>'
             f'<td class="mono">{esc(link.server)} {esc(link.server_addr)}</td>'
             f"<td>{esc(link.path)}</td><td>{esc(link.carries)}</td><td>{link.messages}</td>"
-            f"<td>{fmt_t(link.opened)} s</td><td>{esc(link.ended)}</td></tr>"
+            f'<td class="t">{fmt_t(link.opened)} s</td><td>{esc(link.ended)}</td></tr>'
         )
     out.append("</table>")
     if topo.attempts:
@@ -580,7 +619,7 @@ def _messages_table(trace: Trace) -> list[str]:
     for n, m in enumerate(trace.messages, 1):
         out.append(
             f'<tr><td><a href="#msg-{n}">{n}</a></td><td>{fmt_t(m.t)}</td><td>{esc(m.src)}</td>'
-            f"<td>{esc(m.dst)}</td><td>{esc(m.summary)}</td>"
+            f"<td>{esc(m.dst)}</td><td>{esc(printable(m.summary))}</td>"
             f'<td class="fate-{esc(m.fate)}">{esc(m.fate)}</td></tr>'
         )
     out += ["</table>", "</details>"]
@@ -658,6 +697,7 @@ def render_html(
         outcome_html,
         "</section>",
         *_diagnosis_html(diagnosis, sections),
+        *_lost_html(trace),
         *_topology_html(topo),
         *_ladder_html(lad),
         *_messages_table(trace),

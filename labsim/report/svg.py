@@ -33,8 +33,8 @@ from labsim.report.pictures import (
     printable,
 )
 
-#: Width the page is read at: the ladder is laid out to fit it (README: readable at 1280 px).
-PAGE_WIDTH = 1264
+#: The widest a picture is drawn: the HTML page fits a 1280 px screen with its margins.
+PAGE_WIDTH = 1244
 #: Left of the first column: the message number and the time.
 LEFT = 100
 MIN_COLUMN = 150
