@@ -287,6 +287,7 @@ kbd { border: 1px solid #bbb; border-bottom-width: 2px; border-radius: 3px; padd
 #detail td { font-family: $FONT; font-size: 12px; word-break: break-all; }
 #detail pre { background: #f6f8fa; padding: 6px 8px; overflow-x: auto; white-space: pre; }
 #detail .prefix { background: #ffe7a3; }
+#detail pre.hex { font-size: 11px; }
 #detail table.cols td { white-space: nowrap; word-break: normal; }
 #detail table.cols td:last-child { white-space: normal; word-break: break-all; }
 td.t { white-space: nowrap; }
