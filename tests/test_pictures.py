@@ -267,6 +267,16 @@ def test_mermaid_names_a_column_that_is_no_identifier() -> None:
     assert ("message", ("cms", "--x", "p3", parsed[-1][1][3])) == parsed[-1]
 
 
+def test_an_empty_trace_draws_empty_pictures() -> None:
+    """A capture with no message in it (or a run that never started) still gives pictures."""
+    for actors in ([], ["cms"]):
+        lad = ladder(Trace(), actors)
+        assert not message_groups(ET.fromstring(ladder_svg(lad, title="empty")))
+        parse_mermaid(render_mermaid(lad, title="empty"))
+        assert_safe(parse_page(render_html(Trace(), actors, scenario="empty", outcome=None,
+                                           diagnosis=None)))  # fmt: skip
+
+
 # -- HTML -----------------------------------------------------------------------------------------
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",

@@ -86,7 +86,8 @@ def _message_text(step: Step) -> str:
 def render_mermaid(ladder: Ladder, *, title: str) -> str:
     """The ladder as a Mermaid ``sequenceDiagram``."""
     ids = participant_ids(ladder.columns)
-    first, last = ids[ladder.columns[0].name], ids[ladder.columns[-1].name]
+    names = [ids[c.name] for c in ladder.columns] or [""]  # no columns: no rows either
+    first, last = names[0], names[-1]
     # The comment follows the diagram's type: some Mermaid versions look for the type on the
     # first line.
     lines = [
