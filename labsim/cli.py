@@ -68,9 +68,13 @@ from labsim.wire.stun import (
 )
 
 if TYPE_CHECKING:
+    from labsim.report.diagnose import Diagnosis
+    from labsim.report.html import Section
     from labsim.report.junit import Case
+    from labsim.report.outcome import Outcome
     from labsim.run import RunResult
     from labsim.scenario import Scenario
+    from labsim.trace import Trace
 
 EXIT_OK: int = 0
 EXIT_FAILED: int = 1
@@ -571,6 +575,23 @@ def _capture_points(text: str | None, pcap_file: Path | None) -> list[str] | Non
 _OUTPUT = click.Path(dir_okay=False, allow_dash=True, path_type=Path)
 
 
+def _picture_options(f: F) -> F:
+    """``--svg``, ``--html`` and ``--mermaid`` (labsim/report/svg.py, html.py, mermaid.py)."""
+    for flag, what in reversed(_PICTURES):
+        f = click.option(flag, flag[2:] + "_file", type=_OUTPUT, metavar="FILE",
+                         help=f"Write {what}; '-': standard output.")(f)  # fmt: skip
+    return f
+
+
+_PICTURES = (
+    ("--svg", "the ladder as an SVG picture (a column per actor with its lab addresses, an "
+     "arrow per message, dropped ones stopped where they were lost)"),
+    ("--html", "one self-contained HTML page: outcome, diagnosis, topology and the ladder, "
+     "each message clickable for its decoded fields and bytes (works offline)"),
+    ("--mermaid", "the ladder as a Mermaid sequenceDiagram"),
+)  # fmt: skip
+
+
 @main.command()
 @click.argument("scenario", default="sharing-call", shell_complete=_complete_scenario)
 @click.option(
@@ -585,8 +606,10 @@ _OUTPUT = click.Path(dir_okay=False, allow_dash=True, path_type=Path)
 @click.option("--json", "json_file", type=_OUTPUT, metavar="FILE",
               help="Write the run as JSON (scenario, outcome, messages …); '-': standard "
               "output, and the ladder goes to standard error.")  # fmt: skip
+@_picture_options
 @click.option("--no-data", is_flag=True, help="Leave opaque relayed TCP data out of the ladder.")
-@click.option("--no-logs", is_flag=True, help="Leave the actors' notes out of the ladder.")
+@click.option("--no-logs", is_flag=True,
+              help="Leave the actors' notes out of the ladder (and the pictures).")  # fmt: skip
 @click.option("--width", type=click.IntRange(20, 1000),
               help="Ladder width (default: the terminal's; 120 in a pipe or file).")  # fmt: skip
 @verbosity_options
@@ -599,6 +622,7 @@ def run(
     no_data: bool,
     no_logs: bool,
     width: int | None,
+    **pictures: Path | None,
 ) -> None:
     """Run a scenario (a YAML file or a bundled name; default: sharing-call) and show the call.
 
@@ -606,12 +630,11 @@ def run(
     resets), then the outcome, the diagnosis and whether the scenario's expectations hold
     (exit 0, else 1). --quiet leaves the ladder out.
     """
-    from labsim.run import run_scenario
+    from labsim.run import ACTORS, run_scenario
 
     say = level()
     points = _capture_points(capture_at, pcap_file)
-    if pcap_file is not None and json_file is not None and str(pcap_file) == str(json_file):
-        raise BadInput(f"labsim: --pcap and --json both name {pcap_file}")
+    _distinct_outputs({"--pcap": pcap_file, "--json": json_file, **_picture_flags(pictures)})
     if str(pcap_file) == STDOUT and sys.stdout.isatty():
         raise BadInput(
             "labsim: --pcap -: standard output is a terminal; redirect it to a file or a pipe "
@@ -629,6 +652,8 @@ def run(
         sinks += [pcap] if pcap else []
         json_sink = _Sink("--json", json_file) if json_file is not None else None
         sinks += [json_sink] if json_sink else []
+        drawn = _picture_sinks(pictures)
+        sinks += drawn
         with _Progress(say != "quiet", None, f"running {sc.name} ({clock or sc.clock} clock)"):
             result = run_scenario(sc, cast(Literal["live", "virtual"] | None, clock))
         # Standard output carries data: the report goes to standard error beside it.
@@ -641,6 +666,14 @@ def run(
         if json_sink is not None:
             _write_json(result, json_sink)
             report.print(f"json: {escape(json_sink.name)}")
+        for sink in drawn:
+            _write_picture(
+                sink, result.trace, ACTORS, name=result.scenario.name, outcome=result.outcome,
+                diagnosis=result.diagnosis, logs=not no_logs,
+                extra={"clock": result.clock, "expected": result.scenario.expect.outcome,
+                       "failures": result.failures},
+            )  # fmt: skip
+            report.print(f"{sink.option[2:]}: {escape(sink.name)}")
     finally:
         for sink in sinks:
             sink.close()
@@ -682,6 +715,48 @@ def _write_pcap(result: RunResult, sink: _Sink, points: list[str]) -> None:
     from labsim.report.pcap import write_pcapng
 
     write_pcapng(result.trace, sink.stream, capture_at=points, scenario=result.scenario.name)
+
+
+def _picture_flags(pictures: dict[str, Path | None]) -> dict[str, Path | None]:
+    return {f"--{key.removesuffix('_file')}": path for key, path in pictures.items()}
+
+
+def _distinct_outputs(outputs: dict[str, Path | None]) -> None:
+    """Two options may not write the same file (nor both standard output)."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if str(path) in seen:
+            raise BadInput(f"labsim: {seen[str(path)]} and {option} both name {path}")
+        seen[str(path)] = option
+
+
+def _picture_sinks(pictures: dict[str, Path | None]) -> list[_Sink]:
+    return [_Sink(flag, path) for flag, path in _picture_flags(pictures).items() if path]
+
+
+def _write_picture(
+    sink: _Sink, trace: Trace, actors: Sequence[str], *, name: str, outcome: Outcome,
+    diagnosis: Diagnosis, extra: dict[str, object], sections: Sequence[Section] = (),
+    logs: bool = True,
+) -> None:  # fmt: skip
+    """Draw the run (or the capture) into ``sink`` as its option asks."""
+    from labsim.report.html import render_html
+    from labsim.report.mermaid import render_mermaid
+    from labsim.report.pictures import ladder
+    from labsim.report.svg import ladder_svg
+
+    if sink.option == "--html":
+        text = render_html(
+            trace, actors, scenario=name, outcome=outcome, diagnosis=diagnosis, extra=extra,
+            sections=sections, logs=logs,
+        )  # fmt: skip
+    elif sink.option == "--svg":
+        text = ladder_svg(ladder(trace, actors, logs=logs), title=f"labsim: {name}")
+    else:
+        text = render_mermaid(ladder(trace, actors, logs=logs), title=f"labsim: {name}")
+    sink.stream.write(text.encode("utf-8"))
 
 
 def _write_json(result: RunResult, sink: _Sink) -> None:
@@ -913,12 +988,13 @@ def schema(kind: str) -> None:
 @click.option("--json", "json_file", type=_OUTPUT, metavar="FILE",
               help="Write the capture's messages, view, outcome and diagnosis as JSON (the "
               "run's format, docs/json.md; - for standard output).")  # fmt: skip
+@_picture_options
 @click.option("--width", type=click.IntRange(20, 1000),
               help="Ladder width (default: the terminal's, else 120).")  # fmt: skip
 @verbosity_options
 def diagnose_command(
     capture_file: Path, actors: tuple[str, ...], at: str | None, json_file: Path | None,
-    width: int | None,
+    width: int | None, **pictures: Path | None,
 ) -> None:  # fmt: skip
     """Diagnose a capture file (pcap or pcapng: labsim's, dumpcap's, a real lab's; - for
     standard input).
@@ -949,17 +1025,20 @@ def diagnose_command(
         named = parse_actor_options(list(actors))
     except ValueError as exc:
         raise BadInput(f"labsim: {exc}") from None
+    _distinct_outputs({"--json": json_file, **_picture_flags(pictures)})
     sink = _Sink("--json", json_file) if json_file is not None else None
+    drawn: list[_Sink] = []
     try:
+        drawn = _picture_sinks(pictures)
         data = sys.stdin.buffer.read() if str(capture_file) == STDOUT else None
         with _Progress(say != "quiet", None, f"reading {capture_file}"):
             capture = read_capture(capture_file, named, at, data=data)
             result = diagnose_capture(capture)
-        report = _console(stderr=sink is not None and sink.to_stdout)
+        report = _console(stderr=any(s.to_stdout for s in [*drawn, *([sink] if sink else [])]))
+        present = {c.client for c in capture.trace.connections.values()}
+        present |= {c.server for c in capture.trace.connections.values()}
+        order = [a for a in LAB_CHAIN if a in present] + sorted(present - set(LAB_CHAIN))
         if say != "quiet":
-            present = {c.client for c in capture.trace.connections.values()}
-            present |= {c.server for c in capture.trace.connections.values()}
-            order = [a for a in LAB_CHAIN if a in present] + sorted(present - set(LAB_CHAIN))
             if width is None:
                 width = report.width if _width_given(report) else DEFAULT_WIDTH
             ladder = render_ladder_rich(
@@ -978,11 +1057,19 @@ def diagnose_command(
                 extra={"capture": view, "reason": result.outcome.reason},
             )  # fmt: skip
             report.print(f"json: {escape(sink.name)}")
+        for picture in drawn:
+            where = capture.point or "this capture"
+            _write_picture(
+                picture, capture.trace, order, name=capture_file.name or "stdin",
+                outcome=result.outcome, diagnosis=result.diagnosis, extra={},
+                sections=[("Capture", result.view), (f"What {where} cannot see", result.blind)],
+            )  # fmt: skip
+            report.print(f"{picture.option[2:]}: {escape(picture.name)}")
     except CaptureError as exc:
         raise BadInput(f"labsim: {exc}") from None
     finally:
-        if sink is not None:
-            sink.close()
+        for opened in [*drawn, *([sink] if sink else [])]:
+            opened.close()
     if capture.packets.cut:
         # As tshark does with a file cut short: everything before the cut, then exit 2.
         raise BadInput(f"labsim: {capture_file}: {capture.packets.cut}")
