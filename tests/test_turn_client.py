@@ -704,3 +704,33 @@ def test_release_after_a_failed_allocation_still_reports_released() -> None:
     effects = client.release(1.0)
     assert sends(effects) == [] and client.poll() == [Released()]
     assert client.state is TurnState.RELEASED and client.release(2.0) == []
+
+
+# -- the allocation's state table ----------------------------------------------------------------
+
+
+def test_the_turn_state_table_reaches_every_state_and_nothing_else_moves_it() -> None:
+    from labsim.proto.turn_client import TRANSITIONS, TurnEvent, TurnState
+
+    reached = {TurnState.IDLE}
+    todo = [TurnState.IDLE]
+    while todo:
+        for target in TRANSITIONS[todo.pop()].values():
+            if target not in reached:
+                reached.add(target)
+                todo.append(target)
+    assert reached == set(TurnState)
+    # Every event is used somewhere, and the terminal state allows none.
+    assert {e for moves in TRANSITIONS.values() for e in moves} == set(TurnEvent)
+    assert TRANSITIONS[TurnState.RELEASED] == {}
+
+
+def test_an_event_its_state_does_not_allow_is_refused() -> None:
+    from labsim.proto.turn_client import TurnEvent, TurnState
+
+    client = new_client().client
+    client._go(TurnEvent.START)
+    assert client._state is TurnState.CONNECTING
+    with pytest.raises(RuntimeError, match="ALLOCATED in state CONNECTING"):
+        client._go(TurnEvent.ALLOCATED)
+    assert client._state is TurnState.CONNECTING

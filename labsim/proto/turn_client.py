@@ -286,6 +286,53 @@ class TurnState(Enum):
     EXPIRED = "expired"
 
 
+class TurnEvent(Enum):
+    """What moves the allocation's state (:data:`TRANSITIONS`)."""
+
+    START = "start: the control connection is opened (RFC 6062 §4.1: TCP to the TURN server)"
+    CONNECTED = "control connection open: Allocate sent without credentials"
+    CHALLENGED = "401 with REALM and NONCE: Allocate sent with them (RFC 5389 §10.2.3)"
+    STALE_NONCE = "438 Stale Nonce: sent again with the new NONCE (RFC 5389 §10.2.3)"
+    ALLOCATED = "Allocate Success Response: XOR-RELAYED-ADDRESS (RFC 5766 §6.3)"
+    FAIL = "an error answer, no answer, or the connection lost before the allocation"
+    EXPIRE = (
+        "the lifetime ran out, a Refresh refused with 437, or the control connection lost "
+        "(RFC 5766 §7)"
+    )
+    RELEASE = "the owner releases it (the call is over)"
+    RELEASED = "the Refresh with LIFETIME 0 answered, or its connection gone"
+
+
+#: The allocation's state machine as data (h11's ``_state.py`` is the model): for each state,
+#: the events it allows and where each leads. :meth:`TurnClient._go` is the only way the state
+#: moves; ``python -m labsim.actors.states --diagrams docs/`` draws it (docs/state-turn.md).
+TRANSITIONS: dict[TurnState, dict[TurnEvent, TurnState]] = {
+    TurnState.IDLE: {TurnEvent.START: TurnState.CONNECTING, TurnEvent.RELEASE: TurnState.RELEASED},
+    TurnState.CONNECTING: {
+        TurnEvent.CONNECTED: TurnState.CHALLENGING, TurnEvent.FAIL: TurnState.FAILED,
+        TurnEvent.RELEASE: TurnState.RELEASED,
+    },
+    TurnState.CHALLENGING: {
+        TurnEvent.CHALLENGED: TurnState.ALLOCATING, TurnEvent.STALE_NONCE: TurnState.ALLOCATING,
+        TurnEvent.ALLOCATED: TurnState.ALLOCATED, TurnEvent.FAIL: TurnState.FAILED,
+        TurnEvent.RELEASE: TurnState.RELEASED,
+    },
+    TurnState.ALLOCATING: {
+        TurnEvent.CHALLENGED: TurnState.ALLOCATING, TurnEvent.STALE_NONCE: TurnState.ALLOCATING,
+        TurnEvent.ALLOCATED: TurnState.ALLOCATED, TurnEvent.FAIL: TurnState.FAILED,
+        TurnEvent.RELEASE: TurnState.RELEASED,
+    },
+    TurnState.ALLOCATED: {
+        TurnEvent.EXPIRE: TurnState.EXPIRED, TurnEvent.RELEASE: TurnState.RELEASING,
+    },
+    TurnState.RELEASING: {
+        TurnEvent.RELEASED: TurnState.RELEASED, TurnEvent.EXPIRE: TurnState.EXPIRED,
+    },
+    TurnState.FAILED: {TurnEvent.RELEASE: TurnState.RELEASED},
+    TurnState.EXPIRED: {TurnEvent.RELEASE: TurnState.RELEASED},
+    TurnState.RELEASED: {},
+}  # fmt: skip
+
 _TERMINAL = (TurnState.RELEASED, TurnState.FAILED, TurnState.EXPIRED)
 _BEFORE_ALLOCATION = (TurnState.CONNECTING, TurnState.CHALLENGING, TurnState.ALLOCATING)
 
@@ -416,6 +463,14 @@ class TurnClient:
         self.lifetime: int | None = None
         self.expires_at: float | None = None
 
+    def _go(self, event: TurnEvent) -> None:
+        """Move along :data:`TRANSITIONS`; an event the current state does not allow is a bug
+        of this machine, not of a peer (peers' messages are checked before they get here)."""
+        target = TRANSITIONS[self._state].get(event)
+        if target is None:
+            raise RuntimeError(f"TURN client: {event.name} in state {self._state.name}")
+        self._state = target
+
     # -- what the owner asks -------------------------------------------------------------------
 
     @property
@@ -444,7 +499,7 @@ class TurnClient:
         """Open the control connection; the Allocate follows on Connected (RFC 6062 §4.1)."""
         if self._state is not TurnState.IDLE:
             return Step()
-        self._state = TurnState.CONNECTING
+        self._go(TurnEvent.START)
         server = self.server
         return Step.of(
             [
@@ -502,16 +557,16 @@ class TurnClient:
         if state in _TERMINAL:
             # Failed or expired: there is nothing to give back, and the owner, which is
             # hanging up, still hears that the allocation is over.
-            self._state = TurnState.RELEASED
+            self._go(TurnEvent.RELEASE)
             self._notices.append(Released())
             return [Log(f"TURN: nothing to release (allocation {state.name.lower()})")]
         effects = self._stop_everything()
         if state is TurnState.ALLOCATED:
-            self._state = TurnState.RELEASING
+            self._go(TurnEvent.RELEASE)
             txn = _Transaction(_Kind.RELEASE, self.control_conn, authenticated=True)
             effects.append(Log("TURN: releasing the allocation (Refresh with LIFETIME 0)"))
             return effects + self._send(txn, now)
-        self._state = TurnState.RELEASED
+        self._go(TurnEvent.RELEASE)
         effects += self._close_control()
         self._notices.append(Released())
         effects.append(Log("TURN: released before any allocation existed"))
@@ -546,7 +601,7 @@ class TurnClient:
                 # Released while the connect was under way: nothing left to say on it.
                 return [] if self._ctl_open else [Close(self.control_conn)]
             self._ctl_open = True
-            self._state = TurnState.CHALLENGING
+            self._go(TurnEvent.CONNECTED)
             # RFC 6062 §4.1: REQUESTED-TRANSPORT 6 asks for a TCP relay. The first Allocate
             # carries no credentials: the server's 401 gives REALM and NONCE (RFC 5389 §10.2.1).
             txn = _Transaction(_Kind.ALLOCATE, self.control_conn, authenticated=False)
@@ -576,7 +631,7 @@ class TurnClient:
             return self._expire(f"the TURN server {how} the control connection")
         if self._state is TurnState.RELEASING:
             effects = self._stop_everything()
-            self._state = TurnState.RELEASED
+            self._go(TurnEvent.RELEASED)
             self._notices.append(Released())
             return [*effects, Log(f"TURN: control connection {how} while releasing")]
         return []
@@ -843,7 +898,7 @@ class TurnClient:
         if not self._take_credentials(message):
             return self._fail_allocation(401, "401 without REALM and NONCE: cannot authenticate")
         if txn.kind is _Kind.ALLOCATE:
-            self._state = TurnState.ALLOCATING
+            self._go(TurnEvent.CHALLENGED)
         txn.authenticated = True
         user = self.settings.username
         log = Log(f"TURN: challenged by realm {self._realm!r}: authenticating as {user!r}")
@@ -861,7 +916,7 @@ class TurnClient:
         txn.stale_retries += 1
         txn.authenticated = True
         if txn.kind is _Kind.ALLOCATE:
-            self._state = TurnState.ALLOCATING
+            self._go(TurnEvent.STALE_NONCE)
         log = Log(f"TURN: {txn.kind.value}: 438 Stale Nonce, retrying with the new nonce")
         return [log, *self._send(txn, now)]
 
@@ -880,7 +935,7 @@ class TurnClient:
             return self._arm_lifetime(lifetime, now)
         if kind is _Kind.RELEASE:
             effects = self._stop_everything() + self._close_control()
-            self._state = TurnState.RELEASED
+            self._go(TurnEvent.RELEASED)
             self._notices.append(Released())
             return [*effects, Log("TURN: allocation released")]
         if kind is _Kind.PERMISSION:
@@ -924,7 +979,7 @@ class TurnClient:
             return [Log(f"TURN: Refresh failed: {text}; the allocation may expire", "warning")]
         if kind is _Kind.RELEASE:
             effects = self._stop_everything() + self._close_control()
-            self._state = TurnState.RELEASED
+            self._go(TurnEvent.RELEASED)
             self._notices.append(Released())
             return [*effects, Log(f"TURN: release answered {text}; closing anyway", "warning")]
         if kind is _Kind.PERMISSION:
@@ -951,7 +1006,7 @@ class TurnClient:
         mapped = message.get(stun.XorMappedAddress)
         attr = message.get(stun.Lifetime)
         lifetime = attr.value if attr is not None else self.settings.lifetime
-        self._state = TurnState.ALLOCATED
+        self._go(TurnEvent.ALLOCATED)
         self.relayed = Address(relayed.address, relayed.port)
         self.mapped = Address(mapped.address, mapped.port) if mapped is not None else None
         self._notices.append(Allocated(self.relayed, self.mapped, lifetime))
@@ -1055,14 +1110,14 @@ class TurnClient:
         self, code: int | None, reason: str, log_text: str | None = None
     ) -> list[Effect]:
         effects = self._stop_everything() + self._close_control()
-        self._state = TurnState.FAILED
+        self._go(TurnEvent.FAIL)
         self._notices.append(AllocationFailed(code, reason))
         effects.append(Log(f"TURN: {log_text or 'allocation failed: ' + reason}", "error"))
         return effects
 
     def _expire(self, reason: str) -> list[Effect]:
         effects = self._stop_everything() + self._close_control()
-        self._state = TurnState.EXPIRED
+        self._go(TurnEvent.EXPIRE)
         self._notices.append(Expired(reason))
         effects.append(Log(f"TURN: allocation lost: {reason}", "error"))
         return effects
