@@ -2,8 +2,9 @@
 
 ``python -m labsim.actors.states --diagrams docs/`` writes ``docs/state-skype_client.md``,
 ``docs/state-cms.md`` and ``docs/state-turn.md`` (Mermaid ``stateDiagram-v2``, the
-transitions row by row, and how each UA handles the events its table does not allow); ``--check docs/`` exits 1 when a committed page
-differs from what the tables give. The tables are the truth: edit them, then regenerate.
+transitions row by row, and how each UA handles the events its table does not allow);
+``--check docs/`` exits 1 when a committed page differs from what the tables give. The
+tables are the truth: edit them, then regenerate.
 
 It lives with the actors because the tables do (:mod:`labsim.proto` may not import actors);
 the rendering itself is :meth:`labsim.proto.sip_ua_state.Table.markdown`.
