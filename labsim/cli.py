@@ -1087,8 +1087,9 @@ def explain_command(
             width = console.width if _width_given(console) else WIDTH
         blocks = list(render_text(ex, width, say))
         for number, block in enumerate(blocks):
-            _echo(block + "\n", err=to_stderr)
-            if pause and 0 < number < len(blocks) - 1 and not _next_step(number, len(blocks) - 2):
+            _echo(block + ("" if say == "quiet" else "\n"), err=to_stderr)
+            # Between steps: after each but the last (the diagnosis follows it at once).
+            if pause and 0 < number < len(blocks) - 2 and not _next_step(number, len(blocks) - 2):
                 break
         if json_sink is not None:
             text = json.dumps(explanation_json(ex), indent=2, ensure_ascii=False) + "\n"

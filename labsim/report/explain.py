@@ -879,14 +879,18 @@ def find_peer_data(call: Call) -> Found:
             continue
         first = arrived[0]
         journey = first.journey
-        found.records = list(journey.hops) if journey is not None else [first]
+        # The step is the pipe's hop; the hops before it (the Skype side to the relay) are
+        # context: they happen whether or not a data connection is ever bound.
+        hops = list(journey.hops) if journey is not None else [first]
+        found.records = [first]
+        found.context = [h for h in hops if h is not first]
         bound = [
             m for m, f in call.stun()
             if f.method == "ConnectionBind" and f.is_success and m.connection == conn.id
         ]  # fmt: skip
-        at_relay = [h for h in found.records if h.dst == EXPE]
+        at_relay = [h for h in hops if h.dst == EXPE]
         found.fields += [
-            ("Path", " → ".join([found.records[0].src, *(h.dst for h in found.records)])),
+            ("Path", " → ".join([hops[0].src, *(h.dst for h in hops)])),
             ("What it is", kind_of(first)),
             ("On", _conn_words(conn)),
             ("Size on the wire", f"{first.wire_size} bytes (the lab's frame 2596: Len=90)"),
@@ -1971,6 +1975,12 @@ STEPS: tuple[Step, ...] = (
                 "hang-up-incomplete",
                 "the BYE is lost at the Edge: CMS keeps the content session up",
             ),
+            Break(
+                "stale-nonce",
+                "stale-nonce-recovered",
+                "Expressway-E's nonce went stale before the release: 438 Stale Nonce, and CMS "
+                "sends the Refresh again with the new nonce (RFC 5389 §10.2.3)",
+            ),
         ),
         diagnosis_steps=("hang-up",),
     ),
@@ -2281,11 +2291,11 @@ def _fold(text: str, indent: str, width: int, then: str | None = None) -> list[s
     )  # fmt: skip
 
 
-def header_lines(ex: Explanation, width: int = WIDTH) -> list[str]:
+def header_lines(ex: Explanation, width: int = WIDTH, say: Level = "normal") -> list[str]:
     lines = [f"labsim explain {ex.scenario}: the sharing call of {TECHNOTE}, step by step"]
     lines += _fold(f"Run: {ex.clock} clock; outcome {ex.outcome} ({ex.reason}); diagnosis "
                    f"{ex.diagnosis.verdict}.", "  ", width)  # fmt: skip
-    lines += _fold(
+    lines += [] if say == "quiet" else _fold(
         "Each step: what happens, the fields and bytes of this run that show it, why, what to "
         "look for in Wireshark, and what breaks when it fails. Message numbers (#N) index the "
         "run's JSON messages (labsim explain --json); frame numbers are this run's capture at "
@@ -2402,18 +2412,19 @@ def step_lines(
 def render_text(ex: Explanation, width: int = WIDTH, say: Level = "normal") -> Iterable[str]:
     """The explanation as text, a block per step (the command pauses between blocks with
     ``--step``): the header, each step, then the diagnosis."""
-    yield "\n".join(header_lines(ex, width))
+    yield "\n".join(header_lines(ex, width, say))
     for s in ex.steps:
         yield "\n".join(step_lines(ex, s, width, say))
-    yield "\n".join(diagnosis_lines(ex, width))
+    yield "\n".join(diagnosis_lines(ex, width, say))
 
 
-def diagnosis_lines(ex: Explanation, width: int = WIDTH) -> list[str]:
+def diagnosis_lines(ex: Explanation, width: int = WIDTH, say: Level = "normal") -> list[str]:
     """The run's diagnosis, quoted whole (as ``labsim run`` prints it), then its first
-    failure."""
+    failure (--quiet: its first two lines)."""
     d = ex.diagnosis
     lines = ["The run's diagnosis, as labsim run gives it:"]
-    lines += ["  " + line for line in d.text().splitlines()]
+    text = d.text().splitlines()
+    lines += ["  " + line for line in (text[:2] if say == "quiet" else text)]
     if d.failure is not None:
         lines += _fold(f"First failure (where the diagnosis starts): {d.failure.line}", "  ",
                        width, "    ")  # fmt: skip
@@ -2448,6 +2459,7 @@ class FilterJson(_Out):
     plugin: bool = Field(description="Needs labsim's Lua plugin (labsim wireshark-plugin).")
     note: str
     messages: list[int] = Field(description="The messages it selects (indexes into run.messages).")
+    connections: list[int] = Field(description="Connections whose opening SYN it selects.")
     frames_at_cms: list[int] = Field(description="Its frames in this run's capture at CMS.")
 
 
@@ -2538,7 +2550,8 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
             why=s.step.why, refs=list(s.step.refs),
             wireshark=[
                 FilterJson(filter=f.expr, plugin=f.plugin, note=f.note,
-                           messages=[index[id(m)] for m in f.records], frames_at_cms=f.frames)
+                           messages=[index[id(m)] for m in f.records],
+                           connections=[c.id for c in f.connections], frames_at_cms=f.frames)
                 for f in found.filters
             ],
             hint=s.step.hint, look=s.look, lab_frames=list(s.step.lab_frames),
