@@ -454,7 +454,6 @@ def find_turn_after_invite(call: Call) -> Found:
     if at_cms:
         found.fields.append(("INVITE reached CMS", f"t={at_cms[0].fate_t or at_cms[0].t:.6f} s"))
     for conn in found.connections:
-        found.fields.append(("TCP connect", f"{_conn_words(conn)} at t={conn.opened:.6f} s"))
         if at_cms:
             delta = conn.opened - (at_cms[0].fate_t or at_cms[0].t)
             found.fields.append(("After the INVITE", f"{delta * 1000:.3f} ms"))
@@ -474,7 +473,8 @@ def find_turn_after_invite(call: Call) -> Found:
     if found.connections and at_cms:
         conn = found.connections[0]
         found.filters.append(Filter(
-            f'(sip.Method == "INVITE" && !sip.to.tag) || ({_syn_filter(conn)})',
+            f'(sip.Method == "INVITE" && sdp.media.media == "applicationsharing" && '
+            f"!sip.to.tag) || ({_syn_filter(conn)})",
             at_cms, found.connections,
             note="the INVITE's row comes first, then CMS's SYN to the TURN port",
         ))  # fmt: skip
@@ -962,7 +962,7 @@ def find_checks(call: Call) -> Found:
         )
         extra = f"; USERNAME {user}" if user else ""
         extra += "; USE-CANDIDATE (it nominates the pair)" if nominate else ""
-        found.fields.append((f"{ROLE[end]} → {ROLE[other]}", words + extra))
+        found.fields.append((_sentence(f"{ROLE[end]} → {ROLE[other]}"), words + extra))
     both = all(_answered(call, end, checks)[1] for end in (skype_end, CMS))
     found.fields.append((
         "Valid both ways",
@@ -1008,7 +1008,8 @@ def find_reading(call: Call) -> Found:
     found.context = rows
     found.fields.append((
         "tcp and stun at CMS",
-        f"{len(rows)} rows: the TechNote's ten (Allocate … Binding Indication), then the release",
+        f"{len(rows)} rows (the TechNote's capture shows ten: from the Allocate Request to the "
+        "Binding Indication; it stopped before the release)",
     ))  # fmt: skip
     for conn in call.data[:1]:
         found.fields.append(("Data connection", _conn_words(conn)))
@@ -2174,8 +2175,8 @@ def explain(
         for f in found.filters:
             f.frames = _frames(f.records, f.connections, by_message, by_syn)
         steps.append(Explained(
-            step, number, found, step.what.format_map(slots), step.look.format_map(slots),
-            step.missing.format_map(slots),
+            step, number, found, _sentence(step.what.format_map(slots)),
+            step.look.format_map(slots), _sentence(step.missing.format_map(slots)),
             _frames([*found.context, *found.records], found.connections, by_message, by_syn),
         ))  # fmt: skip
     out = Explanation(scenario, clock, outcome, reason, diagnosis, steps, call)
@@ -2186,6 +2187,12 @@ def explain(
             if out.departure is not None and s.step.id == out.departure.step:
                 s.departs = out.departure
     return out
+
+
+def _sentence(text: str) -> str:
+    """A template's text with its first letter capitalised (a slot may open the sentence:
+    ``the Skype client (192.168.1.100) starts …``)."""
+    return text[:1].upper() + text[1:]
 
 
 def _frames(records: Iterable[MessageRecord], connections: Iterable[ConnectionRecord],
@@ -2335,6 +2342,9 @@ def _evidence_lines(ex: Explanation, s: Explained, say: Level) -> list[str]:
                 path += f" → {h.dst}" + ("" if h.delivered else f" ({_fate(h)})")
             numbers = " ".join(f"#{index[id(h)]}" for h in hops)
             out.append(f"{kind_of(first)}: {path}, t={first.t:.6f} s [{numbers}]")
+            if first.protocol == "STUN" and first.summary != kind_of(first):
+                # Wireshark's Info column for it, whole (the TechNote's capture cut some).
+                out.append(f"  Info: {first.summary}")
     for c in s.found.connections:
         out.append(f"TCP connection {_conn_words(c)}, opened t={c.opened:.6f} s")
     return out
