@@ -2342,7 +2342,7 @@ def _evidence_lines(ex: Explanation, s: Explained, say: Level) -> list[str]:
                 path += f" → {h.dst}" + ("" if h.delivered else f" ({_fate(h)})")
             numbers = " ".join(f"#{index[id(h)]}" for h in hops)
             out.append(f"{kind_of(first)}: {path}, t={first.t:.6f} s [{numbers}]")
-            if first.protocol == "STUN" and first.summary != kind_of(first):
+            if isinstance(first.facts, StunFacts):
                 # Wireshark's Info column for it, whole (the TechNote's capture cut some).
                 out.append(f"  Info: {first.summary}")
     for c in s.found.connections:
