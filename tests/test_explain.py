@@ -531,7 +531,7 @@ def test_decode_as_does_not_undo_wiresharks_switch_to_data(
 ) -> None:
     """What the reading step says: Decode As STUN on the data connection's port changes
     nothing, and Wireshark decodes the checks itself where it never saw the ConnectionBind
-    Success Response (a capture that starts later)."""
+    Success Response (a capture that starts later, or that frame ignored: left out here)."""
     ex = explained("sharing-call")
     capture = tmp_path / "cms.pcapng"
     from labsim.report.pcap import write_pcapng

@@ -1800,12 +1800,13 @@ STEPS: tuple[Step, ...] = (
             "connection's port changes nothing (tshark 4.0.17). Read the payload by hand: "
             "bytes 1-2 are the RFC 4571 length (RFC 4571 §2), bytes 3-4 the STUN type (00 01 "
             "Binding Request, 01 01 Binding Success Response), and the magic cookie 21 12 a4 "
-            "42 sits at offset 6 instead of 4 (RFC 5389 §6). Or load labsim's Lua dissector, "
-            "the plugin the TechNote points to: `labsim wireshark-plugin` prints its path, and "
+            "42 sits at offset 6 instead of 4 (RFC 5389 §6). Or load a plugin, as the TechNote "
+            "advises: labsim's Lua dissector (`labsim wireshark-plugin` prints its path), and "
             "`tshark -X lua_script:PATH -r cms.pcapng -Y stun` shows the checks as Binding "
-            "rows. Wireshark decodes them itself where it never saw the ConnectionBind "
-            "Success (a capture started later), and on the relay port's leg (the Edge to "
-            "24000) its own heuristic finds them."
+            "rows. Without a plugin: Wireshark decodes them itself where it never saw the "
+            "ConnectionBind Success Response (a capture started later), so mark that frame "
+            "Edit › Ignore Packet and the checks become STUN rows; on the relay port's leg (the "
+            "Edge to 24000) its own heuristic finds them."
         ),
         refs=("RFC 6062 §5.4", "RFC 4571 §2", "RFC 5389 §6", "docs/wireshark.md"),
         look=(
