@@ -359,8 +359,8 @@ def _error_filter(stun_type: int, code: int) -> str:
     """An error response with one ERROR-CODE: Wireshark splits it into class and number
     (RFC 5389 §15.6: 401 is class 4, number 1)."""
     return (
-        f"(stun.type == 0x{stun_type:04x} && stun.att.error.class == {code // 100} && "
-        f"stun.att.error == {code % 100})"
+        f"stun.type == 0x{stun_type:04x} && stun.att.error.class == {code // 100} && "
+        f"stun.att.error == {code % 100}"
     )
 
 
@@ -563,7 +563,7 @@ def find_challenge(call: Call) -> Found:
     if errors:
         parts.append(_error_filter(0x0113, 401))
     if retries:
-        parts.append("(stun.type == 0x0003 && stun.att.username)")
+        parts.append("stun.type == 0x0003 && stun.att.username")
     if parts:
         found.filters.append(Filter(_any_of(parts), found.records))
     return found
@@ -1394,7 +1394,7 @@ STEPS: tuple[Step, ...] = (
             "user: turn realm: TANDBERG with nonce TCP')"
         ),
         missing="No challenge and no authenticated Allocate in this run.",
-        hint=f"{_error_filter(0x0113, 401)} || (stun.type == 0x0003 && stun.att.username)",
+        hint=_any_of([_error_filter(0x0113, 401), "stun.type == 0x0003 && stun.att.username"]),
         breaks=(
             Break(
                 "wrong-turn-credentials",
