@@ -1076,6 +1076,129 @@ def diagnose_command(
     sys.exit(EXIT_OK if result.diagnosis.verdict in WORKING else EXIT_FAILED)
 
 
+# ---------------------------------------------------------------------------------------------
+# explain
+# ---------------------------------------------------------------------------------------------
+
+
+def _healthy_lab(sc: Scenario) -> Scenario:
+    """The healthy lab to compare a run with: the bundled sharing-call on the virtual clock,
+    held as long as ``sc``'s call (a shorter call has no keepalive yet, a longer one more
+    Refreshes: that is not where a fault departs)."""
+    import json
+
+    from labsim.scenario import bundled, loads
+
+    lab = bundled("sharing-call")
+    if lab is None:
+        _fail_internal("the bundled sharing-call scenario is missing: the installation is broken")
+    base = _load(lab)
+    text = (
+        f"extends: {json.dumps(str(lab))}\nclock: virtual\n"
+        f"deadline: {max(sc.deadline, base.deadline)!r}\ncall: {{hold: {sc.call.hold!r}}}\n"
+    )
+    return loads(text, source="<the healthy lab>")
+
+
+@main.command(name="explain")
+@click.argument("scenario", default="sharing-call", shell_complete=_complete_scenario)
+@click.option("--clock", type=click.Choice(["live", "virtual"]), default="virtual",
+              show_default=True, help="The clock of the run explained (the healthy call it is "
+              "compared with runs on the virtual clock).")  # fmt: skip
+@click.option("--step", "pause", is_flag=True,
+              help="Pause after each step until Enter (q and Enter: stop). Needs a terminal "
+              "on standard input: refused (exit 2) otherwise.")  # fmt: skip
+@click.option("--json", "json_file", type=_OUTPUT, metavar="FILE",
+              help="Write the explanation as JSON (steps, evidence, filters, the run); '-': "
+              "standard output, and the text goes to standard error.")  # fmt: skip
+@click.option(
+    "--pcap",
+    "pcap_file",
+    type=_OUTPUT,
+    metavar="FILE",
+    help="Write this run's capture at CMS, whose frames the explanation numbers.",
+)
+@click.option("--width", type=click.IntRange(40, 1000),
+              help="Fold the prose at this width (default: the terminal's, else 100); filters, "
+              "bytes and fields are never cut.")  # fmt: skip
+@verbosity_options
+def explain_command(
+    scenario: str, clock: str, pause: bool, json_file: Path | None, pcap_file: Path | None,
+    width: int | None,
+) -> None:  # fmt: skip
+    """Walk through a run step by step, as Cisco TAC document 212580 tells the call
+    (SCENARIO: a file or a bundled name; default: sharing-call).
+
+    For each step: what happens, the fields and bytes of this run that show it, why (RFC and
+    Microsoft sections), the Wireshark filters and frames, and what breaks when it fails. A
+    fault scenario is compared with the healthy lab, step by step, and the first step where it
+    departs is marked. --quiet: the steps' titles only. Exit 0 when the run was explained (a
+    fault is what it explains), 2 for bad input (--step without a terminal on standard input).
+    """
+    import json
+
+    from labsim.report.explain import WIDTH, explain, explanation_json, render_text
+    from labsim.report.pcap import write_pcapng
+    from labsim.run import run_scenario
+
+    say = level()
+    if pause and not sys.stdin.isatty():
+        raise BadInput(
+            "labsim explain: --step waits for Enter between steps, and standard input is not a "
+            "terminal; run it on a terminal, or leave --step out"
+        )
+    if pcap_file is not None and json_file is not None and str(pcap_file) == str(json_file):
+        raise BadInput(f"labsim: --pcap and --json both name {pcap_file}")
+    if str(pcap_file) == STDOUT and sys.stdout.isatty():
+        raise BadInput("labsim: --pcap -: standard output is a terminal; redirect it")
+    path = resolve_scenario(scenario)
+    sc = _load(path)
+    healthy_sc = _healthy_lab(sc)
+    sinks: list[_Sink] = []
+    try:
+        json_sink = _Sink("--json", json_file) if json_file is not None else None
+        pcap = _Sink("--pcap", pcap_file) if pcap_file is not None else None
+        sinks += [s for s in (json_sink, pcap) if s is not None]
+        with _Progress(say != "quiet", None, f"running {sc.name} and the healthy lab"):
+            result = run_scenario(sc, cast(Literal["live", "virtual"], clock))
+            healthy = run_scenario(healthy_sc, "virtual")
+        ex = explain(
+            result.trace, scenario=sc.name, clock=result.clock, outcome=result.outcome.name,
+            reason=result.outcome.reason, diagnosis=result.diagnosis, healthy=healthy.trace,
+            healthy_name=f"the healthy lab (sharing-call, virtual clock, held "
+            f"{sc.call.hold:g} s)",
+        )  # fmt: skip
+        to_stderr = any(s.to_stdout for s in sinks)
+        if width is None:
+            console = _console(stderr=to_stderr)
+            width = console.width if _width_given(console) else WIDTH
+        blocks = list(render_text(ex, width, say))
+        for number, block in enumerate(blocks):
+            _echo(block + ("" if say == "quiet" else "\n"), err=to_stderr)
+            # Between steps: after each but the last (the diagnosis follows it at once).
+            if pause and 0 < number < len(blocks) - 2 and not _next_step(number, len(blocks) - 2):
+                break
+        if json_sink is not None:
+            text = json.dumps(explanation_json(ex), indent=2, ensure_ascii=False) + "\n"
+            json_sink.stream.write(text.encode("utf-8"))
+            _echo(f"json: {json_sink.name}", err=to_stderr)
+        if pcap is not None:
+            write_pcapng(result.trace, pcap.stream, capture_at=["cms"], scenario=sc.name)
+            _echo(f"capture: {pcap.name} (at cms)", err=to_stderr)
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def _next_step(done: int, total: int) -> bool:
+    """After step ``done`` of ``total`` (``--step``): wait for Enter on the terminal. False:
+    stop here (q, or the end of input)."""
+    sys.stdout.flush()
+    _echo(f"-- step {done} of {total}: Enter for the next, q and Enter to stop --", err=True)
+    answer = sys.stdin.readline()
+    return bool(answer) and answer.strip().lower() != "q"
+
+
 def _register_plugin_command() -> None:
     """``labsim wireshark-plugin`` (labsim/wireshark/command.py), with -q/-v like every
     command."""
