@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labsim.report.diagnose import Diagnosis
 from labsim.report.evidence import Step as DiagnosisStep
-from labsim.report.pcap import LAB_CAPTURE_START, wire_payload
+from labsim.report.pcap import wire_payload
 from labsim.trace import ConnectionRecord, MessageRecord, RefusedRecord, Trace
 from labsim.vocabulary import Verdict
 from labsim.wire import WireError, sip, stun
@@ -2143,22 +2143,10 @@ def _slots(call: Call, found: Found) -> _Slots:
 def frames_at(trace: Trace, actor: str = POINT) -> tuple[dict[int, int], dict[int, int]]:
     """Frame numbers in the run's capture at ``actor`` (``labsim run --pcap F --capture-at
     cms``): each message record's (by ``id``) and each connection's opening SYN (by connection
-    id). Numbered from the same frames :func:`labsim.report.pcap.write_pcapng` writes."""
-    # pcap.py builds the frames in a class of its own; reading them here keeps one numbering
-    # (its point_frames) rather than a second builder that could drift from the file.
-    from labsim.report.pcap import _Builder, point_frames
+    id), from the frames :func:`labsim.report.pcap.write_pcapng` writes."""
+    from labsim.report.pcap import frame_numbers
 
-    syn, ack = 0x02, 0x10
-    by_message: dict[int, int] = {}
-    by_syn: dict[int, int] = {}
-    frames = _Builder(trace, LAB_CAPTURE_START).build()
-    for number, (frame, _us, _data) in enumerate(point_frames(frames, actor), start=1):
-        segment = frame.segment
-        if frame.message is not None and segment.payload:
-            by_message.setdefault(id(frame.message), number)
-        elif frame.conn is not None and segment.flags & syn and not segment.flags & ack:
-            by_syn.setdefault(frame.conn.id, number)
-    return by_message, by_syn
+    return frame_numbers(trace, actor)
 
 
 def explain(

@@ -637,6 +637,23 @@ def point_frames(
     return out
 
 
+def frame_numbers(trace: Trace, actor: str) -> tuple[dict[int, int], dict[int, int]]:
+    """The frame numbers of a capture at ``actor`` (as :func:`write_pcapng` with
+    ``capture_at=[actor]`` numbers them, from 1): each message record's first data segment (by
+    the record's ``id``) and each connection's opening SYN (by connection id). For readers that
+    point at frames (``labsim explain``) without a second numbering that could drift."""
+    by_message: dict[int, int] = {}
+    by_syn: dict[int, int] = {}
+    frames = _Builder(trace, LAB_CAPTURE_START).build()
+    for number, (frame, _us, _data) in enumerate(point_frames(frames, actor), start=1):
+        segment = frame.segment
+        if frame.message is not None and segment.payload:
+            by_message.setdefault(id(frame.message), number)
+        elif frame.conn is not None and segment.flags & _SYN and not segment.flags & _ACK:
+            by_syn.setdefault(frame.conn.id, number)
+    return by_message, by_syn
+
+
 def _actor_hosts(trace: Trace) -> dict[str, str]:
     """Each actor's address, as its connections show it."""
     hosts: dict[str, str] = {}
