@@ -734,6 +734,14 @@ def _closed(ev: Evidence) -> list[Anomaly]:
          if f.method == "ConnectionBind" and f.is_success and r.dst == ev.callee and r.delivered),
         None,
     )  # fmt: skip
+    # When the meeting's audio/video call was answered: a SIP connection that breaks after it
+    # breaks under a call (the share's dialog is another one, still to come or going on).
+    av_up = min(
+        (r.fate_t or r.t for r, f in ev.sip
+         if ev.is_av(f) and f.cseq_method == "INVITE" and 200 <= (f.status or 0) < 300
+         and r.dst == ev.sip_caller and r.delivered),
+        default=None,
+    )  # fmt: skip
     out = []
     # When the peers closed their connections to the relay (RFC 6062 §5.5: the TURN server
     # then closes the data connection bound to each, a consequence, not a second event).
@@ -765,7 +773,8 @@ def _closed(ev: Evidence) -> list[Anomaly]:
         if carried_sip:
             # A SIP hop's connection: the call's signalling, whatever the step.
             kind = "SIP connection"
-            step: Step = "call up" if bound is not None and c.closed > bound else "SIP INVITE"
+            up = [t for t in (bound, av_up) if t is not None]
+            step: Step = "call up" if up and c.closed > min(up) else "SIP INVITE"
             what = f"the SIP connection {c.name or c.id} ({c.client} → {c.server})"
         elif bound is not None and c.closed > bound:
             step = "call up"  # the relay had carried the call by then
