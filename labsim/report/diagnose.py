@@ -20,7 +20,8 @@ systems. The choice:
 * no failure found although the call did not work → ``unknown``, with every anomaly found.
 
 The meeting's audio/video call before the share is a dialog of its own (Cisco 212580); its
-faults (step ``A/V call``, last in call order) are the verdict only when nothing of the share's
+faults (step ``A/V call``, after the share's up to the hang-up) are the verdict only when nothing
+of the share's
 explains the run, and words of their own say so: a lost audio/video INVITE is a SIP path that
 does not carry the meeting's call, never "the sharing INVITE". A share that worked and ended as
 planned beside an audio/video call that did not (never set up, or not hung up as planned) is not
@@ -276,10 +277,9 @@ def _is_av(a: Anomaly) -> bool:
 
 _AV = On(lambda a, ev: _is_av(a), "of the meeting's audio/video call")
 _AV_SETUP = On(
-    lambda a, ev: _is_av(a) and (a.kind == "A/V INVITE" or (
-        a.kind.endswith("(A/V INVITE)") and not a.kind.startswith("1"))),
-    "the audio/video INVITE or its final answer",
-)  # fmt: skip
+    lambda a, ev: a.kind == "A/V INVITE" or a.kind.endswith("(A/V INVITE)"),
+    "the audio/video INVITE or an answer to it",
+)
 
 
 def _av_words(a: Anomaly, ev: Evidence) -> str:

@@ -28,9 +28,9 @@ consequence, when that is so.
 "The call" is the sharing dialog (:func:`~labsim.report.outcome.first_invite`). The meeting's
 audio/video call before it (Cisco 212580: another dialog, another Call-ID) is named apart: its
 messages are ``A/V INVITE``, ``200 OK (A/V INVITE)``, ``A/V ACK``, ``A/V BYE``…, its step is
-``A/V call`` (its BYE's, ``hang-up``), last in call order, so a fault of the share is the
-verdict whenever there is one, and the audio/video call's faults explain a run only when
-nothing of the share's does (the call failed, so no share followed).
+``A/V call`` (its BYE's, ``hang-up``), after the share's steps and before the hang-up, so a
+fault of the share is the verdict whenever there is one, and the audio/video call's faults
+explain a run only when nothing of the share's does (the call failed, so no share followed).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from labsim.wire.facts import SipFacts, StunFacts
 #: failure in this order).
 Step = Literal[
     "SIP INVITE", "TURN allocation", "SIP answer", "relay connection", "ICE checks",
-    "reINVITE", "call up", "hang-up", "A/V call",
+    "reINVITE", "call up", "A/V call", "hang-up",
 ]  # fmt: skip
 STEPS: tuple[Step, ...] = get_args(Step)
 
@@ -1108,7 +1108,10 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
         ))  # fmt: skip
 
     sip_ends = {ev.sip_caller, ev.sip_callee} - {point}
-    if not ev.sharing and point != SIP_PATH[0]:
+    # No share reached the point: lost before it, when the meeting's audio/video call (if any
+    # crossed it) was set up, its ACK through; else that call's own anomalies tell why.
+    av_set_up = any(f.method == "ACK" and ev.is_av(f) for _, f in ev.sip)
+    if not ev.sharing and point != SIP_PATH[0] and (av_set_up or not ev.av_calls):
         add("SIP INVITE", 0.0, f"no sharing INVITE crossed {point}", "INVITE", ev.sip_caller,
             SIP_PATH)  # fmt: skip
     # When each final answer and each ACK reached the point: one that comes after its
@@ -1139,8 +1142,8 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
                 late = "" if came is None else f" within 64·T1 (one came {came - r.t:.1f} s on)"
                 add(ev.step_of(r), when,
                     f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
-                    f"acknowledged it; no ACK came back{late}", "ACK", r.dst, SIP_PATH,
-                    r)  # fmt: skip
+                    f"acknowledged it; no ACK came back{late}", _ack_kind(ev, f), r.dst,
+                    SIP_PATH, r)  # fmt: skip
     # An ACK sent on toward the answerer, after which its 2xx kept coming back: the answerer
     # retransmits its 2xx until an ACK reaches it (RFC 3261 §13.3.1.4), so this one did not.
     oks: dict[tuple[object, ...], list[float]] = {}
@@ -1163,7 +1166,7 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
                 f"the ACK left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
                 f"acknowledged it, yet the 200 OK it acknowledges came back {again} more "
                 f"time(s), later than the {rtt * 1000:.0f} ms round trip past {point} (RFC "
-                "3261 §13.3.1.4: resent until an ACK reaches its sender)", "ACK",
+                "3261 §13.3.1.4: resent until an ACK reaches its sender)", _ack_kind(ev, f),
                 r.dst, SIP_PATH, r)  # fmt: skip
             break
     # Checks sent toward the caller's side that got no answer back (RFC 5389 §7.3: a response
@@ -1185,6 +1188,11 @@ def _beyond(ev: Evidence) -> list[Anomaly]:
     _beyond_hang_up(ev, add)
     _stun_retried(ev, add)
     return out + _unanswered_stun(ev)
+
+
+def _ack_kind(ev: Evidence, facts: SipFacts) -> str:
+    """The name of the ACK of ``facts``'s transaction (the audio/video call's named apart)."""
+    return "A/V ACK" if ev.is_av(facts) else "ACK"
 
 
 def _stun_retried(ev: Evidence, add: _Add) -> None:
