@@ -442,8 +442,10 @@ def _judge(run: RunResult, got: CaptureDiagnosis, point: str, hop: tuple[str, st
         return "working"
     if verdict in WORKING and got.outcome.name == "sharing-established":
         failure = run.diagnosis.failure
-        if failure is not None and failure.step == "hang-up" and (
-            point not in hop or "A/V " in failure.kind or _covered(run)
+        if (
+            failure is not None
+            and failure.step == "hang-up"
+            and (point not in hop or "A/V " in failure.kind or _covered(run))
         ):
             return "unseen-hang-up"
         return f"wrong: {verdict} (the call worked) for the run's {expected}"
