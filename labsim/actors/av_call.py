@@ -30,7 +30,14 @@ from labsim.actors.lab import Lab
 from labsim.proto import avcall
 from labsim.proto.events import Address, ConnId, Effect, Log
 from labsim.proto.sip_dialog import Dialog
-from labsim.proto.sip_ua_state import Machine, Table, UaEvent, UaState, from_every_state
+from labsim.proto.sip_ua_state import (
+    Machine,
+    SipTimers,
+    Table,
+    UaEvent,
+    UaState,
+    from_every_state,
+)
 from labsim.wire import WireError, sip
 
 _S, _E = UaState, UaEvent
@@ -147,10 +154,12 @@ class AvCall:
     branches and SDP; SIP goes out through :class:`AvHost`."""
 
     def __init__(
-        self, host: AvHost, table: Table[UaState], seed: int, address: str, port: int,
-        contact: str, on_up: OnUp, on_over: OnOver,
+        self, host: AvHost, table: Table[UaState], seed: int, timers: SipTimers, address: str,
+        port: int, contact: str, on_up: OnUp, on_over: OnOver,
     ) -> None:  # fmt: skip
         self.host = host
+        #: The UA's own SIP timers (RFC 3261 §17.1.1.1): the same for both its dialogs.
+        self.timers = timers
         self.machine: Machine[UaState] = Machine(table)
         # Its own generator: the sharing dialog's random values do not move (see above).
         self.rng = random.Random(f"{seed}/audio-video")
@@ -209,10 +218,7 @@ class AvCall:
         self._bye = dialog.request("BYE", self.branch(), extra_headers=extra)
         return [Log(f"audio/video call: {why}: BYE"),
                 *self.host.send_sip(self._bye, dialog.next_hop()),
-                self.host.start_timer(UaTimer.AV_TIMER_F, 64 * self.t1)]  # fmt: skip
-
-    t1 = 0.5
-    """RFC 3261's T1 (the UA's own setting replaces it)."""
+                self.host.start_timer(UaTimer.AV_TIMER_F, self.timers.timer_f)]  # fmt: skip
 
     def on_bye(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         dialog = self.dialog
@@ -253,9 +259,8 @@ class AvCaller(AvCall):
     def __init__(self, host: AvHost, lab: Lab, on_up: OnUp, on_over: OnOver) -> None:
         s = lab.skype_client
         contact = f"<sip:alice@{s.address}:{s.sip_port};transport=tcp>"
-        super().__init__(host, AV_CLIENT_TABLE, s.seed, s.address, s.sip_port, contact,
-                         on_up, on_over)  # fmt: skip
-        self.t1 = s.sip_timers.t1
+        super().__init__(host, AV_CLIENT_TABLE, s.seed, s.sip_timers, s.address, s.sip_port,
+                         contact, on_up, on_over)  # fmt: skip
         self.user, self.target = s.user, lab.cms.user
         edge = lab.skype_edge
         self.edge = lab.sip("skype_edge")
@@ -285,7 +290,7 @@ class AvCaller(AvCall):
         )
         return [Log("joining the meeting: audio/video INVITE (m=audio, m=video)"),
                 *self.host.send_sip(self.invite, self.edge),
-                self.host.start_timer(UaTimer.AV_TIMER_B, 64 * self.t1)]  # fmt: skip
+                self.host.start_timer(UaTimer.AV_TIMER_B, self.timers.timer_b)]  # fmt: skip
 
     def on_response(self, response: Response, now: float) -> list[Effect]:
         if sip.from_tag(response) != self.tag:
@@ -345,7 +350,7 @@ class AvCaller(AvCall):
                             "warning")]  # fmt: skip
             self.machine.fire(UaEvent.TIMER_B)
             why = (
-                f"no response to the audio/video INVITE within {64 * self.t1:g} s (Timer B, "
+                f"no response to the audio/video INVITE within {self.timers.timer_b:g} s (Timer B, "
                 "64·T1, RFC 3261 §17.1.1.2)"
             )
             return self._over(why, now, "warning")
@@ -361,13 +366,13 @@ class AvCallee(AvCall):
     def __init__(self, host: AvHost, lab: Lab, on_up: OnUp, on_over: OnOver) -> None:
         s = lab.cms
         contact = f"<sip:meeting@{s.address}:{s.sip_port};transport=tcp>"
-        super().__init__(host, AV_CMS_TABLE, s.seed, s.address, s.sip_port, contact,
-                         on_up, on_over)  # fmt: skip
-        self.t1, self.t2 = s.sip_timers.t1, s.sip_timers.t2
+        super().__init__(host, AV_CMS_TABLE, s.seed, s.sip_timers, s.address, s.sip_port,
+                         contact, on_up, on_over)  # fmt: skip
         self.invite: Request | None = None
         self._ok: tuple[ConnId, Response] | None = None
+        """Our 2xx and the connection it goes back on, until its ACK (§13.3.1.4)."""
         self._sent = 0.0
-        self._interval = self.t1
+        self._interval = self.timers.next_interval(None)
 
     def on_invite(self, conn: ConnId, invite: Request, now: float) -> list[Effect]:
         if not self.machine.allows(UaEvent.RECV_INVITE):
@@ -394,13 +399,14 @@ class AvCallee(AvCall):
         local = sip.format_address(sip.to_address(ok))
         self.dialog = Dialog.as_uas(invite, local, self.address, self.port, self.contact)
         self.machine.fire(UaEvent.SEND_2XX)
-        self._ok, self._sent, self._interval = (conn, ok), now, self.t1
+        self._ok, self._sent = (conn, ok), now
+        self._interval = self.timers.next_interval(None)
         return [*effects,
                 Log("audio/video call: answered with host candidates (no TURN request: CMS "
                     "allocates its relay for the share only)"),
                 *self.host.reply(conn, ok),
-                self.host.start_timer(UaTimer.AV_RETRANSMIT_2XX, self.t1),
-                self.host.start_timer(UaTimer.AV_ACK_WAIT, 64 * self.t1)]  # fmt: skip
+                self.host.start_timer(UaTimer.AV_RETRANSMIT_2XX, self._interval),
+                self.host.start_timer(UaTimer.AV_ACK_WAIT, self.timers.ack_wait)]  # fmt: skip
 
     def on_request(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         if request.method == "ACK":
@@ -435,9 +441,9 @@ class AvCallee(AvCall):
             if not self.machine.allows(UaEvent.TIMER_2XX):
                 return []
             self.machine.fire(UaEvent.TIMER_2XX)
-            self._interval = min(2 * self._interval, self.t2)
+            self._interval = self.timers.next_interval(self._interval)
             effects = self.host.reply(*ok)
-            if now + self._interval < self._sent + 64 * self.t1:
+            if now + self._interval < self._sent + self.timers.ack_wait:
                 effects.append(self.host.start_timer(UaTimer.AV_RETRANSMIT_2XX, self._interval))
             return [Log("audio/video call: no ACK yet: 200 OK sent again (RFC 3261 "
                         "§13.3.1.4)"), *effects]  # fmt: skip
@@ -447,7 +453,7 @@ class AvCallee(AvCall):
             self.machine.fire(UaEvent.ACK_TIMEOUT)
             self._ok = None
             why = (
-                f"no ACK for the 200 OK to the audio/video INVITE after {64 * self.t1:g} s "
+                f"no ACK for the 200 OK to the audio/video INVITE after {self.timers.ack_wait:g} s "
                 "(64·T1, RFC 3261 §13.3.1.4)"
             )
             dialog = self.dialog
@@ -458,7 +464,7 @@ class AvCallee(AvCall):
             return [self.host.stop_timer(UaTimer.AV_RETRANSMIT_2XX),
                     Log(f"{why}: ending the audio/video call with BYE", "warning"),
                     *self.host.send_sip(self._bye, dialog.next_hop()),
-                    self.host.start_timer(UaTimer.AV_TIMER_F, 64 * self.t1)]  # fmt: skip
+                    self.host.start_timer(UaTimer.AV_TIMER_F, self.timers.timer_f)]  # fmt: skip
         if timer is UaTimer.AV_TIMER_F:
             return self.timer_f(now)
         return []
