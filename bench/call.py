@@ -1,7 +1,8 @@
 """Setup time of one sharing call on live sockets, next to a floor measured in the same run.
 
-Setup = from the Skype client's INVITE to the ACK of the reINVITE reaching it (trace times),
-with the default scenario (hold 0 s, so each call also hangs up at once). Each call is a whole
+Setup = from the Skype client's sharing INVITE to the ACK of the reINVITE reaching it (trace
+times), with the default scenario (hold 0 s, so each call also hangs up at once; the meeting's
+audio/video call before it, with share_after 0 s, is not counted). Each call is a whole
 run: five actors, their listeners and connections, made and torn down.
 
 The floor is the same number of one-way trips done by plain asyncio sockets: the virtual run
@@ -38,13 +39,17 @@ TARGET_MS = 5.0
 def scenario() -> Scenario:
     return loads(
         "extends: sharing-call.yaml\ncall: {hold: 0}\n"
-        "actors: {cms: {turn: {keepalive_first: null}}}\n",
+        "actors: {cms: {turn: {keepalive_first: null}}, skype_client: {share_after: 0}}\n",
         source="bench-call.yaml",
     )
 
 
 def setup_time(trace: Trace) -> float:
-    invite = next(m for m in trace.messages if m.src == "skype_client" and m.summary == "INVITE")
+    invite = next(
+        m for m in trace.messages
+        if m.src == "skype_client" and m.summary == "INVITE" and m.sip_facts is not None
+        and "applicationsharing" in m.sip_facts.media
+    )  # fmt: skip
     ack = [m for m in trace.messages if m.dst == "skype_client" and m.summary == "ACK"][-1]
     return ack.t - invite.t
 

@@ -612,6 +612,9 @@ _PICTURES = (
               help="Leave the actors' notes out of the ladder (and the pictures).")  # fmt: skip
 @click.option("--width", type=click.IntRange(20, 1000),
               help="Ladder width (default: the terminal's; 120 in a pipe or file).")  # fmt: skip
+@click.option("--full", is_flag=True,
+              help="Expanded ladder: under each arrow, its message's fields whole (Call-ID, SDP "
+              "candidates, STUN attributes such as XOR-RELAYED-ADDRESS); nothing cut.")  # fmt: skip
 @verbosity_options
 def run(
     scenario: str,
@@ -622,6 +625,7 @@ def run(
     no_data: bool,
     no_logs: bool,
     width: int | None,
+    full: bool,
     **pictures: Path | None,
 ) -> None:
     """Run a scenario (a YAML file or a bundled name; default: sharing-call) and show the call.
@@ -658,7 +662,7 @@ def run(
             result = run_scenario(sc, cast(Literal["live", "virtual"] | None, clock))
         # Standard output carries data: the report goes to standard error beside it.
         report = _console(stderr=any(s.to_stdout for s in sinks))
-        _report_run(report, result, say, width, no_data=no_data, no_logs=no_logs)
+        _report_run(report, result, say, width, no_data=no_data, no_logs=no_logs, full=full)
         if pcap is not None:
             _write_pcap(result, pcap, points)
             where = f"at {', '.join(points)}" if points else "every leg"
@@ -696,6 +700,7 @@ def _report_run(
         rows = render_ladder_rich(
             result.trace, list(ACTORS), width=width, show_data=not ladder["no_data"],
             logs=not ladder["no_logs"], ascii=not unicode_ok(console.file),
+            full=ladder.get("full", False),
         )  # fmt: skip
         console.print(rows, end="")
         console.print()

@@ -32,7 +32,7 @@ from labsim.scenario import load
 from labsim.trace import Trace
 from labsim.wire import sip
 
-from .labs import run_variant
+from .labs import run_variant, share_lab
 
 LAB = Path(__file__).parent.parent / "scenarios" / "sharing-call.yaml"
 
@@ -87,7 +87,7 @@ def test_a_response_before_the_invite_is_dropped_as_a_stray() -> None:
 
 
 def test_a_refusal_with_a_malformed_diagnostics_header_is_still_acknowledged() -> None:
-    client = SkypeClient(Lab())
+    client = SkypeClient(share_lab())  # its first INVITE is the share's
     client.handle(Started(), 0)
     client.handle(
         Connected("sip:1", Address("192.168.1.100", 40000), Address("192.168.1.252", 5060)), 0
@@ -152,7 +152,11 @@ def test_a_second_peer_on_the_relay_gets_no_second_reinvite() -> None:
     from labsim.proto import appsharing
 
     result = run_scenario(load(LAB), "virtual")
-    offer = next(m for m in result.trace.messages if m.summary == "INVITE" and m.dst == "cms")
+    offer = next(
+        m for m in result.trace.messages
+        if m.summary == "INVITE" and m.dst == "cms" and m.sip_facts is not None
+        and "applicationsharing" in m.sip_facts.media
+    )  # fmt: skip
     cms = Cms(Lab())
     cms.offer = appsharing.parse(sip.parse_message(offer.data).body)
     first = cms._pipe_up(PeerConnected("turn:data:1", Address("192.168.1.252", 53577), b"", 1))

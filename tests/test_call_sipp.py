@@ -28,6 +28,7 @@ from labsim.trace import Trace
 from labsim.wire import sip
 
 from .conftest import require_tool
+from .labs import share_lab
 
 pytestmark = pytest.mark.sipp
 SIPP_DIR = Path(__file__).parent / "sipp"
@@ -91,7 +92,9 @@ async def test_sipp_uac_gets_a_relay_candidate_from_cms(tmp_path: Path) -> None:
 
 async def test_sipp_uas_answers_our_skype_client(tmp_path: Path) -> None:
     sipp = require_tool("sipp")
-    client = SkypeClient(Lab(skype_client=SkypeClientSettings(ice_timeout=5)))
+    # One dialog for sipp's one-call scenario: the sharing INVITE alone (the audio/video call
+    # before it has a test of its own below).
+    client = SkypeClient(share_lab(skype_client=SkypeClientSettings(ice_timeout=5)))
     trace = Trace()
     with claim_block() as block:
         # The Edge's lab port on sipp's own address: free, whatever else runs.

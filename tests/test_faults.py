@@ -237,8 +237,9 @@ def test_a_rule_whose_occurrence_or_chance_never_comes_says_so() -> None:
         "  - cut: {from: cms, to: expressway_e, connection: 1, after: 500}\n"
     )
     rules = run_scenario(sc, "virtual").trace.fault_rules
-    assert [(r.acted, r.matched) for r in rules] == [(0, 1), (0, 1), (0, 0), (0, 1)]
-    assert rules[0].unmatched().endswith("matched 1 messages, none of the occurrences it names")
+    # Two INVITEs cross skype_client → skype_edge: the audio/video call's, then the share's.
+    assert [(r.acted, r.matched) for r in rules] == [(0, 2), (0, 2), (0, 0), (0, 1)]
+    assert rules[0].unmatched().endswith("matched 2 messages, none of the occurrences it names")
     assert "with probability 0.01 a rule may act zero times" in rules[1].unmatched()
     assert rules[2].unmatched().endswith("matched nothing (even before its probability 0.5)")
     assert "matched 1 connections and cut none" in rules[3].unmatched()

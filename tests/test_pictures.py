@@ -36,6 +36,7 @@ from labsim.scenario import library_dir, load
 from labsim.trace import Trace
 from labsim.wire import stun
 from labsim.wire.address import Address
+from tests.labs import variant
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -43,11 +44,20 @@ SVG = "{http://www.w3.org/2000/svg}"
 #: rule; a connect refused and a connection reset, a message lost with it; a message still in
 #: flight at the end; many drops and retransmissions.
 SCENARIOS = ["sharing-call", "one-way-binding-cms-checks", "relay-ports-rejected",
-             "permission-required", "ack-lost"]  # fmt: skip
+             "permission-required", "ack-lost", "cut-inside-a-message"]  # fmt: skip
+
+#: Not a library scenario: the TURN data connection cut by the network inside Expressway-E's
+#: second message, so a message is lost with its connection (no library scenario loses one).
+CUT_INSIDE_A_MESSAGE = (
+    "actors: {skype_client: {ice_timeout: 2.0}}\n"
+    "faults: [{cut: {from: expressway_e, to: cms, connection: 2, after_bytes: 100}}]\n"
+)
 
 
 @cache
 def ran(name: str) -> RunResult:
+    if name == "cut-inside-a-message":
+        return run_scenario(variant(CUT_INSIDE_A_MESSAGE), "virtual")
     return run_scenario(load(library_dir() / f"{name}.yaml"), "virtual")
 
 
@@ -401,7 +411,11 @@ def test_html_panel_data_decodes_sip_and_framed_stun() -> None:
         assert len(found) == 1, [s["title"] for s in decoded[n - 1]["sections"]]
         return found[0]
 
-    invite = 1 + next(i for i, m in enumerate(trace.messages) if m.is_kind("INVITE"))
+    # The sharing INVITE (the lab's audio/video call's comes first).
+    invite = 1 + next(
+        i for i, m in enumerate(trace.messages)
+        if m.is_kind("INVITE") and "applicationsharing" in m.sip_facts.media  # type: ignore[union-attr]
+    )  # fmt: skip
     headers = section(invite, "SIP start line and headers")["rows"]
     assert isinstance(headers, list) and headers[0][1] == "INVITE sip:meeting@cms.lab SIP/2.0"
     assert ["Call-ID", trace.messages[invite - 1].facts.call_id] in headers  # type: ignore[union-attr]

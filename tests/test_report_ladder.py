@@ -50,6 +50,7 @@ GOLDEN = """\
   0.020000               │✕╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌│ TCP reset (RST) 10.48.54.229:24000 → 192.16…
   0.030000               │╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌✕│ TCP connect 192.168.1.252 → 10.48.54.229:24…
   0.040000 TCP close (FIN) 10.48.54.230:44342 → 10.4… │◁╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌╌│
+… = cut to fit 100 columns; the expanded ladder (labsim run --full) shows every field whole
 """
 
 
@@ -67,7 +68,11 @@ def column(text: str, name: str) -> int:
 
 
 def rows(text: str) -> list[str]:
-    return text.splitlines()[2:]
+    """The rows under the header, without the closing note on cut labels (it starts with the
+    ellipsis, at the left edge: no row does)."""
+    out = text.splitlines()[2:]
+    legend = next((i for i, line in enumerate(out) if line.startswith(("…", "..."))), len(out))
+    return out[:legend]
 
 
 def test_arrows_point_from_sender_to_receiver() -> None:
@@ -196,3 +201,33 @@ def test_real_flow_every_message_in_order() -> None:
     assert "TCP connect 10.48.54.230:" in first_three[0]
     assert "Allocate Request TCP lifetime: 600" in first_three[1]
     assert "Allocate Error Response" in first_three[2]
+
+
+def test_the_expanded_ladder_prints_every_field_whole() -> None:
+    long = "Allocate Error Response error-code: 401 (Unauthenticated) Unauthorized"
+    for width in (50, 100):
+        text = render_ladder(small_trace(), ACTORS, width=width, full=True)
+        assert long in text  # the label the row cut, whole on the line under it
+        for field in ("REQUESTED-TRANSPORT: 6", "LIFETIME: 600", "ERROR-CODE: 401 Unauthorized",
+                      "REALM: TANDBERG", "USERNAME: evtj:h6vY", "ICE-CONTROLLED: tie-breaker",
+                      "TCP connect 192.168.1.252:53577 → 10.48.54.229:24000 [skype_edge/2]",
+                      "RFC 4571 frame, 110 bytes, the first 16: 00 6c 00 01 00 58 21 12 a4 42",
+                      "320 bytes (the first 16): 01 01"):  # fmt: skip
+            assert field in text, field
+        # The rows themselves are the plain ladder's; the fields go on lines of their own.
+        plain = rows(render_ladder(small_trace(), ACTORS, width=width))
+        timed = [line for line in rows(text) if line[:10].strip()]
+        assert timed == [line for line in plain if line[:10].strip()]
+    assert "cut to fit" not in render_ladder(small_trace(), ACTORS, full=True)
+
+
+def test_a_cut_always_shows() -> None:
+    from labsim.report.ladder import _cut
+
+    assert _cut("Allocate Request", 8, "…") == "Allocat…"
+    assert _cut("Allocate Request", 1, "…") == "…"  # no room for text: the mark alone
+    assert _cut("Allocate Request", 2, "...") == ".."
+    assert _cut("ACK", 3, "…") == "ACK"
+    narrow = render_ladder(small_trace(), ACTORS, width=20)
+    assert max(len(line) for line in narrow.splitlines()) <= 20
+    assert "…" in narrow

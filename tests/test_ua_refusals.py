@@ -34,7 +34,7 @@ from labsim.scenario import ScenarioError, load, loads
 from labsim.trace import Trace
 from labsim.wire import sip
 
-from .labs import run_variant, variant
+from .labs import av_sip, run_variant, share_lab, share_sip, variant
 from .test_call_robustness import sent_sip
 from .test_ua_transactions import (
     Clock,
@@ -266,9 +266,10 @@ def test_the_meeting_policy_answers_what_refuse_reinvite_leaves() -> None:
 
 
 def sip_sent(trace: Trace, src: str, summary: str) -> list[sip.SipMessage]:
+    """The sharing dialog's SIP messages (not the audio/video call's) ``src`` sent."""
     return [
-        sip.parse_message(m.data) for m in trace.messages
-        if m.protocol == "SIP" and m.src == src and m.summary == summary
+        sip.parse_message(m.data) for m in share_sip(trace)
+        if m.src == src and m.summary == summary
     ]  # fmt: skip
 
 
@@ -298,6 +299,10 @@ def test_a_refused_invite_ends_the_call_with_no_dialog(
     assert not sip_sent(result.trace, "skype_client", "BYE")
     assert not sip_sent(result.trace, "cms", "BYE")
     assert len(sip_sent(result.trace, "skype_client", "INVITE")) == 1  # no retry by default
+    # The client leaves the meeting: its audio/video call ends with its BYE, answered.
+    av = [(m.src, m.summary) for m in av_sip(result.trace) if m.dst == "skype_client"
+          or m.src == "skype_client"]  # fmt: skip
+    assert av[-2:] == [("skype_client", "BYE"), ("skype_edge", "200 OK")]
 
 
 @pytest.mark.parametrize("clock", CLOCKS)
@@ -357,7 +362,7 @@ def test_the_scenario_knobs_reach_the_actors() -> None:
 
 def client_retrying() -> tuple[SkypeClient, Clock, Request]:
     """A client with retry_after_503 that has sent its sharing INVITE."""
-    client = SkypeClient(Lab(skype_client=SkypeClientSettings(retry_after_503=True)))
+    client = SkypeClient(share_lab(skype_client=SkypeClientSettings(retry_after_503=True)))
     clock = Clock(client)
     clock.handle(Started())
     edge = Address("192.168.1.252", 5060)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from labsim.actors import states
+from labsim.actors.av_call import AV_CLIENT_TABLE, AV_CMS_TABLE
 from labsim.actors.cms import CMS_TABLE
 from labsim.actors.skype_client import CLIENT_TABLE
 from labsim.proto.sip_ua_state import (
@@ -25,7 +26,9 @@ from labsim.proto.sip_ua_state import (
 )
 
 DOCS = Path(__file__).parent.parent / "docs"
-TABLES: list[Table[StrEnum]] = [CLIENT_TABLE, CMS_TABLE]  # type: ignore[list-item]
+TABLES: list[Table[StrEnum]] = [  # type: ignore[list-item]
+    CLIENT_TABLE, CMS_TABLE, AV_CLIENT_TABLE, AV_CMS_TABLE,
+]  # fmt: skip
 
 
 def path_to(table: Table[StrEnum], goal: StrEnum) -> list[UaEvent]:

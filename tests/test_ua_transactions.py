@@ -35,6 +35,7 @@ from labsim.scenario import Scenario, library_dir, load, loads
 from labsim.trace import MessageRecord, Trace
 from labsim.wire import sip
 
+from .labs import av_sip, share_lab, share_sip
 from .test_call_robustness import invite, sent_sip
 
 LAB = Path(__file__).parent.parent / "scenarios" / "sharing-call.yaml"
@@ -299,7 +300,9 @@ def test_a_second_reinvite_before_our_answer_to_the_first_gets_500_with_retry_af
 
 
 def client_calling() -> tuple[SkypeClient, Clock, Request]:
-    client = SkypeClient(Lab())
+    # The sharing dialog's transactions, from the client's first INVITE: the lab without the
+    # audio/video call before it (labsim.actors.av_call has its own tests).
+    client = SkypeClient(share_lab())
     clock = Clock(client)
     clock.handle(Started())
     edge = Address("192.168.1.252", 5060)
@@ -359,10 +362,15 @@ def test_the_edges_100_trying_stops_invite_timer_b() -> None:
 
 def test_timer_b_follows_t1() -> None:
     settings = SkypeClientSettings(sip_timers=SipTimers(t1=0.25, t2=2.0))
-    client = SkypeClient(Lab(skype_client=settings))
+    client = SkypeClient(share_lab(skype_client=settings))
     client.handle(Started(), 0)
     effects = client.handle(TimerFired(UaTimer.CALL), 0)
     assert StartTimer(UaTimer.TIMER_B, 16.0) in effects
+    # The audio/video INVITE's Timer B follows T1 too.
+    client = SkypeClient(Lab(skype_client=settings))
+    client.handle(Started(), 0)
+    effects = client.handle(TimerFired(UaTimer.CALL), 0)
+    assert StartTimer(UaTimer.AV_TIMER_B, 16.0) in effects
 
 
 def test_a_retransmitted_2xx_is_acked_again_without_a_state_change() -> None:
@@ -406,10 +414,10 @@ def test_a_bye_for_no_dialog_gets_481_and_moves_nothing() -> None:
 
 
 def sip_from(trace: Trace, src: str, summary: str, dst: str | None = None) -> list[MessageRecord]:
+    """The sharing dialog's SIP messages (not the audio/video call's) ``src`` sent."""
     return [
-        m for m in trace.messages
-        if m.protocol == "SIP" and m.src == src and m.summary == summary
-        and (dst is None or m.dst == dst)
+        m for m in share_sip(trace)
+        if m.src == src and m.summary == summary and (dst is None or m.dst == dst)
     ]  # fmt: skip
 
 
@@ -447,12 +455,13 @@ def test_ack_lost_scenario_resends_the_200_then_cms_hangs_up_after_64_t1() -> No
 
 
 def test_a_late_ack_holds_the_reinvite_until_it_arrives() -> None:
-    sc = lab("faults: [{delay: {from: expressway_c, to: cms, sip: ACK, nth: 1, by: 1.0}}]\n"
+    # The sharing INVITE's ACK is the second on that hop: the audio/video call's is the first.
+    sc = lab("faults: [{delay: {from: expressway_c, to: cms, sip: ACK, nth: 2, by: 1.0}}]\n"
              "expect: {outcome: sharing-established}")  # fmt: skip
     result = run_scenario(sc, "virtual")
     assert result.outcome.name == "sharing-established", result.outcome
     trace = result.trace
-    (ack,) = [m for m in trace.messages if m.summary == "ACK" and m.dst == "cms"][:1]
+    (ack,) = [m for m in share_sip(trace) if m.summary == "ACK" and m.dst == "cms"][:1]
     reinvite = sip_from(trace, "cms", "INVITE")
     assert len(reinvite) == 1 and reinvite[0].t >= ack.t
     assert len(invite_oks(trace, "cms")) == 2  # one resend at T1
@@ -466,6 +475,17 @@ def test_the_lab_call_retransmits_nothing_and_both_tables_end() -> None:
     assert len(invite_oks(trace, "cms")) == len(invite_oks(trace, "skype_client")) == 1
     assert cast.cms.state is UaState.TERMINATED
     assert cast.skype_client.state is UaState.TERMINATED
+    # The audio/video call before it: answered once, acknowledged, hung up by the client.
+    av_oks = [m for m in av_sip(trace) if m.src == "cms" and m.summary == "200 OK"]
+    assert len(av_oks) == 2  # to the INVITE and to the BYE, nothing resent
+    assert cast.cms.av is not None and cast.skype_client.av is not None
+    assert [e for _, e, _ in cast.cms.av.machine.history] == [
+        UaEvent.RECV_INVITE, UaEvent.SEND_2XX, UaEvent.RECV_ACK, UaEvent.RECV_BYE,
+    ]  # fmt: skip
+    assert [e for _, e, _ in cast.skype_client.av.machine.history] == [
+        UaEvent.SEND_INVITE, UaEvent.RECV_1XX, UaEvent.RECV_2XX, UaEvent.SEND_BYE,
+        UaEvent.RECV_BYE_ANSWER,
+    ]  # fmt: skip
     assert [e for _, e, _ in cast.cms.machine.history] == [
         UaEvent.RECV_INVITE, UaEvent.SEND_2XX, UaEvent.RECV_ACK, UaEvent.SEND_REINVITE,
         UaEvent.RECV_1XX, UaEvent.RECV_2XX, UaEvent.RECV_BYE,
@@ -517,7 +537,8 @@ def test_client_reinvite_timer_b_ends_the_dialog_with_bye() -> None:
     sc = lab(
         "deadline: 60\n"
         "actors: {skype_client: {ice_timeout: 50}}\n"
-        "faults: [{drop: {from: skype_client, to: skype_edge, sip: INVITE, nth: 2}}]\n"
+        # INVITE 1 on that hop is the audio/video call's, 2 the sharing INVITE, 3 the reINVITE.
+        "faults: [{drop: {from: skype_client, to: skype_edge, sip: INVITE, nth: 3}}]\n"
         "expect: {outcome: call-failed}",
         call="reinvite_from: skype_client, hold: 1",
     )

@@ -7,7 +7,7 @@ When the Skype side connects to the relay, the TURN client binds a data connecti
 (ConnectionAttempt → ConnectionBind) and hands the pipe over; CMS runs the ICE-TCP checks on
 it, RFC 4571-framed, its request carrying USE-CANDIDATE when it is the controlling agent (as
 in the lab's frame 2597). Once the pair is valid both ways it sends the reINVITE when it is the
-side that does (the default: the controlling side, RFC 5245 §9.1.3), or answers the Skype
+side that does (the default: the controlling side, RFC 5245 §8.1.2), or answers the Skype
 client's. On BYE it answers and gives the allocation back (Refresh LIFETIME 0).
 
 Order on the data connection: the lab shows CMS's framed Binding Request (110 bytes) right
@@ -26,9 +26,10 @@ import random
 
 from sipmessage import Request, Response
 
+from labsim.actors.av_call import AvCallee
 from labsim.actors.common import Refusal, UaTimer, UserAgent
 from labsim.actors.lab import Lab
-from labsim.proto import appsharing
+from labsim.proto import appsharing, avcall
 from labsim.proto.events import Address, Close, ConnId, Effect, Log
 from labsim.proto.ice import (
     CheckLink,
@@ -131,6 +132,12 @@ class Cms(UserAgent[UaState]):
         if self.turn is not None:
             self.router.add(self.turn, self._turn_news)
         self.router.add(self.link, self._on_link)
+        #: The meeting's audio/video call (call.av_call): answered in its own dialog, with no
+        #: TURN request (CMS allocates only for the share, Cisco 212580).
+        self.av = AvCallee(self, lab, self._av_up, self._av_over) if lab.call.av_call else None
+        self._share_done = False
+        """The sharing side is done (its dialog over, the relay given back): CMS finishes once
+        the audio/video call is over too."""
 
     @property
     def pipe(self) -> ConnId | None:
@@ -144,10 +151,22 @@ class Cms(UserAgent[UaState]):
     # -- SIP -----------------------------------------------------------------------------------
 
     def on_sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
+        av = self.av
+        if av is not None and av.owns(message):
+            # The audio/video call's dialog (its own Call-ID, RFC 3261 §12.2).
+            if isinstance(message, Response):
+                return av.on_response(message, now)
+            if message.method == "INVITE" and sip.to_tag(message) is None:
+                return av.on_invite(conn, message, now)
+            return av.on_request(conn, message, now)
         if isinstance(message, Response):
             return self._response(message, now)
         request = message
         if request.method == "INVITE" and sip.to_tag(request) is None:
+            if av is not None and avcall.is_av_offer(request.body):
+                # m=audio / m=video and no m=applicationsharing: the meeting's call, not a
+                # share (MS-SDPEXT §3.1.5: the share is a new INVITE of its own).
+                return av.on_invite(conn, request, now)
             return self._new_call(conn, request, now)
         if request.method == "CANCEL":
             return self._cancel(conn, request, now)
@@ -206,7 +225,7 @@ class Cms(UserAgent[UaState]):
             return [*effects, *self._refuse_call(conn, invite, Refusal.of(setting))]
         if self._refused is not None:
             # A call after a refused one: CMS has work again until this one ends.
-            self.finished = False
+            self.finished = self._share_done = False
             effects.append(self.stop_timer(UaTimer.FINISH))
         if self.turn is None:
             # No TURN server to ask: the answer carries the host candidates alone, a private
@@ -295,6 +314,29 @@ class Cms(UserAgent[UaState]):
         # Released ends this side (_turn_news).
         return [*effects, *self.router.run(self.turn, self.turn.release(now))]
 
+    # -- the meeting's audio/video call (labsim.actors.av_call) --------------------------------
+
+    def on_timer(self, timer: UaTimer, now: float) -> list[Effect]:
+        if self.av is not None and timer in (UaTimer.AV_RETRANSMIT_2XX, UaTimer.AV_ACK_WAIT,
+                                             UaTimer.AV_TIMER_F):  # fmt: skip
+            return self.av.on_timer(timer, now)
+        return super().on_timer(timer, now)
+
+    def done(self, why: str, level: str = "info") -> list[Effect]:
+        """The sharing side is done; CMS finishes when the audio/video call is over too."""
+        self._share_done = True
+        if self.av is not None and self.av.active:
+            return [Log(why, level)]
+        return super().done(why, level)
+
+    def _av_up(self, now: float) -> list[Effect]:
+        return [Log("the client is in the meeting's audio/video call")]
+
+    def _av_over(self, why: str, now: float, level: str) -> list[Effect]:
+        if self._share_done:
+            return super().done(why, level)
+        return [Log(why, level)]
+
     # -- TURN ----------------------------------------------------------------------------------
 
     _mapped: Address | None = None
@@ -352,7 +394,7 @@ class Cms(UserAgent[UaState]):
         if isinstance(notice, LinkClosed):
             return [Log("media pipe closed")]
         if isinstance(notice, PairValid) and self.sends_reinvite:
-            # The post-ICE reINVITE (RFC 5245 §9.1.3); held while our 200 OK waits for its
+            # The post-ICE reINVITE (RFC 5245 §8.1.2); held while our 200 OK waits for its
             # ACK (RFC 3261 §14.1).
             return self.send_reoffer()
         return []

@@ -122,6 +122,17 @@ class UaTimer(Enum):
     RETRY_AFTER = "retry-after"
     """The Skype client: RFC 3261 §21.5.4, the wait a 503's Retry-After asked for before the
     INVITE goes again (``retry_after_503``)."""
+    SHARE = "share"
+    """The Skype client: when to send the sharing INVITE once the meeting's audio/video call
+    is up (``share_after``)."""
+    AV_TIMER_B = "av-timer-b"
+    """Timer B of the audio/video INVITE (RFC 3261 §17.1.1.2)."""
+    AV_RETRANSMIT_2XX = "av-2xx-retransmit"
+    """CMS: its 2xx to the audio/video INVITE again until the ACK (RFC 3261 §13.3.1.4)."""
+    AV_ACK_WAIT = "av-ack-wait"
+    """CMS: 64·T1 without the ACK of that 2xx ends the audio/video call (§13.3.1.4)."""
+    AV_TIMER_F = "av-timer-f"
+    """Timer F of a BYE in the audio/video call (§17.1.2.2)."""
 
 
 #: The timers of the dialog's transactions, all stopped when the dialog ends.

@@ -156,8 +156,11 @@ class SkypeClientSettings:
     """T1 and T2 (RFC 3261 §17.1.1.1): Timer B of the INVITE and reINVITE, Timer F of the BYE,
     the retransmissions of a 2xx and the wait for its ACK."""
     start_delay: Seconds = 0.0
-    """Seconds from the start until the sharing INVITE (the client is in the meeting's
-    audio/video call already)."""
+    """Seconds from the start until the client's first INVITE: the meeting's audio/video call
+    (call.av_call), else the sharing INVITE (the client is in that call already)."""
+    share_after: Seconds = 0.5
+    """Seconds from the audio/video call's ACK until the sharing INVITE (call.av_call: the
+    user presses Share once in the meeting); unused without the audio/video call."""
     linger: Seconds = 0.05
     """Seconds between the client's last act and its end (lets its closes reach the trace)."""
     seed: int = 5061
@@ -290,7 +293,7 @@ class CallSettings:
     mark where the role attribute goes, written as the side's actual role, and USE-CANDIDATE is
     written only by the controlling side."""
     reinvite_from: Literal["controlling", "cms", "skype_client", "both", "none"] = "controlling"
-    """Who sends the reINVITE once the pair is valid: the controlling agent (RFC 5245 §9.1.3;
+    """Who sends the reINVITE once the pair is valid: the controlling agent (RFC 5245 §8.1.2;
     the lab does not show it), a named side, both (glare: the reINVITEs cross, each end answers
     491 and retries after RFC 3261 §14.1's random wait) or none."""
     hold: Seconds = 6.0
@@ -298,6 +301,15 @@ class CallSettings:
     lab's 5 s Binding Indication keepalive appear."""
     bye_from: UaSide = "skype_client"
     """Who hangs up after the hold."""
+    av_call: bool = True
+    """The Skype client first joins the meeting with an ordinary audio/video call: its own
+    INVITE (own Call-ID, From tag and CSeq; SDP with m=audio and m=video and MS-ICE2
+    candidates, no media beyond the SDP), 200 OK, ACK, along the same proxies. The sharing
+    INVITE is a new dialog with a different Call-ID (Cisco 212580: "It will have a different
+    SIP call-id than the initial audio/video call"); CMS allocates its TURN relay for the share
+    only. The A/V dialog stays up during the share; once the sharing dialog is over the client
+    hangs it up with BYE (it leaves the meeting). false: the sharing INVITE alone, as the
+    TechNote's figures show it."""
     reinvite_connection: Literal["existing", "new"] = "existing"
     """a=connection in the post-ICE reINVITE and its answer (unconfirmed: RFC 4145 suggests
     existing since the TCP connection exists; PROTOCOL.md §5.3)."""

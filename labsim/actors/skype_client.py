@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from sipmessage import Request, Response, Via
 
+from labsim.actors.av_call import AvCaller
 from labsim.actors.common import Refusal, UaTimer, UserAgent, diag_suffix
 from labsim.actors.lab import Lab
 from labsim.proto import appsharing
@@ -130,6 +131,12 @@ class SkypeClient(UserAgent[UaState]):
         self._ack: tuple[Request, Address] | None = None
         """The ACK of the first INVITE's final answer and where it went (sent again for a
         repeated answer)."""
+        #: The meeting's audio/video call before the share (call.av_call), in its own dialog.
+        self.av = AvCaller(self, lab, self._av_up, self._av_over) if lab.call.av_call else None
+        self._in_meeting = False
+        """The audio/video call was answered: the share goes ahead whatever becomes of it."""
+        self._share_over = False
+        """The sharing dialog is over (or was refused): what is left is leaving the meeting."""
 
     @property
     def checks(self) -> CheckStream | None:
@@ -168,7 +175,13 @@ class SkypeClient(UserAgent[UaState]):
     def on_timer(self, timer: UaTimer, now: float) -> list[Effect]:
         match timer:
             case UaTimer.CALL:
+                # The first INVITE: the meeting's audio/video call when there is one (the
+                # share follows it, share_after after its ACK), else the sharing INVITE.
+                return self.av.start() if self.av is not None else self._call()
+            case UaTimer.SHARE:
                 return self._call()
+            case UaTimer.AV_TIMER_B | UaTimer.AV_TIMER_F if self.av is not None:
+                return self.av.on_timer(timer, now)
             case UaTimer.FINISH:
                 self.finished = True
                 return []
@@ -241,14 +254,20 @@ class SkypeClient(UserAgent[UaState]):
         if not self.allows(UaEvent.TRANSPORT_ERROR):
             return [Log(why, "warning")]
         # RFC 3261 §8.1.3.1: a transport error is a 503 for what was sent; with no way to the
-        # outbound proxy nothing else can be sent either.
+        # outbound proxy nothing else can be sent either, in either dialog.
+        effects = self.av.transport_error() if self.av is not None else []
         self.fire(UaEvent.TRANSPORT_ERROR)
-        return self.end(why, now, "warning")
+        return effects + self.end(why, now, "warning")
 
     def on_connection_lost(self, notice: ConnectionLost) -> list[Effect]:
         return [] if self.dialog else [Log(f"SIP connection to {notice.remote} lost")]
 
     def on_sip(self, conn: ConnId, message: sip.SipMessage, now: float) -> list[Effect]:
+        if self.av is not None and self.av.owns(message):
+            # The audio/video call's dialog (its own Call-ID, RFC 3261 §12.2).
+            if isinstance(message, Response):
+                return self.av.on_response(message, now)
+            return self.av.on_request(conn, message, now)
         if isinstance(message, Response):
             return self._response(message, now)
         if message.method == "CANCEL":
@@ -382,7 +401,35 @@ class SkypeClient(UserAgent[UaState]):
 
     def on_ended(self, why: str, now: float, level: str = "info") -> list[Effect]:
         self._held_reinvite = None
-        return [self.stop_timer(UaTimer.ICE), *self._close_media(), *self.done(why, level)]
+        return [self.stop_timer(UaTimer.ICE), *self._close_media(), *self._leave(why, level)]
+
+    # -- the meeting's audio/video call (labsim.actors.av_call) --------------------------------
+
+    def _av_up(self, now: float) -> list[Effect]:
+        """The audio/video call is answered and ACKed: the user shares ``share_after`` on, in
+        a new INVITE of its own (Cisco 212580)."""
+        self._in_meeting = True
+        wait = self.settings.share_after
+        return [Log(f"in the meeting's audio/video call; sharing in {wait:g} s, in a new "
+                    "dialog (its own Call-ID)"), self.start_timer(UaTimer.SHARE, wait)]  # fmt: skip
+
+    def _av_over(self, why: str, now: float, level: str) -> list[Effect]:
+        """The audio/video call is over: before it was ever answered, the client cannot share
+        (it is not in the meeting); once the sharing dialog is over too, the client is done.
+        Otherwise the share goes on in its own dialog."""
+        if not self._in_meeting:
+            return self.done(f"{why}: not in the meeting, so no sharing", level)
+        if self._share_over:
+            return self.done(why, level)
+        return [Log(f"{why}; the sharing dialog goes on", level)]
+
+    def _leave(self, why: str, level: str) -> list[Effect]:
+        """The sharing dialog is over: leave the meeting, hanging the audio/video call up
+        (RFC 3261 §15.1.1) when it is still up; done when nothing is left."""
+        self._share_over = True
+        if self.av is not None and self.av.up:
+            return [Log(why, level), *self.av.hang_up("leaving the meeting")]
+        return self.done(why, level)
 
     def session_over(self) -> list[Effect]:
         return [self.stop_timer(UaTimer.ICE), *self._close_media()]

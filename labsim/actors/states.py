@@ -1,10 +1,11 @@
-"""The state diagrams of the two user agents and of CMS's TURN client, drawn from their tables.
+"""The state diagrams of the user agents and of CMS's TURN client, drawn from their tables.
 
-``python -m labsim.actors.states --diagrams docs/`` writes ``docs/state-skype_client.md``,
-``docs/state-cms.md`` and ``docs/state-turn.md`` (Mermaid ``stateDiagram-v2``, the
-transitions row by row, and how each UA handles the events its table does not allow);
-``--check docs/`` exits 1 when a committed page differs from what the tables give. The
-tables are the truth: edit them, then regenerate.
+``python -m labsim.actors.states --diagrams docs/`` writes ``docs/state-skype_client.md`` and
+``docs/state-cms.md`` (the sharing dialog), ``docs/state-skype_client-av.md`` and
+``docs/state-cms-av.md`` (the meeting's audio/video call before it), and ``docs/state-turn.md``
+(CMS's TURN client) (Mermaid ``stateDiagram-v2``, the transitions row by row, and how each UA
+handles the events its table does not allow); ``--check docs/`` exits 1 when a committed page
+differs from what the tables give. The tables are the truth: edit them, then regenerate.
 
 It lives with the actors because the tables do (:mod:`labsim.proto` may not import actors);
 the rendering itself is :meth:`labsim.proto.sip_ua_state.Table.markdown`.
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from labsim.actors.av_call import AV_CLIENT_TABLE, AV_CMS_TABLE
 from labsim.actors.cms import CMS_TABLE
 from labsim.actors.skype_client import CLIENT_TABLE
 
@@ -89,12 +91,36 @@ def turn_page() -> str:
     return "\n".join(out) + "\n"
 
 
+_AV_CLIENT_INTRO = """
+The Skype client's audio/video call, from `AV_CLIENT_TABLE` in `labsim/actors/av_call.py`: the
+meeting's call it joins before it shares (`call.av_call`), a dialog of its own with its own
+Call-ID (Cisco 212580: the sharing INVITE "will have a different SIP call-id than the initial
+audio/video call"). It is the UAC of the INVITE (RFC 3261 §13.2; Timer B = 64·T1 until the first
+answer, §17.1.1.2); `share_after` seconds after its ACK the sharing INVITE goes in a new dialog
+(`state-skype_client.md`). Once the sharing dialog is over the client leaves the meeting: BYE
+(§15; Timer F = 64·T1). If the call is never answered, no sharing INVITE follows.
+"""
+
+_AV_CMS_INTRO = """
+CMS's side of the meeting's audio/video call, from `AV_CMS_TABLE` in `labsim/actors/av_call.py`:
+the UAS of the client's audio/video INVITE (RFC 3261 §13.3), answered at once with its host
+candidates and no TURN request (CMS asks Expressway-E for a relay only for the share). Its 200 OK
+is resent at T1 doubling up to T2 until the ACK; 64·T1 without it ends the call with BYE
+(§13.3.1.4). CMS finishes when both this call and the sharing dialog are over.
+"""
+
 PAGES = {
     "state-skype_client.md": CLIENT_TABLE.markdown(
         "SIP user agent states: the Skype client", _CLIENT_INTRO, COMMAND
     ),
     "state-cms.md": CMS_TABLE.markdown("SIP user agent states: CMS", _CMS_INTRO, COMMAND),
     "state-turn.md": turn_page(),
+    "state-skype_client-av.md": AV_CLIENT_TABLE.markdown(
+        "SIP user agent states: the Skype client's audio/video call", _AV_CLIENT_INTRO, COMMAND
+    ),
+    "state-cms-av.md": AV_CMS_TABLE.markdown(
+        "SIP user agent states: CMS's side of the audio/video call", _AV_CMS_INTRO, COMMAND
+    ),
 }
 
 

@@ -260,6 +260,9 @@ class Table(Generic[S]):
     transitions: Mapping[S, Mapping[UaEvent, S]]
     descriptions: Mapping[S, str] = field(default_factory=dict)
     """One line per state for the diagrams."""
+    disallowed: Mapping[UaEvent, str] = field(default_factory=dict)
+    """What this UA does with an event its table does not allow, where it differs from
+    :data:`DISALLOWED` (the diagrams print it)."""
 
     def __post_init__(self) -> None:
         states = set(self.transitions)
@@ -354,7 +357,8 @@ class Table(Generic[S]):
         ]
         for event in used:
             where = ", ".join(s.name for s, moves in self.transitions.items() if event in moves)
-            out.append(f"| {event.value} | {where} | {DISALLOWED[event]} |")
+            otherwise = self.disallowed.get(event, DISALLOWED[event])
+            out.append(f"| {event.value} | {where} | {otherwise} |")
         return "\n".join(out) + "\n"
 
 

@@ -27,6 +27,7 @@ from labsim.report.evidence import (
     stands_in,
 )
 from labsim.trace import MessageRecord
+from labsim.wire.facts import SipFacts
 
 
 def beyond(ev: Evidence) -> list[Anomaly]:
@@ -49,7 +50,10 @@ def beyond(ev: Evidence) -> list[Anomaly]:
             records=(record,) if record is not None else (),
         ))  # fmt: skip
 
-    if ev.invite is None and point != SIP_PATH[0]:
+    # No share reached the point: lost before it, when the meeting's audio/video call (if any
+    # crossed it) was set up, its ACK through; else that call's own anomalies tell why.
+    av_set_up = any(f.method == "ACK" and ev.is_av(f) for _, f in ev.sip)
+    if not ev.sharing and point != SIP_PATH[0] and (av_set_up or not ev.av_calls):
         add("SIP INVITE", 0.0, f"no sharing INVITE crossed {point}", "INVITE", ev.sip_caller,
             SIP_PATH)  # fmt: skip
     for finder in (_sip_unanswered, _ack_ignored, _checks_unanswered, _relay_unreached,
@@ -91,8 +95,8 @@ def _sip_unanswered(ev: Evidence, add: _Add) -> None:
                 late = "" if came is None else f" within 64·T1 (one came {came - r.t:.1f} s on)"
                 add(ev.step_of(r), when,
                     f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
-                    f"acknowledged it; no ACK came back{late}", "ACK", r.dst, SIP_PATH,
-                    r)  # fmt: skip
+                    f"acknowledged it; no ACK came back{late}", _ack_kind(ev, f), r.dst,
+                    SIP_PATH, r)  # fmt: skip
 
 
 def _ack_ignored(ev: Evidence, add: _Add) -> None:
@@ -120,7 +124,7 @@ def _ack_ignored(ev: Evidence, add: _Add) -> None:
                 f"the ACK left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
                 f"acknowledged it, yet the 200 OK it acknowledges came back {again} more "
                 f"time(s), later than the {rtt * 1000:.0f} ms round trip past {point} (RFC "
-                "3261 §13.3.1.4: resent until an ACK reaches its sender)", "ACK",
+                "3261 §13.3.1.4: resent until an ACK reaches its sender)", _ack_kind(ev, f),
                 r.dst, SIP_PATH, r)  # fmt: skip
             break
 
@@ -142,6 +146,11 @@ def _checks_unanswered(ev: Evidence, add: _Add) -> None:
             f"{len(unanswered)} of the connectivity checks (Binding Request) that left {point} "
             f"for {ev.caller} from t={first.t:.3f} s got no answer back", "Binding Request",
             ev.caller, MEDIA_PATH, first)  # fmt: skip
+
+
+def _ack_kind(ev: Evidence, facts: SipFacts) -> str:
+    """The name of the ACK of ``facts``'s transaction (the audio/video call's named apart)."""
+    return "A/V ACK" if ev.is_av(facts) else "ACK"
 
 
 def _stun_retried(ev: Evidence, add: _Add) -> None:
@@ -186,7 +195,7 @@ def _hang_up_missing(ev: Evidence, add: _Add) -> None:
     if not closes or ev.end - closes[0] < HANG_UP_WAIT:
         return
     t0 = closes[0]
-    if any(f.method == "BYE" and r.t >= t0 - HANG_UP_WAIT for r, f in ev.sip):
+    if any(f.method == "BYE" and r.t >= t0 - HANG_UP_WAIT and not ev.is_av(f) for r, f in ev.sip):
         return
     add("hang-up", t0,
         f"{ev.caller} closed the media path at t={t0:.3f} s and no BYE crossed {point} in "
@@ -237,7 +246,7 @@ def _relay_unreached(ev: Evidence, add: _Add) -> None:
         return
     answered_2xx = [
         r for r, f in ev.sip
-        if r.src == point and ev.invite is not None and f.answers(ev.invite)
+        if r.src == point and ev.invite is not None and ev.sharing and f.answers(ev.invite)
         and f.status is not None and 200 <= f.status < 300 and r.delivered
     ]  # fmt: skip
     if not answered_2xx:

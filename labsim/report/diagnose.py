@@ -18,6 +18,14 @@ systems. The choice:
   is the verdict, found by the first rule that matches it; the other failures are listed
   under "also", what recovered under "recovered";
 * no failure found although the call did not work → ``unknown``, with every anomaly found.
+
+The meeting's audio/video call before the share is a dialog of its own (Cisco 212580); its
+faults (step ``A/V call``, after the share's up to the hang-up) are the verdict only when nothing
+of the share's
+explains the run, and words of their own say so: a lost audio/video INVITE is a SIP path that
+does not carry the meeting's call, never "the sharing INVITE". A share that worked and ended as
+planned beside an audio/video call that did not (never set up, or not hung up as planned) is not
+a working call: the audio/video call's faults are the verdict then.
 """
 
 from __future__ import annotations
@@ -262,10 +270,52 @@ def _relay_address_lines(ev: Evidence) -> list[str]:
     ]
 
 
+def _is_av(a: Anomaly) -> bool:
+    """An anomaly of the meeting's audio/video call (named ``A/V …`` by the evidence)."""
+    return "A/V " in a.kind
+
+
+_AV = On(lambda a, ev: _is_av(a), "of the meeting's audio/video call")
+_AV_SETUP = On(
+    lambda a, ev: a.kind == "A/V INVITE" or a.kind.endswith("(A/V INVITE)"),
+    "the audio/video INVITE or an answer to it",
+)
+
+
+def _av_words(a: Anomaly, ev: Evidence) -> str:
+    """The audio/video call that never got through, and what it meant for the share."""
+    if a.what == "held":
+        lead = (
+            f"The meeting's audio/video call got through too late: {a.sender}'s {a.kind} was "
+            f"held {a.how} s on {a.where}, longer than the call waited for it"
+        )
+    else:
+        lead = (
+            f"The meeting's audio/video call never got through: {a.sender}'s {a.kind} was "
+            f"{_verb(a)} on {a.where}"
+        )
+    if ev.sharing:
+        return f"{lead}; the sharing dialog is another one."
+    return f"{lead}; the client shares only once it is in the call, so no sharing INVITE followed."
+
+
+def _invite_lost_words(a: Anomaly, ev: Evidence) -> str:
+    """The sharing INVITE's path, or the audio/video call's when no share followed it."""
+    if not ev.sharing and ev.av_calls:
+        noun = "The meeting's audio/video call never got through (so no sharing INVITE followed)"
+        late = noun.replace("never got through", "got through too late")
+        return _words(_lost_words(noun, late), a, ev)
+    return _words(_lost_words("The sharing INVITE never got through",
+                              "The sharing INVITE got through too late"), a, ev)  # fmt: skip
+
+
 def _refused_sip(a: Anomaly, ev: Evidence) -> str:
     facts = a.facts
     diag = f" ({facts.diagnostics})" if isinstance(facts, SipFacts) and facts.diagnostics else ""
     what = "the sharing INVITE" if a.kind.endswith("(INVITE)") else "the sharing reINVITE"
+    if _is_av(a):
+        asked = a.kind.split("(A/V ")[-1].rstrip(")")
+        what = f"the meeting's audio/video {asked}"
     return f"{a.sender} refused {what}: {a.kind.split(' (')[0]}{diag}."
 
 
@@ -332,8 +382,7 @@ RULES: tuple[Rule, ...] = (
          ("the logs of the end that answered, at that time",
           "the SIP status meaning (RFC 3261 §21) and any ms-diagnostics in the answer")),
     Rule("no-sip-path", _is("lost", "held", "connect-failed", "closed", step="SIP INVITE"),
-         _lost_words("The sharing INVITE never got through",
-                     "The sharing INVITE got through too late"),
+         _invite_lost_words,
          "a SIP hop cannot forward it: a missing connection (the traversal zone between "
          "Expressway-C and Expressway-E), a routing rule, or a firewall on the SIP ports",
          ("the traversal zone status on Expressway-C and Expressway-E (Active)",
@@ -482,7 +531,7 @@ RULES: tuple[Rule, ...] = (
     # -- the reINVITE
     Rule("reinvite-missing", _is("missing", step="reINVITE"),
          "The checks succeeded both ways, but no reINVITE followed.",
-         "the controlling ICE agent did not re-offer (RFC 5245 §9.1.3)",
+         "the controlling ICE agent did not re-offer (RFC 5245 §8.1.2)",
          ("the ICE roles of both ends", "the logs of the controlling end")),
     Rule("call-rejected", _is("error", step="reINVITE"), _refused_sip, _sip_meaning,
          ("the logs of the end that answered the reINVITE",
@@ -523,6 +572,27 @@ RULES: tuple[Rule, ...] = (
          "a SIP hop does not carry the BYE or its answer, so one end keeps a call the other "
          "ended (until its own timers run out)",
          ("the BYE and its 200 OK on each hop of the SIP path",)),
+    # -- the meeting's audio/video call, before the share (its own dialog)
+    Rule("no-sip-path", _is("lost", "held", step="A/V call") & _AV_SETUP, _av_words,
+         "a SIP hop does not carry the meeting's call: a missing connection (the traversal "
+         "zone between Expressway-C and Expressway-E), a routing rule, or a firewall on the SIP "
+         "ports",
+         ("the traversal zone status on Expressway-C and Expressway-E (Active)",
+          "the search rules and dial plan that route the meeting's domain to CMS",
+          "TCP 5060/5061 and the traversal port (7001) through the firewalls")),
+    Rule("ack-lost", _is("lost", "held", step="A/V call", kinds=("A/V ACK",)),
+         "{callee}'s 200 OK to the meeting's audio/video INVITE was not acknowledged in time: "
+         "the A/V ACK was {how_lost} on {where}, so {callee} kept resending it and, 64·T1 "
+         "after it, ended the audio/video call (RFC 3261 §13.3.1.4); the sharing dialog is "
+         "another one.",
+         "the ACK goes end to end through every proxy of the Record-Route; one hop does not "
+         "forward it (a Record-Route/Route mismatch, a proxy that lost the dialog, a one-way "
+         "SIP path)",
+         ("the ACK on each hop of the SIP path (Expressway-C's and Expressway-E's logs)",
+          "the Record-Route headers of the 200 OK and the Route headers of the ACK")),
+    Rule("call-rejected", _is("error") & _AV, _refused_sip, _sip_meaning,
+         ("the logs of the end that answered, at that time",
+          "the SIP status meaning (RFC 3261 §21)")),
     # -- anything else
     Rule("message-lost", _is("lost"), _lost_words("A message was lost", "A message was held up"),
          "the hop shown does not carry that message", ("captures on both ends of that hop",)),
@@ -579,8 +649,12 @@ def diagnose(
     ended_well = ending.planned or (ending.how == "deadline" and established)
     failing = unrecovered = [a for a in ev.anomalies if not a.recovered]
     if established and ended_well:
-        # What broke nothing: a closed media path does break the call, whatever the end.
-        broke = [a for a in failing if a.what == "closed" or a.what == "error"]
+        # What broke nothing: a closed media path does break the call, whatever the end; so
+        # does the meeting's audio/video call when it was not set up and hung up as planned.
+        broke = [
+            a for a in failing
+            if a.what in ("closed", "error") or (_is_av(a) and not ev.av_planned)
+        ]  # fmt: skip
         if not broke:
             return _working(ev, ended, failing)
         failing = broke
@@ -633,7 +707,7 @@ def _working(ev: Evidence, ended: str, tolerated: list[Anomaly]) -> Diagnosis:
             "The sharing works; on the way both ends re-offered at the same moment (glare), "
             "one got 491 and retried after a random wait, as RFC 3261 §14.1 says.",
             (*notes, f"setup took {setup:.3f} s (INVITE to the reINVITE's ACK)"),
-            "both user agents send the post-ICE reINVITE (RFC 5245 §9.1.3 gives it to the "
+            "both user agents send the post-ICE reINVITE (RFC 5245 §8.1.2 gives it to the "
             "controlling agent alone)",
             ("which side sends the reINVITE on each end (ICE role); the retry wait (2.1-4 s "
              "for the side that chose the Call-ID, 0-2 s for the other) adds to setup",),

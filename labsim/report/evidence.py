@@ -24,6 +24,13 @@ An :class:`Anomaly` is one of:
 Each anomaly belongs to a :data:`Step` of the call, and says whether it *recovered* (a
 retransmission got through, a 438 was retried, a 491 was retried) or why it had no
 consequence, when that is so.
+
+"The call" is the sharing dialog (:func:`~labsim.report.outcome.first_invite`). The meeting's
+audio/video call before it (Cisco 212580: another dialog, another Call-ID) is named apart: its
+messages are ``A/V INVITE``, ``200 OK (A/V INVITE)``, ``A/V ACK``, ``A/V BYE``…, its step is
+``A/V call`` (its BYE's, ``hang-up``), after the share's steps and before the hang-up, so a
+fault of the share is the verdict whenever there is one, and the audio/video call's faults
+explain a run only when nothing of the share's does (the call failed, so no share followed).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
-from labsim.report.outcome import first_invite
+from labsim.report.outcome import first_invite, is_av_call
 from labsim.trace import ConnectionRecord, Journey, MessageRecord, Trace
 from labsim.wire.address import Address
 from labsim.wire.facts import SipFacts, StunFacts
@@ -44,7 +51,7 @@ from labsim.wire.facts import SipFacts, StunFacts
 #: failure in this order).
 Step = Literal[
     "SIP INVITE", "TURN allocation", "SIP answer", "relay connection", "ICE checks",
-    "reINVITE", "call up", "hang-up",
+    "reINVITE", "call up", "A/V call", "hang-up",
 ]  # fmt: skip
 STEPS: tuple[Step, ...] = get_args(Step)
 
@@ -179,22 +186,43 @@ class Evidence:
     stun: list[tuple[MessageRecord, StunFacts]] = field(default_factory=list)
     invite: SipFacts | None = None
     invite_record: MessageRecord | None = None
+    av_calls: frozenset[str | None] = frozenset()
+    """The Call-IDs of the meeting's audio/video calls: initial INVITEs offering audio or video
+    and no application sharing."""
     relay: Address | None = None
     """The relayed address the TURN server gave the callee (XOR-RELAYED-ADDRESS)."""
     turn_server: Address | None = None
     """The address the callee reached the TURN server at."""
     anomalies: list[Anomaly] = field(default_factory=list)
     ending: Ending | None = None
+    av_planned: bool = True
+    """Every audio/video call of the trace was hung up as planned: a BYE without a Reason from
+    one of its ends, answered (true when there is none)."""
     expiry: Expiry | None = None
     """The callee's allocation ran out, and the TURN server closed its connection."""
 
     # -- naming --------------------------------------------------------------------------------
+
+    def is_av(self, facts: SipFacts) -> bool:
+        """A message of the meeting's audio/video call, not of the share."""
+        return facts.call_id in self.av_calls
+
+    @property
+    def sharing(self) -> bool:
+        """The call's INVITE is the share's (an INVITE offering sharing, or one of a trace
+        with no audio/video call), not the audio/video call's: no share followed it."""
+        return self.invite is not None and not self.is_av(self.invite)
 
     def name(self, record: MessageRecord) -> str:
         """The message's name as people say it."""
         facts = record.facts
         if isinstance(facts, SipFacts):
             invite = self.invite
+            if self.is_av(facts):
+                if facts.method is not None:
+                    return f"A/V {facts.method}"
+                what = f"{facts.status} {facts.reason}".rstrip()
+                return f"{what} (A/V {facts.cseq_method})"
             if facts.method is not None:
                 if facts.method == "INVITE" and facts.to_tag is not None:
                     return "reINVITE"
@@ -215,6 +243,8 @@ class Evidence:
             method = facts.method or facts.cseq_method
             if method == "BYE":
                 return "hang-up"
+            if self.is_av(facts):
+                return "A/V call"
             if method in ("INVITE", "ACK", "CANCEL") and self._in_reinvite(facts):
                 return "reINVITE"
             if method == "ACK" or (facts.status is not None and facts.status >= 200):
@@ -269,10 +299,14 @@ def gather(
                 ev.relay = facts.relayed
             if ev.turn_server is None and record.src == callee and record.dst == turn:
                 ev.turn_server = record.dst_addr
+    ev.av_calls = frozenset(
+        f.call_id for _, f in ev.sip if f.method == "INVITE" and f.to_tag is None and is_av_call(f)
+    )  # fmt: skip
     first = first_invite(ev.sip, ev.sip_caller)
     if first is not None:
         ev.invite_record, ev.invite = first
     ev.ending = _ending(ev)
+    ev.av_planned = all(_hung_up(ev, call_id) for call_id in ev.av_calls)
     ev.expiry = _expiry(ev)
     found = [
         *_losses(ev), *_held(ev), *_stun_errors(ev), *_sip_errors(ev), *_connects(ev),
@@ -700,6 +734,14 @@ def _closed(ev: Evidence) -> list[Anomaly]:
          if f.method == "ConnectionBind" and f.is_success and r.dst == ev.callee and r.delivered),
         None,
     )  # fmt: skip
+    # When the meeting's audio/video call was answered: a SIP connection that breaks after it
+    # breaks under a call (the share's dialog is another one, still to come or going on).
+    av_up = min(
+        (r.fate_t or r.t for r, f in ev.sip
+         if ev.is_av(f) and f.cseq_method == "INVITE" and 200 <= (f.status or 0) < 300
+         and r.dst == ev.sip_caller and r.delivered),
+        default=None,
+    )  # fmt: skip
     out = []
     # When the peers closed their connections to the relay (RFC 6062 §5.5: the TURN server
     # then closes the data connection bound to each, a consequence, not a second event).
@@ -731,7 +773,8 @@ def _closed(ev: Evidence) -> list[Anomaly]:
         if carried_sip:
             # A SIP hop's connection: the call's signalling, whatever the step.
             kind = "SIP connection"
-            step: Step = "call up" if bound is not None and c.closed > bound else "SIP INVITE"
+            up = [t for t in (bound, av_up) if t is not None]
+            step: Step = "call up" if up and c.closed > min(up) else "SIP INVITE"
             what = f"the SIP connection {c.name or c.id} ({c.client} → {c.server})"
         elif bound is not None and c.closed > bound:
             step = "call up"  # the relay had carried the call by then
@@ -839,7 +882,7 @@ def _never_taken(ev: Evidence) -> list[Anomaly]:
         c.client == cms and c.server == turn for c in ev.trace.connections.values()
     )
     # Only a callee that accepted the INVITE owes a relay: one that refused it allocates none.
-    accepted = ev.invite is not None and any(
+    accepted = ev.invite is not None and ev.sharing and any(
         r.src == ev.sip_callee and r.hop == 0 and f.status is not None and 200 <= f.status < 300
         and f.answers(ev.invite)
         for r, f in ev.sip
@@ -906,7 +949,7 @@ def _never_taken(ev: Evidence) -> list[Anomaly]:
                     "reINVITE",
                     t,
                     f"the checks succeeded both ways (by t={t:.3f} s) and neither end sent the "
-                    "reINVITE that confirms the media route (RFC 5245 §9.1.3, MS-ICE2)",
+                    "reINVITE that confirms the media route (RFC 5245 §8.1.2, MS-ICE2)",
                     "reINVITE",
                 )
             )
@@ -993,6 +1036,24 @@ def _ending(ev: Evidence) -> Ending:
     if ev.stopped_by_deadline:
         return Ending(None, ev.end, "deadline", "the run's deadline", False)
     return Ending(None, ev.end, "finished", "no dialog to end (no BYE was needed)", False)
+
+
+def _hung_up(ev: Evidence, call_id: str | None) -> bool:
+    """The dialog ``call_id`` ended as planned: its first BYE from an end has no Reason (RFC
+    3326: the user's own hang-up) and its answer got back to its sender."""
+    bye = next(
+        ((r, f) for r, f in ev.sip
+         if f.call_id == call_id and f.method == "BYE" and r.hop == 0
+         and r.src in (ev.sip_caller, ev.sip_callee)),
+        None,
+    )  # fmt: skip
+    if bye is None or bye[1].cause:
+        return False
+    return any(
+        r.dst == bye[0].src and r.delivered and (f.status or 0) >= 200
+        and f.cseq_method == "BYE" and f.call_id == call_id
+        for r, f in ev.sip
+    )  # fmt: skip
 
 
 def lines(anomalies: Iterable[Anomaly]) -> list[str]:

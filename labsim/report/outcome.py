@@ -1,6 +1,12 @@
 """What became of the sharing call, read from the trace alone (DESIGN.md: the trace is the
 truth; the outcome knows nothing of the scenario or of injected faults).
 
+"The call" is the sharing dialog: the caller's first initial INVITE whose SDP offers
+``m=applicationsharing`` (:func:`first_invite`). The meeting's audio/video call that comes before
+it is a dialog of its own, with its own Call-ID (Cisco 212580); only when no INVITE offers
+sharing is the first INVITE the call (a run whose audio/video call failed, so no share
+followed; a capture of another kind of call).
+
 The steps of the call, in order, and the outcome when a run stops at one:
 
 1. the Skype client's INVITE gets no final answer → ``no-answer``;
@@ -52,12 +58,29 @@ def sip_messages(trace: Trace) -> SipMessages:
 
 
 def first_invite(messages: SipMessages, caller: str) -> SipHop | None:
-    """The caller's initial INVITE (no To tag) as it left the caller."""
-    return next(
-        ((r, f) for r, f in messages
-         if r.src == caller and f.method == "INVITE" and f.to_tag is None),
-        None,
-    )  # fmt: skip
+    """The caller's initial INVITE (no To tag) of the sharing call, as it left the caller: the
+    first whose SDP offers ``m=applicationsharing`` (MS-SDPEXT §3.1.5); the audio/video call
+    before it is another dialog (Cisco 212580: the sharing INVITE "will have a different SIP
+    call-id than the initial audio/video call"). When none offers sharing, the first initial
+    INVITE."""
+    first: SipHop | None = None
+    for r, f in messages:
+        if r.src == caller and f.method == "INVITE" and f.to_tag is None:
+            if SHARING in f.media:
+                return r, f
+            if first is None:
+                first = (r, f)
+    return first
+
+
+#: The m= kind of the share's media (MS-SDPEXT §3.1.5).
+SHARING = "applicationsharing"
+
+
+def is_av_call(facts: SipFacts) -> bool:
+    """An INVITE whose SDP offers audio or video and no application sharing: the meeting's
+    audio/video call, not the share."""
+    return SHARING not in facts.media and bool({"audio", "video"} & set(facts.media))
 
 
 def reinvites(messages: SipMessages, call_id: str, *ends: str) -> SipMessages:
@@ -138,12 +161,19 @@ def outcome(
          and f.answers(invite)),
         None,
     )  # fmt: skip
+    # No INVITE offered sharing: the one we have is the meeting's audio/video call, and the
+    # share never followed it.
+    what = "the audio/video INVITE (no sharing INVITE followed it)" if is_av_call(invite) else (
+        "the INVITE"
+    )  # fmt: skip
     if final is None:
-        return Outcome("no-answer", f"the INVITE got no final answer back to {sip_caller}")
+        return Outcome("no-answer", f"{what} got no final answer back to {sip_caller}")
     assert final.status is not None
     if final.status >= 300:
         extra = f" ({final.diagnostics})" if final.diagnostics else ""
-        return Outcome("call-rejected", f"the INVITE was answered {status_text(final)}{extra}")
+        return Outcome("call-rejected", f"{what} was answered {status_text(final)}{extra}")
+    if is_av_call(invite):
+        return Outcome("call-failed", f"{what} was answered {status_text(final)}")
 
     # The reINVITE: an INVITE inside the call's dialog, either direction.
     sharing = reinvites(messages, invite.call_id, sip_caller, sip_callee)
