@@ -1040,9 +1040,7 @@ def diagnose_command(
             capture = read_capture(capture_file, named, at, data=data)
             result = diagnose_capture(capture)
         report = _console(stderr=any(s.to_stdout for s in [*drawn, *([sink] if sink else [])]))
-        present = {c.client for c in capture.trace.connections.values()}
-        present |= {c.server for c in capture.trace.connections.values()}
-        order = [a for a in LAB_CHAIN if a in present] + sorted(present - set(LAB_CHAIN))
+        order = capture.actors
         if say != "quiet":
             if width is None:
                 width = report.width if _width_given(report) else DEFAULT_WIDTH

@@ -80,23 +80,21 @@ def _sip_unanswered(ev: Evidence, add: _Add) -> None:
     for r, f in ev.sip:
         if r.src != point or r.dst not in sip_ends or not stands_in(ev, r.dst) or not r.delivered:
             continue
-        when = r.fate_t or r.t
         if f.method is not None and f.method not in ("ACK", "CANCEL"):
             came = answers.get((f.call_id, f.from_tag, f.cseq, f.method))
-            if came is None or came - r.t > SIP_TIMEOUT:
-                late = "" if came is None else f" within 64·T1 (one came {came - r.t:.1f} s on)"
-                add(ev.step_of(r), when,
-                    f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
-                    f"acknowledged it; no final answer came back{late}", ev.name(r), r.dst,
-                    SIP_PATH, r)  # fmt: skip
+            awaited, kind = "final answer", ev.name(r)
         elif f.cseq_method == "INVITE" and f.status is not None and 200 <= f.status < 300:
             came = acks.get((f.call_id, f.from_tag, f.cseq))
-            if came is None or came - r.t > SIP_TIMEOUT:
-                late = "" if came is None else f" within 64·T1 (one came {came - r.t:.1f} s on)"
-                add(ev.step_of(r), when,
-                    f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
-                    f"acknowledged it; no ACK came back{late}", _ack_kind(ev, f), r.dst,
-                    SIP_PATH, r)  # fmt: skip
+            awaited, kind = "ACK", _ack_kind(ev, f)
+        else:
+            continue
+        if came is not None and came - r.t <= SIP_TIMEOUT:
+            continue
+        late = "" if came is None else f" within 64·T1 (one came {came - r.t:.1f} s on)"
+        add(ev.step_of(r), r.fate_t or r.t,
+            f"{ev.name(r)} left {point} for {r.dst} at t={r.t:.3f} s and {r.dst}'s TCP "
+            f"acknowledged it; no {awaited} came back{late}", kind, r.dst, SIP_PATH,
+            r)  # fmt: skip
 
 
 def _ack_ignored(ev: Evidence, add: _Add) -> None:

@@ -743,6 +743,14 @@ class Capture:
     notes: list[str] = field(default_factory=list)
     """What the reader had to skip or guess, in words."""
 
+    @property
+    def actors(self) -> list[str]:
+        """The actors of its connections, in call order (the lab's, then unnamed hosts): the
+        ladder's and the pictures' columns."""
+        present = {c.client for c in self.trace.connections.values()}
+        present |= {c.server for c in self.trace.connections.values()}
+        return [a for a in LAB_CHAIN if a in present] + sorted(present - set(LAB_CHAIN))
+
 
 def read_capture(
     path: Path, actors: Mapping[str, str] | None = None, at: str | None = None,
