@@ -88,6 +88,11 @@ class TurnClientSettings:
     password: str = "secret"
     """TURN password; one the server does not know ends the allocation in 401 Unauthorized
     ("unauthorized - check credentials" in CMS's log)."""
+    realm: Annotated[str, at.MinLen(1)] | None = None
+    """The realm the server must challenge with; a 401 naming another fails the allocation
+    before any credentials are sent (a server that is not the one configured). null (the
+    lab, as CMS's /turnServers has no realm): the REALM of the server's 401 (RFC 5389
+    §10.2.3)."""
     lifetime: Annotated[int, at.Interval(ge=0, le=0xFFFFFFFF)] = 600
     """LIFETIME asked for in the Allocate and every Refresh (lab: 600; RFC 5766 §2.2, §7)."""
     software: str | None = "CMS v2.2"
@@ -895,6 +900,11 @@ class TurnClient:
 
     def _on_challenge(self, txn: _Transaction, message: Message, now: float) -> list[Effect]:
         """RFC 5389 §10.2.3: a 401 to a request without credentials; resend with them."""
+        expected, offered = self.settings.realm, message.get(stun.Realm)
+        if expected is not None and offered is not None and offered.value != expected:
+            return self._fail_allocation(
+                401, f"the server's realm is {offered.value!r}, not {expected!r}: wrong server?"
+            )
         if not self._take_credentials(message):
             return self._fail_allocation(401, "401 without REALM and NONCE: cannot authenticate")
         if txn.kind is _Kind.ALLOCATE:
