@@ -12,7 +12,6 @@ own (:mod:`labsim.proto.turn_server`, :mod:`labsim.proto.turn_client`).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal, get_args
 
@@ -30,10 +29,9 @@ from labsim.proto.settings import (
     Seconds,
     SettingError,
     SipUri,
-    TextForm,
 )
 from labsim.proto.sip_ua_state import SipTimers
-from labsim.proto.turn_client import TurnClientSettings
+from labsim.proto.turn_client import ExternalTurnServer, TurnClientSettings
 from labsim.proto.turn_server import TurnServerSettings
 from labsim.wire import sip
 
@@ -44,8 +42,6 @@ __all__ = [
     "CmsSettings",
     "ExpresswayCSettings",
     "ExpresswayESettings",
-    "ExpresswayETurnSettings",
-    "ExternalTurnServer",
     "Lab",
     "SkypeClientSettings",
     "SkypeEdgeSettings",
@@ -211,60 +207,6 @@ class StaticNat:
     address to Expressway-E; false: connects there are dropped and time out."""
 
 
-def _loopback(value: str) -> None:
-    try:
-        ip = ipaddress.IPv4Address(value)
-    except ValueError as exc:
-        raise SettingError((), f"not an IPv4 address in dotted form ({exc})") from None
-    if not ip.is_loopback:
-        # DESIGN.md: no socket ever targets a non-loopback address.
-        raise SettingError((), f"{value} is not a loopback address (127.0.0.0/8): labsim "
-                           "connects to nothing off loopback")  # fmt: skip
-
-
-LoopbackIPv4 = Annotated[str, TextForm(_loopback, (("format", "ipv4"),))]
-"""A real address on loopback (127.0.0.0/8), not a lab address."""
-
-
-@dataclass(frozen=True)
-class ExternalTurnServer:
-    """A real TURN server (coturn, a real Expressway-E) standing in for Expressway-E's TURN
-    service, on the live clock only. Expressway-E then runs no TURN server of its own; CMS
-    dials Expressway-E's lab address at turn.port as before and the run carries the
-    connection to ``address``:``port``, so the trace and the capture still read as the lab
-    (10.48.54.229:3478). CMS authenticates with ``username`` and ``password`` (they replace
-    cms.turn's). The relay the server reports in XOR-RELAYED-ADDRESS is what CMS offers: a
-    loopback address is reached as it is; Expressway-E's lab address (coturn
-    ``--external-ip 10.48.54.229/ADDRESS``) is carried to ``address`` at the same port, for
-    every port Expressway-E's own SIP listeners do not hold."""
-
-    __pydantic_config__ = SETTINGS_CONFIG
-
-    address: LoopbackIPv4
-    """The loopback address the server listens on (and relays from), e.g. 127.0.0.1: a real
-    address, never shown in the lab's bytes."""
-    port: Port = 3478
-    """The server's real TURN port (TCP)."""
-    username: Annotated[str, at.MinLen(1)] = "turn"
-    """The username CMS allocates with (CMS /turnServers username)."""
-    password: str = "secret"
-    """The password CMS allocates with; one the server does not accept ends the allocation
-    in 401 (the diagnosis: wrong TURN credentials)."""
-    realm: Annotated[str, at.MinLen(1)] | None = None
-    """The realm the server is expected to challenge with (coturn -r); a 401 naming another
-    fails the allocation. null: whatever realm the server names (RFC 5389 §10.2.3)."""
-
-
-@dataclass(frozen=True)
-class ExpresswayETurnSettings(TurnServerSettings):
-    """Expressway-E's TURN service: labsim's own TURN server (the other keys), or an external
-    one."""
-
-    external: ExternalTurnServer | None = None
-    """A real TURN server in the call instead of labsim's (live clock only); the other keys
-    but port (the lab TURN port CMS dials) then do not apply. null: labsim's TURN server."""
-
-
 @dataclass(frozen=True)
 class ExpresswayESettings:
     """Expressway-E: SIP proxy towards the Skype Edge, traversal server, TURN server."""
@@ -277,8 +219,8 @@ class ExpresswayESettings:
     """SIP over TCP, from the Skype Edge."""
     traversal_port: Port = 7001
     """Traversal zone port: Expressway-C opens the traversal connection here."""
-    turn: ExpresswayETurnSettings = field(default_factory=ExpresswayETurnSettings)
-    """The TURN server: labsim's, or an external one (turn.external)."""
+    turn: TurnServerSettings = field(default_factory=TurnServerSettings)
+    """The TURN server: labsim's, or a real one standing in for it (turn.external)."""
     nat: StaticNat | None = None
     """A static NAT in front of Expressway-E; null (the lab): none, the relay is advertised at
     Expressway-E's own address, which the Skype Edge reaches directly."""
