@@ -50,7 +50,8 @@ def _messages(log: str, direction: str) -> list[str]:
     """The SIP messages sipp's -trace_msg log shows ``direction`` ("sent" or "received")."""
     log = log.replace("\r\n", "\n")
     parts = re.split(r"^-{10,} [^\n]*\n\w+ message (sent|received)[^\n]*\n", log, flags=re.M)
-    return [text.strip() for kind, text in zip(parts[1::2], parts[2::2]) if kind == direction]
+    pairs = zip(parts[1::2], parts[2::2], strict=True)
+    return [text.strip() for kind, text in pairs if kind == direction]
 
 
 def _headers(message: str, name: str) -> list[str]:
@@ -150,8 +151,11 @@ async def test_sipp_uas_stands_in_for_cms(tmp_path: Path) -> None:
 
     # What our side did: sipp's 200 OK reached the client with only the client's Via, its
     # relay candidate made the Edge's media target, and the client hung up with BYE.
-    ok = next(m for m in trace.messages
-              if m.dst == "skype_client" and m.summary == "200 OK" and m.data.find(b"INVITE") > 0)  # fmt: skip
+    ok = next(
+        m for m in trace.messages
+        if m.dst == "skype_client" and m.summary == "200 OK"
+        and (f := m.sip_facts) is not None and f.cseq_method == "INVITE"
+    )  # fmt: skip
     assert len(_headers(ok.data.decode(), "Via")) == 1
     assert _headers(ok.data.decode(), "Record-Route") == ROUTE_FROM_SKYPE
     assert edge.relay_target == Address(EXPE, 24000)
