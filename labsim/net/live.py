@@ -30,13 +30,15 @@ its lab host; ``external`` maps lab addresses of things outside the run (coturn 
 the TURN server, sipp for a SIP peer; each listens on a loopback address of its own) to real
 loopback endpoints, and connections from loopback sources that are no actor of the run are
 attributed to ``"external"`` (to the external endpoint's lab host when they come from its
-address). ``external_hosts`` maps a whole lab host to a real one for the ports no actor of the
-run listens on there (an external TURN server's relays advertised at Expressway-E's lab
-address: their ports are only known when allocated). An actor listens on exactly its address and the port it asked for (no remapping;
+address). An actor listens on exactly its address and the port it asked for (no remapping;
 ``SO_REUSEADDR``), and every outgoing connection binds the actor's address first, so peers see
 who is calling, and the next port of a per-host counter from 40000 up, as the virtual runtime
 does: the same scenario shows the same ports on both clocks (unless a connection of an earlier
 run on the same block is still in TIME_WAIT).
+
+``external_hosts`` maps a whole lab host to a real loopback host for the ports no actor of the
+run listens on there: an external TURN server's relays advertised at Expressway-E's lab
+address, whose ports are only known when allocated.
 
 **No socket ever targets a non-loopback address**: every bind and connect goes through
 :func:`require_loopback`; construction rejects actors that cannot be mapped and ``external``
