@@ -363,6 +363,8 @@ class _Driver:
         self.control_in: list[stun.Message] = []
         self.control_at: list[float] = []
         """When each of ``control_in`` arrived."""
+        #: The client's warnings (a response discarded, an undecodable message), with when.
+        self.warnings: list[tuple[float, str]] = []
         self._observer: StunSplitter | None = StunSplitter(allow_channel_data=False)
         self.changed = asyncio.Event()
         self.error: BaseException | None = None
@@ -410,6 +412,8 @@ class _Driver:
                     handle.cancel()
             case Log(text=text, level=lvl):
                 self.result.logs.append(f"{self.now() * 1000:9.1f} ms  {lvl}: {text}")
+                if lvl != "info":
+                    self.warnings.append((self.now(), text.removeprefix("TURN: ")))
             case _:  # Listen, Unlisten: a client never asks for them
                 raise RuntimeError(f"the TURN client asked for {effect!r}")
 
@@ -442,6 +446,10 @@ class _Driver:
         except Exception as exc:  # a bug of labsim's: end the probe with it (exit 3)
             self.error = exc
         self.changed.set()
+
+    def control_partial(self) -> int:
+        """Bytes of the control connection waiting for the rest of their message."""
+        return self._observer.buffered if self._observer is not None else 0
 
     def _observe(self, data: bytes) -> None:
         if self._observer is None:
@@ -697,6 +705,25 @@ class _Probe:
         step.detail, step.cause = detail, cause
         return False
 
+    def _no_answer(self, step: StepResult, detail: str, cause: str) -> bool:
+        """A step that timed out: when the server did answer, but with something the client
+        threw away (a FINGERPRINT or MESSAGE-INTEGRITY that does not verify, bytes that do not
+        decode, an answer to no request of ours), that is the cause, not a silent server."""
+        unusable = [text for t, text in self.d.warnings if t >= self.began]
+        partial = self.d.control_partial()
+        if partial and not unusable:
+            return self._fail(
+                step, f"{detail}; {partial} bytes came that are not a whole STUN message",
+                "the server sent part of a message and stopped (or its STUN length is wrong): "
+                "a broken TURN server, or a middlebox cutting the stream",
+            )  # fmt: skip
+        if not unusable:
+            return self._fail(step, detail, cause)
+        return self._fail(
+            step, f"{detail}; discarded: {unusable[-1]}",
+            f"the server answers, but not with anything a TURN client can use: {unusable[-1]}",
+        )  # fmt: skip
+
     def _control_lost(self) -> str | None:
         state = self.d.conns.get(self.client.control_conn)
         if state is not None and state.status == "closed":
@@ -760,13 +787,13 @@ class _Probe:
             return True
         if found is None:
             if challenges:
-                return self._fail(
+                return self._no_answer(
                     step, f"401 challenge, then no answer to the authenticated Allocate within "
                     f"{c.timeout:g} s",
                     "the server stalls after its challenge: it is overloaded, or a middlebox "
                     "drops the second request",
                 )  # fmt: skip
-            return self._fail(
+            return self._no_answer(
                 step, f"no answer to the Allocate within {c.timeout:g} s",
                 f"the server accepted TCP but never answered: {c.target} is not a TURN server "
                 "over TCP (a TLS or HTTP port?), or it stalls",
@@ -798,7 +825,7 @@ class _Probe:
         if isinstance(found, str):
             return self._fail(step, f"the server {found} the control connection",
                               "the server dropped the allocation on CreatePermission")  # fmt: skip
-        return self._fail(
+        return self._no_answer(
             step, f"no answer to CreatePermission for {peer} within {self.config.timeout:g} s",
             "the server stalls on CreatePermission",
         )  # fmt: skip
@@ -926,7 +953,7 @@ class _Probe:
                 f"the server {found} the control connection",
                 "the server dropped the allocation during ConnectionBind",
             )
-        return self._fail(
+        return self._no_answer(
             step, f"no answer to ConnectionBind within {self.config.timeout:g} s",
             "the server stalls on the data connection: ConnectionBind unanswered",
         )  # fmt: skip
@@ -1079,7 +1106,7 @@ class _Probe:
             return self._fail(step, f"the server {lost} the control connection before answering",
                               "the server dropped the connection instead of answering the "
                               "release")  # fmt: skip
-        return self._fail(
+        return self._no_answer(
             step,
             f"no answer to Refresh LIFETIME 0 within {self.config.timeout:g} s",
             "the server stalls on Refresh: the allocation stays until it expires",
@@ -1157,6 +1184,11 @@ def _permission_cause(code: int | None, peer: str) -> str:
         return "the server holds no more permissions for this allocation (508)"
     if code == 437:
         return "the allocation is gone on the server (437)"
+    if code == 443:
+        return (
+            f"the peer {peer} is of another address family than the relay (443, RFC 6156): "
+            "give --peer-address of the relay's family, or probe over IPv4"
+        )
     return f"CreatePermission refused ({code})"
 
 
