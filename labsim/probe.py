@@ -100,6 +100,9 @@ MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 300.0
 #: ``SO_LINGER`` on, timeout 0: close() sends RST.
 _LINGER_RST = struct.pack("ii", 1, 0)
 
+#: Longer than any probe runs (nine steps of at most MAX_TIMEOUT each).
+_NEVER = 3600.0
+
 #: The steps in order: (name, what it does, for people).
 STEPS: tuple[tuple[str, str], ...] = (
     ("control", "TCP connect to the TURN port"),
@@ -608,13 +611,14 @@ def _role(conn: ConnId, driver: _Driver) -> str:
 def _client_settings(config: ProbeConfig) -> TurnClientSettings:
     """CMS's TURN client as the lab has it, with the user's credentials and what a probe needs:
     CreatePermission on, no immediate Refresh, no keepalive or refresh timers (the probe lasts
-    seconds), and the step timeout as the connect timeout. The client's own transaction timeout
-    is a backstop a little past the step's deadline, which decides."""
+    seconds), and the step timeout as the connect timeout. The steps' deadlines decide when a
+    request is unanswered, so the client's own transaction timeout is set past the probe's
+    whole life: it never fires late, in a later step, with a notice that is not that step's."""
     lab = CmsSettings().turn or TurnClientSettings()
     return dataclasses.replace(
         lab, username=config.username, password=config.password, create_permission=True,
         refresh_after_allocate=False, refresh=False, keepalive_first=None,
-        connect_timeout=config.timeout, transaction_timeout=config.timeout + 1.0,
+        connect_timeout=config.timeout, transaction_timeout=_NEVER,
     )  # fmt: skip
 
 
@@ -627,6 +631,8 @@ class _Probe:
         self.deadline = 0.0
         self.began = 0.0
         self.attempt_at = 0.0
+        #: When the step's result came, if it came before the step looked (None: when seen).
+        self.ended: float | None = None
         self.peer_host = ""
         #: The bound data connection and the peer as the server named it.
         self.data_conn: ConnId = ""
@@ -684,7 +690,7 @@ class _Probe:
             self.say(step)
             return False
         self._begin(self.d.now())
-        self.ended: float | None = None
+        self.ended = None
         ok: bool = await fn(step)
         end = self.ended if self.ended is not None else self.d.now()
         step.ms = round(max(0.0, end - self.began) * 1000, 1)
@@ -1306,14 +1312,14 @@ def command(
     def out(text: str) -> None:
         print(text, file=report, flush=True)
 
-    if say != "quiet":
-        out(f"labsim probe: TURN server {config.target}, user {config.username!r}, as CMS "
-            f"(each step within {config.timeout:g} s)")  # fmt: skip
     shown: set[str] = set()
 
     def on_step(step: StepResult) -> None:
         if say == "quiet":
             return
+        if not shown:  # the first step: the name resolved, the probe is under way
+            out(f"labsim probe: TURN server {config.target}, user {config.username!r}, as CMS "
+                f"(each step within {config.timeout:g} s)")  # fmt: skip
         # The steps a failure left out come before the release, in their places.
         for name, title in STEPS[: STEP_NAMES.index(step.name)]:
             if name not in shown:
