@@ -409,6 +409,28 @@ def test_a_stall_is_a_timeout_of_its_own_step(
     assert result.step("release").status == release
 
 
+def test_a_stale_nonce_loop_is_named() -> None:
+    """Every authenticated Allocate gets 438 Stale Nonce with a new NONCE: the client retries a
+    bounded number of times (RFC 5389 §10.2.3), then the step fails naming the loop."""
+    answers: list[int] = []
+
+    def behave(conn: socket.socket, server: Scripted) -> None:
+        for request in server.messages(conn):
+            if stun.MessageIntegrity not in request:
+                reply = answer(request, server, conn.getpeername())
+            else:
+                nonce = stun.Nonce(f"nonce{len(answers)}")
+                reply = request.error(438, [stun.Realm(REALM), nonce, stun.Fingerprint()]).encode()
+                answers.append(438)
+            assert reply is not None
+            conn.sendall(reply)
+
+    with scripted(behave) as server:
+        result = probe(server.host, server.port, timeout=2.0)
+    assert_fails_at(result, "allocate", "Stale Nonce (438)")
+    assert len(answers) == 4  # the first try and three retries (TurnClientSettings)
+
+
 def test_a_stalling_release_is_bounded() -> None:
     """Every step right until the peer connects; the release then gets no answer."""
 
