@@ -1225,6 +1225,10 @@ _register_plugin_command()
 @click.option("--peer-address", metavar="IP",
               help="The peer address to permit (default: this machine as the server sees it); "
               "give it when a NAT rewrites this machine's address.")  # fmt: skip
+@click.option("--relay-host", metavar="IP",
+              help="Connect the peer here instead of the relayed address's host (same "
+              "port): the server's own address behind a static NAT this machine cannot "
+              "reach.")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(0.1, 300.0), default=5.0, show_default=True,
               metavar="S", help="Seconds each step may take.")  # fmt: skip
 @click.option("--json", "json_file", type=_OUTPUT, metavar="FILE",
@@ -1233,7 +1237,7 @@ _register_plugin_command()
 @verbosity_options
 def probe_command(
     target: str, user: str, password: str, realm: str | None, peer_address: str | None,
-    timeout: float, json_file: Path | None,
+    relay_host: str | None, timeout: float, json_file: Path | None,
 ) -> None:  # fmt: skip
     """Act as CMS against a TURN server: TCP allocation, permission, a peer connecting to the
     relay, ConnectionAttempt, ConnectionBind, framed ICE checks both ways, release; each step
@@ -1244,7 +1248,7 @@ def probe_command(
     say = level()
     try:
         host, port = parse_target(target)
-        config = ProbeConfig(host, port, user, password, realm, peer_address, timeout)
+        config = ProbeConfig(host, port, user, password, realm, peer_address, timeout, relay_host)
         sink = _Sink("--json", json_file) if json_file is not None else None
         try:
             report = sys.stderr if sink is not None and sink.to_stdout else sys.stdout

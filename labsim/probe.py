@@ -184,6 +184,10 @@ class ProbeConfig:
     (XOR-MAPPED-ADDRESS)."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds each step may take."""
+    relay_host: str | None = None
+    """Where the peer connects instead of the relayed address's host (the port stays the
+    relayed one): the server's own address when its relayed address is a static NAT's public
+    one this machine cannot reach (no hairpin). None: the relayed address, as the Skype Edge."""
 
     def __post_init__(self) -> None:
         if not MIN_TIMEOUT <= self.timeout <= MAX_TIMEOUT:
@@ -194,6 +198,8 @@ class ProbeConfig:
             raise ProbeInputError("--user is empty")
         if self.peer_address is not None:
             object.__setattr__(self, "peer_address", _ip(self.peer_address, "--peer-address"))
+        if self.relay_host is not None:
+            object.__setattr__(self, "relay_host", _ip(self.relay_host, "--relay-host"))
 
     @property
     def target(self) -> str:
@@ -281,6 +287,7 @@ class ProbeResult:
             "realm_expected": c.realm,
             "realm": self.realm,
             "peer_address": c.peer_address,
+            "relay_host": c.relay_host,
             "timeout": c.timeout,
             "passed": self.passed,
             "failed_step": failed.name if failed else None,
@@ -850,8 +857,11 @@ class _Probe:
     # -- the peer ------------------------------------------------------------------------------
 
     async def _peer_connect(self, step: StepResult) -> bool:
-        relayed = self.result.relayed
-        assert relayed is not None
+        advertised = self.result.relayed
+        assert advertised is not None
+        relayed = advertised
+        if self.config.relay_host is not None:
+            relayed = Address(self.config.relay_host, advertised.port)
         self.d.taken[PEER] = self._peer_in
         self.d.connect(PEER, relayed, self.config.timeout)
         state = await self.d.until(
@@ -865,7 +875,7 @@ class _Probe:
                 f"a firewall drops TCP to the relay port {relayed.port}: the Skype Edge could not "
                 "reach it either (Expressway-E: open TCP 24000-29999 on its public address), or "
                 f"{relayed.host} is not reachable from here (a static NAT address seen from "
-                "inside?)",
+                "inside? --relay-host tries the server's own address)",
             )  # fmt: skip
         if state.status == "failed" and state.reason == "refused":
             return self._fail(
@@ -889,6 +899,8 @@ class _Probe:
                 f"cannot reach {relayed}: {state.reason}",
             )
         step.detail = f"connected to {relayed}" + (f" from {state.local}" if state.local else "")
+        if relayed != advertised:
+            step.detail += f" (--relay-host, instead of {advertised})"
         return True
 
     async def _connection_attempt(self, step: StepResult) -> bool:

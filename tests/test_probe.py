@@ -310,6 +310,19 @@ def test_relay_address_nobody_listens_on_fails_the_peer_connect(tmp_path: Path) 
 
 
 @pytest.mark.coturn
+def test_relay_host_reaches_the_relay_behind_the_advertised_address(tmp_path: Path) -> None:
+    """The same coturn, probed with --relay-host its own address (as from inside a static NAT
+    that does not hairpin): every step passes, and the peer step says where it connected."""
+    with claim_block() as elsewhere, coturn(tmp_path, "-X", elsewhere.address(9)) as server:
+        out = CliRunner().invoke(main, [
+            "probe", "--turn", f"{server.host}:{server.port}", "--user", USER,
+            "--password", PASSWORD, "--relay-host", server.host,
+        ])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert f"(--relay-host, instead of {elsewhere.address(9)}:" in out.stdout
+
+
+@pytest.mark.coturn
 def test_permission_for_another_address_is_named(tmp_path: Path) -> None:
     """--peer-address names an address the peer does not come from: coturn accepts the peer and
     resets it without a ConnectionAttempt (RFC 6062 §5.3), during or just after the connect."""
@@ -557,6 +570,7 @@ def test_targets(text: str, expected: tuple[str, int]) -> None:
         ["--turn", "127.0.0.1:3478", "--timeout", "0"],
         ["--turn", "127.0.0.1:3478", "--timeout", "x"],
         ["--turn", "127.0.0.1:3478", "--peer-address", "not-an-ip"],
+        ["--turn", "127.0.0.1:3478", "--relay-host", "relay.example.com"],
         ["--turn", "127.0.0.1:3478", "--user", ""],
     ],
 )
