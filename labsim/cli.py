@@ -1220,6 +1220,54 @@ def _register_plugin_command() -> None:
 _register_plugin_command()
 
 
+@main.command(name="probe")
+@click.option("--turn", "target", required=True, metavar="HOST:PORT",
+              help="The TURN server (Expressway-E's TURN port, e.g. 203.0.113.5:3478; port "
+              "3478 if left out; [IPv6]:PORT).")  # fmt: skip
+@click.option("--user", required=True, help="TURN username (CMS /turnServers username).")
+@click.option("--password", required=True, envvar="LABSIM_TURN_PASSWORD",
+              help="TURN password (or the environment variable LABSIM_TURN_PASSWORD).")  # fmt: skip
+@click.option("--realm", help="The realm the credentials belong to (Expressway-E: TANDBERG); "
+              "compared with the server's.")  # fmt: skip
+@click.option("--peer-address", metavar="IP",
+              help="The peer address to permit (default: this machine as the server sees it); "
+              "give it when a NAT rewrites this machine's address.")  # fmt: skip
+@click.option("--relay-host", metavar="IP",
+              help="Connect the peer here instead of the relayed address's host (same "
+              "port): the server's own address behind a static NAT this machine cannot "
+              "reach.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(0.1, 300.0), default=5.0, show_default=True,
+              metavar="S", help="Seconds each step may take.")  # fmt: skip
+@click.option("--json", "json_file", type=_OUTPUT, metavar="FILE",
+              help="Write the steps as JSON; '-': standard output, and the report goes to "
+              "standard error.")  # fmt: skip
+@verbosity_options
+def probe_command(
+    target: str, user: str, password: str, realm: str | None, peer_address: str | None,
+    relay_host: str | None, timeout: float, json_file: Path | None,
+) -> None:  # fmt: skip
+    """Act as CMS against a TURN server: TCP allocation, permission, a peer connecting to the
+    relay, ConnectionAttempt, ConnectionBind, framed ICE checks both ways, release; each step
+    timed, and a verdict naming the first that fails (exit 0 all passed, 1 a step failed;
+    docs/probe.md)."""
+    from labsim.probe import ProbeConfig, ProbeInputError, command, parse_target
+
+    say = level()
+    try:
+        host, port = parse_target(target)
+        config = ProbeConfig(host, port, user, password, realm, peer_address, timeout, relay_host)
+        sink = _Sink("--json", json_file) if json_file is not None else None
+        try:
+            report = sys.stderr if sink is not None and sink.to_stdout else sys.stdout
+            code = command(config, say, report, sink.stream if sink is not None else None)
+        finally:
+            if sink is not None:
+                sink.close()
+    except ProbeInputError as exc:
+        raise BadInput(f"labsim probe: {exc}") from None
+    sys.exit(code)
+
+
 @main.command(name="list")
 @verbosity_options
 def list_command() -> None:
