@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check labsim tests bench
+.venv/bin/ruff check labsim tests bench notebooks
 .venv/bin/ruff format --check labsim tests bench
 .venv/bin/mypy
 cores=$(nproc 2>/dev/null || echo 2)
