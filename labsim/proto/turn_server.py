@@ -30,6 +30,7 @@ Like every machine below ``labsim/net`` it does no IO and reads no clock: time c
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import ipaddress
 import random
@@ -581,6 +582,74 @@ class _Reject:
     why: str
 
 
+class _RelayPorts:
+    """The relay range's ports in use (port -> allocation), and the lowest free one.
+
+    The server hands out the lowest free port (repeatable runs; the lab's first relay is
+    24000). A scan from the bottom made every Allocate cost as many steps as allocations were
+    held; here a cursor passes the ports taken in order once, and ports given back below it
+    wait in a heap, so finding the lowest free port costs O(log n). Invariant: every free port
+    below ``_fresh`` is in ``_freed`` (which may also hold ports taken again since: those are
+    dropped when they reach the top).
+    """
+
+    __slots__ = ("low", "high", "_used", "_freed", "_fresh")
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low = low
+        self.high = high
+        self._used: dict[int, _Allocation] = {}
+        self._freed: list[int] = []
+        self._fresh = low
+
+    def get(self, port: int) -> _Allocation | None:
+        return self._used.get(port)
+
+    def __contains__(self, port: int) -> bool:
+        return port in self._used
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def items(self) -> list[tuple[int, _Allocation]]:
+        """(port, allocation), lowest port first."""
+        return sorted(self._used.items())
+
+    def take(self, port: int, alloc: _Allocation) -> None:
+        self._used[port] = alloc
+
+    def give_back(self, port: int) -> None:
+        del self._used[port]
+        if port < self._fresh:
+            heapq.heappush(self._freed, port)
+            if len(self._freed) > 2 * (self.high - self.low + 1):
+                # Entries of ports taken again without reaching the top (the EVEN-PORT and
+                # retry scans below take any port): rebuild from the free ones.
+                self._freed = sorted({p for p in self._freed if p not in self._used})
+
+    def lowest_free(self, *, even: bool = False, exclude: Collection[int] = ()) -> int | None:
+        """The lowest port of the range neither in use nor in ``exclude`` (and even, if
+        asked); None when there is none."""
+        used = self._used
+        if even or exclude:
+            # Rare (an EVEN-PORT request, a relay port the runtime could not bind): a scan.
+            for port in range(self.low, self.high + 1):
+                if port in used or port in exclude or (even and port % 2):
+                    continue
+                return port
+            return None
+        freed = self._freed
+        while freed and freed[0] in used:
+            heapq.heappop(freed)
+        fresh = self._fresh
+        while fresh <= self.high and fresh in used:
+            fresh += 1
+        self._fresh = fresh
+        if freed and freed[0] < fresh:
+            return freed[0]
+        return fresh if fresh <= self.high else None
+
+
 def _role(client: _Client) -> _Role:
     """The role now (a call, so that type narrowing does not outlive a state change)."""
     return client.role
@@ -623,8 +692,11 @@ class TurnServer:
         self._clients: dict[ConnId, _Client] = {}
         self._peers: dict[ConnId, _Peer] = {}
         self._cids: dict[int, _Peer] = {}
-        self._ports: dict[int, _Allocation] = {}
+        self._ports = _RelayPorts(*self.settings.relay_ports)
         self._allocations: dict[int, _Allocation] = {}
+        #: Username -> allocations it holds (the quota check; a count over every allocation
+        #: made each Allocate cost as much as the allocations held).
+        self._held: dict[str, int] = {}
         # Secrets drawn once per server: the key of the stateless nonces' HMAC, and the key of
         # the MESSAGE-INTEGRITY the lab's 401 carries (never a user's: with one, a single
         # unauthenticated Allocate let anyone test that user's passwords offline).
@@ -679,7 +751,7 @@ class TurnServer:
                 permissions=tuple(sorted(a.permissions)),
                 connections=len(a.peers),
             )
-            for _, a in sorted(self._ports.items())
+            for _, a in self._ports.items()
         ]
 
     def actor(self) -> Solo:
@@ -741,7 +813,7 @@ class TurnServer:
             return []
         # The runtime could not bind this relay port (in use on the host): try the next free one,
         # and answer 508 only when no port can be had (RFC 5766 §6.2).
-        del self._ports[address.port]
+        self._ports.give_back(address.port)
         alloc.tried_ports.add(address.port)
         out: list[Effect] = [Log(f"cannot listen on relay {address}: {reason}", "warning")]
         port = self._free_port(even=False, exclude=alloc.tried_ports)
@@ -750,7 +822,7 @@ class TurnServer:
             out += self._reject(alloc.control, alloc.request, 508, why, alloc.key)
             return out + self._forget_allocation(alloc)
         alloc.relay = Address(self.host, port)
-        self._ports[port] = alloc
+        self._ports.take(port, alloc)
         return [*out, Listen(alloc.relay)]
 
     # -- accepted connections ------------------------------------------------------------------
@@ -1129,7 +1201,7 @@ class TurnServer:
             # RFC 5766 §6.2: this server keeps no reserved ports, so every token is unknown.
             return self._reject(conn, msg, 508, "unknown RESERVATION-TOKEN", auth.key)
         quota = self.settings.user_quota
-        held = sum(1 for a in self._allocations.values() if a.username == auth.username)
+        held = self._held.get(auth.username, 0)
         if quota and held >= quota:
             why = f"user {auth.username!r} holds {held} allocations, the quota (RFC 5766 §6.2)"
             return self._reject(conn, msg, 486, why, auth.key)
@@ -1156,7 +1228,8 @@ class TurnServer:
         )
         self._next_ident += 1
         self._allocations[alloc.ident] = alloc
-        self._ports[port] = alloc
+        self._held[alloc.username] = self._held.get(alloc.username, 0) + 1
+        self._ports.take(port, alloc)
         client.allocation = alloc
         # From now on the allocation's lifetime governs the connection, not the idle timer.
         out = self._stop_idle_timer(conn)
@@ -1212,12 +1285,7 @@ class TurnServer:
 
     def _free_port(self, *, even: bool, exclude: Collection[int] = ()) -> int | None:
         # The lowest free port, so runs are repeatable and the first relay is 24000.
-        low, high = self.settings.relay_ports
-        for port in range(low, high + 1):
-            if port in self._ports or port in exclude or (even and port % 2):
-                continue
-            return port
-        return None
+        return self._ports.lowest_free(even=even, exclude=exclude)
 
     # -- Refresh (RFC 5766 §7.2) -----------------------------------------------------------------
 
@@ -1610,9 +1678,14 @@ class TurnServer:
     def _forget_allocation(self, alloc: _Allocation) -> list[Effect]:
         """Drop ``alloc`` from the tables; its control connection, if still open, is idle
         again (its idle timer restarts)."""
-        self._allocations.pop(alloc.ident, None)
+        if self._allocations.pop(alloc.ident, None) is not None:
+            left = self._held[alloc.username] - 1
+            if left:
+                self._held[alloc.username] = left
+            else:
+                del self._held[alloc.username]
         if self._ports.get(alloc.relay.port) is alloc:
-            del self._ports[alloc.relay.port]
+            self._ports.give_back(alloc.relay.port)
         owner = self._clients.get(alloc.control)
         if owner is not None and owner.allocation is alloc:
             owner.allocation = None
