@@ -543,9 +543,11 @@ class _Allocation:
     waiting: set[int] = field(default_factory=set)  # CONNECTION-IDs connecting or unbound
     buffered: int = 0  # peer bytes held for ConnectionBinds, all its waiting peers together
 
-    @property
-    def timer(self) -> ExpiryTimer:
-        return ExpiryTimer(self.ident)
+    timer: ExpiryTimer = field(init=False, repr=False)
+    """Its lifetime's timer (made once: every Allocate, Refresh and deletion names it)."""
+
+    def __post_init__(self) -> None:
+        self.timer = ExpiryTimer(self.ident)
 
 
 @dataclass
@@ -650,6 +652,21 @@ class _RelayPorts:
         return fresh if fresh <= self.high else None
 
 
+#: HMAC's block size for SHA-256 (RFC 2104 §2: B = 64, as for SHA-1).
+_SHA256_BLOCK = 64
+_IPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x36 for b in range(256)))
+_OPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x5C for b in range(256)))
+
+
+def _hmac_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states that have absorbed ``key XOR ipad`` and ``key XOR opad`` (RFC 2104 §2),
+    to start each HMAC of ``key`` from copies of them."""
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(_SHA256_BLOCK, b"\x00")
+    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+
+
 def _role(client: _Client) -> _Role:
     """The role now (a call, so that type narrowing does not outlive a state change)."""
     return client.role
@@ -702,6 +719,7 @@ class TurnServer:
         # unauthenticated Allocate let anyone test that user's passwords offline).
         draw = self._rng.randbytes if self.settings.secrets_from_seed else secrets.token_bytes
         self._nonce_secret = draw(32)
+        self._nonce_hmac = _hmac_states(self._nonce_secret)
         self._challenge_secret = draw(32)
         self._forbidden = tuple(
             ipaddress.ip_network(p, strict=False) for p in self.settings.forbidden_peers
@@ -1030,7 +1048,10 @@ class TurnServer:
         """Count one more authenticated request of ``method``; the error that answers it."""
         count = self._authenticated.get(method, 0) + 1
         self._authenticated[method] = count
-        return next((e for e in self.settings.errors if e.applies(method, count)), None)
+        errors = self.settings.errors
+        if not errors:
+            return None
+        return next((e for e in errors if e.applies(method, count)), None)
 
     def _answer_injected(
         self, client: _Client, msg: Message, error: InjectedError, auth: _Credentials, now: float
@@ -1103,8 +1124,15 @@ class TurnServer:
     # connection's nonce on its new data connections (RFC 6062 §5.4; PROTOCOL.md §11).
 
     def _nonce_mac(self, head: str, host: str, digits: int) -> str:
-        mac = hmac.new(self._nonce_secret, f"{head}|{host}".encode(), hashlib.sha256)
-        return mac.hexdigest()[:digits]
+        # HMAC-SHA256 (RFC 2104) from the secret's two key states, hashed once per server:
+        # the same bytes as hmac.new(secret, ..., sha256), at about a third of its cost (each
+        # request of every allocation checks or makes a nonce).
+        inner_start, outer_start = self._nonce_hmac
+        inner = inner_start.copy()
+        inner.update(f"{head}|{host}".encode())
+        outer = outer_start.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:digits]
 
     def _nonce_valid(self, nonce: str, host: str, now: float) -> bool:
         length = self.settings.nonce_length
@@ -1730,8 +1758,9 @@ class TurnServer:
         if conn not in self._idle:
             return []
         del self._idle[conn]
-        self._timers.discard(IdleTimer(conn))
-        return [StopTimer(IdleTimer(conn))]
+        timer = IdleTimer(conn)
+        self._timers.discard(timer)
+        return [StopTimer(timer)]
 
     def _on_timer(self, timer: object) -> list[Effect]:
         if not isinstance(timer, ExpiryTimer | BindTimer | IdleTimer) or timer not in self._timers:

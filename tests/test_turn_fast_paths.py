@@ -1,15 +1,18 @@
-"""The TURN server's relay ports: the lowest free port first, found without a scan of the range
-(labsim.proto.turn_server._RelayPorts), checked against the scan it replaced."""
+"""The TURN server's fast paths (bench/turn.py), each checked against the plain computation it
+replaced: the lowest free relay port without a scan of the range (``_RelayPorts``), the user
+quota from a count, the nonce's HMAC from precomputed key states."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labsim.proto.events import Address, Closed
-from labsim.proto.turn_server import _RelayPorts
+from labsim.proto.turn_server import TurnServer, TurnServerSettings, _hmac_states, _RelayPorts
 from labsim.wire.stun import XorRelayedAddress
 from tests.test_turn_server import CMS, Lab
 
@@ -69,3 +72,22 @@ def test_relay_port_pool_finds_the_lowest_free_port_as_a_scan_does(
         assert pool.lowest_free() == scan(used, False)
         assert [p for p, _ in pool.items()] == sorted(used)
         assert len(pool) == len(used)
+
+
+@given(st.binary(max_size=200), st.binary(max_size=100))
+def test_hmac_from_key_states_is_hmac_sha256(key: bytes, data: bytes) -> None:
+    inner, outer = (state.copy() for state in _hmac_states(key))
+    inner.update(data)
+    outer.update(inner.digest())
+    assert outer.digest() == hmac.new(key, data, hashlib.sha256).digest()
+
+
+def test_nonce_is_the_hmac_of_its_head_and_the_client_ip() -> None:
+    server = TurnServer("expressway_e", "10.48.54.229", TurnServerSettings(secrets_from_seed=True))
+    nonce = server._new_nonce("10.48.54.230", 12.5)
+    digits = len(nonce) - 16  # the time and salt digits come first, in clear
+    head = nonce[:16]
+    mac = hmac.new(server._nonce_secret, f"{head}|10.48.54.230".encode(), hashlib.sha256)
+    assert nonce[16:] == mac.hexdigest()[:digits]
+    assert server._nonce_valid(nonce, "10.48.54.230", 13.0)
+    assert not server._nonce_valid(nonce, "10.48.54.231", 13.0)
