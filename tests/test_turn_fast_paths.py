@@ -91,3 +91,18 @@ def test_nonce_is_the_hmac_of_its_head_and_the_client_ip() -> None:
     assert nonce[16:] == mac.hexdigest()[:digits]
     assert server._nonce_valid(nonce, "10.48.54.230", 13.0)
     assert not server._nonce_valid(nonce, "10.48.54.231", 13.0)
+
+
+def test_a_nonce_is_valid_at_the_instant_it_was_issued() -> None:
+    # Times whose product by 1000 rounds up (1.1219999999999999 * 1000 == 1122.0) once read a
+    # nonce checked at its own issue time as issued later, hence stale (a 438 in a virtual run).
+    server = TurnServer("expressway_e", "10.48.54.229", TurnServerSettings(secrets_from_seed=True))
+    for i in range(1000):
+        now = 1.0 + i * 0.001
+        nonce = server._new_nonce("10.48.54.230", now)
+        assert server._nonce_valid(nonce, "10.48.54.230", now), now
+    nonce = server._new_nonce("10.48.54.230", 10.0)
+    lifetime = server.settings.nonce_lifetime
+    assert server._nonce_valid(nonce, "10.48.54.230", 10.0 + lifetime)
+    assert not server._nonce_valid(nonce, "10.48.54.230", 10.0 + lifetime + 0.002)
+    assert not server._nonce_valid(nonce, "10.48.54.230", 9.998)

@@ -1143,9 +1143,12 @@ class TurnServer:
             nonce[len(head) :], self._nonce_mac(head, host, length - len(head))
         ):
             return False
-        # The HMAC matched, so the time field is the one this server wrote: plain hex.
-        issued = int(head[:_NONCE_TIME_DIGITS], 16) / 1000
-        return 0 <= now - issued <= self.settings.nonce_lifetime
+        # The HMAC matched, so the time field is the one this server wrote: plain hex. The age
+        # is counted in the milliseconds it was written in, rounded as _new_nonce rounds:
+        # now * 1000 may round up (1.1219999999999999 * 1000 is 1122.0), so comparing seconds
+        # made a nonce checked at the instant it was issued look issued later, and stale.
+        age = max(0, int(now * 1000)) - int(head[:_NONCE_TIME_DIGITS], 16)
+        return 0 <= age <= self.settings.nonce_lifetime * 1000
 
     def _new_nonce(self, host: str, now: float) -> str:
         # Milliseconds, rounded down (so a nonce is never younger than its time says); the salt
