@@ -244,6 +244,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_TransportMaker = Callable[[socket.socket, asyncio.BaseProtocol], asyncio.Transport]
+
+
+def _transport_maker(loop: asyncio.AbstractEventLoop) -> _TransportMaker | None:
+    """The selector event loop's transport constructor (what ``connect_accepted_socket``
+    awaits), for accepting without a Task per connection; None on another loop (uvloop, a
+    proactor), where the public coroutine is used."""
+    if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        return None
+    make = getattr(loop, "_make_socket_transport", None)
+    return cast(_TransportMaker, make) if callable(make) else None
+
+
 class _Listener:
     __slots__ = ("st", "address", "sock", "key", "retry")
 
@@ -408,6 +421,7 @@ class LiveNetwork:
         self._backlog = backlog
         self._rbuf = memoryview(bytearray(READ_SIZE))
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._make_transport: _TransportMaker | None = None
         self._clock: Callable[[], float] = lambda: 0.0
         self._t0 = 0.0
         self._done: asyncio.Future[None] | None = None
@@ -463,6 +477,7 @@ class LiveNetwork:
             self._claim()
             loop = asyncio.get_running_loop()
             self._loop = loop
+            self._make_transport = _transport_maker(loop)
             self._clock = loop.time
             self._t0 = loop.time()
             self._done = loop.create_future()
@@ -644,7 +659,21 @@ class LiveNetwork:
                 listener.retry = self._loop.call_later(0.1, self._accept_again, listener)
                 return
             sock.setblocking(False)
-            self._spawn(self._adopt(sock, listener))
+            if self._make_transport is None:
+                self._spawn(self._adopt(sock, listener))
+                continue
+            # The selector loop's own transport, made here: the same transport
+            # connect_accepted_socket makes, without its Task, Future and coroutine (a TURN
+            # server accepts one connection per allocation, and those were a visible share of
+            # each). connection_made and the first read follow in the loop's next round.
+            stream = _Stream(self, listener)
+            try:
+                transport = self._make_transport(sock, stream)
+            except Exception:  # noqa: BLE001 - as _adopt: the connection is lost, not the run
+                sock.close()
+                continue
+            # Held from now on, so a run ending before connection_made still closes it.
+            self._transports.add(transport)
 
     def _accept_again(self, listener: _Listener) -> None:
         listener.retry = None
