@@ -220,7 +220,7 @@ def test_every_codec_cache_has_a_byte_bound() -> None:
 
     from labsim.proto import appsharing
     from labsim.wire import facts, stun
-    from labsim.wire.cache import SizedCache
+    from labsim.wire.cache import SizedCache, TextMemo
 
     # Keyed by a STUN type's bits (16 at most): bounded by their domain, not by peers.
     by_domain = {"message_type", "split_type"}
@@ -229,7 +229,7 @@ def test_every_codec_cache_has_a_byte_bound() -> None:
             # functools.lru_cache bounds entries, not bytes: a codec fed by peers uses cached().
             if isinstance(value, functools._lru_cache_wrapper):
                 assert name in by_domain, f"{module.__name__}.{name}"
-            if isinstance(value, SizedCache):
+            if isinstance(value, SizedCache | TextMemo):
                 assert value.max_bytes <= 8 * 1024 * 1024, f"{module.__name__}.{name}"
 
 

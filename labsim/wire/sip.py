@@ -38,7 +38,7 @@ from typing import Final, Generic, NamedTuple, TypeVar
 from sipmessage import URI, Address, CSeq, MediaType, Request, Response, Via, grammar
 from sipmessage.message import COMPACT_FORMS, Headers
 
-from labsim.wire.cache import cached
+from labsim.wire.cache import cached, memo
 from labsim.wire.errors import SipError
 
 __all__ = [
@@ -420,22 +420,22 @@ def _split_fields(lines: list[str], first: int, has_ctl: bool = True) -> list[_F
 # lower Via values come back dozens of times per call. sipmessage's parsers take ~20 us each.
 # sipmessage's values are frozen dataclasses, so one parsed value can serve every message
 # that carries the same text (proxies and user agents read the same headers on every hop).
-@cached(maxsize=4096, max_key=512)
+@memo(maxsize=4096, max_key=512)
 def _parse_vias(value: str) -> tuple[Via, ...]:
     return tuple(Via.parse_many(value))
 
 
-@cached(maxsize=4096, max_key=512)
+@memo(maxsize=4096, max_key=512)
 def _parse_addresses(value: str) -> tuple[Address, ...]:
     return tuple(Address.parse_many(value))
 
 
-@cached(maxsize=4096, max_key=512)
+@memo(maxsize=4096, max_key=512)
 def _parse_address(value: str) -> Address:
     return Address.parse(value)
 
 
-@cached(maxsize=1024, max_key=512)
+@memo(maxsize=1024, max_key=512)
 def _parse_cseq(value: str) -> CSeq:
     return CSeq.parse(value)
 
@@ -454,7 +454,7 @@ def _media_type_ok(value: str) -> bool:
     return True
 
 
-@cached(maxsize=1024, max_key=512)
+@memo(maxsize=1024, max_key=512)
 def _parse_uri(value: str) -> URI:
     return URI.parse(value)
 
@@ -568,6 +568,105 @@ def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None
         )
 
 
+class _Line(NamedTuple):
+    """What one whole header line says, in whichever message holds it."""
+
+    key: str  # lower-case full name (compact form expanded)
+    stored_name: str  # the name a HeaderStore keeps (compact form expanded, spelling kept)
+    stored_value: str  # the value a HeaderStore keeps (str.strip(), as Message.parse does)
+    single: bool  # the header may appear once (_SINGLE)
+    branch: bool  # a Via line whose first value has a branch (§8.1.1.7)
+    cseq_method: str  # a CSeq line's method ("" for other lines)
+    length: int  # a Content-Length line's number (-1 for other lines)
+
+
+#: Header lines seen before: the text of a whole line (no folding) -> its :class:`_Line`, or
+#: None when it is not a whole header line or its value fails :func:`_value_ok` (the general
+#: path then names the fault and its line). A message crosses four hops with most of its
+#: lines unchanged, so most lines are found here with one dict lookup. Bounded like the
+#: codec caches (labsim.wire.cache): lines up to _LINE_KEY characters, _LINES_SIZE of them
+#: (4 MiB of text at most), emptied when full.
+_LINES: dict[str, _Line | None] = {}
+_LINES_SIZE: Final = 4096
+_LINE_KEY: Final = 1024
+_UNKNOWN: Final = _Line("", "", "", False, False, "", -1)
+
+
+def _learn_line(text: str) -> _Line | None:
+    """The :class:`_Line` of ``text``, remembered when short enough."""
+    line: _Line | None = None
+    found = _header_line(text)
+    if found is not None:
+        name, key, value = found
+        try:
+            if key in _TYPED:
+                _value_ok(key, name, value)
+        except SipError:
+            pass
+        else:
+            branch, cseq_method, length = False, "", -1
+            if key == "via":
+                first = _parse_vias(value)
+                branch = bool(first and first[0].parameters.get("branch"))
+            elif key == "cseq":
+                m = _CSEQ.fullmatch(value)
+                assert m is not None  # _value_ok checked it
+                cseq_method = m.group(2)
+            elif key == "content-length":
+                length = int(value)
+            line = _Line(
+                key, COMPACT_FORMS.get(name.lower(), name), value.strip(), key in _SINGLE,
+                branch, cseq_method, length,
+            )  # fmt: skip
+    if len(text) <= _LINE_KEY:
+        if len(_LINES) >= _LINES_SIZE:
+            _LINES.clear()
+        _LINES[text] = line
+    return line
+
+
+def _known_lines(lines: list[str]) -> list[_Line] | None:
+    """The :class:`_Line` of every header line (``lines[0]`` is the start line), or None when
+    one is not a whole header line with a good value (folding, a bad value: the general path
+    handles those)."""
+    known: list[_Line] = []
+    get = _LINES.get
+    for text in lines[1:]:
+        line = get(text, _UNKNOWN)
+        if line is _UNKNOWN:
+            line = _learn_line(text)
+        if line is None:
+            return None
+        known.append(line)
+    return known
+
+
+def _known_ok(known: list[_Line], method: str | None, body: bytes) -> bool:
+    """Whether a message of good header lines passes what :func:`_check_fields` checks
+    across them; False sends it down the general path, which names the fault."""
+    keys = {line.key for line in known}
+    singles = [line.key for line in known if line.single]
+    if len(singles) != len(set(singles)) or not keys.issuperset(_MANDATORY):
+        return False
+    if method is not None and "max-forwards" not in keys:
+        return False
+    if body and "content-type" not in keys:
+        return False
+    first_via = True
+    for line in known:
+        key = line.key
+        if key == "via" and first_via:
+            first_via = False
+            if not line.branch:
+                return False
+        elif key == "cseq" and method is not None:
+            if line.cseq_method != method:
+                return False
+        elif key == "content-length" and line.length != len(body):
+            return False
+    return True
+
+
 def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
     """Parse one whole SIP message; raise :class:`SipError` (with ``line``) on any fault.
 
@@ -583,7 +682,7 @@ def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
         data = bytes(data)
     if not isinstance(data, bytes):
         raise SipError(f"a SIP message is bytes, not {type(data).__name__}")
-    return _parsed(data).message()
+    return (_parsed.get(data) or _parsed(data)).message()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -611,7 +710,7 @@ class _Parsed:
 
 # A message crosses four hops and is parsed by each receiver, the trace and the outcome: the
 # same bytes come back several times, and every object cached here is immutable or copied out.
-@cached(maxsize=512, max_key=16 * 1024)
+@memo(maxsize=512, max_key=16 * 1024)
 def _parsed(data: bytes) -> _Parsed:
     # RFC 3261 §7.5: ignore CRLFs before the start line (stream keep-alives); line numbers still
     # count them, so they match the bytes the caller holds.
@@ -641,15 +740,23 @@ def _parsed(data: bytes) -> _Parsed:
         lines = [_decode_line(raw, skipped + i + 1) for i, raw in enumerate(raw_lines)]
 
     start_line, method = _check_start_line(lines[0], skipped + 1, has_ctl)
+    known = None if has_ctl else _known_lines(lines)
+    if known is not None and _known_ok(known, method, body):
+        headers = HeaderStore()
+        index = headers._index
+        for line in known:
+            entry = index.get(line.key)
+            if entry is None:
+                index[line.key] = (line.stored_name, [line.stored_value])
+            else:
+                entry[1].append(line.stored_value)
+        return _parsed_from(start_line, headers, body)
     fields = _split_fields(lines[1:], skipped + 2, has_ctl)
     _check_fields(fields, method, body)
 
     # What sipmessage's Message.parse makes of the normalized message (start line, one
     # "Name: value" line per unfolded field), done here instead of printing that text and
     # having sipmessage read it back: its header list costs O(n) per header added.
-    # The normalized start line always splits in three; as in Message.parse, a third part
-    # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
-    bits = start_line.split(" ", 2)
     headers = HeaderStore()
     index = headers._index
     for f in fields:
@@ -660,6 +767,13 @@ def _parsed(data: bytes) -> _Parsed:
             index[f.key] = (COMPACT_FORMS.get(f.name.lower(), f.name), [f.value.strip()])
         else:
             entry[1].append(f.value.strip())
+    return _parsed_from(start_line, headers, body)
+
+
+def _parsed_from(start_line: str, headers: HeaderStore, body: bytes) -> _Parsed:
+    # The normalized start line always splits in three; as in Message.parse, a third part
+    # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
+    bits = start_line.split(" ", 2)
     if bits[2] == "SIP/2.0":
         uri = _translate("sipmessage rejected the message", None, _parse_uri, bits[1])
         return _Parsed(bits[0], uri, 0, "", headers, body)
@@ -682,7 +796,8 @@ def vias(msg: SipMessage) -> list[Via]:
     """All Via values, top first (RFC 3261 §20.42)."""
     found: list[Via] = []
     for value in msg.headers.getlist("Via"):
-        found += _translate("Via header", None, _parse_vias, value)
+        known = _parse_vias.get(value)
+        found += known if known is not None else _translate("Via header", None, _parse_vias, value)
     return found
 
 
@@ -727,13 +842,13 @@ def parse_address(value: str) -> Address:
 def from_address(msg: SipMessage) -> Address:
     """The From value (RFC 3261 §20.20)."""
     value = _required(msg, "From")
-    return _translate("From header", None, _parse_address, value)
+    return _parse_address.get(value) or _translate("From header", None, _parse_address, value)
 
 
 def to_address(msg: SipMessage) -> Address:
     """The To value (RFC 3261 §20.39)."""
     value = _required(msg, "To")
-    return _translate("To header", None, _parse_address, value)
+    return _parse_address.get(value) or _translate("To header", None, _parse_address, value)
 
 
 def from_tag(msg: SipMessage) -> str | None:
@@ -759,7 +874,7 @@ def call_id(msg: SipMessage) -> str:
 def cseq(msg: SipMessage) -> CSeq:
     """The CSeq number and method (RFC 3261 §20.16)."""
     value = _required(msg, "CSeq")
-    return _translate("CSeq header", None, _parse_cseq, value)
+    return _parse_cseq.get(value) or _translate("CSeq header", None, _parse_cseq, value)
 
 
 def _address_list(msg: SipMessage, name: str) -> list[Address]:
@@ -767,7 +882,11 @@ def _address_list(msg: SipMessage, name: str) -> list[Address]:
     for value in msg.headers.getlist(name):
         if name == "Contact" and value.strip() == "*":
             continue
-        found += _translate(f"{name} header", None, _parse_addresses, value)
+        known = _parse_addresses.get(value)
+        found += (
+            known if known is not None
+            else _translate(f"{name} header", None, _parse_addresses, value)
+        )  # fmt: skip
     return found
 
 
