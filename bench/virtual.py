@@ -12,8 +12,10 @@ of the first call's trace and says so.
 
 The base is ``git archive REV`` unpacked into a temporary directory and run with the same
 interpreter and dependencies. Each side runs in a process of its own, kept for the whole
-measurement; they take turns, one batch of calls each, so both see the same machine load, and
-the figure is the median batch (the best one is printed too).
+measurement; they take turns, one batch of calls each, so both see the same machine load. The
+figures are medians over the batches: calls per second of the process's CPU time (user +
+system: a shared machine's other work stretches the wall time of a batch, much less its CPU
+time) and calls per second of wall time.
 
 What a load run pays once is measured apart: loading the scenario (YAML, pydantic) and the
 first call (imports done, caches empty).
@@ -80,12 +82,14 @@ i = 1
 for line in sys.stdin:
     n = int(line)
     bad = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
         result = run_scenario(nth(i), "virtual")
         bad += not result.passed
         i += 1
-    print(json.dumps({"seconds": time.perf_counter() - start, "failed": bad}), flush=True)
+    print(json.dumps({
+        "seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "failed": bad,
+    }), flush=True)
 """
 
 SCENARIO = (
@@ -104,6 +108,7 @@ class Side:
         )  # fmt: skip
         self.start = self._read()
         self.rates: list[float] = []
+        self.cpu_rates: list[float] = []
 
     def _read(self) -> dict[str, object]:
         assert self.proc.stdout is not None
@@ -120,9 +125,10 @@ class Side:
         got = self._read()
         if got["failed"]:
             raise SystemExit(f"{self.name}: {got['failed']} calls did not meet the expectations")
-        seconds = got["seconds"]
-        assert isinstance(seconds, float)
+        seconds, cpu = got["seconds"], got["cpu"]
+        assert isinstance(seconds, float) and isinstance(cpu, float)
         self.rates.append(calls / seconds)
+        self.cpu_rates.append(calls / cpu)
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -161,6 +167,7 @@ def main() -> int:
                 for side in sides:
                     side.batch(args.calls)
                     side.rates.clear()
+                    side.cpu_rates.clear()
             for round_ in range(args.rounds):
                 for side in sides[:: 1 if round_ % 2 else -1]:
                     side.batch(args.calls)
@@ -173,17 +180,16 @@ def main() -> int:
         f"{args.rounds} batches of {args.calls} per side, taking turns"
     )
     for side in sides:
-        s = side.start
+        s, cpu, wall = side.start, statistics.median(side.cpu_rates), statistics.median(side.rates)
         print(
-            f"  {side.name:<12} {statistics.median(side.rates):7.1f} calls/s median "
-            f"({1000 / statistics.median(side.rates):6.2f} ms/call), best "
-            f"{max(side.rates):7.1f}; once: imports {float(s['imports']) * 1000:.0f} ms, "
+            f"  {side.name:<12} {cpu:7.1f} calls per CPU second ({1000 / cpu:6.2f} ms), "
+            f"wall {wall:7.1f} calls/s; once: imports {float(s['imports']) * 1000:.0f} ms, "
             f"scenario {float(s['load']) * 1000:.0f} ms, first call "
             f"{float(s['first']) * 1000:.0f} ms"
         )
-    base, this = (statistics.median(side.rates) for side in sides)
-    print(f"  ratio this/base: {this / base:.2f}x (best: "
-          f"{max(sides[1].rates) / max(sides[0].rates):.2f}x)")  # fmt: skip
+    cpu_ratio = statistics.median(sides[1].cpu_rates) / statistics.median(sides[0].cpu_rates)
+    wall_ratio = statistics.median(sides[1].rates) / statistics.median(sides[0].rates)
+    print(f"  ratio this/base: {cpu_ratio:.2f}x in CPU time, {wall_ratio:.2f}x in wall time")
     digests = {str(side.start["digest"]) for side in sides}
     outcome = {f"{side.start['outcome']}/{side.start['verdict']}" for side in sides}
     same = "identical" if len(digests) == 1 else f"DIFFERENT ({', '.join(sorted(digests))})"

@@ -208,20 +208,37 @@ class HeaderStore(Headers):
     def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
         # sipmessage's __init__ only creates the list this class replaces; not called.
         self._index: dict[str, tuple[str, list[str]]] = {}
+        #: The index is shared with a copy (or the store it was copied from): it is copied
+        #: before either changes it (see :meth:`copy`).
+        self._shared = False
         for name, value in entries:
             self.add(name, value)
 
     def copy(self) -> HeaderStore:
-        """An independent copy: changing one never changes the other."""
+        """An independent copy: changing one never changes the other.
+
+        The two share their entries until either is about to change them, or hands out a
+        list it could change (``getlist``, ``items``): most messages are read and never
+        changed (a user agent's answer, the trace's facts), and a parsed message is copied
+        out of the parse cache every time."""
         new = HeaderStore.__new__(HeaderStore)
-        new._index = {key: (name, list(values)) for key, (name, values) in self._index.items()}
+        new._index = self._index
+        new._shared = self._shared = True
         return new
+
+    def _own(self) -> dict[str, tuple[str, list[str]]]:
+        """The index, this store's alone (copied first when shared)."""
+        if self._shared:
+            self._index = {key: (name, list(values)) for key, (name, values) in self._index.items()}
+            self._shared = False
+        return self._index
 
     def add(self, key: str, value: str) -> None:
         ikey = key.lower()
-        entry = self._index.get(ikey)
+        index = self._own()
+        entry = index.get(ikey)
         if entry is None:
-            self._index[ikey] = (key, [value])
+            index[ikey] = (key, [value])
         else:
             entry[1].append(value)
 
@@ -230,27 +247,36 @@ class HeaderStore(Headers):
         return default if entry is None else entry[1][0]
 
     def getlist(self, key: str) -> list[str]:
-        entry = self._index.get(key.lower())
+        entry = self._own().get(key.lower())
         return [] if entry is None else entry[1]
+
+    def peek(self, key: str) -> Sequence[str]:
+        """The values of ``key``, to read only: the stored list, as :meth:`getlist` gives it,
+        but without copying a shared index first (so it must not be changed)."""
+        entry = self._index.get(key.lower())
+        return () if entry is None else entry[1]
 
     def keys(self) -> list[str]:
         return [name for name, _values in self._index.values()]
 
     def items(self) -> list[tuple[str, list[str]]]:
         """(name, values) of every header, in order; the value lists are the stored ones."""
-        return list(self._index.values())
+        return list(self._own().values())
 
     def remove(self, key: str) -> None:
-        self._index.pop(key.lower(), None)
+        ikey = key.lower()
+        if ikey in self._index:
+            self._own().pop(ikey, None)
 
     def set(self, key: str, value: str) -> None:
         self.setlist(key, [value])
 
     def setlist(self, key: str, values: list[str]) -> None:
         ikey = key.lower()
-        entry = self._index.get(ikey)
+        index = self._own()
+        entry = index.get(ikey)
         # Assigning to an existing dict key keeps its position: the header stays where it was.
-        self._index[ikey] = (key if entry is None else entry[0], values)
+        index[ikey] = (key if entry is None else entry[0], values)
 
     def __getitem__(self, key: str) -> str:
         entry = self._index.get(key.lower())
@@ -264,6 +290,11 @@ class HeaderStore(Headers):
 
     def __repr__(self) -> str:
         return f"HeaderStore({[(n, v) for n, values in self._index.values() for v in values]!r})"
+
+
+def _values(headers: Headers, key: str) -> Sequence[str]:
+    """The values of a header, to read only (a :class:`HeaderStore` copies nothing)."""
+    return headers.peek(key) if isinstance(headers, HeaderStore) else headers.getlist(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -795,7 +826,7 @@ def _required(msg: SipMessage, name: str) -> str:
 def vias(msg: SipMessage) -> list[Via]:
     """All Via values, top first (RFC 3261 §20.42)."""
     found: list[Via] = []
-    for value in msg.headers.getlist("Via"):
+    for value in _values(msg.headers, "Via"):
         known = _parse_vias.get(value)
         found += known if known is not None else _translate("Via header", None, _parse_vias, value)
     return found
@@ -879,7 +910,7 @@ def cseq(msg: SipMessage) -> CSeq:
 
 def _address_list(msg: SipMessage, name: str) -> list[Address]:
     found: list[Address] = []
-    for value in msg.headers.getlist(name):
+    for value in _values(msg.headers, name):
         if name == "Contact" and value.strip() == "*":
             continue
         known = _parse_addresses.get(value)
@@ -1291,9 +1322,9 @@ def build_response(
 
     msg = Response(code, reason, body=bytes(body))
     msg.headers = HeaderStore()
-    msg.headers.setlist("Via", list(request.headers.getlist("Via")))
+    msg.headers.setlist("Via", list(_values(request.headers, "Via")))
     rr = (
-        list(request.headers.getlist("Record-Route"))
+        list(_values(request.headers, "Record-Route"))
         if record_route is None
         else [_address_text(a, "Record-Route") for a in record_route]
     )
@@ -1319,7 +1350,7 @@ def build_failure_ack(invite: Request, response: Response) -> Request:
         to_addr=to_address(response),
         call_id=call_id(invite),
         cseq=cseq(invite).sequence,
-        route=list(invite.headers.getlist("Route")),
+        route=list(_values(invite.headers, "Route")),
     )
 
 
@@ -1331,8 +1362,17 @@ def encode(msg: SipMessage) -> bytes:
     TCP), and refuses header text that would break the framing (CR, LF, other CTLs).
     """
     headers = msg.headers
-    headers.remove("l")
-    headers.set("Content-Length", str(len(msg.body)))
+    length = str(len(msg.body))
+    if isinstance(headers, HeaderStore):
+        # Changed only when it must be: a message forwarded as it came keeps sharing its
+        # header index with the parse cache's copy.
+        headers.remove("l")
+        entry = headers._index.get("content-length")
+        if entry is None or entry[1] != [length]:
+            headers.set("Content-Length", length)
+    else:
+        headers.remove("l")
+        headers.set("Content-Length", length)
     if isinstance(msg, Request):
         if not _TOKEN.fullmatch(msg.method):
             raise SipError(f"bad request method {msg.method[:40]!r}")
@@ -1343,7 +1383,7 @@ def encode(msg: SipMessage) -> bytes:
         _check_header_value("Reason-Phrase", msg.phrase)
         start = f"SIP/2.0 {msg.code} {msg.phrase}"
     entries = (
-        headers.items()
+        list(headers._index.values())
         if isinstance(headers, HeaderStore)
         else [(name, headers.getlist(name)) for name in headers.keys()]
     )
@@ -1421,7 +1461,7 @@ def _rewrite_first(
     Values on other lines keep their received text; values sharing the first line are
     re-formatted only when that line has to change.
     """
-    lines = list(msg.headers.getlist(name))
+    lines = list(_values(msg.headers, name))
     if not lines:
         return None
     first_line = _translate(f"{name} header", None, parse, lines[0])
@@ -1442,7 +1482,7 @@ def push_via(msg: Request, via: Via) -> None:
     """§16.6 step 8: put this proxy's Via (with its own branch) on top."""
     if not via_branch(via):
         raise SipError("a proxy's Via needs a branch parameter (RFC 3261 §16.6 step 8)")
-    msg.headers.setlist("Via", [format_via(via), *msg.headers.getlist("Via")])
+    msg.headers.setlist("Via", [format_via(via), *_values(msg.headers, "Via")])
 
 
 def pop_via(msg: SipMessage) -> Via:
@@ -1464,7 +1504,7 @@ def add_record_route(msg: Request, address: Address | str) -> None:
     The URI should carry ``lr`` (loose routing, §16.6 step 4 and §19.1.1).
     """
     text = _address_text(address, "Record-Route")
-    msg.headers.setlist("Record-Route", [text, *msg.headers.getlist("Record-Route")])
+    msg.headers.setlist("Record-Route", [text, *_values(msg.headers, "Record-Route")])
 
 
 def pop_route_if_self(msg: Request, is_self: Callable[[URI], bool]) -> Address | None:
