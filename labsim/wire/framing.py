@@ -281,19 +281,26 @@ class SipSplitter(StreamSplitter):
         # buffer, after the checks of _next_end; anything else (a part, several, a keep-alive,
         # a fault) takes the general path. The sender's trace and the receiver cut the same
         # bytes, so the answer is remembered by the bytes.
-        if not self._buf and self._failed is None and max_messages != 0 and type(data) is bytes:
-            limits = (self.max_header, self.max_body)
-            known = _WHOLE.get(data)
-            if known is None and self._whole(data):
-                if len(data) <= _WHOLE_KEY:
-                    if len(_WHOLE) >= _WHOLE_SIZE:
-                        _WHOLE.clear()
-                    _WHOLE[data] = limits
-                known = limits
-            if known == limits:
-                self.offset += len(data)
-                return [data]
+        if max_messages != 0 and isinstance(data, bytes) and self.takes_whole(data):
+            self.offset += len(data)
+            return [data]
         return super().feed(data, max_messages=max_messages)
+
+    def takes_whole(self, data: bytes | bytearray | memoryview) -> bool:
+        """Whether :meth:`feed` hands ``data`` back as it is: one whole message, with nothing
+        buffered before it."""
+        if self._buf or self._failed is not None or type(data) is not bytes:
+            return False
+        assert isinstance(data, bytes)
+        limits = (self.max_header, self.max_body)
+        known = _WHOLE.get(data)
+        if known is None and self._whole(data):
+            if len(data) <= _WHOLE_KEY:
+                if len(_WHOLE) >= _WHOLE_SIZE:
+                    _WHOLE.clear()
+                _WHOLE[data] = limits
+            return True
+        return known == limits
 
     def _whole(self, data: bytes) -> bool:
         """Whether ``data`` is exactly one message that _next_end would accept at offset 0."""
