@@ -249,6 +249,27 @@ _WHOLE_SIZE = 512
 _WHOLE_KEY = 16 * 1024
 
 
+#: SipSplitter's limits unless told otherwise: a header block of 64 KiB, a body of 1 MiB.
+SIP_MAX_HEADER = 64 * 1024
+SIP_MAX_BODY = 1024 * 1024
+
+
+def encoded_whole(data: bytes, header_bytes: int) -> None:
+    """The SIP encoder's word that ``data`` is one message whose header block (its empty line
+    included) is its first ``header_bytes``, with no CR or LF but the CRLFs ending its lines,
+    exactly one Content-Length, equal to the body's length, and no empty line before the
+    block's end: what a splitter with the default limits hands back whole, and remembers as
+    such (see :meth:`SipSplitter.feed`), without looking for the Content-Length again."""
+    if (
+        header_bytes - 4 <= SIP_MAX_HEADER
+        and len(data) - header_bytes <= SIP_MAX_BODY
+        and len(data) <= _WHOLE_KEY
+    ):
+        if len(_WHOLE) >= _WHOLE_SIZE:
+            _WHOLE.clear()
+        _WHOLE[data] = (SIP_MAX_HEADER, SIP_MAX_BODY)
+
+
 class SipSplitter(StreamSplitter):
     """SIP messages on a TCP stream (RFC 3261 §18.3): headers, empty line, Content-Length body.
 
@@ -256,7 +277,7 @@ class SipSplitter(StreamSplitter):
     ``keepalives``. A message without Content-Length is an error on a stream transport.
     """
 
-    def __init__(self, max_header: int = 64 * 1024, max_body: int = 1024 * 1024) -> None:
+    def __init__(self, max_header: int = SIP_MAX_HEADER, max_body: int = SIP_MAX_BODY) -> None:
         super().__init__()
         self.max_header = max_header
         self.max_body = max_body

@@ -40,6 +40,7 @@ from sipmessage.message import COMPACT_FORMS, Headers
 
 from labsim.wire.cache import cached, memo
 from labsim.wire.errors import SipError
+from labsim.wire.framing import encoded_whole
 
 __all__ = [
     "DEFAULT_REASONS",
@@ -1405,7 +1406,13 @@ def encode(msg: SipMessage) -> bytes:
             _check_header_name(name)
             for value in values:
                 _check_header_value(name, value)
-    return head + msg.body
+        return head + msg.body
+    # Checked whole: the only CR and LF are the CRLFs of its lines, none of them empty before
+    # the last, and its one Content-Length was set above. The splitters of the sender's
+    # trace and of the receiver need not look for the Content-Length again.
+    data = head + msg.body
+    encoded_whole(data, len(head))
+    return data
 
 
 def summary(msg: SipMessage) -> str:
