@@ -1236,6 +1236,24 @@ def _split_lines(text: str) -> tuple[list[tuple[str, str]], str]:
 
 
 def _make_line(content: str, eol: str) -> Line:
+    if eol == CRLF:
+        # Lines are immutable: the same text gives the same Line, in every body of the call.
+        line = _LINES.get(content)
+        if line is None:
+            line = _new_line(content, eol)
+            if len(content) <= _CHECKED_KEY:
+                if len(_LINES) >= _CHECKED_SIZE:
+                    _LINES.clear()
+                _LINES[content] = line
+        return line
+    return _new_line(content, eol)
+
+
+#: Lines ended by CRLF, by their text (bounded as _CHECKED is).
+_LINES: dict[str, Line] = {}
+
+
+def _new_line(content: str, eol: str) -> Line:
     if not content:
         raise SdpError("empty line (only trailing empty lines are allowed)")
     _check_text(content, "line")

@@ -883,14 +883,32 @@ def to_address(msg: SipMessage) -> Address:
     return _parse_address.get(value) or _translate("To header", None, _parse_address, value)
 
 
+#: From and To values -> (their tag,): every element reads the tags of every message, and
+#: the parsed address's parameters are a Mapping whose get() is slow. Bounded like the codec
+#: caches (labsim.wire.cache): values up to 512 characters, 4096 of them, emptied when full.
+_TAGS: dict[str, tuple[str | None]] = {}
+
+
+def _tag(value: str, what: str) -> str | None:
+    found = _TAGS.get(value)
+    if found is None:
+        address = _parse_address.get(value) or _translate(what, None, _parse_address, value)
+        found = (address.parameters.get("tag"),)
+        if len(value) <= 512:
+            if len(_TAGS) >= 4096:
+                _TAGS.clear()
+            _TAGS[value] = found
+    return found[0]
+
+
 def from_tag(msg: SipMessage) -> str | None:
     """The From tag (RFC 3261 §19.3), or None."""
-    return from_address(msg).parameters.get("tag")
+    return _tag(_required(msg, "From"), "From header")
 
 
 def to_tag(msg: SipMessage) -> str | None:
     """The To tag (RFC 3261 §19.3); None in a request outside a dialog."""
-    return to_address(msg).parameters.get("tag")
+    return _tag(_required(msg, "To"), "To header")
 
 
 def with_tag(address: Address, tag: str) -> Address:
