@@ -17,10 +17,15 @@ figures are medians over the batches: calls per second of the process's CPU time
 system: a shared machine's other work stretches the wall time of a batch, much less its CPU
 time) and calls per second of wall time.
 
+``--tuned-gc`` shows what a load run gains by tuning Python's collector for many short calls
+(both sides alike): a call allocates thousands of objects that live until it ends, and with
+the default thresholds the collector scans them again and again.
+
 What a load run pays once is measured apart: loading the scenario (YAML, pydantic) and the
 first call (imports done, caches empty).
 
     .venv/bin/python bench/virtual.py [--base REV] [--calls 40] [--rounds 15] [--same]
+                                      [--tuned-gc]
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ def digest(trace):
 t3 = time.perf_counter()
 first = run_scenario(nth(0), "virtual")
 t4 = time.perf_counter()
+if sys.argv[4] == "tuned-gc":
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 print(json.dumps({
     "imports": t1 - t0, "load": t2 - t1, "first": t4 - t3, "digest": digest(first.trace),
     "outcome": first.outcome.name, "verdict": first.diagnosis.verdict,
@@ -100,10 +110,11 @@ SCENARIO = (
 
 
 class Side:
-    def __init__(self, name: str, root: Path, same: bool) -> None:
+    def __init__(self, name: str, root: Path, same: bool, tuned_gc: bool) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(root), SCENARIO, "same" if same else "distinct"],
+            [sys.executable, "-c", CHILD, str(root), SCENARIO, "same" if same else "distinct",
+             "tuned-gc" if tuned_gc else "default-gc"],
             cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.start = self._read()
@@ -155,12 +166,17 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=40, help="calls per batch")
     parser.add_argument("--rounds", type=int, default=15, help="batches per side")
     parser.add_argument("--same", action="store_true", help="the same call every time")
+    parser.add_argument(
+        "--tuned-gc", action="store_true",
+        help="both sides freeze what the first call left (gc.freeze) and collect the youngest "
+        "generation every 50,000 allocations instead of 700, as a load run may",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="labsim-bench-") as tmp:
         commit = unpack(args.base, Path(tmp))
         sides = [
-            Side(f"base {commit}", Path(tmp) / "tree", args.same),
-            Side("this tree", ROOT, args.same),
+            Side(f"base {commit}", Path(tmp) / "tree", args.same, args.tuned_gc),
+            Side("this tree", ROOT, args.same, args.tuned_gc),
         ]
         try:
             for _ in range(2):  # warm-up batches, not counted
@@ -175,6 +191,7 @@ def main() -> int:
             for side in sides:
                 side.close()
     kind = "the same call" if args.same else "distinct calls (own seeds)"
+    kind += ", tuned GC" if args.tuned_gc else ""
     print(
         f"virtual sharing call (audio/video call, share, hang-up, outcome, diagnosis), {kind}; "
         f"{args.rounds} batches of {args.calls} per side, taking turns"
