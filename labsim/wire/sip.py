@@ -382,7 +382,8 @@ def _check_start_line(text: str, line: int, has_ctl: bool = True) -> tuple[str, 
     method, uri = parts[0], parts[1]
     if not _TOKEN.fullmatch(method):
         raise SipError(f"bad request method {method[:40]!r}", line=line)
-    _translate(f"Request-URI {uri[:80]!r}", line, _parse_uri, uri)
+    if uri not in _parse_uri:
+        _translate(f"Request-URI {uri[:80]!r}", line, _parse_uri, uri)
     return f"{method} {uri} SIP/2.0", method
 
 
@@ -676,17 +677,13 @@ def _known_lines(lines: list[str]) -> list[_Line] | None:
 def _known_ok(known: list[_Line], method: str | None, body: bytes) -> bool:
     """Whether a message of good header lines passes what :func:`_check_fields` checks
     across them; False sends it down the general path, which names the fault."""
-    keys = {line.key for line in known}
-    singles = [line.key for line in known if line.single]
-    if len(singles) != len(set(singles)) or not keys.issuperset(_MANDATORY):
-        return False
-    if method is not None and "max-forwards" not in keys:
-        return False
-    if body and "content-type" not in keys:
-        return False
+    seen: set[str] = set()
     first_via = True
     for line in known:
         key = line.key
+        if line.single and key in seen:
+            return False
+        seen.add(key)
         if key == "via" and first_via:
             first_via = False
             if not line.branch:
@@ -696,7 +693,11 @@ def _known_ok(known: list[_Line], method: str | None, body: bytes) -> bool:
                 return False
         elif key == "content-length" and line.length != len(body):
             return False
-    return True
+    if not seen.issuperset(_MANDATORY):
+        return False
+    if method is not None and "max-forwards" not in seen:
+        return False
+    return not body or "content-type" in seen
 
 
 def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
@@ -807,7 +808,9 @@ def _parsed_from(start_line: str, headers: HeaderStore, body: bytes) -> _Parsed:
     # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
     bits = start_line.split(" ", 2)
     if bits[2] == "SIP/2.0":
-        uri = _translate("sipmessage rejected the message", None, _parse_uri, bits[1])
+        uri = _parse_uri.get(bits[1]) or _translate(
+            "sipmessage rejected the message", None, _parse_uri, bits[1]
+        )
         return _Parsed(bits[0], uri, 0, "", headers, body)
     return _Parsed(None, None, int(bits[1]), bits[2], headers, body)
 
