@@ -641,6 +641,21 @@ class Trace:
             one.wire_end = direction.wire
             self._put(one, direction, t)
             return [one]
+        if (
+            framing == "sip"
+            and direction is not None
+            and direction.framing == "sip"
+            and isinstance(direction.splitter, SipSplitter)
+            and direction.splitter.takes_whole(data)
+        ):
+            # The common case of SIP: one whole message per send, as an element writes them.
+            direction.splitter.feed(data)
+            direction.wire += len(data)
+            one = MessageRecord(t, conn, *self._ends(conn, from_client), "SIP", data, framing)
+            one._dir = direction
+            one.wire_end = direction.wire
+            self._put(one, direction, t)
+            return [one]
         if framing == "raw" and direction is not None and direction.splitter is None:
             last = direction.last_raw
             if (

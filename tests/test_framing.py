@@ -187,6 +187,66 @@ def test_whole_messages_in_one_read_keep_every_check() -> None:
         splitter.feed(big)
 
 
+def test_a_whole_sip_message_in_one_read_keeps_every_check() -> None:
+    # One whole SIP message with nothing buffered skips the buffer (SipSplitter.feed) and is
+    # remembered by its bytes for the next splitter; the limits, a keep-alive, a failed
+    # stream and the stream offset must come out as on the general path.
+    with pytest.raises(FramingError, match="limit"):
+        SipSplitter(max_body=11).feed(SIP_INVITE)
+    assert SipSplitter().feed(SIP_INVITE) == [SIP_INVITE]
+    with pytest.raises(FramingError, match="limit"):
+        SipSplitter(max_body=11).feed(SIP_INVITE)  # remembered for the default limits only
+    splitter = SipSplitter()
+    assert splitter.takes_whole(SIP_INVITE) and not splitter.takes_whole(SIP_INVITE[:-1])
+    assert splitter.feed(b"\r\n" + SIP_INVITE) == [SIP_INVITE] and splitter.keepalives == 1
+    assert splitter.feed(SIP_INVITE) == [SIP_INVITE] and splitter.offset == 2 + 2 * len(SIP_INVITE)
+    assert splitter.feed(SIP_INVITE[:10]) == [] and not splitter.takes_whole(SIP_INVITE)
+    assert splitter.feed(SIP_INVITE[10:] + SIP_INVITE) == [SIP_INVITE, SIP_INVITE]
+    with pytest.raises(FramingError):
+        splitter.feed(b"garbage\r\n\r\n")
+    with pytest.raises(FramingError):
+        splitter.feed(SIP_INVITE)
+
+
+_HEADER_NAMES = st.sampled_from(
+    ["Via", "l", "L", "Content-Length", "content-length", "Subject", "s", "X-Lab", "i"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_HEADER_NAMES, st.text(max_size=12)), max_size=6),
+    st.binary(max_size=40),
+    st.lists(st.integers(0, 400), max_size=6),
+)
+def test_what_the_sip_encoder_calls_whole_the_splitter_finds_whole(
+    headers: list[tuple[str, str]], body: bytes, cuts: list[int]
+) -> None:
+    # sip.encode tells the splitters its message is whole (framing.encoded_whole): that must
+    # be what a splitter finds on its own, fed at once or in pieces.
+    from labsim.wire import sip
+    from labsim.wire.framing import _WHOLE
+
+    msg = sip.build_request(
+        "MESSAGE", "sip:a@lab", via=sip.Via.parse("SIP/2.0/TCP 10.0.0.1;branch=z9hG4bK1"),
+        from_addr="<sip:b@lab>;tag=1", to_addr="<sip:a@lab>", call_id="c1", cseq=1,
+        content_type="text/plain" if body else None, body=body,
+    )  # fmt: skip
+    for name, value in headers:
+        msg.headers.add(name, value)
+    _WHOLE.clear()
+    try:
+        data = sip.encode(msg)
+    except WireError:
+        return
+    if data in _WHOLE:
+        del _WHOLE[data]
+        assert SipSplitter()._whole(data)
+        splitter = SipSplitter()
+        pieces = [splitter.feed(piece) for piece in cut(data, sorted(cuts))]
+        assert [m for got in pieces for m in got] == [data] and not splitter.buffered
+
+
 def test_close_inside_a_message_is_an_error() -> None:
     splitter = Rfc4571Splitter()
     splitter.feed(b"\x00\x05abc")

@@ -214,13 +214,38 @@ def test_distinct_large_messages_are_not_kept_by_the_parser_caches() -> None:
     assert kept < 2_000_000, kept
 
 
+def test_the_codecs_line_and_message_memos_stay_bounded() -> None:
+    # The plain-dict memos of the hot paths (header lines, whole messages, SDP lines, From/To
+    # tags) are bounded in entries and in key size by their own code: a peer sending ever new
+    # text must not grow them past that.
+    from labsim.wire import framing, sdp
+
+    for i in range(5000):
+        data = (
+            f"MESSAGE sip:a@lab SIP/2.0\r\nVia: SIP/2.0/TCP 10.48.54.2;branch=z9hG4bK{i}\r\n"
+            f"From: <sip:a@lab>;tag={i}\r\nTo: <sip:b@lab>;tag=t{i}\r\nCall-ID: x{i}\r\n"
+            f"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nX-Lab: {'y' * 2000}{i}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        SipSplitter().feed(data)
+        msg = sip.parse_message(data)
+        assert sip.from_tag(msg) == str(i) and sip.to_tag(msg) == f"t{i}"
+        sdp.SessionDescription.parse(f"v=0\r\no=- {i} 0 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\n")
+    assert 0 < len(sip._LINES) <= sip._LINES_SIZE
+    assert all(len(text) <= sip._LINE_KEY for text in sip._LINES)
+    assert 0 < len(sip._TAGS) <= 4096
+    assert 0 < len(framing._WHOLE) <= framing._WHOLE_SIZE
+    assert all(len(data) <= framing._WHOLE_KEY for data in framing._WHOLE)
+    assert 0 < len(sdp._CHECKED) <= sdp._CHECKED_SIZE and 0 < len(sdp._LINES) <= sdp._CHECKED_SIZE
+
+
 def test_every_codec_cache_has_a_byte_bound() -> None:
     import functools
     import inspect
 
     from labsim.proto import appsharing
     from labsim.wire import facts, stun
-    from labsim.wire.cache import SizedCache
+    from labsim.wire.cache import SizedCache, TextMemo
 
     # Keyed by a STUN type's bits (16 at most): bounded by their domain, not by peers.
     by_domain = {"message_type", "split_type"}
@@ -229,7 +254,7 @@ def test_every_codec_cache_has_a_byte_bound() -> None:
             # functools.lru_cache bounds entries, not bytes: a codec fed by peers uses cached().
             if isinstance(value, functools._lru_cache_wrapper):
                 assert name in by_domain, f"{module.__name__}.{name}"
-            if isinstance(value, SizedCache):
+            if isinstance(value, SizedCache | TextMemo):
                 assert value.max_bytes <= 8 * 1024 * 1024, f"{module.__name__}.{name}"
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import simpy
+from simpy.events import NORMAL
 
 from labsim.net.faults import FAILS_AS, BlockHow, FaultPlan
 from labsim.net.model import EPHEMERAL_FIRST, EPHEMERAL_LAST, ActorState, End, StopWhen
@@ -64,16 +65,27 @@ class _Listener:
         self.address = address
 
 
-class _Call:
-    """A callback simpy will run at its time, unless called off (simpy has no cancel)."""
+class _Call(simpy.Event):
+    """A callback simpy runs at its time, unless called off (simpy has no cancel): an event
+    triggered at creation, as a :class:`simpy.Timeout` is, that is its own callback (one
+    object per scheduled call, not a timeout and a callback object)."""
 
-    __slots__ = ("fn", "args")
-
-    def __init__(self, fn: Callable[..., object], args: tuple[object, ...]) -> None:
+    def __init__(
+        self, env: simpy.Environment, delay: float, fn: Callable[..., object],
+        args: tuple[object, ...],
+    ) -> None:  # fmt: skip
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        # simpy.Event's state, as Timeout.__init__ sets it: processed with value None.
+        self.env = env
+        self.callbacks = [_Call._run]
+        self._value = None
+        self._ok = True
         self.fn: Callable[..., object] | None = fn
         self.args = args
+        env.schedule(self, NORMAL, delay)
 
-    def __call__(self, _event: simpy.Event) -> None:
+    def _run(self) -> None:
         fn = self.fn
         if fn is not None:
             self.fn = None
@@ -144,9 +156,7 @@ class VirtualNetwork:
             self._done.succeed()
 
     def later(self, delay: float, fn: Callable[..., object], *args: object) -> Handle:
-        call = _Call(fn, args)
-        self.env.timeout(delay).callbacks.append(call)
-        return call
+        return _Call(self.env, delay, fn, args)
 
     def soon(self, fn: Callable[..., object], *args: object) -> None:
         self.later(0.0, fn, *args)

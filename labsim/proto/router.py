@@ -66,6 +66,10 @@ class OwnershipError(RuntimeError):
     """A machine claimed a connection, address or timer another machine holds."""
 
 
+#: Effects that claim nothing (their exact types: the common case, tested before the match).
+_CLAIM_NOTHING: frozenset[type] = frozenset({ev.Send, ev.Log})
+
+
 def _no_reaction(notice: object, now: float) -> list[Effect]:
     return []
 
@@ -93,6 +97,8 @@ class Router:
 
     def owner(self, event: Event) -> _AnyMachine | None:
         """The machine ``event`` belongs to, or None."""
+        if type(event) is ev.Received:  # most events: bytes on a connection
+            return self._conns.get(event.conn)
         match event:
             case ev.Listening(address=address) | ev.ListenFailed(address=address):
                 return self._addresses.get(address)
@@ -116,6 +122,8 @@ class Router:
     def claim(self, machine: Machine[N], effects: tuple[Effect, ...]) -> None:
         """Learn what ``machine`` owns from the effects it emitted, in order."""
         for effect in effects:
+            if type(effect) in _CLAIM_NOTHING:  # most effects: bytes sent, a log line
+                continue
             match effect:
                 case ev.Connect(conn=conn):
                     self._take(self._conns, conn, machine, "connection")
@@ -160,7 +168,9 @@ class Router:
                 effects += self._on_started(now)
         else:
             machine = self.owner(event)
-            if machine is not None:
+            if machine is not None and type(event) is ev.Received:
+                effects += self._deliver(machine, event, now)
+            elif machine is not None:
                 match event:
                     case ev.Closed(conn=conn) | ev.ConnectFailed(conn=conn):
                         del self._conns[conn]

@@ -137,6 +137,9 @@ class SipTransport:
     def handle(self, event: Event, now: float) -> Step[Notice]:
         effects: list[Effect] = []
         notices: list[Notice] = []
+        if type(event) is Received:  # most events: bytes on a connection
+            effects = self._received(event.conn, event.data, notices)
+            return Step(tuple(effects), tuple(notices))
         match event:
             case Started():
                 effects += [Listen(Address(self.host, port)) for port in self.ports]

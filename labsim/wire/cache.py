@@ -58,3 +58,47 @@ def cached(maxsize: int, max_key: int) -> Callable[[Callable[_P, _T]], SizedCach
         return SizedCache(fn, maxsize, max_key)
 
     return wrap
+
+
+_K = TypeVar("_K", bound=str | bytes)
+
+
+class TextMemo(dict[_K, _T]):
+    """``fn`` of one text (str or bytes) remembered in a plain dict, for the hottest lookups:
+    a hit is one ``memo.get(text)``, which callers may make inline (a C call) before calling
+    the memo itself on a miss, where :class:`SizedCache` costs a Python call on every hit.
+    Bounded like it: texts up to ``max_key`` characters or bytes, at most ``maxsize`` of them;
+    when full it is emptied (no recency to keep up on each hit: what is in use comes back at
+    once). Exceptions are not remembered."""
+
+    def __init__(self, fn: Callable[[_K], _T], maxsize: int, max_key: int) -> None:
+        super().__init__()
+        self._fn: Callable[[_K], _T] = fn
+        self.maxsize = maxsize
+        self.max_key = max_key
+        self.__doc__ = fn.__doc__
+
+    @property
+    def max_bytes(self) -> int:
+        """The most key bytes (characters) the memo can hold."""
+        return self.maxsize * self.max_key
+
+    def __call__(self, text: _K) -> _T:
+        if text in self:
+            found: _T = self[text]
+            return found
+        value = self._fn(text)
+        if len(text) <= self.max_key:
+            if len(self) >= self.maxsize:
+                self.clear()
+            self[text] = value
+        return value
+
+
+def memo(maxsize: int, max_key: int) -> Callable[[Callable[[_K], _T]], TextMemo[_K, _T]]:
+    """Decorator: :class:`TextMemo` of ``maxsize`` texts of at most ``max_key`` each."""
+
+    def wrap(fn: Callable[[_K], _T]) -> TextMemo[_K, _T]:
+        return TextMemo(fn, maxsize, max_key)
+
+    return wrap

@@ -840,7 +840,12 @@ class _Checker:
         kind, value = line.type, line.value
         if len(kind) != 1 or not kind.isascii() or not kind.isalpha():
             raise SdpError(f"line type {_show(kind)} is not a letter (RFC 4566 §5: <type>=<value>)")
-        _check_text(value, f"{kind}= line")
+        # The checks that depend on the line alone (its text and the value's grammar) passed
+        # before when the line is remembered; the section's own checks still run, in order.
+        key = kind + value
+        known = _CHECKED.get(key, _UNSEEN)
+        if known is _UNSEEN:
+            _check_text(value, f"{kind}= line")
         if line.eol not in _EOLS:
             raise SdpError(f"line terminator {line.eol!r} is not CRLF or LF")
         first = self.index == 0
@@ -861,11 +866,15 @@ class _Checker:
         elif kind == "m":
             if not first:
                 raise SdpError("m= may only open a media section")
-            Media.parse(value)
+            if known is _UNSEEN:
+                Media.parse(value)
+                _remember(key, None)
         elif kind == "o":
             if count > 1:
                 raise SdpError("duplicate o= line")
-            Origin.parse(value)
+            if known is _UNSEEN:
+                Origin.parse(value)
+                _remember(key, None)
         elif kind == "s":
             if count > 1:
                 raise SdpError("duplicate s= line")
@@ -875,27 +884,57 @@ class _Checker:
             # RFC 4566 §5.7: one c= at session level; a media section may list several.
             if self.session and count > 1:
                 raise SdpError("duplicate c= line at session level")
-            Connection.parse(value)
+            if known is _UNSEEN:
+                Connection.parse(value)
+                _remember(key, None)
         elif kind == "t":
-            _check_timing(value)
+            if known is _UNSEEN:
+                _check_timing(value)
+                _remember(key, None)
         elif kind == "b":
-            _check_bandwidth(value)
+            if known is _UNSEEN:
+                _check_bandwidth(value)
+                _remember(key, None)
         elif kind == "a":
-            self._check_attribute(value)
+            if known is _UNSEEN:
+                known = self._attribute_name(value)
+                _remember(key, known)
+            if known in _SINGLE_ATTRIBUTES:
+                if known in self.single_attributes:
+                    level = "session" if self.session else "media"
+                    raise SdpError(f"duplicate a={known} in one {level} section")
+                self.single_attributes.add(known)
 
-    def _check_attribute(self, text: str) -> None:
+    @staticmethod
+    def _attribute_name(text: str) -> str | None:
+        """The name of an attribute whose value checks (None when labsim does not read that
+        attribute); raises for a bad one."""
         name, value = _split_attribute(text)
         parse = _ATTRIBUTES.get(name)
         if parse is None:
-            return
+            return None
         if value is None:
             raise SdpError(f"{name}: missing value (expected a={name}:<value>)")
         parse(value)
-        if name in _SINGLE_ATTRIBUTES:
-            if name in self.single_attributes:
-                level = "session" if self.session else "media"
-                raise SdpError(f"duplicate a={name} in one {level} section")
-            self.single_attributes.add(name)
+        return name
+
+
+#: Lines whose own checks passed (the line's type letter and value, concatenated) -> for an
+#: ``a=`` line the name of an attribute labsim reads (None otherwise). The same candidates,
+#: crypto and rtpmap lines come back in every offer and answer of a call, and their grammar
+#: costs a few regular expressions each. Bounded like the codec caches (labsim.wire.cache):
+#: lines up to _CHECKED_KEY characters, _CHECKED_SIZE of them, emptied when full.
+_CHECKED: dict[str, str | None] = {}
+_CHECKED_SIZE = 4096
+_CHECKED_KEY = 1024
+_UNSEEN = "\x00unseen"  # never a key's value: a NUL fails _check_text
+
+
+def _remember(key: str, value: str | None) -> None:
+    if len(key) <= _CHECKED_KEY:
+        if len(_CHECKED) >= _CHECKED_SIZE:
+            _CHECKED.clear()
+        _CHECKED[key] = value
 
 
 def _check_lines(lines: Sequence[Line], session: bool) -> None:
@@ -1197,6 +1236,24 @@ def _split_lines(text: str) -> tuple[list[tuple[str, str]], str]:
 
 
 def _make_line(content: str, eol: str) -> Line:
+    if eol == CRLF:
+        # Lines are immutable: the same text gives the same Line, in every body of the call.
+        line = _LINES.get(content)
+        if line is None:
+            line = _new_line(content, eol)
+            if len(content) <= _CHECKED_KEY:
+                if len(_LINES) >= _CHECKED_SIZE:
+                    _LINES.clear()
+                _LINES[content] = line
+        return line
+    return _new_line(content, eol)
+
+
+#: Lines ended by CRLF, by their text (bounded as _CHECKED is).
+_LINES: dict[str, Line] = {}
+
+
+def _new_line(content: str, eol: str) -> Line:
     if not content:
         raise SdpError("empty line (only trailing empty lines are allowed)")
     _check_text(content, "line")

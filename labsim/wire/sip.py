@@ -38,8 +38,9 @@ from typing import Final, Generic, NamedTuple, TypeVar
 from sipmessage import URI, Address, CSeq, MediaType, Request, Response, Via, grammar
 from sipmessage.message import COMPACT_FORMS, Headers
 
-from labsim.wire.cache import cached
+from labsim.wire.cache import cached, memo
 from labsim.wire.errors import SipError
+from labsim.wire.framing import encoded_whole
 
 __all__ = [
     "DEFAULT_REASONS",
@@ -208,20 +209,37 @@ class HeaderStore(Headers):
     def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
         # sipmessage's __init__ only creates the list this class replaces; not called.
         self._index: dict[str, tuple[str, list[str]]] = {}
+        #: The index is shared with a copy (or the store it was copied from): it is copied
+        #: before either changes it (see :meth:`copy`).
+        self._shared = False
         for name, value in entries:
             self.add(name, value)
 
     def copy(self) -> HeaderStore:
-        """An independent copy: changing one never changes the other."""
+        """An independent copy: changing one never changes the other.
+
+        The two share their entries until either is about to change them, or hands out a
+        list it could change (``getlist``, ``items``): most messages are read and never
+        changed (a user agent's answer, the trace's facts), and a parsed message is copied
+        out of the parse cache every time."""
         new = HeaderStore.__new__(HeaderStore)
-        new._index = {key: (name, list(values)) for key, (name, values) in self._index.items()}
+        new._index = self._index
+        new._shared = self._shared = True
         return new
+
+    def _own(self) -> dict[str, tuple[str, list[str]]]:
+        """The index, this store's alone (copied first when shared)."""
+        if self._shared:
+            self._index = {key: (name, list(values)) for key, (name, values) in self._index.items()}
+            self._shared = False
+        return self._index
 
     def add(self, key: str, value: str) -> None:
         ikey = key.lower()
-        entry = self._index.get(ikey)
+        index = self._own()
+        entry = index.get(ikey)
         if entry is None:
-            self._index[ikey] = (key, [value])
+            index[ikey] = (key, [value])
         else:
             entry[1].append(value)
 
@@ -230,27 +248,36 @@ class HeaderStore(Headers):
         return default if entry is None else entry[1][0]
 
     def getlist(self, key: str) -> list[str]:
-        entry = self._index.get(key.lower())
+        entry = self._own().get(key.lower())
         return [] if entry is None else entry[1]
+
+    def peek(self, key: str) -> Sequence[str]:
+        """The values of ``key``, to read only: the stored list, as :meth:`getlist` gives it,
+        but without copying a shared index first (so it must not be changed)."""
+        entry = self._index.get(key.lower())
+        return () if entry is None else entry[1]
 
     def keys(self) -> list[str]:
         return [name for name, _values in self._index.values()]
 
     def items(self) -> list[tuple[str, list[str]]]:
         """(name, values) of every header, in order; the value lists are the stored ones."""
-        return list(self._index.values())
+        return list(self._own().values())
 
     def remove(self, key: str) -> None:
-        self._index.pop(key.lower(), None)
+        ikey = key.lower()
+        if ikey in self._index:
+            self._own().pop(ikey, None)
 
     def set(self, key: str, value: str) -> None:
         self.setlist(key, [value])
 
     def setlist(self, key: str, values: list[str]) -> None:
         ikey = key.lower()
-        entry = self._index.get(ikey)
+        index = self._own()
+        entry = index.get(ikey)
         # Assigning to an existing dict key keeps its position: the header stays where it was.
-        self._index[ikey] = (key if entry is None else entry[0], values)
+        index[ikey] = (key if entry is None else entry[0], values)
 
     def __getitem__(self, key: str) -> str:
         entry = self._index.get(key.lower())
@@ -264,6 +291,11 @@ class HeaderStore(Headers):
 
     def __repr__(self) -> str:
         return f"HeaderStore({[(n, v) for n, values in self._index.values() for v in values]!r})"
+
+
+def _values(headers: Headers, key: str) -> Sequence[str]:
+    """The values of a header, to read only (a :class:`HeaderStore` copies nothing)."""
+    return headers.peek(key) if isinstance(headers, HeaderStore) else headers.getlist(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +382,8 @@ def _check_start_line(text: str, line: int, has_ctl: bool = True) -> tuple[str, 
     method, uri = parts[0], parts[1]
     if not _TOKEN.fullmatch(method):
         raise SipError(f"bad request method {method[:40]!r}", line=line)
-    _translate(f"Request-URI {uri[:80]!r}", line, _parse_uri, uri)
+    if uri not in _parse_uri:
+        _translate(f"Request-URI {uri[:80]!r}", line, _parse_uri, uri)
     return f"{method} {uri} SIP/2.0", method
 
 
@@ -420,22 +453,22 @@ def _split_fields(lines: list[str], first: int, has_ctl: bool = True) -> list[_F
 # lower Via values come back dozens of times per call. sipmessage's parsers take ~20 us each.
 # sipmessage's values are frozen dataclasses, so one parsed value can serve every message
 # that carries the same text (proxies and user agents read the same headers on every hop).
-@cached(maxsize=4096, max_key=512)
+@memo(maxsize=4096, max_key=512)
 def _parse_vias(value: str) -> tuple[Via, ...]:
     return tuple(Via.parse_many(value))
 
 
-@cached(maxsize=4096, max_key=512)
+@memo(maxsize=4096, max_key=512)
 def _parse_addresses(value: str) -> tuple[Address, ...]:
     return tuple(Address.parse_many(value))
 
 
-@cached(maxsize=4096, max_key=512)
+@memo(maxsize=4096, max_key=512)
 def _parse_address(value: str) -> Address:
     return Address.parse(value)
 
 
-@cached(maxsize=1024, max_key=512)
+@memo(maxsize=1024, max_key=512)
 def _parse_cseq(value: str) -> CSeq:
     return CSeq.parse(value)
 
@@ -454,7 +487,7 @@ def _media_type_ok(value: str) -> bool:
     return True
 
 
-@cached(maxsize=1024, max_key=512)
+@memo(maxsize=1024, max_key=512)
 def _parse_uri(value: str) -> URI:
     return URI.parse(value)
 
@@ -568,6 +601,105 @@ def _check_fields(fields: list[_Field], method: str | None, body: bytes) -> None
         )
 
 
+class _Line(NamedTuple):
+    """What one whole header line says, in whichever message holds it."""
+
+    key: str  # lower-case full name (compact form expanded)
+    stored_name: str  # the name a HeaderStore keeps (compact form expanded, spelling kept)
+    stored_value: str  # the value a HeaderStore keeps (str.strip(), as Message.parse does)
+    single: bool  # the header may appear once (_SINGLE)
+    branch: bool  # a Via line whose first value has a branch (§8.1.1.7)
+    cseq_method: str  # a CSeq line's method ("" for other lines)
+    length: int  # a Content-Length line's number (-1 for other lines)
+
+
+#: Header lines seen before: the text of a whole line (no folding) -> its :class:`_Line`, or
+#: None when it is not a whole header line or its value fails :func:`_value_ok` (the general
+#: path then names the fault and its line). A message crosses four hops with most of its
+#: lines unchanged, so most lines are found here with one dict lookup. Bounded like the
+#: codec caches (labsim.wire.cache): lines up to _LINE_KEY characters, _LINES_SIZE of them
+#: (4 MiB of text at most), emptied when full.
+_LINES: dict[str, _Line | None] = {}
+_LINES_SIZE: Final = 4096
+_LINE_KEY: Final = 1024
+_UNKNOWN: Final = _Line("", "", "", False, False, "", -1)
+
+
+def _learn_line(text: str) -> _Line | None:
+    """The :class:`_Line` of ``text``, remembered when short enough."""
+    line: _Line | None = None
+    found = _header_line(text)
+    if found is not None:
+        name, key, value = found
+        try:
+            if key in _TYPED:
+                _value_ok(key, name, value)
+        except SipError:
+            pass
+        else:
+            branch, cseq_method, length = False, "", -1
+            if key == "via":
+                first = _parse_vias(value)
+                branch = bool(first and first[0].parameters.get("branch"))
+            elif key == "cseq":
+                m = _CSEQ.fullmatch(value)
+                assert m is not None  # _value_ok checked it
+                cseq_method = m.group(2)
+            elif key == "content-length":
+                length = int(value)
+            line = _Line(
+                key, COMPACT_FORMS.get(name.lower(), name), value.strip(), key in _SINGLE,
+                branch, cseq_method, length,
+            )  # fmt: skip
+    if len(text) <= _LINE_KEY:
+        if len(_LINES) >= _LINES_SIZE:
+            _LINES.clear()
+        _LINES[text] = line
+    return line
+
+
+def _known_lines(lines: list[str]) -> list[_Line] | None:
+    """The :class:`_Line` of every header line (``lines[0]`` is the start line), or None when
+    one is not a whole header line with a good value (folding, a bad value: the general path
+    handles those)."""
+    known: list[_Line] = []
+    get = _LINES.get
+    for text in lines[1:]:
+        line = get(text, _UNKNOWN)
+        if line is _UNKNOWN:
+            line = _learn_line(text)
+        if line is None:
+            return None
+        known.append(line)
+    return known
+
+
+def _known_ok(known: list[_Line], method: str | None, body: bytes) -> bool:
+    """Whether a message of good header lines passes what :func:`_check_fields` checks
+    across them; False sends it down the general path, which names the fault."""
+    seen: set[str] = set()
+    first_via = True
+    for line in known:
+        key = line.key
+        if line.single and key in seen:
+            return False
+        seen.add(key)
+        if key == "via" and first_via:
+            first_via = False
+            if not line.branch:
+                return False
+        elif key == "cseq" and method is not None:
+            if line.cseq_method != method:
+                return False
+        elif key == "content-length" and line.length != len(body):
+            return False
+    if not seen.issuperset(_MANDATORY):
+        return False
+    if method is not None and "max-forwards" not in seen:
+        return False
+    return not body or "content-type" in seen
+
+
 def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
     """Parse one whole SIP message; raise :class:`SipError` (with ``line``) on any fault.
 
@@ -583,7 +715,7 @@ def parse_message(data: bytes | bytearray | memoryview) -> Request | Response:
         data = bytes(data)
     if not isinstance(data, bytes):
         raise SipError(f"a SIP message is bytes, not {type(data).__name__}")
-    return _parsed(data).message()
+    return (_parsed.get(data) or _parsed(data)).message()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -611,7 +743,7 @@ class _Parsed:
 
 # A message crosses four hops and is parsed by each receiver, the trace and the outcome: the
 # same bytes come back several times, and every object cached here is immutable or copied out.
-@cached(maxsize=512, max_key=16 * 1024)
+@memo(maxsize=512, max_key=16 * 1024)
 def _parsed(data: bytes) -> _Parsed:
     # RFC 3261 §7.5: ignore CRLFs before the start line (stream keep-alives); line numbers still
     # count them, so they match the bytes the caller holds.
@@ -641,15 +773,23 @@ def _parsed(data: bytes) -> _Parsed:
         lines = [_decode_line(raw, skipped + i + 1) for i, raw in enumerate(raw_lines)]
 
     start_line, method = _check_start_line(lines[0], skipped + 1, has_ctl)
+    known = None if has_ctl else _known_lines(lines)
+    if known is not None and _known_ok(known, method, body):
+        headers = HeaderStore()
+        index = headers._index
+        for line in known:
+            entry = index.get(line.key)
+            if entry is None:
+                index[line.key] = (line.stored_name, [line.stored_value])
+            else:
+                entry[1].append(line.stored_value)
+        return _parsed_from(start_line, headers, body)
     fields = _split_fields(lines[1:], skipped + 2, has_ctl)
     _check_fields(fields, method, body)
 
     # What sipmessage's Message.parse makes of the normalized message (start line, one
     # "Name: value" line per unfolded field), done here instead of printing that text and
     # having sipmessage read it back: its header list costs O(n) per header added.
-    # The normalized start line always splits in three; as in Message.parse, a third part
-    # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
-    bits = start_line.split(" ", 2)
     headers = HeaderStore()
     index = headers._index
     for f in fields:
@@ -660,8 +800,17 @@ def _parsed(data: bytes) -> _Parsed:
             index[f.key] = (COMPACT_FORMS.get(f.name.lower(), f.name), [f.value.strip()])
         else:
             entry[1].append(f.value.strip())
+    return _parsed_from(start_line, headers, body)
+
+
+def _parsed_from(start_line: str, headers: HeaderStore, body: bytes) -> _Parsed:
+    # The normalized start line always splits in three; as in Message.parse, a third part
+    # "SIP/2.0" makes a request (a status line whose reason phrase is "SIP/2.0" then fails).
+    bits = start_line.split(" ", 2)
     if bits[2] == "SIP/2.0":
-        uri = _translate("sipmessage rejected the message", None, _parse_uri, bits[1])
+        uri = _parse_uri.get(bits[1]) or _translate(
+            "sipmessage rejected the message", None, _parse_uri, bits[1]
+        )
         return _Parsed(bits[0], uri, 0, "", headers, body)
     return _Parsed(None, None, int(bits[1]), bits[2], headers, body)
 
@@ -681,8 +830,9 @@ def _required(msg: SipMessage, name: str) -> str:
 def vias(msg: SipMessage) -> list[Via]:
     """All Via values, top first (RFC 3261 §20.42)."""
     found: list[Via] = []
-    for value in msg.headers.getlist("Via"):
-        found += _translate("Via header", None, _parse_vias, value)
+    for value in _values(msg.headers, "Via"):
+        known = _parse_vias.get(value)
+        found += known if known is not None else _translate("Via header", None, _parse_vias, value)
     return found
 
 
@@ -727,23 +877,41 @@ def parse_address(value: str) -> Address:
 def from_address(msg: SipMessage) -> Address:
     """The From value (RFC 3261 §20.20)."""
     value = _required(msg, "From")
-    return _translate("From header", None, _parse_address, value)
+    return _parse_address.get(value) or _translate("From header", None, _parse_address, value)
 
 
 def to_address(msg: SipMessage) -> Address:
     """The To value (RFC 3261 §20.39)."""
     value = _required(msg, "To")
-    return _translate("To header", None, _parse_address, value)
+    return _parse_address.get(value) or _translate("To header", None, _parse_address, value)
+
+
+#: From and To values -> (their tag,): every element reads the tags of every message, and
+#: the parsed address's parameters are a Mapping whose get() is slow. Bounded like the codec
+#: caches (labsim.wire.cache): values up to 512 characters, 4096 of them, emptied when full.
+_TAGS: dict[str, tuple[str | None]] = {}
+
+
+def _tag(value: str, what: str) -> str | None:
+    found = _TAGS.get(value)
+    if found is None:
+        address = _parse_address.get(value) or _translate(what, None, _parse_address, value)
+        found = (address.parameters.get("tag"),)
+        if len(value) <= 512:
+            if len(_TAGS) >= 4096:
+                _TAGS.clear()
+            _TAGS[value] = found
+    return found[0]
 
 
 def from_tag(msg: SipMessage) -> str | None:
     """The From tag (RFC 3261 §19.3), or None."""
-    return from_address(msg).parameters.get("tag")
+    return _tag(_required(msg, "From"), "From header")
 
 
 def to_tag(msg: SipMessage) -> str | None:
     """The To tag (RFC 3261 §19.3); None in a request outside a dialog."""
-    return to_address(msg).parameters.get("tag")
+    return _tag(_required(msg, "To"), "To header")
 
 
 def with_tag(address: Address, tag: str) -> Address:
@@ -759,15 +927,19 @@ def call_id(msg: SipMessage) -> str:
 def cseq(msg: SipMessage) -> CSeq:
     """The CSeq number and method (RFC 3261 §20.16)."""
     value = _required(msg, "CSeq")
-    return _translate("CSeq header", None, _parse_cseq, value)
+    return _parse_cseq.get(value) or _translate("CSeq header", None, _parse_cseq, value)
 
 
 def _address_list(msg: SipMessage, name: str) -> list[Address]:
     found: list[Address] = []
-    for value in msg.headers.getlist(name):
+    for value in _values(msg.headers, name):
         if name == "Contact" and value.strip() == "*":
             continue
-        found += _translate(f"{name} header", None, _parse_addresses, value)
+        known = _parse_addresses.get(value)
+        found += (
+            known if known is not None
+            else _translate(f"{name} header", None, _parse_addresses, value)
+        )  # fmt: skip
     return found
 
 
@@ -1172,9 +1344,9 @@ def build_response(
 
     msg = Response(code, reason, body=bytes(body))
     msg.headers = HeaderStore()
-    msg.headers.setlist("Via", list(request.headers.getlist("Via")))
+    msg.headers.setlist("Via", list(_values(request.headers, "Via")))
     rr = (
-        list(request.headers.getlist("Record-Route"))
+        list(_values(request.headers, "Record-Route"))
         if record_route is None
         else [_address_text(a, "Record-Route") for a in record_route]
     )
@@ -1200,7 +1372,7 @@ def build_failure_ack(invite: Request, response: Response) -> Request:
         to_addr=to_address(response),
         call_id=call_id(invite),
         cseq=cseq(invite).sequence,
-        route=list(invite.headers.getlist("Route")),
+        route=list(_values(invite.headers, "Route")),
     )
 
 
@@ -1212,8 +1384,17 @@ def encode(msg: SipMessage) -> bytes:
     TCP), and refuses header text that would break the framing (CR, LF, other CTLs).
     """
     headers = msg.headers
-    headers.remove("l")
-    headers.set("Content-Length", str(len(msg.body)))
+    length = str(len(msg.body))
+    if isinstance(headers, HeaderStore):
+        # Changed only when it must be: a message forwarded as it came keeps sharing its
+        # header index with the parse cache's copy.
+        headers.remove("l")
+        entry = headers._index.get("content-length")
+        if entry is None or entry[1] != [length]:
+            headers.set("Content-Length", length)
+    else:
+        headers.remove("l")
+        headers.set("Content-Length", length)
     if isinstance(msg, Request):
         if not _TOKEN.fullmatch(msg.method):
             raise SipError(f"bad request method {msg.method[:40]!r}")
@@ -1224,7 +1405,7 @@ def encode(msg: SipMessage) -> bytes:
         _check_header_value("Reason-Phrase", msg.phrase)
         start = f"SIP/2.0 {msg.code} {msg.phrase}"
     entries = (
-        headers.items()
+        list(headers._index.values())
         if isinstance(headers, HeaderStore)
         else [(name, headers.getlist(name)) for name in headers.keys()]
     )
@@ -1246,7 +1427,13 @@ def encode(msg: SipMessage) -> bytes:
             _check_header_name(name)
             for value in values:
                 _check_header_value(name, value)
-    return head + msg.body
+        return head + msg.body
+    # Checked whole: the only CR and LF are the CRLFs of its lines, none of them empty before
+    # the last, and its one Content-Length was set above. The splitters of the sender's
+    # trace and of the receiver need not look for the Content-Length again.
+    data = head + msg.body
+    encoded_whole(data, len(head))
+    return data
 
 
 def summary(msg: SipMessage) -> str:
@@ -1302,7 +1489,7 @@ def _rewrite_first(
     Values on other lines keep their received text; values sharing the first line are
     re-formatted only when that line has to change.
     """
-    lines = list(msg.headers.getlist(name))
+    lines = list(_values(msg.headers, name))
     if not lines:
         return None
     first_line = _translate(f"{name} header", None, parse, lines[0])
@@ -1323,7 +1510,7 @@ def push_via(msg: Request, via: Via) -> None:
     """§16.6 step 8: put this proxy's Via (with its own branch) on top."""
     if not via_branch(via):
         raise SipError("a proxy's Via needs a branch parameter (RFC 3261 §16.6 step 8)")
-    msg.headers.setlist("Via", [format_via(via), *msg.headers.getlist("Via")])
+    msg.headers.setlist("Via", [format_via(via), *_values(msg.headers, "Via")])
 
 
 def pop_via(msg: SipMessage) -> Via:
@@ -1345,7 +1532,7 @@ def add_record_route(msg: Request, address: Address | str) -> None:
     The URI should carry ``lr`` (loose routing, §16.6 step 4 and §19.1.1).
     """
     text = _address_text(address, "Record-Route")
-    msg.headers.setlist("Record-Route", [text, *msg.headers.getlist("Record-Route")])
+    msg.headers.setlist("Record-Route", [text, *_values(msg.headers, "Record-Route")])
 
 
 def pop_route_if_self(msg: Request, is_self: Callable[[URI], bool]) -> Address | None:
