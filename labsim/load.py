@@ -540,10 +540,12 @@ def run_load(
     concurrent: int | None = None,
     every: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
     keep_trace: bool = False,
 ) -> LoadResult:
     """Run ``calls`` sharing calls of ``sc`` and judge each; ``every`` seconds of the run's
-    clock a :class:`Sample` is taken and ``progress(done, calls)`` called."""
+    clock a :class:`Sample` is taken (handed to ``on_sample``) and ``progress(done, calls)``
+    called."""
     clock = clock or sc.clock
     pacer = Pacer(rate, concurrent)
     cast = build_load(sc, calls, pacer)
@@ -555,7 +557,7 @@ def run_load(
     peaks = {"allocations": 0, "relays": 0, "fds": 0, "rss": 0}
     next_sample = [0.0]
 
-    def sample() -> None:
+    def sample(final: bool = False) -> None:
         t = net.now()
         s = Sample(
             t, time.perf_counter() - wall0, pacer.started, pacer.active, pacer.done,
@@ -563,6 +565,8 @@ def run_load(
             open_fds(), rss_kib(),
         )  # fmt: skip
         samples.append(s)
+        if on_sample is not None and not final:
+            on_sample(s)
         peaks["fds"] = max(peaks["fds"], s.fds)
         peaks["rss"] = max(peaks["rss"], s.rss_kib)
         if progress is not None:
@@ -585,7 +589,7 @@ def run_load(
         return cast.finished()
 
     net.run(until, stop=stop)
-    sample()
+    sample(final=True)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     end = net.now()
     views = call_views(trace, calls)
