@@ -164,7 +164,9 @@ class LoadCast:
         return [*self.skype_side(), *self.target()]
 
     def finished(self) -> bool:
-        return all(c.finished for c in self.clients) and self.cms.finished
+        """Every client has been and is done, and so is every user agent of CMS (counted as
+        they finish: the runtime asks after every event)."""
+        return self.pacer.done == len(self.clients) and self.cms.finished
 
 
 def build_load(sc: Scenario, calls: int, pacer: Pacer | None = None) -> LoadCast:

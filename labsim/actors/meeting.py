@@ -224,16 +224,18 @@ class MeetingServer:
         #: Per-call connections: the server's name -> (call, the user agent's name).
         self._own: dict[ConnId, tuple[int, ConnId]] = {}
         self._strangers = 0
+        #: Calls whose user agent is not finished (kept as they change, not counted).
+        self._busy: set[int] = set()
 
     @property
     def finished(self) -> bool:
         """Every participant's user agent is done (none yet: nothing to finish)."""
-        return all(ua.finished for ua in self.calls.values())
+        return not self._busy
 
     @property
     def active(self) -> int:
         """User agents still in a call."""
-        return sum(1 for ua in self.calls.values() if not ua.finished)
+        return len(self._busy)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -325,7 +327,12 @@ class MeetingServer:
 
     def _to(self, call: int, event: Event, now: float) -> list[Effect]:
         ua, effects = self._ua(call, now)
-        return effects + self._from(call, ua.handle(event, now))
+        effects += self._from(call, ua.handle(event, now))
+        if ua.finished:
+            self._busy.discard(call)
+        else:
+            self._busy.add(call)
+        return effects
 
     def _from(self, call: int, effects: list[Effect]) -> list[Effect]:
         """A user agent's effects as the server's: its listener is the server's, its own
