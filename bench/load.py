@@ -4,7 +4,7 @@ Live: 10 -> 100 -> 1,000 concurrent sharing calls on loopback (each call through
 Expressway-E, Expressway-C and CMS), started at ``--rate`` calls a second and held long
 enough that all are up at once (the peak of TURN allocations held says whether they were):
 all established?, setup p50/p99 (sharing INVITE to the reINVITE's ACK), wall time, CPU and
-RSS per call. Virtual: N calls in one simulation (default 10,000), wall and CPU.
+RSS per call. Virtual: N calls in one simulation (default 100, 1,000, 10,000), wall and CPU.
 
 Baseline, measured in the same run: one sharing call alone, ``labsim run``'s way
 (:func:`labsim.run.run_scenario`), on each clock; every figure per call is given as a ratio
@@ -12,7 +12,7 @@ to it. Each size runs in a child process of its own, so RSS is that run's alone.
 here is a test; the machine is shared, so read ratios and orders of growth, not the
 absolute figures.
 
-    .venv/bin/python bench/load.py [--live 10,100,1000] [--virtual 10000] [--rate 25]
+    .venv/bin/python bench/load.py [--live 10,100,1000] [--virtual 100,1000,10000] [--rate 25]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument(
         "--live", default="10,100,1000", help="live sizes, comma-separated ('' none)"
     )
-    parser.add_argument("--virtual", default="10000", help="virtual sizes ('' none)")
+    parser.add_argument("--virtual", default="100,1000,10000", help="virtual sizes ('' none)")
     parser.add_argument("--rate", type=float, default=25.0, help="live calls started a second")
     parser.add_argument("--one", nargs=2, metavar=("CLOCK", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
