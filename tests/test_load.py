@@ -27,6 +27,8 @@ from labsim.actors.meeting import (
 from labsim.cli import main
 from labsim.load import LoadResult, call_views, message_calls, run_load
 from labsim.net.faults import Drop, FaultPlan, MessageMatch, role
+from labsim.proto.events import Accepted, Address, Close, Received, Started, StartTimer, TimerFired
+from labsim.proto.sip_transport import Incoming, IncompleteTimer, SipTransport
 from labsim.run import run_scenario
 from labsim.scenario import Scenario, bundled
 from labsim.trace import Trace
@@ -225,7 +227,8 @@ def test_ten_live_calls_are_all_established() -> None:
 
 def test_more_lab_hosts_than_a_loopback_block_holds_run_live() -> None:
     sc = extended("call: {hold: 1.0, av_call: false}\n")
-    result = run_load(sc, 260, clock="live", rate=200)
+    # Paced and bounded, so a loaded machine slows the run down rather than its calls.
+    result = run_load(sc, 260, clock="live", rate=20, concurrent=24)
     assert not result.errors
     assert Counter(c.outcome.name for c in result.calls) == Counter({"sharing-established": 260})
 
@@ -279,3 +282,34 @@ def test_stats_and_json_files(tmp_path: Path) -> None:
     assert figures["final"]["by_verdict"] == {"healthy": 4} and figures["samples"]
     to_stdout = runner.invoke(main, [*args, "--json", "-", "-q"])
     assert to_stdout.exit_code == 0
+
+
+# -- the shared SIP connections ------------------------------------------------------------------
+
+
+def test_a_busy_shared_sip_connection_is_not_reset_while_its_messages_complete() -> None:
+    """Every call's SIP crosses the Expressway-C -> CMS connection: under load each read may
+    end inside a message. The 64·T1 wait for an incomplete message is for that message
+    (labsim/proto/sip_transport.py): each message that completes restarts it."""
+    transport = SipTransport("10.48.54.228", (5060,), incomplete_timeout=32.0)
+    transport.handle(Started(), 0.0)
+    conn = "cms/sip:1"
+    transport.handle(Accepted(conn, Address("10.48.54.228", 5060),
+                              Address("10.48.54.230", 40000)), 0.0)  # fmt: skip
+    message = (
+        b"OPTIONS sip:meeting@cms.lab SIP/2.0\r\n"
+        b"Via: SIP/2.0/TCP 10.48.54.230:5060;branch=z9hG4bKcms1\r\n"
+        b"From: <sip:meeting@cms.lab>;tag=1\r\nTo: <sip:meeting@cms.lab>\r\n"
+        b"Call-ID: busy@10.48.54.230\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    half = len(message) // 2
+    first = transport.handle(Received(conn, message[:half]), 0.0)
+    assert StartTimer(IncompleteTimer(conn), 32.0) in first.effects
+    for n in range(1, 6):  # 100 s of reads, each completing one message and starting the next
+        step = transport.handle(Received(conn, message[half:] + message[:half]), 20.0 * n)
+        assert len([x for x in step.notices if isinstance(x, Incoming)]) == 1
+        assert StartTimer(IncompleteTimer(conn), 32.0) in step.effects, n
+    # A message that stays incomplete still ends the connection when its wait runs out.
+    fired = transport.handle(TimerFired(IncompleteTimer(conn)), 132.0)
+    assert any(isinstance(e, Close) and e.reset for e in fired.effects)
