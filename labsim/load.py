@@ -30,13 +30,13 @@ from labsim.actors.expressway_c import ExpresswayC
 from labsim.actors.expressway_e import ExpresswayE
 from labsim.actors.lab import ACTOR_NAMES
 from labsim.actors.meeting import (
-    MAX_CALLS,
     MeetingEdge,
     MeetingServer,
     call_lab,
     call_log_prefix,
     call_of_actor,
     call_of_connection,
+    calls_possible,
     client_name,
     role_of,
 )
@@ -171,9 +171,12 @@ class LoadCast:
 
 def build_load(sc: Scenario, calls: int, pacer: Pacer | None = None) -> LoadCast:
     """``calls`` clients and the four shared actors, each built from the scenario's lab."""
-    if not 1 <= calls <= MAX_CALLS:
-        raise ValueError(f"--calls: 1 to {MAX_CALLS}, not {calls}")
     lab = sc.lab()
+    if not 1 <= calls <= calls_possible(lab):
+        raise ValueError(
+            f"{calls} calls: one meeting numbers 1 to {calls_possible(lab)} (client addresses, "
+            f"and Edge relay ports from {lab.skype_edge.relay_port} to 65535)"
+        )
     pacer = pacer or Pacer()
     clients = [Gate(SkypeClient(call_lab(lab, n), client_name(n)), pacer)
                for n in range(1, calls + 1)]  # fmt: skip

@@ -25,7 +25,7 @@ from typing import IO, Any, Literal, cast
 
 import click
 
-from labsim.actors.meeting import MAX_CALLS
+from labsim.actors.meeting import MAX_CALLS, calls_possible
 from labsim.load import LoadResult, Sample, raise_fd_limit, run_load
 
 #: File descriptors a live call holds at most, with margin: the client's SIP and media
@@ -220,6 +220,13 @@ def load_command(
     say = cli.level()
     per_second = parse_rate(rate)
     sc = cli._load(cli.resolve_scenario(scenario))
+    most = calls_possible(sc.lab())
+    if calls > most:
+        raise cli.BadInput(
+            f"labsim: --calls {calls}: one meeting holds at most {most} calls (client "
+            f"addresses, and the Edge's relay ports from {sc.actors.skype_edge.relay_port} "
+            "to 65535)"
+        )
     run_clock = cast(Literal["live", "virtual"], clock or sc.clock)
     json_sink = cli._Sink("--json", json_file) if json_file is not None else None
     stats = StatsFile(stats_file) if stats_file is not None else None

@@ -114,10 +114,18 @@ def call_of_address(host: str) -> int | None:
 
 
 def edge_relay_port(base: int, call: int) -> int:
-    """The Edge's relay port for call ``call``: the lab's port for call 1, then on, wrapping
-    inside 1024-65535."""
-    span = 65536 - 1024
-    return 1024 + (base - 1024 + call - 1) % span
+    """The Edge's relay port for call ``call``: the lab's port for call 1, then on (a real
+    A/V Edge gives each client's allocation a port of its range, 50000-59999 by default)."""
+    port = base + call - 1
+    if port > 65535:
+        raise ValueError(f"call {call}: no Edge relay port past 65535 from {base}")
+    return port
+
+
+def calls_possible(lab: Lab) -> int:
+    """How many calls one meeting can number: client addresses, and Edge relay ports from
+    the lab's up to 65535."""
+    return min(MAX_CALLS, 65536 - lab.skype_edge.relay_port)
 
 
 def conn_prefix(call: int) -> str:
@@ -151,9 +159,11 @@ def call_lab(lab: Lab, call: int) -> Lab:
             lab.skype_client, address=client_address(call),
             seed=lab.skype_client.seed + call - 1,
         ),
+        # Past the last port (a CMS numbering a participant it was not built for) the Edge's
+        # port is left as it is: CMS never reads it.
         skype_edge=replace(
             lab.skype_edge, relay_port=edge_relay_port(lab.skype_edge.relay_port, call)
-        ),
+        ) if call <= calls_possible(lab) else lab.skype_edge,
         cms=replace(lab.cms, seed=lab.cms.seed + call - 1),
     )  # fmt: skip
 
