@@ -1268,6 +1268,16 @@ def probe_command(
     sys.exit(code)
 
 
+def _register_load_command() -> None:
+    """``labsim load`` (labsim/load_command.py), with -q/-v like every command."""
+    from labsim.load_command import load_command
+
+    main.add_command(verbosity_options(load_command))
+
+
+_register_load_command()
+
+
 @main.command(name="list")
 @verbosity_options
 def list_command() -> None:

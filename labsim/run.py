@@ -18,7 +18,7 @@ from labsim.actors.expressway_e import ExpresswayE
 from labsim.actors.lab import ACTOR_NAMES
 from labsim.actors.skype_client import SkypeClient
 from labsim.actors.skype_edge import SkypeEdge
-from labsim.net.faults import Block, Cut, Delay, Drop, FaultPlan, MessageMatch, Rule
+from labsim.net.faults import Block, Cut, Delay, Drop, FaultPlan, MessageMatch, Rule, role
 from labsim.net.live import LiveNetwork
 from labsim.net.model import EXTERNAL
 from labsim.net.nat import StaticNat
@@ -226,8 +226,8 @@ def check(
         found = [
             m for m in trace.messages
             if m.on_wire and kind.matches(m.protocol, m.facts) and has_facts(m.facts, want.facts)
-            and (want.src is None or lab_name(m.src) == want.src)
-            and (want.dst is None or lab_name(m.dst) == want.dst)
+            and (want.src is None or lab_name(role(m.src)) == want.src)
+            and (want.dst is None or lab_name(role(m.dst)) == want.dst)
         ]  # fmt: skip
         where = f"{want.src or 'any'} → {want.dst or 'any'}"
         if want.count is not None and len(found) != want.count:

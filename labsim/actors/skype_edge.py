@@ -120,6 +120,9 @@ class MediaRelay:
 
 
 class SkypeEdge(ProxyElement):
+    #: The media relay's type (the many-client Edge relays per client: labsim.actors.meeting).
+    relay_type: type[MediaRelay] = MediaRelay
+
     def __init__(self, lab: Lab, name: str = "skype_edge") -> None:
         settings = lab.skype_edge
         #: Toward Expressway-E (the federation route) and toward the client.
@@ -128,7 +131,9 @@ class SkypeEdge(ProxyElement):
         super().__init__(name, ProxySettings(settings.address, settings.sip_port, routes))
         self.settings = settings
         self.media_address = Address(settings.address, settings.media_port)
-        self.relay = MediaRelay(self.media_address, settings.relay_port, settings.connect_timeout)
+        self.relay = self.relay_type(
+            self.media_address, settings.relay_port, settings.connect_timeout
+        )
         self.router.add(self.relay)
 
     @property

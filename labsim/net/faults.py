@@ -34,6 +34,13 @@ BlockHow = Literal["refuse", "blackhole"]
 FAILS_AS: dict[BlockHow, ConnectFailure] = {"refuse": "refused", "blackhole": "timeout"}
 
 
+def role(actor: str) -> str:
+    """The role an actor plays, which rules name: ``skype_client`` for every client of a load
+    run (``skype_client/17``, :mod:`labsim.actors.meeting`); a one-call run's actors are their
+    roles."""
+    return actor.split("/", 1)[0]
+
+
 @dataclass(frozen=True)
 class MessageMatch:
     """Which messages a :class:`Drop` or :class:`Delay` applies to (None: any)."""
@@ -53,7 +60,9 @@ class MessageMatch:
     """Each matching message is hit with this probability (seeded: runs repeat)."""
 
     def hop(self, src: str, dst: str) -> bool:
-        return (self.src is None or self.src == src) and (self.dst is None or self.dst == dst)
+        return (self.src is None or self.src == role(src)) and (
+            self.dst is None or self.dst == role(dst)
+        )
 
     def words(self) -> str:
         parts = [f"{self.src or 'any'} → {self.dst or 'any'}"]
@@ -175,9 +184,9 @@ class FaultPlan:
         for i, rule in enumerate(self.rules):
             if not isinstance(rule, Block):
                 continue
-            if rule.src is not None and rule.src != client:
+            if rule.src is not None and rule.src != role(client):
                 continue
-            if rule.dst is not None and rule.dst != server:
+            if rule.dst is not None and (server is None or rule.dst != role(server)):
                 continue
             if rule.ports is not None and not rule.ports[0] <= port <= rule.ports[1]:
                 continue
@@ -191,7 +200,7 @@ class FaultPlan:
             if not isinstance(rule, Cut):
                 continue
             ends = {rule.src, rule.dst} - {None}
-            if not ends <= {client, server}:
+            if not ends <= {role(client), role(server)}:
                 continue
             if rule.connection is not None and rule.connection != number:
                 continue

@@ -110,6 +110,9 @@ _BLOCKS = 255 * 256
 _CLAIM_ATTEMPTS = 1024
 #: Addresses of a block given to lab hosts: .1 to .254.
 BLOCK_SIZE = 254
+#: Blocks one run may hold: more than one only for more lab hosts than a block has (a load
+#: run's many clients, labsim.load).
+MAX_BLOCKS = 64
 
 
 class LoopbackBlock:
@@ -385,13 +388,16 @@ class LiveNetwork:
             else:
                 self._loopback_of[st.host] = own
                 self._lab_of.setdefault(own, st.host)
-        if len(self._block_hosts) > BLOCK_SIZE:
+        if len(self._block_hosts) > MAX_BLOCKS * BLOCK_SIZE:
             raise ValueError(
-                f"{len(self._block_hosts)} lab hosts: a run's loopback block holds {BLOCK_SIZE}"
+                f"{len(self._block_hosts)} lab hosts: a run's {MAX_BLOCKS} loopback blocks "
+                f"hold {MAX_BLOCKS * BLOCK_SIZE}"
             )
         self._block: LoopbackBlock | None = None
         self._block_used = 0
         self._give_back: weakref.finalize[[], LiveNetwork] | None = None
+        #: Blocks claimed after the first when its addresses ran out (a load run's clients).
+        self._more_blocks: list[LoopbackBlock] = []
         #: Lab address -> real loopback endpoint, for things outside the run.
         self.external: dict[Address, _RealAddr] = {}
         lab_hosts: dict[str, set[str]] = {}
@@ -521,14 +527,23 @@ class LiveNetwork:
     def _release_block(self) -> None:
         if self._give_back is not None:
             self._give_back()  # runs block.release once; later calls do nothing
+        for block in self._more_blocks:
+            block.release()
 
     def _give_address(self, host: str) -> str:
-        """The next free address of the block for lab host ``host``."""
+        """The next free address of the run's blocks for lab host ``host``; a full block is
+        followed by another claimed then (up to :data:`MAX_BLOCKS`)."""
         assert self._block is not None
+        block = self._more_blocks[-1] if self._more_blocks else self._block
         if self._block_used >= BLOCK_SIZE:
-            raise ValueError(f"no loopback address left in {self._block} for lab host {host}")
+            if len(self._more_blocks) + 1 >= MAX_BLOCKS:
+                raise ValueError(f"no loopback address left in {block} for lab host {host}")
+            block = claim_block(self._not_in_block)
+            self._more_blocks.append(block)
+            weakref.finalize(self, block.release)
+            self._block_used = 0
         self._block_used += 1
-        real = self._block.address(self._block_used)
+        real = block.address(self._block_used)
         self._loopback_of[host] = real
         self._lab_of[real] = host
         return real

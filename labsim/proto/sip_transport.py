@@ -192,7 +192,9 @@ class SipTransport:
         if lost is not None:
             return effects + self._reset(conn, f"SIP framing error from {state.remote}: {lost}",
                                          notices)  # fmt: skip
-        if state.splitter.buffered and not state.waiting:
+        if state.splitter.buffered and (not state.waiting or frames):
+            # The wait is for the message now incomplete: one that completed restarts it (a
+            # busy connection, many calls' SIP, may end every read inside a message).
             state.waiting = True
             effects.append(StartTimer(IncompleteTimer(conn), self.incomplete_timeout))
         elif not state.splitter.buffered and state.waiting:
