@@ -141,6 +141,10 @@ class _Labsim(click.Group):
             _echo("labsim: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:  # anything else is a bug: say so briefly, exit 3
+            from labsim.run import NeedsLiveClock
+
+            if isinstance(exc, NeedsLiveClock):  # a scenario that --clock virtual cannot run
+                raise BadInput(f"labsim: {exc}") from None
             _internal_error(exc, bool(ctx.meta.get(_VERBOSE)))
             ctx.exit(EXIT_INTERNAL)
 
@@ -831,7 +835,7 @@ def _run_target(target: _Target, clock: str | None, say: Level) -> _Ran:
     """Load and run one scenario; a file that does not load (exit 2) and a run that raises
     (a bug, exit 3) become error cases, so the other scenarios still run."""
     from labsim.report.junit import Case
-    from labsim.run import run_scenario
+    from labsim.run import NeedsLiveClock, run_scenario
     from labsim.scenario import ScenarioError, load
 
     where = clock or "unknown"
@@ -847,6 +851,9 @@ def _run_target(target: _Target, clock: str | None, say: Level) -> _Ran:
         return _Ran(_error_row(name), case, [str(exc)], EXIT_BAD_INPUT)
     try:
         r = run_scenario(sc, cast(Literal["live", "virtual"] | None, clock))
+    except NeedsLiveClock as exc:
+        case = Case(sc.name, where, 0.0, (), "", str(exc), "NeedsLiveClock")
+        return _Ran(_error_row(sc.name), case, [str(exc)], EXIT_BAD_INPUT)
     except Exception as exc:  # a bug: recorded with its traceback; the rest still runs
         text = "".join(traceback.format_exception(exc))
         if say == "verbose":

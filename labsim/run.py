@@ -20,8 +20,10 @@ from labsim.actors.skype_client import SkypeClient
 from labsim.actors.skype_edge import SkypeEdge
 from labsim.net.faults import Block, Cut, Delay, Drop, FaultPlan, MessageMatch, Rule, role
 from labsim.net.live import LiveNetwork
+from labsim.net.model import EXTERNAL
 from labsim.net.nat import StaticNat
 from labsim.net.virtual import VirtualNetwork
+from labsim.proto.events import Address
 from labsim.report.diagnose import Diagnosis, diagnose
 from labsim.report.outcome import Outcome, outcome
 from labsim.scenario import MessageRule, Scenario
@@ -130,8 +132,9 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     ended: Literal["finished", "deadline"] = "finished" if cast.finished() else "deadline"
     result_of = outcome(trace)
     diagnosis = diagnose(
-        trace, end=min(net.now(), sc.deadline), deadline=ended == "deadline", result=result_of
-    )
+        trace, end=min(net.now(), sc.deadline), deadline=ended == "deadline", result=result_of,
+        turn=turn_name(sc),
+    )  # fmt: skip
     result = RunResult(sc, clock, trace, result_of, diagnosis, wall, ended)
     result.failures = check(sc, result.trace, result.outcome, result.diagnosis)
     # An actor that raised is a bug in labsim, whatever the outcome: never a passing run.
@@ -142,6 +145,34 @@ def run_scenario(sc: Scenario, clock: Clock | None = None) -> RunResult:
     return result
 
 
+class NeedsLiveClock(ValueError):
+    """A scenario with a real peer outside the run (an external TURN server) asked to run on
+    the virtual clock, where no real process can take part: bad input (CLI exit 2)."""
+
+
+def turn_name(sc: Scenario) -> str:
+    """The trace's name for the TURN server of ``sc``: Expressway-E, or ``external`` for a
+    real server standing in for its TURN service (the runtime's name for peers outside the
+    run)."""
+    return EXTERNAL if sc.actors.expressway_e.turn.external is not None else "expressway_e"
+
+
+def external_peers(
+    sc: Scenario,
+) -> tuple[dict[Address, tuple[str, int]], dict[str, str]]:
+    """The live network's ``external`` and ``external_hosts`` for ``sc``: Expressway-E's lab
+    TURN port goes to the external TURN server's real address and port, and any other port of
+    Expressway-E's lab address that Expressway-E does not listen on (a relay the server
+    advertises at the lab address: coturn ``--external-ip``) to the server's address."""
+    expe = sc.actors.expressway_e
+    ext = expe.turn.external
+    if ext is None:
+        return {}, {}
+    return {Address(expe.address, expe.turn.port): (ext.address, ext.port)}, {
+        expe.address: ext.address
+    }
+
+
 def network(sc: Scenario, cast: Cast, trace: Trace, clock: Clock) -> VirtualNetwork | LiveNetwork:
     """The network ``sc`` runs ``cast`` on: its links, blocked pairs, faults and NATs, on the
     virtual or the live clock (tests drive a live one themselves next to peers of their own)."""
@@ -150,7 +181,13 @@ def network(sc: Scenario, cast: Cast, trace: Trace, clock: Clock) -> VirtualNetw
         x, y = link.between
         links[(x, y)] = links[(y, x)] = link.latency
     blocked = blocked_pairs(sc)
+    external, external_hosts = external_peers(sc)
     if clock == "virtual":
+        if external:
+            raise NeedsLiveClock(
+                f"{sc.name}: actors.expressway_e.turn.external names a real TURN server, "
+                "which runs in real time: run it with --clock live"
+            )
         return VirtualNetwork(
             cast.all(), trace, latency=sc.latency, link_latency=links, blocked=blocked,
             faults=fault_plan(sc), nat=static_nats(sc),
@@ -158,7 +195,7 @@ def network(sc: Scenario, cast: Cast, trace: Trace, clock: Clock) -> VirtualNetw
     # Loopback has its own (tiny) latency; only the scenario's per-link ones are added.
     return LiveNetwork(
         cast.all(), trace, blocked=blocked, link_latency=links, faults=fault_plan(sc),
-        nat=static_nats(sc),
+        nat=static_nats(sc), external=external, external_hosts=external_hosts,
     )  # fmt: skip
 
 
@@ -177,13 +214,20 @@ def check(
             f"{rule.unmatched()}: fix the rule, or allow it with expect.unmatched_faults: allowed"
             for rule in trace.unmatched_rules
         ]
+    # With an external TURN server the trace names it "external"; the scenario names the
+    # service it stands in for, Expressway-E's.
+    turn = turn_name(sc)
+
+    def lab_name(name: str) -> str:
+        return "expressway_e" if name == turn else name
+
     for want in sc.expect.messages:
         kind = want.parsed()
         found = [
             m for m in trace.messages
             if m.on_wire and kind.matches(m.protocol, m.facts) and has_facts(m.facts, want.facts)
-            and (want.src is None or role(m.src) == want.src)
-            and (want.dst is None or role(m.dst) == want.dst)
+            and (want.src is None or lab_name(role(m.src)) == want.src)
+            and (want.dst is None or lab_name(role(m.dst)) == want.dst)
         ]  # fmt: skip
         where = f"{want.src or 'any'} → {want.dst or 'any'}"
         if want.count is not None and len(found) != want.count:

@@ -626,6 +626,30 @@ class Scenario(_Model):
         return self
 
     @model_validator(mode="after")
+    def _external_turn(self) -> Scenario:
+        # A real TURN server is a process in real time: the virtual clock cannot hold it, and
+        # a static NAT in front of Expressway-E forwards to labsim's TURN server, not to it.
+        expe = self.actors.expressway_e
+        if expe.turn.external is None:
+            return self
+        where = ("actors", "expressway_e", "turn", "external")
+        if self.clock == "virtual":
+            raise _At(
+                where,
+                "an external TURN server is a real process: it runs on the live clock only "
+                "(clock: live)",
+                alternatives=[("clock",)],
+            )
+        if expe.nat is not None:
+            raise _At(
+                where,
+                "a static NAT (actors.expressway_e.nat) forwards to labsim's TURN server, not to "
+                "an external one: leave one of them out",
+                alternatives=[("actors", "expressway_e", "nat")],
+            )
+        return self
+
+    @model_validator(mode="after")
     def _bounded_work(self) -> Scenario:
         # Each time is bounded on its own, but a periodic timer fires deadline / period times:
         # a keepalive every 1 ms for 4 hours would be 14 million Binding Indications. The other

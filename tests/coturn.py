@@ -36,7 +36,11 @@ class Coturn:
 
 
 @contextmanager
-def coturn(workdir: Path, *extra: str, start_timeout: float = 10.0) -> Iterator[Coturn]:
+def coturn(
+    workdir: Path, *extra: str, start_timeout: float = 10.0, external_ip: str | None = None
+) -> Iterator[Coturn]:
+    """coturn on a block of its own; ``external_ip``: the address it reports its relays at
+    (``--external-ip PUBLIC/ITS-ADDRESS``, as behind a NAT), e.g. a lab address."""
     turnserver = require_tool("turnserver")
     with claim_block() as block:
         host = block.address(1)
@@ -46,6 +50,8 @@ def coturn(workdir: Path, *extra: str, start_timeout: float = 10.0) -> Iterator[
         relays = free_range(20, host, avoid=port)
         log = workdir / "turnserver.log"
         cmd = [*coturn_command(turnserver, host, port, relays, workdir), *extra]
+        if external_ip is not None:
+            cmd += ["--external-ip", f"{external_ip}/{host}"]
         proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

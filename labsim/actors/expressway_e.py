@@ -4,7 +4,9 @@ for its TCP relay (RFC 5766 + RFC 6062, :mod:`labsim.proto.turn_server`).
 SIP arrives from the Skype Edge on the SIP port and from Expressway-C on the traversal port;
 requests for the meeting's domain go to Expressway-C down the connection Expressway-C opened.
 The TURN server is the actor's second machine; the router gives it the events of its listeners,
-connections and timers.
+connections and timers. With an external TURN server (``turn.external``: coturn or a real
+Expressway-E in the call, live clock only) the actor runs none: it is the SIP proxy alone, and
+the run carries CMS's TURN connections and the Skype side's relay connection to the real server.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ class ExpresswayE(ProxyElement):
         )
         self.settings = settings
         nat = settings.nat
-        self.turn = TurnServer(
-            name, settings.address, settings.turn,
-            public_host=nat.public_address if nat is not None else None,
-        )  # fmt: skip
-        self.router.add(self.turn)
+        #: None when an external server stands in for the TURN service (turn.external).
+        self.turn: TurnServer | None = None
+        if settings.turn.external is None:
+            self.turn = TurnServer(
+                name, settings.address, settings.turn,
+                public_host=nat.public_address if nat is not None else None,
+            )  # fmt: skip
+            self.router.add(self.turn)

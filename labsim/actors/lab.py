@@ -12,7 +12,7 @@ own (:mod:`labsim.proto.turn_server`, :mod:`labsim.proto.turn_client`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal, get_args
 
 import annotated_types as at
@@ -31,7 +31,7 @@ from labsim.proto.settings import (
     SipUri,
 )
 from labsim.proto.sip_ua_state import SipTimers
-from labsim.proto.turn_client import TurnClientSettings
+from labsim.proto.turn_client import ExternalTurnServer, TurnClientSettings
 from labsim.proto.turn_server import TurnServerSettings
 from labsim.wire import sip
 
@@ -220,7 +220,7 @@ class ExpresswayESettings:
     traversal_port: Port = 7001
     """Traversal zone port: Expressway-C opens the traversal connection here."""
     turn: TurnServerSettings = field(default_factory=TurnServerSettings)
-    """The TURN server."""
+    """The TURN server: labsim's, or a real one standing in for it (turn.external)."""
     nat: StaticNat | None = None
     """A static NAT in front of Expressway-E; null (the lab): none, the relay is advertised at
     Expressway-E's own address, which the Skype Edge reaches directly."""
@@ -358,6 +358,23 @@ class Lab:
     expressway_c: ExpresswayCSettings = field(default_factory=ExpresswayCSettings)
     cms: CmsSettings = field(default_factory=CmsSettings)
     call: CallSettings = field(default_factory=CallSettings)
+
+    def __post_init__(self) -> None:
+        external = self.expressway_e.turn.external
+        if external is not None and self.cms.turn is not None:
+            # The credentials and realm are the external server's: CMS's TURN client takes
+            # them (its /turnServers entry names that server). Folded in here, once, so that
+            # lab.cms.turn is what CMS really sends.
+            turn = replace(
+                self.cms.turn, username=external.username, password=external.password,
+                realm=external.realm,
+            )  # fmt: skip
+            object.__setattr__(self, "cms", replace(self.cms, turn=turn))
+
+    @property
+    def external_turn(self) -> ExternalTurnServer | None:
+        """The real TURN server standing in for Expressway-E's, if the lab has one."""
+        return self.expressway_e.turn.external
 
     def sip(self, name: ActorName) -> Address:
         """Where ``name`` takes SIP: its address and SIP port."""

@@ -36,6 +36,10 @@ who is calling, and the next port of a per-host counter from 40000 up, as the vi
 does: the same scenario shows the same ports on both clocks (unless a connection of an earlier
 run on the same block is still in TIME_WAIT).
 
+``external_hosts`` maps a whole lab host to a real loopback host for the ports no actor of the
+run listens on there: an external TURN server's relays advertised at Expressway-E's lab
+address, whose ports are only known when allocated.
+
 **No socket ever targets a non-loopback address**: every bind and connect goes through
 :func:`require_loopback`; construction rejects actors that cannot be mapped and ``external``
 endpoints off loopback; a Connect that cannot be mapped fails with ``ConnectFailed``.
@@ -333,6 +337,7 @@ class LiveNetwork:
         trace: Trace,
         *,
         external: Mapping[Address, tuple[str, int]] | None = None,
+        external_hosts: Mapping[str, str] | None = None,
         backlog: int = 512,
         blocked: set[tuple[str, str]] | None = None,
         refused: set[tuple[str, str]] | None = None,
@@ -387,6 +392,14 @@ class LiveNetwork:
             require_loopback(host)
             self.external[lab] = (str(ipaddress.ip_address(host)), int(port))
             lab_hosts.setdefault(self.external[lab][0], set()).add(lab.host)
+        #: Lab host -> real loopback host, for a thing outside the run that shares an actor's
+        #: lab host and has ports that are not known before the run (an external TURN
+        #: server's relays at Expressway-E's address): a connect to such a host at a port no
+        #: actor of the run listens on goes to the real host at the same port.
+        self.external_hosts: dict[str, str] = {}
+        for lab_host, host in (external_hosts or {}).items():
+            self.external_hosts[lab_host] = str(ipaddress.ip_address(require_loopback(host)))
+            lab_hosts.setdefault(self.external_hosts[lab_host], set()).add(lab_host)
         # Sources on an external endpoint's host read as its lab host, when that is unambiguous.
         self._external_lab_host = {
             real: next(iter(labs))
@@ -394,7 +407,10 @@ class LiveNetwork:
             if len(labs) == 1 and real not in self._lab_of
         }
         # Blocks a claim skips: they hold addresses this run uses outside its block.
-        self._not_in_block = [*self._lab_of, *(host for host, _ in self.external.values())]
+        self._not_in_block = [
+            *self._lab_of, *(host for host, _ in self.external.values()),
+            *self.external_hosts.values(),
+        ]  # fmt: skip
         self._backlog = backlog
         self._rbuf = memoryview(bytearray(READ_SIZE))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -674,6 +690,10 @@ class LiveNetwork:
             out.task = self._spawn(self._black_hole(out, effect.timeout))
             return out
         target = self.external.get(effect.remote)
+        if target is None and effect.remote.host in self.external_hosts:
+            # Decided when the connect runs, once every actor of the run listens.
+            out.task = self._spawn(self._connect(out, None, effect.timeout))
+            return out
         if target is None:
             try:
                 target = (self._real_host(effect.remote.host), effect.remote.port)
@@ -682,6 +702,17 @@ class LiveNetwork:
                 return out
         out.task = self._spawn(self._connect(out, target, effect.timeout))
         return out
+
+    def _external_host(self, remote: Address) -> _RealAddr | None:
+        """Where a connect to ``remote`` goes when its lab host is an external host's
+        (``external_hosts``) and no actor of the run listens at that port; else None."""
+        real = self.external_hosts.get(remote.host)
+        if real is None:
+            return None
+        own = self._loopback_of.get(remote.host)
+        if own is not None and (own, remote.port) in self._listening:
+            return None
+        return real, remote.port
 
     async def _black_hole(self, out: _Outgoing, timeout: float) -> None:
         await asyncio.sleep(timeout)
@@ -732,10 +763,13 @@ class LiveNetwork:
             sock.close()
             raise
 
-    async def _connect(self, out: _Outgoing, target: _RealAddr, timeout: float) -> None:
+    async def _connect(self, out: _Outgoing, target: _RealAddr | None, timeout: float) -> None:
         assert self._loop is not None
         sock: socket.socket | None = None
         how: ConnectFailure
+        if target is None:
+            remote = out.remote
+            target = self._external_host(remote) or (self._real_host(remote.host), remote.port)
         try:
             source = require_loopback(self._loopback_of[out.st.host])
             require_loopback(target[0])

@@ -32,6 +32,7 @@ No IO and no clock: time comes in as ``now``; randomness (transaction ids) only 
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass, field
 from enum import Enum
@@ -57,7 +58,15 @@ from labsim.proto.events import (
     TimerFired,
 )
 from labsim.proto.machine import Step
-from labsim.proto.settings import SETTINGS_CONFIG, Count, PositiveSeconds, Seconds
+from labsim.proto.settings import (
+    SETTINGS_CONFIG,
+    Count,
+    Port,
+    PositiveSeconds,
+    Seconds,
+    SettingError,
+    TextForm,
+)
 from labsim.wire import stun
 from labsim.wire.errors import FramingError, StunError
 from labsim.wire.framing import StunSplitter
@@ -88,6 +97,11 @@ class TurnClientSettings:
     password: str = "secret"
     """TURN password; one the server does not know ends the allocation in 401 Unauthorized
     ("unauthorized - check credentials" in CMS's log)."""
+    realm: Annotated[str, at.MinLen(1)] | None = None
+    """The realm the server must challenge with; a 401 naming another fails the allocation
+    before any credentials are sent (a server that is not the one configured). null (the
+    lab, as CMS's /turnServers has no realm): the REALM of the server's 401 (RFC 5389
+    §10.2.3)."""
     lifetime: Annotated[int, at.Interval(ge=0, le=0xFFFFFFFF)] = 600
     """LIFETIME asked for in the Allocate and every Refresh (lab: 600; RFC 5766 §2.2, §7)."""
     software: str | None = "CMS v2.2"
@@ -124,6 +138,52 @@ class TurnClientSettings:
     """Seconds a TCP connect to the server may take."""
     transaction_timeout: PositiveSeconds = TRANSACTION_TIMEOUT
     """Seconds to wait for a response (RFC 5389 §7.2.2, Ti)."""
+
+
+def _loopback(value: str) -> None:
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise SettingError((), f"not an IPv4 address in dotted form ({exc})") from None
+    if not ip.is_loopback:
+        # DESIGN.md: no socket ever targets a non-loopback address.
+        raise SettingError((), f"{value} is not a loopback address (127.0.0.0/8): labsim "
+                           "connects to nothing off loopback")  # fmt: skip
+
+
+LoopbackIPv4 = Annotated[str, TextForm(_loopback, (("format", "ipv4"),))]
+"""A real address on loopback (127.0.0.0/8), not a lab address."""
+
+
+@dataclass(frozen=True)
+class ExternalTurnServer:
+    """A real TURN server (coturn, a real Expressway-E) standing in for Expressway-E's TURN
+    service, on the live clock only (``actors.expressway_e.turn.external``). Expressway-E then
+    runs no TURN server of its own; CMS dials Expressway-E's lab address at turn.port as before
+    and the run carries the connection to ``address``:``port``, so the trace and the capture
+    still read as the lab (10.48.54.229:3478). CMS authenticates with ``username`` and
+    ``password`` (they replace cms.turn's). The relay the server reports in
+    XOR-RELAYED-ADDRESS is what CMS offers: a loopback address is reached as it is;
+    Expressway-E's lab address (coturn ``--external-ip 10.48.54.229/ADDRESS``) is carried to
+    ``address`` at the same port, for every port Expressway-E's own SIP listeners do not
+    hold."""
+
+    __pydantic_config__ = SETTINGS_CONFIG
+
+    address: LoopbackIPv4
+    """The loopback address the server listens on and relays from, e.g. 127.0.0.1: a real
+    address, never shown in the lab's bytes."""
+    port: Port = 3478
+    """The server's real TURN port (TCP)."""
+    username: Annotated[str, at.MinLen(1)] = "turn"
+    """The username CMS allocates with (CMS /turnServers username)."""
+    password: str = "secret"
+    """The password CMS allocates with; one the server does not accept ends the allocation in
+    401 (the diagnosis: TURN authentication failed)."""
+    realm: Annotated[str, at.MinLen(1)] | None = None
+    """The realm the server is expected to challenge with (coturn -r); a 401 naming another
+    fails the allocation before any credentials are sent. null: whatever realm the server
+    names (RFC 5389 §10.2.3)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -895,6 +955,11 @@ class TurnClient:
 
     def _on_challenge(self, txn: _Transaction, message: Message, now: float) -> list[Effect]:
         """RFC 5389 §10.2.3: a 401 to a request without credentials; resend with them."""
+        expected, offered = self.settings.realm, message.get(stun.Realm)
+        if expected is not None and offered is not None and offered.value != expected:
+            return self._fail_allocation(
+                401, f"the server's realm is {offered.value!r}, not {expected!r}: wrong server?"
+            )
         if not self._take_credentials(message):
             return self._fail_allocation(401, "401 without REALM and NONCE: cannot authenticate")
         if txn.kind is _Kind.ALLOCATE:

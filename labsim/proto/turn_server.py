@@ -77,6 +77,7 @@ from labsim.proto.settings import (
     PositiveSeconds,
     SettingError,
 )
+from labsim.proto.turn_client import ExternalTurnServer
 from labsim.wire.errors import FramingError, StunError
 from labsim.wire.framing import StunSplitter
 from labsim.wire.stun import (
@@ -410,6 +411,11 @@ class TurnServerSettings:
     a run's nonces and integrity values then differ from run to run (their sizes do not).
     true: they come from ``seed`` too, so every byte of a virtual run repeats (for comparing
     captures byte for byte); anyone who knows the seed can then forge nonces."""
+    external: ExternalTurnServer | None = None
+    """A real TURN server in the call instead of this one (live clock only): Expressway-E
+    then runs none, CMS allocates on the real server with its credentials, and of the keys
+    above only port (the lab's TURN port CMS dials) still applies. null (the lab): this
+    server."""
 
     def __post_init__(self) -> None:
         # What a scenario's types cannot say, checked here so that code constructing settings

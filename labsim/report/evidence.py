@@ -376,6 +376,10 @@ def _losses(ev: Evidence) -> list[Anomaly]:
     key: tuple[str, str, str, str, str, int | None]
     for journey in ev.trace.journeys:
         last = journey.last
+        if last.fate == "outside" and last.dst == ev.turn:
+            # The TURN server is a real one outside the run (expressway_e.turn.external): it
+            # gets what is handed to it, and its answers say what it made of it.
+            continue
         key = (journey.sender, ev.name(journey.first), last.src, last.dst, last.fate, last.rule)
         if last.fate == "delivered":
             onward = stopped.get(journey.id)
