@@ -35,10 +35,14 @@ each Locust worker a range of its own).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import selectors
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from labsim.actors.expressway_c import ExpresswayC
@@ -423,14 +427,28 @@ def place_call(
 ) -> SkypeCall:
     """Place one sharing call of scenario ``sc`` from call ``call``'s client, through a Skype
     Edge of its own, against the target at ``target``; wait for it to end (the client hangs
-    up after the scenario's hold, or the deadline) and judge it from the Skype side's trace."""
-    side = skype_side(sc, target, call)
-    wall0 = time.perf_counter()
+    up after the scenario's hold, or the deadline) and judge it from the Skype side's trace.
+    Called where an event loop runs already, the call runs in a thread of its own (as
+    :meth:`LiveNetwork.run` does)."""
     try:
-        side.net.run(sc.deadline, stop=lambda _t: side.client.finished)
-    finally:
-        side.block.release()
-    return _judge_skype(target, side, time.perf_counter() - wall0, keep_trace)
+        asyncio.get_running_loop()
+    except RuntimeError:
+        with asyncio.Runner(loop_factory=own_loop) as runner:
+            return runner.run(aplace_call(sc, target, call, keep_trace=keep_trace))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="labsim-call") as pool:
+        return pool.submit(place_call, sc, target, call, keep_trace=keep_trace).result()
+
+
+def own_loop() -> asyncio.AbstractEventLoop:
+    """An event loop on the operating system's own selector, also where gevent has patched
+    the ``selectors`` module (Locust does, at import): gevent's selector would wait on the
+    gevent hub of the thread the loop runs in, a second loop under asyncio's own, which adds
+    tens of milliseconds to every wake-up."""
+    selector: type[selectors.BaseSelector] = selectors.DefaultSelector
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("selectors"):
+        selector = monkey.get_original("selectors", "DefaultSelector")
+    return asyncio.SelectorEventLoop(selector())
 
 
 def _judge_skype(target: TargetAddress, side: SkypeSide, wall: float, keep: bool) -> SkypeCall:
@@ -447,6 +465,20 @@ def _judge_skype(target: TargetAddress, side: SkypeSide, wall: float, keep: bool
 def sip_of(trace: Trace) -> list[SipFacts]:
     """The facts of every SIP message of ``trace`` that parses (for tests and reports)."""
     return [f for m in trace.messages if m.protocol == "SIP" and (f := m.sip_facts) is not None]
+
+
+def with_hold(sc: Scenario, hold: float) -> Scenario:
+    """``sc`` with its calls held ``hold`` seconds (``call.hold``), the deadline moved by as
+    much as the hold grew."""
+    grown = max(0.0, hold - sc.call.hold)
+    return sc.model_copy(
+        update={"call": replace(sc.call, hold=hold), "deadline": sc.deadline + grown}
+    )
+
+
+def locustfile_path() -> Path:
+    """Where the Locust user class is (``locust -f PATH``): shipped in the package."""
+    return Path(__file__).with_name("locustfile.py")
 
 
 def prepare_fds(calls_up: int) -> int:
