@@ -25,7 +25,9 @@ raise it to call a target a second time without restarting it).
 
 Options (Locust passes them from the master to its workers): ``--labsim-scenario`` (a bundled
 name or a file; default ``sharing-call``), ``--labsim-hold`` (seconds each call stays up),
-``--labsim-first-call``, ``--labsim-threads``.
+``--labsim-first-call``, ``--labsim-calls-per-user`` (each user stops after that many calls, so
+a run places exactly users × that many: every call is in the master's statistics before the
+run time is up), ``--labsim-threads``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import gevent
 from locust import User, constant, events, task
 from locust.env import Environment
+from locust.exception import StopUser
 
 from labsim.actors.meeting import MAX_CALLS
 from labsim.scenario import Scenario, bundled, load
@@ -58,11 +61,15 @@ def _options(parser: Any, **_kw: Any) -> None:
                        help="Seconds each call stays up (the scenario's call.hold).")  # fmt: skip
     group.add_argument("--labsim-first-call", type=int, default=1,
                        help="First call number (client address) of this run.")  # fmt: skip
+    group.add_argument("--labsim-calls-per-user", type=int, default=0,
+                       help="Calls each user places before it stops (0: no limit), as "
+                       "SIPp's -m bounds its calls.")  # fmt: skip
     group.add_argument("--labsim-threads", type=int, default=1024,
                        help="Native threads for calls up at once, per process.")  # fmt: skip
 
 
-events.init_command_line_parser.add_listener(_options)
+# locust types its events, not EventHook.add_listener.
+events.init_command_line_parser.add_listener(_options)  # type: ignore[no-untyped-call]
 
 
 class _Plan:
@@ -88,6 +95,7 @@ class _Plan:
                              "numbers would repeat")  # fmt: skip
         first = int(getattr(opts, "labsim_first_call", 1) or 1)
         self._numbers = itertools.count(first + index, workers)
+        self.calls_per_user = max(0, int(getattr(opts, "labsim_calls_per_user", 0) or 0))
         self._lock = threading.Lock()
         pool = gevent.get_hub().threadpool
         pool.maxsize = max(pool.maxsize, int(getattr(opts, "labsim_threads", 1024) or 1024))
@@ -116,18 +124,22 @@ def _forget(environment: Environment, **_kw: Any) -> None:
     _plans.pop(id(environment), None)
 
 
-events.test_stop.add_listener(_forget)
+events.test_stop.add_listener(_forget)  # type: ignore[no-untyped-call]
 
 
 class SharingCallUser(User):
     """One Skype user placing sharing calls one after another (see the module docstring)."""
 
     wait_time = constant(0)
+    placed = 0
 
     @task
     def sharing_call(self) -> None:
         env = self.environment
         plan = _plan(env)
+        if plan.calls_per_user and self.placed >= plan.calls_per_user:
+            raise StopUser()
+        self.placed += 1
         sc = plan.scenario
         number = plan.next_call()
         pool = gevent.get_hub().threadpool
