@@ -105,7 +105,8 @@ def load_run(calls: int, users: int, scenario: Path) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     s = json.loads(out)
     return {
-        "calls": s["calls"], "established": s["by_outcome"].get("sharing-established", 0), "calls_per_s": s["calls"] / s["wall"],
+        "calls": s["calls"], "established": s["by_outcome"].get("sharing-established", 0),
+        "calls_per_s": s["calls"] / s["wall"],
         "wall": wall, "p50_ms": 1000 * (s["setup"]["p50"] or 0),
         "p99_ms": 1000 * (s["setup"]["p99"] or 0), "cpu_per_call_ms": 1000 * cpu / s["calls"],
     }  # fmt: skip
