@@ -168,7 +168,6 @@ class Target:
             actors, self.trace, blocked=_blocked(sc, (a.name for a in actors)),
             faults=fault_plan(sc), nat=static_nats(sc), backlog=4096,
         )  # fmt: skip
-        self.started = time.time()
 
     def addresses(self) -> dict[str, Any]:
         """Where the target listens (real loopback addresses, with the lab's beside them);
@@ -285,18 +284,17 @@ def target_views(trace: Trace) -> dict[int, CallTrace]:
             parts[call]["journeys"].append(journey)
     prefixes = {call_log_prefix(n): n for n in calls}
     for item in trace.timeline:
-        call: int | None = None  # type: ignore[no-redef]
+        owner: int | None = None
         if isinstance(item, MessageRecord):
-            call = of_message.get(id(item))
+            owner = of_message.get(id(item))
         elif isinstance(item, ConnectionRecord):
-            call = conn_call.get(item.id)
+            owner = conn_call.get(item.id)
         elif isinstance(item, LogRecord) and item.text.startswith("[c"):
-            call = prefixes.get(item.text[: item.text.find("] ") + 2])
-        if call in parts:
-            assert call is not None
-            parts[call]["timeline"].append(item)
+            owner = prefixes.get(item.text[: item.text.find("] ") + 2])
+        if owner is not None and owner in parts:
+            parts[owner]["timeline"].append(item)
             if isinstance(item, LogRecord):
-                parts[call]["logs"].append(item)
+                parts[owner]["logs"].append(item)
     views: dict[int, CallTrace] = {}
     for n, p in parts.items():
         conns = {cid: trace.connections[cid] for cid in sorted(conns_of[n])}
