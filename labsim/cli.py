@@ -1278,6 +1278,17 @@ def _register_load_command() -> None:
 _register_load_command()
 
 
+def _register_serve_commands() -> None:
+    """``labsim serve`` and ``labsim locustfile`` (labsim/serve_command.py), with -q/-v."""
+    from labsim.serve_command import locustfile_command, serve_command
+
+    main.add_command(verbosity_options(serve_command))
+    main.add_command(verbosity_options(locustfile_command))
+
+
+_register_serve_commands()
+
+
 @main.command(name="list")
 @verbosity_options
 def list_command() -> None:

@@ -528,6 +528,12 @@ def setup_time(trace: Trace, client: str) -> float | None:
     return None
 
 
+def _allocations(cast: LoadCast) -> int:
+    """TURN allocations Expressway-E holds (none with an external TURN server)."""
+    turn = cast.expressway_e.turn
+    return len(turn.allocations()) if turn is not None else 0
+
+
 def until_for(sc: Scenario, calls: int, rate: float | None, concurrent: int | None) -> float:
     """The run's deadline: the scenario's per call, times the waves ``concurrent`` makes,
     after the last start ``rate`` allows."""
@@ -566,7 +572,7 @@ def run_load(
         t = net.now()
         s = Sample(
             t, time.perf_counter() - wall0, pacer.started, pacer.active, pacer.done,
-            len(cast.expressway_e.turn.allocations()), cast.skype_edge.relay.pipes,
+            _allocations(cast), cast.skype_edge.relay.pipes,
             open_fds(), rss_kib(),
         )  # fmt: skip
         samples.append(s)
@@ -585,8 +591,7 @@ def run_load(
             # The peaks, PEEK times a second of the run's clock (counting the allocations
             # builds their list: not on every event).
             next_peek[0] = now + 1.0 / PEEK
-            peaks["allocations"] = max(peaks["allocations"],
-                                       len(cast.expressway_e.turn.allocations()))  # fmt: skip
+            peaks["allocations"] = max(peaks["allocations"], _allocations(cast))
             peaks["relays"] = max(peaks["relays"], cast.skype_edge.relay.pipes)
         if now >= next_sample[0]:
             next_sample[0] = net.now() + every

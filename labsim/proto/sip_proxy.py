@@ -161,7 +161,11 @@ class SipProxy:
         return []  # pragma: no cover
 
     def _request(self, conn: ConnId, request: Request, source: Address) -> list[Effect]:
-        branch = sip.via_branch(sip.top_via(request)) or ""
+        top = sip.top_via(request)
+        # §17.2.3: a request matches a server transaction by the top Via's branch *and*
+        # sent-by: two upstream elements may number their branches alike (two Skype Edges
+        # calling one Expressway-E, labsim.serve). The key below is only ever compared.
+        branch = f"{sip.via_branch(top) or ''} {top.host}:{top.port}"
         if request.method == "ACK" and branch in self._absorb_ack:
             # §16.3 / §17.2.1: the ACK for a non-2xx answer ends the INVITE server transaction.
             self._absorb_ack.discard(branch)
@@ -172,7 +176,7 @@ class SipProxy:
         if request.method != "ACK" and (branch, request.method) in self._upstream:
             # §17.2.3: the same request again (same branch): it belongs to the transaction
             # already forwarded, and is not forwarded a second time.
-            return [Log(f"repeated {request.method} (branch {branch}) absorbed")]
+            return [Log(f"repeated {request.method} (branch and sent-by {branch}) absorbed")]
         if request.method != "ACK" and not sip.route(request) and self._is_self(request.uri):
             # §16.4/§16.5: addressed to this element itself (an OPTIONS ping, say), not to be
             # forwarded: answer it here.
