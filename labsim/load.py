@@ -17,6 +17,7 @@ messages), and the unchanged :func:`~labsim.report.outcome.outcome`,
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import resource
@@ -67,6 +68,14 @@ SHARED = ("skype_edge", "expressway_e", "expressway_c", "cms")
 
 #: How often a second of the run's clock the peaks (allocations, relays) are looked at.
 PEEK = 20
+
+#: Seconds between two looks at the live event loop's lateness (:class:`LoopLag`).
+LAG_TICK = 0.05
+
+#: Loop lateness from which a live run's timings are the simulator's, not the network's:
+#: loopback answers in well under a millisecond, so 10 ms late means the one process playing
+#: every actor is behind (its CPU is the bottleneck), and round trips measured then include it.
+LAG_NOTICE = 0.010
 
 #: Seconds between two looks of a held gate at the number of calls up (--concurrent).
 GATE_POLL = 0.05
@@ -439,6 +448,9 @@ class CallResult:
     """Seconds from the sharing INVITE leaving the client to the ACK of the first
     reINVITE's 200 (media route established), None when the call got no such ACK."""
     ended: Literal["finished", "deadline"]
+    loop_lag: float = 0.0
+    """The live event loop's worst lateness, in seconds, while the call ran (first to last
+    message): time the simulator itself added to every hop then (0 on the virtual clock)."""
 
     @property
     def passed(self) -> bool:
@@ -458,6 +470,51 @@ class Sample:
     edge_relays: int
     fds: int
     rss_kib: int
+    loop_lag_ms: float = 0.0
+    """The live event loop's worst lateness since the previous sample, in ms."""
+
+
+class LoopLag:
+    """How late the live event loop runs timers: every :data:`LAG_TICK` seconds it asks to be
+    called back and notes by how much the call came late. One process plays every actor, so
+    when its CPU cannot keep up every hop waits that long too, and a verdict that reads round
+    trips (``slow-network``) then measures labsim, not the network. The virtual clock is never
+    late."""
+
+    def __init__(self, net: LiveNetwork | VirtualNetwork) -> None:
+        self.net = net
+        self.ticks: list[tuple[float, float]] = []
+        """(when due, lateness) in the run's seconds."""
+        self._window = 0.0
+        self._armed = not isinstance(net, LiveNetwork)
+
+    def start(self) -> None:
+        """Begin once the run's loop turns (the first event of the run); no-op after."""
+        if not self._armed:
+            self._armed = True
+            self._arm()
+
+    def _arm(self) -> None:
+        due = self.net.now() + LAG_TICK
+        self.net.later(LAG_TICK, self._tick, due)
+
+    def _tick(self, due: float) -> None:
+        late = max(0.0, self.net.now() - due)
+        self.ticks.append((due, late))
+        self._window = max(self._window, late)
+        self._arm()
+
+    def take_window(self) -> float:
+        """The worst lateness since the last call, in seconds."""
+        worst, self._window = self._window, 0.0
+        return worst
+
+    def worst_between(self, start: float, end: float) -> float:
+        """The worst lateness of a tick due from ``start`` to ``end`` (run seconds)."""
+        # Ticks are appended in due order: bisect rather than scan them for every call.
+        lo = bisect.bisect_left(self.ticks, (start, -1.0))
+        hi = bisect.bisect_right(self.ticks, (end + LAG_TICK, math.inf))
+        return max((late for _, late in self.ticks[lo:hi]), default=0.0)
 
 
 @dataclass
@@ -476,6 +533,8 @@ class LoadResult:
     peak_rss_kib: int
     errors: list[str] = field(default_factory=list)
     trace: Trace | None = None
+    loop_lag: list[float] = field(default_factory=list)
+    """Every lateness :class:`LoopLag` measured, in seconds (empty on the virtual clock)."""
 
     def failed(self) -> list[CallResult]:
         return [c for c in self.calls if not c.passed]
@@ -562,6 +621,7 @@ def run_load(
     cast = build_load(sc, calls, pacer)
     trace = Trace()
     net = load_network(sc, cast, trace, clock)
+    lag = LoopLag(net)
     until = until_for(sc, calls, rate, concurrent)
     samples: list[Sample] = []
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -573,7 +633,7 @@ def run_load(
         s = Sample(
             t, time.perf_counter() - wall0, pacer.started, pacer.active, pacer.done,
             _allocations(cast), cast.skype_edge.relay.pipes,
-            open_fds(), rss_kib(),
+            open_fds(), rss_kib(), lag.take_window() * 1000,
         )  # fmt: skip
         samples.append(s)
         if on_sample is not None and not final:
@@ -586,6 +646,7 @@ def run_load(
     next_peek = [0.0]
 
     def stop(_trace: Trace) -> bool:
+        lag.start()
         now = net.now()
         if now >= next_peek[0]:
             # The peaks, PEEK times a second of the run's clock (counting the allocations
@@ -614,11 +675,14 @@ def run_load(
         diagnosis = diagnose(view, caller=name, end=end, deadline=ended == "deadline",
                              result=result_of)  # fmt: skip
         failures = check(sc, view, result_of, diagnosis)
-        results.append(CallResult(n, name, result_of, diagnosis, failures,
-                                  setup_time(view, name), ended))  # fmt: skip
+        span = [m.t for m in view.messages]
+        results.append(CallResult(
+            n, name, result_of, diagnosis, failures, setup_time(view, name), ended,
+            lag.worst_between(span[0], span[-1]) if span else 0.0,
+        ))  # fmt: skip
     errors = [f"{name} raised {type(exc).__name__}: {exc}" for name, exc in net.errors]
     return LoadResult(
         sc, clock, results, samples, wall, cpu, end, peaks["allocations"], peaks["relays"],
         max(peaks["fds"], open_fds()), max(peaks["rss"], rss_kib()), errors,
-        trace if keep_trace else None,
+        trace if keep_trace else None, [late for _, late in lag.ticks],
     )  # fmt: skip

@@ -26,7 +26,7 @@ from typing import IO, Any, Literal, cast
 import click
 
 from labsim.actors.meeting import MAX_CALLS, calls_possible
-from labsim.load import LoadResult, Sample, raise_fd_limit, run_load
+from labsim.load import LAG_NOTICE, LoadResult, Sample, raise_fd_limit, run_load
 
 #: File descriptors a live call holds at most, with margin: the client's SIP and media
 #: connections, both ends of each at the Edge, Expressway-E and CMS (TURN control, data, the
@@ -70,6 +70,20 @@ def summary(result: LoadResult, max_failures: int) -> dict[str, Any]:
             "fds": result.peak_fds,
             "rss_kib": result.peak_rss_kib,
         },
+        "loop_lag": {
+            "measured": len(result.loop_lag),
+            "p99_ms": _ms_or_none(percentile(result.loop_lag, 99)),
+            "max_ms": _ms_or_none(max(result.loop_lag, default=None)),
+            # Calls not healthy that ran while the simulator itself was late: their timings
+            # (a slow-network verdict above all) are this machine's CPU, not the network.
+            "not_healthy_while_late": dict(
+                Counter(
+                    c.diagnosis.verdict
+                    for c in result.calls
+                    if c.diagnosis.verdict != "healthy" and c.loop_lag >= LAG_NOTICE
+                ).most_common()
+            ),
+        },
         "wall": result.wall,
         "cpu": result.cpu,
         "end": result.end,
@@ -82,11 +96,16 @@ def summary(result: LoadResult, max_failures: int) -> dict[str, Any]:
                 "verdict": c.diagnosis.verdict,
                 "setup": c.setup,
                 "ended": c.ended,
+                "loop_lag_ms": c.loop_lag * 1000,
                 "failures": c.failures,
             }
             for c in result.calls
         ],  # fmt: skip
     }
+
+
+def _ms_or_none(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
 
 
 def _ms(value: float | None) -> str:
@@ -111,6 +130,19 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         f"use), {peak['edge_relays']} Edge media relays, {peak['fds']} file descriptors, "
         f"RSS {peak['rss_kib'] / 1024:.0f} MiB",
     ]
+    lag = s["loop_lag"]
+    if lag["measured"]:
+        lines.append(
+            f"  labsim's own event loop ran late by p99 {lag['p99_ms']:.1f} ms, at worst "
+            f"{lag['max_ms']:.1f} ms (every hop waits that long too)"
+        )
+    if lag["not_healthy_while_late"]:
+        lines.append(
+            f"  caution: calls judged {counts(lag['not_healthy_while_late'])} ran while that "
+            f"loop was {LAG_NOTICE * 1000:.0f} ms or more late: one process plays every actor "
+            "and its CPU could not keep up, so their round trips measure labsim on this "
+            "machine, not a network; lower --rate or --concurrent to tell"
+        )
     for error in s["errors"][:5]:
         lines.append(f"  error: {error}")
     failed = [c for c in s["per_call"] if c["failures"]]

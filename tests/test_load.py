@@ -7,6 +7,7 @@ Small N throughout (virtual clock, plus one bounded live run); speed is bench/lo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -26,6 +27,7 @@ from labsim.actors.meeting import (
 )
 from labsim.cli import main
 from labsim.load import LoadResult, call_views, message_calls, run_load
+from labsim.load_command import report_lines, summary
 from labsim.net.faults import Drop, FaultPlan, MessageMatch, role
 from labsim.proto.events import Accepted, Address, Close, Received, Started, StartTimer, TimerFired
 from labsim.proto.sip_transport import Incoming, IncompleteTimer, SipTransport
@@ -223,6 +225,38 @@ def test_ten_live_calls_are_all_established() -> None:
     assert not result.errors
     assert [c.outcome.name for c in result.calls] == ["sharing-established"] * 10
     assert result.peak_fds > 10
+    # The live loop's lateness is measured through the run and bounds each call's own.
+    assert result.loop_lag and all(late >= 0 for late in result.loop_lag)
+    assert all(0 <= c.loop_lag <= max(result.loop_lag) for c in result.calls)
+
+
+def test_the_virtual_clock_is_never_late() -> None:
+    result = run_load(library("sharing-call"), 3, clock="virtual")
+    assert result.loop_lag == [] and all(c.loop_lag == 0.0 for c in result.calls)
+    assert summary(result, 0)["loop_lag"]["max_ms"] is None
+
+
+def test_a_slow_verdict_while_labsim_itself_was_late_is_said_to_be_labsim() -> None:
+    """The evidence for ``slow-network`` is round trips; when the one process playing every
+    actor ran its timers late during a call, those round trips include that lateness, and the
+    summary must say so rather than blame a network. Calls are given lateness here; the live
+    measurement itself is the test above."""
+    result = run_load(library("sharing-call"), 4, clock="virtual")
+    slow = [
+        dataclasses.replace(c, diagnosis=dataclasses.replace(c.diagnosis, verdict="slow-network"),
+                            loop_lag=late)
+        for c, late in zip(result.calls, (0.0, 0.004, 0.012, 0.3), strict=True)
+    ]  # fmt: skip
+    s = summary(dataclasses.replace(result, calls=slow, loop_lag=[0.3]), 0)
+    assert s["loop_lag"]["not_healthy_while_late"] == {"slow-network": 2}
+    assert [c["loop_lag_ms"] for c in s["per_call"]] == [0.0, 4.0, 12.0, 300.0]
+    text = "\n".join(report_lines(s))
+    assert "late by p99 300.0 ms" in text
+    assert "calls judged slow-network 2 ran while that loop was 10 ms or more late" in text
+    # Lateness under the notice: no caution, the verdict stands alone.
+    calm = [dataclasses.replace(c, loop_lag=0.004) for c in slow]
+    text = "\n".join(report_lines(summary(dataclasses.replace(result, calls=calm), 0)))
+    assert "caution" not in text
 
 
 def test_more_lab_hosts_than_a_loopback_block_holds_run_live() -> None:
