@@ -21,8 +21,8 @@ Verdict = Literal[
     # the first failure, in call order
     "no-sip-path", "presenter-not-allowed", "call-rejected", "turn-port-refused",
     "turn-port-blocked", "no-turn-server", "turn-auth-failed", "tcp-relay-unsupported",
-    "turn-no-capacity", "turn-error", "turn-no-answer", "ack-lost", "relay-refused",
-    "relay-unreachable", "permission-missing", "connection-bind-failed",
+    "turn-no-capacity", "turn-error", "turn-connection-reset", "turn-no-answer", "ack-lost",
+    "relay-refused", "relay-unreachable", "permission-missing", "connection-bind-failed",
     "connection-bind-missing", "ice-not-started", "one-way-binding", "reinvite-missing",
     "reinvite-lost", "allocation-expired", "refresh-refused", "sip-connection-lost",
     "media-path-lost",

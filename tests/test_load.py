@@ -154,6 +154,25 @@ def test_the_user_quota_gives_486_and_the_diagnosis_says_so() -> None:
         assert "486 Allocation Quota Reached" in call.diagnosis.summary
 
 
+def test_calls_reset_by_the_turn_server_are_told_from_calls_lost_on_the_way() -> None:
+    """Six calls open their TURN connections at one instant; Expressway-E keeps two without an
+    allocation and resets the oldest to make room. The Allocates on the reset connections were
+    on the wire when the server itself ended them: ``turn-connection-reset``, not a loss
+    between CMS and Expressway-E. The same Allocate dropped on the hop, its connection left up,
+    stays ``turn-no-answer``."""
+    reset = run_load(extended(
+        "call: {av_call: false}\nactors: {expressway_e: {turn: {max_idle_connections: 2}}}\n"
+    ), 6, clock="virtual")  # fmt: skip
+    assert by_call(reset) == Counter({
+        ("turn-failed", "turn-connection-reset"): 4, ("sharing-established", "healthy"): 2,
+    })  # fmt: skip
+    lost = run_load(extended(
+        "call: {av_call: false}\n"
+        "faults: [{drop: {from: cms, to: expressway_e, stun: Allocate Request}}]\n"
+    ), 2, clock="virtual")  # fmt: skip
+    assert {c.diagnosis.verdict for c in lost.calls} == {"turn-no-answer"}
+
+
 @settings(max_examples=8, deadline=None)
 @given(calls=st.integers(1, 8), ports=st.integers(1, 8))
 def test_sweep_calls_past_the_relay_range_are_refused_one_for_one(calls: int, ports: int) -> None:

@@ -415,6 +415,10 @@ class Runtime:
     def received(self, end: End, data: bytes) -> None:
         """Bytes arrived on ``end`` (after the link's latency)."""
         if not end.open:
+            # The receiver closed or reset its end before these bytes reached it: it never
+            # reads them (a closed socket answers data with RST, RFC 9293 §3.10.7.1), so what
+            # they carried is lost, not in flight.
+            self.trace.lost(self.transport.now(), end.link.gid, not end.is_client)
             return
         link = end.link
         now = self.transport.now()

@@ -194,6 +194,16 @@ def _is(
     return On(match, " ".join(parts))
 
 
+def _closed_by_turn(a: Anomaly, ev: Evidence) -> bool:
+    """The lost message's connection was closed or reset by the TURN server, its receiver:
+    the message was on the wire when the server ended the connection (or came after it did)."""
+    if a.how != "lost" or not a.records or a.hop is None or a.hop[1] != ev.turn:
+        return False
+    conn = ev.trace.connections.get(a.records[0].connection)
+    return conn is not None and conn.closed_by == ev.turn
+
+
+_CLOSED_BY_TURN = On(_closed_by_turn, "with its connection ended by the TURN server")
 _DIAG_21002 = On(
     lambda a, ev: isinstance(a.facts, SipFacts) and a.facts.diagnostics_code == 21002,
     "with ms-diagnostics 21002",
@@ -452,6 +462,18 @@ RULES: tuple[Rule, ...] = (
     Rule("turn-error", _is("error", step="TURN allocation"),
          "{turn} refuses {callee}'s allocation: Allocate answered {phrase}.", _stun_meaning,
          ("Expressway-E's TURN logs at that time", "Expressway-E TURN status and policy")),
+    # Before turn-no-answer: the same lost request, but the TURN server itself ended the
+    # connection under it, so nothing between the two lost it.
+    Rule("turn-connection-reset", _is("lost", step="TURN allocation") & _CLOSED_BY_TURN,
+         "{turn} itself ended {callee}'s TURN connection before answering its {kind}, so the "
+         "TURN allocation never completed.",
+         "the TURN server dropped the connection on its own: a connection limit (more "
+         "connections without an allocation than it keeps: a flood, or many clients "
+         "connecting at once), its TURN service restarting, or a device in between resetting "
+         "connections in its name",
+         ("Expressway-E's TURN logs at that time: connections reset or refused",
+          "how many TCP connections reach the TURN port at once (other CMS calls, other "
+          "clients, scans)")),
     Rule("turn-no-answer", _is("lost", "held", step="TURN allocation"),
          _lost_words("The TURN allocation never completed",
                      "The TURN allocation did not complete in time"),
