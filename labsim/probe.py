@@ -42,7 +42,6 @@ import json
 import os
 import random
 import socket
-import struct
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from typing import Any, Literal, TextIO, TypeVar
 
 from labsim import __version__
 from labsim.actors.lab import CallSettings, CmsSettings, SkypeClientSettings
+from labsim.net.live import reset_transport
 from labsim.proto.appsharing import PRIORITIES
 from labsim.proto.events import (
     Address,
@@ -97,8 +97,6 @@ DEFAULT_PORT = 3478
 DEFAULT_TIMEOUT = 5.0
 #: Bounds of ``timeout``: a step may wait at most this long (the CLI refuses more).
 MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 300.0
-#: ``SO_LINGER`` on, timeout 0: close() sends RST.
-_LINGER_RST = struct.pack("ii", 1, 0)
 
 #: Longer than any probe runs (nine steps of at most MAX_TIMEOUT each).
 _NEVER = 3600.0
@@ -539,13 +537,7 @@ class _Driver:
         if transport is None:
             return
         if reset:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-                except OSError:
-                    pass
-            transport.abort()
+            reset_transport(transport)
         else:
             transport.close()
 

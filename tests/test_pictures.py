@@ -41,10 +41,12 @@ from tests.labs import variant
 SVG = "{http://www.w3.org/2000/svg}"
 
 #: Scenarios whose runs show every kind of row: the healthy call; one message dropped by a fault
-#: rule; a connect refused and a connection reset, a message lost with it; a message still in
-#: flight at the end; many drops and retransmissions.
+#: rule; a connect refused and a connection reset, a message lost with it (the Edge's check
+#: that reached the reset end); many drops and retransmissions; a message still in flight at
+#: the end.
 SCENARIOS = ["sharing-call", "one-way-binding-cms-checks", "relay-ports-rejected",
-             "permission-required", "ack-lost", "cut-inside-a-message"]  # fmt: skip
+             "permission-required", "ack-lost", "cut-inside-a-message",
+             "held-past-the-end"]  # fmt: skip
 
 #: Not a library scenario: the TURN data connection cut by the network inside Expressway-E's
 #: second message, so a message is lost with its connection (no library scenario loses one).
@@ -53,11 +55,19 @@ CUT_INSIDE_A_MESSAGE = (
     "faults: [{cut: {from: expressway_e, to: cms, connection: 2, after_bytes: 100}}]\n"
 )
 
+#: Not a library scenario: the answer to the client's last BYE held on the Edge's hop past the
+#: run's end, so it is still in flight when the run stops.
+HELD_PAST_THE_END = (
+    "faults: [{delay: {from: skype_edge, to: skype_client, sip: 200 OK, nth: 4, by: 100}}]\n"
+)
+
 
 @cache
 def ran(name: str) -> RunResult:
     if name == "cut-inside-a-message":
         return run_scenario(variant(CUT_INSIDE_A_MESSAGE), "virtual")
+    if name == "held-past-the-end":
+        return run_scenario(variant(HELD_PAST_THE_END), "virtual")
     return run_scenario(load(library_dir() / f"{name}.yaml"), "virtual")
 
 

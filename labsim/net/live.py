@@ -115,6 +115,21 @@ BLOCK_SIZE = 254
 MAX_BLOCKS = 64
 
 
+def reset_transport(transport: asyncio.BaseTransport) -> None:
+    """End a TCP connection with RST rather than FIN: SO_LINGER on with a zero timeout makes
+    the kernel drop unsent data and send RST on close (RFC 9293 §3.6, "abort")."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass  # already closed: abort() below still ends it
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+    else:
+        transport.close()
+
+
 class LoopbackBlock:
     """The loopback addresses ``127.A.B.1`` to ``127.A.B.254``, held by this process until
     :meth:`release` (see the module docstring). A context manager."""
@@ -616,13 +631,9 @@ class LiveNetwork:
     @staticmethod
     def _abort(transport: asyncio.Transport, reset: bool) -> None:
         if reset:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-                except OSError:
-                    pass
-        transport.abort()
+            reset_transport(transport)
+        else:
+            transport.abort()
 
     # -- listeners -----------------------------------------------------------------------------
 
