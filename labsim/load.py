@@ -590,7 +590,7 @@ def setup_time(trace: Trace, client: str) -> float | None:
 def _allocations(cast: LoadCast) -> int:
     """TURN allocations Expressway-E holds (none with an external TURN server)."""
     turn = cast.expressway_e.turn
-    return len(turn.allocations()) if turn is not None else 0
+    return turn.allocation_count if turn is not None else 0
 
 
 def until_for(sc: Scenario, calls: int, rate: float | None, concurrent: int | None) -> float:

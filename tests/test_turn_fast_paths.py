@@ -38,6 +38,7 @@ def test_user_quota_counts_what_the_user_holds_now() -> None:
     lab.feed(Closed("in:a"))  # one given back: room for one more, not two
     lab.allocate("in:c", Address(CMS.host, 50002))
     assert len(lab.server.allocations()) == 2
+    assert lab.server.allocation_count == 2
 
 
 LOW, HIGH = 100, 115

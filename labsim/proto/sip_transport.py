@@ -130,6 +130,11 @@ class SipTransport:
         self.timeout = timeout
         self.incomplete_timeout = incomplete_timeout
         self._conns: dict[ConnId, _Conn] = {}
+        #: Per remote host, its connections in the order they were made: connection_to runs
+        #: for every message sent, and a shared actor of a load run (the Edge, CMS) holds a
+        #: connection per client, so scanning them all would make each send cost as many steps
+        #: as there are calls.
+        self._by_host: dict[str, dict[ConnId, None]] = {}
         self._count = 0
 
     # -- events ------------------------------------------------------------------------------
@@ -148,7 +153,7 @@ class SipTransport:
             case ListenFailed(address=address, reason=reason):
                 effects.append(Log(f"cannot listen for SIP on {address}: {reason}", "error"))
             case Accepted(conn=conn, remote=remote):
-                self._conns[conn] = _Conn(remote, open=True)
+                self._add(conn, _Conn(remote, open=True))
             case Connected(conn=conn, remote=remote):
                 state = self._conns.get(conn)
                 if state is not None:
@@ -157,13 +162,13 @@ class SipTransport:
                         effects.append(Send(conn, sip.encode(message), "sip"))
                     state.queue.clear()
             case ConnectFailed(conn=conn, remote=remote, reason=reason):
-                state = self._conns.pop(conn, None)
+                state = self._drop(conn)
                 if state is not None:
                     notices.append(SendFailed(remote, tuple(state.queue), reason))
             case Received(conn=conn, data=data):
                 effects += self._received(conn, data, notices)
             case Closed(conn=conn, reset=reset):
-                state = self._conns.pop(conn, None)
+                state = self._drop(conn)
                 if state is not None:
                     notices.append(ConnectionLost(conn, state.remote, reset))
                     if state.waiting:
@@ -217,7 +222,8 @@ class SipTransport:
 
     def _reset(self, conn: ConnId, why: str, notices: list[Notice]) -> list[Effect]:
         """Give the connection up: RFC 3261 §18.3, no next message can be found on it."""
-        state = self._conns.pop(conn)
+        state = self._drop(conn)
+        assert state is not None
         notices.append(ConnectionLost(conn, state.remote, True))
         effects: list[Effect] = [Log(f"{why}: reset", "error"), Close(conn, reset=True)]
         if state.waiting:
@@ -230,12 +236,26 @@ class SipTransport:
         """An open or opening connection to ``to``: the exact address first, then any to its
         host (the reuse described in the module docstring)."""
         same_host: ConnId | None = None
-        for conn, state in self._conns.items():
-            if state.remote == to:
+        for conn in self._by_host.get(to.host, ()):
+            if self._conns[conn].remote == to:
                 return conn
-            if same_host is None and state.remote.host == to.host:
+            if same_host is None:
                 same_host = conn
         return same_host
+
+    def _add(self, conn: ConnId, state: _Conn) -> None:
+        self._drop(conn)
+        self._conns[conn] = state
+        self._by_host.setdefault(state.remote.host, {})[conn] = None
+
+    def _drop(self, conn: ConnId) -> _Conn | None:
+        state = self._conns.pop(conn, None)
+        if state is not None:
+            same_host = self._by_host[state.remote.host]
+            del same_host[conn]
+            if not same_host:
+                del self._by_host[state.remote.host]
+        return state
 
     def send(self, message: sip.SipMessage, to: Address) -> Step[Notice]:
         """Send ``message`` to ``to``, opening a connection when none exists."""
@@ -253,7 +273,7 @@ class SipTransport:
     def _connect(self, to: Address, queue: list[sip.SipMessage]) -> Connect:
         self._count += 1
         conn = f"{self.prefix}:{self._count}"
-        self._conns[conn] = _Conn(to, open=False, queue=queue)
+        self._add(conn, _Conn(to, open=False, queue=queue))
         return Connect(conn, to, self.timeout)
 
     def send_on(self, conn: ConnId, message: sip.SipMessage) -> Step[Notice]:
@@ -274,4 +294,5 @@ class SipTransport:
     def close_all(self) -> Step[Notice]:
         effects = tuple(Close(conn) for conn in self._conns)
         self._conns.clear()
+        self._by_host.clear()
         return Step(effects)

@@ -763,6 +763,11 @@ class TurnServer:
         """The TURN port's address."""
         return self._address
 
+    @property
+    def allocation_count(self) -> int:
+        """How many allocations are held now (a load run samples it often: no list built)."""
+        return len(self._allocations)
+
     def allocations(self) -> list[AllocationInfo]:
         """The allocations now held, lowest relay port first."""
         return [
