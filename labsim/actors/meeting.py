@@ -37,8 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from labsim.actors.cms import Cms
 from labsim.actors.lab import Lab
-from labsim.actors.skype_edge import MediaRelay, SkypeEdge, _Pipe
-from labsim.proto import appsharing
+from labsim.actors.skype_edge import MediaRelay, SkypeEdge
 from labsim.proto.events import (
     Accepted,
     Address,
@@ -63,7 +62,6 @@ from labsim.proto.events import (
     Unlisten,
 )
 from labsim.proto.sip_proxy import ResponseForwarded
-from labsim.wire import WireError, sip
 from labsim.wire.errors import FramingError
 from labsim.wire.framing import SipSplitter
 
@@ -411,14 +409,9 @@ class MeetingRelay(MediaRelay):
             return [Log(f"media from {host} before any answer named a relay for it", "warn"),
                     Close(conn, reset=True)]  # fmt: skip
         n = self._numbers[call] = self._numbers.get(call, 0) + 1
-        outer = f"{conn_prefix(call)}.relay:{n}"
-        pipe = _Pipe(conn, outer, target)
-        self._pipes[conn] = self._pipes[outer] = pipe
         port = edge_relay_port(self.relay_port, call)
-        return [
-            Log(f"relaying {host}'s media to {target} from port {port}"),
-            Connect(outer, target, self.connect_timeout, port),
-        ]
+        return self.pipe(conn, f"{conn_prefix(call)}.relay:{n}", target, port,
+                         f"relaying {host}'s media to {target} from port {port}")  # fmt: skip
 
 
 class MeetingEdge(SkypeEdge):
@@ -427,22 +420,14 @@ class MeetingEdge(SkypeEdge):
     relay_type = MeetingRelay
     relay: MeetingRelay
 
+    def is_client(self, host: str) -> bool:
+        return call_of_address(host) is not None
+
     def on_forwarded(self, notice: ResponseForwarded, now: float) -> list[Effect]:
-        # CMS's answer to a client's INVITE, on its way to that client: its relay candidate is
-        # where that client's media goes (the one-call Edge's rule, kept per client).
-        response, toward = notice.response, notice.toward
-        if (
-            response.code != 200
-            or sip.cseq(response).method != "INVITE"
-            or not response.body
-            or toward is None
-            or call_of_address(toward.host) is None
-        ):
-            return []
-        try:
-            target = appsharing.parse(response.body).passive()
-        except WireError:
-            return []
-        if target is not None:
-            self.relay.targets[toward.host] = Address(target.address, target.port)
+        # The one-call Edge's rule, kept per client: CMS's answer to a client's INVITE names
+        # where that client's media goes.
+        learned = self.answer_target(notice)
+        if learned is not None:
+            client, target = learned
+            self.relay.targets[client] = target
         return []

@@ -110,13 +110,15 @@ class MediaRelay:
             return [Log("client media arrived before any answer named a relay", "warn"),
                     Close(conn, reset=True)]  # fmt: skip
         self._count += 1
-        outer = f"relay:{self._count}"
-        pipe = _Pipe(conn, outer, target)
-        self._pipes[conn] = self._pipes[outer] = pipe
-        return [
-            Log(f"relaying the client's media to {target}"),
-            Connect(outer, target, self.connect_timeout, self.relay_port),
-        ]
+        return self.pipe(conn, f"relay:{self._count}", target, self.relay_port,
+                         f"relaying the client's media to {target}")  # fmt: skip
+
+    def pipe(self, inner: ConnId, outer: ConnId, target: Address, port: int,
+             words: str) -> list[Effect]:  # fmt: skip
+        """Pipe the client connection ``inner`` to ``target`` over a new connection ``outer``
+        from ``port``."""
+        self._pipes[inner] = self._pipes[outer] = _Pipe(inner, outer, target)
+        return [Log(words), Connect(outer, target, self.connect_timeout, port)]
 
 
 class SkypeEdge(ProxyElement):
@@ -142,24 +144,33 @@ class SkypeEdge(ProxyElement):
         return self.relay.target
 
     def on_forwarded(self, notice: ResponseForwarded, now: float) -> list[Effect]:
-        # Only the answer CMS gives the client's INVITE, on its way to the client: the client's
-        # own answer to a reINVITE names the Edge's relay candidate, not CMS's.
+        learned = self.answer_target(notice)
+        if learned is not None:
+            self.relay.target = learned[1]
+        return []
+
+    def is_client(self, host: str) -> bool:
+        """Whether ``host`` is a client behind this Edge (one here; many in a load run)."""
+        return host == self.client.host
+
+    def answer_target(self, notice: ResponseForwarded) -> tuple[str, Address] | None:
+        """The client an answer goes to and CMS's relay candidate in it, when ``notice`` is
+        CMS's 200 OK to a client's INVITE on its way to that client: the client's own answer
+        to a reINVITE names the Edge's relay candidate, not CMS's."""
         response, toward = notice.response, notice.toward
         if (
             response.code != 200
             or sip.cseq(response).method != "INVITE"
             or not response.body
             or toward is None
-            or toward.host != self.client.host
+            or not self.is_client(toward.host)
         ):
-            return []
+            return None
         try:
             target = appsharing.parse(response.body).passive()
         except WireError:
-            return []
-        if target is not None:
-            self.relay.target = Address(target.address, target.port)
-        return []
+            return None
+        return None if target is None else (toward.host, Address(target.address, target.port))
 
     def start(self, now: float) -> list[Effect]:
         # The federation connection to Expressway-E is up before the sharing INVITE: the
